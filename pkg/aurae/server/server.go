@@ -1,0 +1,111 @@
+// Package server builds auraed's gRPC server: interceptors that log every
+// call and turn panics and plain Go errors into gRPC statuses, the unix
+// socket listener, and the mutual-TLS configuration for TCP.
+package server
+
+import (
+	"context"
+	"log/slog"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/errmap"
+)
+
+// New returns a gRPC server whose every call goes through the logging and
+// recovering interceptors; opts are added after them (credentials, limits).
+func New(logger *slog.Logger, opts ...grpc.ServerOption) *grpc.Server {
+	all := append([]grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(UnaryInterceptor(logger)),
+		grpc.ChainStreamInterceptor(StreamInterceptor(logger)),
+	}, opts...)
+	return grpc.NewServer(all...)
+}
+
+// UnaryInterceptor logs each unary call (method, duration, code) and turns a
+// panic into codes.Internal and any error that is not a gRPC status into one
+// (through errmap, the single place where errors become codes).
+func UnaryInterceptor(logger *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+		start := time.Now()
+		defer func() {
+			if r := recover(); r != nil {
+				err = recovered(ctx, logger, info.FullMethod, r)
+				resp = nil
+			}
+			err = errmap.ToGRPC(err)
+			logCall(ctx, logger, info.FullMethod, start, err)
+		}()
+		return handler(ctx, req)
+	}
+}
+
+// StreamInterceptor is UnaryInterceptor for streaming calls; the call is
+// logged when the stream ends.
+func StreamInterceptor(logger *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+		start := time.Now()
+		ctx := ss.Context()
+		defer func() {
+			if r := recover(); r != nil {
+				err = recovered(ctx, logger, info.FullMethod, r)
+			}
+			err = errmap.ToGRPC(err)
+			logCall(ctx, logger, info.FullMethod, start, err)
+		}()
+		return handler(srv, ss)
+	}
+}
+
+func recovered(ctx context.Context, logger *slog.Logger, method string, r any) error {
+	logger.ErrorContext(ctx, "panic in gRPC handler", "method", method, "panic", r, "stack", string(debug.Stack()))
+	return status.Errorf(codes.Internal, "internal error in %s", method)
+}
+
+func logCall(ctx context.Context, logger *slog.Logger, method string, start time.Time, err error) {
+	code := status.Code(err)
+	level := slog.LevelInfo
+	switch {
+	case serverFault(code):
+		level = slog.LevelError
+	case isRead(method):
+		level = slog.LevelDebug
+	}
+	if !logger.Enabled(ctx, level) {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("method", method),
+		slog.Duration("duration", time.Since(start)),
+		slog.String("code", code.String()),
+	}
+	if err != nil {
+		attrs = append(attrs, slog.String("error", status.Convert(err).Message()))
+	}
+	logger.LogAttrs(ctx, level, "gRPC call", attrs...)
+}
+
+// serverFault tells codes that mean auraed failed, not the caller.
+func serverFault(c codes.Code) bool {
+	switch c {
+	case codes.Internal, codes.Unknown, codes.DataLoss:
+		return true
+	}
+	return false
+}
+
+// isRead tells methods that change nothing: they are logged at Debug.
+func isRead(fullMethod string) bool {
+	name := fullMethod[strings.LastIndexByte(fullMethod, '/')+1:]
+	for _, prefix := range []string{"Get", "List", "Discover", "Status", "Stats", "Watch", "Version", "Info"} {
+		if strings.HasPrefix(name, prefix) {
+			return true
+		}
+	}
+	return false
+}
