@@ -1,0 +1,356 @@
+// Package cgroup creates, fills, limits, empties and removes the control
+// groups of Aurae cells on cgroup v1, v2 and hybrid hosts, through
+// github.com/containerd/cgroups/v3. On hybrid hosts the limits live in the v1
+// hierarchies (the unified one has no controllers there).
+package cgroup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containerd/cgroups/v3"
+	"github.com/containerd/cgroups/v3/cgroup1"
+	"github.com/containerd/cgroups/v3/cgroup2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// Root is where the cgroup hierarchies are mounted.
+const Root = "/sys/fs/cgroup"
+
+// ErrNotExist is returned by Load for a cgroup that is gone.
+var ErrNotExist = errors.New("cgroup does not exist")
+
+// ErrUnsupported is returned for a limit the host's cgroup version lacks.
+var ErrUnsupported = errors.New("not supported by this cgroup version")
+
+// Limits are the resource limits of a cgroup; nil fields are left as the
+// kernel's defaults.
+type Limits struct {
+	CPUWeight  *uint64 // 1..10000 (cgroup v2 cpu.weight)
+	CPUMax     *int64  // quota in µs per period
+	CPUPeriod  *uint64 // µs
+	Cpus       *string
+	Mems       *string
+	MemoryMin  *int64
+	MemoryLow  *int64
+	MemoryHigh *int64
+	MemoryMax  *int64
+}
+
+// Unified reports whether limits live in the unified (v2) hierarchy.
+func Unified() bool { return cgroups.Mode() == cgroups.Unified }
+
+// Check refuses limits the host's cgroup version cannot apply.
+func (l Limits) Check() error {
+	if Unified() {
+		return nil
+	}
+	if l.MemoryMin != nil {
+		return fmt.Errorf("memory min: %w (cgroup v1 has no memory.min)", ErrUnsupported)
+	}
+	if l.MemoryHigh != nil {
+		return fmt.Errorf("memory high: %w (cgroup v1 has no memory.high)", ErrUnsupported)
+	}
+	return nil
+}
+
+// Cgroup is one control group, by path below the hierarchy roots
+// ("aurae/web/db").
+type Cgroup struct {
+	path string
+	v1   cgroup1.Cgroup
+	v2   *cgroup2.Manager
+}
+
+// Path is the cgroup's path below the hierarchy roots, without a leading slash.
+func (c *Cgroup) Path() string { return c.path }
+
+func abs(path string) string { return "/" + strings.Trim(path, "/") }
+
+// Exists reports whether the cgroup directory is there.
+func Exists(path string) bool {
+	_, err := os.Stat(dir(path))
+	return err == nil
+}
+
+// dir is the directory that tells whether the cgroup exists: the unified one
+// on v2, the memory (or cpu) controller's on v1.
+func dir(path string) string {
+	if Unified() {
+		return filepath.Join(Root, path)
+	}
+	return ControllerFile(path, "memory", "")
+}
+
+// ControllerFile is the path of a controller's interface file of the cgroup
+// (on v2 the controller is ignored: every file is in the one directory).
+func ControllerFile(path, controller, file string) string {
+	if Unified() {
+		return filepath.Join(Root, path, file)
+	}
+	return filepath.Join(Root, controller, path, file)
+}
+
+// New creates the cgroup with its limits. On failure nothing it created is
+// left behind.
+func New(path string, l Limits) (_ *Cgroup, retErr error) {
+	if err := l.Check(); err != nil {
+		return nil, err
+	}
+	if Exists(path) {
+		return nil, fmt.Errorf("cgroup %s: %w", path, os.ErrExist)
+	}
+	defer func() {
+		if retErr != nil {
+			removeDirs(path)
+		}
+	}()
+	if Unified() {
+		m, err := cgroup2.NewManager(Root, abs(path), v2Resources(l))
+		if err != nil {
+			return nil, fmt.Errorf("create cgroup %s: %w", path, err)
+		}
+		return &Cgroup{path: path, v2: m}, nil
+	}
+	cg, err := cgroup1.New(cgroup1.StaticPath(abs(path)), v1Resources(l), cgroup1.WithHiearchy(v1Hierarchy))
+	if err != nil {
+		return nil, fmt.Errorf("create cgroup %s: %w", path, err)
+	}
+	return &Cgroup{path: path, v1: cg}, nil
+}
+
+// Load opens an existing cgroup.
+func Load(path string) (*Cgroup, error) {
+	if !Exists(path) {
+		return nil, fmt.Errorf("cgroup %s: %w", path, ErrNotExist)
+	}
+	if Unified() {
+		m, err := cgroup2.Load(abs(path))
+		if err != nil {
+			return nil, fmt.Errorf("load cgroup %s: %w", path, err)
+		}
+		return &Cgroup{path: path, v2: m}, nil
+	}
+	cg, err := cgroup1.Load(cgroup1.StaticPath(abs(path)), cgroup1.WithHiearchy(v1Hierarchy))
+	if err != nil {
+		if errors.Is(err, cgroup1.ErrCgroupDeleted) {
+			return nil, fmt.Errorf("cgroup %s: %w", path, ErrNotExist)
+		}
+		return nil, fmt.Errorf("load cgroup %s: %w", path, err)
+	}
+	return &Cgroup{path: path, v1: cg}, nil
+}
+
+// v1Hierarchy limits the v1 controllers to the ones cells use, so that a cell
+// costs a few mkdirs and not one per mounted controller.
+func v1Hierarchy() ([]cgroup1.Subsystem, error) {
+	all, err := cgroup1.Default()
+	if err != nil {
+		return nil, err
+	}
+	var out []cgroup1.Subsystem
+	for _, s := range all {
+		switch s.Name() {
+		case cgroup1.Cpu, cgroup1.Cpuacct, cgroup1.Cpuset, cgroup1.Memory, cgroup1.Pids, cgroup1.Freezer, cgroup1.Devices, cgroup1.Blkio:
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}
+
+// v1Controllers are the directories New may create on v1, for rollback.
+var v1Controllers = []string{"cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "devices", "blkio"}
+
+func removeDirs(path string) {
+	if Unified() {
+		_ = unix.Rmdir(filepath.Join(Root, path))
+		return
+	}
+	seen := map[string]bool{}
+	for _, c := range v1Controllers {
+		d := filepath.Join(Root, c, path)
+		// cpu and cpuacct are often the same mount; rmdir once.
+		if r, err := filepath.EvalSymlinks(filepath.Join(Root, c)); err == nil {
+			if seen[r] {
+				continue
+			}
+			seen[r] = true
+		}
+		_ = unix.Rmdir(d)
+	}
+}
+
+// AddProc moves a process into the cgroup (all its controllers).
+func (c *Cgroup) AddProc(pid int) error {
+	if c.v2 != nil {
+		return c.v2.AddProc(uint64(pid))
+	}
+	return c.v1.AddProc(uint64(pid))
+}
+
+// Procs lists the pids in the cgroup and, recursively, its children.
+func (c *Cgroup) Procs() ([]int, error) {
+	var out []int
+	if c.v2 != nil {
+		ps, err := c.v2.Procs(true)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range ps {
+			out = append(out, int(p))
+		}
+		return out, nil
+	}
+	ps, err := c.v1.Processes(cgroup1.Freezer, true)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range ps {
+		out = append(out, p.Pid)
+	}
+	return out, nil
+}
+
+// Kill sends SIGKILL to every process of the cgroup and its children and
+// waits until they are gone (their parents must reap them) or ctx ends.
+func (c *Cgroup) Kill(ctx context.Context) error {
+	for {
+		if c.v2 != nil {
+			if err := c.v2.Kill(); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("kill cgroup %s: %w", c.path, err)
+			}
+		} else if err := c.killV1(); err != nil {
+			return err
+		}
+		procs, err := c.Procs()
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if len(procs) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cgroup %s still has %d processes: %w", c.path, len(procs), ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// killV1 freezes the cgroup so that nothing forks while it is signalled, kills
+// every process, and thaws it so that the signals are delivered.
+func (c *Cgroup) killV1() error {
+	procs, err := c.Procs()
+	if err != nil || len(procs) == 0 {
+		return nil
+	}
+	if err := c.v1.Freeze(); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("freeze cgroup %s: %w", c.path, err)
+	}
+	procs, _ = c.Procs()
+	for _, p := range procs {
+		_ = unix.Kill(p, unix.SIGKILL)
+	}
+	if err := c.v1.Thaw(); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("thaw cgroup %s: %w", c.path, err)
+	}
+	return nil
+}
+
+// Delete removes the (empty) cgroup. Child cgroups must be deleted first.
+func (c *Cgroup) Delete() error {
+	var err error
+	if c.v2 != nil {
+		err = c.v2.Delete()
+	} else {
+		err = c.v1.Delete()
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("delete cgroup %s: %w", c.path, err)
+	}
+	return nil
+}
+
+// CPUUsage is the CPU time used by the cgroup's processes so far.
+func (c *Cgroup) CPUUsage() (time.Duration, error) {
+	if c.v2 != nil {
+		b, err := os.ReadFile(filepath.Join(Root, c.path, "cpu.stat"))
+		if err != nil {
+			return 0, err
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
+				n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				return time.Duration(n) * time.Microsecond, err
+			}
+		}
+		return 0, fmt.Errorf("cpu.stat of %s: no usage_usec", c.path)
+	}
+	b, err := os.ReadFile(ControllerFile(c.path, "cpuacct", "cpuacct.usage"))
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	return time.Duration(n), err
+}
+
+// SharesFromWeight converts a cgroup v2 cpu.weight to v1 cpu.shares, the
+// inverse of the conversion runc and the kernel documentation use.
+func SharesFromWeight(w uint64) uint64 {
+	return 2 + ((w-1)*262142)/9999
+}
+
+func v1Resources(l Limits) *specs.LinuxResources {
+	r := &specs.LinuxResources{}
+	if l.CPUWeight != nil || l.CPUMax != nil || l.CPUPeriod != nil || l.Cpus != nil || l.Mems != nil {
+		r.CPU = &specs.LinuxCPU{Quota: l.CPUMax, Period: l.CPUPeriod}
+		if l.CPUMax != nil && l.CPUPeriod == nil {
+			p := uint64(100000)
+			r.CPU.Period = &p
+		}
+		if l.CPUWeight != nil {
+			s := SharesFromWeight(*l.CPUWeight)
+			r.CPU.Shares = &s
+		}
+		if l.Cpus != nil {
+			r.CPU.Cpus = *l.Cpus
+		}
+		if l.Mems != nil {
+			r.CPU.Mems = *l.Mems
+		}
+	}
+	if l.MemoryMax != nil || l.MemoryLow != nil {
+		r.Memory = &specs.LinuxMemory{Limit: l.MemoryMax, Reservation: l.MemoryLow}
+	}
+	return r
+}
+
+func v2Resources(l Limits) *cgroup2.Resources {
+	r := &cgroup2.Resources{}
+	if l.CPUWeight != nil || l.CPUMax != nil || l.CPUPeriod != nil || l.Cpus != nil || l.Mems != nil {
+		r.CPU = &cgroup2.CPU{Weight: l.CPUWeight}
+		if l.CPUMax != nil || l.CPUPeriod != nil {
+			r.CPU.Max = cgroup2.NewCPUMax(l.CPUMax, l.CPUPeriod)
+		}
+		if l.Cpus != nil {
+			r.CPU.Cpus = *l.Cpus
+		}
+		if l.Mems != nil {
+			r.CPU.Mems = *l.Mems
+		}
+	}
+	if l.MemoryMin != nil || l.MemoryLow != nil || l.MemoryHigh != nil || l.MemoryMax != nil {
+		r.Memory = &cgroup2.Memory{Min: l.MemoryMin, Low: l.MemoryLow, High: l.MemoryHigh, Max: l.MemoryMax}
+	}
+	return r
+}
