@@ -1,0 +1,209 @@
+// Command auraed is the Aurae daemon: it serves the Aurae API (cells,
+// discovery, observe) on a unix socket and, with mutual TLS, on TCP.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
+	discoveryv0 "github.com/aurae-runtime/aurae-cri/api/discovery/v0"
+	observev0 "github.com/aurae-runtime/aurae-cri/api/observe/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cells"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/discovery"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/observe"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/server"
+	"github.com/aurae-runtime/aurae-cri/pkg/version"
+)
+
+// shutdownGrace bounds GracefulStop: open streams (log and signal
+// subscribers) never end by themselves, so after this the server stops hard.
+const shutdownGrace = 5 * time.Second
+
+type config struct {
+	socket          string
+	stateDir        string
+	logLevel        slog.Level
+	listen          string
+	tlsCert         string
+	tlsKey          string
+	clientCA        string
+	stopGracePeriod time.Duration
+	cgroupRoot      string
+}
+
+func main() {
+	// auraed re-executes itself as the init of isolated cells; in that role
+	// it never gets past this line.
+	cells.MaybeRunCellInit()
+
+	cfg, err := parseFlags(os.Args[1:])
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "auraed: %v\n", err)
+		os.Exit(2)
+	}
+	if err := run(cfg); err != nil {
+		slog.Error("auraed failed", "error", err)
+		os.Exit(1)
+	}
+}
+
+func parseFlags(args []string) (config, error) {
+	var cfg config
+	fs := flag.NewFlagSet("auraed", flag.ContinueOnError)
+	fs.StringVar(&cfg.socket, "socket", "/run/aurae/aurae.sock", "unix socket to serve the Aurae API on (mode 0600)")
+	fs.StringVar(&cfg.stateDir, "state-dir", "/var/lib/aurae", "directory of auraed's state")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&cfg.listen, "listen", "", "optional TCP address (host:port) to serve on too, with mutual TLS (needs --tls-cert, --tls-key and --client-ca)")
+	fs.StringVar(&cfg.tlsCert, "tls-cert", "", "server certificate (PEM) for --listen")
+	fs.StringVar(&cfg.tlsKey, "tls-key", "", "server key (PEM) for --listen")
+	fs.StringVar(&cfg.clientCA, "client-ca", "", "CA bundle (PEM) that client certificates must chain to, for --listen")
+	fs.DurationVar(&cfg.stopGracePeriod, "stop-grace-period", 10*time.Second, "time between SIGTERM and SIGKILL when a Stop request names none")
+	fs.StringVar(&cfg.cgroupRoot, "cgroup-root", "aurae", "cgroup under which cells are created")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if err := cfg.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
+		return cfg, fmt.Errorf("--log-level: %w", err)
+	}
+	tlsSet := cfg.tlsCert != "" || cfg.tlsKey != "" || cfg.clientCA != ""
+	switch {
+	case cfg.listen != "" && (cfg.tlsCert == "" || cfg.tlsKey == "" || cfg.clientCA == ""):
+		return cfg, errors.New("--listen serves only with mutual TLS: give --tls-cert, --tls-key and --client-ca")
+	case cfg.listen == "" && tlsSet:
+		return cfg, errors.New("--tls-cert, --tls-key and --client-ca apply to --listen, which is not set")
+	case cfg.socket == "":
+		return cfg, errors.New("--socket must not be empty")
+	case cfg.stopGracePeriod <= 0:
+		return cfg, errors.New("--stop-grace-period must be positive")
+	}
+	return cfg, nil
+}
+
+func run(cfg config) error {
+	logs := observe.NewLogBroadcaster(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
+	logger := slog.New(logs)
+	slog.SetDefault(logger)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	if err := os.MkdirAll(cfg.stateDir, 0o700); err != nil {
+		return fmt.Errorf("create state dir: %w", err)
+	}
+	// Claim the socket before touching any state, so that a second auraed
+	// fails here instead of reconciling cells under the first one's feet.
+	unixLis, err := server.ListenUnix(cfg.socket)
+	if err != nil {
+		return err
+	}
+	var tcpLis net.Listener
+	var tcpCreds grpc.ServerOption
+	if cfg.listen != "" {
+		tlsCfg, err := server.TLSConfig(cfg.tlsCert, cfg.tlsKey, cfg.clientCA)
+		if err != nil {
+			_ = unixLis.Close()
+			return err
+		}
+		tcpCreds = grpc.Creds(credentials.NewTLS(tlsCfg))
+		if tcpLis, err = net.Listen("tcp", cfg.listen); err != nil {
+			_ = unixLis.Close()
+			return fmt.Errorf("listen on %s: %w", cfg.listen, err)
+		}
+	}
+
+	hub := observe.NewHub(observe.HubConfig{})
+	cellsSvc, err := cells.NewService(ctx, cells.Config{
+		StateDir:        cfg.stateDir,
+		CgroupRoot:      cfg.cgroupRoot,
+		StopGracePeriod: cfg.stopGracePeriod,
+		Hub:             hub,
+		Logger:          logger,
+	})
+	if err != nil {
+		_ = unixLis.Close()
+		if tcpLis != nil {
+			_ = tcpLis.Close()
+		}
+		return fmt.Errorf("start cell service: %w", err)
+	}
+	// Cells and their processes outlive the daemon; Close only releases
+	// the state.
+	defer func() {
+		if err := cellsSvc.Close(); err != nil {
+			logger.Error("close cell service", "error", err)
+		}
+	}()
+
+	register := func(s *grpc.Server) {
+		cellsv0.RegisterCellServiceServer(s, cellsSvc)
+		discoveryv0.RegisterDiscoveryServiceServer(s, discovery.NewService())
+		observev0.RegisterObserveServiceServer(s, observe.NewService(hub, logs))
+	}
+	servers := []*grpc.Server{server.New(logger)}
+	register(servers[0])
+	listeners := []net.Listener{unixLis}
+	if tcpLis != nil {
+		s := server.New(logger, tcpCreds)
+		register(s)
+		servers = append(servers, s)
+		listeners = append(listeners, tcpLis)
+	}
+
+	serveErr := make(chan error, len(servers))
+	for i, s := range servers {
+		go func() { serveErr <- s.Serve(listeners[i]) }()
+	}
+	logger.Info("auraed serving", "version", version.Version, "pid", os.Getpid(),
+		"socket", cfg.socket, "listen", cfg.listen, "state_dir", cfg.stateDir, "cgroup_root", cfg.cgroupRoot)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		logger.Info("auraed shutting down", "reason", "signal")
+	case err := <-serveErr:
+		runErr = fmt.Errorf("serve: %w", err)
+	}
+	stop()
+	shutdown(servers, logger)
+	logger.Info("auraed stopped")
+	return runErr
+}
+
+// shutdown stops the servers gracefully, then hard once shutdownGrace is
+// over. Stopping closes the listeners, which removes the unix socket.
+func shutdown(servers []*grpc.Server, logger *slog.Logger) {
+	done := make(chan struct{})
+	go func() {
+		var wg sync.WaitGroup
+		for _, s := range servers {
+			wg.Go(s.GracefulStop)
+		}
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(shutdownGrace):
+		logger.Warn("graceful stop timed out; closing the remaining calls", "after", shutdownGrace)
+		for _, s := range servers {
+			s.Stop()
+		}
+		<-done
+	}
+}

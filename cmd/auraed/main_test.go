@@ -1,0 +1,38 @@
+package main
+
+import (
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseFlags(t *testing.T) {
+	cfg, err := parseFlags(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.socket != "/run/aurae/aurae.sock" || cfg.stateDir != "/var/lib/aurae" || cfg.logLevel != slog.LevelInfo ||
+		cfg.stopGracePeriod != 10*time.Second || cfg.cgroupRoot != "aurae" || cfg.listen != "" {
+		t.Fatalf("defaults = %+v", cfg)
+	}
+	cfg, err = parseFlags([]string{"--log-level", "debug", "--listen", "127.0.0.1:0", "--tls-cert", "c", "--tls-key", "k", "--client-ca", "ca"})
+	if err != nil || cfg.logLevel != slog.LevelDebug || cfg.listen != "127.0.0.1:0" {
+		t.Fatalf("got %+v, %v", cfg, err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--listen", "127.0.0.1:0"}, "mutual TLS"},
+		{[]string{"--listen", "127.0.0.1:0", "--tls-cert", "c", "--tls-key", "k"}, "mutual TLS"},
+		{[]string{"--tls-cert", "c"}, "--listen"},
+		{[]string{"--log-level", "loud"}, "--log-level"},
+		{[]string{"--stop-grace-period", "0s"}, "--stop-grace-period"},
+		{[]string{"extra"}, "unexpected arguments"},
+	} {
+		if _, err := parseFlags(tc.args); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("parseFlags(%q) = %v, want an error about %s", tc.args, err, tc.want)
+		}
+	}
+}
