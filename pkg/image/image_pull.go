@@ -1,0 +1,202 @@
+package image
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/containerd/v2/core/remotes/docker/config"
+	remoteerrors "github.com/containerd/containerd/v2/core/remotes/errors"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+	"github.com/distribution/reference"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// PullImage pulls an image, unpacks it into the snapshotter and returns its
+// id. Credentials come from the request; registry endpoints from the
+// registry config dir.
+func (s *Service) PullImage(ctx context.Context, r *runtimeapi.PullImageRequest) (*runtimeapi.PullImageResponse, error) {
+	id, err := s.Pull(ctx, r.GetImage().GetImage(), r.GetAuth())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &runtimeapi.PullImageResponse{ImageRef: id}, nil
+}
+
+// Pull pulls ref with the given credentials (nil for anonymous) and returns
+// the image id.
+func (s *Service) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error) {
+	named, err := NormalizeRef(ref)
+	if err != nil {
+		return "", err
+	}
+	name := named.String()
+	ctx, cancel := context.WithTimeout(ctx, s.pullTO)
+	defer cancel()
+	ctx = namespaces.WithNamespace(ctx, s.namespace)
+	log := s.logger.With("image", name)
+
+	unlock, err := s.pulls.lock(ctx, name)
+	if err != nil {
+		return "", fmt.Errorf("pull image %q: wait for another pull: %w", name, err)
+	}
+	defer unlock()
+
+	start := time.Now()
+	log.InfoContext(ctx, "pulling image")
+	labels := map[string]string{LabelManaged: "managed"}
+	resolver := docker.NewResolver(docker.ResolverOptions{
+		Hosts: s.registryHosts(ctx, auth),
+	})
+	img, err := s.client.Pull(ctx, name,
+		containerd.WithResolver(resolver),
+		containerd.WithPullUnpack,
+		containerd.WithPullSnapshotter(s.snapshotter),
+		containerd.WithPullLabels(labels),
+	)
+	if err != nil {
+		err = fmt.Errorf("pull image %q: %w", name, classifyPullError(err))
+		log.WarnContext(ctx, "pull failed", "error", err)
+		return "", err
+	}
+	cfg, err := img.Config(ctx)
+	if err != nil {
+		return "", fmt.Errorf("pull image %q: config descriptor: %w", name, err)
+	}
+	id := cfg.Digest.String()
+
+	// Like containerd's CRI plugin: records by id, repo digest and tag, all
+	// pointing at the pulled target, so the image can be found by any of
+	// them and the id record keeps it while tags move.
+	repoDigest, repoTag := repoDigestAndTag(named, img.Target().Digest.String())
+	for _, rn := range []string{id, repoDigest, repoTag} {
+		if rn == "" || rn == img.Name() {
+			continue
+		}
+		if err := s.putRecord(ctx, rn, img.Target(), labels); err != nil {
+			return "", fmt.Errorf("pull image %q: record %q: %w", name, rn, err)
+		}
+	}
+	size, _ := img.Size(ctx)
+	log.InfoContext(ctx, "pulled image", "id", id, "repo_digest", repoDigest, "size", size, "took", time.Since(start).Round(time.Millisecond))
+	return id, nil
+}
+
+// repoDigestAndTag returns the "name@digest" and "name:tag" references of
+// an image pulled as named.
+func repoDigestAndTag(named reference.Named, target string) (repoDigest, repoTag string) {
+	if tagged, ok := named.(reference.NamedTagged); ok {
+		repoTag = tagged.String()
+	}
+	if canonical, ok := named.(reference.Canonical); ok {
+		repoDigest = canonical.String()
+	} else {
+		repoDigest = named.Name() + "@" + target
+	}
+	return repoDigest, repoTag
+}
+
+// putRecord creates or points an image record at target.
+func (s *Service) putRecord(ctx context.Context, name string, target ocispec.Descriptor, labels map[string]string) error {
+	store := s.client.ImageService()
+	rec := images.Image{Name: name, Target: target, Labels: labels}
+	_, err := store.Create(ctx, rec)
+	if err == nil || !errdefs.IsAlreadyExists(err) {
+		return err
+	}
+	old, err := store.Get(ctx, name)
+	if err != nil {
+		return err
+	}
+	if old.Target.Digest == target.Digest && old.Labels[LabelManaged] == labels[LabelManaged] {
+		return nil
+	}
+	_, err = store.Update(ctx, rec, "target", "labels."+LabelManaged)
+	return err
+}
+
+// registryHosts configures registry endpoints from the hosts.toml dir, with
+// the request's credentials.
+func (s *Service) registryHosts(ctx context.Context, auth *runtimeapi.AuthConfig) docker.RegistryHosts {
+	opts := config.HostOptions{
+		Credentials: func(host string) (string, string, error) {
+			return parseAuth(auth, host)
+		},
+	}
+	if s.hostsDir != "" {
+		opts.HostDir = config.HostDirFromRoot(s.hostsDir)
+	}
+	return config.ConfigureHosts(ctx, opts)
+}
+
+// parseAuth returns the username and secret of a CRI AuthConfig for host:
+// username and password, an identity token, or a base64 "user:password" auth
+// string. Credentials for another server address are not sent.
+func parseAuth(auth *runtimeapi.AuthConfig, host string) (string, string, error) {
+	if auth == nil {
+		return "", "", nil
+	}
+	if addr := auth.GetServerAddress(); addr != "" {
+		h := addr
+		if strings.Contains(addr, "://") {
+			u, err := url.Parse(addr)
+			if err != nil {
+				return "", "", fmt.Errorf("parse auth server address %q: %w: %w", addr, errdefs.ErrInvalidArgument, err)
+			}
+			h = u.Host
+		}
+		h = strings.TrimSuffix(h, "/")
+		if h != host && !(host == "registry-1.docker.io" && (h == "docker.io" || h == "index.docker.io")) {
+			return "", "", nil
+		}
+	}
+	switch {
+	case auth.GetUsername() != "":
+		return auth.GetUsername(), auth.GetPassword(), nil
+	case auth.GetIdentityToken() != "":
+		return "", auth.GetIdentityToken(), nil
+	case auth.GetAuth() != "":
+		dec, err := base64.StdEncoding.DecodeString(auth.GetAuth())
+		if err != nil {
+			return "", "", fmt.Errorf("decode auth: %w: %w", errdefs.ErrInvalidArgument, err)
+		}
+		user, pass, ok := strings.Cut(string(dec), ":")
+		if !ok {
+			return "", "", fmt.Errorf("decoded auth is not user:password: %w", errdefs.ErrInvalidArgument)
+		}
+		return user, strings.Trim(pass, "\x00"), nil
+	}
+	return "", "", nil
+}
+
+// classifyPullError gives registry failures an errdefs class: a missing
+// image is NotFound, rejected credentials Unauthenticated, a forbidden one
+// PermissionDenied.
+func classifyPullError(err error) error {
+	if status, ok := errors.AsType[remoteerrors.ErrUnexpectedStatus](err); ok {
+		switch status.StatusCode {
+		case http.StatusUnauthorized:
+			return fmt.Errorf("%w: %w", errdefs.ErrUnauthenticated, err)
+		case http.StatusForbidden:
+			return fmt.Errorf("%w: %w", errdefs.ErrPermissionDenied, err)
+		case http.StatusNotFound:
+			return fmt.Errorf("%w: %w", errdefs.ErrNotFound, err)
+		case http.StatusTooManyRequests:
+			return fmt.Errorf("%w: %w", errdefs.ErrResourceExhausted, err)
+		}
+	}
+	if errors.Is(err, docker.ErrInvalidAuthorization) {
+		return fmt.Errorf("%w: %w", errdefs.ErrUnauthenticated, err)
+	}
+	return err
+}

@@ -1,0 +1,278 @@
+package image
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/errdefs"
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/identity"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Image is what the container code needs to know of a local image.
+type Image struct {
+	// ID is the digest of the image config, "sha256:...".
+	ID string
+	// ChainID identifies the image's top layer snapshot.
+	ChainID string
+	// RepoTags and RepoDigests are the normalized references of the image
+	// ("docker.io/library/busybox:latest", "docker.io/library/busybox@sha256:...").
+	RepoTags    []string
+	RepoDigests []string
+	// Size is the size of the image's content (manifest, config and
+	// compressed layers), in bytes.
+	Size int64
+	// Config is the OCI image config: Entrypoint, Cmd, Env, WorkingDir,
+	// User, ExposedPorts, Volumes, StopSignal, Labels.
+	Config ocispec.ImageConfig
+	// Spec is the whole image config document (platform, history, rootfs).
+	Spec ocispec.Image
+	// Target is the descriptor the image records point at (a manifest or an
+	// index).
+	Target ocispec.Descriptor
+	// Pinned images are never garbage collected by the kubelet.
+	Pinned bool
+
+	// records are the names of the containerd image records of this image.
+	records []string
+}
+
+// imageMeta is what is read from the content store for one target.
+type imageMeta struct {
+	id      string
+	chainID string
+	size    int64
+	spec    ocispec.Image
+}
+
+// NormalizeRef parses a reference the way containerd's CRI plugin does:
+// "busybox" becomes "docker.io/library/busybox:latest", and a reference with a
+// digest keeps only the digest. It fails with errdefs.ErrInvalidArgument.
+func NormalizeRef(ref string) (reference.Named, error) {
+	if ref == "" {
+		return nil, fmt.Errorf("empty image reference: %w", errdefs.ErrInvalidArgument)
+	}
+	named, err := reference.ParseDockerRef(ref)
+	if err != nil {
+		return nil, fmt.Errorf("parse image reference %q: %w: %w", ref, errdefs.ErrInvalidArgument, err)
+	}
+	return named, nil
+}
+
+// Resolve finds a local image by reference, by repo digest or by id (a full
+// "sha256:..." id, or a unique prefix of its hex part). It fails with
+// errdefs.ErrNotFound when there is none.
+func (s *Service) Resolve(ctx context.Context, refOrID string) (Image, error) {
+	ctx, cancel := s.callCtx(ctx)
+	defer cancel()
+	img, err := s.resolve(ctx, refOrID)
+	if err != nil {
+		return Image{}, fmt.Errorf("resolve image %q: %w", refOrID, err)
+	}
+	return img, nil
+}
+
+func (s *Service) resolve(ctx context.Context, refOrID string) (Image, error) {
+	id, err := s.resolveID(ctx, refOrID)
+	if err != nil {
+		return Image{}, err
+	}
+	all, err := s.list(ctx)
+	if err != nil {
+		return Image{}, err
+	}
+	for _, img := range all {
+		if img.ID == id {
+			return img, nil
+		}
+	}
+	return Image{}, fmt.Errorf("image %q: %w", refOrID, errdefs.ErrNotFound)
+}
+
+// resolveID maps an image spec to an image id.
+func (s *Service) resolveID(ctx context.Context, refOrID string) (string, error) {
+	if refOrID == "" {
+		return "", fmt.Errorf("empty image reference: %w", errdefs.ErrInvalidArgument)
+	}
+	if d, err := digest.Parse(refOrID); err == nil {
+		return d.String(), nil
+	}
+	if named, err := reference.ParseDockerRef(refOrID); err == nil {
+		rec, err := s.client.ImageService().Get(ctx, named.String())
+		switch {
+		case err == nil:
+			meta, err := s.metaFor(ctx, rec)
+			if err != nil {
+				return "", err
+			}
+			return meta.id, nil
+		case !errdefs.IsNotFound(err):
+			return "", fmt.Errorf("get image record %q: %w", named.String(), err)
+		}
+	}
+	// A truncated id, as `crictl images` prints them.
+	return s.idFromPrefix(ctx, refOrID)
+}
+
+func (s *Service) idFromPrefix(ctx context.Context, prefix string) (string, error) {
+	prefix = strings.TrimPrefix(prefix, digest.Canonical.String()+":")
+	if _, err := hex.DecodeString(prefix + prefix[:len(prefix)%2]); err != nil || len(prefix) < 4 {
+		return "", fmt.Errorf("image %q: %w", prefix, errdefs.ErrNotFound)
+	}
+	all, err := s.list(ctx)
+	if err != nil {
+		return "", err
+	}
+	var found []string
+	for _, img := range all {
+		if strings.HasPrefix(strings.TrimPrefix(img.ID, digest.Canonical.String()+":"), prefix) {
+			found = append(found, img.ID)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return "", fmt.Errorf("image %q: %w", prefix, errdefs.ErrNotFound)
+	case 1:
+		return found[0], nil
+	default:
+		return "", fmt.Errorf("image id prefix %q matches %d images: %w", prefix, len(found), errdefs.ErrInvalidArgument)
+	}
+}
+
+// list reads every image record of the namespace and groups them by image
+// id, in a stable order (by id).
+func (s *Service) list(ctx context.Context) ([]Image, error) {
+	recs, err := s.client.ImageService().List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list image records: %w", err)
+	}
+	byID := map[string]*Image{}
+	seen := map[string]bool{}
+	for _, rec := range recs {
+		seen[rec.Target.Digest.String()] = true
+		meta, err := s.metaFor(ctx, rec)
+		if err != nil {
+			if errors.Is(err, ctx.Err()) {
+				return nil, err
+			}
+			// Content being removed, or a record someone else made
+			// without content: not an image we can run.
+			s.logger.DebugContext(ctx, "skip image record", "image", rec.Name, "error", err)
+			continue
+		}
+		img, ok := byID[meta.id]
+		if !ok {
+			img = &Image{
+				ID:      meta.id,
+				ChainID: meta.chainID,
+				Size:    meta.size,
+				Config:  meta.spec.Config,
+				Spec:    meta.spec,
+				Target:  rec.Target,
+			}
+			byID[meta.id] = img
+		}
+		img.records = append(img.records, rec.Name)
+		if rec.Labels[labelPinned] == "pinned" {
+			img.Pinned = true
+		}
+		tag, dgst := splitRef(rec.Name)
+		if tag != "" {
+			img.RepoTags = append(img.RepoTags, tag)
+		}
+		if dgst != "" {
+			img.RepoDigests = append(img.RepoDigests, dgst)
+			// The record named by the repo digest carries the target the
+			// image was pulled as.
+			img.Target = rec.Target
+		}
+	}
+	s.forgetMeta(seen)
+
+	out := make([]Image, 0, len(byID))
+	for _, img := range byID {
+		slices.Sort(img.RepoTags)
+		slices.Sort(img.RepoDigests)
+		slices.Sort(img.records)
+		out = append(out, *img)
+	}
+	slices.SortFunc(out, func(a, b Image) int { return strings.Compare(a.ID, b.ID) })
+	return out, nil
+}
+
+// labelPinned is the label containerd's CRI plugin uses for pinned images.
+const labelPinned = "io.cri-containerd.pinned"
+
+// splitRef sorts an image record name into a repo tag or a repo digest; an
+// id record ("sha256:...") is neither.
+func splitRef(name string) (tag, dgst string) {
+	parsed, err := reference.ParseAnyReference(name)
+	if err != nil {
+		return "", ""
+	}
+	if _, ok := parsed.(reference.Canonical); ok {
+		return "", parsed.String()
+	}
+	if _, ok := parsed.(reference.NamedTagged); ok {
+		return parsed.String(), ""
+	}
+	return "", ""
+}
+
+// metaFor reads the config, layers and size of a record's target, once per
+// target digest.
+func (s *Service) metaFor(ctx context.Context, rec images.Image) (imageMeta, error) {
+	key := rec.Target.Digest.String()
+	s.metaMu.Lock()
+	m, ok := s.meta[key]
+	s.metaMu.Unlock()
+	if ok {
+		return m, nil
+	}
+	img := containerdImage(s, rec)
+	cfg, err := img.Config(ctx)
+	if err != nil {
+		return imageMeta{}, fmt.Errorf("image %q config descriptor: %w", rec.Name, err)
+	}
+	spec, err := img.Spec(ctx)
+	if err != nil {
+		return imageMeta{}, fmt.Errorf("image %q config: %w", rec.Name, err)
+	}
+	size, err := img.Size(ctx)
+	if err != nil {
+		return imageMeta{}, fmt.Errorf("image %q size: %w", rec.Name, err)
+	}
+	m = imageMeta{
+		id:      cfg.Digest.String(),
+		chainID: identity.ChainID(spec.RootFS.DiffIDs).String(),
+		size:    size,
+		spec:    spec,
+	}
+	s.metaMu.Lock()
+	s.meta[key] = m
+	s.metaMu.Unlock()
+	return m, nil
+}
+
+// forgetMeta drops the cached metadata of targets no record points at.
+func (s *Service) forgetMeta(seen map[string]bool) {
+	s.metaMu.Lock()
+	defer s.metaMu.Unlock()
+	for k := range s.meta {
+		if !seen[k] {
+			delete(s.meta, k)
+		}
+	}
+}
+
+func containerdImage(s *Service, rec images.Image) containerd.Image {
+	return containerd.NewImageWithPlatform(s.client, rec, s.platform)
+}

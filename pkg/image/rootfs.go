@@ -1,0 +1,157 @@
+package image
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/identifiers"
+	"github.com/containerd/errdefs"
+)
+
+// Mount is one mount of a container rootfs, to be mounted in order at the
+// rootfs path: an overlay ("overlay", "overlay", "lowerdir=...,upperdir=...,
+// workdir=...") or, for an image with no layer, a bind mount.
+type Mount struct {
+	Type    string
+	Source  string
+	Options []string
+}
+
+// RootfsKey is the snapshot key of a container's rootfs.
+func RootfsKey(containerID string) string { return "aurae-cri/rootfs/" + containerID }
+
+// rootfsLease is the lease that holds a container's rootfs snapshot (and,
+// through it, the image layers under it) until RemoveRootfs.
+func rootfsLease(containerID string) string { return "aurae-cri.rootfs." + containerID }
+
+// PrepareRootfs makes the writable rootfs snapshot of a container on top of
+// the image's layers and returns its mounts. The snapshot is held by a lease
+// named after the container, so containerd's garbage collector keeps it (and
+// the image layers under it, even if the image is removed) until
+// RemoveRootfs. Calling it again for the same container and image returns
+// the same mounts.
+func (s *Service) PrepareRootfs(ctx context.Context, containerID, imageRef string) (_ []Mount, retErr error) {
+	if err := identifiers.Validate(rootfsLease(containerID)); err != nil {
+		return nil, fmt.Errorf("prepare rootfs: container id %q: %w", containerID, err)
+	}
+	ctx, cancel := s.callCtx(ctx)
+	defer cancel()
+	log := s.logger.With("container", containerID, "image", imageRef)
+
+	img, err := s.resolve(ctx, imageRef)
+	if err != nil {
+		return nil, fmt.Errorf("prepare rootfs of %q: %w", containerID, err)
+	}
+	if err := s.ensureUnpacked(ctx, img); err != nil {
+		return nil, fmt.Errorf("prepare rootfs of %q: %w", containerID, err)
+	}
+
+	labels := map[string]string{LabelContainerID: containerID}
+	lm := s.client.LeasesService()
+	lease, err := lm.Create(ctx, leases.WithID(rootfsLease(containerID)), leases.WithLabels(labels))
+	createdLease := err == nil
+	if errdefs.IsAlreadyExists(err) {
+		lease, err = leases.Lease{ID: rootfsLease(containerID)}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("prepare rootfs of %q: lease: %w", containerID, err)
+	}
+	if createdLease {
+		defer func() {
+			if retErr != nil {
+				dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), s.callTO)
+				defer dcancel()
+				if err := lm.Delete(dctx, lease, leases.SynchronousDelete); err != nil && !errdefs.IsNotFound(err) {
+					log.WarnContext(ctx, "undo rootfs lease", "error", err)
+				}
+			}
+		}()
+	}
+
+	sn := s.client.SnapshotService(s.snapshotter)
+	key := RootfsKey(containerID)
+	lctx := leases.WithLease(ctx, lease.ID)
+	mounts, err := sn.Prepare(lctx, key, img.ChainID, snapshots.WithLabels(labels))
+	if errdefs.IsAlreadyExists(err) {
+		// A retry: the same container on the same image gets its snapshot back.
+		info, serr := sn.Stat(ctx, key)
+		if serr != nil {
+			return nil, fmt.Errorf("prepare rootfs of %q: stat existing snapshot: %w", containerID, serr)
+		}
+		if info.Parent != img.ChainID {
+			return nil, fmt.Errorf("prepare rootfs of %q: snapshot %q exists on another image (%s): %w", containerID, key, info.Parent, errdefs.ErrAlreadyExists)
+		}
+		mounts, err = sn.Mounts(ctx, key)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("prepare rootfs of %q: snapshot: %w", containerID, err)
+	}
+	log.InfoContext(ctx, "prepared rootfs", "snapshot", key, "image_id", img.ID)
+	return fromContainerdMounts(mounts), nil
+}
+
+// RemoveRootfs removes a container's rootfs snapshot and its lease. The
+// rootfs must no longer be mounted. Removing an absent rootfs succeeds.
+func (s *Service) RemoveRootfs(ctx context.Context, containerID string) error {
+	ctx, cancel := s.callCtx(ctx)
+	defer cancel()
+	key := RootfsKey(containerID)
+	if err := s.client.SnapshotService(s.snapshotter).Remove(ctx, key); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("remove rootfs of %q: snapshot: %w", containerID, err)
+	}
+	err := s.client.LeasesService().Delete(ctx, leases.Lease{ID: rootfsLease(containerID)}, leases.SynchronousDelete)
+	if err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("remove rootfs of %q: lease: %w", containerID, err)
+	}
+	s.logger.InfoContext(ctx, "removed rootfs", "container", containerID, "snapshot", key)
+	return nil
+}
+
+// RootfsMounts returns the mounts of a container's existing rootfs snapshot
+// (after a restart, say); errdefs.ErrNotFound when there is none.
+func (s *Service) RootfsMounts(ctx context.Context, containerID string) ([]Mount, error) {
+	ctx, cancel := s.callCtx(ctx)
+	defer cancel()
+	mounts, err := s.client.SnapshotService(s.snapshotter).Mounts(ctx, RootfsKey(containerID))
+	if err != nil {
+		return nil, fmt.Errorf("rootfs mounts of %q: %w", containerID, err)
+	}
+	return fromContainerdMounts(mounts), nil
+}
+
+// ensureUnpacked unpacks the image into the snapshotter if its layers are
+// not there (an image pulled by another client, or whose snapshots were
+// collected).
+func (s *Service) ensureUnpacked(ctx context.Context, img Image) error {
+	if len(img.records) == 0 {
+		return fmt.Errorf("image %s has no record: %w", img.ID, errdefs.ErrNotFound)
+	}
+	rec, err := s.client.ImageService().Get(ctx, img.records[0])
+	if err != nil {
+		return fmt.Errorf("image record %q: %w", img.records[0], err)
+	}
+	cimg := containerdImage(s, rec)
+	ok, err := cimg.IsUnpacked(ctx, s.snapshotter)
+	if err != nil {
+		return fmt.Errorf("check image %s is unpacked: %w", img.ID, err)
+	}
+	if ok {
+		return nil
+	}
+	s.logger.InfoContext(ctx, "unpacking image", "image", rec.Name, "id", img.ID)
+	if err := cimg.Unpack(ctx, s.snapshotter); err != nil {
+		return fmt.Errorf("unpack image %s: %w", img.ID, err)
+	}
+	return nil
+}
+
+func fromContainerdMounts(ms []mount.Mount) []Mount {
+	out := make([]Mount, len(ms))
+	for i, m := range ms {
+		out[i] = Mount{Type: m.Type, Source: m.Source, Options: append([]string(nil), m.Options...)}
+	}
+	return out
+}
