@@ -169,8 +169,12 @@ func run(cfg config) error {
 	for i, s := range servers {
 		go func() { serveErr <- s.Serve(listeners[i]) }()
 	}
+	listening := ""
+	if tcpLis != nil {
+		listening = tcpLis.Addr().String() // the port chosen for ":0"
+	}
 	logger.Info("auraed serving", "version", version.Version, "pid", os.Getpid(),
-		"socket", cfg.socket, "listen", cfg.listen, "state_dir", cfg.stateDir, "cgroup_root", cfg.cgroupRoot)
+		"socket", cfg.socket, "listen", listening, "state_dir", cfg.stateDir, "cgroup_root", cfg.cgroupRoot)
 
 	var runErr error
 	select {
