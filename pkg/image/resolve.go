@@ -60,6 +60,9 @@ func NormalizeRef(ref string) (reference.Named, error) {
 	if ref == "" {
 		return nil, fmt.Errorf("empty image reference: %w", errdefs.ErrInvalidArgument)
 	}
+	if _, err := digest.Parse(ref); err == nil {
+		return nil, fmt.Errorf("image reference %q is an image id, not a name: %w", ref, errdefs.ErrInvalidArgument)
+	}
 	named, err := reference.ParseDockerRef(ref)
 	if err != nil {
 		return nil, fmt.Errorf("parse image reference %q: %w: %w", ref, errdefs.ErrInvalidArgument, err)

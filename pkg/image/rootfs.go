@@ -2,6 +2,8 @@ package image
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 
 	"github.com/containerd/containerd/v2/core/leases"
@@ -24,8 +26,13 @@ type Mount struct {
 func RootfsKey(containerID string) string { return "aurae-cri/rootfs/" + containerID }
 
 // rootfsLease is the lease that holds a container's rootfs snapshot (and,
-// through it, the image layers under it) until RemoveRootfs.
-func rootfsLease(containerID string) string { return "aurae-cri.rootfs." + containerID }
+// through it, the image layers under it) until RemoveRootfs. Lease ids are at
+// most 76 characters, so the container id is hashed; the lease's labels name
+// the container.
+func rootfsLease(containerID string) string {
+	sum := sha256.Sum256([]byte(containerID))
+	return "aurae-cri.rootfs." + hex.EncodeToString(sum[:20])
+}
 
 // PrepareRootfs makes the writable rootfs snapshot of a container on top of
 // the image's layers and returns its mounts. The snapshot is held by a lease
@@ -34,7 +41,7 @@ func rootfsLease(containerID string) string { return "aurae-cri.rootfs." + conta
 // RemoveRootfs. Calling it again for the same container and image returns
 // the same mounts.
 func (s *Service) PrepareRootfs(ctx context.Context, containerID, imageRef string) (_ []Mount, retErr error) {
-	if err := identifiers.Validate(rootfsLease(containerID)); err != nil {
+	if err := identifiers.Validate(containerID); err != nil {
 		return nil, fmt.Errorf("prepare rootfs: container id %q: %w", containerID, err)
 	}
 	ctx, cancel := s.callCtx(ctx)
@@ -96,6 +103,9 @@ func (s *Service) PrepareRootfs(ctx context.Context, containerID, imageRef strin
 // RemoveRootfs removes a container's rootfs snapshot and its lease. The
 // rootfs must no longer be mounted. Removing an absent rootfs succeeds.
 func (s *Service) RemoveRootfs(ctx context.Context, containerID string) error {
+	if containerID == "" {
+		return fmt.Errorf("remove rootfs: empty container id: %w", errdefs.ErrInvalidArgument)
+	}
 	ctx, cancel := s.callCtx(ctx)
 	defer cancel()
 	key := RootfsKey(containerID)

@@ -37,7 +37,7 @@ func StartContainerd(t testing.TB) *containerdproc.Proc {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	p, err := containerdproc.Ensure(ctx, containerdproc.Config{StateDir: dir})
+	p, err := containerdproc.Ensure(ctx, containerdproc.Config{StateDir: dir, Logger: Logger(t)})
 	if err != nil {
 		if rerr := RemoveStateDir(dir); rerr != nil {
 			t.Logf("clean %s: %v", dir, rerr)

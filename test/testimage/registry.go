@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -123,29 +124,37 @@ func ImageID(t testing.TB, img v1.Image) string {
 	return d.String()
 }
 
-// HostsTOML is a containerd hosts.toml for host that pulls and resolves over
-// plain HTTP.
-func HostsTOML(host string) string {
+// HostsTOML is a containerd hosts.toml that sends the pulls and resolves of
+// a registry to endpoint ("127.0.0.1:PORT") over plain HTTP.
+func HostsTOML(endpoint string) string {
 	return fmt.Sprintf(`server = "http://%[1]s"
 
 [host."http://%[1]s"]
   capabilities = ["pull", "resolve"]
   skip_verify = true
-`, host)
+`, endpoint)
+}
+
+// WriteHostsFile writes <dir>/<registry>/hosts.toml sending registry's
+// pulls to endpoint over plain HTTP: a loopback mirror for "docker.io", or
+// the registry itself when endpoint is registry.
+func WriteHostsFile(t testing.TB, dir, registry, endpoint string) {
+	t.Helper()
+	d := filepath.Join(dir, registry)
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		t.Fatalf("hosts dir: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(d, "hosts.toml"), []byte(HostsTOML(endpoint)), 0o644); err != nil {
+		t.Fatalf("hosts.toml: %v", err)
+	}
 }
 
 // WriteHostsDir writes <dir>/<host>/hosts.toml marking each host as a plain
-// HTTP registry, making dir if needed, and returns dir.
+// HTTP registry and returns dir.
 func WriteHostsDir(t testing.TB, dir string, hosts ...string) string {
 	t.Helper()
 	for _, h := range hosts {
-		d := filepath.Join(dir, h)
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatalf("hosts dir: %v", err)
-		}
-		if err := os.WriteFile(filepath.Join(d, "hosts.toml"), []byte(HostsTOML(h)), 0o644); err != nil {
-			t.Fatalf("hosts.toml: %v", err)
-		}
+		WriteHostsFile(t, dir, h, h)
 	}
 	return dir
 }
@@ -177,4 +186,10 @@ type testWriter struct{ t testing.TB }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// Logger is a slog.Logger writing to the test log (shown with -v or on
+// failure).
+func Logger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
