@@ -25,7 +25,6 @@ import (
 
 	discoveryv0 "github.com/aurae-runtime/aurae-cri/api/discovery/v0"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/client"
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/observe"
 )
 
 const (
@@ -122,8 +121,6 @@ type Auraed struct {
 	exited chan struct{} // closed when cmd has been waited for
 	err    error         // cmd.Wait's result, once exited is closed
 	client *client.Client
-	// signalSubs counts the signal subscriptions waitSignalSubscribed saw.
-	signalSubs int
 }
 
 // startAuraed starts auraed with args after its defaults for the test
@@ -175,7 +172,7 @@ func (a *Auraed) start(t testing.TB) {
 	// Its own process group: a ^C of `go test` reaches the daemon only
 	// through our cleanup.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	fmt.Fprintf(a.logs, "--- e2e: starting %s\n", strings.Join(a.args, " "))
+	_, _ = fmt.Fprintf(a.logs, "--- e2e: starting %s\n", strings.Join(a.args, " "))
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start auraed: %v", err)
 	}
@@ -272,7 +269,7 @@ func (a *Auraed) TCPAddr() string {
 func (a *Auraed) Kill9() {
 	a.t.Helper()
 	a.signal(syscall.SIGKILL)
-	a.wait(a.t)
+	_ = a.wait(a.t)
 }
 
 // Stop sends SIGTERM and waits for auraed to exit; it returns the exit
@@ -464,31 +461,4 @@ func testContext(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-// waitSignalSubscribed waits until auraed registered one more
-// GetPosixSignalsStream subscriber than at the previous call (it logs a
-// Debug record for each): signals from then on reach that stream.
-func waitSignalSubscribed(t testing.TB, a *Auraed) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		n := 0
-		for _, r := range a.Records() {
-			if r["msg"] == observe.SignalSubscribedMsg {
-				n++
-			}
-		}
-		a.mu.Lock()
-		if n > a.signalSubs {
-			a.signalSubs++
-			a.mu.Unlock()
-			return
-		}
-		a.mu.Unlock()
-		if time.Now().After(deadline) {
-			t.Fatal("auraed did not register the signal stream subscriber")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

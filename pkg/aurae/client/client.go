@@ -71,7 +71,7 @@ func Dial(ctx context.Context, address string, opts ...Option) (*Client, error) 
 	if err != nil {
 		return nil, err
 	}
-	var creds credentials.TransportCredentials = insecure.NewCredentials()
+	creds := insecure.NewCredentials()
 	if o.certFile != "" || o.keyFile != "" || o.caFile != "" {
 		cfg, err := clientTLSConfig(o.certFile, o.keyFile, o.caFile)
 		if err != nil {

@@ -8,10 +8,6 @@ import (
 	observev0 "github.com/aurae-runtime/aurae-cri/api/observe/v0"
 )
 
-// SignalSubscribedMsg is the message of the Debug record logged once a
-// GetPosixSignalsStream subscriber is registered: events from then on reach it.
-const SignalSubscribedMsg = "posix signal stream subscribed"
-
 // GetPosixSignalsStream streams the signal events published from the call
 // on: all of them when no workload (or one of type UNSPECIFIED) is named,
 // otherwise those of the workload's type and, when its id is not empty, id.
@@ -20,8 +16,7 @@ func (s *service) GetPosixSignalsStream(req *observev0.GetPosixSignalsStreamRequ
 	ref := req.GetWorkload()
 	all := ref.GetWorkloadType() == observev0.WorkloadType_WORKLOAD_TYPE_UNSPECIFIED
 	sub, unsubscribe := s.hub.subscribeSignals(all, Workload{Type: ref.GetWorkloadType(), ID: ref.GetId()})
-	// Tests wait for this record before causing a signal.
-	slog.Debug(SignalSubscribedMsg, "workload_type", ref.GetWorkloadType().String(), "workload_id", ref.GetId())
+	slog.Debug("posix signal stream subscribed", "workload_type", ref.GetWorkloadType().String(), "workload_id", ref.GetId())
 	defer func() {
 		if lost := unsubscribe(); lost > 0 {
 			slog.Warn("signal subscriber was too slow and lost events", "lost", lost)
