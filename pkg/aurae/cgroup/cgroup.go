@@ -158,7 +158,7 @@ func v1Hierarchy() ([]cgroup1.Subsystem, error) {
 	var out []cgroup1.Subsystem
 	for _, s := range all {
 		switch s.Name() {
-		case cgroup1.Cpu, cgroup1.Cpuacct, cgroup1.Cpuset, cgroup1.Memory, cgroup1.Pids, cgroup1.Freezer, cgroup1.Devices, cgroup1.Blkio:
+		case cgroup1.Cpu, cgroup1.Cpuacct, cgroup1.Cpuset, cgroup1.Memory, cgroup1.Pids, cgroup1.Freezer:
 			out = append(out, s)
 		}
 	}
@@ -166,23 +166,34 @@ func v1Hierarchy() ([]cgroup1.Subsystem, error) {
 }
 
 // v1Controllers are the directories New may create on v1, for rollback.
-var v1Controllers = []string{"cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "devices", "blkio"}
+var v1Controllers = []string{"cpu", "cpuacct", "cpuset", "memory", "pids", "freezer"}
 
-func removeDirs(path string) {
+// dirs are the cgroup's directories: one per v1 hierarchy, or the unified one.
+func dirs(path string) []string {
 	if Unified() {
-		_ = unix.Rmdir(filepath.Join(Root, path))
-		return
+		return []string{filepath.Join(Root, path)}
 	}
+	return v1Dirs(path)
+}
+
+func v1Dirs(path string) []string {
+	var out []string
 	seen := map[string]bool{}
 	for _, c := range v1Controllers {
-		d := filepath.Join(Root, c, path)
-		// cpu and cpuacct are often the same mount; rmdir once.
+		// cpu and cpuacct are often one mount behind two names.
 		if r, err := filepath.EvalSymlinks(filepath.Join(Root, c)); err == nil {
 			if seen[r] {
 				continue
 			}
 			seen[r] = true
 		}
+		out = append(out, filepath.Join(Root, c, path))
+	}
+	return out
+}
+
+func removeDirs(path string) {
+	for _, d := range dirs(path) {
 		_ = unix.Rmdir(d)
 	}
 }
@@ -195,27 +206,41 @@ func (c *Cgroup) AddProc(pid int) error {
 	return c.v1.AddProc(uint64(pid))
 }
 
-// Procs lists the pids in the cgroup and, recursively, its children.
+// Procs lists the pids in the cgroup and, recursively, its children. It
+// reads cgroup.procs files only (the library's walk stats every interface
+// file, which costs more than the rest of a cell's life).
 func (c *Cgroup) Procs() ([]int, error) {
+	d := filepath.Join(Root, c.path)
+	if c.v2 == nil {
+		d = ControllerFile(c.path, "freezer", "")
+	}
 	var out []int
-	if c.v2 != nil {
-		ps, err := c.v2.Procs(true)
-		if err != nil {
-			return nil, err
-		}
-		for _, p := range ps {
-			out = append(out, int(p))
-		}
-		return out, nil
-	}
-	ps, err := c.v1.Processes(cgroup1.Freezer, true)
+	err := readProcs(d, &out)
+	return out, err
+}
+
+func readProcs(dir string, out *[]int) error {
+	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
 	if err != nil {
-		return nil, err
+		return err
 	}
-	for _, p := range ps {
-		out = append(out, p.Pid)
+	for _, f := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			*out = append(*out, pid)
+		}
 	}
-	return out, nil
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			if err := readProcs(filepath.Join(dir, e.Name()), out); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Kill sends SIGKILL to every process of the cgroup and its children and
@@ -267,16 +292,29 @@ func (c *Cgroup) killV1() error {
 	return nil
 }
 
-// Delete removes the (empty) cgroup. Child cgroups must be deleted first.
+// Delete removes the cgroup, which must be empty and have no children.
+// The kernel may report a cgroup whose last process was just reaped as busy
+// for a moment; that is retried.
 func (c *Cgroup) Delete() error {
-	var err error
+	var dirs []string
 	if c.v2 != nil {
-		err = c.v2.Delete()
+		dirs = []string{filepath.Join(Root, c.path)}
 	} else {
-		err = c.v1.Delete()
+		dirs = v1Dirs(c.path)
 	}
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("delete cgroup %s: %w", c.path, err)
+	for _, d := range dirs {
+		delay := 500 * time.Microsecond
+		for try := 0; ; try++ {
+			err := unix.Rmdir(d)
+			if err == nil || errors.Is(err, unix.ENOENT) {
+				break
+			}
+			if !errors.Is(err, unix.EBUSY) || try == 10 {
+				return fmt.Errorf("delete cgroup %s: %w", d, err)
+			}
+			time.Sleep(delay)
+			delay *= 2
+		}
 	}
 	return nil
 }
