@@ -15,7 +15,6 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	remoteerrors "github.com/containerd/containerd/v2/core/remotes/errors"
-	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -43,7 +42,7 @@ func (s *Service) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 	name := named.String()
 	ctx, cancel := context.WithTimeout(ctx, s.pullTO)
 	defer cancel()
-	ctx = namespaces.WithNamespace(ctx, s.namespace)
+	ctx = s.withNamespace(ctx)
 	log := s.logger.With("image", name)
 
 	unlock, err := s.pulls.lock(ctx, name)

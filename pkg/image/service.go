@@ -18,6 +18,7 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	clog "github.com/containerd/log"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
@@ -82,6 +83,8 @@ type Service struct {
 
 	// snapshotRoot is the snapshotter's directory, reported by ImageFsInfo.
 	snapshotRoot string
+	// clog carries containerd's client logs to logger.
+	clog *clog.Entry
 
 	pulls keyedMutex
 
@@ -130,6 +133,7 @@ func New(ctx context.Context, opts Options) (*Service, error) {
 		s.logger = slog.Default()
 	}
 	s.logger = s.logger.With("component", "image", "namespace", s.namespace)
+	s.clog = containerdLogger(s.logger)
 	if s.client == nil {
 		if opts.Address == "" {
 			return nil, fmt.Errorf("image service: no containerd client or address: %w", errdefs.ErrInvalidArgument)
@@ -171,7 +175,13 @@ func (s *Service) SnapshotRoot() string { return s.snapshotRoot }
 // callCtx bounds a call and puts it in the service's namespace.
 func (s *Service) callCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithTimeout(ctx, s.callTO)
-	return namespaces.WithNamespace(ctx, s.namespace), cancel
+	return s.withNamespace(ctx), cancel
+}
+
+// withNamespace puts ctx in the service's containerd namespace, with
+// containerd's logs going to the service's logger.
+func (s *Service) withNamespace(ctx context.Context) context.Context {
+	return clog.WithLogger(namespaces.WithNamespace(ctx, s.namespace), s.clog)
 }
 
 // lookupSnapshotRoot asks containerd where the snapshotter keeps its files

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -240,6 +241,28 @@ func TestPullListStatusRemove(t *testing.T) {
 		}
 		if _, err := e.svc.Resolve(ctxT(t), e.reg.Ref("test/none:1")); !errdefs.IsNotFound(err) {
 			t.Errorf("resolve absent: %v, want not found", err)
+		}
+	})
+
+	t.Run("concurrent pulls", func(t *testing.T) {
+		errs := make(chan error, 4)
+		for range 4 {
+			go func() {
+				resp, err := e.svc.PullImage(ctxT(t), &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: refName}})
+				if err == nil && resp.GetImageRef() != idName {
+					err = fmt.Errorf("id %s, want %s", resp.GetImageRef(), idName)
+				}
+				errs <- err
+			}()
+		}
+		for range 4 {
+			if err := <-errs; err != nil {
+				t.Errorf("concurrent pull: %v", err)
+			}
+		}
+		// The tag pulled here joins the digest pulled before.
+		if tags := e.status(t, idName, false).GetImage().GetRepoTags(); !slices.Equal(tags, []string{refName}) {
+			t.Errorf("tags after pulling by tag = %v", tags)
 		}
 	})
 

@@ -1,0 +1,159 @@
+package image
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/containerd/containerd/v2/pkg/identifiers"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+)
+
+// Images is what the container code uses of the image service. *Service
+// implements it against containerd; *Fake in memory, for unit tests.
+type Images interface {
+	Resolve(ctx context.Context, refOrID string) (Image, error)
+	PrepareRootfs(ctx context.Context, containerID, imageRef string) ([]Mount, error)
+	RootfsMounts(ctx context.Context, containerID string) ([]Mount, error)
+	RemoveRootfs(ctx context.Context, containerID string) error
+}
+
+var (
+	_ Images = (*Service)(nil)
+	_ Images = (*Fake)(nil)
+)
+
+// Fake is an in-memory Images for unit tests: images are added with Add,
+// and a prepared rootfs is a bind mount of RootfsSource.
+type Fake struct {
+	// RootfsSource is the source of the bind mount PrepareRootfs returns.
+	RootfsSource string
+
+	mu     sync.Mutex
+	images map[string]Image  // by id
+	rootfs map[string]string // container id → image id
+}
+
+// NewFake returns an empty Fake whose rootfs mounts bind rootfsSource.
+func NewFake(rootfsSource string) *Fake {
+	return &Fake{RootfsSource: rootfsSource, images: map[string]Image{}, rootfs: map[string]string{}}
+}
+
+// Add makes img resolvable by its id, its repo tags and repo digests (each
+// normalized). An empty ID is made up from the first tag.
+func (f *Fake) Add(img Image) Image {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if img.ID == "" {
+		img.ID = digest.FromString(strings.Join(img.RepoTags, ",")).String()
+	}
+	for i, r := range img.RepoTags {
+		if n, err := NormalizeRef(r); err == nil {
+			img.RepoTags[i] = n.String()
+		}
+	}
+	for i, r := range img.RepoDigests {
+		if n, err := NormalizeRef(r); err == nil {
+			img.RepoDigests[i] = n.String()
+		}
+	}
+	f.images[img.ID] = img
+	return img
+}
+
+// Resolve finds an added image by id, id prefix, tag or digest.
+func (f *Fake) Resolve(ctx context.Context, refOrID string) (Image, error) {
+	if err := ctx.Err(); err != nil {
+		return Image{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	img, ok := f.find(refOrID)
+	if !ok {
+		return Image{}, fmt.Errorf("resolve image %q: %w", refOrID, errdefs.ErrNotFound)
+	}
+	return img, nil
+}
+
+func (f *Fake) find(refOrID string) (Image, bool) {
+	if img, ok := f.images[refOrID]; ok {
+		return img, true
+	}
+	name := refOrID
+	if n, err := NormalizeRef(refOrID); err == nil {
+		name = n.String()
+	}
+	var prefixed []Image
+	for _, img := range f.images {
+		if slices.Contains(img.RepoTags, name) || slices.Contains(img.RepoDigests, name) {
+			return img, true
+		}
+		if len(refOrID) >= 4 && strings.HasPrefix(strings.TrimPrefix(img.ID, "sha256:"), strings.TrimPrefix(refOrID, "sha256:")) {
+			prefixed = append(prefixed, img)
+		}
+	}
+	if len(prefixed) == 1 {
+		return prefixed[0], true
+	}
+	return Image{}, false
+}
+
+// PrepareRootfs records a rootfs of imageRef for containerID.
+func (f *Fake) PrepareRootfs(ctx context.Context, containerID, imageRef string) ([]Mount, error) {
+	if err := identifiers.Validate(containerID); err != nil {
+		return nil, fmt.Errorf("prepare rootfs: container id %q: %w", containerID, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	img, ok := f.find(imageRef)
+	if !ok {
+		return nil, fmt.Errorf("prepare rootfs of %q: image %q: %w", containerID, imageRef, errdefs.ErrNotFound)
+	}
+	if id, ok := f.rootfs[containerID]; ok && id != img.ID {
+		return nil, fmt.Errorf("prepare rootfs of %q: exists on image %s: %w", containerID, id, errdefs.ErrAlreadyExists)
+	}
+	f.rootfs[containerID] = img.ID
+	return f.mounts(), nil
+}
+
+// RootfsMounts returns the mounts of a prepared rootfs.
+func (f *Fake) RootfsMounts(ctx context.Context, containerID string) ([]Mount, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.rootfs[containerID]; !ok {
+		return nil, fmt.Errorf("rootfs mounts of %q: %w", containerID, errdefs.ErrNotFound)
+	}
+	return f.mounts(), nil
+}
+
+// RemoveRootfs forgets a rootfs; an absent one is fine.
+func (f *Fake) RemoveRootfs(ctx context.Context, containerID string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.rootfs, containerID)
+	return nil
+}
+
+// Rootfs reports the image id of a container's prepared rootfs.
+func (f *Fake) Rootfs(containerID string) (imageID string, ok bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	imageID, ok = f.rootfs[containerID]
+	return imageID, ok
+}
+
+func (f *Fake) mounts() []Mount {
+	return []Mount{{Type: "bind", Source: f.RootfsSource, Options: []string{"rbind", "rw"}}}
+}
