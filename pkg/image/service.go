@@ -18,9 +18,9 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	clog "github.com/containerd/log"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
+	clog "github.com/containerd/log"
 	"github.com/containerd/platforms"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
