@@ -119,7 +119,10 @@ func TestBadRequestsLeaveNothing(t *testing.T) {
 		call func() error
 		code codes.Code
 	}{
-		{"no cell", func() error { _, err := s.Allocate(context.Background(), &cellsv0.CellServiceAllocateRequest{}); return err }, codes.InvalidArgument},
+		{"no cell", func() error {
+			_, err := s.Allocate(context.Background(), &cellsv0.CellServiceAllocateRequest{})
+			return err
+		}, codes.InvalidArgument},
 		{"empty name", alloc(s, &cellsv0.Cell{Name: ""}), codes.InvalidArgument},
 		{"dotdot", alloc(s, &cellsv0.Cell{Name: ".."}), codes.InvalidArgument},
 		{"dotdot nested", alloc(s, &cellsv0.Cell{Name: "ok/../x"}), codes.InvalidArgument},
