@@ -50,6 +50,9 @@ func main() {
 	cells.MaybeRunCellInit()
 
 	cfg, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "auraed: %v\n", err)
 		os.Exit(2)
