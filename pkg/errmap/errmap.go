@@ -31,6 +31,8 @@ func Code(err error) codes.Code {
 		return codes.Unavailable
 	case errdefs.IsNotImplemented(err):
 		return codes.Unimplemented
+	case errdefs.IsUnauthorized(err):
+		return codes.Unauthenticated
 	case errdefs.IsPermissionDenied(err):
 		return codes.PermissionDenied
 	case errdefs.IsResourceExhausted(err):
