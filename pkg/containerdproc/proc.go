@@ -120,7 +120,7 @@ func Ping(ctx context.Context, address string) (containerd.Version, error) {
 	if err != nil {
 		return containerd.Version{}, fmt.Errorf("connect to containerd at %q: %w", address, err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	v, err := c.Version(ctx)
 	if err != nil {
 		return containerd.Version{}, fmt.Errorf("containerd version at %q: %w", address, err)
@@ -333,7 +333,7 @@ func (p *Proc) waitReady(ctx context.Context, timeout time.Duration) error {
 			return fmt.Errorf("containerd child exited before answering (%s), log tail:\n%s: %w",
 				p.cmd.ProcessState, tail(p.LogPath(), 2048), errdefs.ErrUnavailable)
 		case <-ctx.Done():
-			return fmt.Errorf("containerd child did not answer at %q within %s (last error: %v): %w",
+			return fmt.Errorf("containerd child did not answer at %q within %s (last error: %w): %w",
 				p.address, timeout, lastErr, ctx.Err())
 		case <-tick.C:
 		}

@@ -155,7 +155,7 @@ func parseAuth(auth *runtimeapi.AuthConfig, host string) (string, string, error)
 			h = u.Host
 		}
 		h = strings.TrimSuffix(h, "/")
-		if h != host && !(host == "registry-1.docker.io" && (h == "docker.io" || h == "index.docker.io")) {
+		if h != host && (host != "registry-1.docker.io" || (h != "docker.io" && h != "index.docker.io")) {
 			return "", "", nil
 		}
 	}

@@ -481,7 +481,7 @@ func snapshotCount(t *testing.T, e *env) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	ctx := namespaces.WithNamespace(ctxT(t), e.svc.Namespace())
 	n := 0
 	if err := c.SnapshotService(e.svc.Snapshotter()).Walk(ctx, func(context.Context, snapshots.Info) error {

@@ -164,7 +164,7 @@ func TestRootfsLease(t *testing.T) {
 	if l := rootfsLease(long); len(l) > 76 || l == rootfsLease(hex64('a')) {
 		t.Errorf("lease id %q", l)
 	}
-	if rootfsLease("x") != rootfsLease("x") {
+	if a, b := rootfsLease("x"), rootfsLease("x"); a != b {
 		t.Error("lease id not deterministic")
 	}
 }

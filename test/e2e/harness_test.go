@@ -63,7 +63,13 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: build:", err)
 		return 1
 	}
-	return m.Run()
+	code := m.Run()
+	// Every test cleans up after itself; this checks that they did.
+	if left := leftovers(); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "e2e: left on the machine after the tests:\n  %s\n", strings.Join(left, "\n  "))
+		return 1
+	}
+	return code
 }
 
 // buildBinaries builds every main package under cmd/ into dir.

@@ -58,7 +58,7 @@ func StartRegistry(t testing.TB, opts ...RegistryOption) *Registry {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	var h http.Handler = registry.New(registry.Logger(cfg.logger))
+	h := registry.New(registry.Logger(cfg.logger))
 	if cfg.user != "" {
 		h = basicAuth(h, cfg.user, cfg.pass)
 	}

@@ -89,7 +89,9 @@ func (s *Service) allocate(ctx context.Context, req *cellsv0.CellServiceAllocate
 	c.cg = cg
 	defer func() {
 		if retErr != nil {
-			s.destroy(c)
+			if err := s.destroy(c); err != nil {
+				s.log.Error("roll back cell", "cell", name, "error", err)
+			}
 		}
 	}()
 	if c.needsInit() {

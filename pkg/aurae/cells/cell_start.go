@@ -119,7 +119,7 @@ func parseCommand(command string) (argv []string, bin string, err error) {
 	}
 	argv, err = shlex.Split(command)
 	if err != nil {
-		return nil, "", fmt.Errorf("command %q: %v: %w", command, err, errInvalid)
+		return nil, "", fmt.Errorf("command %q: %w: %w", command, err, errInvalid)
 	}
 	if len(argv) == 0 {
 		return nil, "", fmt.Errorf("command is empty: %w", errInvalid)

@@ -41,7 +41,7 @@ func newTestService(t *testing.T) *Service {
 				t.Errorf("free %s: %v", n.GetCell().GetName(), err)
 			}
 		}
-		s.Close()
+		_ = s.Close()
 		removeCgroupRoot(t, root)
 	})
 	return s

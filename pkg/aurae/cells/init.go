@@ -30,7 +30,7 @@ func MaybeRunCellInit() {
 	}
 	ready := os.NewFile(uintptr(nsexec.FirstExtraFD), "ready")
 	if err := setupCellInit(flags, os.Getenv(envCellHostname)); err != nil {
-		fmt.Fprintf(ready, "cell init: %v", err)
+		_, _ = fmt.Fprintf(ready, "cell init: %v", err)
 		os.Exit(1)
 	}
 	// Only Free (SIGKILL) ends a cell.

@@ -67,7 +67,7 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, log: cfg.Logger, hub: cfg.Hub, store: st, cells: map[string]*cell{}}
 	if err := s.recover(ctx); err != nil {
-		st.close()
+		_ = st.close()
 		return nil, fmt.Errorf("recover cells: %w", err)
 	}
 	return s, nil

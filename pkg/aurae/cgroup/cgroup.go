@@ -119,7 +119,7 @@ func New(path string, l Limits) (_ *Cgroup, retErr error) {
 		}
 		return &Cgroup{path: path, v2: m}, nil
 	}
-	cg, err := cgroup1.New(cgroup1.StaticPath(abs(path)), v1Resources(l), cgroup1.WithHiearchy(v1Hierarchy))
+	cg, err := cgroup1.New(cgroup1.StaticPath(abs(path)), v1Resources(l), cgroup1.WithHierarchy(v1Hierarchy))
 	if err != nil {
 		return nil, fmt.Errorf("create cgroup %s: %w", path, err)
 	}
@@ -138,7 +138,7 @@ func Load(path string) (*Cgroup, error) {
 		}
 		return &Cgroup{path: path, v2: m}, nil
 	}
-	cg, err := cgroup1.Load(cgroup1.StaticPath(abs(path)), cgroup1.WithHiearchy(v1Hierarchy))
+	cg, err := cgroup1.Load(cgroup1.StaticPath(abs(path)), cgroup1.WithHierarchy(v1Hierarchy))
 	if err != nil {
 		if errors.Is(err, cgroup1.ErrCgroupDeleted) {
 			return nil, fmt.Errorf("cgroup %s: %w", path, ErrNotExist)
