@@ -1,0 +1,247 @@
+// Package netcni sets up and tears down pod networks with CNI, through
+// github.com/containerd/go-cni and the standard plugins (bridge, host-local,
+// loopback, portmap) of github.com/containernetworking/plugins.
+//
+// A Manager loads the first network config of its conf dir (sorted by file
+// name, as containerd and CRI-O do) plus a built-in loopback network, and
+// reloads it whenever the conf dir's files change: every Status, Setup and
+// Teardown compares a fingerprint of the directory with the one it loaded.
+package netcni
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+
+	gocni "github.com/containerd/go-cni"
+	"github.com/containernetworking/cni/pkg/invoke"
+)
+
+// Defaults of the kubelet and containerd.
+const (
+	DefaultConfDir = "/etc/cni/net.d"
+	DefaultBinDir  = "/opt/cni/bin"
+	// DefaultNetworkNamespacesDir is where NewNetNS pins namespaces.
+	DefaultNetworkNamespacesDir = "/run/aurae/netns"
+	// DefaultInterface is the pod's interface on the default network.
+	DefaultInterface = "eth0"
+)
+
+// configExtensions are the file suffixes libcni reads from a conf dir.
+var configExtensions = []string{".conf", ".conflist", ".json"}
+
+// Config configures a Manager.
+type Config struct {
+	// ConfDir holds the CNI network configs; default DefaultConfDir.
+	ConfDir string
+	// BinDir holds the plugin binaries; default DefaultBinDir. Several
+	// directories may be given separated by ':'.
+	BinDir string
+	// NetworkNamespacesDir is where NewNetNS pins network namespaces;
+	// default DefaultNetworkNamespacesDir.
+	NetworkNamespacesDir string
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Manager attaches pods to the CNI network of its conf dir. It is safe for
+// concurrent use.
+type Manager struct {
+	confDir string
+	binDirs []string
+	nsDir   string
+	log     *slog.Logger
+	cni     gocni.CNI
+
+	mu      sync.Mutex // guards the fields below
+	stamp   string     // fingerprint of the conf dir when last loaded
+	loaded  bool
+	loadErr error // why the last load found no usable config
+}
+
+// New returns a Manager. It does not fail when the conf dir is empty or
+// missing: Status reports that until a config appears.
+func New(cfg Config) (*Manager, error) {
+	if cfg.ConfDir == "" {
+		cfg.ConfDir = DefaultConfDir
+	}
+	if cfg.BinDir == "" {
+		cfg.BinDir = DefaultBinDir
+	}
+	if cfg.NetworkNamespacesDir == "" {
+		cfg.NetworkNamespacesDir = DefaultNetworkNamespacesDir
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	binDirs := filepath.SplitList(cfg.BinDir)
+	c, err := gocni.New(
+		gocni.WithPluginConfDir(cfg.ConfDir),
+		gocni.WithPluginDir(binDirs),
+		gocni.WithInterfacePrefix("eth"),
+		// The loopback network plus the default network.
+		gocni.WithMinNetworkCount(2),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("cni: %w", err)
+	}
+	m := &Manager{
+		confDir: cfg.ConfDir,
+		binDirs: binDirs,
+		nsDir:   cfg.NetworkNamespacesDir,
+		log:     cfg.Logger.With("component", "netcni"),
+		cni:     c,
+	}
+	m.mu.Lock()
+	_ = m.reloadLocked()
+	m.mu.Unlock()
+	return m, nil
+}
+
+// ConfDir returns the directory the Manager loads its config from.
+func (m *Manager) ConfDir() string { return m.confDir }
+
+// Status returns nil when a network config is loaded and every plugin it
+// names is installed; otherwise an error saying why (wrapping ErrNoConfig,
+// ErrInvalidConfig or ErrPluginMissing): the CRI's NetworkReady=false reason.
+func (m *Manager) Status() error {
+	if err := m.ready(); err != nil {
+		return err
+	}
+	if err := m.cni.Status(); err != nil {
+		return fmt.Errorf("cni status: %w", err)
+	}
+	return nil
+}
+
+// ready reloads the config when the conf dir changed and checks the plugins.
+func (m *Manager) ready() error {
+	m.mu.Lock()
+	err := m.reloadLocked()
+	m.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return m.checkPlugins()
+}
+
+// reloadLocked loads the conf dir again if its fingerprint changed since the
+// last load, and returns why no config is usable (nil when one is).
+func (m *Manager) reloadLocked() error {
+	stamp, err := fingerprint(m.confDir)
+	if err != nil {
+		// Unreadable dir: report it, and try again next time.
+		m.loaded = false
+		return fmt.Errorf("read CNI conf dir %s: %w: %w", m.confDir, ErrNoConfig, err)
+	}
+	if m.loaded && stamp == m.stamp {
+		return m.loadErr
+	}
+	m.stamp, m.loaded = stamp, true
+	switch stamp {
+	case stampMissing:
+		m.loadErr = fmt.Errorf("CNI conf dir %s does not exist: %w", m.confDir, ErrNoConfig)
+	case "":
+		m.loadErr = fmt.Errorf("no network config found in %s: %w", m.confDir, ErrNoConfig)
+	default:
+		m.loadErr = nil
+	}
+	if m.loadErr != nil {
+		// Drop what was loaded before, so that Setup fails as Status does.
+		_ = m.cni.Load()
+		m.log.Warn("cni config unavailable", "conf_dir", m.confDir, "reason", m.loadErr)
+		return m.loadErr
+	}
+	if err := m.cni.Load(gocni.WithLoNetwork, gocni.WithDefaultConf); err != nil {
+		if errors.Is(err, gocni.ErrCNINotInitialized) {
+			m.loadErr = fmt.Errorf("load CNI config from %s: %w: %w", m.confDir, ErrNoConfig, err)
+		} else {
+			m.loadErr = fmt.Errorf("load CNI config from %s: %w: %w", m.confDir, ErrInvalidConfig, err)
+		}
+		m.log.Warn("cni config unavailable", "conf_dir", m.confDir, "reason", m.loadErr)
+		return m.loadErr
+	}
+	var names []string
+	for _, n := range m.cni.GetConfig().Networks {
+		names = append(names, n.Config.Name)
+	}
+	m.log.Info("cni config loaded", "conf_dir", m.confDir, "networks", names)
+	return nil
+}
+
+// checkPlugins reports the first plugin binary (main or IPAM) that the loaded
+// networks name and no bin dir holds.
+func (m *Manager) checkPlugins() error {
+	for _, n := range m.cni.GetConfig().Networks {
+		for _, p := range n.Config.Plugins {
+			if p.Network == nil {
+				continue
+			}
+			for _, typ := range []string{p.Network.Type, p.Network.IPAM.Type} {
+				if typ == "" {
+					continue
+				}
+				if _, err := invoke.FindInPath(typ, m.binDirs); err != nil {
+					return fmt.Errorf("network %q: plugin %q not found in %s: %w",
+						n.Config.Name, typ, strings.Join(m.binDirs, ":"), ErrPluginMissing)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// defaultNetwork returns the name and interface of the loaded default
+// (non-loopback) network.
+func (m *Manager) defaultNetwork() (name, ifName string) {
+	for _, n := range m.cni.GetConfig().Networks {
+		if n.IFName != "lo" {
+			return n.Config.Name, n.IFName
+		}
+	}
+	return "", DefaultInterface
+}
+
+const stampMissing = "\x00missing"
+
+// fingerprint identifies the config files of dir: their names, inodes, sizes
+// and modification times. It is "" when the dir has none, stampMissing when
+// the dir does not exist.
+func fingerprint(dir string) (string, error) {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return stampMissing, nil
+	}
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	for _, e := range entries {
+		if e.IsDir() || !slices.Contains(configExtensions, filepath.Ext(e.Name())) {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil {
+			continue // removed meanwhile
+		}
+		var ino uint64
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			ino = st.Ino
+		}
+		fmt.Fprintf(&b, "%s/%d/%d/%d\n", e.Name(), ino, fi.Size(), fi.ModTime().UnixNano())
+	}
+	return b.String(), nil
+}
+
+// logger returns the Manager's logger with the pod attribute.
+func (m *Manager) logger(_ context.Context, podID string) *slog.Logger {
+	return m.log.With("pod", podID)
+}

@@ -1,0 +1,84 @@
+package netcni
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+)
+
+// NetNSPath is where NewNetNS pins the network namespace of podID.
+func (m *Manager) NetNSPath(podID string) string {
+	return filepath.Join(m.nsDir, "cni-"+filepath.Base(podID))
+}
+
+// NewNetNS creates a network namespace for podID, pinned by a bind mount at
+// NetNSPath(podID), and returns that path.
+func (m *Manager) NewNetNS(podID string) (string, error) {
+	p := m.NetNSPath(podID)
+	if err := CreateNetNS(p); err != nil {
+		return "", err
+	}
+	return p, nil
+}
+
+// CreateNetNS creates a new network namespace and pins it by bind-mounting it
+// on path (a new file; its directory is created if needed).
+func CreateNetNS(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
+		return fmt.Errorf("create netns %s: %w", path, err)
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return fmt.Errorf("create netns %s: %w", path, err)
+	}
+	f.Close()
+
+	errc := make(chan error, 1)
+	go func() {
+		// The thread is left locked: it dies with this goroutine instead of
+		// going back to the scheduler inside the new namespace.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare: %w", err)
+			return
+		}
+		src := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid())
+		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
+			errc <- fmt.Errorf("bind mount %s: %w", src, err)
+			return
+		}
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		_ = os.Remove(path)
+		return fmt.Errorf("create netns %s: %w", path, err)
+	}
+	return nil
+}
+
+// RemoveNetNS unmounts and removes a namespace pinned by CreateNetNS. A path
+// that is already gone is not an error.
+func RemoveNetNS(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil &&
+		!errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("remove netns %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove netns %s: %w", path, err)
+	}
+	return nil
+}
+
+// isNetNS reports whether path is a pinned network namespace.
+func isNetNS(path string) bool {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return false
+	}
+	return st.Type == unix.NSFS_MAGIC
+}
