@@ -131,6 +131,8 @@ func (e *testEnv) newPod(opts SetupOptions) *pod {
 		if err := e.m.Teardown(ctx, p.id, p.netns, p.opts); err != nil {
 			t.Errorf("cleanup teardown: %v", err)
 		}
+		// Should a test have failed half way, leave no rule behind.
+		e.sweepIPTables(p)
 	})
 	return p
 }
@@ -233,6 +235,36 @@ func (e *testEnv) assertReleased(p *pod, veths []string) {
 				t.Errorf("libcni cache entry %s left behind", en.Name())
 			}
 		}
+	}
+}
+
+// sweepIPTables removes what is left of p's iptables rules and chains; it
+// finds nothing after a successful Teardown.
+func (e *testEnv) sweepIPTables(p *pod) {
+	out, err := exec.Command("iptables-save", "-t", "nat").Output()
+	if err != nil {
+		return
+	}
+	var rules, chains []string
+	for _, c := range []string{utils.FormatChainName(e.name, p.id), utils.MustFormatChainNameWithPrefix(e.name, p.id, "DN-")} {
+		if strings.Contains(string(out), ":"+c+" ") {
+			chains = append(chains, c)
+		}
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if !strings.HasPrefix(line, "-A ") {
+			continue
+		}
+		inOwnChain := false
+		for _, c := range chains {
+			inOwnChain = inOwnChain || strings.HasPrefix(line, "-A "+c+" ")
+		}
+		if !inOwnChain && strings.Contains(line, p.id) {
+			rules = append(rules, line)
+		}
+	}
+	if err := deleteNATRules(rules, chains); err != nil {
+		e.t.Errorf("sweep iptables of pod %s: %v", p.id, err)
 	}
 }
 

@@ -137,56 +137,48 @@ func removeNewSharedChains(before map[string]bool) {
 	if err != nil {
 		return
 	}
-	var jumps [][]string
-	for _, line := range strings.Split(string(out), "\n") {
-		for _, c := range portmapShared {
-			if before[c] {
-				continue
-			}
-			if strings.HasPrefix(line, "-A "+c+" ") && c == "CNI-HOSTPORT-DNAT" {
+	var rules, chains []string
+	for _, c := range portmapShared {
+		if before[c] || !bytes.Contains(out, []byte(":"+c+" ")) {
+			continue
+		}
+		chains = append(chains, c)
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(line, "-A CNI-HOSTPORT-DNAT ") {
 				return // a pod still forwards ports
 			}
-			if strings.HasPrefix(line, "-A ") && strings.HasSuffix(line, "-j "+c) {
-				jumps = append(jumps, strings.Fields(line))
+			if strings.HasPrefix(line, "-A ") && strings.HasSuffix(line, " -j "+c) {
+				rules = append(rules, line)
 			}
 		}
 	}
-	for _, j := range jumps {
-		args := append([]string{"-t", "nat", "-D"}, unquote(j[1:])...)
-		_ = exec.Command("iptables", args...).Run()
-	}
-	for _, c := range portmapShared {
-		if !before[c] {
-			_ = exec.Command("iptables", "-t", "nat", "-F", c).Run()
-		}
-	}
-	for _, c := range portmapShared {
-		if !before[c] {
-			_ = exec.Command("iptables", "-t", "nat", "-X", c).Run()
-		}
+	if err := deleteNATRules(rules, chains); err != nil {
+		fmt.Fprintf(os.Stderr, "netcni tests: remove portmap's shared chains: %v\n", err)
 	}
 }
 
-// unquote joins the words of a quoted iptables-save argument back together.
-func unquote(fields []string) []string {
-	var out []string
-	for i := 0; i < len(fields); i++ {
-		f := fields[i]
-		if strings.HasPrefix(f, `"`) {
-			words := []string{f}
-			for !strings.HasSuffix(f, `"`) || len(words) == 1 && len(f) == 1 {
-				i++
-				if i >= len(fields) {
-					break
-				}
-				f = fields[i]
-				words = append(words, f)
-			}
-			s := strings.Join(words, " ")
-			out = append(out, strings.Trim(s, `"`))
-			continue
-		}
-		out = append(out, f)
+// deleteNATRules deletes rules (as iptables-save prints them) and then the
+// chains from the nat table, in one iptables-restore transaction.
+func deleteNATRules(rules, chains []string) error {
+	if len(rules) == 0 && len(chains) == 0 {
+		return nil
 	}
-	return out
+	var b strings.Builder
+	b.WriteString("*nat\n")
+	for _, r := range rules {
+		b.WriteString("-D" + strings.TrimPrefix(r, "-A") + "\n")
+	}
+	for _, c := range chains {
+		b.WriteString("-F " + c + "\n")
+	}
+	for _, c := range chains {
+		b.WriteString("-X " + c + "\n")
+	}
+	b.WriteString("COMMIT\n")
+	cmd := exec.Command("iptables-restore", "--noflush")
+	cmd.Stdin = strings.NewReader(b.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("iptables-restore: %w: %s", err, out)
+	}
+	return nil
 }
