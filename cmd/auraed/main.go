@@ -18,11 +18,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
-	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
-	discoveryv0 "github.com/aurae-runtime/aurae-cri/api/discovery/v0"
-	observev0 "github.com/aurae-runtime/aurae-cri/api/observe/v0"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cells"
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/discovery"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/daemon"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/observe"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/server"
 	"github.com/aurae-runtime/aurae-cri/pkg/version"
@@ -130,34 +127,26 @@ func run(cfg config) error {
 		}
 	}
 
-	hub := observe.NewHub(observe.HubConfig{})
-	cellsSvc, err := cells.NewService(ctx, cells.Config{
+	d, err := daemon.New(ctx, daemon.Config{
 		StateDir:        cfg.stateDir,
 		CgroupRoot:      cfg.cgroupRoot,
 		StopGracePeriod: cfg.stopGracePeriod,
-		Hub:             hub,
 		Logger:          logger,
+		Logs:            logs,
 	})
 	if err != nil {
 		_ = unixLis.Close()
 		if tcpLis != nil {
 			_ = tcpLis.Close()
 		}
-		return fmt.Errorf("start cell service: %w", err)
+		return err
 	}
-	// Cells and their processes outlive the daemon; Close only releases
-	// the state.
 	defer func() {
-		if err := cellsSvc.Close(); err != nil {
-			logger.Error("close cell service", "error", err)
+		if err := d.Close(); err != nil {
+			logger.Error("close services", "error", err)
 		}
 	}()
-
-	register := func(s *grpc.Server) {
-		cellsv0.RegisterCellServiceServer(s, cellsSvc)
-		discoveryv0.RegisterDiscoveryServiceServer(s, discovery.NewService())
-		observev0.RegisterObserveServiceServer(s, observe.NewService(hub, logs))
-	}
+	register := d.Register
 	servers := []*grpc.Server{server.New(logger)}
 	register(servers[0])
 	listeners := []net.Listener{unixLis}

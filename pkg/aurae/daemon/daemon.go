@@ -1,0 +1,88 @@
+// Package daemon assembles auraed's services, so that the auraed binary and
+// aurae-cri (which embeds an auraed unless told to use another) serve the
+// same Aurae API from the same code.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc"
+
+	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
+	discoveryv0 "github.com/aurae-runtime/aurae-cri/api/discovery/v0"
+	observev0 "github.com/aurae-runtime/aurae-cri/api/observe/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cells"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/discovery"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/observe"
+)
+
+// Config configures the services.
+type Config struct {
+	StateDir        string
+	CgroupRoot      string
+	StopGracePeriod time.Duration
+	Logger          *slog.Logger
+	// Logs feeds GetAuraeDaemonLogStream; nil serves an empty stream.
+	Logs *observe.LogBroadcaster
+}
+
+// Daemon is the set of Aurae services with their state.
+type Daemon struct {
+	hub   *observe.Hub
+	logs  *observe.LogBroadcaster
+	cells *cells.Service
+	extra []func(*grpc.Server)
+	close []func() error
+}
+
+// New opens the services' state and reconciles it with the machine.
+func New(ctx context.Context, cfg Config) (*Daemon, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Logs == nil {
+		cfg.Logs = observe.NewLogBroadcaster(cfg.Logger.Handler())
+	}
+	d := &Daemon{hub: observe.NewHub(observe.HubConfig{}), logs: cfg.Logs}
+	var err error
+	d.cells, err = cells.NewService(ctx, cells.Config{
+		StateDir:        cfg.StateDir,
+		CgroupRoot:      cfg.CgroupRoot,
+		StopGracePeriod: cfg.StopGracePeriod,
+		Hub:             d.hub,
+		Logger:          cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start cell service: %w", err)
+	}
+	d.close = append(d.close, d.cells.Close)
+	if err := d.addPods(ctx, cfg); err != nil {
+		_ = d.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// Register serves the services on s.
+func (d *Daemon) Register(s *grpc.Server) {
+	cellsv0.RegisterCellServiceServer(s, d.cells)
+	discoveryv0.RegisterDiscoveryServiceServer(s, discovery.NewService())
+	observev0.RegisterObserveServiceServer(s, observe.NewService(d.hub, d.logs))
+	for _, r := range d.extra {
+		r(s)
+	}
+}
+
+// Close releases the state files. Cells, pods and their processes outlive
+// the daemon.
+func (d *Daemon) Close() error {
+	var errs []error
+	for i := len(d.close) - 1; i >= 0; i-- {
+		errs = append(errs, d.close[i]())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,359 @@
+package sandbox
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/encoding/protojson"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// Store holds every pod and container in memory, behind one lock, and
+// writes each change through to a bbolt file. The lock is never held across
+// a call to auraed, containerd or CNI.
+//
+// Writes are not fsynced: the state must survive a crash of aurae-cri, which
+// the page cache does; a kernel crash also ends every pod it describes.
+type Store struct {
+	db *bolt.DB
+
+	mu         sync.RWMutex
+	sandboxes  map[string]*Sandbox
+	containers map[string]*Container
+	// names maps a reserved name to the id holding it.
+	names map[string]string
+}
+
+var (
+	bucketSandboxes  = []byte("sandboxes")
+	bucketContainers = []byte("containers")
+)
+
+// record is how an object is kept on disk: the struct as JSON, its CRI
+// config as protojson.
+type record struct {
+	Object json.RawMessage `json:"object"`
+	Config json.RawMessage `json:"config"`
+}
+
+// Open opens (or creates) the store under dir and loads what it holds.
+func Open(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	db, err := bolt.Open(filepath.Join(dir, "cri.db"), 0o600, &bolt.Options{Timeout: 2 * time.Second, NoSync: true})
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", dir, err)
+	}
+	s := &Store{db: db, sandboxes: map[string]*Sandbox{}, containers: map[string]*Container{}, names: map[string]string{}}
+	if err := s.load(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close closes the file.
+func (s *Store) Close() error { return s.db.Close() }
+
+func (s *Store) load() error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketSandboxes, bucketContainers} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		err := tx.Bucket(bucketSandboxes).ForEach(func(k, v []byte) error {
+			var r record
+			sb := &Sandbox{Config: &runtimeapi.PodSandboxConfig{}}
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("sandbox %s: %w", k, err)
+			}
+			if err := json.Unmarshal(r.Object, sb); err != nil {
+				return fmt.Errorf("sandbox %s: %w", k, err)
+			}
+			if err := protojson.Unmarshal(r.Config, sb.Config); err != nil {
+				return fmt.Errorf("sandbox %s config: %w", k, err)
+			}
+			s.sandboxes[sb.ID] = sb
+			s.names[sb.Name] = sb.ID
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketContainers).ForEach(func(k, v []byte) error {
+			var r record
+			c := &Container{Config: &runtimeapi.ContainerConfig{}}
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("container %s: %w", k, err)
+			}
+			if err := json.Unmarshal(r.Object, c); err != nil {
+				return fmt.Errorf("container %s: %w", k, err)
+			}
+			if err := protojson.Unmarshal(r.Config, c.Config); err != nil {
+				return fmt.Errorf("container %s config: %w", k, err)
+			}
+			s.containers[c.ID] = c
+			s.names[c.Name] = c.ID
+			return nil
+		})
+	})
+}
+
+func (s *Store) put(bucket []byte, id string, obj any, cfg []byte) error {
+	o, err := json.Marshal(obj)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(record{Object: o, Config: cfg})
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(id), b) })
+}
+
+func (s *Store) del(bucket []byte, id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Delete([]byte(id)) })
+}
+
+// ReserveName reserves name for id. A name held by another id is refused
+// with AlreadyExists naming the holder; reserving it again for the same id
+// succeeds.
+func (s *Store) ReserveName(name, id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if holder, ok := s.names[name]; ok && holder != id {
+		return fmt.Errorf("name %q is reserved for %q: %w", name, holder, errdefs.ErrAlreadyExists)
+	}
+	s.names[name] = id
+	return nil
+}
+
+// NameHolder returns the id holding name.
+func (s *Store) NameHolder(name string) (string, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	id, ok := s.names[name]
+	return id, ok
+}
+
+// ReleaseName frees a name reserved for id.
+func (s *Store) ReleaseName(name, id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.names[name] == id {
+		delete(s.names, name)
+	}
+}
+
+// AddSandbox stores a new pod; its name must be reserved for it.
+func (s *Store) AddSandbox(sb *Sandbox) error {
+	cfg, err := protojson.Marshal(sb.Config)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.sandboxes[sb.ID]; ok {
+		return fmt.Errorf("sandbox %q: %w", sb.ID, errdefs.ErrAlreadyExists)
+	}
+	if err := s.put(bucketSandboxes, sb.ID, sb, cfg); err != nil {
+		return fmt.Errorf("persist sandbox %q: %w", sb.ID, err)
+	}
+	s.sandboxes[sb.ID] = sb
+	return nil
+}
+
+// AddContainer stores a new container; its name must be reserved for it.
+func (s *Store) AddContainer(c *Container) error {
+	cfg, err := protojson.Marshal(c.Config)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.containers[c.ID]; ok {
+		return fmt.Errorf("container %q: %w", c.ID, errdefs.ErrAlreadyExists)
+	}
+	if err := s.put(bucketContainers, c.ID, c, cfg); err != nil {
+		return fmt.Errorf("persist container %q: %w", c.ID, err)
+	}
+	s.containers[c.ID] = c
+	return nil
+}
+
+// resolve finds the full id for an id or a unique prefix of one.
+func resolve[T any](m map[string]T, id, kind string) (string, error) {
+	if id == "" {
+		return "", fmt.Errorf("%s id is empty: %w", kind, errdefs.ErrInvalidArgument)
+	}
+	if _, ok := m[id]; ok {
+		return id, nil
+	}
+	var found string
+	for full := range m {
+		if strings.HasPrefix(full, id) {
+			if found != "" {
+				return "", fmt.Errorf("%s id prefix %q is ambiguous: %w", kind, id, errdefs.ErrInvalidArgument)
+			}
+			found = full
+		}
+	}
+	if found == "" {
+		return "", fmt.Errorf("%s %q: %w", kind, id, errdefs.ErrNotFound)
+	}
+	return found, nil
+}
+
+// Sandbox returns a copy of the pod with id (or a unique prefix of it).
+func (s *Store) Sandbox(id string) (Sandbox, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	full, err := resolve(s.sandboxes, id, "sandbox")
+	if err != nil {
+		return Sandbox{}, err
+	}
+	return *s.sandboxes[full], nil
+}
+
+// Container returns a copy of the container with id (or a unique prefix).
+func (s *Store) Container(id string) (Container, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	full, err := resolve(s.containers, id, "container")
+	if err != nil {
+		return Container{}, err
+	}
+	return *s.containers[full], nil
+}
+
+// Sandboxes returns copies of every pod, oldest first.
+func (s *Store) Sandboxes() []Sandbox {
+	s.mu.RLock()
+	out := make([]Sandbox, 0, len(s.sandboxes))
+	for _, sb := range s.sandboxes {
+		out = append(out, *sb)
+	}
+	s.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	return out
+}
+
+// Containers returns copies of every container, oldest first.
+func (s *Store) Containers() []Container {
+	s.mu.RLock()
+	out := make([]Container, 0, len(s.containers))
+	for _, c := range s.containers {
+		out = append(out, *c)
+	}
+	s.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	return out
+}
+
+// ContainersOf returns copies of the containers of a pod.
+func (s *Store) ContainersOf(sandboxID string) []Container {
+	var out []Container
+	for _, c := range s.Containers() {
+		if c.SandboxID == sandboxID {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// UpdateSandbox changes a pod's status in one transaction: f gets the
+// current status and returns the new one; an error from f changes nothing.
+func (s *Store) UpdateSandbox(id string, f func(SandboxStatus) (SandboxStatus, error)) (Sandbox, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	full, err := resolve(s.sandboxes, id, "sandbox")
+	if err != nil {
+		return Sandbox{}, err
+	}
+	sb := *s.sandboxes[full]
+	st, err := f(sb.Status)
+	if err != nil {
+		return sb, err
+	}
+	sb.Status = st
+	cfg, err := protojson.Marshal(sb.Config)
+	if err != nil {
+		return sb, err
+	}
+	if err := s.put(bucketSandboxes, sb.ID, &sb, cfg); err != nil {
+		return sb, fmt.Errorf("persist sandbox %q: %w", sb.ID, err)
+	}
+	s.sandboxes[full] = &sb
+	return sb, nil
+}
+
+// UpdateContainer changes a container's status in one transaction.
+func (s *Store) UpdateContainer(id string, f func(ContainerStatus) (ContainerStatus, error)) (Container, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	full, err := resolve(s.containers, id, "container")
+	if err != nil {
+		return Container{}, err
+	}
+	c := *s.containers[full]
+	st, err := f(c.Status)
+	if err != nil {
+		return c, err
+	}
+	c.Status = st
+	cfg, err := protojson.Marshal(c.Config)
+	if err != nil {
+		return c, err
+	}
+	if err := s.put(bucketContainers, c.ID, &c, cfg); err != nil {
+		return c, fmt.Errorf("persist container %q: %w", c.ID, err)
+	}
+	s.containers[full] = &c
+	return c, nil
+}
+
+// DeleteSandbox forgets a pod and releases its name.
+func (s *Store) DeleteSandbox(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sb, ok := s.sandboxes[id]
+	if !ok {
+		return nil
+	}
+	if err := s.del(bucketSandboxes, id); err != nil {
+		return err
+	}
+	delete(s.sandboxes, id)
+	if s.names[sb.Name] == id {
+		delete(s.names, sb.Name)
+	}
+	return nil
+}
+
+// DeleteContainer forgets a container and releases its name.
+func (s *Store) DeleteContainer(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.containers[id]
+	if !ok {
+		return nil
+	}
+	if err := s.del(bucketContainers, id); err != nil {
+		return err
+	}
+	delete(s.containers, id)
+	if s.names[c.Name] == id {
+		delete(s.names, c.Name)
+	}
+	return nil
+}

@@ -1,0 +1,83 @@
+// Package sandbox keeps aurae-cri's pods (sandboxes) and containers: their
+// immutable metadata, their status (changed only through Update), the names
+// reserved for them, and their persistence in a bbolt file so that a
+// restarted aurae-cri knows them again.
+package sandbox
+
+import (
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// Sandbox is a pod. Its fields are fixed at RunPodSandbox; Status changes
+// only through Store.UpdateSandbox.
+//
+// States: READY (RunPodSandbox succeeded) → NOTREADY (StopPodSandbox, or
+// its network or namespaces are gone) → removed (RemovePodSandbox).
+type Sandbox struct {
+	ID             string                       `json:"id"`
+	Name           string                       `json:"name"`
+	Config         *runtimeapi.PodSandboxConfig `json:"-"`
+	RuntimeHandler string                       `json:"runtime_handler"`
+	CreatedAt      time.Time                    `json:"created_at"`
+	Status         SandboxStatus                `json:"status"`
+}
+
+// SandboxStatus is what changes in a pod's life.
+type SandboxStatus struct {
+	State runtimeapi.PodSandboxState `json:"state"`
+	// NetNSPath is the pod's network namespace ("" for host network).
+	NetNSPath string `json:"netns_path,omitempty"`
+	// CgroupPath is the pod cell's cgroup.
+	CgroupPath string `json:"cgroup_path,omitempty"`
+	// Paths of the files the pod's containers bind-mount.
+	ResolvConfPath string   `json:"resolv_conf_path,omitempty"`
+	HostsPath      string   `json:"hosts_path,omitempty"`
+	HostnamePath   string   `json:"hostname_path,omitempty"`
+	ShmPath        string   `json:"shm_path,omitempty"`
+	IPCNSPath      string   `json:"ipc_ns_path,omitempty"`
+	UTSNSPath      string   `json:"uts_ns_path,omitempty"`
+	PIDNSPath      string   `json:"pid_ns_path,omitempty"`
+	IPs            []string `json:"ips,omitempty"`
+	// NetworkUp is true from CNI setup until its teardown, which must
+	// happen exactly once.
+	NetworkUp bool `json:"network_up,omitempty"`
+}
+
+// Container is a container of a pod. Its fields are fixed at
+// CreateContainer; Status changes only through Store.UpdateContainer.
+//
+// States: CREATED → RUNNING (StartContainer) → EXITED (the process ended,
+// or StopContainer) → removed (RemoveContainer). UNKNOWN when its runtime
+// cannot say.
+type Container struct {
+	ID        string                      `json:"id"`
+	SandboxID string                      `json:"sandbox_id"`
+	Name      string                      `json:"name"`
+	Config    *runtimeapi.ContainerConfig `json:"-"`
+	// ImageRef is the image as the request named it; ImageID its config
+	// digest; ImageName the repo tag or digest it resolved to.
+	ImageRef  string `json:"image_ref"`
+	ImageID   string `json:"image_id"`
+	ImageName string `json:"image_name"`
+	LogPath   string `json:"log_path,omitempty"`
+	// Spec is the OCI runtime spec (JSON) the container is started with.
+	Spec      []byte          `json:"spec"`
+	CreatedAt time.Time       `json:"created_at"`
+	Status    ContainerStatus `json:"status"`
+}
+
+// ContainerStatus is what changes in a container's life.
+type ContainerStatus struct {
+	State      runtimeapi.ContainerState `json:"state"`
+	Pid        int                       `json:"pid,omitempty"`
+	StartedAt  time.Time                 `json:"started_at,omitzero"`
+	FinishedAt time.Time                 `json:"finished_at,omitzero"`
+	ExitCode   int32                     `json:"exit_code"`
+	Reason     string                    `json:"reason,omitempty"`
+	Message    string                    `json:"message,omitempty"`
+	// Removing is set once RemoveContainer began: the container must not
+	// be started again.
+	Removing bool `json:"removing,omitempty"`
+}
