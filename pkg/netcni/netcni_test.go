@@ -254,3 +254,71 @@ func TestTeardownIdempotent(t *testing.T) {
 	r := &pod{id: "never" + randomHex(t, 8), netns: filepath.Join(e.nsDir, "missing")}
 	e.teardown(r)
 }
+
+// TestSetupFailureRollsBack makes portmap fail after bridge succeeded: Setup
+// returns the error and leaves no veth, IP or rule behind.
+func TestSetupFailureRollsBack(t *testing.T) {
+	e := newEnv(t)
+	p := e.newPod(SetupOptions{PortMappings: []PortMapping{{
+		Protocol: "bogus", ContainerPort: 80, HostPort: int32(freePort(t)), HostIP: "127.0.0.1",
+	}}})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	res, err := e.m.Setup(ctx, p.id, p.netns, p.opts)
+	if err == nil || !strings.Contains(err.Error(), "portmap") {
+		t.Fatalf("Setup with protocol bogus = %+v, %v; want portmap's error", res, err)
+	}
+	t.Logf("Setup: %v", err)
+	if ports := e.bridgePorts(); len(ports) != 0 {
+		t.Errorf("veths %v left on the bridge", ports)
+	}
+	e.assertReleased(p, nil)
+}
+
+// TestConcurrentPods sets up and tears down pods at once.
+func TestConcurrentPods(t *testing.T) {
+	e := newEnv(t)
+	const n = 4
+	pods := make([]*pod, n)
+	for i := range pods {
+		pods[i] = e.newPod(SetupOptions{})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	errs := make(chan error, n)
+	for _, p := range pods {
+		go func() {
+			res, err := e.m.Setup(ctx, p.id, p.netns, p.opts)
+			p.res = res
+			errs <- err
+		}()
+	}
+	for range pods {
+		if err := <-errs; err != nil {
+			t.Fatalf("Setup: %v", err)
+		}
+	}
+	seen := map[string]bool{}
+	for _, p := range pods {
+		ip := p.res.IPs[0].String()
+		if seen[ip] {
+			t.Fatalf("IP %s handed out twice", ip)
+		}
+		seen[ip] = true
+	}
+	veths := e.bridgePorts()
+	if len(veths) != n {
+		t.Fatalf("bridge has ports %v, want %d", veths, n)
+	}
+	for _, p := range pods {
+		go func() { errs <- e.m.Teardown(ctx, p.id, p.netns, p.opts) }()
+	}
+	for range pods {
+		if err := <-errs; err != nil {
+			t.Fatalf("Teardown: %v", err)
+		}
+	}
+	for _, p := range pods {
+		e.assertReleased(p, veths)
+	}
+}
