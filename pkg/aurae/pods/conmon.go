@@ -1,0 +1,224 @@
+package pods
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+)
+
+// monitor is a container created under conmon.
+type monitor struct {
+	pid         int // the container's init
+	conmonPid   int
+	conmonStart uint64
+}
+
+// syncMsg is what conmon (--api-version 1) writes on _OCI_SYNCPIPE once the
+// runtime's create is done: the container's pid, or -1 and a message.
+type syncMsg struct {
+	Data    int    `json:"data"`
+	Message string `json:"message,omitempty"`
+}
+
+// createWithConmon starts conmon, which runs `runc create` and then watches
+// the container: it writes the CRI-format log and, at exit, the exit file.
+// conmon is moved to the pod's monitor cgroup before it forks (it waits on
+// _OCI_STARTPIPE for that), then daemonizes and outlives auraed.
+func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Container) (_ *monitor, retErr error) {
+	id := req.GetId()
+	bundle := s.bundleDir(id)
+	logPath := req.GetLogPath()
+	if logPath == "" {
+		logPath = filepath.Join(bundle, "container.log")
+	} else if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
+		return nil, fmt.Errorf("log dir: %w", err)
+	}
+	cg, err := s.conmonCgroupOf(p)
+	if err != nil {
+		return nil, fmt.Errorf("monitor cgroup: %w", err)
+	}
+	args := []string{
+		"--api-version", "1",
+		"-c", id, "-u", id, "-n", id,
+		"-r", s.runtime, "--runtime-arg", "--root=" + s.runcRoot(),
+		"-b", bundle,
+		"-p", filepath.Join(bundle, "pidfile"),
+		"-P", filepath.Join(bundle, "conmon.pid"),
+		"--exit-dir", filepath.Dir(s.exitFile(id)),
+		"--socket-dir-path", filepath.Dir(s.attachDir(id)),
+		"-l", "k8s-file:" + logPath,
+		"--log-level", "info",
+	}
+	if req.GetTty() {
+		args = append(args, "-t")
+	} else if req.GetStdin() {
+		args = append(args, "-i")
+	}
+	syncR, syncW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer syncR.Close()
+	startR, startW, err := os.Pipe()
+	if err != nil {
+		syncW.Close()
+		return nil, err
+	}
+	defer startW.Close()
+	stderr, err := os.OpenFile(filepath.Join(bundle, "conmon.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		syncW.Close()
+		startR.Close()
+		return nil, err
+	}
+	defer stderr.Close()
+	cmd := exec.Command(s.conmon, args...)
+	cmd.Dir = bundle
+	cmd.Env = append(os.Environ(), "_OCI_SYNCPIPE=3", "_OCI_STARTPIPE=4")
+	cmd.ExtraFiles = []*os.File{syncW, startR}
+	cmd.Stderr = stderr
+	cmd.Stdout = stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	syncW.Close()
+	startR.Close()
+	if err != nil {
+		return nil, fmt.Errorf("start conmon: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	kill := func() {
+		_ = cmd.Process.Kill()
+		<-exited
+		if pid, err := readPidFile(filepath.Join(bundle, "conmon.pid")); err == nil {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	if err := cg.AddProc(cmd.Process.Pid); err != nil {
+		kill()
+		return nil, fmt.Errorf("place conmon: %w", err)
+	}
+	if _, err := startW.Write([]byte{0}); err != nil {
+		kill()
+		return nil, fmt.Errorf("conmon start pipe: %w", err)
+	}
+	startW.Close()
+
+	// conmon's first process exits once the monitor is forked.
+	timer := time.NewTimer(createTimeout)
+	defer timer.Stop()
+	select {
+	case err := <-exited:
+		if err != nil {
+			return nil, fmt.Errorf("conmon: %w: %s", err, tail(filepath.Join(bundle, "conmon.log")))
+		}
+	case <-timer.C:
+		kill()
+		return nil, errors.New("conmon did not daemonize in time")
+	case <-ctx.Done():
+		kill()
+		return nil, ctx.Err()
+	}
+	conmonPid, err := readPidFile(filepath.Join(bundle, "conmon.pid"))
+	if err != nil {
+		return nil, fmt.Errorf("conmon pid: %w", err)
+	}
+	conmonStart, err := startTime(conmonPid)
+	if err != nil {
+		return nil, fmt.Errorf("conmon (pid %d) is gone: %s", conmonPid, tail(filepath.Join(bundle, "conmon.log")))
+	}
+	defer func() {
+		if retErr != nil {
+			_ = syscall.Kill(conmonPid, syscall.SIGKILL)
+		}
+	}()
+	got := make(chan syncMsg, 1)
+	readErr := make(chan error, 1)
+	go func() {
+		var m syncMsg
+		if err := json.NewDecoder(io.LimitReader(syncR, 1<<20)).Decode(&m); err != nil {
+			readErr <- err
+			return
+		}
+		got <- m
+	}()
+	select {
+	case m := <-got:
+		if m.Data <= 0 {
+			msg := strings.TrimSpace(m.Message)
+			if msg == "" {
+				msg = tail(filepath.Join(bundle, "conmon.log"))
+			}
+			return nil, fmt.Errorf("runtime create: %s", msg)
+		}
+		return &monitor{pid: m.Data, conmonPid: conmonPid, conmonStart: conmonStart}, nil
+	case err := <-readErr:
+		return nil, fmt.Errorf("conmon sync pipe: %w: %s", err, tail(filepath.Join(bundle, "conmon.log")))
+	case <-timer.C:
+		return nil, errors.New("runtime create did not finish in time")
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func readPidFile(p string) (int, error) {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("pid file %s: %q", p, b)
+	}
+	return pid, nil
+}
+
+// tail is the end of a small diagnostics file, for error messages.
+func tail(p string) string {
+	b, _ := os.ReadFile(p)
+	b = bytes.TrimSpace(b)
+	if len(b) > 2048 {
+		b = b[len(b)-2048:]
+	}
+	return string(b)
+}
+
+// readExitFile returns the exit code conmon wrote and when it wrote it.
+func readExitFile(p string) (int32, time.Time, error) {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	code, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 32)
+	if err != nil {
+		return 0, time.Time{}, fmt.Errorf("exit file %s: %q", p, b)
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	return int32(code), fi.ModTime(), nil
+}
+
+// runCmd runs a short command and returns its combined output.
+func runCmd(ctx context.Context, name string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	cmd.WaitDelay = 5 * time.Second
+	err := cmd.Run()
+	return out.Bytes(), err
+}

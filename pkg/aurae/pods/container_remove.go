@@ -1,0 +1,38 @@
+package pods
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/containerd/errdefs"
+)
+
+// removeContainer kills the container if it runs, deletes it from the
+// runtime and removes its bundle and record. Its log stays (the kubelet owns
+// it). Removing an unknown container succeeds.
+func (s *Service) removeContainer(ctx context.Context, id string) error {
+	s.mu.RLock()
+	c, ok := s.ctrs[id]
+	s.mu.RUnlock()
+	if !ok {
+		return nil
+	}
+	if c.reserved() {
+		return fmt.Errorf("container %q is being started: %w", id, errdefs.ErrFailedPrecondition)
+	}
+	if !isDone(c.done) {
+		if err := s.kill(ctx, c); err != nil {
+			return fmt.Errorf("remove container %q: %w", id, err)
+		}
+	}
+	if err := s.cleanupContainer(ctx, id); err != nil {
+		return fmt.Errorf("remove container %q: %w", id, err)
+	}
+	s.mu.Lock()
+	if s.ctrs[id] == c {
+		delete(s.ctrs, id)
+	}
+	s.mu.Unlock()
+	s.log.Info("container removed", "pod", c.podID, "container", id)
+	return nil
+}

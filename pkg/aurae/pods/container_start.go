@@ -1,0 +1,325 @@
+package pods
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// createTimeout bounds conmon + runc create; startTimeout runc start.
+	createTimeout      = 60 * time.Second
+	runtimeCallTimeout = 30 * time.Second
+	// conmonCgroup is the cgroup below a pod's where its monitors live (ids
+	// never start with '.').
+	conmonCgroup = ".conmon"
+)
+
+func validContainer(podID string, c *podsv0.Container) error {
+	if err := validID("pod", podID); err != nil {
+		return err
+	}
+	if c == nil {
+		return fmt.Errorf("container is missing: %w", errdefs.ErrInvalidArgument)
+	}
+	if err := validID("container", c.GetId()); err != nil {
+		return err
+	}
+	if c.GetRootfsPath() != "" {
+		if err := validPath("rootfs path", c.GetRootfsPath()); err != nil {
+			return err
+		}
+	}
+	if c.GetLogPath() != "" {
+		if err := validPath("log path", c.GetLogPath()); err != nil {
+			return err
+		}
+	}
+	if len(c.GetOciSpec()) == 0 {
+		return fmt.Errorf("container %q: OCI spec is missing: %w", c.GetId(), errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container) (_ *podsv0.StartResponse, retErr error) {
+	if err := validContainer(podID, req); err != nil {
+		return nil, err
+	}
+	id := req.GetId()
+	p, err := s.lookupPod(podID)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := s.composeSpec(p, req)
+	if err != nil {
+		return nil, fmt.Errorf("container %q: %w", id, err)
+	}
+	log := s.log.With("pod", podID, "container", id)
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.freed {
+		return nil, fmt.Errorf("pod %q: %w", podID, errdefs.ErrNotFound)
+	}
+	if p.holder.Pid != 0 && !alive(p.holder.Pid, p.holder.Start) {
+		return nil, fmt.Errorf("pod %q: the init of its pid namespace is gone; free the pod: %w", podID, errdefs.ErrFailedPrecondition)
+	}
+	// Reserve the id before any side effect; a failure releases it.
+	c := &container{id: id, podID: podID, res: true, done: make(chan struct{})}
+	s.mu.Lock()
+	if _, ok := s.ctrs[id]; ok {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("container %q: %w", id, errdefs.ErrAlreadyExists)
+	}
+	s.ctrs[id] = c
+	s.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			s.mu.Lock()
+			delete(s.ctrs, id)
+			s.mu.Unlock()
+		}
+	}()
+	bundle := s.bundleDir(id)
+	if _, err := os.Stat(bundle); err == nil {
+		return nil, fmt.Errorf("container %q: bundle %s that auraed does not know exists: %w", id, bundle, errdefs.ErrAlreadyExists)
+	}
+	if err := os.MkdirAll(bundle, 0o700); err != nil {
+		return nil, fmt.Errorf("container %q: %w", id, err)
+	}
+	defer func() {
+		if retErr != nil {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runtimeCallTimeout)
+			defer cancel()
+			if err := s.cleanupContainer(ctx, id); err != nil {
+				log.Warn("undo container start", "error", err)
+			}
+		}
+	}()
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(bundle, "config.json"), b, 0o600); err != nil {
+		return nil, fmt.Errorf("container %q: %w", id, err)
+	}
+	rec := ctrRecord{
+		ID: id, PodID: podID, LogPath: req.GetLogPath(), CgroupPath: p.paths.GetCgroupPath() + "/" + id,
+		OwnPID: !p.ownsPID() && p.spec.GetNamespaces().GetPid() != podsv0.NamespaceMode_NAMESPACE_MODE_NODE,
+		State:  stateCreated, CreatedAt: time.Now().UnixNano(),
+	}
+	if err := s.store.put(bucketContainers, id, rec); err != nil {
+		return nil, fmt.Errorf("persist container %q: %w", id, err)
+	}
+	mon, err := s.createWithConmon(ctx, p, req)
+	if err != nil {
+		return nil, fmt.Errorf("create container %q: %w", id, err)
+	}
+	rec.Pid, rec.ConmonPid, rec.ConmonStart = mon.pid, mon.conmonPid, mon.conmonStart
+	fd, ok := openPidfd(mon.conmonPid, mon.conmonStart)
+	if !ok {
+		return nil, fmt.Errorf("create container %q: its monitor (pid %d) is gone", id, mon.conmonPid)
+	}
+	startedAt := time.Now().UnixNano()
+	if _, err := s.runRuntime(ctx, "start", id); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("start container %q: %w", id, err)
+	}
+	rec.State, rec.StartedAt = stateRunning, startedAt
+	if err := s.store.put(bucketContainers, id, rec); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("persist container %q: %w", id, err)
+	}
+	c.mu.Lock()
+	c.rec, c.res = rec, false
+	c.mu.Unlock()
+	s.watch(c, fd)
+	log.Info("container started", "pid", rec.Pid, "cgroup", rec.CgroupPath)
+	return &podsv0.StartResponse{ContainerId: id, Pid: int32(rec.Pid), CgroupPath: rec.CgroupPath}, nil
+}
+
+// composeSpec fills the request's OCI spec in with the pod: its namespace
+// paths, the container's cgroup below the pod's, the rootfs, the pod's
+// files, and an oomScoreAdj no lower than auraed's own.
+func (s *Service) composeSpec(p *pod, req *podsv0.Container) (*specs.Spec, error) {
+	var sp specs.Spec
+	if err := json.Unmarshal(req.GetOciSpec(), &sp); err != nil {
+		return nil, fmt.Errorf("OCI spec: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	if sp.Process == nil || len(sp.Process.Args) == 0 {
+		return nil, fmt.Errorf("OCI spec has no process args: %w", errdefs.ErrInvalidArgument)
+	}
+	if req.GetRootfsPath() != "" {
+		if sp.Root == nil {
+			sp.Root = &specs.Root{}
+		}
+		sp.Root.Path = req.GetRootfsPath()
+	}
+	if sp.Root == nil || sp.Root.Path == "" {
+		return nil, fmt.Errorf("no rootfs (neither rootfs_path nor root.path): %w", errdefs.ErrInvalidArgument)
+	}
+	if err := validPath("root.path", sp.Root.Path); err != nil {
+		return nil, err
+	}
+	for _, m := range sp.Mounts {
+		if err := validMount(m); err != nil {
+			return nil, err
+		}
+	}
+	if sp.Linux == nil {
+		sp.Linux = &specs.Linux{}
+	}
+	sp.Process.Terminal = req.GetTty()
+	// The pod owns the hostname.
+	sp.Hostname = ""
+	var nss []specs.LinuxNamespace
+	hasMount := false
+	for _, ns := range sp.Linux.Namespaces {
+		switch ns.Type {
+		case specs.NetworkNamespace, specs.IPCNamespace, specs.UTSNamespace, specs.PIDNamespace:
+			continue
+		case specs.MountNamespace:
+			hasMount = true
+		}
+		nss = append(nss, ns)
+	}
+	if !hasMount {
+		nss = append(nss, specs.LinuxNamespace{Type: specs.MountNamespace})
+	}
+	paths := p.paths
+	for _, ns := range []struct {
+		typ  specs.LinuxNamespaceType
+		path string
+	}{
+		{specs.NetworkNamespace, paths.GetNetworkNamespacePath()},
+		{specs.IPCNamespace, paths.GetIpcNamespacePath()},
+		{specs.UTSNamespace, paths.GetUtsNamespacePath()},
+		{specs.PIDNamespace, paths.GetPidNamespacePath()},
+	} {
+		if ns.path != "" {
+			nss = append(nss, specs.LinuxNamespace{Type: ns.typ, Path: ns.path})
+		}
+	}
+	if p.spec.GetNamespaces().GetPid() == podsv0.NamespaceMode_NAMESPACE_MODE_CONTAINER {
+		nss = append(nss, specs.LinuxNamespace{Type: specs.PIDNamespace})
+	}
+	sp.Linux.Namespaces = nss
+	sp.Linux.CgroupsPath = "/" + paths.GetCgroupPath() + "/" + req.GetId()
+	if min, err := ownOOMScoreAdj(); err == nil && sp.Process.OOMScoreAdj != nil && *sp.Process.OOMScoreAdj < min {
+		v := min
+		sp.Process.OOMScoreAdj = &v
+	}
+	if req.GetMountPodFiles() {
+		for _, f := range []struct{ dst, src string }{
+			{"/etc/hostname", paths.GetHostnamePath()},
+			{"/etc/resolv.conf", paths.GetResolvConfPath()},
+			{"/etc/hosts", paths.GetHostsPath()},
+		} {
+			if !mountsAt(sp.Mounts, f.dst) {
+				sp.Mounts = append(sp.Mounts, specs.Mount{Destination: f.dst, Type: "bind", Source: f.src, Options: []string{"rbind", "rprivate", "rw"}})
+			}
+		}
+	}
+	return &sp, nil
+}
+
+func validMount(m specs.Mount) error {
+	if !filepath.IsAbs(m.Destination) {
+		return fmt.Errorf("mount destination %q is not absolute: %w", m.Destination, errdefs.ErrInvalidArgument)
+	}
+	for _, seg := range strings.Split(m.Destination, "/") {
+		if seg == ".." {
+			return fmt.Errorf("mount destination %q contains \"..\": %w", m.Destination, errdefs.ErrInvalidArgument)
+		}
+	}
+	if m.Type == "bind" || hasOption(m.Options, "bind") || hasOption(m.Options, "rbind") {
+		return validPath("bind mount source", m.Source)
+	}
+	return nil
+}
+
+func hasOption(opts []string, o string) bool {
+	for _, x := range opts {
+		if x == o {
+			return true
+		}
+	}
+	return false
+}
+
+func mountsAt(ms []specs.Mount, dst string) bool {
+	for _, m := range ms {
+		if filepath.Clean(m.Destination) == dst {
+			return true
+		}
+	}
+	return false
+}
+
+// ownOOMScoreAdj is auraed's own oom_score_adj: without CAP_SYS_RESOURCE a
+// lower value is refused, and runc then fails every container.
+func ownOOMScoreAdj() (int, error) {
+	b, err := os.ReadFile("/proc/self/oom_score_adj")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// runRuntime runs the OCI runtime with auraed's --root, bounded.
+func (s *Service) runRuntime(ctx context.Context, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, runtimeCallTimeout)
+	defer cancel()
+	out, err := runCmd(ctx, s.runtime, append([]string{"--root", s.runcRoot()}, args...)...)
+	if err != nil {
+		return out, fmt.Errorf("%s %s: %w: %s", filepath.Base(s.runtime), args[0], err, strings.TrimSpace(string(out)))
+	}
+	return out, nil
+}
+
+// notExist reports whether runtime output says the container is unknown.
+func notExist(out []byte) bool {
+	o := string(out)
+	return strings.Contains(o, "does not exist") || strings.Contains(o, "not found")
+}
+
+// cleanupContainer removes what Start made of a container: the runtime's
+// container, the bundle, exit file, attach dir and record. It tolerates
+// missing pieces.
+func (s *Service) cleanupContainer(ctx context.Context, id string) error {
+	var errs []error
+	if out, err := s.runRuntime(ctx, "delete", "--force", id); err != nil && !notExist(out) {
+		errs = append(errs, err)
+	}
+	for _, p := range []string{s.bundleDir(id), s.exitFile(id), s.attachDir(id)} {
+		if err := os.RemoveAll(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := s.store.delete(bucketContainers, id); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// conmonCgroupOf returns the cgroup the pod's monitors live in, making it
+// on first use.
+func (s *Service) conmonCgroupOf(p *pod) (*cgroup.Cgroup, error) {
+	path := p.paths.GetCgroupPath() + "/" + conmonCgroup
+	if cgroup.Exists(path) {
+		return cgroup.Load(path)
+	}
+	return cgroup.New(path, cgroup.Limits{})
+}

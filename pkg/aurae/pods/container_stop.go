@@ -1,0 +1,63 @@
+package pods
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// killWait bounds the wait for a container to die after SIGKILL.
+const killWait = 30 * time.Second
+
+// stop sends SIGTERM, waits up to timeout seconds, then SIGKILL, and waits
+// for the exit to be recorded. Stopping an unknown or exited container
+// succeeds.
+func (s *Service) stop(ctx context.Context, id string, timeout int64) error {
+	c, err := s.lookupContainer(id)
+	if err != nil {
+		return nil
+	}
+	if isDone(c.done) {
+		return nil
+	}
+	log := s.log.With("pod", c.podID, "container", id)
+	if timeout > 0 {
+		// Errors are ignored: the container may have exited meanwhile.
+		_, _ = s.runRuntime(ctx, "kill", id, "TERM")
+		t := time.NewTimer(time.Duration(timeout) * time.Second)
+		defer t.Stop()
+		select {
+		case <-c.done:
+			log.Info("container stopped", "signal", "TERM")
+			return nil
+		case <-t.C:
+		case <-ctx.Done():
+			return fmt.Errorf("stop container %q: %w", id, ctx.Err())
+		}
+	}
+	if err := s.kill(ctx, c); err != nil {
+		return fmt.Errorf("stop container %q: %w", id, err)
+	}
+	log.Info("container stopped", "signal", "KILL")
+	return nil
+}
+
+// kill sends SIGKILL to the container (every process of it when it shares
+// the pod's pid namespace) and waits for its exit.
+func (s *Service) kill(ctx context.Context, c *container) error {
+	args := []string{"kill", c.id, "KILL"}
+	if !c.record().OwnPID {
+		args = []string{"kill", "--all", c.id, "KILL"}
+	}
+	_, err := s.runRuntime(ctx, args...)
+	t := time.NewTimer(killWait)
+	defer t.Stop()
+	select {
+	case <-c.done:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("still running %s after SIGKILL (%v)", killWait, err)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

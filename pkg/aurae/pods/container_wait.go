@@ -1,0 +1,93 @@
+package pods
+
+import (
+	"errors"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
+	"golang.org/x/sys/unix"
+)
+
+// watch waits for a container's monitor to exit (fd is a pidfd of conmon,
+// which it closes) and then records the exit. It gives up when the service
+// closes: a new service re-adopts the container.
+func (s *Service) watch(c *container, fd int) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer unix.Close(fd)
+		for !s.closed.Load() {
+			if pollPidfd(fd, 100*time.Millisecond) {
+				s.finish(c)
+				return
+			}
+		}
+	}()
+}
+
+// finish records the exit of a container whose monitor is gone: the exit
+// code and time from conmon's exit file, and the reason.
+func (s *Service) finish(c *container) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if isDone(c.done) {
+		return
+	}
+	r := c.rec
+	code, at, err := readExitFile(s.exitFile(c.id))
+	switch {
+	case err == nil:
+		r.ExitCode, r.FinishedAt = code, at.UnixNano()
+		switch {
+		case code == 0:
+			r.Reason = "Completed"
+		case code == 128+int32(unix.SIGKILL) && oomKilled(r.CgroupPath):
+			r.Reason = "OOMKilled"
+		default:
+			r.Reason = "Error"
+		}
+	case errors.Is(err, os.ErrNotExist):
+		// As CRI-O does when conmon left no exit code.
+		r.ExitCode, r.FinishedAt = 255, time.Now().UnixNano()
+		r.Reason, r.Message = "Error", "the container's monitor exited without an exit file"
+	default:
+		r.ExitCode, r.FinishedAt = 255, time.Now().UnixNano()
+		r.Reason, r.Message = "Error", err.Error()
+	}
+	// The exit file's mtime has the file system's (coarse) granularity.
+	if r.FinishedAt < r.StartedAt {
+		r.FinishedAt = r.StartedAt
+	}
+	r.State = stateExited
+	c.rec = r
+	close(c.done)
+	if !s.closed.Load() {
+		if err := s.store.put(bucketContainers, c.id, r); err != nil {
+			s.log.Warn("persist container exit", "container", c.id, "error", err)
+		}
+	}
+	s.log.Info("container exited", "pod", c.podID, "container", c.id, "exit_code", r.ExitCode, "reason", r.Reason)
+}
+
+// oomKilled reports whether the OOM killer killed a process of the cgroup
+// (which runc keeps until the container is deleted).
+func oomKilled(path string) bool {
+	file, key := cgroup.ControllerFile(path, "memory", "memory.oom_control"), "oom_kill "
+	if cgroup.Unified() {
+		file = cgroup.ControllerFile(path, "", "memory.events")
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, key); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			return err == nil && n > 0
+		}
+	}
+	return false
+}

@@ -1,0 +1,226 @@
+package pods
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The namespace holder is auraed's own binary (/proc/self/exe) started in
+// the pod's new namespaces. It sets the hostname, brings up loopback, writes
+// the pod's sysctls, says it is ready and then reaps orphans. auraed pins its
+// namespaces by bind mounts and kills it, unless the pod shares its pid
+// namespace: a pid namespace dies with its init, so the holder then stays as
+// the pod's init until Free. The hook runs from init(), so every binary that
+// links this package (auraed, its tests) can serve as a holder.
+const (
+	envHolder   = "_AURAE_POD_HOLDER"
+	envHostname = "_AURAE_POD_HOSTNAME"
+	envSysctls  = "_AURAE_POD_SYSCTLS"
+	holderFD    = 3
+	// holderTimeout bounds the wait for a holder to be ready.
+	holderTimeout = 10 * time.Second
+)
+
+func init() {
+	if flags, ok := os.LookupEnv(envHolder); ok {
+		runHolder(flags)
+	}
+}
+
+func runHolder(flags string) {
+	ready := os.NewFile(holderFD, "ready")
+	if err := setupHolder(flags, os.Getenv(envHostname), os.Getenv(envSysctls)); err != nil {
+		_, _ = fmt.Fprintf(ready, "pod namespace holder: %v", err)
+		os.Exit(1)
+	}
+	// Only Free (SIGKILL) ends a holder.
+	signal.Ignore(unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+	children := make(chan os.Signal, 1)
+	signal.Notify(children, unix.SIGCHLD)
+	if _, err := ready.Write([]byte{'1'}); err != nil {
+		os.Exit(1)
+	}
+	ready.Close()
+	for {
+		for {
+			var ws unix.WaitStatus
+			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+			if pid <= 0 || err != nil {
+				break
+			}
+		}
+		<-children
+	}
+}
+
+func setupHolder(flags, hostname, sysctls string) error {
+	has := func(f string) bool {
+		for _, x := range strings.Split(flags, ",") {
+			if x == f {
+				return true
+			}
+		}
+		return false
+	}
+	if has("uts") && hostname != "" {
+		if err := unix.Sethostname([]byte(hostname)); err != nil {
+			return fmt.Errorf("set hostname: %w", err)
+		}
+	}
+	if has("net") {
+		if err := loopbackUp(); err != nil {
+			return err
+		}
+	}
+	if sysctls != "" {
+		var m map[string]string
+		if err := json.Unmarshal([]byte(sysctls), &m); err != nil {
+			return fmt.Errorf("sysctls: %w", err)
+		}
+		for k, v := range m {
+			// /proc/sys/net and the ipc sysctls show the namespaces of the
+			// process that opens them: ours.
+			p := filepath.Join("/proc/sys", strings.ReplaceAll(k, ".", "/"))
+			if err := os.WriteFile(p, []byte(v), 0); err != nil {
+				return fmt.Errorf("sysctl %s=%s: %w", k, v, err)
+			}
+		}
+	}
+	return nil
+}
+
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("loopback: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("loopback flags: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("loopback up: %w", err)
+	}
+	return nil
+}
+
+// holderSpec says which namespaces a holder creates.
+type holderSpec struct {
+	net, ipc, uts, pid bool
+	hostname           string
+	sysctls            map[string]string
+	place              func(pid int) error
+}
+
+// startHolder starts a holder and waits until it is ready. The caller pins
+// its namespaces and then kills it or keeps it; cmd.Wait is the caller's.
+func startHolder(h holderSpec) (*exec.Cmd, error) {
+	var flags []string
+	var clone uintptr
+	for _, ns := range []struct {
+		on   bool
+		name string
+		flag uintptr
+	}{{h.net, "net", unix.CLONE_NEWNET}, {h.ipc, "ipc", unix.CLONE_NEWIPC}, {h.uts, "uts", unix.CLONE_NEWUTS}, {h.pid, "pid", unix.CLONE_NEWPID}} {
+		if ns.on {
+			flags = append(flags, ns.name)
+			clone |= ns.flag
+		}
+	}
+	sc := ""
+	if len(h.sysctls) > 0 {
+		b, err := json.Marshal(h.sysctls)
+		if err != nil {
+			return nil, err
+		}
+		sc = string(b)
+	}
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer readyR.Close()
+	cmd := exec.Command("/proc/self/exe")
+	cmd.Args = []string{"aurae-pod-holder"}
+	cmd.Env = []string{envHolder + "=" + strings.Join(flags, ","), envHostname + "=" + h.hostname, envSysctls + "=" + sc}
+	cmd.ExtraFiles = []*os.File{readyW}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: clone, Setsid: true}
+	err = cmd.Start()
+	readyW.Close()
+	if err != nil {
+		return nil, fmt.Errorf("start namespace holder: %w", err)
+	}
+	fail := func(err error) (*exec.Cmd, error) {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, err
+	}
+	if h.place != nil {
+		if err := h.place(cmd.Process.Pid); err != nil {
+			return fail(fmt.Errorf("place namespace holder: %w", err))
+		}
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(readyR, 4096))
+		got <- b
+	}()
+	select {
+	case b := <-got:
+		if string(b) != "1" {
+			return fail(fmt.Errorf("namespace holder not ready: %q", b))
+		}
+	case <-time.After(holderTimeout):
+		return fail(errors.New("namespace holder not ready in time"))
+	}
+	return cmd, nil
+}
+
+// pin bind-mounts /proc/<pid>/ns/<kind> on target, which it creates.
+func pin(pid int, kind, target string) error {
+	f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
+	if err != nil {
+		return fmt.Errorf("pin %s namespace: %w", kind, err)
+	}
+	f.Close()
+	src := fmt.Sprintf("/proc/%d/ns/%s", pid, kind)
+	if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
+		_ = os.Remove(target)
+		return fmt.Errorf("pin %s namespace: bind %s: %w", kind, src, err)
+	}
+	return nil
+}
+
+// unpin unmounts and removes a pinned namespace file; a missing one is fine.
+func unpin(target string) error {
+	for {
+		err := unix.Unmount(target, unix.MNT_DETACH)
+		if err == nil {
+			continue // stacked mounts after a retried pin
+		}
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+			break
+		}
+		return fmt.Errorf("unpin %s: %w", target, err)
+	}
+	if err := os.Remove(target); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,217 @@
+package pods
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
+	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+)
+
+func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.AllocateResponse, retErr error) {
+	if err := validPod(spec); err != nil {
+		return nil, err
+	}
+	spec = proto.Clone(spec).(*podsv0.Pod)
+	id := spec.GetId()
+	log := s.log.With("pod", id)
+
+	// Reserve the id before any side effect; a failure releases it.
+	p := &pod{spec: spec, reserved: true, createdAt: time.Now()}
+	s.mu.Lock()
+	if _, ok := s.pods[id]; ok {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("pod %q: %w", id, errdefs.ErrAlreadyExists)
+	}
+	s.pods[id] = p
+	s.mu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			s.mu.Lock()
+			delete(s.pods, id)
+			s.mu.Unlock()
+		}
+	}()
+
+	cgPath := s.podCgroup(spec)
+	dir := s.podDir(id)
+	paths := &podsv0.AllocateResponse{
+		PodId:          id,
+		CgroupPath:     cgPath,
+		ResolvConfPath: filepath.Join(dir, "resolv.conf"),
+		HostnamePath:   filepath.Join(dir, "hostname"),
+		HostsPath:      filepath.Join(dir, "hosts"),
+		CgroupV2:       cgroup.Unified(),
+	}
+	p.paths = paths
+	if _, err := os.Stat(dir); err == nil {
+		return nil, fmt.Errorf("pod %q: directory %s that auraed does not know exists: %w", id, dir, errdefs.ErrAlreadyExists)
+	}
+	if cgroup.Exists(cgPath) {
+		return nil, fmt.Errorf("pod %q: a cgroup %s that auraed does not know exists: %w", id, cgPath, errdefs.ErrAlreadyExists)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "ns"), 0o755); err != nil {
+		return nil, fmt.Errorf("pod %q: %w", id, err)
+	}
+	defer func() {
+		if retErr != nil {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			if err := s.teardownPod(ctx, p); err != nil {
+				log.Warn("undo pod allocation", "error", err)
+			}
+		}
+	}()
+	if err := writePodFiles(spec, paths); err != nil {
+		return nil, fmt.Errorf("pod %q: %w", id, err)
+	}
+	cg, err := cgroup.New(cgPath, cgroup.Limits{})
+	if err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("pod %q: %w: %w", id, err, errdefs.ErrAlreadyExists)
+		}
+		return nil, fmt.Errorf("pod %q: %w", id, err)
+	}
+	if p.ownsNet() || p.ownsIPC() || p.ownsUTS() || p.ownsPID() {
+		if err := s.makeNamespaces(p, cg); err != nil {
+			return nil, fmt.Errorf("pod %q: %w", id, err)
+		}
+	}
+	if err := s.persistPod(p); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	p.reserved = false
+	s.mu.Unlock()
+	log.Info("pod allocated", "cgroup", cgPath, "netns", paths.NetworkNamespacePath, "pid_shared", p.ownsPID())
+	return proto.Clone(paths).(*podsv0.AllocateResponse), nil
+}
+
+// makeNamespaces starts a holder in new namespaces, pins them and lets the
+// holder go unless it holds the pod's pid namespace.
+func (s *Service) makeNamespaces(p *pod, cg *cgroup.Cgroup) error {
+	cmd, err := startHolder(holderSpec{
+		net: p.ownsNet(), ipc: p.ownsIPC(), uts: p.ownsUTS(), pid: p.ownsPID(),
+		hostname: p.spec.GetHostname(), sysctls: p.spec.GetSysctls(),
+		place: cg.AddProc,
+	})
+	if err != nil {
+		return err
+	}
+	pid := cmd.Process.Pid
+	kill := func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}
+	nsDir := filepath.Join(s.podDir(p.spec.GetId()), "ns")
+	for _, ns := range []struct {
+		on   bool
+		kind string
+		dst  *string
+	}{
+		{p.ownsNet(), "net", &p.paths.NetworkNamespacePath},
+		{p.ownsIPC(), "ipc", &p.paths.IpcNamespacePath},
+		{p.ownsUTS(), "uts", &p.paths.UtsNamespacePath},
+		{p.ownsPID(), "pid", &p.paths.PidNamespacePath},
+	} {
+		if !ns.on {
+			continue
+		}
+		target := filepath.Join(nsDir, ns.kind)
+		if err := pin(pid, ns.kind, target); err != nil {
+			kill()
+			return err
+		}
+		*ns.dst = target
+	}
+	if !p.ownsPID() {
+		kill()
+		return nil
+	}
+	st, err := startTime(pid)
+	if err != nil {
+		kill()
+		return err
+	}
+	p.holder = holderRef{Pid: pid, Start: st}
+	p.holderW = make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(p.holderW)
+	}()
+	return nil
+}
+
+func (s *Service) persistPod(p *pod) error {
+	spec, err := protojson.Marshal(p.spec)
+	if err != nil {
+		return err
+	}
+	paths, err := protojson.Marshal(p.paths)
+	if err != nil {
+		return err
+	}
+	r := podRecord{Spec: spec, Paths: paths, Holder: p.holder, CreatedAt: p.createdAt}
+	if err := s.store.put(bucketPods, p.spec.GetId(), r); err != nil {
+		return fmt.Errorf("persist pod %q: %w", p.spec.GetId(), err)
+	}
+	return nil
+}
+
+// writePodFiles writes the hostname, resolv.conf and hosts files containers
+// bind-mount.
+func writePodFiles(spec *podsv0.Pod, paths *podsv0.AllocateResponse) error {
+	hostname := spec.GetHostname()
+	if hostname == "" || spec.GetNamespaces().GetNetwork() == podsv0.NamespaceMode_NAMESPACE_MODE_NODE {
+		h, err := os.Hostname()
+		if err != nil {
+			return err
+		}
+		hostname = h
+	}
+	hosts := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
+	files := map[string]string{
+		paths.HostnamePath: hostname + "\n",
+		paths.HostsPath:    hosts,
+	}
+	dns := spec.GetDns()
+	switch {
+	case dns.GetResolvConf() != "":
+		files[paths.ResolvConfPath] = dns.GetResolvConf()
+	case len(dns.GetServers())+len(dns.GetSearches())+len(dns.GetOptions()) > 0:
+		var b strings.Builder
+		for _, sv := range dns.GetServers() {
+			fmt.Fprintf(&b, "nameserver %s\n", sv)
+		}
+		if len(dns.GetSearches()) > 0 {
+			fmt.Fprintf(&b, "search %s\n", strings.Join(dns.GetSearches(), " "))
+		}
+		if len(dns.GetOptions()) > 0 {
+			fmt.Fprintf(&b, "options %s\n", strings.Join(dns.GetOptions(), " "))
+		}
+		files[paths.ResolvConfPath] = b.String()
+	default:
+		// As containerd does: the host's.
+		b, err := os.ReadFile("/etc/resolv.conf")
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		files[paths.ResolvConfPath] = string(b)
+	}
+	for p, content := range files {
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}

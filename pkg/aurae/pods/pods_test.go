@@ -1,0 +1,373 @@
+package pods
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+var criLine = regexp.MustCompile(`^(\S+) (stdout|stderr) (F|P) (.*)$`)
+
+func TestContainerExitCodeAndLog(t *testing.T) {
+	e := newEnv(t)
+	e.allocate(&podsv0.Pod{Id: "logs", Hostname: "logs"})
+	c := e.container("printer", spec(t, func(s *specs.Spec) {
+		v := -997 // what the kubelet asks for; clamped to auraed's own
+		s.Process.OOMScoreAdj = &v
+	}, "sh", "-c", "echo line one; echo line two; echo oops >&2; exit 3"))
+	started := time.Now()
+	e.start("logs", c)
+	st := e.waitExited("printer", 10*time.Second)
+	if st.GetExitCode() != 3 || st.GetReason() != "Error" {
+		t.Fatalf("status %v, want exit code 3, reason Error", st)
+	}
+	if st.GetStartedAt() < started.UnixNano() || st.GetFinishedAt() < st.GetStartedAt() || st.GetCreatedAt() > st.GetStartedAt() {
+		t.Errorf("times out of order: created %d started %d finished %d", st.GetCreatedAt(), st.GetStartedAt(), st.GetFinishedAt())
+	}
+	got := map[string]string{}
+	for _, l := range readLines(t, c.GetLogPath()) {
+		m := criLine.FindStringSubmatch(l)
+		if m == nil {
+			t.Fatalf("log line %q is not in CRI format", l)
+		}
+		if _, err := time.Parse(time.RFC3339Nano, m[1]); err != nil {
+			t.Errorf("log line %q: time: %v", l, err)
+		}
+		if m[3] != "F" {
+			t.Errorf("log line %q: want a full line", l)
+		}
+		got[m[4]] = m[2]
+	}
+	want := map[string]string{"line one": "stdout", "line two": "stdout", "oops": "stderr"}
+	for line, stream := range want {
+		if got[line] != stream {
+			t.Errorf("log: %q on %q, want %q (log %v)", line, got[line], stream, got)
+		}
+	}
+	// Exec in an exited container is refused.
+	if _, err := e.exec("printer", 1, "true"); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("exec in exited container: %v, want FailedPrecondition", err)
+	}
+	if _, err := e.svc.RemoveContainer(context.Background(), &podsv0.RemoveContainerRequest{ContainerId: "printer"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.ContainerStatus(context.Background(), &podsv0.ContainerStatusRequest{ContainerId: "printer"}); status.Code(err) != codes.NotFound {
+		t.Errorf("status after remove: %v, want NotFound", err)
+	}
+	if _, err := os.Stat(c.GetLogPath()); err != nil {
+		t.Errorf("log removed with the container: %v", err)
+	}
+	if _, err := e.svc.Free(context.Background(), &podsv0.FreeRequest{PodId: "logs"}); err != nil {
+		t.Fatal(err)
+	}
+	e.assertClean()
+	if _, err := e.svc.Free(context.Background(), &podsv0.FreeRequest{PodId: "logs"}); err != nil {
+		t.Errorf("second free: %v", err)
+	}
+}
+
+func TestExecSyncStatsAndStop(t *testing.T) {
+	e := newEnv(t)
+	e.allocate(&podsv0.Pod{Id: "exec", Namespaces: &podsv0.NamespaceOptions{Pid: podsv0.NamespaceMode_NAMESPACE_MODE_CONTAINER}})
+	// pid 1 of its own pid namespace: sleep ignores SIGTERM there.
+	e.start("exec", e.container("sleeper", spec(t, nil, "sleep", "1000")))
+	if got := e.mustExec("sleeper", "echo", "hi"); got != "hi\n" {
+		t.Errorf("echo hi: %q", got)
+	}
+	if got := e.mustExec("sleeper", "sh", "-c", "echo $GREETING"); got != "hello\n" {
+		t.Errorf("exec env: %q, want the container's", got)
+	}
+	resp, err := e.exec("sleeper", 10, "sh", "-c", "echo out; echo err >&2; exit 5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetExitCode() != 5 || string(resp.GetStdout()) != "out\n" || string(resp.GetStderr()) != "err\n" {
+		t.Errorf("exec: %v", resp)
+	}
+	// An exec that outlives its timeout is killed.
+	begin := time.Now()
+	_, err = e.exec("sleeper", 1, "sleep", "60")
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("exec past its timeout: %v, want DeadlineExceeded", err)
+	}
+	if d := time.Since(begin); d > 5*time.Second {
+		t.Errorf("exec timeout took %s", d)
+	}
+	if procs := cgroupCmdlines(t, e.status("sleeper").GetCgroupPath()); len(procs) != 1 || procs[0] != "sleep 1000" {
+		t.Errorf("processes in the container after the timed-out exec: %q", procs)
+	}
+	stats, err := e.svc.ContainerStats(context.Background(), &podsv0.ContainerStatsRequest{ContainerId: "sleeper"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stats.GetCpuUsageNanos() == 0 || stats.GetMemoryWorkingSetBytes() == 0 || stats.GetTimestamp() == 0 {
+		t.Errorf("stats: %v", stats)
+	}
+	// SIGTERM is ignored: SIGKILL after the timeout.
+	begin = time.Now()
+	if _, err := e.svc.Stop(context.Background(), &podsv0.StopRequest{ContainerId: "sleeper", TimeoutSeconds: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(begin); d < time.Second || d > 10*time.Second {
+		t.Errorf("stop took %s, want the 1 s timeout and then SIGKILL", d)
+	}
+	st := e.status("sleeper")
+	if st.GetState() != podsv0.ContainerState_CONTAINER_STATE_EXITED || st.GetExitCode() != 137 || st.GetReason() != "Error" {
+		t.Errorf("after stop: %v", st)
+	}
+	// A container that ends on SIGTERM stops without waiting.
+	e.start("exec", e.container("polite", spec(t, nil, "sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done")))
+	time.Sleep(200 * time.Millisecond) // let the shell set its trap
+	begin = time.Now()
+	if _, err := e.svc.Stop(context.Background(), &podsv0.StopRequest{ContainerId: "polite", TimeoutSeconds: 30}); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(begin); d > 5*time.Second {
+		t.Errorf("stop of a container that exits on SIGTERM took %s", d)
+	}
+	if st := e.status("polite"); st.GetExitCode() != 0 || st.GetReason() != "Completed" {
+		t.Errorf("after SIGTERM: %v", st)
+	}
+	// Stop again and stop of an unknown container succeed.
+	for _, id := range []string{"polite", "nobody"} {
+		if _, err := e.svc.Stop(context.Background(), &podsv0.StopRequest{ContainerId: id, TimeoutSeconds: 1}); err != nil {
+			t.Errorf("stop %s: %v", id, err)
+		}
+	}
+}
+
+// cgroupCmdlines lists the command lines of the processes in a cgroup.
+func cgroupCmdlines(t *testing.T, path string) []string {
+	t.Helper()
+	cg, err := cgroup.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids, err := cg.Procs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, pid := range pids {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		out = append(out, strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " ")))
+	}
+	return out
+}
+
+func TestSharedNamespaces(t *testing.T) {
+	e := newEnv(t)
+	paths := e.allocate(&podsv0.Pod{Id: "shared", Hostname: "web-1", Sysctls: map[string]string{"net.ipv4.ip_unprivileged_port_start": "80"}})
+	for _, p := range []string{paths.GetNetworkNamespacePath(), paths.GetIpcNamespacePath(), paths.GetUtsNamespacePath(), paths.GetPidNamespacePath()} {
+		if p == "" {
+			t.Fatalf("a namespace path is missing: %v", paths)
+		}
+	}
+	var netIno unix.Stat_t
+	if err := unix.Stat(paths.GetNetworkNamespacePath(), &netIno); err != nil {
+		t.Fatal(err)
+	}
+	e.start("shared", e.container("a", spec(t, nil, "sleep", "1000")))
+	e.start("shared", e.container("b", spec(t, nil, "sleep", "1000")))
+	host, _ := os.Readlink("/proc/self/ns/net")
+	nets := map[string]bool{}
+	for _, id := range []string{"a", "b"} {
+		if got := e.mustExec(id, "hostname"); got != "web-1\n" {
+			t.Errorf("%s: hostname %q", id, got)
+		}
+		if got := e.mustExec(id, "cat", "/etc/hostname"); got != "web-1\n" {
+			t.Errorf("%s: /etc/hostname %q", id, got)
+		}
+		if got := e.mustExec(id, "cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"); got != "80\n" {
+			t.Errorf("%s: sysctl %q", id, got)
+		}
+		net := strings.TrimSpace(e.mustExec(id, "readlink", "/proc/self/ns/net"))
+		nets[net] = true
+		if want := fmt.Sprintf("net:[%d]", netIno.Ino); net != want {
+			t.Errorf("%s: net namespace %s, want the pinned %s", id, net, want)
+		}
+		if net == host {
+			t.Errorf("%s: in the host's network namespace", id)
+		}
+	}
+	if len(nets) != 1 {
+		t.Errorf("containers in different network namespaces: %v", nets)
+	}
+	// The pod shares its pid namespace: a sees b's sleep.
+	if got := e.mustExec("a", "ps"); strings.Count(got, "sleep 1000") != 2 {
+		t.Errorf("ps in a shared pid namespace:\n%s", got)
+	}
+	resp, err := e.svc.ListPods(context.Background(), &podsv0.ListPodsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetPods()) != 1 || len(resp.GetPods()[0].GetContainers()) != 2 {
+		t.Errorf("list: %v", resp)
+	}
+	if _, err := e.svc.Free(context.Background(), &podsv0.FreeRequest{PodId: "shared"}); err != nil {
+		t.Fatal(err)
+	}
+	e.assertClean()
+	if _, err := os.Stat(filepath.Dir(paths.GetHostnamePath())); !os.IsNotExist(err) {
+		t.Errorf("pod dir left: %v", err)
+	}
+}
+
+func TestHostNetwork(t *testing.T) {
+	e := newEnv(t)
+	paths := e.allocate(&podsv0.Pod{Id: "hostnet", Hostname: "ignored", Namespaces: &podsv0.NamespaceOptions{
+		Network: podsv0.NamespaceMode_NAMESPACE_MODE_NODE, Ipc: podsv0.NamespaceMode_NAMESPACE_MODE_NODE, Pid: podsv0.NamespaceMode_NAMESPACE_MODE_CONTAINER}})
+	if paths.GetNetworkNamespacePath() != "" || paths.GetUtsNamespacePath() != "" || paths.GetPidNamespacePath() != "" {
+		t.Errorf("host network pod has namespaces: %v", paths)
+	}
+	e.start("hostnet", e.container("c", spec(t, nil, "sleep", "1000")))
+	host, _ := os.Readlink("/proc/self/ns/net")
+	if got := strings.TrimSpace(e.mustExec("c", "readlink", "/proc/self/ns/net")); got != host {
+		t.Errorf("net namespace %s, want the host's %s", got, host)
+	}
+	hn, _ := os.Hostname()
+	if got := e.mustExec("c", "hostname"); got != hn+"\n" {
+		t.Errorf("hostname %q, want the host's %q", got, hn)
+	}
+}
+
+func TestOOMKilled(t *testing.T) {
+	e := newEnv(t)
+	e.allocate(&podsv0.Pod{Id: "oom"})
+	limit := int64(16 << 20)
+	e.start("oom", e.container("hog", spec(t, func(s *specs.Spec) {
+		s.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit, Swap: &limit}}
+	}, "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1")))
+	st := e.waitExited("hog", 20*time.Second)
+	if st.GetReason() != "OOMKilled" || st.GetExitCode() != 137 {
+		t.Errorf("status %v, want OOMKilled, 137", st)
+	}
+}
+
+func TestRestartKeepsContainers(t *testing.T) {
+	e := newEnv(t)
+	e.allocate(&podsv0.Pod{Id: "restart", Hostname: "restart"})
+	e.start("restart", e.container("long", spec(t, nil, "sleep", "1000")))
+	e.start("restart", e.container("short", spec(t, nil, "sh", "-c", "sleep 1; exit 7")))
+	longPid := e.status("long").GetPid()
+	if err := e.svc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	closedAt := time.Now()
+	time.Sleep(2 * time.Second) // short exits while nobody watches
+	e.svc = e.newService()
+	long := e.status("long")
+	if long.GetState() != podsv0.ContainerState_CONTAINER_STATE_RUNNING || long.GetPid() != longPid {
+		t.Errorf("long after restart: %v", long)
+	}
+	if got := e.mustExec("long", "echo", "still here"); got != "still here\n" {
+		t.Errorf("exec after restart: %q", got)
+	}
+	short := e.status("short")
+	if short.GetState() != podsv0.ContainerState_CONTAINER_STATE_EXITED || short.GetExitCode() != 7 || short.GetReason() != "Error" {
+		t.Errorf("short after restart: %v", short)
+	}
+	if f := time.Unix(0, short.GetFinishedAt()); f.Before(closedAt) || f.After(time.Now()) {
+		t.Errorf("short finished at %s, want while the service was down (after %s)", f, closedAt)
+	}
+	// The re-adopted container is still watched.
+	if _, err := e.svc.Stop(context.Background(), &podsv0.StopRequest{ContainerId: "long"}); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.status("long"); st.GetExitCode() != 137 {
+		t.Errorf("long after stop: %v", st)
+	}
+}
+
+func TestBadRequests(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.allocate(&podsv0.Pod{Id: "bad"})
+	good := spec(t, nil, "sleep", "1000")
+	code := func(err error) codes.Code { return status.Code(err) }
+	start := func(pod string, c *podsv0.Container) error {
+		_, err := e.svc.Start(ctx, &podsv0.StartRequest{PodId: pod, Container: c})
+		return err
+	}
+	alloc := func(p *podsv0.Pod) error {
+		_, err := e.svc.Allocate(ctx, &podsv0.AllocateRequest{Pod: p})
+		return err
+	}
+	for _, tc := range []struct {
+		name string
+		err  error
+		want codes.Code
+	}{
+		{"duplicate pod", alloc(&podsv0.Pod{Id: "bad"}), codes.AlreadyExists},
+		{"pod id with slash", alloc(&podsv0.Pod{Id: "a/b"}), codes.InvalidArgument},
+		{"pod id ..", alloc(&podsv0.Pod{Id: ".."}), codes.InvalidArgument},
+		{"cgroup parent ..", alloc(&podsv0.Pod{Id: "p2", CgroupParent: "kubepods/../x"}), codes.InvalidArgument},
+		{"host sysctl", alloc(&podsv0.Pod{Id: "p3", Sysctls: map[string]string{"kernel.panic": "1"}}), codes.InvalidArgument},
+		{"net sysctl on host network", alloc(&podsv0.Pod{Id: "p4", Namespaces: &podsv0.NamespaceOptions{Network: podsv0.NamespaceMode_NAMESPACE_MODE_NODE}, Sysctls: map[string]string{"net.ipv4.ip_forward": "1"}}), codes.InvalidArgument},
+		{"unknown sysctl", alloc(&podsv0.Pod{Id: "p5", Sysctls: map[string]string{"net.no.such.thing": "1"}}), codes.Internal},
+		{"unknown pod", start("nopod", e.container("c1", good)), codes.NotFound},
+		{"relative log path", start("bad", &podsv0.Container{Id: "c2", OciSpec: good, RootfsPath: e.rootfs, LogPath: "logs/c2.log"}), codes.InvalidArgument},
+		{".. in rootfs", start("bad", &podsv0.Container{Id: "c3", OciSpec: good, RootfsPath: e.rootfs + "/../rootfs"}), codes.InvalidArgument},
+		{".. in log path", start("bad", &podsv0.Container{Id: "c4", OciSpec: good, RootfsPath: e.rootfs, LogPath: e.logDir + "/../x.log"}), codes.InvalidArgument},
+		{"relative bind source", start("bad", e.container("c5", spec(t, func(s *specs.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: "data", Options: []string{"rbind"}})
+		}, "true"))), codes.InvalidArgument},
+		{"no spec", start("bad", &podsv0.Container{Id: "c6", RootfsPath: e.rootfs}), codes.InvalidArgument},
+		{"bad spec", start("bad", &podsv0.Container{Id: "c7", RootfsPath: e.rootfs, OciSpec: []byte("{")}), codes.InvalidArgument},
+		{"no such executable", start("bad", e.container("c8", spec(t, nil, "/bin/nope"))), codes.Internal},
+		{"status of unknown", func() error {
+			_, err := e.svc.ContainerStatus(ctx, &podsv0.ContainerStatusRequest{ContainerId: "nobody"})
+			return err
+		}(), codes.NotFound},
+		{"exec in unknown", func() error { _, err := e.exec("nobody", 1, "true"); return err }(), codes.NotFound},
+		{"stats of unknown", func() error {
+			_, err := e.svc.ContainerStats(ctx, &podsv0.ContainerStatsRequest{ContainerId: "nobody"})
+			return err
+		}(), codes.NotFound},
+		{"remove unknown", func() error {
+			_, err := e.svc.RemoveContainer(ctx, &podsv0.RemoveContainerRequest{ContainerId: "nobody"})
+			return err
+		}(), codes.OK},
+		{"free unknown", func() error { _, err := e.svc.Free(ctx, &podsv0.FreeRequest{PodId: "nopod"}); return err }(), codes.OK},
+	} {
+		if got := code(tc.err); got != tc.want {
+			t.Errorf("%s: %v, want %s", tc.name, tc.err, tc.want)
+		}
+	}
+	// A refused container leaves no bundle, record or runc container; a
+	// refused pod leaves no cgroup or directory.
+	for _, id := range []string{"c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8"} {
+		if _, err := os.Stat(e.svc.bundleDir(id)); !os.IsNotExist(err) {
+			t.Errorf("bundle of refused %s: %v", id, err)
+		}
+	}
+	for _, id := range []string{"p2", "p3", "p4", "p5"} {
+		if _, err := os.Stat(e.svc.podDir(id)); !os.IsNotExist(err) {
+			t.Errorf("dir of refused pod %s: %v", id, err)
+		}
+		if cgroup.Exists(e.cgRoot + "/pods/" + id) {
+			t.Errorf("cgroup of refused pod %s left", id)
+		}
+	}
+	resp, _ := e.svc.ListPods(ctx, &podsv0.ListPodsRequest{})
+	if len(resp.GetPods()) != 1 || len(resp.GetPods()[0].GetContainers()) != 0 {
+		t.Errorf("list after refusals: %v", resp)
+	}
+	// The id of a refused container is free again; a duplicate is refused.
+	e.start("bad", e.container("c8", good))
+	if err := start("bad", e.container("c8", good)); code(err) != codes.AlreadyExists {
+		t.Errorf("duplicate container: %v, want AlreadyExists", err)
+	}
+}

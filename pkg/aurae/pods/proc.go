@@ -1,0 +1,115 @@
+package pods
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
+	"golang.org/x/sys/unix"
+)
+
+// startTime is a process's start time in clock ticks since boot (field 22
+// of /proc/<pid>/stat): with the pid it names one process, even after the
+// pid is reused.
+func startTime(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	}
+	fields := bytes.Fields(b[i+1:])
+	if len(fields) < 20 {
+		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	}
+	return strconv.ParseUint(string(fields[19]), 10, 64)
+}
+
+// openPidfd opens a pidfd for pid if it still names the process that
+// started at start.
+func openPidfd(pid int, start uint64) (int, bool) {
+	if pid <= 0 {
+		return -1, false
+	}
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return -1, false
+	}
+	if st, err := startTime(pid); err != nil || st != start {
+		unix.Close(fd)
+		return -1, false
+	}
+	return fd, true
+}
+
+// alive reports whether pid still names the process started at start.
+func alive(pid int, start uint64) bool {
+	fd, ok := openPidfd(pid, start)
+	if ok {
+		unix.Close(fd)
+	}
+	return ok
+}
+
+// pollPidfd waits up to d for the process behind fd to exit.
+func pollPidfd(fd int, d time.Duration) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, int(d/time.Millisecond))
+	return err == nil && n > 0
+}
+
+// removeCgroupTree removes a cgroup and its children from every hierarchy
+// (runc creates the container's cgroup in controllers auraed does not use,
+// and their parents with it). Only empty cgroups can go: the caller killed
+// their processes.
+func removeCgroupTree(path string) error {
+	var errs []error
+	roots := []string{cgroup.Root}
+	if entries, err := os.ReadDir(cgroup.Root); err == nil && !cgroup.Unified() {
+		for _, e := range entries {
+			roots = append(roots, filepath.Join(cgroup.Root, e.Name()))
+		}
+	}
+	for _, r := range roots {
+		if err := rmdirTree(filepath.Join(r, path)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func rmdirTree(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			if err := rmdirTree(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	delay := time.Millisecond
+	for try := 0; ; try++ {
+		err := unix.Rmdir(dir)
+		if err == nil || errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		if !errors.Is(err, unix.EBUSY) || try == 10 {
+			return fmt.Errorf("remove cgroup %s: %w", dir, err)
+		}
+		time.Sleep(delay)
+		delay *= 2
+	}
+}

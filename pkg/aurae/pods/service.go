@@ -1,0 +1,261 @@
+// Package pods serves the Aurae PodService: a pod is a cell (a cgroup) whose
+// network, IPC and UTS namespaces (and PID, when shared) are pinned by bind
+// mounts under the state dir; its containers are OCI bundles run by runc
+// under conmon, one monitor per container, which outlives auraed.
+//
+// State dir layout:
+//
+//	pods.db                 bbolt: pods and containers
+//	pods/<pod>/ns/{net,ipc,uts,pid}   pinned namespaces
+//	pods/<pod>/{hostname,resolv.conf,hosts}
+//	containers/<ctr>/       the OCI bundle, conmon's pid files and fifos
+//	exits/<ctr>             conmon's exit file (the exit code)
+//	attach/<ctr>/           conmon's attach socket
+//	runc/                   the runtime's --root
+package pods
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/errmap"
+	"github.com/containerd/errdefs"
+)
+
+// Config configures the service.
+type Config struct {
+	// StateDir holds pods.db, bundles, pinned namespaces and exit files.
+	StateDir string
+	// CgroupRoot is the cgroup below which pods live ("aurae").
+	CgroupRoot string
+	// Runtime is the OCI runtime binary (default "runc").
+	Runtime string
+	// Conmon is the monitor binary (default "conmon").
+	Conmon string
+	Logger *slog.Logger
+}
+
+// Service implements podsv0.PodServiceServer.
+type Service struct {
+	podsv0.UnimplementedPodServiceServer
+
+	cfg     Config
+	log     *slog.Logger
+	store   *store
+	runtime string // absolute path
+	conmon  string // absolute path
+	closed  atomic.Bool
+	wg      sync.WaitGroup // watchers
+
+	mu   sync.RWMutex
+	pods map[string]*pod
+	ctrs map[string]*container
+}
+
+// NewService opens the state and reconciles it with the machine: pods whose
+// cgroup or directory still exists are served again; containers whose
+// monitor lives are watched again, those that exited meanwhile get the exit
+// code conmon wrote.
+func NewService(ctx context.Context, cfg Config) (*Service, error) {
+	if cfg.StateDir == "" {
+		return nil, fmt.Errorf("pods: state dir is empty: %w", errdefs.ErrInvalidArgument)
+	}
+	if cfg.CgroupRoot == "" {
+		cfg.CgroupRoot = "aurae"
+	}
+	cfg.CgroupRoot = strings.Trim(path.Clean("/"+cfg.CgroupRoot), "/")
+	if cfg.Runtime == "" {
+		cfg.Runtime = "runc"
+	}
+	if cfg.Conmon == "" {
+		cfg.Conmon = "conmon"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	rt, err := exec.LookPath(cfg.Runtime)
+	if err != nil {
+		return nil, fmt.Errorf("pods: OCI runtime %q: %w: %w", cfg.Runtime, err, errdefs.ErrFailedPrecondition)
+	}
+	cm, err := exec.LookPath(cfg.Conmon)
+	if err != nil {
+		return nil, fmt.Errorf("pods: monitor %q: %w: %w", cfg.Conmon, err, errdefs.ErrFailedPrecondition)
+	}
+	if rt, err = filepath.Abs(rt); err != nil {
+		return nil, err
+	}
+	if cm, err = filepath.Abs(cm); err != nil {
+		return nil, err
+	}
+	for _, d := range []string{"pods", "containers", "exits", "attach", "runc"} {
+		if err := os.MkdirAll(filepath.Join(cfg.StateDir, d), 0o700); err != nil {
+			return nil, fmt.Errorf("pods: state dir: %w", err)
+		}
+	}
+	st, err := openStore(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	s := &Service{cfg: cfg, log: cfg.Logger, store: st, runtime: rt, conmon: cm, pods: map[string]*pod{}, ctrs: map[string]*container{}}
+	if err := s.recover(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("recover pods: %w", err)
+	}
+	return s, nil
+}
+
+// Close stops watching containers and releases the state file. Pods,
+// containers and their monitors outlive the service.
+func (s *Service) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	s.wg.Wait()
+	return s.store.close()
+}
+
+func (s *Service) podDir(id string) string    { return filepath.Join(s.cfg.StateDir, "pods", id) }
+func (s *Service) bundleDir(id string) string { return filepath.Join(s.cfg.StateDir, "containers", id) }
+func (s *Service) exitFile(id string) string  { return filepath.Join(s.cfg.StateDir, "exits", id) }
+func (s *Service) attachDir(id string) string { return filepath.Join(s.cfg.StateDir, "attach", id) }
+func (s *Service) runcRoot() string           { return filepath.Join(s.cfg.StateDir, "runc") }
+
+func (s *Service) podCgroup(spec *podsv0.Pod) string {
+	parent := strings.Trim(spec.GetCgroupParent(), "/")
+	if parent == "" {
+		parent = "pods"
+	}
+	return s.cfg.CgroupRoot + "/" + parent + "/" + spec.GetId()
+}
+
+func (s *Service) lookupPod(id string) (*pod, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	p, ok := s.pods[id]
+	if !ok || p.reserved {
+		return nil, fmt.Errorf("pod %q: %w", id, errdefs.ErrNotFound)
+	}
+	return p, nil
+}
+
+func (s *Service) lookupContainer(id string) (*container, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	c, ok := s.ctrs[id]
+	if !ok || c.reserved() {
+		return nil, fmt.Errorf("container %q: %w", id, errdefs.ErrNotFound)
+	}
+	return c, nil
+}
+
+// Allocate implements PodService.Allocate.
+func (s *Service) Allocate(ctx context.Context, req *podsv0.AllocateRequest) (*podsv0.AllocateResponse, error) {
+	resp, err := s.allocate(ctx, req.GetPod())
+	return resp, errmap.ToGRPC(err)
+}
+
+// Free implements PodService.Free.
+func (s *Service) Free(ctx context.Context, req *podsv0.FreeRequest) (*podsv0.FreeResponse, error) {
+	if err := validID("pod", req.GetPodId()); err != nil {
+		return nil, errmap.ToGRPC(err)
+	}
+	if err := s.free(ctx, req.GetPodId()); err != nil {
+		return nil, errmap.ToGRPC(err)
+	}
+	return &podsv0.FreeResponse{}, nil
+}
+
+// Start implements PodService.Start.
+func (s *Service) Start(ctx context.Context, req *podsv0.StartRequest) (*podsv0.StartResponse, error) {
+	resp, err := s.start(ctx, req.GetPodId(), req.GetContainer())
+	return resp, errmap.ToGRPC(err)
+}
+
+// Stop implements PodService.Stop.
+func (s *Service) Stop(ctx context.Context, req *podsv0.StopRequest) (*podsv0.StopResponse, error) {
+	if err := validID("container", req.GetContainerId()); err != nil {
+		return nil, errmap.ToGRPC(err)
+	}
+	if req.GetTimeoutSeconds() < 0 {
+		return nil, errmap.ToGRPC(fmt.Errorf("timeout %d s is negative: %w", req.GetTimeoutSeconds(), errdefs.ErrInvalidArgument))
+	}
+	if err := s.stop(ctx, req.GetContainerId(), req.GetTimeoutSeconds()); err != nil {
+		return nil, errmap.ToGRPC(err)
+	}
+	return &podsv0.StopResponse{}, nil
+}
+
+// RemoveContainer implements PodService.RemoveContainer.
+func (s *Service) RemoveContainer(ctx context.Context, req *podsv0.RemoveContainerRequest) (*podsv0.RemoveContainerResponse, error) {
+	if err := validID("container", req.GetContainerId()); err != nil {
+		return nil, errmap.ToGRPC(err)
+	}
+	if err := s.removeContainer(ctx, req.GetContainerId()); err != nil {
+		return nil, errmap.ToGRPC(err)
+	}
+	return &podsv0.RemoveContainerResponse{}, nil
+}
+
+// ContainerStatus implements PodService.ContainerStatus, from memory.
+func (s *Service) ContainerStatus(ctx context.Context, req *podsv0.ContainerStatusRequest) (*podsv0.ContainerStatusResponse, error) {
+	if err := validID("container", req.GetContainerId()); err != nil {
+		return nil, errmap.ToGRPC(err)
+	}
+	c, err := s.lookupContainer(req.GetContainerId())
+	if err != nil {
+		return nil, errmap.ToGRPC(err)
+	}
+	return &podsv0.ContainerStatusResponse{Status: c.status()}, nil
+}
+
+// ExecSync implements PodService.ExecSync.
+func (s *Service) ExecSync(ctx context.Context, req *podsv0.ExecSyncRequest) (*podsv0.ExecSyncResponse, error) {
+	resp, err := s.execSync(ctx, req)
+	return resp, errmap.ToGRPC(err)
+}
+
+// ContainerStats implements PodService.ContainerStats.
+func (s *Service) ContainerStats(ctx context.Context, req *podsv0.ContainerStatsRequest) (*podsv0.ContainerStatsResponse, error) {
+	resp, err := s.stats(ctx, req.GetContainerId())
+	return resp, errmap.ToGRPC(err)
+}
+
+// ListPods implements PodService.ListPods, from memory.
+func (s *Service) ListPods(ctx context.Context, _ *podsv0.ListPodsRequest) (*podsv0.ListPodsResponse, error) {
+	s.mu.RLock()
+	var pods []*pod
+	byPod := map[string][]*container{}
+	for _, p := range s.pods {
+		if !p.reserved {
+			pods = append(pods, p)
+		}
+	}
+	for _, c := range s.ctrs {
+		if !c.reserved() {
+			byPod[c.podID] = append(byPod[c.podID], c)
+		}
+	}
+	s.mu.RUnlock()
+	sort.Slice(pods, func(i, j int) bool { return pods[i].spec.GetId() < pods[j].spec.GetId() })
+	resp := &podsv0.ListPodsResponse{}
+	for _, p := range pods {
+		ps := p.listStatus()
+		cs := byPod[p.spec.GetId()]
+		sort.Slice(cs, func(i, j int) bool { return cs[i].id < cs[j].id })
+		for _, c := range cs {
+			ps.Containers = append(ps.Containers, c.status())
+		}
+		resp.Pods = append(resp.Pods, ps)
+	}
+	return resp, nil
+}

@@ -1,0 +1,92 @@
+package pods
+
+import (
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// store persists pods and containers in a bbolt file, so that a restarted
+// auraed knows what it ran. Writes are not fsynced (NoSync): the state only
+// has to survive a crash of auraed; a crash of the kernel takes the cgroups,
+// mounts and processes it describes with it, and recovery drops those.
+type store struct {
+	db *bolt.DB
+}
+
+var (
+	bucketPods       = []byte("pods")
+	bucketContainers = []byte("containers")
+)
+
+type podRecord struct {
+	// Spec and Paths in protojson.
+	Spec      json.RawMessage `json:"spec"`
+	Paths     json.RawMessage `json:"paths"`
+	Holder    holderRef       `json:"holder"`
+	CreatedAt time.Time       `json:"created_at"`
+}
+
+func openStore(dir string) (*store, error) {
+	db, err := bolt.Open(filepath.Join(dir, "pods.db"), 0o600, &bolt.Options{Timeout: 2 * time.Second, NoSync: true})
+	if err != nil {
+		return nil, fmt.Errorf("open state %s: %w", dir, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketPods, bucketContainers} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &store{db: db}, nil
+}
+
+func (s *store) close() error { return s.db.Close() }
+
+func (s *store) put(bucket []byte, key string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(key), b) })
+}
+
+func (s *store) delete(bucket []byte, key string) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Delete([]byte(key)) })
+}
+
+func (s *store) load() (map[string]podRecord, map[string]ctrRecord, error) {
+	pods := map[string]podRecord{}
+	ctrs := map[string]ctrRecord{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		err := tx.Bucket(bucketPods).ForEach(func(k, v []byte) error {
+			var r podRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("pod %q: %w", k, err)
+			}
+			pods[string(k)] = r
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketContainers).ForEach(func(k, v []byte) error {
+			var r ctrRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("container %q: %w", k, err)
+			}
+			ctrs[string(k)] = r
+			return nil
+		})
+	})
+	return pods, ctrs, err
+}
