@@ -16,10 +16,10 @@ import (
 // installed for podID, using the IPs of the ADD result libcni cached. The
 // bridge plugin's own DEL learns the IPs from the pod's interface, so it
 // leaves the rules behind when the network namespace is already gone.
-func (m *Manager) teardownMasq(podID string) error {
+func (m *Manager) teardownMasq(c gocni.CNI, podID string) error {
 	cc := cnilibrary.NewCNIConfig(m.binDirs, nil)
 	var errs []error
-	for _, n := range m.cni.GetConfig().Networks {
+	for _, n := range c.GetConfig().Networks {
 		if n.IFName == "lo" || !hasBridgeMasq(n.Config.Plugins) {
 			continue
 		}

@@ -6,6 +6,8 @@
 // name, as containerd and CRI-O do) plus a built-in loopback network, and
 // reloads it whenever the conf dir's files change: every Status, Setup and
 // Teardown compares a fingerprint of the directory with the one it loaded.
+// A reload builds a new go-cni instance and swaps it in, so that Status never
+// waits behind a Setup or Teardown in flight on the previous one.
 package netcni
 
 import (
@@ -59,9 +61,9 @@ type Manager struct {
 	binDirs []string
 	nsDir   string
 	log     *slog.Logger
-	cni     gocni.CNI
 
-	mu      sync.Mutex // guards the fields below
+	mu      sync.Mutex // guards the fields below; never held across a plugin call
+	cni     gocni.CNI  // the networks of the last load; nil when none
 	stamp   string     // fingerprint of the conf dir when last loaded
 	loaded  bool
 	loadErr error // why the last load found no usable config
@@ -82,28 +84,28 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	binDirs := filepath.SplitList(cfg.BinDir)
-	c, err := gocni.New(
-		gocni.WithPluginConfDir(cfg.ConfDir),
-		gocni.WithPluginDir(binDirs),
+	m := &Manager{
+		confDir: cfg.ConfDir,
+		binDirs: filepath.SplitList(cfg.BinDir),
+		nsDir:   cfg.NetworkNamespacesDir,
+		log:     cfg.Logger.With("component", "netcni"),
+	}
+	// Fail early on options go-cni refuses; a missing config is no error.
+	if _, err := m.newCNI(); err != nil {
+		return nil, fmt.Errorf("cni: %w", err)
+	}
+	_, _ = m.ready()
+	return m, nil
+}
+
+func (m *Manager) newCNI() (gocni.CNI, error) {
+	return gocni.New(
+		gocni.WithPluginConfDir(m.confDir),
+		gocni.WithPluginDir(m.binDirs),
 		gocni.WithInterfacePrefix("eth"),
 		// The loopback network plus the default network.
 		gocni.WithMinNetworkCount(2),
 	)
-	if err != nil {
-		return nil, fmt.Errorf("cni: %w", err)
-	}
-	m := &Manager{
-		confDir: cfg.ConfDir,
-		binDirs: binDirs,
-		nsDir:   cfg.NetworkNamespacesDir,
-		log:     cfg.Logger.With("component", "netcni"),
-		cni:     c,
-	}
-	m.mu.Lock()
-	_ = m.reloadLocked()
-	m.mu.Unlock()
-	return m, nil
 }
 
 // ConfDir returns the directory the Manager loads its config from.
@@ -113,24 +115,30 @@ func (m *Manager) ConfDir() string { return m.confDir }
 // names is installed; otherwise an error saying why (wrapping ErrNoConfig,
 // ErrInvalidConfig or ErrPluginMissing): the CRI's NetworkReady=false reason.
 func (m *Manager) Status() error {
-	if err := m.ready(); err != nil {
+	c, err := m.ready()
+	if err != nil {
 		return err
 	}
-	if err := m.cni.Status(); err != nil {
+	if err := c.Status(); err != nil {
 		return fmt.Errorf("cni status: %w", err)
 	}
 	return nil
 }
 
-// ready reloads the config when the conf dir changed and checks the plugins.
-func (m *Manager) ready() error {
+// ready reloads the config when the conf dir changed, checks the plugins and
+// returns the go-cni instance to use.
+func (m *Manager) ready() (gocni.CNI, error) {
 	m.mu.Lock()
 	err := m.reloadLocked()
+	c := m.cni
 	m.mu.Unlock()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return m.checkPlugins()
+	if err := m.checkPlugins(c); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // reloadLocked loads the conf dir again if its fingerprint changed since the
@@ -154,13 +162,17 @@ func (m *Manager) reloadLocked() error {
 	default:
 		m.loadErr = nil
 	}
+	// Drop what was loaded before, so that Setup fails as Status does.
+	m.cni = nil
 	if m.loadErr != nil {
-		// Drop what was loaded before, so that Setup fails as Status does.
-		_ = m.cni.Load()
 		m.log.Warn("cni config unavailable", "conf_dir", m.confDir, "reason", m.loadErr)
 		return m.loadErr
 	}
-	if err := m.cni.Load(gocni.WithLoNetwork, gocni.WithDefaultConf); err != nil {
+	c, err := m.newCNI()
+	if err == nil {
+		err = c.Load(gocni.WithLoNetwork, gocni.WithDefaultConf)
+	}
+	if err != nil {
 		if errors.Is(err, gocni.ErrCNINotInitialized) {
 			m.loadErr = fmt.Errorf("load CNI config from %s: %w: %w", m.confDir, ErrNoConfig, err)
 		} else {
@@ -169,8 +181,9 @@ func (m *Manager) reloadLocked() error {
 		m.log.Warn("cni config unavailable", "conf_dir", m.confDir, "reason", m.loadErr)
 		return m.loadErr
 	}
+	m.cni = c
 	var names []string
-	for _, n := range m.cni.GetConfig().Networks {
+	for _, n := range c.GetConfig().Networks {
 		names = append(names, n.Config.Name)
 	}
 	m.log.Info("cni config loaded", "conf_dir", m.confDir, "networks", names)
@@ -179,8 +192,8 @@ func (m *Manager) reloadLocked() error {
 
 // checkPlugins reports the first plugin binary (main or IPAM) that the loaded
 // networks name and no bin dir holds.
-func (m *Manager) checkPlugins() error {
-	for _, n := range m.cni.GetConfig().Networks {
+func (m *Manager) checkPlugins(c gocni.CNI) error {
+	for _, n := range c.GetConfig().Networks {
 		for _, p := range n.Config.Plugins {
 			if p.Network == nil {
 				continue
@@ -201,8 +214,8 @@ func (m *Manager) checkPlugins() error {
 
 // defaultNetwork returns the name and interface of the loaded default
 // (non-loopback) network.
-func (m *Manager) defaultNetwork() (name, ifName string) {
-	for _, n := range m.cni.GetConfig().Networks {
+func defaultNetwork(c gocni.CNI) (name, ifName string) {
+	for _, n := range c.GetConfig().Networks {
 		if n.IFName != "lo" {
 			return n.Config.Name, n.IFName
 		}

@@ -156,7 +156,10 @@ func TestStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect(ErrPluginMissing, `network "other": plugin "macvlan"`)
-	if name, ifName := m.defaultNetwork(); name != "other" || ifName != "eth0" {
+	m.mu.Lock()
+	c := m.cni
+	m.mu.Unlock()
+	if name, ifName := defaultNetwork(c); name != "other" || ifName != "eth0" {
 		t.Errorf("default network = %q on %q, want other on eth0", name, ifName)
 	}
 

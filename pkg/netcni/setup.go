@@ -56,19 +56,20 @@ func (m *Manager) Setup(ctx context.Context, podID, netnsPath string, opts Setup
 	if podID == "" || netnsPath == "" {
 		return nil, fmt.Errorf("cni setup: pod id and netns path are required")
 	}
-	if err := m.ready(); err != nil {
+	c, err := m.ready()
+	if err != nil {
 		return nil, fmt.Errorf("cni setup pod %q: %w", podID, err)
 	}
 	log := m.logger(ctx, podID)
-	_, ifName := m.defaultNetwork()
+	_, ifName := defaultNetwork(c)
 	start := time.Now()
-	res, err := m.cni.Setup(ctx, podID, netnsPath, namespaceOpts(opts)...)
+	res, err := c.Setup(ctx, podID, netnsPath, namespaceOpts(opts)...)
 	if err != nil {
 		// Release the IP and rules of whichever plugin succeeded, under a
 		// fresh context: ctx may be the one that expired.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
 		defer cancel()
-		if derr := m.teardown(rctx, podID, netnsPath, opts); derr != nil {
+		if derr := m.teardown(rctx, c, podID, netnsPath, opts); derr != nil {
 			log.Warn("cni setup rollback failed", "error", derr)
 		}
 		return nil, fmt.Errorf("cni setup pod %q: %w", podID, err)
@@ -86,7 +87,7 @@ func (m *Manager) Setup(ctx context.Context, podID, netnsPath string, opts Setup
 	if len(out.IPs) == 0 {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
 		defer cancel()
-		if derr := m.teardown(rctx, podID, netnsPath, opts); derr != nil {
+		if derr := m.teardown(rctx, c, podID, netnsPath, opts); derr != nil {
 			log.Warn("cni setup rollback failed", "error", derr)
 		}
 		return nil, fmt.Errorf("cni setup pod %q: no IP on interface %s", podID, ifName)
@@ -104,28 +105,29 @@ func (m *Manager) Teardown(ctx context.Context, podID, netnsPath string, opts Se
 	if podID == "" {
 		return fmt.Errorf("cni teardown: pod id is required")
 	}
-	if err := m.ready(); err != nil {
+	c, err := m.ready()
+	if err != nil {
 		return fmt.Errorf("cni teardown pod %q: %w", podID, err)
 	}
-	if err := m.teardown(ctx, podID, netnsPath, opts); err != nil {
+	if err := m.teardown(ctx, c, podID, netnsPath, opts); err != nil {
 		return fmt.Errorf("cni teardown pod %q: %w", podID, err)
 	}
 	m.logger(ctx, podID).Info("pod network torn down", "netns", netnsPath)
 	return nil
 }
 
-func (m *Manager) teardown(ctx context.Context, podID, netnsPath string, opts SetupOptions) error {
+func (m *Manager) teardown(ctx context.Context, c gocni.CNI, podID, netnsPath string, opts SetupOptions) error {
 	if netnsPath != "" && !isNetNS(netnsPath) {
 		// The namespace is gone (and its veth with it). Plugins then only
 		// release IPs and port mappings; the bridge plugin cannot learn the
 		// pod's IPs to remove its masquerade rules, so do that here from
 		// libcni's cache of the ADD result, before DEL drops the cache.
-		if err := m.teardownMasq(podID); err != nil {
+		if err := m.teardownMasq(c, podID); err != nil {
 			m.logger(ctx, podID).Warn("remove masquerade rules", "error", err)
 		}
 		netnsPath = ""
 	}
-	return m.cni.Remove(ctx, podID, netnsPath, namespaceOpts(opts)...)
+	return c.Remove(ctx, podID, netnsPath, namespaceOpts(opts)...)
 }
 
 func namespaceOpts(opts SetupOptions) []gocni.NamespaceOpts {
