@@ -38,12 +38,6 @@ func testMain(m *testing.M) int {
 	if dir := os.Getenv(fakePluginEnv); dir != "" {
 		return fakePlugin(dir, filepath.Base(os.Args[0]))
 	}
-	if os.Getuid() != 0 {
-		skipReason = "needs root: creates network namespaces, a bridge and iptables rules"
-		return m.Run()
-	}
-	testBinDir, skipReason = ensurePlugins()
-
 	cacheDir, err := os.MkdirTemp("", "netcni-cache-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -51,6 +45,12 @@ func testMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(cacheDir)
 	cnilibrary.CacheDir = cacheDir
+
+	if os.Getuid() != 0 {
+		skipReason = "needs root: creates network namespaces, a bridge and iptables rules"
+		return m.Run()
+	}
+	testBinDir, skipReason = ensurePlugins()
 
 	forward, _ := os.ReadFile(ipForwardPath)
 	sharedBefore := sharedChains()
