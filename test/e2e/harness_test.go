@@ -127,6 +127,9 @@ type Auraed struct {
 	exited chan struct{} // closed when cmd has been waited for
 	err    error         // cmd.Wait's result, once exited is closed
 	client *client.Client
+	// ready, when set, replaces the wait for Discover (for daemons that
+	// serve another API on the same process machinery, like aurae-cri).
+	ready func(t testing.TB, exited chan struct{})
 }
 
 // startAuraed starts auraed with args after its defaults for the test
@@ -180,7 +183,7 @@ func (a *Auraed) start(t testing.TB) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	_, _ = fmt.Fprintf(a.logs, "--- e2e: starting %s\n", strings.Join(a.args, " "))
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start auraed: %v", err)
+		t.Fatalf("start %s: %v", filepath.Base(a.args[0]), err)
 	}
 	exited := make(chan struct{})
 	a.mu.Lock()
@@ -193,6 +196,10 @@ func (a *Auraed) start(t testing.TB) {
 		a.mu.Unlock()
 		close(exited)
 	}()
+	if a.ready != nil {
+		a.ready(t, exited)
+		return
+	}
 	a.waitReady(t, exited)
 }
 

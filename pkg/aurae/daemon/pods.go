@@ -1,6 +1,28 @@
 package daemon
 
-import "context"
+import (
+	"context"
+	"fmt"
+	"path/filepath"
 
-// addPods adds the PodService (once it exists in this tree).
-func (d *Daemon) addPods(ctx context.Context, cfg Config) error { return nil }
+	"google.golang.org/grpc"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/pods"
+)
+
+// addPods starts the PodService: pods of OCI containers run by runc under
+// conmon, with their state beside the cells'.
+func (d *Daemon) addPods(ctx context.Context, cfg Config) error {
+	svc, err := pods.NewService(ctx, pods.Config{
+		StateDir:   filepath.Join(cfg.StateDir, "pods"),
+		CgroupRoot: cfg.CgroupRoot,
+		Logger:     cfg.Logger,
+	})
+	if err != nil {
+		return fmt.Errorf("start pod service: %w", err)
+	}
+	d.close = append(d.close, svc.Close)
+	d.extra = append(d.extra, func(s *grpc.Server) { podsv0.RegisterPodServiceServer(s, svc) })
+	return nil
+}
