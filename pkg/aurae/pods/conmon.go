@@ -101,7 +101,7 @@ func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Cont
 	go func() { exited <- cmd.Wait() }()
 	kill := func() {
 		_ = cmd.Process.Kill()
-		<-exited
+		ignore(<-exited)
 		if pid, err := readPidFile(filepath.Join(bundle, "conmon.pid")); err == nil {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
@@ -222,3 +222,6 @@ func runCmd(ctx context.Context, name string, args ...string) ([]byte, error) {
 	err := cmd.Run()
 	return out.Bytes(), err
 }
+
+// ignore drops an error nobody can act on (a process already being killed).
+func ignore(error) {}

@@ -45,7 +45,7 @@ func (s *Service) execSync(ctx context.Context, req *podsv0.ExecSyncRequest) (*p
 		return nil, fmt.Errorf("exec in %q: container is not running: %w", id, errdefs.ErrFailedPrecondition)
 	}
 	pidFile := filepath.Join(s.bundleDir(id), fmt.Sprintf("exec-%d.pid", execSeq.Add(1)))
-	defer os.Remove(pidFile)
+	defer func() { _ = os.Remove(pidFile) }()
 	args := append([]string{"--root", s.runcRoot(), "exec", "--pid-file", pidFile, id}, req.GetArgv()...)
 	cmd := exec.Command(s.runtime, args...)
 	stdout, stderr := &capped{max: maxExecOutput}, &capped{max: maxExecOutput}
@@ -100,18 +100,20 @@ func killExec(cmd *exec.Cmd, pidFile string, exited chan error) {
 			break
 		}
 		select {
-		case <-exited:
+		case err := <-exited:
+			exited <- err
 			return
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
 	select {
-	case <-exited:
+	case err := <-exited:
+		exited <- err
 		return
 	case <-time.After(5 * time.Second):
 	}
 	_ = cmd.Process.Kill()
-	<-exited
+	ignore(<-exited)
 }
 
 // capped keeps the first max bytes written to it and drops the rest.

@@ -56,7 +56,7 @@ func (s *Service) kill(ctx context.Context, c *container) error {
 	case <-c.done:
 		return nil
 	case <-t.C:
-		return fmt.Errorf("still running %s after SIGKILL (%v)", killWait, err)
+		return fmt.Errorf("still running %s after SIGKILL (kill: %w)", killWait, err)
 	case <-ctx.Done():
 		return ctx.Err()
 	}

@@ -108,6 +108,23 @@ func TestExecSyncStatsAndStop(t *testing.T) {
 	if procs := cgroupCmdlines(t, e.status("sleeper").GetCgroupPath()); len(procs) != 1 || procs[0] != "sleep 1000" {
 		t.Errorf("processes in the container after the timed-out exec: %q", procs)
 	}
+	// Output is bounded at 16 MiB per stream.
+	resp, err = e.exec("sleeper", 30, "dd", "if=/dev/zero", "bs=1M", "count=20")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetStdout()) != maxExecOutput || resp.GetExitCode() != 0 {
+		t.Errorf("20 MiB of output: got %d bytes, exit %d", len(resp.GetStdout()), resp.GetExitCode())
+	}
+	// conmon lives in the pod's monitor cgroup, not in auraed's.
+	rec := e.svc.ctrs["sleeper"].record()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", rec.ConmonPid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := ":/" + e.status("sleeper").GetCgroupPath()[:strings.LastIndex(e.status("sleeper").GetCgroupPath(), "/")] + "/" + conmonCgroup + "\n"; !strings.Contains(string(b), want) {
+		t.Errorf("conmon's cgroups:\n%s\nwant %q", b, want)
+	}
 	stats, err := e.svc.ContainerStats(context.Background(), &podsv0.ContainerStatsRequest{ContainerId: "sleeper"})
 	if err != nil {
 		t.Fatal(err)
@@ -370,4 +387,34 @@ func TestBadRequests(t *testing.T) {
 	if err := start("bad", e.container("c8", good)); code(err) != codes.AlreadyExists {
 		t.Errorf("duplicate container: %v, want AlreadyExists", err)
 	}
+}
+
+func TestConcurrentPods(t *testing.T) {
+	e := newEnv(t)
+	const n = 4
+	errs := make(chan error, n)
+	hostname := spec(t, nil, "hostname")
+	for i := 0; i < n; i++ {
+		go func() {
+			id := fmt.Sprintf("conc-%d", i)
+			ctx := context.Background()
+			if _, err := e.svc.Allocate(ctx, &podsv0.AllocateRequest{Pod: &podsv0.Pod{Id: id, Hostname: id}}); err != nil {
+				errs <- err
+				return
+			}
+			c := e.container(id+"-c", hostname)
+			if _, err := e.svc.Start(ctx, &podsv0.StartRequest{PodId: id, Container: c}); err != nil {
+				errs <- err
+				return
+			}
+			_, err := e.svc.Free(ctx, &podsv0.FreeRequest{PodId: id})
+			errs <- err
+		}()
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	e.assertClean()
 }

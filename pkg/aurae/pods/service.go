@@ -108,7 +108,7 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, log: cfg.Logger, store: st, runtime: rt, conmon: cm, pods: map[string]*pod{}, ctrs: map[string]*container{}}
 	if err := s.recover(ctx); err != nil {
-		s.Close()
+		_ = s.Close()
 		return nil, fmt.Errorf("recover pods: %w", err)
 	}
 	return s, nil

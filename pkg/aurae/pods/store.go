@@ -44,7 +44,7 @@ func openStore(dir string) (*store, error) {
 		return nil
 	})
 	if err != nil {
-		db.Close()
+		_ = db.Close()
 		return nil, err
 	}
 	return &store{db: db}, nil

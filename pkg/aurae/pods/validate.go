@@ -134,7 +134,8 @@ func validPod(p *podsv0.Pod) error {
 func validSysctl(k, v string, ownNet, ownIPC bool) error {
 	bad := k == "" || strings.Contains(k, "..") || strings.ContainsAny(v, "\n\x00")
 	for _, r := range k {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-'
+		if !ok {
 			bad = true
 		}
 	}
