@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -55,6 +56,11 @@ func testMain(m *testing.M) int {
 	forward, _ := os.ReadFile(ipForwardPath)
 	sharedBefore := sharedChains()
 	defer func() {
+		// Another package's pods (test/e2e) may be up meanwhile and need
+		// both: leave them while any pod's chain is left in the nat table.
+		if otherPodsUp() {
+			return
+		}
 		if len(forward) > 0 {
 			if now, _ := os.ReadFile(ipForwardPath); !bytes.Equal(now, forward) {
 				_ = os.WriteFile(ipForwardPath, forward, 0o644)
@@ -128,6 +134,25 @@ func sharedChains() map[string]bool {
 		have[c] = bytes.Contains(out, []byte(":"+c+" "))
 	}
 	return have
+}
+
+// otherPodsUp reports whether the nat table holds a chain of some pod
+// (CNI-<hash> of ipMasq, CNI-DN-<hash> of portmap).
+func otherPodsUp() bool {
+	out, err := exec.Command("iptables-save", "-t", "nat").Output()
+	if err != nil {
+		return true
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if !strings.HasPrefix(line, ":CNI-") {
+			continue
+		}
+		chain := strings.Fields(line[1:])[0]
+		if !slices.Contains(portmapShared, chain) {
+			return true
+		}
+	}
+	return false
 }
 
 // removeNewSharedChains removes portmap's shared chains that did not exist
