@@ -1,0 +1,174 @@
+package ocispec
+
+import (
+	"errors"
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// Destinations of the pod files a container gets.
+const (
+	etcHostname = "/etc/hostname"
+	etcHosts    = "/etc/hosts"
+	resolvConf  = "/etc/resolv.conf"
+	devShm      = "/dev/shm"
+)
+
+// defaultMounts are containerd's default mounts without /run (its CRI drops
+// it) plus the cgroup filesystem; a privileged container gets /sys and
+// /sys/fs/cgroup read-write.
+func defaultMounts(privileged bool) []specs.Mount {
+	sysMode, cgroupMode := []string{"ro"}, "ro"
+	if privileged {
+		sysMode, cgroupMode = nil, "rw"
+	}
+	return []specs.Mount{
+		{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
+		{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+		{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"}},
+		{Destination: devShm, Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
+		{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
+		{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: append([]string{"nosuid", "noexec", "nodev"}, sysMode...)},
+		{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", cgroupMode}},
+	}
+}
+
+// setMounts sets the container's mounts: the defaults, the pod's files and
+// /dev/shm, and the request's mounts. A mount of the request replaces a
+// default or pod mount at the same destination, a request mount at /dev
+// removes every default under /dev, and the result is sorted by depth
+// (stable) so that a parent is mounted before its children.
+func setMounts(in Input, s *specs.Spec) error {
+	sc := in.Config.GetLinux().GetSecurityContext()
+	readonlyFiles := in.RootfsReadonly || sc.GetReadonlyRootfs()
+
+	requested := make(map[string]bool, len(in.Config.GetMounts()))
+	var own []specs.Mount
+	for _, m := range in.Config.GetMounts() {
+		om, err := criMount(m)
+		if err != nil {
+			return err
+		}
+		if requested[om.Destination] {
+			return invalid("two mounts at %q", om.Destination)
+		}
+		requested[om.Destination] = true
+		own = append(own, om)
+		switch m.GetPropagation() {
+		case runtimeapi.MountPropagation_PROPAGATION_BIDIRECTIONAL:
+			s.Linux.RootfsPropagation = "rshared"
+		case runtimeapi.MountPropagation_PROPAGATION_HOST_TO_CONTAINER:
+			if s.Linux.RootfsPropagation != "rshared" {
+				s.Linux.RootfsPropagation = "rslave"
+			}
+		}
+	}
+
+	var pod []specs.Mount
+	addPod := func(dst, src string, readonly bool) {
+		if src == "" || requested[dst] {
+			return
+		}
+		pod = append(pod, bindMount(src, dst, "rprivate", readonly))
+	}
+	addPod(etcHostname, in.HostnamePath, readonlyFiles)
+	addPod(etcHosts, in.HostsPath, readonlyFiles)
+	addPod(resolvConf, in.ResolvConfPath, readonlyFiles)
+	shm := in.ShmPath
+	if shm == "" && ipcMode(in) == runtimeapi.NamespaceMode_NODE {
+		shm = devShm // the host's, as containerd does for host IPC
+	}
+	addPod(devShm, shm, false)
+
+	replaced := make(map[string]bool, len(requested)+len(pod))
+	for dst := range requested {
+		replaced[dst] = true
+	}
+	for _, m := range pod {
+		replaced[m.Destination] = true
+	}
+	var mounts []specs.Mount
+	for _, m := range defaultMounts(sc.GetPrivileged()) {
+		if replaced[m.Destination] || (requested["/dev"] && strings.HasPrefix(m.Destination, "/dev/")) {
+			continue
+		}
+		mounts = append(mounts, m)
+	}
+	mounts = append(append(mounts, pod...), own...)
+	slices.SortStableFunc(mounts, func(a, b specs.Mount) int {
+		return depth(a.Destination) - depth(b.Destination)
+	})
+	s.Mounts = mounts
+	return nil
+}
+
+// criMount validates a mount of the request and turns it into a bind mount.
+func criMount(m *runtimeapi.Mount) (specs.Mount, error) {
+	dst, src := m.GetContainerPath(), m.GetHostPath()
+	if m.GetImage().GetImage() != "" {
+		return specs.Mount{}, unsupported("mount at %q: image volumes are not supported", dst)
+	}
+	if len(m.GetUidMappings()) > 0 || len(m.GetGidMappings()) > 0 {
+		return specs.Mount{}, unsupported("mount at %q: id-mapped mounts are not supported", dst)
+	}
+	if err := validContainerPath(dst); err != nil {
+		return specs.Mount{}, invalid("mount of %q: %w", src, err)
+	}
+	if src == "" || !path.IsAbs(src) {
+		return specs.Mount{}, invalid("mount at %q: host path %q is not absolute", dst, src)
+	}
+	if m.GetRecursiveReadOnly() {
+		return specs.Mount{}, unsupported("mount at %q: recursive read-only mounts are not supported by the runtime", dst)
+	}
+	propagation := "rprivate"
+	switch m.GetPropagation() {
+	case runtimeapi.MountPropagation_PROPAGATION_PRIVATE:
+	case runtimeapi.MountPropagation_PROPAGATION_HOST_TO_CONTAINER:
+		propagation = "rslave"
+	case runtimeapi.MountPropagation_PROPAGATION_BIDIRECTIONAL:
+		propagation = "rshared"
+	default:
+		return specs.Mount{}, invalid("mount at %q: unknown propagation %d", dst, m.GetPropagation())
+	}
+	// SelinuxRelabel is ignored: there is no SELinux here.
+	return bindMount(path.Clean(src), path.Clean(dst), propagation, m.GetReadonly()), nil
+}
+
+// bindMount is a recursive bind mount, which runc makes for a file source
+// as well as for a directory.
+func bindMount(src, dst, propagation string, readonly bool) specs.Mount {
+	mode := "rw"
+	if readonly {
+		mode = "ro"
+	}
+	return specs.Mount{Destination: dst, Type: "bind", Source: src, Options: []string{"rbind", propagation, mode}}
+}
+
+// validContainerPath accepts an absolute path below "/" with no ".."
+// element (a path that could climb out of the rootfs before runc's checks).
+func validContainerPath(p string) error {
+	if p == "" || !path.IsAbs(p) {
+		return fmt.Errorf("container path %q is not absolute", p)
+	}
+	if slices.Contains(strings.Split(p, "/"), "..") {
+		return fmt.Errorf("container path %q contains \"..\"", p)
+	}
+	if path.Clean(p) == "/" {
+		return errors.New("container path \"/\" is the rootfs")
+	}
+	return nil
+}
+
+// depth is the number of elements of a clean absolute path; "/" has none.
+func depth(p string) int {
+	p = path.Clean(p)
+	if p == "/" {
+		return 0
+	}
+	return strings.Count(p, "/")
+}
