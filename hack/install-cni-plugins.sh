@@ -37,10 +37,12 @@ else
 	done
 	echo "cni plugins: installing ${missing[*]} ($VERSION) into $DIR"
 	mkdir -p "$DIR" 2>/dev/null || $SUDO mkdir -p "$DIR"
+	# `bridge --version` then names the release, as upstream's builds do.
+	ldflags="-X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$VERSION"
 	if [ -w "$DIR" ]; then
-		GOBIN=$DIR CGO_ENABLED=0 "$GO" install "${pkgs[@]}"
+		GOBIN=$DIR CGO_ENABLED=0 "$GO" install -ldflags "$ldflags" "${pkgs[@]}"
 	else
-		$SUDO env "PATH=$PATH" "GOBIN=$DIR" CGO_ENABLED=0 "$GO" install "${pkgs[@]}"
+		$SUDO env "PATH=$PATH" "GOBIN=$DIR" CGO_ENABLED=0 "$GO" install -ldflags "$ldflags" "${pkgs[@]}"
 	fi
 fi
 

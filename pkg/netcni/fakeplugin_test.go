@@ -52,7 +52,7 @@ func fakePlugin(dir, name string) int {
 		}
 		switch {
 		case len(conf.PrevResult) > 0:
-			os.Stdout.Write(conf.PrevResult)
+			_, _ = os.Stdout.Write(conf.PrevResult)
 		case name == "loopback":
 			fmt.Printf(`{"cniVersion":%q,"interfaces":[{"name":"lo","sandbox":%q}],"ips":[{"version":"4","address":"127.0.0.1/8","interface":0}]}`,
 				conf.CNIVersion, os.Getenv("CNI_NETNS"))

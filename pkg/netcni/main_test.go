@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -44,7 +43,7 @@ func testMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer os.RemoveAll(cacheDir)
+	defer func() { _ = os.RemoveAll(cacheDir) }()
 	cnilibrary.CacheDir = cacheDir
 
 	if os.Getuid() != 0 {
@@ -114,11 +113,13 @@ func missingPlugins(dir string) []string {
 	return missing
 }
 
+// goBinary finds go for the install script: on PATH, else where `make`
+// puts it.
 func goBinary() string {
 	if p, err := exec.LookPath("go"); err == nil {
 		return p
 	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
+	return "/usr/local/go/bin/go"
 }
 
 // Shared chains portmap creates once for every pod and never removes.
