@@ -226,7 +226,7 @@ func defaultNetwork(c gocni.CNI) (name, ifName string) {
 const stampMissing = "\x00missing"
 
 // fingerprint identifies the config files of dir: their names, inodes, sizes
-// and modification times. It is "" when the dir has none, stampMissing when
+// and modification times (of the symlink targets). It is "" when the dir has none, stampMissing when
 // the dir does not exist.
 func fingerprint(dir string) (string, error) {
 	entries, err := os.ReadDir(dir)
@@ -241,9 +241,11 @@ func fingerprint(dir string) (string, error) {
 		if e.IsDir() || !slices.Contains(configExtensions, filepath.Ext(e.Name())) {
 			continue
 		}
-		fi, err := e.Info()
-		if err != nil {
-			continue // removed meanwhile
+		// Stat, not Lstat: configs mounted from a ConfigMap are symlinks
+		// whose targets change.
+		fi, err := os.Stat(filepath.Join(dir, e.Name()))
+		if err != nil || fi.IsDir() {
+			continue // removed meanwhile, dangling, or a directory
 		}
 		var ino uint64
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok {

@@ -169,6 +169,34 @@ func TestStatus(t *testing.T) {
 		}
 	}
 	expect(ErrNoConfig, "no network config found")
+
+	// A ConfigMap volume: the file is a symlink through ..data, and an
+	// update swaps ..data to a new directory.
+	version := func(name, plugin string) {
+		t.Helper()
+		d := filepath.Join(confDir, name)
+		conf := `{"cniVersion":"1.0.0","name":"cm","plugins":[{"type":"` + plugin + `"}]}`
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "10-cm.conflist"), []byte(conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		tmp := filepath.Join(confDir, "..data_tmp")
+		if err := os.Symlink(name, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(confDir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version("..v1", "macvlan")
+	if err := os.Symlink("..data/10-cm.conflist", filepath.Join(confDir, "10-cm.conflist")); err != nil {
+		t.Fatal(err)
+	}
+	expect(ErrPluginMissing, `network "cm": plugin "macvlan"`)
+	version("..v2", "bridge")
+	expect(nil, "")
 }
 
 // TestTwoPodsReachEachOther sets up two pods on the bridge: distinct IPs, and

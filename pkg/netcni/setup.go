@@ -100,7 +100,10 @@ func (m *Manager) Setup(ctx context.Context, podID, netnsPath string, opts Setup
 // Teardown detaches the pod from its networks: it removes the pod's veth,
 // releases its IPs and removes its portmap and masquerade rules. It is
 // idempotent: it succeeds when the network namespace is already gone (the
-// IPs and rules are still released) and when called again.
+// IPs and rules are still released) and when called again. Pass the options
+// Setup got. It fails, wrapping ErrNoConfig or ErrPluginMissing, while no
+// config or plugin is there to run DEL: the caller keeps the pod's network
+// marked as set up and retries, as containerd does.
 func (m *Manager) Teardown(ctx context.Context, podID, netnsPath string, opts SetupOptions) error {
 	if podID == "" {
 		return fmt.Errorf("cni teardown: pod id is required")
