@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -117,7 +118,11 @@ func TestExecSyncStatsAndStop(t *testing.T) {
 		t.Errorf("20 MiB of output: got %d bytes, exit %d", len(resp.GetStdout()), resp.GetExitCode())
 	}
 	// conmon lives in the pod's monitor cgroup, not in auraed's.
-	rec := e.svc.ctrs["sleeper"].record()
+	sc, err := e.svc.lookupContainer("sleeper")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := sc.record()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", rec.ConmonPid))
 	if err != nil {
 		t.Fatal(err)
@@ -415,6 +420,49 @@ func TestConcurrentPods(t *testing.T) {
 		if err := <-errs; err != nil {
 			t.Error(err)
 		}
+	}
+	e.assertClean()
+}
+
+func TestRecoverDropsDeadPod(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	paths := e.allocate(&podsv0.Pod{Id: "dead"})
+	e.start("dead", e.container("c", spec(t, nil, "sleep", "1000")))
+	if err := e.svc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// What a reboot does to a pod: its processes and cgroups are gone (its
+	// state dir, on disk, is not).
+	cg, err := cgroup.Load(paths.GetCgroupPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cg.Kill(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("runc", "--root", filepath.Join(e.stateDir, "runc"), "delete", "--force", "c").CombinedOutput(); err != nil {
+		t.Fatalf("runc delete: %v: %s", err, out)
+	}
+	if err := removeCgroupTree(paths.GetCgroupPath()); err != nil {
+		t.Fatal(err)
+	}
+	e.svc = e.newService()
+	resp, err := e.svc.ListPods(ctx, &podsv0.ListPodsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetPods()) != 0 {
+		t.Errorf("dead pod recovered: %v", resp)
+	}
+	if _, err := e.svc.ContainerStatus(ctx, &podsv0.ContainerStatusRequest{ContainerId: "c"}); status.Code(err) != codes.NotFound {
+		t.Errorf("container of a dead pod: %v, want NotFound", err)
+	}
+	if _, err := os.Stat(filepath.Dir(paths.GetHostnamePath())); !os.IsNotExist(err) {
+		t.Errorf("dead pod's dir left: %v", err)
+	}
+	if _, err := os.Stat(e.svc.bundleDir("c")); !os.IsNotExist(err) {
+		t.Errorf("dead pod's container bundle left: %v", err)
 	}
 	e.assertClean()
 }

@@ -2,7 +2,7 @@ package pods
 
 import (
 	"context"
-	"os"
+	"time"
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
@@ -10,7 +10,7 @@ import (
 )
 
 // recover rebuilds pods and containers from the state file. A pod whose
-// cgroup and directory are both gone is dropped; containers whose monitor is
+// cgroup is gone is dropped with what is left of it; containers whose monitor is
 // alive are watched again; those whose monitor exited meanwhile get the exit
 // code and time from conmon's exit file. Containers of a dropped pod are
 // removed.
@@ -31,12 +31,20 @@ func (s *Service) recover(ctx context.Context) error {
 			_ = s.store.delete(bucketPods, id)
 			continue
 		}
-		if _, err := os.Stat(s.podDir(id)); err != nil && !cgroup.Exists(paths.GetCgroupPath()) {
-			s.log.Info("dropping pod whose cgroup and directory are gone", "pod", id)
+		p := &pod{spec: spec, paths: paths, createdAt: r.CreatedAt, holder: r.Holder}
+		if !cgroup.Exists(paths.GetCgroupPath()) {
+			// After a reboot, or someone removed it: the pod is dead. What
+			// is left of it (pins, files) goes; its containers go below.
+			s.log.Info("dropping pod whose cgroup is gone", "pod", id)
+			tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			err := s.teardownPod(tctx, p)
+			cancel()
+			if err != nil {
+				s.log.Warn("remove what is left of a dead pod", "pod", id, "error", err)
+			}
 			_ = s.store.delete(bucketPods, id)
 			continue
 		}
-		p := &pod{spec: spec, paths: paths, createdAt: r.CreatedAt, holder: r.Holder}
 		if r.Holder.Pid != 0 && !alive(r.Holder.Pid, r.Holder.Start) {
 			s.log.Warn("the init of the pod's pid namespace is gone; the pod can only be freed", "pod", id, "pid", r.Holder.Pid)
 		}

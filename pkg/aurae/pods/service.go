@@ -45,6 +45,8 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+var _ podsv0.PodServiceServer = (*Service)(nil)
+
 // Service implements podsv0.PodServiceServer.
 type Service struct {
 	podsv0.UnimplementedPodServiceServer
