@@ -33,10 +33,44 @@ type testEnv struct {
 	nsDir   string
 }
 
-// subnetSeq hands each test its own 10.250.x.0/24.
+// subnetSeq is where reserveSubnet starts looking.
 var subnetSeq atomic.Uint32
 
 func init() { subnetSeq.Store(uint32(os.Getpid() % 200)) }
+
+// reserveSubnet picks a 10.250.x.0/24 that no interface of the host uses
+// and no other test process holds: it binds the abstract unix socket
+// "@aurae-netcni-test/10.250.x" until the test ends (the kernel frees it when
+// the process dies, and it leaves no file).
+func reserveSubnet(t *testing.T) string {
+	t.Helper()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := subnetSeq.Add(1)
+	for i := range uint32(250) {
+		subnet := fmt.Sprintf("10.250.%d.0/24", (start+i)%250)
+		_, ipnet, _ := net.ParseCIDR(subnet)
+		inUse := false
+		for _, a := range addrs {
+			if an, ok := a.(*net.IPNet); ok && (ipnet.Contains(an.IP) || an.Contains(ipnet.IP)) {
+				inUse = true
+			}
+		}
+		if inUse {
+			continue
+		}
+		l, err := net.Listen("unix", "@aurae-netcni-test/"+subnet)
+		if err != nil {
+			continue // another test process holds it
+		}
+		t.Cleanup(func() { l.Close() })
+		return subnet
+	}
+	t.Fatal("no free subnet in 10.250.0.0/16")
+	return ""
+}
 
 func requireRoot(t *testing.T) {
 	t.Helper()
@@ -73,7 +107,7 @@ func newEnv(t *testing.T) *testEnv {
 	t.Helper()
 	requireRoot(t)
 	name := "aetest" + randomHex(t, 8)
-	subnet := fmt.Sprintf("10.250.%d.0/24", subnetSeq.Add(1)%250)
+	subnet := reserveSubnet(t)
 	dir := t.TempDir()
 	e := &testEnv{t: t, name: name, subnet: subnet,
 		dataDir: filepath.Join(dir, "ipam"), nsDir: filepath.Join(dir, "netns")}
