@@ -381,12 +381,17 @@ func fetch(netns, addr string) (string, error) {
 	}
 }
 
-// freePort returns a TCP port free on 127.0.0.1 at the time of the call.
-func freePort(t *testing.T) int {
+// reservePort returns a TCP port of 127.0.0.1 that stays bound until the
+// test ends or release is called, so that no other process picks it for a
+// mapping of its own. The binding does not get in portmap's way: its DNAT
+// applies before local delivery.
+func reservePort(t *testing.T) (port int, release func()) {
+	t.Helper()
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	release = func() { ln.Close() }
+	t.Cleanup(release)
+	return ln.Addr().(*net.TCPAddr).Port, release
 }

@@ -234,7 +234,7 @@ func TestTwoPodsReachEachOther(t *testing.T) {
 // TestPortMapping forwards 127.0.0.1:<hostPort> on the host to the pod.
 func TestPortMapping(t *testing.T) {
 	e := newEnv(t)
-	hostPort := freePort(t)
+	hostPort, releasePort := reservePort(t)
 	p := e.newPod(SetupOptions{PortMappings: []PortMapping{{
 		Protocol: "TCP", ContainerPort: 8080, HostPort: int32(hostPort), HostIP: "127.0.0.1",
 	}}})
@@ -250,6 +250,7 @@ func TestPortMapping(t *testing.T) {
 
 	e.teardown(p)
 	e.assertReleased(p, veths)
+	releasePort()
 	if c, err := net.DialTimeout("tcp4", addr, time.Second); err == nil {
 		c.Close()
 		t.Errorf("%s still forwards after teardown", addr)
@@ -259,7 +260,8 @@ func TestPortMapping(t *testing.T) {
 // TestTeardownIdempotent tears down twice, and after the namespace is gone.
 func TestTeardownIdempotent(t *testing.T) {
 	e := newEnv(t)
-	pm := []PortMapping{{Protocol: "tcp", ContainerPort: 80, HostPort: int32(freePort(t)), HostIP: "127.0.0.1"}}
+	port, _ := reservePort(t)
+	pm := []PortMapping{{Protocol: "tcp", ContainerPort: 80, HostPort: int32(port), HostIP: "127.0.0.1"}}
 
 	p := e.newPod(SetupOptions{PortMappings: pm})
 	e.setup(p)
@@ -290,8 +292,9 @@ func TestTeardownIdempotent(t *testing.T) {
 // returns the error and leaves no veth, IP or rule behind.
 func TestSetupFailureRollsBack(t *testing.T) {
 	e := newEnv(t)
+	port, _ := reservePort(t)
 	p := e.newPod(SetupOptions{PortMappings: []PortMapping{{
-		Protocol: "bogus", ContainerPort: 80, HostPort: int32(freePort(t)), HostIP: "127.0.0.1",
+		Protocol: "bogus", ContainerPort: 80, HostPort: int32(port), HostIP: "127.0.0.1",
 	}}})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
