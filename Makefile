@@ -26,10 +26,14 @@ BENCH_TIMEOUT ?= 30m
 # Extra flags for `make run`, e.g. RUN_ARGS='--log-level debug'.
 RUN_ARGS ?=
 
-.PHONY: deps apt tools build run test bench proto check-proto lint clean
+.PHONY: deps apt tools cni build run run-auraed test bench proto check-proto lint clean
 
-## deps: install what is missing (Debian packages, pinned Go tools into ./bin)
-deps: apt tools
+## deps: install what is missing (Debian packages, pinned Go tools into ./bin, CNI plugins)
+deps: apt tools cni
+
+## cni: the standard CNI plugins (built from containernetworking/plugins) into /opt/cni/bin
+cni:
+	$(SUDO) env PATH="$(PATH)" GO=$(GO) hack/install-cni-plugins.sh /opt/cni/bin
 
 apt:
 	@missing=""; \
@@ -79,8 +83,12 @@ build:
 	  $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aurae-cri ./cmd/aurae-cri; \
 	fi
 
-## run: deps + build, then auraed in the foreground (root; ^C stops it)
+## run: deps + build, then aurae-cri (with an embedded auraed) in the foreground (root; ^C stops it)
 run: deps build
+	$(SUDO) $(BIN)/aurae-cri --write-default-cni-config $(RUN_ARGS)
+
+## run-auraed: deps + build, then auraed alone in the foreground
+run-auraed: deps build
 	$(SUDO) $(BIN)/auraed $(RUN_ARGS)
 
 ## test: every test with the race detector, e2e included

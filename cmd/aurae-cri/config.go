@@ -1,0 +1,128 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// config is aurae-cri's configuration: flags, or a TOML file whose keys are
+// the flag names; a flag given on the command line wins over the file.
+type config struct {
+	Socket            string `toml:"socket"`
+	StateDir          string `toml:"state-dir"`
+	AuraeAddress      string `toml:"aurae-address"`
+	ContainerdAddress string `toml:"containerd-address"`
+	RegistryConfigDir string `toml:"registry-config-dir"`
+	CNIConfDir        string `toml:"cni-conf-dir"`
+	CNIBinDir         string `toml:"cni-bin-dir"`
+	StreamAddress     string `toml:"stream-address"`
+	LogLevel          string `toml:"log-level"`
+	CgroupRoot        string `toml:"cgroup-root"`
+	CgroupParent      string `toml:"cgroup-parent"`
+	ImageNamespace    string `toml:"image-namespace"`
+	// DefaultCNIConfig writes a bridge + portmap + loopback config into an
+	// empty CNI conf dir at start (what `make run` asks for).
+	DefaultCNIConfig bool `toml:"write-default-cni-config"`
+
+	level slog.Level
+}
+
+func parseConfig(args []string) (config, error) {
+	cfg := config{
+		Socket:            "/run/aurae/cri.sock",
+		StateDir:          "/var/lib/aurae-cri",
+		ContainerdAddress: "/run/containerd/containerd.sock",
+		CNIConfDir:        "/etc/cni/net.d",
+		CNIBinDir:         "/opt/cni/bin",
+		StreamAddress:     "127.0.0.1:0",
+		LogLevel:          "info",
+		CgroupRoot:        "aurae",
+		CgroupParent:      "pods",
+		ImageNamespace:    "aurae",
+	}
+	fs := flag.NewFlagSet("aurae-cri", flag.ContinueOnError)
+	configFile := fs.String("config", "", "TOML file setting the flags below (keys are the flag names)")
+	fs.StringVar(&cfg.Socket, "socket", cfg.Socket, "unix socket to serve the CRI on (mode 0600)")
+	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory of aurae-cri's state (and of the embedded auraed's)")
+	fs.StringVar(&cfg.AuraeAddress, "aurae-address", cfg.AuraeAddress, "auraed to use (unix:///path); empty runs an embedded auraed")
+	fs.StringVar(&cfg.ContainerdAddress, "containerd-address", cfg.ContainerdAddress, "containerd for images; when none answers there, aurae-cri starts its own")
+	fs.StringVar(&cfg.RegistryConfigDir, "registry-config-dir", cfg.RegistryConfigDir, "registry hosts (containerd's hosts.toml layout: <dir>/<host>/hosts.toml)")
+	fs.StringVar(&cfg.CNIConfDir, "cni-conf-dir", cfg.CNIConfDir, "CNI network configs")
+	fs.StringVar(&cfg.CNIBinDir, "cni-bin-dir", cfg.CNIBinDir, "CNI plugin binaries")
+	fs.StringVar(&cfg.StreamAddress, "stream-address", cfg.StreamAddress, "address of the exec/attach/port-forward streaming server")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&cfg.CgroupRoot, "cgroup-root", cfg.CgroupRoot, "cgroup under which the embedded auraed makes pods")
+	fs.StringVar(&cfg.CgroupParent, "cgroup-parent", cfg.CgroupParent, "cgroup (below the root) of pods whose request names none")
+	fs.StringVar(&cfg.ImageNamespace, "image-namespace", cfg.ImageNamespace, "containerd namespace of the images")
+	fs.BoolVar(&cfg.DefaultCNIConfig, "write-default-cni-config", cfg.DefaultCNIConfig, "write a default bridge network config into --cni-conf-dir when it holds none")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if *configFile != "" {
+		b, err := os.ReadFile(*configFile)
+		if err != nil {
+			return cfg, fmt.Errorf("--config: %w", err)
+		}
+		fromFile := cfg
+		dec := toml.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&fromFile); err != nil {
+			return cfg, fmt.Errorf("--config %s: %w", *configFile, err)
+		}
+		// Flags given on the command line win.
+		explicit := cfg
+		cfg = fromFile
+		fs.Visit(func(f *flag.Flag) {
+			switch f.Name {
+			case "socket":
+				cfg.Socket = explicit.Socket
+			case "state-dir":
+				cfg.StateDir = explicit.StateDir
+			case "aurae-address":
+				cfg.AuraeAddress = explicit.AuraeAddress
+			case "containerd-address":
+				cfg.ContainerdAddress = explicit.ContainerdAddress
+			case "registry-config-dir":
+				cfg.RegistryConfigDir = explicit.RegistryConfigDir
+			case "cni-conf-dir":
+				cfg.CNIConfDir = explicit.CNIConfDir
+			case "cni-bin-dir":
+				cfg.CNIBinDir = explicit.CNIBinDir
+			case "stream-address":
+				cfg.StreamAddress = explicit.StreamAddress
+			case "log-level":
+				cfg.LogLevel = explicit.LogLevel
+			case "cgroup-root":
+				cfg.CgroupRoot = explicit.CgroupRoot
+			case "cgroup-parent":
+				cfg.CgroupParent = explicit.CgroupParent
+			case "image-namespace":
+				cfg.ImageNamespace = explicit.ImageNamespace
+			case "write-default-cni-config":
+				cfg.DefaultCNIConfig = explicit.DefaultCNIConfig
+			}
+		})
+	}
+	if err := cfg.level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return cfg, fmt.Errorf("log-level: %w", err)
+	}
+	for name, p := range map[string]string{"socket": cfg.Socket, "state-dir": cfg.StateDir, "cni-conf-dir": cfg.CNIConfDir} {
+		if p == "" || !filepath.IsAbs(p) {
+			return cfg, fmt.Errorf("%s must be an absolute path, got %q", name, p)
+		}
+	}
+	if cfg.RegistryConfigDir != "" && !filepath.IsAbs(cfg.RegistryConfigDir) {
+		return cfg, errors.New("registry-config-dir must be an absolute path")
+	}
+	return cfg, nil
+}

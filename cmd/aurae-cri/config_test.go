@@ -1,0 +1,52 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestConfigFileAndFlags(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "aurae-cri.toml")
+	if err := os.WriteFile(file, []byte(`
+socket = "/run/x/cri.sock"
+state-dir = "/var/lib/x"
+cni-conf-dir = "/etc/x/net.d"
+log-level = "debug"
+write-default-cni-config = true
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := parseConfig([]string{"--config", file, "--state-dir", "/srv/state"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Socket != "/run/x/cri.sock" || cfg.CNIConfDir != "/etc/x/net.d" || cfg.LogLevel != "debug" || !cfg.DefaultCNIConfig {
+		t.Fatalf("file not applied: %+v", cfg)
+	}
+	if cfg.StateDir != "/srv/state" {
+		t.Fatalf("flag did not win over the file: %q", cfg.StateDir)
+	}
+	if cfg.CNIBinDir != "/opt/cni/bin" {
+		t.Fatalf("default lost: %q", cfg.CNIBinDir)
+	}
+}
+
+func TestConfigRefusesBadValues(t *testing.T) {
+	bad := filepath.Join(t.TempDir(), "bad.toml")
+	if err := os.WriteFile(bad, []byte("no-such-key = 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"--socket", "relative.sock"},
+		{"--log-level", "loud"},
+		{"--registry-config-dir", "certs.d"},
+		{"--config", bad},
+		{"--config", "/nonexistent/file.toml"},
+		{"extra-arg"},
+	} {
+		if _, err := parseConfig(args); err == nil {
+			t.Errorf("%q accepted", args)
+		}
+	}
+}

@@ -1,0 +1,194 @@
+// Command aurae-cri serves the Kubernetes CRI v1 on a unix socket and runs
+// pods as Aurae pods, on an embedded auraed or the one at --aurae-address.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cells"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/client"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/daemon"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/server"
+	"github.com/aurae-runtime/aurae-cri/pkg/containerdproc"
+	"github.com/aurae-runtime/aurae-cri/pkg/cri"
+	"github.com/aurae-runtime/aurae-cri/pkg/image"
+	"github.com/aurae-runtime/aurae-cri/pkg/netcni"
+	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
+	"github.com/aurae-runtime/aurae-cri/pkg/version"
+)
+
+const shutdownGrace = 5 * time.Second
+
+func main() {
+	cells.MaybeRunCellInit()
+	cfg, err := parseConfig(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "aurae-cri: %v\n", err)
+		os.Exit(2)
+	}
+	if err := run(cfg); err != nil {
+		slog.Error("aurae-cri failed", "error", err)
+		os.Exit(1)
+	}
+}
+
+func run(cfg config) error {
+	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.level}))
+	slog.SetDefault(logger)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	// Claim the socket first: a second aurae-cri fails before touching state.
+	lis, err := server.ListenUnix(cfg.Socket)
+	if err != nil {
+		return err
+	}
+	defer lis.Close()
+
+	var servers []*grpc.Server
+	defer func() { shutdown(servers, logger) }()
+
+	auraeAddr := cfg.AuraeAddress
+	if auraeAddr == "" {
+		embedded, addr, err := startEmbeddedAuraed(ctx, cfg, logger)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = embedded.Close() }()
+		servers = append(servers, embedded.server)
+		auraeAddr = addr
+	}
+	aurae, err := client.Dial(ctx, auraeAddr)
+	if err != nil {
+		return fmt.Errorf("connect to auraed at %s: %w", auraeAddr, err)
+	}
+	defer func() { _ = aurae.Close() }()
+
+	ctrd, err := containerdproc.Ensure(ctx, containerdproc.Config{
+		Address: cfg.ContainerdAddress, StateDir: cfg.StateDir, Logger: logger,
+	})
+	if err != nil {
+		return fmt.Errorf("containerd: %w", err)
+	}
+	defer func() { _ = ctrd.Close() }()
+	images, err := image.New(ctx, image.Options{
+		Address: ctrd.Address(), Namespace: cfg.ImageNamespace, RegistryConfigDir: cfg.RegistryConfigDir, Logger: logger,
+	})
+	if err != nil {
+		return fmt.Errorf("image service: %w", err)
+	}
+	defer func() { _ = images.Close() }()
+
+	if cfg.DefaultCNIConfig {
+		if err := netcni.WriteDefaultConfig(cfg.CNIConfDir, ""); err != nil {
+			return fmt.Errorf("default CNI config: %w", err)
+		}
+	}
+	cni, err := netcni.New(netcni.Config{ConfDir: cfg.CNIConfDir, BinDir: cfg.CNIBinDir, Logger: logger})
+	if err != nil {
+		return fmt.Errorf("cni: %w", err)
+	}
+	store, err := sandbox.Open(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = store.Close() }()
+	native := sandbox.AuraeController{Pods: podsv0.NewPodServiceClient(aurae.Conn)}
+	rt, err := cri.NewRuntime(cri.Config{
+		RootDir:        cfg.StateDir,
+		Controllers:    map[string]sandbox.Controller{"": native, "runc": native},
+		Images:         images,
+		Network:        cri.CNI{Manager: cni},
+		Store:          store,
+		CgroupParent:   cfg.CgroupParent,
+		Logger:         logger,
+		RuntimeName:    "aurae-cri",
+		RuntimeVersion: version.Version,
+	})
+	if err != nil {
+		return err
+	}
+
+	srv := server.New(logger)
+	runtimeapi.RegisterRuntimeServiceServer(srv, rt)
+	runtimeapi.RegisterImageServiceServer(srv, images)
+	servers = append(servers, srv)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(lis) }()
+	// Calls answer Unavailable until the state is reconciled.
+	if err := rt.Recover(ctx); err != nil {
+		return fmt.Errorf("recover: %w", err)
+	}
+	logger.Info("aurae-cri serving", "version", version.Version, "socket", cfg.Socket, "aurae", auraeAddr,
+		"containerd", ctrd.Address(), "state_dir", cfg.StateDir)
+	select {
+	case <-ctx.Done():
+		logger.Info("aurae-cri shutting down", "reason", "signal")
+		return nil
+	case err := <-serveErr:
+		return fmt.Errorf("serve: %w", err)
+	}
+}
+
+type embeddedAuraed struct {
+	*daemon.Daemon
+	server *grpc.Server
+}
+
+// startEmbeddedAuraed serves the Aurae API in this process, on a socket in
+// the state dir that only root can reach.
+func startEmbeddedAuraed(ctx context.Context, cfg config, logger *slog.Logger) (*embeddedAuraed, string, error) {
+	dir := filepath.Join(cfg.StateDir, "auraed")
+	d, err := daemon.New(ctx, daemon.Config{StateDir: dir, CgroupRoot: cfg.CgroupRoot, Logger: logger.With("component", "auraed")})
+	if err != nil {
+		return nil, "", err
+	}
+	sock := filepath.Join(dir, "aurae.sock")
+	lis, err := server.ListenUnix(sock)
+	if err != nil {
+		_ = d.Close()
+		return nil, "", err
+	}
+	s := server.New(logger.With("component", "auraed"))
+	d.Register(s)
+	go func() {
+		if err := s.Serve(lis); err != nil && !errors.Is(err, net.ErrClosed) {
+			logger.Error("embedded auraed stopped serving", "error", err)
+		}
+	}()
+	return &embeddedAuraed{Daemon: d, server: s}, "unix://" + sock, nil
+}
+
+// shutdown stops the servers gracefully, then hard once shutdownGrace is over.
+func shutdown(servers []*grpc.Server, logger *slog.Logger) {
+	for i := len(servers) - 1; i >= 0; i-- {
+		s := servers[i]
+		done := make(chan struct{})
+		go func() { s.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(shutdownGrace):
+			logger.Warn("graceful stop timed out; closing the remaining calls")
+			s.Stop()
+		}
+	}
+}

@@ -1,0 +1,185 @@
+package cri
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
+	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// CreateContainer implements RuntimeService.CreateContainer: the rootfs
+// snapshot is prepared and mounted, the OCI spec generated and kept; the
+// process starts with StartContainer.
+func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateContainerRequest) (_ *runtimeapi.CreateContainerResponse, retErr error) {
+	if err := r.checkReady(); err != nil {
+		return nil, err
+	}
+	cfg := req.GetConfig()
+	if cfg == nil {
+		return nil, fmt.Errorf("container config is missing: %w", errInvalid)
+	}
+	if err := checkContainerMetadata(cfg.GetMetadata()); err != nil {
+		return nil, err
+	}
+	if cfg.GetImage().GetImage() == "" {
+		return nil, fmt.Errorf("container image is missing: %w", errInvalid)
+	}
+	sb, err := r.store.Sandbox(req.GetPodSandboxId())
+	if err != nil {
+		return nil, err
+	}
+	if sb.Status.State != runtimeapi.PodSandboxState_SANDBOX_READY {
+		return nil, fmt.Errorf("pod %s is not ready: %w", sb.ID, errPrecondition)
+	}
+	logRel, err := cleanRelative("log path", cfg.GetLogPath())
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range cfg.GetMounts() {
+		if err := checkAbsolute("mount host path", m.GetHostPath()); err != nil {
+			return nil, err
+		}
+		if err := checkAbsolute("mount container path", m.GetContainerPath()); err != nil {
+			return nil, err
+		}
+	}
+	name := containerName(cfg.GetMetadata(), sb.Config.GetMetadata())
+	id := newID()
+	if err := r.store.ReserveName(name, id); err != nil {
+		// A CreateContainer retried after a client timeout gets the
+		// container it already made.
+		if holder, ok := r.store.NameHolder(name); ok {
+			if c, err := r.store.Container(holder); err == nil && c.SandboxID == sb.ID && c.Status.State == runtimeapi.ContainerState_CONTAINER_CREATED {
+				return &runtimeapi.CreateContainerResponse{ContainerId: holder}, nil
+			}
+		}
+		return nil, err
+	}
+	log := r.log.With("pod", sb.ID, "container", id, "container_name", name)
+	defer func() {
+		if retErr != nil {
+			r.store.ReleaseName(name, id)
+		}
+	}()
+
+	callCtx, cancel := bounded(ctx, podCallTimeout)
+	defer cancel()
+	img, err := r.cfg.Images.Resolve(callCtx, cfg.GetImage().GetImage())
+	if err != nil {
+		return nil, fmt.Errorf("image %q: %w", cfg.GetImage().GetImage(), err)
+	}
+	mounts, err := r.cfg.Images.PrepareRootfs(callCtx, id, img.ID)
+	if err != nil {
+		return nil, fmt.Errorf("rootfs of %q: %w", name, err)
+	}
+	rootfs := r.rootfsDir(id)
+	undoRootfs := func() {
+		cctx, cancel := cleanupContext()
+		defer cancel()
+		if err := unmountRootfs(rootfs); err != nil {
+			log.Error("roll back rootfs mount", "error", err)
+		}
+		if err := r.cfg.Images.RemoveRootfs(cctx, id); err != nil {
+			log.Error("roll back rootfs snapshot", "error", err)
+		}
+	}
+	if err := mountRootfs(mounts, rootfs); err != nil {
+		undoRootfs()
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			undoRootfs()
+		}
+	}()
+
+	spec, err := ocispec.Generate(ocispec.Input{
+		ID:              id,
+		SandboxID:       sb.ID,
+		ImageName:       imageName(img.RepoTags, img.RepoDigests, img.ID),
+		Config:          cfg,
+		Sandbox:         sb.Config,
+		Image:           img.Config,
+		RootfsPath:      rootfs,
+		RootfsReadonly:  cfg.GetLinux().GetSecurityContext().GetReadonlyRootfs(),
+		NetNSPath:       sb.Status.NetNSPath,
+		IPCNSPath:       sb.Status.IPCNSPath,
+		UTSNSPath:       sb.Status.UTSNSPath,
+		PIDNSPath:       sb.Status.PIDNSPath,
+		Hostname:        sb.Config.GetHostname(),
+		ResolvConfPath:  sb.Status.ResolvConfPath,
+		HostsPath:       sb.Status.HostsPath,
+		HostnamePath:    sb.Status.HostnamePath,
+		ShmPath:         sb.Status.ShmPath,
+		CgroupsPath:     "/" + strings.Trim(sb.Status.CgroupPath, "/") + "/" + id,
+		OOMScoreAdjMin:  ownOOMScoreAdj(),
+		SwapAccounting:  swapAccounting(),
+		AllCapabilities: r.capabilities,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("spec of %q: %w", name, err)
+	}
+	specJSON, err := json.Marshal(spec)
+	if err != nil {
+		return nil, err
+	}
+	var logPath string
+	if logRel != "" && sb.Config.GetLogDirectory() != "" {
+		logPath = filepath.Join(sb.Config.GetLogDirectory(), logRel)
+	}
+	c := &sandbox.Container{
+		ID: id, SandboxID: sb.ID, Name: name, Config: cfg,
+		ImageRef: cfg.GetImage().GetImage(), ImageID: img.ID, ImageName: imageName(img.RepoTags, img.RepoDigests, img.ID),
+		LogPath: logPath, Spec: specJSON, CreatedAt: time.Now(),
+		Status: sandbox.ContainerStatus{State: runtimeapi.ContainerState_CONTAINER_CREATED},
+	}
+	if err := r.store.AddContainer(c); err != nil {
+		return nil, err
+	}
+	r.publish(c.ID, sb.ID, runtimeapi.ContainerEventType_CONTAINER_CREATED_EVENT)
+	log.Info("container created", "image", img.ID)
+	return &runtimeapi.CreateContainerResponse{ContainerId: id}, nil
+}
+
+func imageName(tags, digests []string, id string) string {
+	if len(tags) > 0 {
+		return tags[0]
+	}
+	if len(digests) > 0 {
+		return digests[0]
+	}
+	return id
+}
+
+// swapAccounting tells whether the memory cgroup accounts swap here, so
+// that a memory limit may also bound memory+swap.
+func swapAccounting() bool {
+	for _, f := range []string{"/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes", "/sys/fs/cgroup/memory.swap.max"} {
+		if _, err := os.Stat(f); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// ownOOMScoreAdj is aurae-cri's own oom_score_adj: containers may not ask
+// for less (without CAP_SYS_RESOURCE the kernel refuses, and runc fails).
+func ownOOMScoreAdj() int {
+	b, err := os.ReadFile("/proc/self/oom_score_adj")
+	if err != nil {
+		return 0
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0
+	}
+	return n
+}

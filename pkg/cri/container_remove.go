@@ -1,0 +1,73 @@
+package cri
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
+	"github.com/containerd/errdefs"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// RemoveContainer implements RuntimeService.RemoveContainer: a running
+// container is killed first; its rootfs and record go. Unknown ids succeed.
+func (r *Runtime) RemoveContainer(ctx context.Context, req *runtimeapi.RemoveContainerRequest) (*runtimeapi.RemoveContainerResponse, error) {
+	if err := r.checkReady(); err != nil {
+		return nil, err
+	}
+	if err := r.removeContainer(ctx, req.GetContainerId()); err != nil {
+		return nil, err
+	}
+	return &runtimeapi.RemoveContainerResponse{}, nil
+}
+
+func (r *Runtime) removeContainer(ctx context.Context, id string) error {
+	if err := r.stopContainer(ctx, id, 0); err != nil {
+		return err
+	}
+	c, err := r.store.Container(id)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	unlock := r.lockContainer(c.ID)
+	defer unlock()
+	if _, err := r.store.UpdateContainer(c.ID, func(st sandbox.ContainerStatus) (sandbox.ContainerStatus, error) {
+		st.Removing = true
+		return st, nil
+	}); err != nil {
+		if errdefs.IsNotFound(err) {
+			return nil
+		}
+		return err
+	}
+	sb, err := r.store.Sandbox(c.SandboxID)
+	if err == nil {
+		ctrl, err := r.controller(sb.RuntimeHandler)
+		if err != nil {
+			return err
+		}
+		callCtx, cancel := bounded(ctx, podCallTimeout)
+		defer cancel()
+		if err := ctrl.RemoveContainer(callCtx, c.ID); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("remove container %s: %w", c.ID, err)
+		}
+	}
+	if err := unmountRootfs(r.rootfsDir(c.ID)); err != nil {
+		return err
+	}
+	callCtx, cancel := bounded(ctx, podCallTimeout)
+	defer cancel()
+	if err := r.cfg.Images.RemoveRootfs(callCtx, c.ID); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("remove rootfs of %s: %w", c.ID, err)
+	}
+	if err := r.store.DeleteContainer(c.ID); err != nil {
+		return err
+	}
+	r.publishGone(c, runtimeapi.ContainerEventType_CONTAINER_DELETED_EVENT)
+	r.log.Info("container removed", "pod", c.SandboxID, "container", c.ID)
+	return nil
+}

@@ -1,0 +1,72 @@
+package cri
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// StartContainer implements RuntimeService.StartContainer.
+func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartContainerRequest) (*runtimeapi.StartContainerResponse, error) {
+	if err := r.checkReady(); err != nil {
+		return nil, err
+	}
+	c, err := r.store.Container(req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	unlock := r.lockContainer(c.ID)
+	defer unlock()
+	if c, err = r.store.Container(c.ID); err != nil {
+		return nil, err
+	}
+	if c.Status.State != runtimeapi.ContainerState_CONTAINER_CREATED || c.Status.Removing {
+		return nil, fmt.Errorf("container %s is %s, not created: %w", c.ID, c.Status.State, errPrecondition)
+	}
+	sb, err := r.store.Sandbox(c.SandboxID)
+	if err != nil {
+		return nil, err
+	}
+	if sb.Status.State != runtimeapi.PodSandboxState_SANDBOX_READY {
+		return nil, fmt.Errorf("pod %s is not ready: %w", sb.ID, errPrecondition)
+	}
+	ctrl, err := r.controller(sb.RuntimeHandler)
+	if err != nil {
+		return nil, err
+	}
+	callCtx, cancel := bounded(ctx, podCallTimeout)
+	defer cancel()
+	resp, err := ctrl.StartContainer(callCtx, sb.ID, &podsv0.Container{
+		Id: c.ID, OciSpec: c.Spec, RootfsPath: r.rootfsDir(c.ID), LogPath: c.LogPath,
+		Tty: c.Config.GetTty(), Stdin: c.Config.GetStdin(),
+	})
+	if err != nil {
+		// As containerd does: the container ends as exited with the
+		// reason, so that the kubelet sees why and recreates it.
+		msg := err.Error()
+		if _, uerr := r.store.UpdateContainer(c.ID, func(st sandbox.ContainerStatus) (sandbox.ContainerStatus, error) {
+			st.State = runtimeapi.ContainerState_CONTAINER_EXITED
+			st.ExitCode, st.Reason, st.Message = 128, "StartError", msg
+			st.FinishedAt = time.Now()
+			return st, nil
+		}); uerr != nil {
+			r.log.Error("record start failure", "container", c.ID, "error", uerr)
+		}
+		return nil, fmt.Errorf("start container %s: %w", c.ID, err)
+	}
+	if _, err := r.store.UpdateContainer(c.ID, func(st sandbox.ContainerStatus) (sandbox.ContainerStatus, error) {
+		st.State = runtimeapi.ContainerState_CONTAINER_RUNNING
+		st.Pid = int(resp.GetPid())
+		st.StartedAt = time.Now()
+		return st, nil
+	}); err != nil {
+		return nil, err
+	}
+	r.publish(c.ID, sb.ID, runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT)
+	r.log.Info("container started", "pod", sb.ID, "container", c.ID, "pid", resp.GetPid())
+	return &runtimeapi.StartContainerResponse{}, nil
+}

@@ -1,0 +1,91 @@
+package cri
+
+import (
+	"context"
+	"encoding/json"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// ContainerStatus implements RuntimeService.ContainerStatus, from memory.
+func (r *Runtime) ContainerStatus(_ context.Context, req *runtimeapi.ContainerStatusRequest) (*runtimeapi.ContainerStatusResponse, error) {
+	if err := r.checkReady(); err != nil {
+		return nil, err
+	}
+	c, err := r.store.Container(req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	resp := &runtimeapi.ContainerStatusResponse{Status: containerStatus(c)}
+	if req.GetVerbose() {
+		b, err := json.Marshal(map[string]any{
+			"sandboxID": c.SandboxID, "name": c.Name, "pid": c.Status.Pid, "imageID": c.ImageID,
+			"rootfs": "", "logPath": c.LogPath, "removing": c.Status.Removing, "runtimeSpec": json.RawMessage(c.Spec),
+		})
+		if err != nil {
+			return nil, err
+		}
+		resp.Info = map[string]string{"info": string(b)}
+	}
+	return resp, nil
+}
+
+func containerStatus(c sandbox.Container) *runtimeapi.ContainerStatus {
+	st := &runtimeapi.ContainerStatus{
+		Id:          c.ID,
+		Metadata:    c.Config.GetMetadata(),
+		State:       c.Status.State,
+		CreatedAt:   c.CreatedAt.UnixNano(),
+		ExitCode:    c.Status.ExitCode,
+		Image:       &runtimeapi.ImageSpec{Image: c.ImageName, Annotations: c.Config.GetImage().GetAnnotations()},
+		ImageRef:    c.ImageID,
+		ImageId:     c.ImageID,
+		Reason:      c.Status.Reason,
+		Message:     c.Status.Message,
+		Labels:      c.Config.GetLabels(),
+		Annotations: c.Config.GetAnnotations(),
+		Mounts:      c.Config.GetMounts(),
+		LogPath:     c.LogPath,
+		Resources:   &runtimeapi.ContainerResources{Linux: c.Config.GetLinux().GetResources()},
+	}
+	if !c.Status.StartedAt.IsZero() {
+		st.StartedAt = c.Status.StartedAt.UnixNano()
+	}
+	if !c.Status.FinishedAt.IsZero() {
+		st.FinishedAt = c.Status.FinishedAt.UnixNano()
+	}
+	return st
+}
+
+// ListContainers implements RuntimeService.ListContainers, from memory.
+func (r *Runtime) ListContainers(_ context.Context, req *runtimeapi.ListContainersRequest) (*runtimeapi.ListContainersResponse, error) {
+	if err := r.checkReady(); err != nil {
+		return nil, err
+	}
+	f := req.GetFilter()
+	resp := &runtimeapi.ListContainersResponse{}
+	for _, c := range r.store.Containers() {
+		if f != nil {
+			if f.GetId() != "" && !hasIDPrefix(c.ID, f.GetId()) {
+				continue
+			}
+			if f.GetState() != nil && f.GetState().GetState() != c.Status.State {
+				continue
+			}
+			if f.GetPodSandboxId() != "" && !hasIDPrefix(c.SandboxID, f.GetPodSandboxId()) {
+				continue
+			}
+			if !matchLabels(c.Config.GetLabels(), f.GetLabelSelector()) {
+				continue
+			}
+		}
+		resp.Containers = append(resp.Containers, &runtimeapi.Container{
+			Id: c.ID, PodSandboxId: c.SandboxID, Metadata: c.Config.GetMetadata(),
+			Image: &runtimeapi.ImageSpec{Image: c.ImageName}, ImageRef: c.ImageID, ImageId: c.ImageID,
+			State: c.Status.State, CreatedAt: c.CreatedAt.UnixNano(),
+			Labels: c.Config.GetLabels(), Annotations: c.Config.GetAnnotations(),
+		})
+	}
+	return resp, nil
+}

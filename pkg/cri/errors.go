@@ -1,0 +1,8 @@
+package cri
+
+import "github.com/containerd/errdefs"
+
+var (
+	errInvalid      = errdefs.ErrInvalidArgument
+	errPrecondition = errdefs.ErrFailedPrecondition
+)

@@ -1,0 +1,102 @@
+package cri
+
+import (
+	"context"
+	"time"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
+	"github.com/containerd/errdefs"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// monitor notices containers that exited by themselves: it asks their
+// controller about every running container each interval, so that List and
+// Status, which answer from memory, see exits.
+func (r *Runtime) monitor(ctx context.Context) {
+	t := time.NewTicker(r.cfg.MonitorInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r.checkExits(ctx)
+	}
+}
+
+func (r *Runtime) checkExits(ctx context.Context) {
+	for _, c := range r.store.Containers() {
+		if c.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
+			continue
+		}
+		sb, err := r.store.Sandbox(c.SandboxID)
+		if err != nil {
+			continue
+		}
+		ctrl, err := r.controller(sb.RuntimeHandler)
+		if err != nil {
+			continue
+		}
+		callCtx, cancel := bounded(ctx, statsTimeout)
+		st, err := ctrl.ContainerStatus(callCtx, c.ID)
+		cancel()
+		switch {
+		case errdefs.IsNotFound(err):
+			r.recordExit(c.ID, c.SandboxID, nil)
+		case err != nil:
+			r.log.Debug("container status", "container", c.ID, "error", err)
+		case st.GetState() == podsv0.ContainerState_CONTAINER_STATE_EXITED:
+			r.recordExit(c.ID, c.SandboxID, st)
+			r.log.Info("container exited", "pod", c.SandboxID, "container", c.ID, "exit_code", st.GetExitCode(), "reason", st.GetReason())
+		}
+	}
+}
+
+// Recover reconciles the store with the controllers, then starts serving
+// and watching. Pods a controller runs that the store does not know (left by
+// a crash in the middle of RunPodSandbox) are removed; pods the controller
+// lost are NOTREADY; containers that exited while aurae-cri was down get
+// their real exit status.
+func (r *Runtime) Recover(ctx context.Context) error {
+	known := map[string]bool{}
+	for _, sb := range r.store.Sandboxes() {
+		known[sb.ID] = true
+	}
+	for handler, ctrl := range r.cfg.Controllers {
+		callCtx, cancel := bounded(ctx, podCallTimeout)
+		pods, err := ctrl.ListPods(callCtx)
+		cancel()
+		if err != nil {
+			return err
+		}
+		running := map[string]bool{}
+		for _, p := range pods {
+			id := p.GetPod().GetId()
+			running[id] = true
+			if !known[id] {
+				r.log.Warn("removing a pod aurae-cri does not know", "pod", id, "runtime_handler", handler)
+				callCtx, cancel := bounded(ctx, podCallTimeout)
+				if err := ctrl.RemovePod(callCtx, id); err != nil {
+					r.log.Error("remove unknown pod", "pod", id, "error", err)
+				}
+				cancel()
+			}
+		}
+		for _, sb := range r.store.Sandboxes() {
+			if sb.RuntimeHandler == handler && !running[sb.ID] && sb.Status.State == runtimeapi.PodSandboxState_SANDBOX_READY {
+				r.log.Warn("pod is gone from its runtime", "pod", sb.ID)
+				_, _ = r.store.UpdateSandbox(sb.ID, func(st sandbox.SandboxStatus) (sandbox.SandboxStatus, error) {
+					st.State = runtimeapi.PodSandboxState_SANDBOX_NOTREADY
+					return st, nil
+				})
+			}
+		}
+	}
+	r.checkExits(ctx)
+	r.ready.Store(true)
+	r.log.Info("recovered", "pods", len(r.store.Sandboxes()), "containers", len(r.store.Containers()))
+	go r.monitor(context.WithoutCancel(ctx))
+	return nil
+}

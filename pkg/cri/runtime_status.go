@@ -1,0 +1,67 @@
+package cri
+
+import (
+	"context"
+	"encoding/json"
+	"sort"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+const criAPIVersion = "v1"
+
+// Version implements RuntimeService.Version.
+func (r *Runtime) Version(context.Context, *runtimeapi.VersionRequest) (*runtimeapi.VersionResponse, error) {
+	return &runtimeapi.VersionResponse{
+		Version:           "0.1.0",
+		RuntimeName:       r.cfg.RuntimeName,
+		RuntimeVersion:    r.cfg.RuntimeVersion,
+		RuntimeApiVersion: criAPIVersion,
+	}, nil
+}
+
+// Status implements RuntimeService.Status: RuntimeReady once recovered,
+// NetworkReady when CNI has a usable config.
+func (r *Runtime) Status(_ context.Context, req *runtimeapi.StatusRequest) (*runtimeapi.StatusResponse, error) {
+	runtimeCond := &runtimeapi.RuntimeCondition{Type: runtimeapi.RuntimeReady, Status: true}
+	if err := r.checkReady(); err != nil {
+		runtimeCond.Status, runtimeCond.Reason, runtimeCond.Message = false, "Recovering", err.Error()
+	}
+	netCond := &runtimeapi.RuntimeCondition{Type: runtimeapi.NetworkReady, Status: true}
+	if err := r.cfg.Network.Ready(); err != nil {
+		netCond.Status, netCond.Reason, netCond.Message = false, "NetworkPluginNotReady", err.Error()
+	}
+	resp := &runtimeapi.StatusResponse{Status: &runtimeapi.RuntimeStatus{Conditions: []*runtimeapi.RuntimeCondition{runtimeCond, netCond}}}
+	var handlers []string
+	for h := range r.cfg.Controllers {
+		handlers = append(handlers, h)
+	}
+	sort.Strings(handlers)
+	for _, h := range handlers {
+		resp.RuntimeHandlers = append(resp.RuntimeHandlers, &runtimeapi.RuntimeHandler{
+			Name:     h,
+			Features: &runtimeapi.RuntimeHandlerFeatures{RecursiveReadOnlyMounts: false, UserNamespaces: false},
+		})
+	}
+	if req.GetVerbose() {
+		b, _ := json.Marshal(map[string]any{"handlers": handlers, "podCIDR": r.podCIDR.Load()})
+		resp.Info = map[string]string{"config": string(b)}
+	}
+	return resp, nil
+}
+
+// RuntimeConfig implements RuntimeService.RuntimeConfig: the cgroup driver.
+func (r *Runtime) RuntimeConfig(context.Context, *runtimeapi.RuntimeConfigRequest) (*runtimeapi.RuntimeConfigResponse, error) {
+	return &runtimeapi.RuntimeConfigResponse{Linux: &runtimeapi.LinuxRuntimeConfiguration{CgroupDriver: runtimeapi.CgroupDriver_CGROUPFS}}, nil
+}
+
+// UpdateRuntimeConfig implements RuntimeService.UpdateRuntimeConfig: the
+// kubelet tells the pod CIDR; CNI's IPAM config decides addresses, so it
+// is recorded for Status only.
+func (r *Runtime) UpdateRuntimeConfig(_ context.Context, req *runtimeapi.UpdateRuntimeConfigRequest) (*runtimeapi.UpdateRuntimeConfigResponse, error) {
+	if cidr := req.GetRuntimeConfig().GetNetworkConfig().GetPodCidr(); cidr != "" {
+		r.podCIDR.Store(cidr)
+		r.log.Info("pod CIDR updated", "pod_cidr", cidr)
+	}
+	return &runtimeapi.UpdateRuntimeConfigResponse{}, nil
+}

@@ -1,0 +1,116 @@
+package cri
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
+	"github.com/containerd/errdefs"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// StopPodSandbox implements RuntimeService.StopPodSandbox: its containers
+// are killed, its network is torn down (once), it becomes NOTREADY. An
+// unknown id succeeds: the kubelet retries.
+func (r *Runtime) StopPodSandbox(ctx context.Context, req *runtimeapi.StopPodSandboxRequest) (*runtimeapi.StopPodSandboxResponse, error) {
+	if err := r.checkReady(); err != nil {
+		return nil, err
+	}
+	sb, err := r.store.Sandbox(req.GetPodSandboxId())
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return &runtimeapi.StopPodSandboxResponse{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := r.stopPod(ctx, sb); err != nil {
+		return nil, err
+	}
+	return &runtimeapi.StopPodSandboxResponse{}, nil
+}
+
+func (r *Runtime) stopPod(ctx context.Context, sb sandbox.Sandbox) error {
+	unlock := r.lockPod(sb.ID)
+	defer unlock()
+	for _, c := range r.store.ContainersOf(sb.ID) {
+		if err := r.stopContainer(ctx, c.ID, 0); err != nil {
+			return fmt.Errorf("stop pod %s: %w", sb.ID, err)
+		}
+	}
+	sb, err := r.store.Sandbox(sb.ID)
+	if err != nil {
+		return err
+	}
+	if sb.Status.NetworkUp {
+		callCtx, cancel := bounded(ctx, podCallTimeout)
+		defer cancel()
+		if err := r.cfg.Network.Teardown(callCtx, sb.ID, sb.Status.NetNSPath, sb.Config); err != nil {
+			return fmt.Errorf("tear down network of pod %s: %w", sb.ID, err)
+		}
+		if _, err := r.store.UpdateSandbox(sb.ID, func(st sandbox.SandboxStatus) (sandbox.SandboxStatus, error) {
+			st.NetworkUp = false
+			return st, nil
+		}); err != nil {
+			return err
+		}
+	}
+	ctrl, err := r.controller(sb.RuntimeHandler)
+	if err != nil {
+		return err
+	}
+	callCtx, cancel := bounded(ctx, podCallTimeout)
+	defer cancel()
+	if err := ctrl.StopPod(callCtx, sb.ID); err != nil {
+		return fmt.Errorf("stop pod %s: %w", sb.ID, err)
+	}
+	if sb.Status.State != runtimeapi.PodSandboxState_SANDBOX_NOTREADY {
+		if _, err := r.store.UpdateSandbox(sb.ID, func(st sandbox.SandboxStatus) (sandbox.SandboxStatus, error) {
+			st.State = runtimeapi.PodSandboxState_SANDBOX_NOTREADY
+			return st, nil
+		}); err != nil {
+			return err
+		}
+		r.log.Info("pod sandbox stopped", "pod", sb.ID)
+	}
+	return nil
+}
+
+// RemovePodSandbox implements RuntimeService.RemovePodSandbox: stops the
+// pod if needed, removes its containers and frees it. Unknown ids succeed.
+func (r *Runtime) RemovePodSandbox(ctx context.Context, req *runtimeapi.RemovePodSandboxRequest) (*runtimeapi.RemovePodSandboxResponse, error) {
+	if err := r.checkReady(); err != nil {
+		return nil, err
+	}
+	sb, err := r.store.Sandbox(req.GetPodSandboxId())
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return &runtimeapi.RemovePodSandboxResponse{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := r.stopPod(ctx, sb); err != nil {
+		return nil, err
+	}
+	unlock := r.lockPod(sb.ID)
+	defer unlock()
+	for _, c := range r.store.ContainersOf(sb.ID) {
+		if err := r.removeContainer(ctx, c.ID); err != nil {
+			return nil, fmt.Errorf("remove pod %s: %w", sb.ID, err)
+		}
+	}
+	ctrl, err := r.controller(sb.RuntimeHandler)
+	if err != nil {
+		return nil, err
+	}
+	callCtx, cancel := bounded(ctx, podCallTimeout)
+	defer cancel()
+	if err := ctrl.RemovePod(callCtx, sb.ID); err != nil {
+		return nil, fmt.Errorf("remove pod %s: %w", sb.ID, err)
+	}
+	if err := r.store.DeleteSandbox(sb.ID); err != nil {
+		return nil, err
+	}
+	r.log.Info("pod sandbox removed", "pod", sb.ID)
+	return &runtimeapi.RemovePodSandboxResponse{}, nil
+}

@@ -1,0 +1,126 @@
+// Package cri serves the Kubernetes CRI v1 (RuntimeService and
+// ImageService) on top of Aurae pods. Handlers are thin: validate,
+// translate, call the sandbox store and its controllers; errors are wrapped
+// errdefs sentinels, mapped to gRPC codes once by the interceptor.
+package cri
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/image"
+	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
+	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
+	"github.com/containerd/errdefs"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// Images is what the runtime needs from the image service.
+type Images interface {
+	Resolve(ctx context.Context, refOrID string) (image.Image, error)
+	PrepareRootfs(ctx context.Context, containerID, imageRef string) ([]image.Mount, error)
+	RemoveRootfs(ctx context.Context, containerID string) error
+}
+
+// Network sets up and tears down pod networks (CNI).
+type Network interface {
+	// Ready is nil when pods can get a network, else why not.
+	Ready() error
+	Setup(ctx context.Context, podID, netnsPath string, pod *runtimeapi.PodSandboxConfig) (ips []string, err error)
+	// Teardown is idempotent and works when the namespace is gone.
+	Teardown(ctx context.Context, podID, netnsPath string, pod *runtimeapi.PodSandboxConfig) error
+}
+
+// Config configures the runtime service.
+type Config struct {
+	// RootDir holds container rootfs mount points and the state file.
+	RootDir string
+	// Controllers by runtime handler; "" is the default handler.
+	Controllers map[string]sandbox.Controller
+	Images      Images
+	Network     Network
+	Store       *sandbox.Store
+	Events      *sandbox.Events
+	// CgroupParent is where pods go when the request names none.
+	CgroupParent string
+	// MonitorInterval is how often running containers are checked for exit.
+	MonitorInterval time.Duration
+	Logger          *slog.Logger
+	// RuntimeName and RuntimeVersion answer Version.
+	RuntimeName, RuntimeVersion string
+}
+
+// Runtime implements runtimeapi.RuntimeServiceServer.
+type Runtime struct {
+	runtimeapi.UnimplementedRuntimeServiceServer
+
+	cfg    Config
+	log    *slog.Logger
+	store  *sandbox.Store
+	events *sandbox.Events
+	ready  atomic.Bool
+	// podCIDR from UpdateRuntimeConfig, informational.
+	podCIDR atomic.Value
+	pods    objectLocks
+	ctrs    objectLocks
+	// capabilities are aurae-cri's own: what privileged containers get.
+	capabilities []string
+}
+
+func (r *Runtime) lockPod(id string) func()       { return r.pods.lock(id) }
+func (r *Runtime) lockContainer(id string) func() { return r.ctrs.lock(id) }
+
+// NewRuntime returns the runtime service; it answers Unavailable until
+// Recover has run.
+func NewRuntime(cfg Config) (*Runtime, error) {
+	if cfg.Store == nil || cfg.Images == nil || cfg.Network == nil || cfg.Controllers[""] == nil {
+		return nil, fmt.Errorf("cri: store, images, network and a default controller are required")
+	}
+	if cfg.Events == nil {
+		cfg.Events = sandbox.NewEvents()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.MonitorInterval <= 0 {
+		cfg.MonitorInterval = 500 * time.Millisecond
+	}
+	if cfg.CgroupParent == "" {
+		cfg.CgroupParent = "pods"
+	}
+	caps, err := ocispec.CurrentCapabilities()
+	if err != nil {
+		return nil, fmt.Errorf("cri: own capabilities: %w", err)
+	}
+	return &Runtime{cfg: cfg, log: cfg.Logger, store: cfg.Store, events: cfg.Events, capabilities: caps}, nil
+}
+
+// checkReady refuses calls until recovery is done.
+func (r *Runtime) checkReady() error {
+	if !r.ready.Load() {
+		return fmt.Errorf("aurae-cri is recovering its state: %w", errdefs.ErrUnavailable)
+	}
+	return nil
+}
+
+func (r *Runtime) controller(handler string) (sandbox.Controller, error) {
+	c, ok := r.cfg.Controllers[handler]
+	if !ok {
+		return nil, fmt.Errorf("no runtime for handler %q: %w", handler, errdefs.ErrInvalidArgument)
+	}
+	return c, nil
+}
+
+// bounded gives a call to auraed, containerd or CNI its own deadline.
+func bounded(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, d)
+}
+
+// cleanupContext is for undoing work after a failure: a fresh context, so
+// that the undo runs even when the request's was cancelled.
+func cleanupContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), time.Minute)
+}
