@@ -1612,6 +1612,175 @@ func (x *ListPodsResponse) GetPods() []*PodStatus {
 	return nil
 }
 
+type UpdateContainerResourcesRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	// An OCI LinuxResources (linux.resources of the runtime spec) as JSON.
+	LinuxResources []byte `protobuf:"bytes,2,opt,name=linux_resources,json=linuxResources,proto3" json:"linux_resources,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *UpdateContainerResourcesRequest) Reset() {
+	*x = UpdateContainerResourcesRequest{}
+	mi := &file_pods_v0_pods_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateContainerResourcesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateContainerResourcesRequest) ProtoMessage() {}
+
+func (x *UpdateContainerResourcesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateContainerResourcesRequest.ProtoReflect.Descriptor instead.
+func (*UpdateContainerResourcesRequest) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *UpdateContainerResourcesRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *UpdateContainerResourcesRequest) GetLinuxResources() []byte {
+	if x != nil {
+		return x.LinuxResources
+	}
+	return nil
+}
+
+type UpdateContainerResourcesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateContainerResourcesResponse) Reset() {
+	*x = UpdateContainerResourcesResponse{}
+	mi := &file_pods_v0_pods_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateContainerResourcesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateContainerResourcesResponse) ProtoMessage() {}
+
+func (x *UpdateContainerResourcesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateContainerResourcesResponse.ProtoReflect.Descriptor instead.
+func (*UpdateContainerResourcesResponse) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{25}
+}
+
+type ReopenContainerLogRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReopenContainerLogRequest) Reset() {
+	*x = ReopenContainerLogRequest{}
+	mi := &file_pods_v0_pods_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReopenContainerLogRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReopenContainerLogRequest) ProtoMessage() {}
+
+func (x *ReopenContainerLogRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReopenContainerLogRequest.ProtoReflect.Descriptor instead.
+func (*ReopenContainerLogRequest) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ReopenContainerLogRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+type ReopenContainerLogResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReopenContainerLogResponse) Reset() {
+	*x = ReopenContainerLogResponse{}
+	mi := &file_pods_v0_pods_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReopenContainerLogResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReopenContainerLogResponse) ProtoMessage() {}
+
+func (x *ReopenContainerLogResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReopenContainerLogResponse.ProtoReflect.Descriptor instead.
+func (*ReopenContainerLogResponse) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{27}
+}
+
 var File_pods_v0_pods_proto protoreflect.FileDescriptor
 
 const file_pods_v0_pods_proto_rawDesc = "" +
@@ -1738,7 +1907,14 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"containers\x18\x04 \x03(\v2%.aurae.runtime.pod.v0.ContainerStatusR\n" +
 	"containers\"G\n" +
 	"\x10ListPodsResponse\x123\n" +
-	"\x04pods\x18\x01 \x03(\v2\x1f.aurae.runtime.pod.v0.PodStatusR\x04pods*^\n" +
+	"\x04pods\x18\x01 \x03(\v2\x1f.aurae.runtime.pod.v0.PodStatusR\x04pods\"m\n" +
+	"\x1fUpdateContainerResourcesRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12'\n" +
+	"\x0flinux_resources\x18\x02 \x01(\fR\x0elinuxResources\"\"\n" +
+	" UpdateContainerResourcesResponse\">\n" +
+	"\x19ReopenContainerLogRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"\x1c\n" +
+	"\x1aReopenContainerLogResponse*^\n" +
 	"\rNamespaceMode\x12\x16\n" +
 	"\x12NAMESPACE_MODE_POD\x10\x00\x12\x1c\n" +
 	"\x18NAMESPACE_MODE_CONTAINER\x10\x01\x12\x17\n" +
@@ -1747,7 +1923,7 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\x17CONTAINER_STATE_UNKNOWN\x10\x00\x12\x1b\n" +
 	"\x17CONTAINER_STATE_CREATED\x10\x01\x12\x1b\n" +
 	"\x17CONTAINER_STATE_RUNNING\x10\x02\x12\x1a\n" +
-	"\x16CONTAINER_STATE_EXITED\x10\x032\xec\x06\n" +
+	"\x16CONTAINER_STATE_EXITED\x10\x032\xf5\b\n" +
 	"\n" +
 	"PodService\x12[\n" +
 	"\bAllocate\x12%.aurae.runtime.pod.v0.AllocateRequest\x1a&.aurae.runtime.pod.v0.AllocateResponse\"\x00\x12R\n" +
@@ -1758,7 +1934,9 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\bExecSync\x12%.aurae.runtime.pod.v0.ExecSyncRequest\x1a&.aurae.runtime.pod.v0.ExecSyncResponse\"\x00\x12m\n" +
 	"\x0eContainerStats\x12+.aurae.runtime.pod.v0.ContainerStatsRequest\x1a,.aurae.runtime.pod.v0.ContainerStatsResponse\"\x00\x12p\n" +
 	"\x0fRemoveContainer\x12,.aurae.runtime.pod.v0.RemoveContainerRequest\x1a-.aurae.runtime.pod.v0.RemoveContainerResponse\"\x00\x12[\n" +
-	"\bListPods\x12%.aurae.runtime.pod.v0.ListPodsRequest\x1a&.aurae.runtime.pod.v0.ListPodsResponse\"\x00B7Z5github.com/aurae-runtime/aurae-cri/api/pods/v0;podsv0b\x06proto3"
+	"\bListPods\x12%.aurae.runtime.pod.v0.ListPodsRequest\x1a&.aurae.runtime.pod.v0.ListPodsResponse\"\x00\x12\x8b\x01\n" +
+	"\x18UpdateContainerResources\x125.aurae.runtime.pod.v0.UpdateContainerResourcesRequest\x1a6.aurae.runtime.pod.v0.UpdateContainerResourcesResponse\"\x00\x12y\n" +
+	"\x12ReopenContainerLog\x12/.aurae.runtime.pod.v0.ReopenContainerLogRequest\x1a0.aurae.runtime.pod.v0.ReopenContainerLogResponse\"\x00B7Z5github.com/aurae-runtime/aurae-cri/api/pods/v0;podsv0b\x06proto3"
 
 var (
 	file_pods_v0_pods_proto_rawDescOnce sync.Once
@@ -1773,37 +1951,41 @@ func file_pods_v0_pods_proto_rawDescGZIP() []byte {
 }
 
 var file_pods_v0_pods_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_pods_v0_pods_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_pods_v0_pods_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_pods_v0_pods_proto_goTypes = []any{
-	(NamespaceMode)(0),              // 0: aurae.runtime.pod.v0.NamespaceMode
-	(ContainerState)(0),             // 1: aurae.runtime.pod.v0.ContainerState
-	(*NamespaceOptions)(nil),        // 2: aurae.runtime.pod.v0.NamespaceOptions
-	(*DNSConfig)(nil),               // 3: aurae.runtime.pod.v0.DNSConfig
-	(*Pod)(nil),                     // 4: aurae.runtime.pod.v0.Pod
-	(*AllocateRequest)(nil),         // 5: aurae.runtime.pod.v0.AllocateRequest
-	(*AllocateResponse)(nil),        // 6: aurae.runtime.pod.v0.AllocateResponse
-	(*Container)(nil),               // 7: aurae.runtime.pod.v0.Container
-	(*StartRequest)(nil),            // 8: aurae.runtime.pod.v0.StartRequest
-	(*StartResponse)(nil),           // 9: aurae.runtime.pod.v0.StartResponse
-	(*StopRequest)(nil),             // 10: aurae.runtime.pod.v0.StopRequest
-	(*StopResponse)(nil),            // 11: aurae.runtime.pod.v0.StopResponse
-	(*FreeRequest)(nil),             // 12: aurae.runtime.pod.v0.FreeRequest
-	(*FreeResponse)(nil),            // 13: aurae.runtime.pod.v0.FreeResponse
-	(*ContainerStatus)(nil),         // 14: aurae.runtime.pod.v0.ContainerStatus
-	(*ContainerStatusRequest)(nil),  // 15: aurae.runtime.pod.v0.ContainerStatusRequest
-	(*ContainerStatusResponse)(nil), // 16: aurae.runtime.pod.v0.ContainerStatusResponse
-	(*ExecSyncRequest)(nil),         // 17: aurae.runtime.pod.v0.ExecSyncRequest
-	(*ExecSyncResponse)(nil),        // 18: aurae.runtime.pod.v0.ExecSyncResponse
-	(*ContainerStatsRequest)(nil),   // 19: aurae.runtime.pod.v0.ContainerStatsRequest
-	(*ContainerStatsResponse)(nil),  // 20: aurae.runtime.pod.v0.ContainerStatsResponse
-	(*RemoveContainerRequest)(nil),  // 21: aurae.runtime.pod.v0.RemoveContainerRequest
-	(*RemoveContainerResponse)(nil), // 22: aurae.runtime.pod.v0.RemoveContainerResponse
-	(*ListPodsRequest)(nil),         // 23: aurae.runtime.pod.v0.ListPodsRequest
-	(*PodStatus)(nil),               // 24: aurae.runtime.pod.v0.PodStatus
-	(*ListPodsResponse)(nil),        // 25: aurae.runtime.pod.v0.ListPodsResponse
-	nil,                             // 26: aurae.runtime.pod.v0.Pod.SysctlsEntry
-	nil,                             // 27: aurae.runtime.pod.v0.Pod.LabelsEntry
-	nil,                             // 28: aurae.runtime.pod.v0.Pod.AnnotationsEntry
+	(NamespaceMode)(0),                       // 0: aurae.runtime.pod.v0.NamespaceMode
+	(ContainerState)(0),                      // 1: aurae.runtime.pod.v0.ContainerState
+	(*NamespaceOptions)(nil),                 // 2: aurae.runtime.pod.v0.NamespaceOptions
+	(*DNSConfig)(nil),                        // 3: aurae.runtime.pod.v0.DNSConfig
+	(*Pod)(nil),                              // 4: aurae.runtime.pod.v0.Pod
+	(*AllocateRequest)(nil),                  // 5: aurae.runtime.pod.v0.AllocateRequest
+	(*AllocateResponse)(nil),                 // 6: aurae.runtime.pod.v0.AllocateResponse
+	(*Container)(nil),                        // 7: aurae.runtime.pod.v0.Container
+	(*StartRequest)(nil),                     // 8: aurae.runtime.pod.v0.StartRequest
+	(*StartResponse)(nil),                    // 9: aurae.runtime.pod.v0.StartResponse
+	(*StopRequest)(nil),                      // 10: aurae.runtime.pod.v0.StopRequest
+	(*StopResponse)(nil),                     // 11: aurae.runtime.pod.v0.StopResponse
+	(*FreeRequest)(nil),                      // 12: aurae.runtime.pod.v0.FreeRequest
+	(*FreeResponse)(nil),                     // 13: aurae.runtime.pod.v0.FreeResponse
+	(*ContainerStatus)(nil),                  // 14: aurae.runtime.pod.v0.ContainerStatus
+	(*ContainerStatusRequest)(nil),           // 15: aurae.runtime.pod.v0.ContainerStatusRequest
+	(*ContainerStatusResponse)(nil),          // 16: aurae.runtime.pod.v0.ContainerStatusResponse
+	(*ExecSyncRequest)(nil),                  // 17: aurae.runtime.pod.v0.ExecSyncRequest
+	(*ExecSyncResponse)(nil),                 // 18: aurae.runtime.pod.v0.ExecSyncResponse
+	(*ContainerStatsRequest)(nil),            // 19: aurae.runtime.pod.v0.ContainerStatsRequest
+	(*ContainerStatsResponse)(nil),           // 20: aurae.runtime.pod.v0.ContainerStatsResponse
+	(*RemoveContainerRequest)(nil),           // 21: aurae.runtime.pod.v0.RemoveContainerRequest
+	(*RemoveContainerResponse)(nil),          // 22: aurae.runtime.pod.v0.RemoveContainerResponse
+	(*ListPodsRequest)(nil),                  // 23: aurae.runtime.pod.v0.ListPodsRequest
+	(*PodStatus)(nil),                        // 24: aurae.runtime.pod.v0.PodStatus
+	(*ListPodsResponse)(nil),                 // 25: aurae.runtime.pod.v0.ListPodsResponse
+	(*UpdateContainerResourcesRequest)(nil),  // 26: aurae.runtime.pod.v0.UpdateContainerResourcesRequest
+	(*UpdateContainerResourcesResponse)(nil), // 27: aurae.runtime.pod.v0.UpdateContainerResourcesResponse
+	(*ReopenContainerLogRequest)(nil),        // 28: aurae.runtime.pod.v0.ReopenContainerLogRequest
+	(*ReopenContainerLogResponse)(nil),       // 29: aurae.runtime.pod.v0.ReopenContainerLogResponse
+	nil,                                      // 30: aurae.runtime.pod.v0.Pod.SysctlsEntry
+	nil,                                      // 31: aurae.runtime.pod.v0.Pod.LabelsEntry
+	nil,                                      // 32: aurae.runtime.pod.v0.Pod.AnnotationsEntry
 }
 var file_pods_v0_pods_proto_depIdxs = []int32{
 	0,  // 0: aurae.runtime.pod.v0.NamespaceOptions.network:type_name -> aurae.runtime.pod.v0.NamespaceMode
@@ -1811,9 +1993,9 @@ var file_pods_v0_pods_proto_depIdxs = []int32{
 	0,  // 2: aurae.runtime.pod.v0.NamespaceOptions.ipc:type_name -> aurae.runtime.pod.v0.NamespaceMode
 	3,  // 3: aurae.runtime.pod.v0.Pod.dns:type_name -> aurae.runtime.pod.v0.DNSConfig
 	2,  // 4: aurae.runtime.pod.v0.Pod.namespaces:type_name -> aurae.runtime.pod.v0.NamespaceOptions
-	26, // 5: aurae.runtime.pod.v0.Pod.sysctls:type_name -> aurae.runtime.pod.v0.Pod.SysctlsEntry
-	27, // 6: aurae.runtime.pod.v0.Pod.labels:type_name -> aurae.runtime.pod.v0.Pod.LabelsEntry
-	28, // 7: aurae.runtime.pod.v0.Pod.annotations:type_name -> aurae.runtime.pod.v0.Pod.AnnotationsEntry
+	30, // 5: aurae.runtime.pod.v0.Pod.sysctls:type_name -> aurae.runtime.pod.v0.Pod.SysctlsEntry
+	31, // 6: aurae.runtime.pod.v0.Pod.labels:type_name -> aurae.runtime.pod.v0.Pod.LabelsEntry
+	32, // 7: aurae.runtime.pod.v0.Pod.annotations:type_name -> aurae.runtime.pod.v0.Pod.AnnotationsEntry
 	4,  // 8: aurae.runtime.pod.v0.AllocateRequest.pod:type_name -> aurae.runtime.pod.v0.Pod
 	7,  // 9: aurae.runtime.pod.v0.StartRequest.container:type_name -> aurae.runtime.pod.v0.Container
 	1,  // 10: aurae.runtime.pod.v0.ContainerStatus.state:type_name -> aurae.runtime.pod.v0.ContainerState
@@ -1831,17 +2013,21 @@ var file_pods_v0_pods_proto_depIdxs = []int32{
 	19, // 22: aurae.runtime.pod.v0.PodService.ContainerStats:input_type -> aurae.runtime.pod.v0.ContainerStatsRequest
 	21, // 23: aurae.runtime.pod.v0.PodService.RemoveContainer:input_type -> aurae.runtime.pod.v0.RemoveContainerRequest
 	23, // 24: aurae.runtime.pod.v0.PodService.ListPods:input_type -> aurae.runtime.pod.v0.ListPodsRequest
-	6,  // 25: aurae.runtime.pod.v0.PodService.Allocate:output_type -> aurae.runtime.pod.v0.AllocateResponse
-	9,  // 26: aurae.runtime.pod.v0.PodService.Start:output_type -> aurae.runtime.pod.v0.StartResponse
-	11, // 27: aurae.runtime.pod.v0.PodService.Stop:output_type -> aurae.runtime.pod.v0.StopResponse
-	13, // 28: aurae.runtime.pod.v0.PodService.Free:output_type -> aurae.runtime.pod.v0.FreeResponse
-	16, // 29: aurae.runtime.pod.v0.PodService.ContainerStatus:output_type -> aurae.runtime.pod.v0.ContainerStatusResponse
-	18, // 30: aurae.runtime.pod.v0.PodService.ExecSync:output_type -> aurae.runtime.pod.v0.ExecSyncResponse
-	20, // 31: aurae.runtime.pod.v0.PodService.ContainerStats:output_type -> aurae.runtime.pod.v0.ContainerStatsResponse
-	22, // 32: aurae.runtime.pod.v0.PodService.RemoveContainer:output_type -> aurae.runtime.pod.v0.RemoveContainerResponse
-	25, // 33: aurae.runtime.pod.v0.PodService.ListPods:output_type -> aurae.runtime.pod.v0.ListPodsResponse
-	25, // [25:34] is the sub-list for method output_type
-	16, // [16:25] is the sub-list for method input_type
+	26, // 25: aurae.runtime.pod.v0.PodService.UpdateContainerResources:input_type -> aurae.runtime.pod.v0.UpdateContainerResourcesRequest
+	28, // 26: aurae.runtime.pod.v0.PodService.ReopenContainerLog:input_type -> aurae.runtime.pod.v0.ReopenContainerLogRequest
+	6,  // 27: aurae.runtime.pod.v0.PodService.Allocate:output_type -> aurae.runtime.pod.v0.AllocateResponse
+	9,  // 28: aurae.runtime.pod.v0.PodService.Start:output_type -> aurae.runtime.pod.v0.StartResponse
+	11, // 29: aurae.runtime.pod.v0.PodService.Stop:output_type -> aurae.runtime.pod.v0.StopResponse
+	13, // 30: aurae.runtime.pod.v0.PodService.Free:output_type -> aurae.runtime.pod.v0.FreeResponse
+	16, // 31: aurae.runtime.pod.v0.PodService.ContainerStatus:output_type -> aurae.runtime.pod.v0.ContainerStatusResponse
+	18, // 32: aurae.runtime.pod.v0.PodService.ExecSync:output_type -> aurae.runtime.pod.v0.ExecSyncResponse
+	20, // 33: aurae.runtime.pod.v0.PodService.ContainerStats:output_type -> aurae.runtime.pod.v0.ContainerStatsResponse
+	22, // 34: aurae.runtime.pod.v0.PodService.RemoveContainer:output_type -> aurae.runtime.pod.v0.RemoveContainerResponse
+	25, // 35: aurae.runtime.pod.v0.PodService.ListPods:output_type -> aurae.runtime.pod.v0.ListPodsResponse
+	27, // 36: aurae.runtime.pod.v0.PodService.UpdateContainerResources:output_type -> aurae.runtime.pod.v0.UpdateContainerResourcesResponse
+	29, // 37: aurae.runtime.pod.v0.PodService.ReopenContainerLog:output_type -> aurae.runtime.pod.v0.ReopenContainerLogResponse
+	27, // [27:38] is the sub-list for method output_type
+	16, // [16:27] is the sub-list for method input_type
 	16, // [16:16] is the sub-list for extension type_name
 	16, // [16:16] is the sub-list for extension extendee
 	0,  // [0:16] is the sub-list for field type_name
@@ -1858,7 +2044,7 @@ func file_pods_v0_pods_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pods_v0_pods_proto_rawDesc), len(file_pods_v0_pods_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   27,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,15 +25,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	PodService_Allocate_FullMethodName        = "/aurae.runtime.pod.v0.PodService/Allocate"
-	PodService_Start_FullMethodName           = "/aurae.runtime.pod.v0.PodService/Start"
-	PodService_Stop_FullMethodName            = "/aurae.runtime.pod.v0.PodService/Stop"
-	PodService_Free_FullMethodName            = "/aurae.runtime.pod.v0.PodService/Free"
-	PodService_ContainerStatus_FullMethodName = "/aurae.runtime.pod.v0.PodService/ContainerStatus"
-	PodService_ExecSync_FullMethodName        = "/aurae.runtime.pod.v0.PodService/ExecSync"
-	PodService_ContainerStats_FullMethodName  = "/aurae.runtime.pod.v0.PodService/ContainerStats"
-	PodService_RemoveContainer_FullMethodName = "/aurae.runtime.pod.v0.PodService/RemoveContainer"
-	PodService_ListPods_FullMethodName        = "/aurae.runtime.pod.v0.PodService/ListPods"
+	PodService_Allocate_FullMethodName                 = "/aurae.runtime.pod.v0.PodService/Allocate"
+	PodService_Start_FullMethodName                    = "/aurae.runtime.pod.v0.PodService/Start"
+	PodService_Stop_FullMethodName                     = "/aurae.runtime.pod.v0.PodService/Stop"
+	PodService_Free_FullMethodName                     = "/aurae.runtime.pod.v0.PodService/Free"
+	PodService_ContainerStatus_FullMethodName          = "/aurae.runtime.pod.v0.PodService/ContainerStatus"
+	PodService_ExecSync_FullMethodName                 = "/aurae.runtime.pod.v0.PodService/ExecSync"
+	PodService_ContainerStats_FullMethodName           = "/aurae.runtime.pod.v0.PodService/ContainerStats"
+	PodService_RemoveContainer_FullMethodName          = "/aurae.runtime.pod.v0.PodService/RemoveContainer"
+	PodService_ListPods_FullMethodName                 = "/aurae.runtime.pod.v0.PodService/ListPods"
+	PodService_UpdateContainerResources_FullMethodName = "/aurae.runtime.pod.v0.PodService/UpdateContainerResources"
+	PodService_ReopenContainerLog_FullMethodName       = "/aurae.runtime.pod.v0.PodService/ReopenContainerLog"
 )
 
 // PodServiceClient is the client API for PodService service.
@@ -64,6 +66,11 @@ type PodServiceClient interface {
 	RemoveContainer(ctx context.Context, in *RemoveContainerRequest, opts ...grpc.CallOption) (*RemoveContainerResponse, error)
 	// Every pod with its containers, from memory.
 	ListPods(ctx context.Context, in *ListPodsRequest, opts ...grpc.CallOption) (*ListPodsResponse, error)
+	// Change the resources of a running container (runtime update).
+	UpdateContainerResources(ctx context.Context, in *UpdateContainerResourcesRequest, opts ...grpc.CallOption) (*UpdateContainerResourcesResponse, error)
+	// Make the container's monitor reopen its log file (after the kubelet
+	// rotated it).
+	ReopenContainerLog(ctx context.Context, in *ReopenContainerLogRequest, opts ...grpc.CallOption) (*ReopenContainerLogResponse, error)
 }
 
 type podServiceClient struct {
@@ -164,6 +171,26 @@ func (c *podServiceClient) ListPods(ctx context.Context, in *ListPodsRequest, op
 	return out, nil
 }
 
+func (c *podServiceClient) UpdateContainerResources(ctx context.Context, in *UpdateContainerResourcesRequest, opts ...grpc.CallOption) (*UpdateContainerResourcesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateContainerResourcesResponse)
+	err := c.cc.Invoke(ctx, PodService_UpdateContainerResources_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *podServiceClient) ReopenContainerLog(ctx context.Context, in *ReopenContainerLogRequest, opts ...grpc.CallOption) (*ReopenContainerLogResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReopenContainerLogResponse)
+	err := c.cc.Invoke(ctx, PodService_ReopenContainerLog_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PodServiceServer is the server API for PodService service.
 // All implementations must embed UnimplementedPodServiceServer
 // for forward compatibility.
@@ -192,6 +219,11 @@ type PodServiceServer interface {
 	RemoveContainer(context.Context, *RemoveContainerRequest) (*RemoveContainerResponse, error)
 	// Every pod with its containers, from memory.
 	ListPods(context.Context, *ListPodsRequest) (*ListPodsResponse, error)
+	// Change the resources of a running container (runtime update).
+	UpdateContainerResources(context.Context, *UpdateContainerResourcesRequest) (*UpdateContainerResourcesResponse, error)
+	// Make the container's monitor reopen its log file (after the kubelet
+	// rotated it).
+	ReopenContainerLog(context.Context, *ReopenContainerLogRequest) (*ReopenContainerLogResponse, error)
 	mustEmbedUnimplementedPodServiceServer()
 }
 
@@ -228,6 +260,12 @@ func (UnimplementedPodServiceServer) RemoveContainer(context.Context, *RemoveCon
 }
 func (UnimplementedPodServiceServer) ListPods(context.Context, *ListPodsRequest) (*ListPodsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListPods not implemented")
+}
+func (UnimplementedPodServiceServer) UpdateContainerResources(context.Context, *UpdateContainerResourcesRequest) (*UpdateContainerResourcesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateContainerResources not implemented")
+}
+func (UnimplementedPodServiceServer) ReopenContainerLog(context.Context, *ReopenContainerLogRequest) (*ReopenContainerLogResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ReopenContainerLog not implemented")
 }
 func (UnimplementedPodServiceServer) mustEmbedUnimplementedPodServiceServer() {}
 func (UnimplementedPodServiceServer) testEmbeddedByValue()                    {}
@@ -412,6 +450,42 @@ func _PodService_ListPods_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PodService_UpdateContainerResources_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateContainerResourcesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PodServiceServer).UpdateContainerResources(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PodService_UpdateContainerResources_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PodServiceServer).UpdateContainerResources(ctx, req.(*UpdateContainerResourcesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PodService_ReopenContainerLog_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReopenContainerLogRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PodServiceServer).ReopenContainerLog(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PodService_ReopenContainerLog_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PodServiceServer).ReopenContainerLog(ctx, req.(*ReopenContainerLogRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PodService_ServiceDesc is the grpc.ServiceDesc for PodService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -454,6 +528,14 @@ var PodService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListPods",
 			Handler:    _PodService_ListPods_Handler,
+		},
+		{
+			MethodName: "UpdateContainerResources",
+			Handler:    _PodService_UpdateContainerResources_Handler,
+		},
+		{
+			MethodName: "ReopenContainerLog",
+			Handler:    _PodService_ReopenContainerLog_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
