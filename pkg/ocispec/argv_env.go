@@ -54,8 +54,8 @@ func setEnv(in Input, s *specs.Spec) error {
 	env = mergeEnv(env, in.Image.Env)
 	overrides := make([]string, 0, len(in.Config.GetEnvs()))
 	for _, kv := range in.Config.GetEnvs() {
-		if kv.GetKey() == "" {
-			return invalid("environment variable with an empty name (value %q)", kv.GetValue())
+		if kv.GetKey() == "" || strings.Contains(kv.GetKey(), "=") {
+			return invalid("environment variable name %q is empty or contains \"=\"", kv.GetKey())
 		}
 		overrides = append(overrides, kv.GetKey()+"="+string(kv.GetValue()))
 	}

@@ -113,6 +113,11 @@ func TestEnv(t *testing.T) {
 			want:     []string{DefaultPath, "HOSTNAME=other"},
 		},
 		{
+			name:    "name with = refused",
+			envs:    kvs("A=B", "v"),
+			invalid: true,
+		},
+		{
 			name:    "empty name refused",
 			envs:    kvs("", "v"),
 			invalid: true,

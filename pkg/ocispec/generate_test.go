@@ -142,6 +142,19 @@ func TestGenerateBasics(t *testing.T) {
 	}
 }
 
+func TestGenerateWithoutSandboxConfig(t *testing.T) {
+	in := testInput()
+	in.Sandbox = nil
+	in.Hostname = "h"
+	s := mustGenerate(t, in)
+	if s.Hostname != "h" || s.Annotations[AnnotationSandboxName] != "" || s.Annotations[AnnotationSandboxID] != "pod1" {
+		t.Errorf("hostname %q annotations %v", s.Hostname, s.Annotations)
+	}
+	if got := nsMap(s.Linux.Namespaces); got[specs.NetworkNamespace] != in.NetNSPath {
+		t.Errorf("namespaces %v", got)
+	}
+}
+
 func TestGenerateRootAndPrivileges(t *testing.T) {
 	in := testInput()
 	in.RootfsReadonly = true
