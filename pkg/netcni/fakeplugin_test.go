@@ -25,7 +25,7 @@ const (
 
 // fakePlugin answers one CNI call: VERSION; ADD returns prevResult when
 // chained, else eth0 with fakeIP (lo with 127.0.0.1 for loopback); DEL does
-// nothing. Every call is recorded as <dir>/<plugin>-<command>-<container>,
+// nothing; STATUS fails while <dir>/status-fail exists. Every call is recorded as <dir>/<plugin>-<command>-<container>,
 // holding CNI_ARGS and the config on two lines. ADD of "fakenet" waits while
 // <dir>/block exists.
 func fakePlugin(dir, name string) int {
@@ -40,7 +40,7 @@ func fakePlugin(dir, name string) int {
 	_ = os.WriteFile(record, []byte(os.Getenv("CNI_ARGS")+"\n"+string(stdin)+"\n"), 0o644)
 	switch cmd {
 	case "VERSION":
-		fmt.Print(`{"cniVersion":"1.0.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0"]}`)
+		fmt.Print(`{"cniVersion":"1.1.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]}`)
 	case "ADD":
 		if name == "fakenet" {
 			for {
@@ -60,7 +60,12 @@ func fakePlugin(dir, name string) int {
 			fmt.Printf(`{"cniVersion":%q,"interfaces":[{"name":%q,"sandbox":%q}],"ips":[{"address":"%s/24","interface":0}]}`,
 				conf.CNIVersion, os.Getenv("CNI_IFNAME"), os.Getenv("CNI_NETNS"), fakeIP)
 		}
-	case "DEL", "CHECK", "STATUS", "GC":
+	case "STATUS":
+		if _, err := os.Stat(filepath.Join(dir, "status-fail")); err == nil {
+			fmt.Printf(`{"cniVersion":%q,"code":50,"msg":"fake %s not available"}`, conf.CNIVersion, name)
+			return 1
+		}
+	case "DEL", "CHECK", "GC":
 	default:
 		fmt.Fprintf(os.Stderr, "fake plugin %s: unknown command %q\n", name, cmd)
 		return 1
@@ -238,5 +243,25 @@ func TestStatusNotBlockedBySetup(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Errorf("Setup in flight = %v, want it to finish on the config it started with", err)
+	}
+}
+
+// TestStatusAsksPlugins: with a cniVersion 1.1.0 config, Status reports a
+// plugin's failed STATUS.
+func TestStatusAsksPlugins(t *testing.T) {
+	e := newFakeEnv(t)
+	conf := `{"cniVersion":"1.1.0","name":"fake","plugins":[{"type":"fakenet"},{"type":"fakeportmap"}]}`
+	if err := os.WriteFile(filepath.Join(e.confDir, "10-fake.conflist"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Status(); err != nil {
+		t.Fatalf("Status = %v, want nil", err)
+	}
+	e.call(t, "fakenet", "STATUS", "")
+	if err := os.WriteFile(filepath.Join(e.calls, "status-fail"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Status(); err == nil || !strings.Contains(err.Error(), "fake fakenet not available") {
+		t.Fatalf("Status = %v, want fakenet's STATUS error", err)
 	}
 }

@@ -22,8 +22,10 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	gocni "github.com/containerd/go-cni"
+	cnilibrary "github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
 )
 
@@ -114,16 +116,32 @@ func (m *Manager) ConfDir() string { return m.confDir }
 // Status returns nil when a network config is loaded and every plugin it
 // names is installed; otherwise an error saying why (wrapping ErrNoConfig,
 // ErrInvalidConfig or ErrPluginMissing): the CRI's NetworkReady=false reason.
+//
+// For configs of cniVersion 1.1.0 and later it also asks the plugins (the
+// STATUS verb), within StatusTimeout; go-cni's own Status would wait on them
+// unbounded.
 func (m *Manager) Status() error {
 	c, err := m.ready()
 	if err != nil {
 		return err
 	}
-	if err := c.Status(); err != nil {
-		return fmt.Errorf("cni status: %w", err)
+	ctx, cancel := context.WithTimeout(context.Background(), StatusTimeout)
+	defer cancel()
+	lib := cnilibrary.NewCNIConfig(m.binDirs, nil)
+	for _, n := range c.GetConfig().Networks {
+		list, err := cnilibrary.ConfListFromBytes([]byte(n.Config.Source))
+		if err != nil {
+			return fmt.Errorf("network %q: %w: %w", n.Config.Name, ErrInvalidConfig, err)
+		}
+		if err := lib.GetStatusNetworkList(ctx, list); err != nil {
+			return fmt.Errorf("network %q: plugin status: %w", n.Config.Name, err)
+		}
 	}
 	return nil
 }
+
+// StatusTimeout bounds the plugins' answers to Status.
+const StatusTimeout = 10 * time.Second
 
 // ready reloads the config when the conf dir changed, checks the plugins and
 // returns the go-cni instance to use.
