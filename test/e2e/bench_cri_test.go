@@ -1,0 +1,157 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aurae-runtime/aurae-cri/test/testimage"
+	internalapi "k8s.io/cri-api/pkg/apis"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+const (
+	benchSequentialPods = 30
+	benchConcurrentPods = 10
+)
+
+// podStartResults are the pod start latencies of one runtime.
+type podStartResults struct {
+	sequential, concurrent []time.Duration
+}
+
+var (
+	podStartOnce  sync.Once
+	podStartAurae podStartResults
+	podStartCtrd  podStartResults
+	podStartErr   error
+)
+
+// BenchmarkPodStart measures pod start latency with the image present —
+// RunPodSandbox + CreateContainer + StartContainer until the container runs —
+// for 30 pods one after another and 10 at once, on aurae-cri and, in the same
+// run, on containerd's own CRI plugin (Debian's containerd), and reports the
+// p50/p99 of both and the ratio of the p50s. The scenario runs once per
+// `go test` run, whatever b.N is; later rounds report the same figures.
+func BenchmarkPodStart(b *testing.B) {
+	podStartOnce.Do(func() { podStartErr = measurePodStarts(b) })
+	if podStartErr != nil {
+		b.Fatal(podStartErr)
+	}
+	report := func(prefix string, d []time.Duration) {
+		b.ReportMetric(ms(percentile(d, 0.50)), prefix+"-p50-ms")
+		b.ReportMetric(ms(percentile(d, 0.99)), prefix+"-p99-ms")
+	}
+	report("aurae-seq", podStartAurae.sequential)
+	report("aurae-par", podStartAurae.concurrent)
+	report("containerd-seq", podStartCtrd.sequential)
+	report("containerd-par", podStartCtrd.concurrent)
+	b.ReportMetric(ms(percentile(podStartAurae.sequential, 0.5))/ms(percentile(podStartCtrd.sequential, 0.5)), "seq-p50-ratio")
+	b.ReportMetric(ms(percentile(podStartAurae.concurrent, 0.5))/ms(percentile(podStartCtrd.concurrent, 0.5)), "par-p50-ratio")
+}
+
+func measurePodStarts(b *testing.B) error {
+	c := startCRI(b)
+	image := c.pushBusybox(b, "bench/busybox:1", testimage.Options{})
+	var err error
+	if podStartAurae, err = podStarts(b, c.Runtime, image, c.LogDir); err != nil {
+		return fmt.Errorf("aurae-cri: %w", err)
+	}
+	ctrd := startContainerdCRI(b, c.Registry)
+	if _, err := ctrd.Images.PullImage(b.Context(), &runtimeapi.ImageSpec{Image: image}, nil, nil); err != nil {
+		return err
+	}
+	if podStartCtrd, err = podStarts(b, ctrd.Runtime, image, ctrd.LogDir); err != nil {
+		return fmt.Errorf("containerd: %w", err)
+	}
+	return nil
+}
+
+func podStarts(b *testing.B, rt internalapi.RuntimeService, image, logDir string) (podStartResults, error) {
+	var res podStartResults
+	var ids []string
+	var mu sync.Mutex
+	start := func(name string) (time.Duration, error) {
+		ctx := b.Context()
+		pod := &runtimeapi.PodSandboxConfig{
+			Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "bench", Uid: randomHex(b, 8)},
+			Hostname:     name,
+			LogDirectory: filepath.Join(logDir, name),
+			Linux:        &runtimeapi.LinuxPodSandboxConfig{},
+		}
+		t0 := time.Now()
+		podID, err := rt.RunPodSandbox(ctx, pod, "")
+		if err != nil {
+			return 0, err
+		}
+		mu.Lock()
+		ids = append(ids, podID)
+		mu.Unlock()
+		ctr, err := rt.CreateContainer(ctx, podID, containerConfig("c", image, "sleep", "300"), pod)
+		if err != nil {
+			return 0, err
+		}
+		if err := rt.StartContainer(ctx, ctr); err != nil {
+			return 0, err
+		}
+		for {
+			st, err := rt.ContainerStatus(ctx, ctr, false)
+			if err != nil {
+				return 0, err
+			}
+			if st.GetStatus().GetState() == runtimeapi.ContainerState_CONTAINER_RUNNING {
+				return time.Since(t0), nil
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	for i := 0; i < benchSequentialPods; i++ {
+		d, err := start(fmt.Sprintf("seq-%d", i))
+		if err != nil {
+			return res, err
+		}
+		res.sequential = append(res.sequential, d)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, benchConcurrentPods)
+	for i := 0; i < benchConcurrentPods; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d, err := start(fmt.Sprintf("par-%d", i))
+			if err != nil {
+				errs <- err
+				return
+			}
+			mu.Lock()
+			res.concurrent = append(res.concurrent, d)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return res, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	for _, id := range ids {
+		_ = rt.StopPodSandbox(ctx, id)
+		if err := rt.RemovePodSandbox(ctx, id); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[int(p*float64(len(s)-1)+0.5)]
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
