@@ -26,6 +26,11 @@ type Controller interface {
 	ContainerStats(ctx context.Context, containerID string) (*podsv0.ContainerStatsResponse, error)
 	// ListPods is what the controller runs, for reconciliation at start.
 	ListPods(ctx context.Context) ([]*podsv0.PodStatus, error)
+	// UpdateContainerResources changes a running container's limits;
+	// resources is an OCI LinuxResources as JSON.
+	UpdateContainerResources(ctx context.Context, containerID string, resources []byte) error
+	// ReopenContainerLog makes the container's monitor reopen its log file.
+	ReopenContainerLog(ctx context.Context, containerID string) error
 }
 
 // AuraeController is the native controller: an Aurae PodService client.
@@ -78,4 +83,14 @@ func (a AuraeController) ContainerStats(ctx context.Context, id string) (*podsv0
 func (a AuraeController) ListPods(ctx context.Context) ([]*podsv0.PodStatus, error) {
 	resp, err := a.Pods.ListPods(ctx, &podsv0.ListPodsRequest{})
 	return resp.GetPods(), err
+}
+
+func (a AuraeController) UpdateContainerResources(ctx context.Context, id string, resources []byte) error {
+	_, err := a.Pods.UpdateContainerResources(ctx, &podsv0.UpdateContainerResourcesRequest{ContainerId: id, LinuxResources: resources})
+	return err
+}
+
+func (a AuraeController) ReopenContainerLog(ctx context.Context, id string) error {
+	_, err := a.Pods.ReopenContainerLog(ctx, &podsv0.ReopenContainerLogRequest{ContainerId: id})
+	return err
 }

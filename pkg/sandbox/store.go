@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/errdefs"
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -355,5 +356,33 @@ func (s *Store) DeleteContainer(id string) error {
 	if s.names[c.Name] == id {
 		delete(s.names, c.Name)
 	}
+	return nil
+}
+
+// UpdateSpec replaces a container's OCI spec and the resources of its CRI
+// config, after UpdateContainerResources.
+func (s *Store) UpdateSpec(id string, spec []byte, resources *runtimeapi.LinuxContainerResources) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	full, err := resolve(s.containers, id, "container")
+	if err != nil {
+		return err
+	}
+	c := *s.containers[full]
+	c.Spec = spec
+	cfg := proto.Clone(c.Config).(*runtimeapi.ContainerConfig)
+	if cfg.Linux == nil {
+		cfg.Linux = &runtimeapi.LinuxContainerConfig{}
+	}
+	cfg.Linux.Resources = resources
+	c.Config = cfg
+	b, err := protojson.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	if err := s.put(bucketContainers, c.ID, &c, b); err != nil {
+		return fmt.Errorf("persist container %q: %w", c.ID, err)
+	}
+	s.containers[full] = &c
 	return nil
 }
