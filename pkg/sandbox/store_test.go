@@ -1,0 +1,115 @@
+package sandbox
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+func TestStorePersistsAndReloads(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReserveName("pod_ns_uid_0", "abc123"); err != nil {
+		t.Fatal(err)
+	}
+	sb := &Sandbox{ID: "abc123", Name: "pod_ns_uid_0", CreatedAt: time.Now(),
+		Config: &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "pod", Namespace: "ns", Uid: "uid"}, Labels: map[string]string{"a": "b"}},
+		Status: SandboxStatus{State: runtimeapi.PodSandboxState_SANDBOX_READY, IPs: []string{"10.0.0.2"}, NetworkUp: true}}
+	if err := s.AddSandbox(sb); err != nil {
+		t.Fatal(err)
+	}
+	c := &Container{ID: "def456", SandboxID: "abc123", Name: "ctr_pod_ns_uid_0", CreatedAt: time.Now(), Spec: []byte(`{"ociVersion":"1.2.0"}`),
+		Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "ctr"}},
+		Status: ContainerStatus{State: runtimeapi.ContainerState_CONTAINER_CREATED}}
+	if err := s.ReserveName(c.Name, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddContainer(c); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateContainer("def", func(st ContainerStatus) (ContainerStatus, error) {
+		st.State, st.Pid = runtimeapi.ContainerState_CONTAINER_RUNNING, 99
+		return st, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// A failing update changes nothing.
+	if _, err := s.UpdateContainer("def456", func(st ContainerStatus) (ContainerStatus, error) {
+		st.Pid = 1
+		return st, errors.New("no")
+	}); err == nil {
+		t.Fatal("failing update succeeded")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err = Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	got, err := s.Sandbox("abc")
+	if err != nil || got.Config.GetLabels()["a"] != "b" || !got.Status.NetworkUp || got.Status.IPs[0] != "10.0.0.2" {
+		t.Fatalf("reloaded sandbox %+v %v", got, err)
+	}
+	gc, err := s.Container("def456")
+	if err != nil || gc.Status.Pid != 99 || gc.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING || gc.Config.GetMetadata().GetName() != "ctr" {
+		t.Fatalf("reloaded container %+v %v", gc, err)
+	}
+	if err := s.ReserveName("pod_ns_uid_0", "other"); !errdefs.IsAlreadyExists(err) {
+		t.Fatalf("name of a reloaded pod not reserved: %v", err)
+	}
+	if err := s.DeleteContainer("def456"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Container("def456"); !errdefs.IsNotFound(err) {
+		t.Fatalf("deleted container: %v", err)
+	}
+	if err := s.ReserveName(c.Name, "other"); err != nil {
+		t.Fatalf("name of a deleted container still held: %v", err)
+	}
+}
+
+func TestStoreIDPrefixes(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	for _, id := range []string{"aaa111", "aaa222"} {
+		if err := s.AddSandbox(&Sandbox{ID: id, Name: id, Config: &runtimeapi.PodSandboxConfig{}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Sandbox("aaa"); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("ambiguous prefix: %v", err)
+	}
+	if sb, err := s.Sandbox("aaa2"); err != nil || sb.ID != "aaa222" {
+		t.Fatalf("unique prefix: %v %v", sb.ID, err)
+	}
+	if _, err := s.Sandbox(""); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("empty id: %v", err)
+	}
+	if _, err := s.Sandbox("zzz"); !errdefs.IsNotFound(err) {
+		t.Fatalf("unknown id: %v", err)
+	}
+}
+
+func TestEventsDoNotBlock(t *testing.T) {
+	e := NewEvents()
+	ch, cancel := e.Subscribe()
+	defer cancel()
+	for i := 0; i < 5000; i++ {
+		e.Publish(&runtimeapi.ContainerEventResponse{ContainerId: "x"})
+	}
+	if len(ch) != cap(ch) {
+		t.Fatalf("subscriber got %d of its %d buffer", len(ch), cap(ch))
+	}
+}
