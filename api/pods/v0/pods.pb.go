@@ -1781,6 +1781,675 @@ func (*ReopenContainerLogResponse) Descriptor() ([]byte, []int) {
 	return file_pods_v0_pods_proto_rawDescGZIP(), []int{27}
 }
 
+// Rows and columns of a terminal.
+type TerminalSize struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Width         uint32                 `protobuf:"varint,1,opt,name=width,proto3" json:"width,omitempty"`
+	Height        uint32                 `protobuf:"varint,2,opt,name=height,proto3" json:"height,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TerminalSize) Reset() {
+	*x = TerminalSize{}
+	mi := &file_pods_v0_pods_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TerminalSize) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TerminalSize) ProtoMessage() {}
+
+func (x *TerminalSize) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TerminalSize.ProtoReflect.Descriptor instead.
+func (*TerminalSize) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *TerminalSize) GetWidth() uint32 {
+	if x != nil {
+		return x.Width
+	}
+	return 0
+}
+
+func (x *TerminalSize) GetHeight() uint32 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+type ExecStart struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	Argv        []string               `protobuf:"bytes,2,rep,name=argv,proto3" json:"argv,omitempty"`
+	// Run the command on a terminal: stdout and stderr are one stream then.
+	Tty bool `protobuf:"varint,3,opt,name=tty,proto3" json:"tty,omitempty"`
+	// The client sends stdin; without it the command's stdin is empty.
+	Stdin bool `protobuf:"varint,4,opt,name=stdin,proto3" json:"stdin,omitempty"`
+	// The terminal's initial size, when tty.
+	Size          *TerminalSize `protobuf:"bytes,5,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecStart) Reset() {
+	*x = ExecStart{}
+	mi := &file_pods_v0_pods_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecStart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecStart) ProtoMessage() {}
+
+func (x *ExecStart) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
+func (*ExecStart) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ExecStart) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *ExecStart) GetArgv() []string {
+	if x != nil {
+		return x.Argv
+	}
+	return nil
+}
+
+func (x *ExecStart) GetTty() bool {
+	if x != nil {
+		return x.Tty
+	}
+	return false
+}
+
+func (x *ExecStart) GetStdin() bool {
+	if x != nil {
+		return x.Stdin
+	}
+	return false
+}
+
+func (x *ExecStart) GetSize() *TerminalSize {
+	if x != nil {
+		return x.Size
+	}
+	return nil
+}
+
+type ExecRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Request:
+	//
+	//	*ExecRequest_Start
+	//	*ExecRequest_Stdin
+	//	*ExecRequest_Resize
+	//	*ExecRequest_CloseStdin
+	Request       isExecRequest_Request `protobuf_oneof:"request"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecRequest) Reset() {
+	*x = ExecRequest{}
+	mi := &file_pods_v0_pods_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecRequest) ProtoMessage() {}
+
+func (x *ExecRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
+func (*ExecRequest) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ExecRequest) GetRequest() isExecRequest_Request {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *ExecRequest) GetStart() *ExecStart {
+	if x != nil {
+		if x, ok := x.Request.(*ExecRequest_Start); ok {
+			return x.Start
+		}
+	}
+	return nil
+}
+
+func (x *ExecRequest) GetStdin() []byte {
+	if x != nil {
+		if x, ok := x.Request.(*ExecRequest_Stdin); ok {
+			return x.Stdin
+		}
+	}
+	return nil
+}
+
+func (x *ExecRequest) GetResize() *TerminalSize {
+	if x != nil {
+		if x, ok := x.Request.(*ExecRequest_Resize); ok {
+			return x.Resize
+		}
+	}
+	return nil
+}
+
+func (x *ExecRequest) GetCloseStdin() bool {
+	if x != nil {
+		if x, ok := x.Request.(*ExecRequest_CloseStdin); ok {
+			return x.CloseStdin
+		}
+	}
+	return false
+}
+
+type isExecRequest_Request interface {
+	isExecRequest_Request()
+}
+
+type ExecRequest_Start struct {
+	// First message, and only then.
+	Start *ExecStart `protobuf:"bytes,1,opt,name=start,proto3,oneof"`
+}
+
+type ExecRequest_Stdin struct {
+	Stdin []byte `protobuf:"bytes,2,opt,name=stdin,proto3,oneof"`
+}
+
+type ExecRequest_Resize struct {
+	Resize *TerminalSize `protobuf:"bytes,3,opt,name=resize,proto3,oneof"`
+}
+
+type ExecRequest_CloseStdin struct {
+	// Close the command's stdin (EOF).
+	CloseStdin bool `protobuf:"varint,4,opt,name=close_stdin,json=closeStdin,proto3,oneof"`
+}
+
+func (*ExecRequest_Start) isExecRequest_Request() {}
+
+func (*ExecRequest_Stdin) isExecRequest_Request() {}
+
+func (*ExecRequest_Resize) isExecRequest_Request() {}
+
+func (*ExecRequest_CloseStdin) isExecRequest_Request() {}
+
+type ExecExit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ExitCode      int32                  `protobuf:"varint,1,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecExit) Reset() {
+	*x = ExecExit{}
+	mi := &file_pods_v0_pods_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecExit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecExit) ProtoMessage() {}
+
+func (x *ExecExit) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecExit.ProtoReflect.Descriptor instead.
+func (*ExecExit) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ExecExit) GetExitCode() int32 {
+	if x != nil {
+		return x.ExitCode
+	}
+	return 0
+}
+
+type ExecResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Response:
+	//
+	//	*ExecResponse_Stdout
+	//	*ExecResponse_Stderr
+	//	*ExecResponse_Exit
+	Response      isExecResponse_Response `protobuf_oneof:"response"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecResponse) Reset() {
+	*x = ExecResponse{}
+	mi := &file_pods_v0_pods_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecResponse) ProtoMessage() {}
+
+func (x *ExecResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
+func (*ExecResponse) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ExecResponse) GetResponse() isExecResponse_Response {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *ExecResponse) GetStdout() []byte {
+	if x != nil {
+		if x, ok := x.Response.(*ExecResponse_Stdout); ok {
+			return x.Stdout
+		}
+	}
+	return nil
+}
+
+func (x *ExecResponse) GetStderr() []byte {
+	if x != nil {
+		if x, ok := x.Response.(*ExecResponse_Stderr); ok {
+			return x.Stderr
+		}
+	}
+	return nil
+}
+
+func (x *ExecResponse) GetExit() *ExecExit {
+	if x != nil {
+		if x, ok := x.Response.(*ExecResponse_Exit); ok {
+			return x.Exit
+		}
+	}
+	return nil
+}
+
+type isExecResponse_Response interface {
+	isExecResponse_Response()
+}
+
+type ExecResponse_Stdout struct {
+	Stdout []byte `protobuf:"bytes,1,opt,name=stdout,proto3,oneof"`
+}
+
+type ExecResponse_Stderr struct {
+	Stderr []byte `protobuf:"bytes,2,opt,name=stderr,proto3,oneof"`
+}
+
+type ExecResponse_Exit struct {
+	// Last message: the command exited (128+signal when killed).
+	Exit *ExecExit `protobuf:"bytes,3,opt,name=exit,proto3,oneof"`
+}
+
+func (*ExecResponse_Stdout) isExecResponse_Response() {}
+
+func (*ExecResponse_Stderr) isExecResponse_Response() {}
+
+func (*ExecResponse_Exit) isExecResponse_Response() {}
+
+type AttachStart struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	// Which streams the client wants; stdin needs a container created with
+	// stdin (or a tty).
+	Stdin  bool `protobuf:"varint,2,opt,name=stdin,proto3" json:"stdin,omitempty"`
+	Stdout bool `protobuf:"varint,3,opt,name=stdout,proto3" json:"stdout,omitempty"`
+	Stderr bool `protobuf:"varint,4,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	// The container runs on a terminal (resizes go to it).
+	Tty           bool `protobuf:"varint,5,opt,name=tty,proto3" json:"tty,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachStart) Reset() {
+	*x = AttachStart{}
+	mi := &file_pods_v0_pods_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachStart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachStart) ProtoMessage() {}
+
+func (x *AttachStart) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachStart.ProtoReflect.Descriptor instead.
+func (*AttachStart) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *AttachStart) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *AttachStart) GetStdin() bool {
+	if x != nil {
+		return x.Stdin
+	}
+	return false
+}
+
+func (x *AttachStart) GetStdout() bool {
+	if x != nil {
+		return x.Stdout
+	}
+	return false
+}
+
+func (x *AttachStart) GetStderr() bool {
+	if x != nil {
+		return x.Stderr
+	}
+	return false
+}
+
+func (x *AttachStart) GetTty() bool {
+	if x != nil {
+		return x.Tty
+	}
+	return false
+}
+
+type AttachRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Request:
+	//
+	//	*AttachRequest_Start
+	//	*AttachRequest_Stdin
+	//	*AttachRequest_Resize
+	//	*AttachRequest_CloseStdin
+	Request       isAttachRequest_Request `protobuf_oneof:"request"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachRequest) Reset() {
+	*x = AttachRequest{}
+	mi := &file_pods_v0_pods_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachRequest) ProtoMessage() {}
+
+func (x *AttachRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachRequest.ProtoReflect.Descriptor instead.
+func (*AttachRequest) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *AttachRequest) GetRequest() isAttachRequest_Request {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *AttachRequest) GetStart() *AttachStart {
+	if x != nil {
+		if x, ok := x.Request.(*AttachRequest_Start); ok {
+			return x.Start
+		}
+	}
+	return nil
+}
+
+func (x *AttachRequest) GetStdin() []byte {
+	if x != nil {
+		if x, ok := x.Request.(*AttachRequest_Stdin); ok {
+			return x.Stdin
+		}
+	}
+	return nil
+}
+
+func (x *AttachRequest) GetResize() *TerminalSize {
+	if x != nil {
+		if x, ok := x.Request.(*AttachRequest_Resize); ok {
+			return x.Resize
+		}
+	}
+	return nil
+}
+
+func (x *AttachRequest) GetCloseStdin() bool {
+	if x != nil {
+		if x, ok := x.Request.(*AttachRequest_CloseStdin); ok {
+			return x.CloseStdin
+		}
+	}
+	return false
+}
+
+type isAttachRequest_Request interface {
+	isAttachRequest_Request()
+}
+
+type AttachRequest_Start struct {
+	// First message, and only then.
+	Start *AttachStart `protobuf:"bytes,1,opt,name=start,proto3,oneof"`
+}
+
+type AttachRequest_Stdin struct {
+	Stdin []byte `protobuf:"bytes,2,opt,name=stdin,proto3,oneof"`
+}
+
+type AttachRequest_Resize struct {
+	Resize *TerminalSize `protobuf:"bytes,3,opt,name=resize,proto3,oneof"`
+}
+
+type AttachRequest_CloseStdin struct {
+	// The client has no more input: conmon closes the container's stdin
+	// unless it was created to keep it open.
+	CloseStdin bool `protobuf:"varint,4,opt,name=close_stdin,json=closeStdin,proto3,oneof"`
+}
+
+func (*AttachRequest_Start) isAttachRequest_Request() {}
+
+func (*AttachRequest_Stdin) isAttachRequest_Request() {}
+
+func (*AttachRequest_Resize) isAttachRequest_Request() {}
+
+func (*AttachRequest_CloseStdin) isAttachRequest_Request() {}
+
+type AttachResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Response:
+	//
+	//	*AttachResponse_Stdout
+	//	*AttachResponse_Stderr
+	Response      isAttachResponse_Response `protobuf_oneof:"response"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachResponse) Reset() {
+	*x = AttachResponse{}
+	mi := &file_pods_v0_pods_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachResponse) ProtoMessage() {}
+
+func (x *AttachResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachResponse.ProtoReflect.Descriptor instead.
+func (*AttachResponse) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *AttachResponse) GetResponse() isAttachResponse_Response {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *AttachResponse) GetStdout() []byte {
+	if x != nil {
+		if x, ok := x.Response.(*AttachResponse_Stdout); ok {
+			return x.Stdout
+		}
+	}
+	return nil
+}
+
+func (x *AttachResponse) GetStderr() []byte {
+	if x != nil {
+		if x, ok := x.Response.(*AttachResponse_Stderr); ok {
+			return x.Stderr
+		}
+	}
+	return nil
+}
+
+type isAttachResponse_Response interface {
+	isAttachResponse_Response()
+}
+
+type AttachResponse_Stdout struct {
+	Stdout []byte `protobuf:"bytes,1,opt,name=stdout,proto3,oneof"`
+}
+
+type AttachResponse_Stderr struct {
+	Stderr []byte `protobuf:"bytes,2,opt,name=stderr,proto3,oneof"`
+}
+
+func (*AttachResponse_Stdout) isAttachResponse_Response() {}
+
+func (*AttachResponse_Stderr) isAttachResponse_Response() {}
+
 var File_pods_v0_pods_proto protoreflect.FileDescriptor
 
 const file_pods_v0_pods_proto_rawDesc = "" +
@@ -1914,7 +2583,49 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	" UpdateContainerResourcesResponse\">\n" +
 	"\x19ReopenContainerLogRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"\x1c\n" +
-	"\x1aReopenContainerLogResponse*^\n" +
+	"\x1aReopenContainerLogResponse\"<\n" +
+	"\fTerminalSize\x12\x14\n" +
+	"\x05width\x18\x01 \x01(\rR\x05width\x12\x16\n" +
+	"\x06height\x18\x02 \x01(\rR\x06height\"\xa2\x01\n" +
+	"\tExecStart\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x12\n" +
+	"\x04argv\x18\x02 \x03(\tR\x04argv\x12\x10\n" +
+	"\x03tty\x18\x03 \x01(\bR\x03tty\x12\x14\n" +
+	"\x05stdin\x18\x04 \x01(\bR\x05stdin\x126\n" +
+	"\x04size\x18\x05 \x01(\v2\".aurae.runtime.pod.v0.TerminalSizeR\x04size\"\xca\x01\n" +
+	"\vExecRequest\x127\n" +
+	"\x05start\x18\x01 \x01(\v2\x1f.aurae.runtime.pod.v0.ExecStartH\x00R\x05start\x12\x16\n" +
+	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x12<\n" +
+	"\x06resize\x18\x03 \x01(\v2\".aurae.runtime.pod.v0.TerminalSizeH\x00R\x06resize\x12!\n" +
+	"\vclose_stdin\x18\x04 \x01(\bH\x00R\n" +
+	"closeStdinB\t\n" +
+	"\arequest\"'\n" +
+	"\bExecExit\x12\x1b\n" +
+	"\texit_code\x18\x01 \x01(\x05R\bexitCode\"\x84\x01\n" +
+	"\fExecResponse\x12\x18\n" +
+	"\x06stdout\x18\x01 \x01(\fH\x00R\x06stdout\x12\x18\n" +
+	"\x06stderr\x18\x02 \x01(\fH\x00R\x06stderr\x124\n" +
+	"\x04exit\x18\x03 \x01(\v2\x1e.aurae.runtime.pod.v0.ExecExitH\x00R\x04exitB\n" +
+	"\n" +
+	"\bresponse\"\x88\x01\n" +
+	"\vAttachStart\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x14\n" +
+	"\x05stdin\x18\x02 \x01(\bR\x05stdin\x12\x16\n" +
+	"\x06stdout\x18\x03 \x01(\bR\x06stdout\x12\x16\n" +
+	"\x06stderr\x18\x04 \x01(\bR\x06stderr\x12\x10\n" +
+	"\x03tty\x18\x05 \x01(\bR\x03tty\"\xce\x01\n" +
+	"\rAttachRequest\x129\n" +
+	"\x05start\x18\x01 \x01(\v2!.aurae.runtime.pod.v0.AttachStartH\x00R\x05start\x12\x16\n" +
+	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x12<\n" +
+	"\x06resize\x18\x03 \x01(\v2\".aurae.runtime.pod.v0.TerminalSizeH\x00R\x06resize\x12!\n" +
+	"\vclose_stdin\x18\x04 \x01(\bH\x00R\n" +
+	"closeStdinB\t\n" +
+	"\arequest\"P\n" +
+	"\x0eAttachResponse\x12\x18\n" +
+	"\x06stdout\x18\x01 \x01(\fH\x00R\x06stdout\x12\x18\n" +
+	"\x06stderr\x18\x02 \x01(\fH\x00R\x06stderrB\n" +
+	"\n" +
+	"\bresponse*^\n" +
 	"\rNamespaceMode\x12\x16\n" +
 	"\x12NAMESPACE_MODE_POD\x10\x00\x12\x1c\n" +
 	"\x18NAMESPACE_MODE_CONTAINER\x10\x01\x12\x17\n" +
@@ -1923,7 +2634,8 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\x17CONTAINER_STATE_UNKNOWN\x10\x00\x12\x1b\n" +
 	"\x17CONTAINER_STATE_CREATED\x10\x01\x12\x1b\n" +
 	"\x17CONTAINER_STATE_RUNNING\x10\x02\x12\x1a\n" +
-	"\x16CONTAINER_STATE_EXITED\x10\x032\xf5\b\n" +
+	"\x16CONTAINER_STATE_EXITED\x10\x032\xa5\n" +
+	"\n" +
 	"\n" +
 	"PodService\x12[\n" +
 	"\bAllocate\x12%.aurae.runtime.pod.v0.AllocateRequest\x1a&.aurae.runtime.pod.v0.AllocateResponse\"\x00\x12R\n" +
@@ -1936,7 +2648,9 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\x0fRemoveContainer\x12,.aurae.runtime.pod.v0.RemoveContainerRequest\x1a-.aurae.runtime.pod.v0.RemoveContainerResponse\"\x00\x12[\n" +
 	"\bListPods\x12%.aurae.runtime.pod.v0.ListPodsRequest\x1a&.aurae.runtime.pod.v0.ListPodsResponse\"\x00\x12\x8b\x01\n" +
 	"\x18UpdateContainerResources\x125.aurae.runtime.pod.v0.UpdateContainerResourcesRequest\x1a6.aurae.runtime.pod.v0.UpdateContainerResourcesResponse\"\x00\x12y\n" +
-	"\x12ReopenContainerLog\x12/.aurae.runtime.pod.v0.ReopenContainerLogRequest\x1a0.aurae.runtime.pod.v0.ReopenContainerLogResponse\"\x00B7Z5github.com/aurae-runtime/aurae-cri/api/pods/v0;podsv0b\x06proto3"
+	"\x12ReopenContainerLog\x12/.aurae.runtime.pod.v0.ReopenContainerLogRequest\x1a0.aurae.runtime.pod.v0.ReopenContainerLogResponse\"\x00\x12S\n" +
+	"\x04Exec\x12!.aurae.runtime.pod.v0.ExecRequest\x1a\".aurae.runtime.pod.v0.ExecResponse\"\x00(\x010\x01\x12Y\n" +
+	"\x06Attach\x12#.aurae.runtime.pod.v0.AttachRequest\x1a$.aurae.runtime.pod.v0.AttachResponse\"\x00(\x010\x01B7Z5github.com/aurae-runtime/aurae-cri/api/pods/v0;podsv0b\x06proto3"
 
 var (
 	file_pods_v0_pods_proto_rawDescOnce sync.Once
@@ -1951,7 +2665,7 @@ func file_pods_v0_pods_proto_rawDescGZIP() []byte {
 }
 
 var file_pods_v0_pods_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_pods_v0_pods_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_pods_v0_pods_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_pods_v0_pods_proto_goTypes = []any{
 	(NamespaceMode)(0),                       // 0: aurae.runtime.pod.v0.NamespaceMode
 	(ContainerState)(0),                      // 1: aurae.runtime.pod.v0.ContainerState
@@ -1983,9 +2697,17 @@ var file_pods_v0_pods_proto_goTypes = []any{
 	(*UpdateContainerResourcesResponse)(nil), // 27: aurae.runtime.pod.v0.UpdateContainerResourcesResponse
 	(*ReopenContainerLogRequest)(nil),        // 28: aurae.runtime.pod.v0.ReopenContainerLogRequest
 	(*ReopenContainerLogResponse)(nil),       // 29: aurae.runtime.pod.v0.ReopenContainerLogResponse
-	nil,                                      // 30: aurae.runtime.pod.v0.Pod.SysctlsEntry
-	nil,                                      // 31: aurae.runtime.pod.v0.Pod.LabelsEntry
-	nil,                                      // 32: aurae.runtime.pod.v0.Pod.AnnotationsEntry
+	(*TerminalSize)(nil),                     // 30: aurae.runtime.pod.v0.TerminalSize
+	(*ExecStart)(nil),                        // 31: aurae.runtime.pod.v0.ExecStart
+	(*ExecRequest)(nil),                      // 32: aurae.runtime.pod.v0.ExecRequest
+	(*ExecExit)(nil),                         // 33: aurae.runtime.pod.v0.ExecExit
+	(*ExecResponse)(nil),                     // 34: aurae.runtime.pod.v0.ExecResponse
+	(*AttachStart)(nil),                      // 35: aurae.runtime.pod.v0.AttachStart
+	(*AttachRequest)(nil),                    // 36: aurae.runtime.pod.v0.AttachRequest
+	(*AttachResponse)(nil),                   // 37: aurae.runtime.pod.v0.AttachResponse
+	nil,                                      // 38: aurae.runtime.pod.v0.Pod.SysctlsEntry
+	nil,                                      // 39: aurae.runtime.pod.v0.Pod.LabelsEntry
+	nil,                                      // 40: aurae.runtime.pod.v0.Pod.AnnotationsEntry
 }
 var file_pods_v0_pods_proto_depIdxs = []int32{
 	0,  // 0: aurae.runtime.pod.v0.NamespaceOptions.network:type_name -> aurae.runtime.pod.v0.NamespaceMode
@@ -1993,9 +2715,9 @@ var file_pods_v0_pods_proto_depIdxs = []int32{
 	0,  // 2: aurae.runtime.pod.v0.NamespaceOptions.ipc:type_name -> aurae.runtime.pod.v0.NamespaceMode
 	3,  // 3: aurae.runtime.pod.v0.Pod.dns:type_name -> aurae.runtime.pod.v0.DNSConfig
 	2,  // 4: aurae.runtime.pod.v0.Pod.namespaces:type_name -> aurae.runtime.pod.v0.NamespaceOptions
-	30, // 5: aurae.runtime.pod.v0.Pod.sysctls:type_name -> aurae.runtime.pod.v0.Pod.SysctlsEntry
-	31, // 6: aurae.runtime.pod.v0.Pod.labels:type_name -> aurae.runtime.pod.v0.Pod.LabelsEntry
-	32, // 7: aurae.runtime.pod.v0.Pod.annotations:type_name -> aurae.runtime.pod.v0.Pod.AnnotationsEntry
+	38, // 5: aurae.runtime.pod.v0.Pod.sysctls:type_name -> aurae.runtime.pod.v0.Pod.SysctlsEntry
+	39, // 6: aurae.runtime.pod.v0.Pod.labels:type_name -> aurae.runtime.pod.v0.Pod.LabelsEntry
+	40, // 7: aurae.runtime.pod.v0.Pod.annotations:type_name -> aurae.runtime.pod.v0.Pod.AnnotationsEntry
 	4,  // 8: aurae.runtime.pod.v0.AllocateRequest.pod:type_name -> aurae.runtime.pod.v0.Pod
 	7,  // 9: aurae.runtime.pod.v0.StartRequest.container:type_name -> aurae.runtime.pod.v0.Container
 	1,  // 10: aurae.runtime.pod.v0.ContainerStatus.state:type_name -> aurae.runtime.pod.v0.ContainerState
@@ -2004,33 +2726,43 @@ var file_pods_v0_pods_proto_depIdxs = []int32{
 	6,  // 13: aurae.runtime.pod.v0.PodStatus.paths:type_name -> aurae.runtime.pod.v0.AllocateResponse
 	14, // 14: aurae.runtime.pod.v0.PodStatus.containers:type_name -> aurae.runtime.pod.v0.ContainerStatus
 	24, // 15: aurae.runtime.pod.v0.ListPodsResponse.pods:type_name -> aurae.runtime.pod.v0.PodStatus
-	5,  // 16: aurae.runtime.pod.v0.PodService.Allocate:input_type -> aurae.runtime.pod.v0.AllocateRequest
-	8,  // 17: aurae.runtime.pod.v0.PodService.Start:input_type -> aurae.runtime.pod.v0.StartRequest
-	10, // 18: aurae.runtime.pod.v0.PodService.Stop:input_type -> aurae.runtime.pod.v0.StopRequest
-	12, // 19: aurae.runtime.pod.v0.PodService.Free:input_type -> aurae.runtime.pod.v0.FreeRequest
-	15, // 20: aurae.runtime.pod.v0.PodService.ContainerStatus:input_type -> aurae.runtime.pod.v0.ContainerStatusRequest
-	17, // 21: aurae.runtime.pod.v0.PodService.ExecSync:input_type -> aurae.runtime.pod.v0.ExecSyncRequest
-	19, // 22: aurae.runtime.pod.v0.PodService.ContainerStats:input_type -> aurae.runtime.pod.v0.ContainerStatsRequest
-	21, // 23: aurae.runtime.pod.v0.PodService.RemoveContainer:input_type -> aurae.runtime.pod.v0.RemoveContainerRequest
-	23, // 24: aurae.runtime.pod.v0.PodService.ListPods:input_type -> aurae.runtime.pod.v0.ListPodsRequest
-	26, // 25: aurae.runtime.pod.v0.PodService.UpdateContainerResources:input_type -> aurae.runtime.pod.v0.UpdateContainerResourcesRequest
-	28, // 26: aurae.runtime.pod.v0.PodService.ReopenContainerLog:input_type -> aurae.runtime.pod.v0.ReopenContainerLogRequest
-	6,  // 27: aurae.runtime.pod.v0.PodService.Allocate:output_type -> aurae.runtime.pod.v0.AllocateResponse
-	9,  // 28: aurae.runtime.pod.v0.PodService.Start:output_type -> aurae.runtime.pod.v0.StartResponse
-	11, // 29: aurae.runtime.pod.v0.PodService.Stop:output_type -> aurae.runtime.pod.v0.StopResponse
-	13, // 30: aurae.runtime.pod.v0.PodService.Free:output_type -> aurae.runtime.pod.v0.FreeResponse
-	16, // 31: aurae.runtime.pod.v0.PodService.ContainerStatus:output_type -> aurae.runtime.pod.v0.ContainerStatusResponse
-	18, // 32: aurae.runtime.pod.v0.PodService.ExecSync:output_type -> aurae.runtime.pod.v0.ExecSyncResponse
-	20, // 33: aurae.runtime.pod.v0.PodService.ContainerStats:output_type -> aurae.runtime.pod.v0.ContainerStatsResponse
-	22, // 34: aurae.runtime.pod.v0.PodService.RemoveContainer:output_type -> aurae.runtime.pod.v0.RemoveContainerResponse
-	25, // 35: aurae.runtime.pod.v0.PodService.ListPods:output_type -> aurae.runtime.pod.v0.ListPodsResponse
-	27, // 36: aurae.runtime.pod.v0.PodService.UpdateContainerResources:output_type -> aurae.runtime.pod.v0.UpdateContainerResourcesResponse
-	29, // 37: aurae.runtime.pod.v0.PodService.ReopenContainerLog:output_type -> aurae.runtime.pod.v0.ReopenContainerLogResponse
-	27, // [27:38] is the sub-list for method output_type
-	16, // [16:27] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	30, // 16: aurae.runtime.pod.v0.ExecStart.size:type_name -> aurae.runtime.pod.v0.TerminalSize
+	31, // 17: aurae.runtime.pod.v0.ExecRequest.start:type_name -> aurae.runtime.pod.v0.ExecStart
+	30, // 18: aurae.runtime.pod.v0.ExecRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
+	33, // 19: aurae.runtime.pod.v0.ExecResponse.exit:type_name -> aurae.runtime.pod.v0.ExecExit
+	35, // 20: aurae.runtime.pod.v0.AttachRequest.start:type_name -> aurae.runtime.pod.v0.AttachStart
+	30, // 21: aurae.runtime.pod.v0.AttachRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
+	5,  // 22: aurae.runtime.pod.v0.PodService.Allocate:input_type -> aurae.runtime.pod.v0.AllocateRequest
+	8,  // 23: aurae.runtime.pod.v0.PodService.Start:input_type -> aurae.runtime.pod.v0.StartRequest
+	10, // 24: aurae.runtime.pod.v0.PodService.Stop:input_type -> aurae.runtime.pod.v0.StopRequest
+	12, // 25: aurae.runtime.pod.v0.PodService.Free:input_type -> aurae.runtime.pod.v0.FreeRequest
+	15, // 26: aurae.runtime.pod.v0.PodService.ContainerStatus:input_type -> aurae.runtime.pod.v0.ContainerStatusRequest
+	17, // 27: aurae.runtime.pod.v0.PodService.ExecSync:input_type -> aurae.runtime.pod.v0.ExecSyncRequest
+	19, // 28: aurae.runtime.pod.v0.PodService.ContainerStats:input_type -> aurae.runtime.pod.v0.ContainerStatsRequest
+	21, // 29: aurae.runtime.pod.v0.PodService.RemoveContainer:input_type -> aurae.runtime.pod.v0.RemoveContainerRequest
+	23, // 30: aurae.runtime.pod.v0.PodService.ListPods:input_type -> aurae.runtime.pod.v0.ListPodsRequest
+	26, // 31: aurae.runtime.pod.v0.PodService.UpdateContainerResources:input_type -> aurae.runtime.pod.v0.UpdateContainerResourcesRequest
+	28, // 32: aurae.runtime.pod.v0.PodService.ReopenContainerLog:input_type -> aurae.runtime.pod.v0.ReopenContainerLogRequest
+	32, // 33: aurae.runtime.pod.v0.PodService.Exec:input_type -> aurae.runtime.pod.v0.ExecRequest
+	36, // 34: aurae.runtime.pod.v0.PodService.Attach:input_type -> aurae.runtime.pod.v0.AttachRequest
+	6,  // 35: aurae.runtime.pod.v0.PodService.Allocate:output_type -> aurae.runtime.pod.v0.AllocateResponse
+	9,  // 36: aurae.runtime.pod.v0.PodService.Start:output_type -> aurae.runtime.pod.v0.StartResponse
+	11, // 37: aurae.runtime.pod.v0.PodService.Stop:output_type -> aurae.runtime.pod.v0.StopResponse
+	13, // 38: aurae.runtime.pod.v0.PodService.Free:output_type -> aurae.runtime.pod.v0.FreeResponse
+	16, // 39: aurae.runtime.pod.v0.PodService.ContainerStatus:output_type -> aurae.runtime.pod.v0.ContainerStatusResponse
+	18, // 40: aurae.runtime.pod.v0.PodService.ExecSync:output_type -> aurae.runtime.pod.v0.ExecSyncResponse
+	20, // 41: aurae.runtime.pod.v0.PodService.ContainerStats:output_type -> aurae.runtime.pod.v0.ContainerStatsResponse
+	22, // 42: aurae.runtime.pod.v0.PodService.RemoveContainer:output_type -> aurae.runtime.pod.v0.RemoveContainerResponse
+	25, // 43: aurae.runtime.pod.v0.PodService.ListPods:output_type -> aurae.runtime.pod.v0.ListPodsResponse
+	27, // 44: aurae.runtime.pod.v0.PodService.UpdateContainerResources:output_type -> aurae.runtime.pod.v0.UpdateContainerResourcesResponse
+	29, // 45: aurae.runtime.pod.v0.PodService.ReopenContainerLog:output_type -> aurae.runtime.pod.v0.ReopenContainerLogResponse
+	34, // 46: aurae.runtime.pod.v0.PodService.Exec:output_type -> aurae.runtime.pod.v0.ExecResponse
+	37, // 47: aurae.runtime.pod.v0.PodService.Attach:output_type -> aurae.runtime.pod.v0.AttachResponse
+	35, // [35:48] is the sub-list for method output_type
+	22, // [22:35] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_pods_v0_pods_proto_init() }
@@ -2038,13 +2770,34 @@ func file_pods_v0_pods_proto_init() {
 	if File_pods_v0_pods_proto != nil {
 		return
 	}
+	file_pods_v0_pods_proto_msgTypes[30].OneofWrappers = []any{
+		(*ExecRequest_Start)(nil),
+		(*ExecRequest_Stdin)(nil),
+		(*ExecRequest_Resize)(nil),
+		(*ExecRequest_CloseStdin)(nil),
+	}
+	file_pods_v0_pods_proto_msgTypes[32].OneofWrappers = []any{
+		(*ExecResponse_Stdout)(nil),
+		(*ExecResponse_Stderr)(nil),
+		(*ExecResponse_Exit)(nil),
+	}
+	file_pods_v0_pods_proto_msgTypes[34].OneofWrappers = []any{
+		(*AttachRequest_Start)(nil),
+		(*AttachRequest_Stdin)(nil),
+		(*AttachRequest_Resize)(nil),
+		(*AttachRequest_CloseStdin)(nil),
+	}
+	file_pods_v0_pods_proto_msgTypes[35].OneofWrappers = []any{
+		(*AttachResponse_Stdout)(nil),
+		(*AttachResponse_Stderr)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pods_v0_pods_proto_rawDesc), len(file_pods_v0_pods_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   31,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

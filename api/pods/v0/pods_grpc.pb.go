@@ -36,6 +36,8 @@ const (
 	PodService_ListPods_FullMethodName                 = "/aurae.runtime.pod.v0.PodService/ListPods"
 	PodService_UpdateContainerResources_FullMethodName = "/aurae.runtime.pod.v0.PodService/UpdateContainerResources"
 	PodService_ReopenContainerLog_FullMethodName       = "/aurae.runtime.pod.v0.PodService/ReopenContainerLog"
+	PodService_Exec_FullMethodName                     = "/aurae.runtime.pod.v0.PodService/Exec"
+	PodService_Attach_FullMethodName                   = "/aurae.runtime.pod.v0.PodService/Attach"
 )
 
 // PodServiceClient is the client API for PodService service.
@@ -71,6 +73,14 @@ type PodServiceClient interface {
 	// Make the container's monitor reopen its log file (after the kubelet
 	// rotated it).
 	ReopenContainerLog(ctx context.Context, in *ReopenContainerLogRequest, opts ...grpc.CallOption) (*ReopenContainerLogResponse, error)
+	// Run a command in a running container with its stdio streamed: the first
+	// request is an ExecStart, then stdin chunks, terminal resizes and the
+	// close of stdin; the answers are stdout/stderr chunks and, last, the exit.
+	Exec(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExecRequest, ExecResponse], error)
+	// Attach to a running container's own stdio (through its monitor): the
+	// first request is an AttachStart, then as for Exec. The stream ends when
+	// the container exits or the client closes it.
+	Attach(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AttachRequest, AttachResponse], error)
 }
 
 type podServiceClient struct {
@@ -191,6 +201,32 @@ func (c *podServiceClient) ReopenContainerLog(ctx context.Context, in *ReopenCon
 	return out, nil
 }
 
+func (c *podServiceClient) Exec(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExecRequest, ExecResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &PodService_ServiceDesc.Streams[0], PodService_Exec_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ExecRequest, ExecResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PodService_ExecClient = grpc.BidiStreamingClient[ExecRequest, ExecResponse]
+
+func (c *podServiceClient) Attach(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AttachRequest, AttachResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &PodService_ServiceDesc.Streams[1], PodService_Attach_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[AttachRequest, AttachResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PodService_AttachClient = grpc.BidiStreamingClient[AttachRequest, AttachResponse]
+
 // PodServiceServer is the server API for PodService service.
 // All implementations must embed UnimplementedPodServiceServer
 // for forward compatibility.
@@ -224,6 +260,14 @@ type PodServiceServer interface {
 	// Make the container's monitor reopen its log file (after the kubelet
 	// rotated it).
 	ReopenContainerLog(context.Context, *ReopenContainerLogRequest) (*ReopenContainerLogResponse, error)
+	// Run a command in a running container with its stdio streamed: the first
+	// request is an ExecStart, then stdin chunks, terminal resizes and the
+	// close of stdin; the answers are stdout/stderr chunks and, last, the exit.
+	Exec(grpc.BidiStreamingServer[ExecRequest, ExecResponse]) error
+	// Attach to a running container's own stdio (through its monitor): the
+	// first request is an AttachStart, then as for Exec. The stream ends when
+	// the container exits or the client closes it.
+	Attach(grpc.BidiStreamingServer[AttachRequest, AttachResponse]) error
 	mustEmbedUnimplementedPodServiceServer()
 }
 
@@ -266,6 +310,12 @@ func (UnimplementedPodServiceServer) UpdateContainerResources(context.Context, *
 }
 func (UnimplementedPodServiceServer) ReopenContainerLog(context.Context, *ReopenContainerLogRequest) (*ReopenContainerLogResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ReopenContainerLog not implemented")
+}
+func (UnimplementedPodServiceServer) Exec(grpc.BidiStreamingServer[ExecRequest, ExecResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method Exec not implemented")
+}
+func (UnimplementedPodServiceServer) Attach(grpc.BidiStreamingServer[AttachRequest, AttachResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method Attach not implemented")
 }
 func (UnimplementedPodServiceServer) mustEmbedUnimplementedPodServiceServer() {}
 func (UnimplementedPodServiceServer) testEmbeddedByValue()                    {}
@@ -486,6 +536,20 @@ func _PodService_ReopenContainerLog_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PodService_Exec_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(PodServiceServer).Exec(&grpc.GenericServerStream[ExecRequest, ExecResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PodService_ExecServer = grpc.BidiStreamingServer[ExecRequest, ExecResponse]
+
+func _PodService_Attach_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(PodServiceServer).Attach(&grpc.GenericServerStream[AttachRequest, AttachResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PodService_AttachServer = grpc.BidiStreamingServer[AttachRequest, AttachResponse]
+
 // PodService_ServiceDesc is the grpc.ServiceDesc for PodService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -538,6 +602,19 @@ var PodService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _PodService_ReopenContainerLog_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Exec",
+			Handler:       _PodService_Exec_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Attach",
+			Handler:       _PodService_Attach_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "pods/v0/pods.proto",
 }
