@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -48,8 +49,9 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Skip("busybox is not installed (Debian's busybox-static)")
 	}
-	// Short: conmon's attach socket path must fit a sockaddr_un.
-	stateDir, err := os.MkdirTemp("", "pods")
+	// As long as /var/lib/aurae-cri/aurae/pods, to check that conmon's
+	// attach socket path fits a sockaddr_un with 64-character ids.
+	stateDir, err := os.MkdirTemp("", "pods-state-dir-of-realistic-length-")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,12 +108,20 @@ func (e *env) assertClean() {
 	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil && strings.Contains(string(b), e.stateDir) {
 		t.Errorf("mounts left under %s:\n%s", e.stateDir, grepLines(string(b), e.stateDir))
 	}
+	// Only the cgroup parents, which pods share, may stay.
+	parents := map[string]bool{"pods": true, "kubepods": true, "kubepods/besteffort": true, "kubepods/besteffort/" + kubePodCgroup: true}
 	var leaves []string
-	matches, _ := filepath.Glob(filepath.Join(cgroup.Root, "*", e.cgRoot, "*", "*"))
-	for _, m := range matches {
-		if fi, err := os.Stat(m); err == nil && fi.IsDir() {
-			leaves = append(leaves, m)
-		}
+	hierarchies, _ := filepath.Glob(filepath.Join(cgroup.Root, "*", e.cgRoot))
+	for _, h := range hierarchies {
+		_ = filepath.WalkDir(h, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || !d.IsDir() || p == h {
+				return nil
+			}
+			if rel, _ := filepath.Rel(h, p); !parents[rel] {
+				leaves = append(leaves, p)
+			}
+			return nil
+		})
 	}
 	if len(leaves) > 0 {
 		t.Errorf("cgroups left: %v", leaves)

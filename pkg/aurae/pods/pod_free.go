@@ -2,12 +2,9 @@ package pods
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 )
 
 // free stops and removes every container of a pod, kills what is left in
@@ -58,11 +55,7 @@ func (s *Service) free(ctx context.Context, id string) error {
 // resource, so that it can be retried and used to roll back.
 func (s *Service) teardownPod(ctx context.Context, p *pod) error {
 	cgPath := p.paths.GetCgroupPath()
-	if cg, err := cgroup.Load(cgPath); err == nil {
-		if err := cg.Kill(ctx); err != nil {
-			return err
-		}
-	} else if !errors.Is(err, cgroup.ErrNotExist) {
+	if err := killCgroup(ctx, cgPath); err != nil {
 		return err
 	}
 	if p.holderW != nil {

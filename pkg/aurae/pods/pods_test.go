@@ -434,11 +434,7 @@ func TestRecoverDropsDeadPod(t *testing.T) {
 	}
 	// What a reboot does to a pod: its processes and cgroups are gone (its
 	// state dir, on disk, is not).
-	cg, err := cgroup.Load(paths.GetCgroupPath())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cg.Kill(ctx); err != nil {
+	if err := killCgroup(ctx, paths.GetCgroupPath()); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := exec.Command("runc", "--root", filepath.Join(e.stateDir, "runc"), "delete", "--force", "c").CombinedOutput(); err != nil {
@@ -465,4 +461,21 @@ func TestRecoverDropsDeadPod(t *testing.T) {
 		t.Errorf("dead pod's container bundle left: %v", err)
 	}
 	e.assertClean()
+}
+
+// kubePodCgroup is a kubelet pod cgroup name (pod<uid>).
+var kubePodCgroup = "pod" + strings.Repeat("c", 36)
+
+func TestKubernetesLengthIDs(t *testing.T) {
+	e := newEnv(t)
+	podID := strings.Repeat("a1", 32)
+	ctrID := strings.Repeat("b2", 32)
+	e.allocate(&podsv0.Pod{Id: podID, CgroupParent: "/kubepods/besteffort/" + kubePodCgroup})
+	e.start(podID, e.container(ctrID, spec(t, nil, "sleep", "1000")))
+	if got := e.mustExec(ctrID, "echo", "ok"); got != "ok\n" {
+		t.Errorf("exec: %q", got)
+	}
+	if _, err := e.svc.Free(context.Background(), &podsv0.FreeRequest{PodId: podID}); err != nil {
+		t.Fatal(err)
+	}
 }

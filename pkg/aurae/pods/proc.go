@@ -2,6 +2,7 @@ package pods
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -111,5 +112,40 @@ func rmdirTree(dir string) error {
 		}
 		time.Sleep(delay)
 		delay *= 2
+	}
+}
+
+// killCgroup sends SIGKILL to every process of a cgroup and its children
+// until none is left. It does not freeze the cgroup first, unlike
+// cgroup.Kill on v1: freezing a cgroup while a multi-threaded process in it
+// is in execve (runc init becoming the container's process) can stay
+// FREEZING for good, and the freeze call then never returns.
+func killCgroup(ctx context.Context, path string) error {
+	cg, err := cgroup.Load(path)
+	if errors.Is(err, cgroup.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for {
+		procs, err := cg.Procs()
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if len(procs) == 0 {
+			return nil
+		}
+		for _, pid := range procs {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cgroup %s still has %d processes: %w", path, len(procs), ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
 }

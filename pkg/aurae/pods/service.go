@@ -36,7 +36,10 @@ import (
 type Config struct {
 	// StateDir holds pods.db, bundles, pinned namespaces and exit files.
 	StateDir string
-	// CgroupRoot is the cgroup below which pods live ("aurae").
+	// CgroupRoot is the cgroup below which pods live: a pod's cgroup is
+	// <CgroupRoot>/<cgroup parent or "pods">/<pod id>. Default "aurae"; "/"
+	// puts pods right below their cgroup parent (e.g. below the kubelet's
+	// cgroupfs pod cgroups, so that its pod limits hold).
 	CgroupRoot string
 	// Runtime is the OCI runtime binary (default "runc").
 	Runtime string
@@ -75,6 +78,7 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.CgroupRoot == "" {
 		cfg.CgroupRoot = "aurae"
 	}
+	// "/" becomes "": the hierarchy root.
 	cfg.CgroupRoot = strings.Trim(path.Clean("/"+cfg.CgroupRoot), "/")
 	if cfg.Runtime == "" {
 		cfg.Runtime = "runc"
@@ -136,6 +140,9 @@ func (s *Service) podCgroup(spec *podsv0.Pod) string {
 	parent := strings.Trim(spec.GetCgroupParent(), "/")
 	if parent == "" {
 		parent = "pods"
+	}
+	if s.cfg.CgroupRoot == "" {
+		return parent + "/" + spec.GetId()
 	}
 	return s.cfg.CgroupRoot + "/" + parent + "/" + spec.GetId()
 }
