@@ -42,7 +42,7 @@ fi
 
 export PATH="/usr/local/go/bin:$PATH"
 export GOWORK=off GOTOOLCHAIN=local CGO_ENABLED=0
-export GOFLAGS="-mod=readonly -p=${KUBELET_BUILD_PARALLEL:-2}"
+export GOFLAGS="-mod=readonly -buildvcs=false -p=${KUBELET_BUILD_PARALLEL:-2}"
 
 major="${version#v}"; major="${major%%.*}"
 minor="${version#v*.}"; minor="${minor%%.*}"

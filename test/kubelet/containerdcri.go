@@ -198,13 +198,13 @@ func (c *ContainerdCRI) waitReady(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	rs := runtimeapi.NewRuntimeServiceClient(conn)
-	var last error
+	last := fmt.Errorf("no socket %s", c.socket)
 	for {
 		select {
 		case <-c.done:
-			return fmt.Errorf("containerd exited: %v", c.waitErr)
+			return fmt.Errorf("containerd exited: %w", c.waitErr)
 		default:
 		}
 		if _, err := os.Stat(c.socket); err == nil {
@@ -217,7 +217,7 @@ func (c *ContainerdCRI) waitReady(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w (last: %v)", ctx.Err(), last)
+			return fmt.Errorf("%w (last: %w)", ctx.Err(), last)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -240,7 +240,7 @@ func (c *ContainerdCRI) removeSandboxes() error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	rs := runtimeapi.NewRuntimeServiceClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -200,10 +201,48 @@ func lockHost() (unlock func(), err error) {
 	}
 }
 
+// createCgroups creates the cgroup root (a cgroupfs path such as
+// "/aurae-e2e") in every cgroup v1 hierarchy, or in the unified hierarchy
+// on a cgroup v2 host: the kubelet refuses a cgroupRoot that does not
+// exist.
+func createCgroups(root string) error {
+	root = strings.Trim(root, "/")
+	if root == "" {
+		return errors.New("empty cgroup root")
+	}
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		return os.MkdirAll(filepath.Join("/sys/fs/cgroup", root), 0o755)
+	}
+	// v1 hierarchies have a tasks file; the unified one of a hybrid host
+	// does not, and the kubelet does not use it.
+	tasks, err := filepath.Glob("/sys/fs/cgroup/*/tasks")
+	if err != nil {
+		return err
+	}
+	for _, t := range tasks {
+		if err := os.MkdirAll(filepath.Join(filepath.Dir(t), root), 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // removeCgroups removes the cgroup root (a cgroupfs path such as
 // "/aurae-e2e") and everything below it in every cgroup v1 hierarchy and
 // in the unified one, deepest first. Missing dirs are fine.
 func removeCgroups(root string) error {
+	// A cgroup whose last process just exited may stay busy for a moment.
+	var err error
+	for i := 0; i < 50; i++ {
+		if err = removeCgroupsOnce(root); err == nil {
+			return nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return err
+}
+
+func removeCgroupsOnce(root string) error {
 	root = strings.Trim(root, "/")
 	if root == "" {
 		return nil

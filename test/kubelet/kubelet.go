@@ -25,6 +25,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -155,10 +156,11 @@ type Config struct {
 	ReadOnlyPort, Port, HealthzPort int
 
 	// CgroupsPerQOS makes the kubelet create QoS cgroups (kubepods,
-	// burstable, besteffort) under CgroupRoot (required then) and pass a pod
-	// cgroup parent to the runtime. Default false: no QoS cgroups, the
-	// runtime gets an empty cgroup parent. The cgroups left under CgroupRoot
-	// when the kubelet stops are removed.
+	// burstable, besteffort) under CgroupRoot (required then, a cgroupfs
+	// path such as "/aurae-e2e", created by Start) and pass the runtime a pod
+	// cgroup parent, <root>/kubepods/<qos>/pod<uid>. Default false: no QoS
+	// cgroups, the runtime gets an empty cgroup parent. CgroupRoot and
+	// everything under it is removed when the kubelet stops.
 	CgroupsPerQOS bool
 	CgroupRoot    string
 
@@ -194,6 +196,7 @@ type Kubelet struct {
 	configPath string
 	logPath    string
 	readOnly   string // http://127.0.0.1:PORT
+	main       string // https://127.0.0.1:PORT
 	healthz    string
 
 	cmd      *exec.Cmd
@@ -245,7 +248,11 @@ func start(t testing.TB, cfg Config) (*Kubelet, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &Kubelet{base: base, done: make(chan struct{}), client: &http.Client{Timeout: 10 * time.Second}}
+	k := &Kubelet{base: base, done: make(chan struct{}), client: &http.Client{
+		Timeout: 10 * time.Second,
+		// The main server's certificate is self-signed, for 127.0.0.1.
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, //nolint:gosec // loopback test server
+	}}
 	defaults := map[*string]string{
 		&cfg.RootDir:      filepath.Join(base, "root"),
 		&cfg.StaticPodDir: filepath.Join(base, "manifests"),
@@ -290,6 +297,11 @@ func start(t testing.TB, cfg Config) (*Kubelet, error) {
 		}
 	}
 	k.cfg = cfg
+	if cfg.CgroupsPerQOS {
+		if err := createCgroups(cfg.CgroupRoot); err != nil {
+			return k, fmt.Errorf("create cgroup root %s: %w", cfg.CgroupRoot, err)
+		}
+	}
 	for _, d := range []string{cfg.RootDir, cfg.StaticPodDir, cfg.PodLogsDir} {
 		if err := k.mkdir(d); err != nil {
 			return k, err
@@ -308,6 +320,7 @@ func start(t testing.TB, cfg Config) (*Kubelet, error) {
 		return k, err
 	}
 	k.readOnly = fmt.Sprintf("http://127.0.0.1:%d", cfg.ReadOnlyPort)
+	k.main = fmt.Sprintf("https://127.0.0.1:%d", cfg.Port)
 	k.healthz = fmt.Sprintf("http://127.0.0.1:%d/healthz", cfg.HealthzPort)
 
 	k.host, err = acquireHostState()
@@ -333,7 +346,7 @@ func start(t testing.TB, cfg Config) (*Kubelet, error) {
 	// Own process group; SIGTERM when the test binary dies without running
 	// its cleanups (go test -timeout).
 	k.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	fmt.Fprintf(k.logFile, "# %s %s\n# config %s:\n%s\n", cfg.Binary, strings.Join(args, " "), k.configPath, conf)
+	_, _ = fmt.Fprintf(k.logFile, "# %s %s\n# config %s:\n%s\n", cfg.Binary, strings.Join(args, " "), k.configPath, conf)
 	if err := k.cmd.Start(); err != nil {
 		return k, fmt.Errorf("exec %s: %w", cfg.Binary, err)
 	}
@@ -437,7 +450,7 @@ func (k *Kubelet) waitReady(ctx context.Context) error {
 	for {
 		select {
 		case <-k.done:
-			return fmt.Errorf("kubelet exited: %v", k.waitErr)
+			return fmt.Errorf("kubelet exited: %w", k.waitErr)
 		default:
 		}
 		last = k.get(ctx, k.healthz, func(b []byte) error {
@@ -453,9 +466,9 @@ func (k *Kubelet) waitReady(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("kubelet not ready: %w (last: %v)", ctx.Err(), last)
+			return fmt.Errorf("kubelet not ready: %w (last: %w)", ctx.Err(), last)
 		case <-k.done:
-			return fmt.Errorf("kubelet exited: %v", k.waitErr)
+			return fmt.Errorf("kubelet exited: %w", k.waitErr)
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
@@ -532,23 +545,42 @@ func (k *Kubelet) drain(t testing.TB) {
 			t.Errorf("remove static pod: %v", err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), k.cfg.DrainTimeout)
-	defer cancel()
-	var pods []Pod
-	for {
-		pods, err = k.Pods(ctx)
-		if err == nil && len(pods) == 0 {
-			return
+	var listed, running []Pod
+	var cgroups []string
+	var lastErr error
+	if !k.poll(k.cfg.DrainTimeout, func(ctx context.Context) bool {
+		if listed, lastErr = k.Pods(ctx); lastErr != nil || len(listed) > 0 {
+			return false
 		}
-		select {
-		case <-ctx.Done():
-			t.Errorf("kubelet still lists %d pods %v after removing their manifests (%v)", len(pods), podNames(pods), err)
-			return
-		case <-k.done:
-			return
-		case <-time.After(500 * time.Millisecond):
+		if running, lastErr = k.RunningPods(ctx); lastErr != nil || len(running) > 0 {
+			return false
 		}
+		cgroups = k.podCgroups()
+		return len(cgroups) == 0
+	}) && !k.Exited() {
+		t.Errorf("%s after removing every static pod manifest: kubelet lists pods %v, runtime runs pods %v, pod cgroups left %v (last error: %v)",
+			k.cfg.DrainTimeout, podNames(listed), podNames(running), cgroups, lastErr)
 	}
+}
+
+// podCgroups lists the pod cgroups under the QoS cgroups of the kubelet
+// (with CgroupsPerQOS): the kubelet removes them once a pod's containers
+// are gone.
+func (k *Kubelet) podCgroups() []string {
+	if !k.cfg.CgroupsPerQOS {
+		return nil
+	}
+	hier := "/sys/fs/cgroup/memory"
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		hier = "/sys/fs/cgroup"
+	}
+	kubepods := filepath.Join(hier, k.cfg.CgroupRoot, "kubepods")
+	var out []string
+	for _, qos := range []string{"", "burstable", "besteffort"} {
+		m, _ := filepath.Glob(filepath.Join(kubepods, qos, "pod*"))
+		out = append(out, m...)
+	}
+	return out
 }
 
 func (k *Kubelet) cleanup(t testing.TB) {
@@ -636,6 +668,10 @@ func (k *Kubelet) mkdir(d string) error {
 
 // ReadOnlyURL is "http://127.0.0.1:PORT", the kubelet's read-only server.
 func (k *Kubelet) ReadOnlyURL() string { return k.readOnly }
+
+// URL is "https://127.0.0.1:PORT", the kubelet's main server (self-signed
+// certificate; anonymous requests are allowed).
+func (k *Kubelet) URL() string { return k.main }
 
 // NodeName is the kubelet's node name (the suffix of static pod names).
 func (k *Kubelet) NodeName() string { return k.cfg.NodeName }

@@ -90,7 +90,7 @@ func TestKubeletContainerdCRI(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
-	checkNothingLeft(t)
+	left := checkNothingLeft(t)
 	bin := Build(t)
 
 	reg := testimage.StartRegistry(t)
@@ -111,6 +111,7 @@ func TestKubeletContainerdCRI(t *testing.T) {
 		CNIConfDir:        cniConf,
 	})
 	k := Start(t, Config{Binary: bin, CRIEndpoint: ctd.Endpoint()})
+	left.watch(ctd.Dir(), filepath.Dir(k.RootDir()))
 
 	host := k.WriteStaticPod(t, BusyboxPod(PodSpecOptions{
 		Name: "hostnet", Image: busyboxRef, HostNetwork: true,
@@ -217,10 +218,19 @@ func bridgeConf(t *testing.T) (dir, prefix string) {
 	return dir, prefix
 }
 
-// checkNothingLeft records the kernel tunables now and, when the test
-// ends, checks that they are back and that no kubelet, shim, mount or
-// coordination file of the helpers is left.
-func checkNothingLeft(t *testing.T) {
+// leftCheck checks, when the test ends, that nothing of the test is left
+// on the machine: kernel tunables and host dirs as before (unless another
+// test kubelet still runs), and no mount, dir, log symlink or shim of the
+// kubelets and containerds it watches.
+type leftCheck struct {
+	dirs []string
+}
+
+// watch adds the dirs of a kubelet or containerd of the test.
+func (lc *leftCheck) watch(dirs ...string) { lc.dirs = append(lc.dirs, dirs...) }
+
+func checkNothingLeft(t *testing.T) *leftCheck {
+	lc := &leftCheck{}
 	before := map[string]string{}
 	for _, s := range Tunables {
 		b, err := os.ReadFile(filepath.Join("/proc/sys", s))
@@ -236,46 +246,48 @@ func checkNothingLeft(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		if !otherKubeletRuns() {
+			for _, s := range Tunables {
+				b, _ := os.ReadFile(filepath.Join("/proc/sys", s))
+				if got := strings.TrimSpace(string(b)); got != before[s] {
+					t.Errorf("%s = %s after the test, was %s", s, got, before[s])
+				}
+			}
 			for _, d := range hostDirs {
 				if _, err := os.Lstat(d.path); (err == nil) != existed[d.path] {
 					t.Errorf("%s existed before the test: %v, after: %v", d.path, existed[d.path], err == nil)
 				}
 			}
-		}
-		links, _ := filepath.Glob(filepath.Join(legacyLogDir, "*"))
-		for _, l := range links {
-			if target, err := os.Readlink(l); err == nil && strings.HasPrefix(target, "/tmp/aurae-kubelet-") {
-				t.Errorf("log symlink left: %s -> %s", l, target)
-			}
-		}
-		for _, s := range Tunables {
-			b, _ := os.ReadFile(filepath.Join("/proc/sys", s))
-			if got := strings.TrimSpace(string(b)); got != before[s] && !otherKubeletRuns() {
-				t.Errorf("%s = %s after the test, was %s", s, got, before[s])
-			}
-		}
-		mounts, _ := os.ReadFile("/proc/self/mountinfo")
-		for _, l := range strings.Split(string(mounts), "\n") {
-			if strings.Contains(l, "/aurae-kubelet-") || strings.Contains(l, "/aurae-ctdcri-") {
-				t.Errorf("mount left: %s", l)
-			}
-		}
-		for _, pattern := range []string{"/tmp/aurae-kubelet-*", "/tmp/aurae-ctdcri-*"} {
-			if left, _ := filepath.Glob(pattern); len(left) > 0 {
-				t.Errorf("left behind: %v", left)
-			}
-		}
-		if !otherKubeletRuns() {
 			for _, p := range []string{lockPath(), usersPath(), statePath()} {
 				if _, err := os.Stat(p); err == nil {
 					t.Errorf("left behind: %s", p)
 				}
 			}
 		}
-		for _, pid := range processes("containerd-shim", "/aurae-ctdcri-") {
-			t.Errorf("containerd shim %d left running", pid)
+		mounts, _ := os.ReadFile("/proc/self/mountinfo")
+		links, _ := filepath.Glob(filepath.Join(legacyLogDir, "*"))
+		for _, d := range lc.dirs {
+			for _, l := range strings.Split(string(mounts), "\n") {
+				if strings.Contains(l, " "+d) {
+					t.Errorf("mount left: %s", l)
+				}
+			}
+			if _, err := os.Lstat(d); err == nil {
+				t.Errorf("left behind: %s", d)
+			}
+			for _, l := range links {
+				if target, err := os.Readlink(l); err == nil && strings.HasPrefix(target, d+"/") {
+					t.Errorf("log symlink left: %s -> %s", l, target)
+				}
+			}
+			for _, pid := range processes("containerd-shim", d) {
+				t.Errorf("containerd shim %d left running", pid)
+			}
+			for _, pid := range processes("kubelet", d) {
+				t.Errorf("kubelet %d left running", pid)
+			}
 		}
 	})
+	return lc
 }
 
 // otherKubeletRuns reports whether some other test kubelet holds the users
@@ -302,4 +314,47 @@ func processes(name, arg string) []int {
 		}
 	}
 	return out
+}
+
+// TestKubeletContainerdCRIQoS runs the kubelet with cgroupsPerQOS under a
+// cgroup root of the test's own: the runtime then gets a pod cgroup parent
+// (<root>/kubepods/besteffort/pod<uid>), and the cgroups are gone after.
+func TestKubeletContainerdCRIQoS(t *testing.T) {
+	if os.Getenv(EnvE2E) != "1" {
+		t.Skipf("set %s=1 to build and run a real kubelet (slow)", EnvE2E)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	left := checkNothingLeft(t)
+	bin := Build(t)
+	reg := testimage.StartRegistry(t)
+	pauseRef := reg.Push(t, "pause:test", testimage.MustBusybox(t, testimage.Options{
+		Entrypoint: []string{"/bin/sleep", "2147483647"},
+	}))
+	busyboxRef := reg.Push(t, "busybox:test", testimage.MustBusybox(t, testimage.Options{}))
+	ctd := StartContainerdCRI(t, ContainerdCRIConfig{SandboxImage: pauseRef, RegistryConfigDir: reg.HostsDir(t)})
+
+	root := fmt.Sprintf("/aurae-kubelet-test-%d", os.Getpid())
+	t.Cleanup(func() {
+		for _, c := range []string{"memory", "cpu", "pids", "systemd", "unified"} {
+			if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", c, root)); err == nil {
+				t.Errorf("cgroup %s:%s left", c, root)
+			}
+		}
+	})
+	k := Start(t, Config{Binary: bin, CRIEndpoint: ctd.Endpoint(), CgroupsPerQOS: true, CgroupRoot: root})
+	left.watch(ctd.Dir(), filepath.Dir(k.RootDir()))
+	sp := k.WriteStaticPod(t, BusyboxPod(PodSpecOptions{
+		Name: "qos", Image: busyboxRef, HostNetwork: true,
+		Script: "cat /proc/self/cgroup; while true; do sleep 1; done",
+	}))
+	p := k.WaitPodPhase(t, sp.Name, sp.Namespace, PodRunning, 3*time.Minute)
+	log := k.WaitContainerLog(t, p, "main", "memory:", time.Minute)
+	want := root + "/kubepods/besteffort/pod" + p.Metadata.UID + "/"
+	if !strings.Contains(log, want) {
+		t.Errorf("container cgroups not under %s:\n%s", want, log)
+	}
+	k.RemoveStaticPod(t, sp.Name, sp.Namespace)
+	k.WaitPodGone(t, sp.Name, sp.Namespace, time.Minute)
 }

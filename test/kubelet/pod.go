@@ -144,6 +144,22 @@ func (k *Kubelet) Pods(ctx context.Context) ([]Pod, error) {
 	return list.Items, err
 }
 
+// RunningPods returns the main server's /runningpods/: the pods of which
+// the runtime runs a container or has a ready sandbox, as the kubelet sees
+// them through the CRI (metadata and containers' names only).
+func (k *Kubelet) RunningPods(ctx context.Context) ([]Pod, error) {
+	var list struct {
+		Items []Pod `json:"items"`
+	}
+	err := k.get(ctx, k.main+"/runningpods/", func(b []byte) error {
+		if err := json.Unmarshal(b, &list); err != nil {
+			return fmt.Errorf("decode /runningpods/: %w", err)
+		}
+		return nil
+	})
+	return list.Items, err
+}
+
 // StaticPodName is the name the kubelet gives the static pod of a manifest
 // named name: "<name>-<node name>".
 func (k *Kubelet) StaticPodName(name string) string {
@@ -216,16 +232,35 @@ func (k *Kubelet) WaitPodPhase(t testing.TB, name, namespace, phase string, time
 	return last
 }
 
-// WaitPodGone waits until /pods no longer lists the pod.
+// WaitPodGone waits until /pods no longer lists the pod and the runtime no
+// longer runs it (/runningpods/): what follows the removal of its manifest.
 func (k *Kubelet) WaitPodGone(t testing.TB, name, namespace string, timeout time.Duration) {
 	t.Helper()
-	var last *Pod
+	if namespace == "" {
+		namespace = "default"
+	}
+	full := k.StaticPodName(name)
+	var listed *Pod
+	var running []Pod
 	var lastErr error
 	if !k.poll(timeout, func(ctx context.Context) bool {
-		last, lastErr = k.Pod(ctx, name, namespace)
-		return lastErr == nil && last == nil
+		if listed, lastErr = k.Pod(ctx, name, namespace); lastErr != nil || listed != nil {
+			return false
+		}
+		all, err := k.RunningPods(ctx)
+		if lastErr = err; err != nil {
+			return false
+		}
+		running = running[:0]
+		for _, p := range all {
+			if p.Metadata.Namespace == namespace && (p.Metadata.Name == full || p.Metadata.Name == name) {
+				running = append(running, p)
+			}
+		}
+		return len(running) == 0
 	}) {
-		t.Fatalf("pod %s/%s still listed after %s (last error %v): %s", namespace, name, timeout, lastErr, last)
+		t.Fatalf("pod %s/%s not gone after %s (last error %v): listed %v, running in the runtime %v",
+			namespace, name, timeout, lastErr, listed, podNames(running))
 	}
 }
 
