@@ -22,7 +22,7 @@ import (
 )
 
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	stateDir string
 	cgRoot   string
 	rootfs   string
@@ -35,7 +35,7 @@ var testSeq atomic.Uint64
 // newEnv starts a service on a state dir and cgroup root of its own, with a
 // busybox rootfs, and checks at the end that Free of every pod left nothing:
 // no mount, no cgroup, no process, no runc container.
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("pods need root: cgroups, namespaces, mounts, runc")
@@ -157,7 +157,7 @@ func processesMentioning(s string) []string {
 	return out
 }
 
-func makeRootfs(t *testing.T, busybox, dir string) {
+func makeRootfs(t testing.TB, busybox, dir string) {
 	t.Helper()
 	for _, d := range []string{"bin", "proc", "dev", "sys", "etc", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
@@ -185,7 +185,7 @@ func makeRootfs(t *testing.T, busybox, dir string) {
 }
 
 // spec is a minimal OCI spec, like `runc spec` makes, running args.
-func spec(t *testing.T, mod func(*specs.Spec), args ...string) []byte {
+func spec(t testing.TB, mod func(*specs.Spec), args ...string) []byte {
 	t.Helper()
 	caps := []string{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT"}
 	sp := specs.Spec{
@@ -282,7 +282,7 @@ func (e *env) mustExec(id string, argv ...string) string {
 	return string(resp.GetStdout())
 }
 
-func readLines(t *testing.T, p string) []string {
+func readLines(t testing.TB, p string) []string {
 	t.Helper()
 	f, err := os.Open(p)
 	if err != nil {
@@ -297,12 +297,17 @@ func readLines(t *testing.T, p string) []string {
 	return out
 }
 
-// testLogger logs through t.Log, so that only failing tests show it.
-func testLogger(t *testing.T) *slog.Logger {
+// testLogger logs through t.Log, so that only failing tests show it;
+// benchmarks log nothing.
+func testLogger(t testing.TB) *slog.Logger {
+	if _, ok := t.(*testing.B); ok {
+		// A benchmark's log is always printed.
+		return slog.New(slog.DiscardHandler)
+	}
 	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-type tWriter struct{ t *testing.T }
+type tWriter struct{ t testing.TB }
 
 func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
