@@ -128,6 +128,12 @@ func run(cfg config) error {
 		return err
 	}
 
+	streams, err := rt.StartStreaming(cfg.StreamAddress)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = streams.Close() }()
+
 	srv := server.New(logger)
 	runtimeapi.RegisterRuntimeServiceServer(srv, rt)
 	runtimeapi.RegisterImageServiceServer(srv, images)
@@ -139,7 +145,7 @@ func run(cfg config) error {
 		return fmt.Errorf("recover: %w", err)
 	}
 	logger.Info("aurae-cri serving", "version", version.Version, "socket", cfg.Socket, "aurae", auraeAddr,
-		"containerd", ctrd.Address(), "state_dir", cfg.StateDir)
+		"containerd", ctrd.Address(), "state_dir", cfg.StateDir, "stream_address", streams.Addr())
 	select {
 	case <-ctx.Done():
 		logger.Info("aurae-cri shutting down", "reason", "signal")

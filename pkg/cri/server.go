@@ -68,6 +68,8 @@ type Runtime struct {
 	ctrs    objectLocks
 	// capabilities are aurae-cri's own: what privileged containers get.
 	capabilities []string
+	// streams serves Exec, Attach and PortForward URLs once started.
+	streams atomic.Pointer[StreamServer]
 }
 
 func (r *Runtime) lockPod(id string) func()       { return r.pods.lock(id) }

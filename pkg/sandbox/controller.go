@@ -31,6 +31,8 @@ type Controller interface {
 	UpdateContainerResources(ctx context.Context, containerID string, resources []byte) error
 	// ReopenContainerLog makes the container's monitor reopen its log file.
 	ReopenContainerLog(ctx context.Context, containerID string) error
+	// Streamer runs exec and attach sessions.
+	Streamer
 }
 
 // AuraeController is the native controller: an Aurae PodService client.

@@ -62,7 +62,7 @@ func (s *Service) attach(stream grpc.BidiStreamingServer[podsv0.AttachRequest, p
 	if err != nil {
 		return fmt.Errorf("attach to %q: %w", id, err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	s.log.Info("attached", "pod", c.podID, "container", id, "stdin", start.GetStdin())
 
 	out := &streamSender[*podsv0.AttachResponse]{send: func(m *podsv0.AttachResponse) error { return stream.Send(m) }}

@@ -1,0 +1,95 @@
+package cri
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
+)
+
+// Exec implements RuntimeService.Exec: it checks the request and answers
+// the stream server's URL, where the session runs once the client connects.
+func (r *Runtime) Exec(ctx context.Context, req *runtimeapi.ExecRequest) (*runtimeapi.ExecResponse, error) {
+	if err := r.checkReady(); err != nil {
+		return nil, err
+	}
+	if len(req.GetCmd()) == 0 {
+		return nil, fmt.Errorf("exec command is empty: %w", errInvalid)
+	}
+	if !req.GetStdin() && !req.GetStdout() && !req.GetStderr() {
+		return nil, fmt.Errorf("exec: one of stdin, stdout and stderr must be requested: %w", errInvalid)
+	}
+	if req.GetTty() && req.GetStderr() {
+		return nil, fmt.Errorf("exec: tty and stderr cannot both be requested (a terminal has one output): %w", errInvalid)
+	}
+	_, c, err := r.runningContainer(req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	srv, err := r.streamServer()
+	if err != nil {
+		return nil, err
+	}
+	full := proto.Clone(req).(*runtimeapi.ExecRequest)
+	full.ContainerId = c.ID
+	resp, err := srv.GetExec(full)
+	if err != nil {
+		return nil, fmt.Errorf("exec in container %s: %w", c.ID, err)
+	}
+	return resp, nil
+}
+
+// Attach implements RuntimeService.Attach, as Exec.
+func (r *Runtime) Attach(ctx context.Context, req *runtimeapi.AttachRequest) (*runtimeapi.AttachResponse, error) {
+	if err := r.checkReady(); err != nil {
+		return nil, err
+	}
+	if !req.GetStdin() && !req.GetStdout() && !req.GetStderr() {
+		return nil, fmt.Errorf("attach: one of stdin, stdout and stderr must be requested: %w", errInvalid)
+	}
+	if req.GetTty() && req.GetStderr() {
+		return nil, fmt.Errorf("attach: tty and stderr cannot both be requested (a terminal has one output): %w", errInvalid)
+	}
+	_, c, err := r.runningContainer(req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	srv, err := r.streamServer()
+	if err != nil {
+		return nil, err
+	}
+	full := proto.Clone(req).(*runtimeapi.AttachRequest)
+	full.ContainerId = c.ID
+	resp, err := srv.GetAttach(full)
+	if err != nil {
+		return nil, fmt.Errorf("attach to container %s: %w", c.ID, err)
+	}
+	return resp, nil
+}
+
+// runningContainer is a container that exists and runs (else NotFound or
+// FailedPrecondition), with the controller of its pod.
+func (r *Runtime) runningContainer(id string) (sandbox.Controller, sandbox.Container, error) {
+	if id == "" {
+		return nil, sandbox.Container{}, fmt.Errorf("container id is empty: %w", errInvalid)
+	}
+	c, err := r.store.Container(id)
+	if err != nil {
+		return nil, sandbox.Container{}, err
+	}
+	if c.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
+		return nil, sandbox.Container{}, fmt.Errorf("container %s is %s, not running: %w", c.ID, c.Status.State, errPrecondition)
+	}
+	sb, err := r.store.Sandbox(c.SandboxID)
+	if err != nil {
+		return nil, sandbox.Container{}, err
+	}
+	ctrl, err := r.controller(sb.RuntimeHandler)
+	if err != nil {
+		return nil, sandbox.Container{}, err
+	}
+	return ctrl, c, nil
+}

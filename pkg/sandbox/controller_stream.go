@@ -1,0 +1,192 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+)
+
+// TerminalSize is a terminal's columns and rows.
+type TerminalSize struct {
+	Width, Height uint16
+}
+
+// StreamIO is the client's side of an exec or attach: nil streams were not
+// asked for. Resize, when not nil, delivers terminal size changes (tty).
+type StreamIO struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	Tty            bool
+	Resize         <-chan TerminalSize
+}
+
+// Streamer runs interactive sessions in containers: what the CRI's
+// streaming server (exec, attach) calls.
+type Streamer interface {
+	// Exec runs argv in a running container with its stdio streamed until
+	// it exits, and returns its exit code (128+signal when killed).
+	Exec(ctx context.Context, containerID string, argv []string, sio StreamIO) (int32, error)
+	// Attach streams a running container's own stdio until it exits or ctx
+	// ends.
+	Attach(ctx context.Context, containerID string, sio StreamIO) error
+}
+
+// Exec implements Streamer over PodService.Exec.
+func (a AuraeController) Exec(ctx context.Context, id string, argv []string, sio StreamIO) (int32, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := a.Pods.Exec(ctx)
+	if err != nil {
+		return 0, err
+	}
+	send := lockedSend(st.Send)
+	start := &podsv0.ExecStart{ContainerId: id, Argv: argv, Tty: sio.Tty, Stdin: sio.Stdin != nil}
+	// The first size, when the client already sent one, goes with the start.
+	if sio.Resize != nil {
+		select {
+		case sz, ok := <-sio.Resize:
+			if ok {
+				start.Size = &podsv0.TerminalSize{Width: uint32(sz.Width), Height: uint32(sz.Height)}
+			}
+		default:
+		}
+	}
+	if err := send(&podsv0.ExecRequest{Request: &podsv0.ExecRequest_Start{Start: start}}); err != nil {
+		return 0, err
+	}
+	forwardInput(ctx, sio,
+		func(b []byte) error { return send(&podsv0.ExecRequest{Request: &podsv0.ExecRequest_Stdin{Stdin: b}}) },
+		func() error {
+			return send(&podsv0.ExecRequest{Request: &podsv0.ExecRequest_CloseStdin{CloseStdin: true}})
+		},
+		func(sz *podsv0.TerminalSize) error {
+			return send(&podsv0.ExecRequest{Request: &podsv0.ExecRequest_Resize{Resize: sz}})
+		})
+	for {
+		m, err := st.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return 0, fmt.Errorf("exec in %q: the stream ended without an exit code", id)
+			}
+			return 0, err
+		}
+		switch r := m.GetResponse().(type) {
+		case *podsv0.ExecResponse_Stdout:
+			err = writeTo(sio.Stdout, r.Stdout)
+		case *podsv0.ExecResponse_Stderr:
+			err = writeTo(sio.Stderr, r.Stderr)
+		case *podsv0.ExecResponse_Exit:
+			return r.Exit.GetExitCode(), nil
+		}
+		if err != nil {
+			return 0, fmt.Errorf("exec in %q: client gone: %w", id, err)
+		}
+	}
+}
+
+// Attach implements Streamer over PodService.Attach.
+func (a AuraeController) Attach(ctx context.Context, id string, sio StreamIO) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := a.Pods.Attach(ctx)
+	if err != nil {
+		return err
+	}
+	send := lockedSend(st.Send)
+	start := &podsv0.AttachStart{ContainerId: id, Stdin: sio.Stdin != nil, Stdout: sio.Stdout != nil, Stderr: sio.Stderr != nil, Tty: sio.Tty}
+	if err := send(&podsv0.AttachRequest{Request: &podsv0.AttachRequest_Start{Start: start}}); err != nil {
+		return err
+	}
+	forwardInput(ctx, sio,
+		func(b []byte) error {
+			return send(&podsv0.AttachRequest{Request: &podsv0.AttachRequest_Stdin{Stdin: b}})
+		},
+		func() error {
+			return send(&podsv0.AttachRequest{Request: &podsv0.AttachRequest_CloseStdin{CloseStdin: true}})
+		},
+		func(sz *podsv0.TerminalSize) error {
+			return send(&podsv0.AttachRequest{Request: &podsv0.AttachRequest_Resize{Resize: sz}})
+		})
+	for {
+		m, err := st.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		switch r := m.GetResponse().(type) {
+		case *podsv0.AttachResponse_Stdout:
+			err = writeTo(sio.Stdout, r.Stdout)
+		case *podsv0.AttachResponse_Stderr:
+			err = writeTo(sio.Stderr, r.Stderr)
+		}
+		if err != nil {
+			return fmt.Errorf("attach to %q: client gone: %w", id, err)
+		}
+	}
+}
+
+// forwardInput sends stdin (then its close) and resizes until ctx ends.
+func forwardInput(ctx context.Context, sio StreamIO, stdin func([]byte) error, closeStdin func() error, resize func(*podsv0.TerminalSize) error) {
+	if sio.Stdin != nil {
+		go func() {
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := sio.Stdin.Read(buf)
+				if n > 0 {
+					if stdin(append([]byte(nil), buf[:n]...)) != nil {
+						return
+					}
+				}
+				if err != nil {
+					if ctx.Err() == nil {
+						_ = closeStdin()
+					}
+					return
+				}
+			}
+		}()
+	}
+	if sio.Resize != nil {
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case sz, ok := <-sio.Resize:
+					if !ok {
+						return
+					}
+					if resize(&podsv0.TerminalSize{Width: uint32(sz.Width), Height: uint32(sz.Height)}) != nil {
+						return
+					}
+				}
+			}
+		}()
+	}
+}
+
+// lockedSend serializes the sends of a client stream (gRPC allows one
+// sender at a time).
+func lockedSend[T any](send func(T) error) func(T) error {
+	var mu sync.Mutex
+	return func(m T) error {
+		mu.Lock()
+		defer mu.Unlock()
+		return send(m)
+	}
+}
+
+// writeTo writes to w unless the client did not ask for that stream.
+func writeTo(w io.Writer, b []byte) error {
+	if w == nil {
+		return nil
+	}
+	_, err := w.Write(b)
+	return err
+}
