@@ -150,8 +150,9 @@ func TestExecSyncStatsAndStop(t *testing.T) {
 		t.Errorf("after stop: %v", st)
 	}
 	// A container that ends on SIGTERM stops without waiting.
-	e.start("exec", e.container("polite", spec(t, nil, "sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done")))
-	time.Sleep(200 * time.Millisecond) // let the shell set its trap
+	polite := e.container("polite", spec(t, nil, "sh", "-c", "trap 'exit 0' TERM; echo ready; while true; do sleep 0.1; done"))
+	e.start("exec", polite)
+	waitLogLine(t, polite.GetLogPath(), "ready") // the trap is set
 	begin = time.Now()
 	if _, err := e.svc.Stop(context.Background(), &podsv0.StopRequest{ContainerId: "polite", TimeoutSeconds: 30}); err != nil {
 		t.Fatal(err)
@@ -282,13 +283,27 @@ func TestRestartKeepsContainers(t *testing.T) {
 	e := newEnv(t)
 	e.allocate(&podsv0.Pod{Id: "restart", Hostname: "restart"})
 	e.start("restart", e.container("long", spec(t, nil, "sleep", "1000")))
-	e.start("restart", e.container("short", spec(t, nil, "sh", "-c", "sleep 1; exit 7")))
+	e.start("restart", e.container("short", spec(t, nil, "sh", "-c", "while [ ! -e /tmp/exit-now ]; do sleep 0.05; done; exit 7")))
 	longPid := e.status("long").GetPid()
 	if err := e.svc.Close(); err != nil {
 		t.Fatal(err)
 	}
 	closedAt := time.Now()
-	time.Sleep(2 * time.Second) // short exits while nobody watches
+	// short exits while nobody watches (the test rootfs is a plain
+	// directory: its /tmp is the host's <rootfs>/tmp).
+	if err := os.WriteFile(filepath.Join(e.rootfs, "tmp", "exit-now"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(e.stateDir, "exits", "short")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("short did not exit")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	e.svc = e.newService()
 	long := e.status("long")
 	if long.GetState() != podsv0.ContainerState_CONTAINER_STATE_RUNNING || long.GetPid() != longPid {
@@ -477,5 +492,21 @@ func TestKubernetesLengthIDs(t *testing.T) {
 	}
 	if _, err := e.svc.Free(context.Background(), &podsv0.FreeRequest{PodId: podID}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// waitLogLine waits until a CRI log has a full stdout line.
+func waitLogLine(t *testing.T, path, line string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		b, _ := os.ReadFile(path)
+		if strings.Contains(string(b), " stdout F "+line+"\n") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("log %s: no line %q in %q", path, line, b)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
