@@ -128,6 +128,11 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 		return nil, fmt.Errorf("create container %q: %w", id, err)
 	}
 	rec.Pid, rec.ConmonPid, rec.ConmonStart = mon.pid, mon.conmonPid, mon.conmonStart
+	// Recorded before runc start, so that a restarted auraed finds the
+	// monitor of a container it started just before it died.
+	if err := s.store.put(bucketContainers, id, rec); err != nil {
+		return nil, fmt.Errorf("persist container %q: %w", id, err)
+	}
 	fd, ok := openPidfd(mon.conmonPid, mon.conmonStart)
 	if !ok {
 		return nil, fmt.Errorf("create container %q: its monitor (pid %d) is gone", id, mon.conmonPid)

@@ -60,8 +60,9 @@ func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.All
 	if cgroup.Exists(cgPath) {
 		return nil, fmt.Errorf("pod %q: a cgroup %s that auraed does not know exists: %w", id, cgPath, errdefs.ErrAlreadyExists)
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "ns"), 0o755); err != nil {
-		return nil, fmt.Errorf("pod %q: %w", id, err)
+	// Recorded first: if auraed dies half-way, recovery undoes the rest.
+	if err := s.persistPod(p, true); err != nil {
+		return nil, err
 	}
 	defer func() {
 		if retErr != nil {
@@ -69,9 +70,16 @@ func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.All
 			defer cancel()
 			if err := s.teardownPod(ctx, p); err != nil {
 				log.Warn("undo pod allocation", "error", err)
+				return // the record stays: recovery or Free retries
+			}
+			if err := s.store.delete(bucketPods, id); err != nil {
+				log.Warn("undo pod allocation", "error", err)
 			}
 		}
 	}()
+	if err := os.MkdirAll(filepath.Join(dir, "ns"), 0o755); err != nil {
+		return nil, fmt.Errorf("pod %q: %w", id, err)
+	}
 	if err := writePodFiles(spec, paths); err != nil {
 		return nil, fmt.Errorf("pod %q: %w", id, err)
 	}
@@ -87,7 +95,7 @@ func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.All
 			return nil, fmt.Errorf("pod %q: %w", id, err)
 		}
 	}
-	if err := s.persistPod(p); err != nil {
+	if err := s.persistPod(p, false); err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
@@ -152,7 +160,7 @@ func (s *Service) makeNamespaces(p *pod, cg *cgroup.Cgroup) error {
 	return nil
 }
 
-func (s *Service) persistPod(p *pod) error {
+func (s *Service) persistPod(p *pod, allocating bool) error {
 	spec, err := protojson.Marshal(p.spec)
 	if err != nil {
 		return err
@@ -161,7 +169,7 @@ func (s *Service) persistPod(p *pod) error {
 	if err != nil {
 		return err
 	}
-	r := podRecord{Spec: spec, Paths: paths, Holder: p.holder, CreatedAt: p.createdAt}
+	r := podRecord{Spec: spec, Paths: paths, Holder: p.holder, CreatedAt: p.createdAt, Allocating: allocating}
 	if err := s.store.put(bucketPods, p.spec.GetId(), r); err != nil {
 		return fmt.Errorf("persist pod %q: %w", p.spec.GetId(), err)
 	}

@@ -510,3 +510,50 @@ func waitLogLine(t *testing.T, path, line string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestRecoverInterrupted: records as auraed leaves them when it dies in the
+// middle of Allocate (the pod is undone) or between runc start and
+// recording the container as running (it is found running).
+func TestRecoverInterrupted(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	half := e.allocate(&podsv0.Pod{Id: "half"})
+	e.allocate(&podsv0.Pod{Id: "whole"})
+	e.start("whole", e.container("c", spec(t, nil, "sleep", "1000")))
+	p, err := e.svc.lookupPod("half")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.persistPod(p, true); err != nil {
+		t.Fatal(err)
+	}
+	c, err := e.svc.lookupContainer("c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := c.record()
+	rec.State, rec.StartedAt = stateCreated, 0
+	if err := e.svc.store.put(bucketContainers, "c", rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.svc = e.newService()
+	resp, err := e.svc.ListPods(ctx, &podsv0.ListPodsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetPods()) != 1 || resp.GetPods()[0].GetPod().GetId() != "whole" {
+		t.Errorf("pods after recovery: %v", resp)
+	}
+	if cgroup.Exists(half.GetCgroupPath()) {
+		t.Errorf("cgroup of the half-allocated pod left")
+	}
+	if _, err := os.Stat(filepath.Dir(half.GetHostnamePath())); !os.IsNotExist(err) {
+		t.Errorf("dir of the half-allocated pod left: %v", err)
+	}
+	if st := e.status("c"); st.GetState() != podsv0.ContainerState_CONTAINER_STATE_RUNNING || st.GetStartedAt() == 0 {
+		t.Errorf("container recorded as created but running: %v", st)
+	}
+}

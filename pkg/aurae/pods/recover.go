@@ -2,6 +2,7 @@ package pods
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
@@ -32,10 +33,11 @@ func (s *Service) recover(ctx context.Context) error {
 			continue
 		}
 		p := &pod{spec: spec, paths: paths, createdAt: r.CreatedAt, holder: r.Holder}
-		if !cgroup.Exists(paths.GetCgroupPath()) {
-			// After a reboot, or someone removed it: the pod is dead. What
-			// is left of it (pins, files) goes; its containers go below.
-			s.log.Info("dropping pod whose cgroup is gone", "pod", id)
+		if r.Allocating || !cgroup.Exists(paths.GetCgroupPath()) {
+			// An Allocate cut short, or a pod whose cgroup went (after a
+			// reboot, or someone removed it): the pod is dead. What is
+			// left of it (holder, pins, files) goes; its containers below.
+			s.log.Info("dropping a pod half allocated or whose cgroup is gone", "pod", id, "allocating", r.Allocating)
 			tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			err := s.teardownPod(tctx, p)
 			cancel()
@@ -64,6 +66,9 @@ func (s *Service) recover(ctx context.Context) error {
 		switch r.State {
 		case stateRunning, stateCreated:
 			if fd, ok := openPidfd(r.ConmonPid, r.ConmonStart); ok {
+				if r.State == stateCreated {
+					s.fixCreated(ctx, c)
+				}
 				s.watch(c, fd)
 			} else {
 				s.finish(c)
@@ -74,4 +79,28 @@ func (s *Service) recover(ctx context.Context) error {
 		s.log.Info("container recovered", "pod", r.PodID, "container", id, "state", podsv0.ContainerState(c.record().State).String())
 	}
 	return nil
+}
+
+// fixCreated asks the runtime about a container auraed recorded as created:
+// auraed may have died between `runc start` and recording it as running.
+func (s *Service) fixCreated(ctx context.Context, c *container) {
+	out, err := s.runRuntime(ctx, "state", c.id)
+	if err != nil {
+		return
+	}
+	var st struct {
+		Status string `json:"status"`
+	}
+	if json.Unmarshal(out, &st) != nil || st.Status != "running" {
+		return
+	}
+	c.mu.Lock()
+	c.rec.State = stateRunning
+	// The exact start is lost; now is no earlier than it.
+	c.rec.StartedAt = time.Now().UnixNano()
+	r := c.rec
+	c.mu.Unlock()
+	if err := s.store.put(bucketContainers, c.id, r); err != nil {
+		s.log.Warn("persist container", "container", c.id, "error", err)
+	}
 }

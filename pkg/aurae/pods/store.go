@@ -28,6 +28,9 @@ type podRecord struct {
 	Paths     json.RawMessage `json:"paths"`
 	Holder    holderRef       `json:"holder"`
 	CreatedAt time.Time       `json:"created_at"`
+	// Allocating: written before Allocate's first side effect and cleared
+	// when it is done, so that recovery undoes an Allocate cut short.
+	Allocating bool `json:"allocating,omitempty"`
 }
 
 func openStore(dir string) (*store, error) {
