@@ -119,3 +119,23 @@ lint: $(BIN)/.golangci-lint-$(GOLANGCI_LINT_VERSION)
 
 clean:
 	rm -f $(BIN)/auraed $(BIN)/aurae-cri
+
+## vm-deps: Debian packages for the guest image and its boot test (QEMU, kernel source and tools)
+VM_APT_PACKAGES := qemu-system-x86 cpio linux-source-6.1 flex bison bc libelf-dev libssl-dev build-essential xz-utils busybox-static runc conmon
+vm-deps:
+	@missing=""; \
+	for p in $(VM_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+## vm-image: guest kernel (vmlinux) and initramfs (static auraed as /init) into VM_IMAGE_DIR (cached)
+VM_IMAGE_DIR ?= /var/lib/aurae/vm
+vm-image: vm-deps
+	$(SUDO) env PATH="$(PATH)" GO=$(GO) hack/vm-image/build.sh $(VM_IMAGE_DIR)
+
+.PHONY: vm-deps vm-image

@@ -1,0 +1,142 @@
+#!/bin/bash
+# Builds the guest image of aurae microVMs from Debian packages:
+#
+#   OUTDIR/vmlinux              uncompressed x86_64 kernel, PVH-bootable (QEMU -kernel)
+#   OUTDIR/initramfs.cpio.gz    /init = static auraed; runc, conmon, busybox
+#
+# Usage: hack/vm-image/build.sh [OUTDIR]   (default /var/lib/aurae/vm; root: mknod)
+#
+# Cached: the kernel is rebuilt only when kernel.config, the linux-source-6.1
+# package version or this recipe's KERNEL_RECIPE changes (OUTDIR/vmlinux.hash);
+# the initramfs only when one of its files changes (OUTDIR/initramfs.hash).
+# The kernel tree and objects stay under OUTDIR/build for incremental builds.
+# Needs: linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio
+# busybox-static runc conmon (make vm-deps installs them).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+OUT=${1:-/var/lib/aurae/vm}
+GO=${GO:-go}
+JOBS=${JOBS:-2}
+# Bump when the kernel build steps below change.
+KERNEL_RECIPE=1
+# Bump when the initramfs layout below changes.
+INITRAMFS_RECIPE=1
+
+log() { printf 'vm-image: %s\n' "$*" >&2; }
+die() { log "$*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (the initramfs needs device nodes made with mknod)"
+for c in cpio gzip xz make gcc flex bison bc ldd busybox runc conmon sha256sum; do
+	command -v "$c" >/dev/null || die "$c missing: run make vm-deps"
+done
+[ -x /bin/busybox ] && file_is_static=$(ldd /bin/busybox 2>&1 || true)
+case "${file_is_static:-}" in *"not a dynamic"*) ;; *) die "/bin/busybox is not static: install busybox-static (make vm-deps)" ;; esac
+
+mkdir -p "$OUT/build"
+OUT=$(cd "$OUT" && pwd)
+
+build_kernel() {
+	local tarball=/usr/src/linux-source-6.1.tar.xz
+	[ -f "$tarball" ] || die "$tarball missing: install linux-source-6.1 (make vm-deps)"
+	local srcver key
+	srcver=$(dpkg-query -W -f='${Version}' linux-source-6.1)
+	key=$( { echo "recipe $KERNEL_RECIPE"; echo "linux-source-6.1 $srcver"; cat "$HERE/kernel.config"; } | sha256sum | cut -d' ' -f1)
+	if [ -f "$OUT/vmlinux" ] && [ "$(cat "$OUT/vmlinux.hash" 2>/dev/null)" = "$key" ]; then
+		log "vmlinux is up to date (linux-source-6.1 $srcver)"
+		return
+	fi
+	local src="$OUT/build/linux-src" obj="$OUT/build/linux-obj"
+	if [ "$(cat "$src/.aurae-extracted" 2>/dev/null)" != "$srcver" ]; then
+		log "extracting linux-source-6.1 $srcver"
+		rm -rf "$src" "$obj"
+		mkdir -p "$src"
+		tar -xJf "$tarball" -C "$src" --strip-components=1
+		echo "$srcver" >"$src/.aurae-extracted"
+	fi
+	mkdir -p "$obj"
+	local start=$SECONDS
+	log "configuring: tinyconfig + kernel.config"
+	make -s -C "$src" O="$obj" ARCH=x86_64 tinyconfig >/dev/null
+	(cd "$src" && ARCH=x86_64 scripts/kconfig/merge_config.sh -m -O "$obj" "$obj/.config" "$HERE/kernel.config" >/dev/null)
+	make -s -C "$src" O="$obj" ARCH=x86_64 olddefconfig >/dev/null
+	# Kconfig silently drops what lacks a dependency: insist on every line.
+	local missing=""
+	while IFS= read -r line; do
+		case "$line" in
+		CONFIG_*=*) grep -qxF -- "$line" "$obj/.config" || missing="$missing $line" ;;
+		"# CONFIG_"*" is not set")
+			local opt=${line#\# }; opt=${opt%% *}
+			if grep -q "^$opt=" "$obj/.config"; then missing="$missing $line"; fi ;;
+		esac
+	done <"$HERE/kernel.config"
+	[ -z "$missing" ] || die "kernel.config options not in the final .config:$missing"
+	log "building vmlinux (nice -n 19 make -j$JOBS; about 10 minutes on 2 busy cores)"
+	nice -n 19 make -s -C "$src" O="$obj" ARCH=x86_64 -j"$JOBS" vmlinux >"$OUT/build/kernel-build.log" 2>&1 ||
+		{ tail -30 "$OUT/build/kernel-build.log" >&2; die "kernel build failed (log: $OUT/build/kernel-build.log)"; }
+	cp "$obj/vmlinux" "$OUT/vmlinux.tmp"
+	cp "$obj/.config" "$OUT/vmlinux.config"
+	mv "$OUT/vmlinux.tmp" "$OUT/vmlinux"
+	echo "$key" >"$OUT/vmlinux.hash"
+	echo "$((SECONDS - start))" >"$OUT/vmlinux.build-seconds"
+	log "vmlinux built in $((SECONDS - start)) s ($(make -s -C "$src" O="$obj" ARCH=x86_64 kernelrelease))"
+}
+
+# copy_with_libs BIN DEST_IN_TREE copies a dynamically linked binary and the
+# libraries ldd lists (at the same paths, the loader included).
+copy_with_libs() {
+	local bin=$1 dest=$2 tree=$3
+	install -D -m 0755 "$bin" "$tree$dest"
+	ldd "$bin" | awk '/=> \//{print $3} /^\t\/.*ld-linux/{print $1}' | while read -r lib; do
+		[ -e "$tree$lib" ] || install -D -m 0755 "$(readlink -f "$lib")" "$tree$lib"
+	done
+}
+
+build_initramfs() {
+	local auraed="$OUT/build/auraed"
+	local version
+	version=$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo dev)
+	log "building static auraed (CGO_ENABLED=0, netgo, osusergo)"
+	(cd "$REPO" && CGO_ENABLED=0 "$GO" build -trimpath -tags netgo,osusergo \
+		-ldflags "-s -w -X github.com/aurae-runtime/aurae-cri/pkg/version.Version=$version" \
+		-o "$auraed.tmp" ./cmd/auraed)
+	if ldd "$auraed.tmp" >/dev/null 2>&1; then die "auraed is not static"; fi
+	mv "$auraed.tmp" "$auraed"
+
+	local runc conmon key
+	runc=$(readlink -f "$(command -v runc)")
+	conmon=$(readlink -f "$(command -v conmon)")
+	key=$( { echo "recipe $INITRAMFS_RECIPE"; sha256sum "$auraed" /bin/busybox "$runc" "$conmon" "$HERE/build.sh" | cut -d' ' -f1; } | sha256sum | cut -d' ' -f1)
+	if [ -f "$OUT/initramfs.cpio.gz" ] && [ "$(cat "$OUT/initramfs.hash" 2>/dev/null)" = "$key" ]; then
+		log "initramfs.cpio.gz is up to date"
+		return
+	fi
+	local tree="$OUT/build/initramfs"
+	rm -rf "$tree"
+	mkdir -p "$tree"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,run,tmp,root,etc,var/lib/aurae,mnt}
+	chmod 1777 "$tree/tmp"
+	install -m 0755 "$auraed" "$tree/init"
+	ln -s ../../init "$tree/usr/bin/auraed"
+	install -m 0755 /bin/busybox "$tree/bin/busybox"
+	local applet
+	for applet in $(/bin/busybox --list); do
+		[ "$applet" = busybox ] || [ -e "$tree/bin/$applet" ] || ln -s busybox "$tree/bin/$applet"
+	done
+	copy_with_libs "$runc" /usr/sbin/runc "$tree"
+	copy_with_libs "$conmon" /usr/bin/conmon "$tree"
+	mknod -m 0600 "$tree/dev/console" c 5 1
+	mknod -m 0666 "$tree/dev/null" c 1 3
+	printf 'aurae\n' >"$tree/etc/hostname"
+	printf '127.0.0.1 localhost\n::1 localhost\n' >"$tree/etc/hosts"
+	: >"$tree/etc/resolv.conf"
+	(cd "$tree" && find . -mindepth 1 -print0 | LC_ALL=C sort -z |
+		cpio --null --quiet -o -H newc --reproducible -R 0:0) | gzip -n -6 >"$OUT/initramfs.cpio.gz.tmp"
+	mv "$OUT/initramfs.cpio.gz.tmp" "$OUT/initramfs.cpio.gz"
+	echo "$key" >"$OUT/initramfs.hash"
+	log "initramfs.cpio.gz: $(du -h "$OUT/initramfs.cpio.gz" | cut -f1) (auraed $(du -h "$auraed" | cut -f1))"
+}
+
+build_kernel
+build_initramfs
+log "done: $OUT/vmlinux $OUT/initramfs.cpio.gz"
