@@ -99,12 +99,21 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 	if err := os.MkdirAll(bundle, 0o700); err != nil {
 		return nil, fmt.Errorf("container %q: %w", id, err)
 	}
+	// A log the monitor made for a container that never started goes too.
+	logExisted := true
+	if lp := req.GetLogPath(); lp != "" {
+		_, err := os.Lstat(lp)
+		logExisted = err == nil
+	}
 	defer func() {
 		if retErr != nil {
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runtimeCallTimeout)
 			defer cancel()
 			if err := s.cleanupContainer(ctx, id); err != nil {
 				log.Warn("undo container start", "error", err)
+			}
+			if !logExisted {
+				_ = os.Remove(req.GetLogPath())
 			}
 		}
 	}()

@@ -389,6 +389,9 @@ func TestBadRequests(t *testing.T) {
 		if _, err := os.Stat(e.svc.bundleDir(id)); !os.IsNotExist(err) {
 			t.Errorf("bundle of refused %s: %v", id, err)
 		}
+		if _, err := os.Stat(filepath.Join(e.logDir, id+".log")); !os.IsNotExist(err) {
+			t.Errorf("log of refused %s: %v", id, err)
+		}
 	}
 	for _, id := range []string{"p2", "p3", "p4", "p5"} {
 		if _, err := os.Stat(e.svc.podDir(id)); !os.IsNotExist(err) {
