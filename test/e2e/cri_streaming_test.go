@@ -116,7 +116,9 @@ func TestCRIStreaming(t *testing.T) {
 		defer cancel()
 		out := &lineWriter{wrote: make(chan struct{}, 1)}
 		done := make(chan error, 1)
-		go func() { done <- stream(sctx, t, resp.GetUrl(), remotecommand.StreamOptions{Stdout: out, Stderr: io.Discard}) }()
+		go func() {
+			done <- stream(sctx, t, resp.GetUrl(), remotecommand.StreamOptions{Stdout: out, Stderr: io.Discard})
+		}()
 		for strings.Count(out.buf.String(), "\n") < 3 {
 			select {
 			case <-out.wrote:
