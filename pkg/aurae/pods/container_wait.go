@@ -19,11 +19,8 @@ func (s *Service) watch(c *container, fd int) {
 	go func() {
 		defer s.wg.Done()
 		defer unix.Close(fd)
-		for !s.closed.Load() {
-			if pollPidfd(fd, 100*time.Millisecond) {
-				s.finish(c)
-				return
-			}
+		if waitExitOrClose(fd, s.closing) {
+			s.finish(c)
 		}
 	}()
 }

@@ -59,11 +59,22 @@ func alive(pid int, start uint64) bool {
 	return ok
 }
 
-// pollPidfd waits up to d for the process behind fd to exit.
-func pollPidfd(fd int, d time.Duration) bool {
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	n, err := unix.Poll(fds, int(d/time.Millisecond))
-	return err == nil && n > 0
+// waitExitOrClose waits until the process behind pidfd exits (true) or
+// the eventfd closing is signalled (false).
+func waitExitOrClose(pidfd, closing int) bool {
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}, {Fd: int32(closing), Events: unix.POLLIN}}
+	for {
+		_, err := unix.Poll(fds, -1)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil || fds[1].Revents != 0 {
+			return false
+		}
+		if fds[0].Revents != 0 {
+			return true
+		}
+	}
 }
 
 // removeCgroupTree removes a cgroup and its children from every hierarchy

@@ -30,6 +30,7 @@ import (
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"github.com/aurae-runtime/aurae-cri/pkg/errmap"
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 )
 
 // Config configures the service.
@@ -60,6 +61,7 @@ type Service struct {
 	runtime string // absolute path
 	conmon  string // absolute path
 	closed  atomic.Bool
+	closing int            // an eventfd, signalled by Close to stop watchers
 	wg      sync.WaitGroup // watchers
 
 	mu   sync.RWMutex
@@ -108,11 +110,16 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 			return nil, fmt.Errorf("pods: state dir: %w", err)
 		}
 	}
+	closing, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("pods: %w", err)
+	}
 	st, err := openStore(cfg.StateDir)
 	if err != nil {
+		unix.Close(closing)
 		return nil, err
 	}
-	s := &Service{cfg: cfg, log: cfg.Logger, store: st, runtime: rt, conmon: cm, pods: map[string]*pod{}, ctrs: map[string]*container{}}
+	s := &Service{cfg: cfg, log: cfg.Logger, store: st, runtime: rt, conmon: cm, closing: closing, pods: map[string]*pod{}, ctrs: map[string]*container{}}
 	if err := s.recover(ctx); err != nil {
 		_ = s.Close()
 		return nil, fmt.Errorf("recover pods: %w", err)
@@ -126,7 +133,10 @@ func (s *Service) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
+	// The counter stays non-zero: every watcher sees it.
+	_, _ = unix.Write(s.closing, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 	s.wg.Wait()
+	unix.Close(s.closing)
 	return s.store.close()
 }
 
