@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // free stops and removes every container of a pod, kills what is left in
@@ -51,9 +52,14 @@ func (s *Service) free(ctx context.Context, id string) error {
 	return nil
 }
 
+// teardownTimeout bounds the wait for a pod's last processes to die.
+const teardownTimeout = 30 * time.Second
+
 // teardownPod undoes what allocate did; every step tolerates a missing
 // resource, so that it can be retried and used to roll back.
 func (s *Service) teardownPod(ctx context.Context, p *pod) error {
+	ctx, cancel := context.WithTimeout(ctx, teardownTimeout)
+	defer cancel()
 	cgPath := p.paths.GetCgroupPath()
 	if err := killCgroup(ctx, cgPath); err != nil {
 		return err
