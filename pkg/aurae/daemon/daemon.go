@@ -64,6 +64,7 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 		_ = d.Close()
 		return nil, err
 	}
+	d.addVMs(ctx, cfg)
 	return d, nil
 }
 

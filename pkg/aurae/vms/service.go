@@ -1,0 +1,205 @@
+// Package vms serves the Aurae VmService (aurae.vms.v0): microVMs run by a
+// hypervisor (pkg/hypervisor: QEMU by default) as processes of their own,
+// which outlive auraed; a restarted auraed adopts them again.
+//
+// State dir layout:
+//
+//	vms.db                  bbolt: one record per VM (spec and status)
+//	vms/<id>/config.json    the VM's spec (protojson)
+//	vms/<id>/qmp.sock       QEMU's QMP socket
+//	vms/<id>/aurae.sock     the guest auraed's channel (virtio-serial port aurae.0)
+//	vms/<id>/console.log    the guest's serial console
+//	vms/<id>/hypervisor.pid, hypervisor.log
+//	vms/.accel/             the KVM probe's results, per kernel hash
+//
+// The guest's initramfs is Config.Initramfs, or else initramfs.cpio.gz
+// beside the VM's kernel when it exists (what `make vm-image` puts in
+// /var/lib/aurae/vm); with neither, the kernel boots without one.
+package vms
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	vmsv0 "github.com/aurae-runtime/aurae-cri/api/vms/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/errmap"
+	"github.com/aurae-runtime/aurae-cri/pkg/hypervisor"
+)
+
+// Config configures the service.
+type Config struct {
+	// StateDir holds vms.db and vms/<id>/.
+	StateDir string
+	// Hypervisor is "qemu" (default), "cloud-hypervisor" or "firecracker".
+	Hypervisor string
+	// HypervisorBinary overrides the hypervisor's binary.
+	HypervisorBinary string
+	// Accelerator is "" or "auto" (probe KVM with a real boot, else TCG),
+	// "kvm" or "tcg".
+	Accelerator string
+	// Initramfs is the guest's initramfs for every VM; empty uses
+	// initramfs.cpio.gz beside the VM's kernel when it exists.
+	Initramfs string
+	// BootTimeout bounds a boot (until the guest's first console output);
+	// a boot that times out is retried once. Default 60 s.
+	BootTimeout time.Duration
+	// StopTimeout is how long Stop waits for the guest to power down after
+	// the ACPI power button before it quits the hypervisor. Default 10 s.
+	StopTimeout time.Duration
+	Logger      *slog.Logger
+}
+
+var _ vmsv0.VmServiceServer = (*Service)(nil)
+
+// Service implements vmsv0.VmServiceServer.
+type Service struct {
+	vmsv0.UnimplementedVmServiceServer
+
+	cfg   Config
+	log   *slog.Logger
+	hv    hypervisor.Hypervisor
+	accel hypervisor.Accel
+	store *store
+
+	closed   atomic.Bool
+	watchCtx context.Context
+	unwatch  context.CancelFunc
+	wg       sync.WaitGroup // watchers
+
+	mu  sync.RWMutex
+	vms map[string]*vm
+}
+
+// NewService opens the state and reconciles it with the machine: VMs whose
+// hypervisor still runs (same pid and start time, control socket answering)
+// are adopted; the others are marked stopped.
+func NewService(ctx context.Context, cfg Config) (*Service, error) {
+	if cfg.StateDir == "" {
+		return nil, fmt.Errorf("vms: state dir is empty: %w", errdefs.ErrInvalidArgument)
+	}
+	dir, err := filepath.Abs(cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("vms: state dir: %w", err)
+	}
+	cfg.StateDir = dir
+	if cfg.BootTimeout <= 0 {
+		cfg.BootTimeout = 60 * time.Second
+	}
+	if cfg.StopTimeout <= 0 {
+		cfg.StopTimeout = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	accel, err := hypervisor.ParseAccel(cfg.Accelerator)
+	if err != nil {
+		return nil, fmt.Errorf("vms: %w", err)
+	}
+	hv, err := hypervisor.New(cfg.Hypervisor, hypervisor.Options{
+		Binary:   cfg.HypervisorBinary,
+		CacheDir: filepath.Join(cfg.StateDir, "vms", ".accel"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("vms: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "vms"), 0o700); err != nil {
+		return nil, fmt.Errorf("vms: state dir: %w", err)
+	}
+	st, err := openStore(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	wctx, unwatch := context.WithCancel(context.Background())
+	s := &Service{cfg: cfg, log: cfg.Logger, hv: hv, accel: accel, store: st, watchCtx: wctx, unwatch: unwatch, vms: map[string]*vm{}}
+	if err := s.recover(ctx); err != nil {
+		_ = s.Close()
+		return nil, fmt.Errorf("recover vms: %w", err)
+	}
+	return s, nil
+}
+
+// Close stops watching VMs and releases the state file. The VMs keep
+// running.
+func (s *Service) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	s.unwatch()
+	s.wg.Wait()
+	return s.store.close()
+}
+
+func (s *Service) vmDir(id string) string { return filepath.Join(s.cfg.StateDir, "vms", id) }
+
+func (s *Service) lookup(id string) (*vm, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	v, ok := s.vms[id]
+	if !ok || v.reserved {
+		return nil, fmt.Errorf("vm %q: %w", id, errdefs.ErrNotFound)
+	}
+	return v, nil
+}
+
+// Create implements VmService.Create.
+func (s *Service) Create(ctx context.Context, req *vmsv0.VmServiceCreateRequest) (*vmsv0.VmServiceCreateResponse, error) {
+	id, err := s.create(ctx, req.GetMachine())
+	if err != nil {
+		return nil, errmap.ToGRPC(err)
+	}
+	return &vmsv0.VmServiceCreateResponse{VmId: id}, nil
+}
+
+// Allocate implements VmService.Allocate, Aurae's name for Create.
+func (s *Service) Allocate(ctx context.Context, req *vmsv0.VmServiceCreateRequest) (*vmsv0.VmServiceCreateResponse, error) {
+	return s.Create(ctx, req)
+}
+
+// Start implements VmService.Start.
+func (s *Service) Start(ctx context.Context, req *vmsv0.VmServiceStartRequest) (*vmsv0.VmServiceStartResponse, error) {
+	if err := validID(req.GetVmId()); err != nil {
+		return nil, errmap.ToGRPC(err)
+	}
+	addr, err := s.start(ctx, req.GetVmId())
+	if err != nil {
+		return nil, errmap.ToGRPC(err)
+	}
+	return &vmsv0.VmServiceStartResponse{AuraedAddress: addr}, nil
+}
+
+// Stop implements VmService.Stop. Stopping an unknown or stopped VM
+// succeeds.
+func (s *Service) Stop(ctx context.Context, req *vmsv0.VmServiceStopRequest) (*vmsv0.VmServiceStopResponse, error) {
+	if err := validID(req.GetVmId()); err != nil {
+		return nil, errmap.ToGRPC(err)
+	}
+	if err := s.stop(ctx, req.GetVmId()); err != nil {
+		return nil, errmap.ToGRPC(err)
+	}
+	return &vmsv0.VmServiceStopResponse{}, nil
+}
+
+// Free implements VmService.Free: stop, then remove the VM's state. Freeing
+// an unknown VM succeeds.
+func (s *Service) Free(ctx context.Context, req *vmsv0.VmServiceFreeRequest) (*vmsv0.VmServiceFreeResponse, error) {
+	if err := validID(req.GetVmId()); err != nil {
+		return nil, errmap.ToGRPC(err)
+	}
+	if err := s.free(ctx, req.GetVmId()); err != nil {
+		return nil, errmap.ToGRPC(err)
+	}
+	return &vmsv0.VmServiceFreeResponse{}, nil
+}
+
+// List implements VmService.List, from memory.
+func (s *Service) List(ctx context.Context, _ *vmsv0.VmServiceListRequest) (*vmsv0.VmServiceListResponse, error) {
+	return &vmsv0.VmServiceListResponse{Machines: s.list()}, nil
+}

@@ -1,0 +1,146 @@
+package vms
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	vmsv0 "github.com/aurae-runtime/aurae-cri/api/vms/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/hypervisor"
+)
+
+// A VM's states:
+//
+//	Create ──▶ CREATED ──Start──▶ RUNNING ──Stop, or the hypervisor exits──▶ STOPPED
+//	                                 ▲                                          │
+//	                                 └──────────────────Start───────────────────┘
+//
+// Free removes a VM in any state (stopping it first). The hypervisor is the
+// truth: a watcher marks a VM STOPPED as soon as its process exits (guest
+// power-off, panic, kill), and recovery marks STOPPED what it cannot adopt.
+
+// vm is one VM: its spec is immutable; its status changes under mu, and
+// Start, Stop and Free of one VM are serialized by op.
+type vm struct {
+	id   string
+	spec *vmsv0.VirtualMachine
+	dir  string
+	// reserved: being created, invisible to every other call.
+	reserved bool
+
+	op sync.Mutex
+
+	mu sync.Mutex
+	st vmStatus
+	// freed: removed while a caller waited for op.
+	freed bool
+	// proc is the running hypervisor (nil unless RUNNING).
+	proc *hypervisor.Proc
+}
+
+// status is what changes about a VM, persisted in its record.
+type vmStatus struct {
+	State     vmsv0.VmState `json:"state"`
+	Pid       int           `json:"pid,omitempty"`
+	StartTime uint64        `json:"start_time,omitempty"`
+	Accel     string        `json:"accel,omitempty"`
+	Warning   string        `json:"warning,omitempty"`
+	CreatedAt time.Time     `json:"created_at"`
+	StartedAt time.Time     `json:"started_at,omitzero"`
+	StoppedAt time.Time     `json:"stopped_at,omitzero"`
+}
+
+func (v *vm) status() vmStatus {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.st
+}
+
+func (v *vm) running() *hypervisor.Proc {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.st.State != vmsv0.VmState_VM_STATE_RUNNING {
+		return nil
+	}
+	return v.proc
+}
+
+// setRunning records a started or adopted hypervisor.
+func (s *Service) setRunning(v *vm, p *hypervisor.Proc, warning string) {
+	v.mu.Lock()
+	v.proc = p
+	v.st.State = vmsv0.VmState_VM_STATE_RUNNING
+	v.st.Pid, v.st.StartTime = p.Pid, p.StartTime
+	v.st.Accel, v.st.Warning = string(p.Accel), warning
+	if v.st.StartedAt.IsZero() || v.st.StoppedAt.After(v.st.StartedAt) {
+		v.st.StartedAt = time.Now().UTC()
+	}
+	st := v.st
+	v.mu.Unlock()
+	s.persist(v, st)
+	s.watch(v, p)
+}
+
+// setStopped marks v stopped if p is still its hypervisor (nil: any).
+func (s *Service) setStopped(v *vm, p *hypervisor.Proc) {
+	v.mu.Lock()
+	if v.freed || v.st.State != vmsv0.VmState_VM_STATE_RUNNING || (p != nil && v.proc != p) {
+		v.mu.Unlock()
+		return
+	}
+	v.proc = nil
+	v.st.State = vmsv0.VmState_VM_STATE_STOPPED
+	v.st.StoppedAt = time.Now().UTC()
+	st := v.st
+	v.mu.Unlock()
+	s.persist(v, st)
+	s.log.Info("vm stopped", "vm", v.id)
+}
+
+func (s *Service) persist(v *vm, st vmStatus) {
+	if s.closed.Load() {
+		return
+	}
+	if err := s.store.put(v.id, record{Spec: v.spec, Status: st}); err != nil {
+		s.log.Warn("persist vm state", "vm", v.id, "error", err)
+	}
+}
+
+// watch marks v stopped when its hypervisor exits.
+func (s *Service) watch(v *vm, p *hypervisor.Proc) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := p.Wait(s.watchCtx); err != nil {
+			return // the service closed
+		}
+		s.setStopped(v, p)
+	}()
+}
+
+// summary is v as List shows it.
+func (s *Service) summary(v *vm) *vmsv0.VmSummary {
+	st := v.status()
+	sum := &vmsv0.VmSummary{
+		Id:            v.id,
+		Machine:       v.spec,
+		State:         st.State,
+		Accelerator:   st.Accel,
+		Warning:       st.Warning,
+		AuraedAddress: auraedAddress(v.dir),
+	}
+	if st.State == vmsv0.VmState_VM_STATE_RUNNING {
+		sum.HypervisorPid = int32(st.Pid)
+	}
+	return sum
+}
+
+func auraedAddress(dir string) string { return "unix://" + hypervisor.AuraeSocket(dir) }
+
+// bounded is ctx with a deadline of d when it has none.
+func bounded(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
+}

@@ -1,0 +1,25 @@
+package vms
+
+import (
+	"sort"
+
+	vmsv0 "github.com/aurae-runtime/aurae-cri/api/vms/v0"
+)
+
+// list is every VM, sorted by id, from memory: a wedged VM never blocks it.
+func (s *Service) list() []*vmsv0.VmSummary {
+	s.mu.RLock()
+	vms := make([]*vm, 0, len(s.vms))
+	for _, v := range s.vms {
+		if !v.reserved {
+			vms = append(vms, v)
+		}
+	}
+	s.mu.RUnlock()
+	sort.Slice(vms, func(i, j int) bool { return vms[i].id < vms[j].id })
+	out := make([]*vmsv0.VmSummary, 0, len(vms))
+	for _, v := range vms {
+		out = append(out, s.summary(v))
+	}
+	return out
+}

@@ -1,0 +1,116 @@
+package vms
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/hypervisor"
+)
+
+// initramfsName is the guest initramfs looked for beside a VM's kernel.
+const initramfsName = "initramfs.cpio.gz"
+
+// start boots a created or stopped VM and returns where its guest auraed
+// answers. Starting a running VM returns its address.
+func (s *Service) start(ctx context.Context, id string) (string, error) {
+	v, err := s.lookup(id)
+	if err != nil {
+		return "", fmt.Errorf("start vm: %w", err)
+	}
+	v.op.Lock()
+	defer v.op.Unlock()
+	v.mu.Lock()
+	freed := v.freed
+	v.mu.Unlock()
+	if freed {
+		return "", fmt.Errorf("start vm: vm %q: %w", id, errdefs.ErrNotFound)
+	}
+	if p := v.running(); p != nil && p.Alive() {
+		return auraedAddress(v.dir), nil
+	}
+	cfg, err := s.bootConfig(v)
+	if err != nil {
+		return "", fmt.Errorf("start vm %q: %w", id, err)
+	}
+	// A boot takes seconds under TCG; bound it even when the caller does
+	// not: two boots, the KVM probe, and some slack.
+	bctx, cancel := bounded(ctx, 2*s.cfg.BootTimeout+time.Minute)
+	defer cancel()
+	t0 := time.Now()
+	p, err := s.hv.Start(bctx, cfg)
+	if err != nil {
+		return "", fmt.Errorf("start vm %q: %w", id, err)
+	}
+	if p.Warning != "" {
+		s.log.WarnContext(ctx, "vm runs without hardware acceleration", "vm", id, "accel", p.Accel, "warning", p.Warning)
+	}
+	s.setRunning(v, p, p.Warning)
+	s.log.InfoContext(ctx, "vm started", "vm", id, "hypervisor", s.hv.Name(), "pid", p.Pid, "accel", p.Accel, "boot", time.Since(t0).Round(time.Millisecond).String())
+	return auraedAddress(v.dir), nil
+}
+
+// bootConfig is the hypervisor's config for v. Files of the spec are
+// checked again: they may have gone since Create.
+func (s *Service) bootConfig(v *vm) (hypervisor.VMConfig, error) {
+	m := v.spec
+	if err := validFile("kernel_img_path", m.GetKernelImgPath()); err != nil {
+		return hypervisor.VMConfig{}, fmt.Errorf("%w: %w", err, errdefs.ErrFailedPrecondition)
+	}
+	cfg := hypervisor.VMConfig{
+		ID:          v.id,
+		Dir:         v.dir,
+		Kernel:      m.GetKernelImgPath(),
+		KernelArgs:  append([]string{}, m.GetKernelArgs()...),
+		MemMiB:      m.GetMemSizeMb(),
+		VCPUs:       m.GetVcpuCount(),
+		Accel:       s.accel,
+		BootTimeout: s.cfg.BootTimeout,
+	}
+	// The guest auraed's hostname (hack/vm-image/README.md): the VM's id.
+	if !slices.ContainsFunc(cfg.KernelArgs, func(a string) bool { return strings.HasPrefix(a, "aurae.hostname=") }) {
+		cfg.KernelArgs = append(cfg.KernelArgs, "aurae.hostname="+v.id)
+	}
+	cfg.Initrd = s.cfg.Initramfs
+	if cfg.Initrd == "" {
+		if p := filepath.Join(filepath.Dir(cfg.Kernel), initramfsName); fileExists(p) {
+			cfg.Initrd = p
+		}
+	} else if !fileExists(cfg.Initrd) {
+		return cfg, fmt.Errorf("initramfs %s does not exist: %w", cfg.Initrd, errdefs.ErrFailedPrecondition)
+	}
+	if rd := m.GetRootDrive(); rd != nil {
+		if err := validFile("root_drive.host_path", rd.GetHostPath()); err != nil {
+			return cfg, fmt.Errorf("%w: %w", err, errdefs.ErrFailedPrecondition)
+		}
+		cfg.Drives = append(cfg.Drives, hypervisor.Drive{ID: "root", Path: rd.GetHostPath(), ReadOnly: !rd.GetIsWriteable()})
+	}
+	for i, d := range m.GetDriveMounts() {
+		if err := validFile(fmt.Sprintf("drive_mounts[%d].host_path", i), d.GetHostPath()); err != nil {
+			return cfg, fmt.Errorf("%w: %w", err, errdefs.ErrFailedPrecondition)
+		}
+		devID := "mount" + strconv.Itoa(i)
+		cfg.Drives = append(cfg.Drives, hypervisor.Drive{ID: devID, Path: d.GetHostPath(), ReadOnly: !d.GetIsWriteable()})
+		// What the guest mounts where: aurae.mount=<serial>:<path>:<fstype>:<ro|rw>,
+		// read by the guest from /proc/cmdline (the device is
+		// /dev/disk/by-id/virtio-<serial>).
+		mode := "ro"
+		if d.GetIsWriteable() {
+			mode = "rw"
+		}
+		cfg.KernelArgs = append(cfg.KernelArgs, fmt.Sprintf("aurae.mount=%s:%s:%s:%s", devID, d.GetVmPath(), d.GetFsType(), mode))
+	}
+	return cfg, nil
+}
+
+func fileExists(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && !fi.IsDir()
+}
