@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -129,13 +130,60 @@ func TestCRIStreaming(t *testing.T) {
 			}
 		}
 		cancel()
-		<-done
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("attach after cancel: %v", err)
+		}
 		if lines := strings.Split(strings.TrimSpace(out.buf.String()), "\n"); !strings.HasPrefix(lines[0], "line ") {
 			t.Errorf("attach output %q", lines)
 		}
 	})
 
+	t.Run("exec with a tty resized", func(t *testing.T) {
+		resp, err := c.Runtime.Exec(ctx, &runtimeapi.ExecRequest{
+			ContainerId: sleeper, Cmd: []string{"sh", "-c", "sleep 1; busybox stty size"}, Tty: true, Stdin: true, Stdout: true,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		var stdout bytes.Buffer
+		// stdin open but silent: a closed stdin would be ^D to the shell.
+		in, inW := io.Pipe()
+		defer inW.Close()
+		err = stream(sctx, t, resp.GetUrl(), remotecommand.StreamOptions{
+			Stdin: in, Stdout: &stdout, Tty: true, TerminalSizeQueue: &sizeQueue{ctx: sctx, size: remotecommand.TerminalSize{Width: 111, Height: 33}},
+		})
+		if err != nil || strings.TrimSpace(stdout.String()) != "33 111" {
+			t.Errorf("stty size after a resize: %q %v, want 33 111", stdout.String(), err)
+		}
+	})
+
+	t.Run("attach with stdin", func(t *testing.T) {
+		cfg := containerConfig("cat", image, "sh", "-c", "while read l; do echo echo $l; done")
+		cfg.Stdin = true
+		id := runContainer(t, c, podID, pod, cfg)
+		waitContainerState(t, c, id, runtimeapi.ContainerState_CONTAINER_RUNNING)
+		got := attachUntil(ctx, t, c, &runtimeapi.AttachRequest{ContainerId: id, Stdin: true, Stdout: true}, "ping\n", "echo ping", nil)
+		if !strings.Contains(got, "echo ping") {
+			t.Errorf("attach with stdin: %q", got)
+		}
+	})
+
+	t.Run("attach with a tty resized", func(t *testing.T) {
+		cfg := containerConfig("term", image, "sh", "-c", "while true; do busybox stty size; sleep 0.2; done")
+		cfg.Tty, cfg.Stdin = true, true
+		id := runContainer(t, c, podID, pod, cfg)
+		waitContainerState(t, c, id, runtimeapi.ContainerState_CONTAINER_RUNNING)
+		got := attachUntil(ctx, t, c, &runtimeapi.AttachRequest{ContainerId: id, Stdin: true, Stdout: true, Tty: true}, "", "44 122",
+			&remotecommand.TerminalSize{Width: 122, Height: 44})
+		if !strings.Contains(got, "44 122") {
+			t.Errorf("attach with a tty: %q, want the new size 44 122", got)
+		}
+	})
+
 	t.Run("port-forward", func(t *testing.T) {
+		waitServing(t, c, server, 8080, "pong")
 		resp, err := c.Runtime.PortForward(ctx, &runtimeapi.PortForwardRequest{PodSandboxId: podID, Port: []int32{8080}})
 		if err != nil {
 			t.Fatal(err)
@@ -143,6 +191,25 @@ func TestCRIStreaming(t *testing.T) {
 		got := portForwardRead(t, resp.GetUrl(), 8080)
 		if got != "pong" {
 			t.Errorf("port-forward read %q, want pong", got)
+		}
+	})
+
+	t.Run("port-forward to a hostNetwork pod", func(t *testing.T) {
+		hostPod := c.podConfig(t, "hostpf")
+		hostPod.Linux.SecurityContext = &runtimeapi.LinuxSandboxSecurityContext{NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE}}
+		hostID, err := c.Runtime.RunPodSandbox(ctx, hostPod, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := freePort(t)
+		hostServer := runContainer(t, c, hostID, hostPod, containerConfig("pong", image, "nc", "-ll", "-p", strconv.Itoa(port), "-e", "echo", "hostpong"))
+		waitServing(t, c, hostServer, port, "hostpong")
+		resp, err := c.Runtime.PortForward(ctx, &runtimeapi.PortForwardRequest{PodSandboxId: hostID, Port: []int32{int32(port)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := portForwardRead(t, resp.GetUrl(), port); got != "hostpong" {
+			t.Errorf("port-forward to a hostNetwork pod read %q, want hostpong", got)
 		}
 	})
 
@@ -188,10 +255,87 @@ func TestCRIStreaming(t *testing.T) {
 	})
 }
 
+// sizeQueue gives one terminal size, then none until ctx ends.
+type sizeQueue struct {
+	ctx  context.Context
+	size remotecommand.TerminalSize
+	sent bool
+}
+
+func (q *sizeQueue) Next() *remotecommand.TerminalSize {
+	if !q.sent {
+		q.sent = true
+		return &q.size
+	}
+	<-q.ctx.Done()
+	return nil
+}
+
+// attachUntil attaches with req, writes input every 200 ms (when not
+// empty) and returns the output once it contains want (or 30 s passed).
+func attachUntil(ctx context.Context, t *testing.T, c *CRI, req *runtimeapi.AttachRequest, input, want string, size *remotecommand.TerminalSize) string {
+	t.Helper()
+	resp, err := c.Runtime.Attach(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	out := &lineWriter{wrote: make(chan struct{}, 1)}
+	in, inW := io.Pipe()
+	defer inW.Close()
+	opts := remotecommand.StreamOptions{Stdout: out, Tty: req.GetTty()}
+	if req.GetStdin() {
+		opts.Stdin = in
+	}
+	if size != nil {
+		opts.TerminalSizeQueue = &sizeQueue{ctx: sctx, size: *size}
+	}
+	done := make(chan error, 1)
+	go func() { done <- stream(sctx, t, resp.GetUrl(), opts) }()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for !strings.Contains(out.buf.String(), want) {
+		select {
+		case <-out.wrote:
+		case <-tick.C:
+			if input != "" {
+				go func() { _, _ = inW.Write([]byte(input)) }()
+			}
+		case err := <-done:
+			t.Fatalf("attach ended: %v; got %q", err, out.buf.String())
+		case <-sctx.Done():
+			return out.buf.String()
+		}
+	}
+	cancel()
+	_ = inW.Close()
+	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+		t.Errorf("attach after cancel: %v", err)
+	}
+	return out.buf.String()
+}
+
+// waitServing waits until the container's server answers want on
+// 127.0.0.1:port of its own network namespace: a port forward to a port
+// nobody listens on ends the client's whole forwarding session.
+func waitServing(t *testing.T, c *CRI, id string, port int, want string) {
+	t.Helper()
+	var out []byte
+	var err error
+	for i := 0; i < 100; i++ {
+		out, _, err = c.Runtime.ExecSync(t.Context(), id, []string{"nc", "-w", "2", "127.0.0.1", strconv.Itoa(port)}, 10*time.Second)
+		if err == nil && strings.TrimSpace(string(out)) == want {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("server on port %d does not answer: %q %v", port, out, err)
+}
+
 // portForwardRead forwards a local port to the pod's port through the
 // streaming URL (client-go's port forwarder, as kubectl port-forward) and
-// returns the first line read from it; it retries while the pod's server
-// is not listening yet.
+// returns the first line read from it.
 func portForwardRead(t *testing.T, rawURL string, podPort int) string {
 	t.Helper()
 	u, err := url.Parse(rawURL)
@@ -212,7 +356,9 @@ func portForwardRead(t *testing.T, rawURL string, podPort int) string {
 	go func() { fwDone <- fw.ForwardPorts() }()
 	defer func() {
 		close(stop)
-		<-fwDone
+		if err := <-fwDone; err != nil {
+			t.Logf("port forwarder: %v", err)
+		}
 	}()
 	select {
 	case <-ready:
@@ -232,7 +378,7 @@ func portForwardRead(t *testing.T, rawURL string, podPort int) string {
 			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
 			line, _ = bufio.NewReader(conn).ReadString('\n')
 			_ = conn.Close()
-			if line = strings.TrimSpace(line); line == "pong" {
+			if line = strings.TrimSpace(line); line != "" {
 				return line
 			}
 		}
