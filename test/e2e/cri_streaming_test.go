@@ -150,7 +150,7 @@ func TestCRIStreaming(t *testing.T) {
 		var stdout bytes.Buffer
 		// stdin open but silent: a closed stdin would be ^D to the shell.
 		in, inW := io.Pipe()
-		defer inW.Close()
+		defer func() { _ = inW.Close() }()
 		err = stream(sctx, t, resp.GetUrl(), remotecommand.StreamOptions{
 			Stdin: in, Stdout: &stdout, Tty: true, TerminalSizeQueue: &sizeQueue{ctx: sctx, size: remotecommand.TerminalSize{Width: 111, Height: 33}},
 		})
@@ -283,7 +283,7 @@ func attachUntil(ctx context.Context, t *testing.T, c *CRI, req *runtimeapi.Atta
 	defer cancel()
 	out := &lineWriter{wrote: make(chan struct{}, 1)}
 	in, inW := io.Pipe()
-	defer inW.Close()
+	defer func() { _ = inW.Close() }()
 	opts := remotecommand.StreamOptions{Stdout: out, Tty: req.GetTty()}
 	if req.GetStdin() {
 		opts.Stdin = in
