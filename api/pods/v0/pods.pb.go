@@ -132,6 +132,58 @@ func (ContainerState) EnumDescriptor() ([]byte, []int) {
 	return file_pods_v0_pods_proto_rawDescGZIP(), []int{1}
 }
 
+type ContainerEventType int32
+
+const (
+	ContainerEventType_CONTAINER_EVENT_TYPE_UNSPECIFIED ContainerEventType = 0
+	ContainerEventType_CONTAINER_EVENT_TYPE_STARTED     ContainerEventType = 1
+	ContainerEventType_CONTAINER_EVENT_TYPE_EXITED      ContainerEventType = 2
+	ContainerEventType_CONTAINER_EVENT_TYPE_REMOVED     ContainerEventType = 3
+)
+
+// Enum value maps for ContainerEventType.
+var (
+	ContainerEventType_name = map[int32]string{
+		0: "CONTAINER_EVENT_TYPE_UNSPECIFIED",
+		1: "CONTAINER_EVENT_TYPE_STARTED",
+		2: "CONTAINER_EVENT_TYPE_EXITED",
+		3: "CONTAINER_EVENT_TYPE_REMOVED",
+	}
+	ContainerEventType_value = map[string]int32{
+		"CONTAINER_EVENT_TYPE_UNSPECIFIED": 0,
+		"CONTAINER_EVENT_TYPE_STARTED":     1,
+		"CONTAINER_EVENT_TYPE_EXITED":      2,
+		"CONTAINER_EVENT_TYPE_REMOVED":     3,
+	}
+)
+
+func (x ContainerEventType) Enum() *ContainerEventType {
+	p := new(ContainerEventType)
+	*p = x
+	return p
+}
+
+func (x ContainerEventType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ContainerEventType) Descriptor() protoreflect.EnumDescriptor {
+	return file_pods_v0_pods_proto_enumTypes[2].Descriptor()
+}
+
+func (ContainerEventType) Type() protoreflect.EnumType {
+	return &file_pods_v0_pods_proto_enumTypes[2]
+}
+
+func (x ContainerEventType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ContainerEventType.Descriptor instead.
+func (ContainerEventType) EnumDescriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{2}
+}
+
 type NamespaceOptions struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// POD or NODE. NODE also keeps the host's UTS namespace (hostname).
@@ -2450,6 +2502,104 @@ func (*AttachResponse_Stdout) isAttachResponse_Response() {}
 
 func (*AttachResponse_Stderr) isAttachResponse_Response() {}
 
+type ContainerEventsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContainerEventsRequest) Reset() {
+	*x = ContainerEventsRequest{}
+	mi := &file_pods_v0_pods_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContainerEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContainerEventsRequest) ProtoMessage() {}
+
+func (x *ContainerEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContainerEventsRequest.ProtoReflect.Descriptor instead.
+func (*ContainerEventsRequest) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{36}
+}
+
+type ContainerEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  ContainerEventType     `protobuf:"varint,1,opt,name=type,proto3,enum=aurae.runtime.pod.v0.ContainerEventType" json:"type,omitempty"`
+	// The container's status when the event happened.
+	Status *ContainerStatus `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	// Unix nanoseconds.
+	Timestamp     int64 `protobuf:"varint,3,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContainerEvent) Reset() {
+	*x = ContainerEvent{}
+	mi := &file_pods_v0_pods_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContainerEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContainerEvent) ProtoMessage() {}
+
+func (x *ContainerEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContainerEvent.ProtoReflect.Descriptor instead.
+func (*ContainerEvent) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ContainerEvent) GetType() ContainerEventType {
+	if x != nil {
+		return x.Type
+	}
+	return ContainerEventType_CONTAINER_EVENT_TYPE_UNSPECIFIED
+}
+
+func (x *ContainerEvent) GetStatus() *ContainerStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+func (x *ContainerEvent) GetTimestamp() int64 {
+	if x != nil {
+		return x.Timestamp
+	}
+	return 0
+}
+
 var File_pods_v0_pods_proto protoreflect.FileDescriptor
 
 const file_pods_v0_pods_proto_rawDesc = "" +
@@ -2625,7 +2775,12 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\x06stdout\x18\x01 \x01(\fH\x00R\x06stdout\x12\x18\n" +
 	"\x06stderr\x18\x02 \x01(\fH\x00R\x06stderrB\n" +
 	"\n" +
-	"\bresponse*^\n" +
+	"\bresponse\"\x18\n" +
+	"\x16ContainerEventsRequest\"\xab\x01\n" +
+	"\x0eContainerEvent\x12<\n" +
+	"\x04type\x18\x01 \x01(\x0e2(.aurae.runtime.pod.v0.ContainerEventTypeR\x04type\x12=\n" +
+	"\x06status\x18\x02 \x01(\v2%.aurae.runtime.pod.v0.ContainerStatusR\x06status\x12\x1c\n" +
+	"\ttimestamp\x18\x03 \x01(\x03R\ttimestamp*^\n" +
 	"\rNamespaceMode\x12\x16\n" +
 	"\x12NAMESPACE_MODE_POD\x10\x00\x12\x1c\n" +
 	"\x18NAMESPACE_MODE_CONTAINER\x10\x01\x12\x17\n" +
@@ -2634,8 +2789,12 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\x17CONTAINER_STATE_UNKNOWN\x10\x00\x12\x1b\n" +
 	"\x17CONTAINER_STATE_CREATED\x10\x01\x12\x1b\n" +
 	"\x17CONTAINER_STATE_RUNNING\x10\x02\x12\x1a\n" +
-	"\x16CONTAINER_STATE_EXITED\x10\x032\xa5\n" +
-	"\n" +
+	"\x16CONTAINER_STATE_EXITED\x10\x03*\x9f\x01\n" +
+	"\x12ContainerEventType\x12$\n" +
+	" CONTAINER_EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n" +
+	"\x1cCONTAINER_EVENT_TYPE_STARTED\x10\x01\x12\x1f\n" +
+	"\x1bCONTAINER_EVENT_TYPE_EXITED\x10\x02\x12 \n" +
+	"\x1cCONTAINER_EVENT_TYPE_REMOVED\x10\x032\x90\v\n" +
 	"\n" +
 	"PodService\x12[\n" +
 	"\bAllocate\x12%.aurae.runtime.pod.v0.AllocateRequest\x1a&.aurae.runtime.pod.v0.AllocateResponse\"\x00\x12R\n" +
@@ -2650,7 +2809,8 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\x18UpdateContainerResources\x125.aurae.runtime.pod.v0.UpdateContainerResourcesRequest\x1a6.aurae.runtime.pod.v0.UpdateContainerResourcesResponse\"\x00\x12y\n" +
 	"\x12ReopenContainerLog\x12/.aurae.runtime.pod.v0.ReopenContainerLogRequest\x1a0.aurae.runtime.pod.v0.ReopenContainerLogResponse\"\x00\x12S\n" +
 	"\x04Exec\x12!.aurae.runtime.pod.v0.ExecRequest\x1a\".aurae.runtime.pod.v0.ExecResponse\"\x00(\x010\x01\x12Y\n" +
-	"\x06Attach\x12#.aurae.runtime.pod.v0.AttachRequest\x1a$.aurae.runtime.pod.v0.AttachResponse\"\x00(\x010\x01B7Z5github.com/aurae-runtime/aurae-cri/api/pods/v0;podsv0b\x06proto3"
+	"\x06Attach\x12#.aurae.runtime.pod.v0.AttachRequest\x1a$.aurae.runtime.pod.v0.AttachResponse\"\x00(\x010\x01\x12i\n" +
+	"\x0fContainerEvents\x12,.aurae.runtime.pod.v0.ContainerEventsRequest\x1a$.aurae.runtime.pod.v0.ContainerEvent\"\x000\x01B7Z5github.com/aurae-runtime/aurae-cri/api/pods/v0;podsv0b\x06proto3"
 
 var (
 	file_pods_v0_pods_proto_rawDescOnce sync.Once
@@ -2664,105 +2824,112 @@ func file_pods_v0_pods_proto_rawDescGZIP() []byte {
 	return file_pods_v0_pods_proto_rawDescData
 }
 
-var file_pods_v0_pods_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_pods_v0_pods_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_pods_v0_pods_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_pods_v0_pods_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_pods_v0_pods_proto_goTypes = []any{
 	(NamespaceMode)(0),                       // 0: aurae.runtime.pod.v0.NamespaceMode
 	(ContainerState)(0),                      // 1: aurae.runtime.pod.v0.ContainerState
-	(*NamespaceOptions)(nil),                 // 2: aurae.runtime.pod.v0.NamespaceOptions
-	(*DNSConfig)(nil),                        // 3: aurae.runtime.pod.v0.DNSConfig
-	(*Pod)(nil),                              // 4: aurae.runtime.pod.v0.Pod
-	(*AllocateRequest)(nil),                  // 5: aurae.runtime.pod.v0.AllocateRequest
-	(*AllocateResponse)(nil),                 // 6: aurae.runtime.pod.v0.AllocateResponse
-	(*Container)(nil),                        // 7: aurae.runtime.pod.v0.Container
-	(*StartRequest)(nil),                     // 8: aurae.runtime.pod.v0.StartRequest
-	(*StartResponse)(nil),                    // 9: aurae.runtime.pod.v0.StartResponse
-	(*StopRequest)(nil),                      // 10: aurae.runtime.pod.v0.StopRequest
-	(*StopResponse)(nil),                     // 11: aurae.runtime.pod.v0.StopResponse
-	(*FreeRequest)(nil),                      // 12: aurae.runtime.pod.v0.FreeRequest
-	(*FreeResponse)(nil),                     // 13: aurae.runtime.pod.v0.FreeResponse
-	(*ContainerStatus)(nil),                  // 14: aurae.runtime.pod.v0.ContainerStatus
-	(*ContainerStatusRequest)(nil),           // 15: aurae.runtime.pod.v0.ContainerStatusRequest
-	(*ContainerStatusResponse)(nil),          // 16: aurae.runtime.pod.v0.ContainerStatusResponse
-	(*ExecSyncRequest)(nil),                  // 17: aurae.runtime.pod.v0.ExecSyncRequest
-	(*ExecSyncResponse)(nil),                 // 18: aurae.runtime.pod.v0.ExecSyncResponse
-	(*ContainerStatsRequest)(nil),            // 19: aurae.runtime.pod.v0.ContainerStatsRequest
-	(*ContainerStatsResponse)(nil),           // 20: aurae.runtime.pod.v0.ContainerStatsResponse
-	(*RemoveContainerRequest)(nil),           // 21: aurae.runtime.pod.v0.RemoveContainerRequest
-	(*RemoveContainerResponse)(nil),          // 22: aurae.runtime.pod.v0.RemoveContainerResponse
-	(*ListPodsRequest)(nil),                  // 23: aurae.runtime.pod.v0.ListPodsRequest
-	(*PodStatus)(nil),                        // 24: aurae.runtime.pod.v0.PodStatus
-	(*ListPodsResponse)(nil),                 // 25: aurae.runtime.pod.v0.ListPodsResponse
-	(*UpdateContainerResourcesRequest)(nil),  // 26: aurae.runtime.pod.v0.UpdateContainerResourcesRequest
-	(*UpdateContainerResourcesResponse)(nil), // 27: aurae.runtime.pod.v0.UpdateContainerResourcesResponse
-	(*ReopenContainerLogRequest)(nil),        // 28: aurae.runtime.pod.v0.ReopenContainerLogRequest
-	(*ReopenContainerLogResponse)(nil),       // 29: aurae.runtime.pod.v0.ReopenContainerLogResponse
-	(*TerminalSize)(nil),                     // 30: aurae.runtime.pod.v0.TerminalSize
-	(*ExecStart)(nil),                        // 31: aurae.runtime.pod.v0.ExecStart
-	(*ExecRequest)(nil),                      // 32: aurae.runtime.pod.v0.ExecRequest
-	(*ExecExit)(nil),                         // 33: aurae.runtime.pod.v0.ExecExit
-	(*ExecResponse)(nil),                     // 34: aurae.runtime.pod.v0.ExecResponse
-	(*AttachStart)(nil),                      // 35: aurae.runtime.pod.v0.AttachStart
-	(*AttachRequest)(nil),                    // 36: aurae.runtime.pod.v0.AttachRequest
-	(*AttachResponse)(nil),                   // 37: aurae.runtime.pod.v0.AttachResponse
-	nil,                                      // 38: aurae.runtime.pod.v0.Pod.SysctlsEntry
-	nil,                                      // 39: aurae.runtime.pod.v0.Pod.LabelsEntry
-	nil,                                      // 40: aurae.runtime.pod.v0.Pod.AnnotationsEntry
+	(ContainerEventType)(0),                  // 2: aurae.runtime.pod.v0.ContainerEventType
+	(*NamespaceOptions)(nil),                 // 3: aurae.runtime.pod.v0.NamespaceOptions
+	(*DNSConfig)(nil),                        // 4: aurae.runtime.pod.v0.DNSConfig
+	(*Pod)(nil),                              // 5: aurae.runtime.pod.v0.Pod
+	(*AllocateRequest)(nil),                  // 6: aurae.runtime.pod.v0.AllocateRequest
+	(*AllocateResponse)(nil),                 // 7: aurae.runtime.pod.v0.AllocateResponse
+	(*Container)(nil),                        // 8: aurae.runtime.pod.v0.Container
+	(*StartRequest)(nil),                     // 9: aurae.runtime.pod.v0.StartRequest
+	(*StartResponse)(nil),                    // 10: aurae.runtime.pod.v0.StartResponse
+	(*StopRequest)(nil),                      // 11: aurae.runtime.pod.v0.StopRequest
+	(*StopResponse)(nil),                     // 12: aurae.runtime.pod.v0.StopResponse
+	(*FreeRequest)(nil),                      // 13: aurae.runtime.pod.v0.FreeRequest
+	(*FreeResponse)(nil),                     // 14: aurae.runtime.pod.v0.FreeResponse
+	(*ContainerStatus)(nil),                  // 15: aurae.runtime.pod.v0.ContainerStatus
+	(*ContainerStatusRequest)(nil),           // 16: aurae.runtime.pod.v0.ContainerStatusRequest
+	(*ContainerStatusResponse)(nil),          // 17: aurae.runtime.pod.v0.ContainerStatusResponse
+	(*ExecSyncRequest)(nil),                  // 18: aurae.runtime.pod.v0.ExecSyncRequest
+	(*ExecSyncResponse)(nil),                 // 19: aurae.runtime.pod.v0.ExecSyncResponse
+	(*ContainerStatsRequest)(nil),            // 20: aurae.runtime.pod.v0.ContainerStatsRequest
+	(*ContainerStatsResponse)(nil),           // 21: aurae.runtime.pod.v0.ContainerStatsResponse
+	(*RemoveContainerRequest)(nil),           // 22: aurae.runtime.pod.v0.RemoveContainerRequest
+	(*RemoveContainerResponse)(nil),          // 23: aurae.runtime.pod.v0.RemoveContainerResponse
+	(*ListPodsRequest)(nil),                  // 24: aurae.runtime.pod.v0.ListPodsRequest
+	(*PodStatus)(nil),                        // 25: aurae.runtime.pod.v0.PodStatus
+	(*ListPodsResponse)(nil),                 // 26: aurae.runtime.pod.v0.ListPodsResponse
+	(*UpdateContainerResourcesRequest)(nil),  // 27: aurae.runtime.pod.v0.UpdateContainerResourcesRequest
+	(*UpdateContainerResourcesResponse)(nil), // 28: aurae.runtime.pod.v0.UpdateContainerResourcesResponse
+	(*ReopenContainerLogRequest)(nil),        // 29: aurae.runtime.pod.v0.ReopenContainerLogRequest
+	(*ReopenContainerLogResponse)(nil),       // 30: aurae.runtime.pod.v0.ReopenContainerLogResponse
+	(*TerminalSize)(nil),                     // 31: aurae.runtime.pod.v0.TerminalSize
+	(*ExecStart)(nil),                        // 32: aurae.runtime.pod.v0.ExecStart
+	(*ExecRequest)(nil),                      // 33: aurae.runtime.pod.v0.ExecRequest
+	(*ExecExit)(nil),                         // 34: aurae.runtime.pod.v0.ExecExit
+	(*ExecResponse)(nil),                     // 35: aurae.runtime.pod.v0.ExecResponse
+	(*AttachStart)(nil),                      // 36: aurae.runtime.pod.v0.AttachStart
+	(*AttachRequest)(nil),                    // 37: aurae.runtime.pod.v0.AttachRequest
+	(*AttachResponse)(nil),                   // 38: aurae.runtime.pod.v0.AttachResponse
+	(*ContainerEventsRequest)(nil),           // 39: aurae.runtime.pod.v0.ContainerEventsRequest
+	(*ContainerEvent)(nil),                   // 40: aurae.runtime.pod.v0.ContainerEvent
+	nil,                                      // 41: aurae.runtime.pod.v0.Pod.SysctlsEntry
+	nil,                                      // 42: aurae.runtime.pod.v0.Pod.LabelsEntry
+	nil,                                      // 43: aurae.runtime.pod.v0.Pod.AnnotationsEntry
 }
 var file_pods_v0_pods_proto_depIdxs = []int32{
 	0,  // 0: aurae.runtime.pod.v0.NamespaceOptions.network:type_name -> aurae.runtime.pod.v0.NamespaceMode
 	0,  // 1: aurae.runtime.pod.v0.NamespaceOptions.pid:type_name -> aurae.runtime.pod.v0.NamespaceMode
 	0,  // 2: aurae.runtime.pod.v0.NamespaceOptions.ipc:type_name -> aurae.runtime.pod.v0.NamespaceMode
-	3,  // 3: aurae.runtime.pod.v0.Pod.dns:type_name -> aurae.runtime.pod.v0.DNSConfig
-	2,  // 4: aurae.runtime.pod.v0.Pod.namespaces:type_name -> aurae.runtime.pod.v0.NamespaceOptions
-	38, // 5: aurae.runtime.pod.v0.Pod.sysctls:type_name -> aurae.runtime.pod.v0.Pod.SysctlsEntry
-	39, // 6: aurae.runtime.pod.v0.Pod.labels:type_name -> aurae.runtime.pod.v0.Pod.LabelsEntry
-	40, // 7: aurae.runtime.pod.v0.Pod.annotations:type_name -> aurae.runtime.pod.v0.Pod.AnnotationsEntry
-	4,  // 8: aurae.runtime.pod.v0.AllocateRequest.pod:type_name -> aurae.runtime.pod.v0.Pod
-	7,  // 9: aurae.runtime.pod.v0.StartRequest.container:type_name -> aurae.runtime.pod.v0.Container
+	4,  // 3: aurae.runtime.pod.v0.Pod.dns:type_name -> aurae.runtime.pod.v0.DNSConfig
+	3,  // 4: aurae.runtime.pod.v0.Pod.namespaces:type_name -> aurae.runtime.pod.v0.NamespaceOptions
+	41, // 5: aurae.runtime.pod.v0.Pod.sysctls:type_name -> aurae.runtime.pod.v0.Pod.SysctlsEntry
+	42, // 6: aurae.runtime.pod.v0.Pod.labels:type_name -> aurae.runtime.pod.v0.Pod.LabelsEntry
+	43, // 7: aurae.runtime.pod.v0.Pod.annotations:type_name -> aurae.runtime.pod.v0.Pod.AnnotationsEntry
+	5,  // 8: aurae.runtime.pod.v0.AllocateRequest.pod:type_name -> aurae.runtime.pod.v0.Pod
+	8,  // 9: aurae.runtime.pod.v0.StartRequest.container:type_name -> aurae.runtime.pod.v0.Container
 	1,  // 10: aurae.runtime.pod.v0.ContainerStatus.state:type_name -> aurae.runtime.pod.v0.ContainerState
-	14, // 11: aurae.runtime.pod.v0.ContainerStatusResponse.status:type_name -> aurae.runtime.pod.v0.ContainerStatus
-	4,  // 12: aurae.runtime.pod.v0.PodStatus.pod:type_name -> aurae.runtime.pod.v0.Pod
-	6,  // 13: aurae.runtime.pod.v0.PodStatus.paths:type_name -> aurae.runtime.pod.v0.AllocateResponse
-	14, // 14: aurae.runtime.pod.v0.PodStatus.containers:type_name -> aurae.runtime.pod.v0.ContainerStatus
-	24, // 15: aurae.runtime.pod.v0.ListPodsResponse.pods:type_name -> aurae.runtime.pod.v0.PodStatus
-	30, // 16: aurae.runtime.pod.v0.ExecStart.size:type_name -> aurae.runtime.pod.v0.TerminalSize
-	31, // 17: aurae.runtime.pod.v0.ExecRequest.start:type_name -> aurae.runtime.pod.v0.ExecStart
-	30, // 18: aurae.runtime.pod.v0.ExecRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
-	33, // 19: aurae.runtime.pod.v0.ExecResponse.exit:type_name -> aurae.runtime.pod.v0.ExecExit
-	35, // 20: aurae.runtime.pod.v0.AttachRequest.start:type_name -> aurae.runtime.pod.v0.AttachStart
-	30, // 21: aurae.runtime.pod.v0.AttachRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
-	5,  // 22: aurae.runtime.pod.v0.PodService.Allocate:input_type -> aurae.runtime.pod.v0.AllocateRequest
-	8,  // 23: aurae.runtime.pod.v0.PodService.Start:input_type -> aurae.runtime.pod.v0.StartRequest
-	10, // 24: aurae.runtime.pod.v0.PodService.Stop:input_type -> aurae.runtime.pod.v0.StopRequest
-	12, // 25: aurae.runtime.pod.v0.PodService.Free:input_type -> aurae.runtime.pod.v0.FreeRequest
-	15, // 26: aurae.runtime.pod.v0.PodService.ContainerStatus:input_type -> aurae.runtime.pod.v0.ContainerStatusRequest
-	17, // 27: aurae.runtime.pod.v0.PodService.ExecSync:input_type -> aurae.runtime.pod.v0.ExecSyncRequest
-	19, // 28: aurae.runtime.pod.v0.PodService.ContainerStats:input_type -> aurae.runtime.pod.v0.ContainerStatsRequest
-	21, // 29: aurae.runtime.pod.v0.PodService.RemoveContainer:input_type -> aurae.runtime.pod.v0.RemoveContainerRequest
-	23, // 30: aurae.runtime.pod.v0.PodService.ListPods:input_type -> aurae.runtime.pod.v0.ListPodsRequest
-	26, // 31: aurae.runtime.pod.v0.PodService.UpdateContainerResources:input_type -> aurae.runtime.pod.v0.UpdateContainerResourcesRequest
-	28, // 32: aurae.runtime.pod.v0.PodService.ReopenContainerLog:input_type -> aurae.runtime.pod.v0.ReopenContainerLogRequest
-	32, // 33: aurae.runtime.pod.v0.PodService.Exec:input_type -> aurae.runtime.pod.v0.ExecRequest
-	36, // 34: aurae.runtime.pod.v0.PodService.Attach:input_type -> aurae.runtime.pod.v0.AttachRequest
-	6,  // 35: aurae.runtime.pod.v0.PodService.Allocate:output_type -> aurae.runtime.pod.v0.AllocateResponse
-	9,  // 36: aurae.runtime.pod.v0.PodService.Start:output_type -> aurae.runtime.pod.v0.StartResponse
-	11, // 37: aurae.runtime.pod.v0.PodService.Stop:output_type -> aurae.runtime.pod.v0.StopResponse
-	13, // 38: aurae.runtime.pod.v0.PodService.Free:output_type -> aurae.runtime.pod.v0.FreeResponse
-	16, // 39: aurae.runtime.pod.v0.PodService.ContainerStatus:output_type -> aurae.runtime.pod.v0.ContainerStatusResponse
-	18, // 40: aurae.runtime.pod.v0.PodService.ExecSync:output_type -> aurae.runtime.pod.v0.ExecSyncResponse
-	20, // 41: aurae.runtime.pod.v0.PodService.ContainerStats:output_type -> aurae.runtime.pod.v0.ContainerStatsResponse
-	22, // 42: aurae.runtime.pod.v0.PodService.RemoveContainer:output_type -> aurae.runtime.pod.v0.RemoveContainerResponse
-	25, // 43: aurae.runtime.pod.v0.PodService.ListPods:output_type -> aurae.runtime.pod.v0.ListPodsResponse
-	27, // 44: aurae.runtime.pod.v0.PodService.UpdateContainerResources:output_type -> aurae.runtime.pod.v0.UpdateContainerResourcesResponse
-	29, // 45: aurae.runtime.pod.v0.PodService.ReopenContainerLog:output_type -> aurae.runtime.pod.v0.ReopenContainerLogResponse
-	34, // 46: aurae.runtime.pod.v0.PodService.Exec:output_type -> aurae.runtime.pod.v0.ExecResponse
-	37, // 47: aurae.runtime.pod.v0.PodService.Attach:output_type -> aurae.runtime.pod.v0.AttachResponse
-	35, // [35:48] is the sub-list for method output_type
-	22, // [22:35] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	15, // 11: aurae.runtime.pod.v0.ContainerStatusResponse.status:type_name -> aurae.runtime.pod.v0.ContainerStatus
+	5,  // 12: aurae.runtime.pod.v0.PodStatus.pod:type_name -> aurae.runtime.pod.v0.Pod
+	7,  // 13: aurae.runtime.pod.v0.PodStatus.paths:type_name -> aurae.runtime.pod.v0.AllocateResponse
+	15, // 14: aurae.runtime.pod.v0.PodStatus.containers:type_name -> aurae.runtime.pod.v0.ContainerStatus
+	25, // 15: aurae.runtime.pod.v0.ListPodsResponse.pods:type_name -> aurae.runtime.pod.v0.PodStatus
+	31, // 16: aurae.runtime.pod.v0.ExecStart.size:type_name -> aurae.runtime.pod.v0.TerminalSize
+	32, // 17: aurae.runtime.pod.v0.ExecRequest.start:type_name -> aurae.runtime.pod.v0.ExecStart
+	31, // 18: aurae.runtime.pod.v0.ExecRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
+	34, // 19: aurae.runtime.pod.v0.ExecResponse.exit:type_name -> aurae.runtime.pod.v0.ExecExit
+	36, // 20: aurae.runtime.pod.v0.AttachRequest.start:type_name -> aurae.runtime.pod.v0.AttachStart
+	31, // 21: aurae.runtime.pod.v0.AttachRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
+	2,  // 22: aurae.runtime.pod.v0.ContainerEvent.type:type_name -> aurae.runtime.pod.v0.ContainerEventType
+	15, // 23: aurae.runtime.pod.v0.ContainerEvent.status:type_name -> aurae.runtime.pod.v0.ContainerStatus
+	6,  // 24: aurae.runtime.pod.v0.PodService.Allocate:input_type -> aurae.runtime.pod.v0.AllocateRequest
+	9,  // 25: aurae.runtime.pod.v0.PodService.Start:input_type -> aurae.runtime.pod.v0.StartRequest
+	11, // 26: aurae.runtime.pod.v0.PodService.Stop:input_type -> aurae.runtime.pod.v0.StopRequest
+	13, // 27: aurae.runtime.pod.v0.PodService.Free:input_type -> aurae.runtime.pod.v0.FreeRequest
+	16, // 28: aurae.runtime.pod.v0.PodService.ContainerStatus:input_type -> aurae.runtime.pod.v0.ContainerStatusRequest
+	18, // 29: aurae.runtime.pod.v0.PodService.ExecSync:input_type -> aurae.runtime.pod.v0.ExecSyncRequest
+	20, // 30: aurae.runtime.pod.v0.PodService.ContainerStats:input_type -> aurae.runtime.pod.v0.ContainerStatsRequest
+	22, // 31: aurae.runtime.pod.v0.PodService.RemoveContainer:input_type -> aurae.runtime.pod.v0.RemoveContainerRequest
+	24, // 32: aurae.runtime.pod.v0.PodService.ListPods:input_type -> aurae.runtime.pod.v0.ListPodsRequest
+	27, // 33: aurae.runtime.pod.v0.PodService.UpdateContainerResources:input_type -> aurae.runtime.pod.v0.UpdateContainerResourcesRequest
+	29, // 34: aurae.runtime.pod.v0.PodService.ReopenContainerLog:input_type -> aurae.runtime.pod.v0.ReopenContainerLogRequest
+	33, // 35: aurae.runtime.pod.v0.PodService.Exec:input_type -> aurae.runtime.pod.v0.ExecRequest
+	37, // 36: aurae.runtime.pod.v0.PodService.Attach:input_type -> aurae.runtime.pod.v0.AttachRequest
+	39, // 37: aurae.runtime.pod.v0.PodService.ContainerEvents:input_type -> aurae.runtime.pod.v0.ContainerEventsRequest
+	7,  // 38: aurae.runtime.pod.v0.PodService.Allocate:output_type -> aurae.runtime.pod.v0.AllocateResponse
+	10, // 39: aurae.runtime.pod.v0.PodService.Start:output_type -> aurae.runtime.pod.v0.StartResponse
+	12, // 40: aurae.runtime.pod.v0.PodService.Stop:output_type -> aurae.runtime.pod.v0.StopResponse
+	14, // 41: aurae.runtime.pod.v0.PodService.Free:output_type -> aurae.runtime.pod.v0.FreeResponse
+	17, // 42: aurae.runtime.pod.v0.PodService.ContainerStatus:output_type -> aurae.runtime.pod.v0.ContainerStatusResponse
+	19, // 43: aurae.runtime.pod.v0.PodService.ExecSync:output_type -> aurae.runtime.pod.v0.ExecSyncResponse
+	21, // 44: aurae.runtime.pod.v0.PodService.ContainerStats:output_type -> aurae.runtime.pod.v0.ContainerStatsResponse
+	23, // 45: aurae.runtime.pod.v0.PodService.RemoveContainer:output_type -> aurae.runtime.pod.v0.RemoveContainerResponse
+	26, // 46: aurae.runtime.pod.v0.PodService.ListPods:output_type -> aurae.runtime.pod.v0.ListPodsResponse
+	28, // 47: aurae.runtime.pod.v0.PodService.UpdateContainerResources:output_type -> aurae.runtime.pod.v0.UpdateContainerResourcesResponse
+	30, // 48: aurae.runtime.pod.v0.PodService.ReopenContainerLog:output_type -> aurae.runtime.pod.v0.ReopenContainerLogResponse
+	35, // 49: aurae.runtime.pod.v0.PodService.Exec:output_type -> aurae.runtime.pod.v0.ExecResponse
+	38, // 50: aurae.runtime.pod.v0.PodService.Attach:output_type -> aurae.runtime.pod.v0.AttachResponse
+	40, // 51: aurae.runtime.pod.v0.PodService.ContainerEvents:output_type -> aurae.runtime.pod.v0.ContainerEvent
+	38, // [38:52] is the sub-list for method output_type
+	24, // [24:38] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_pods_v0_pods_proto_init() }
@@ -2796,8 +2963,8 @@ func file_pods_v0_pods_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pods_v0_pods_proto_rawDesc), len(file_pods_v0_pods_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   39,
+			NumEnums:      3,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

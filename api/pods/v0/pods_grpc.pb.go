@@ -38,6 +38,7 @@ const (
 	PodService_ReopenContainerLog_FullMethodName       = "/aurae.runtime.pod.v0.PodService/ReopenContainerLog"
 	PodService_Exec_FullMethodName                     = "/aurae.runtime.pod.v0.PodService/Exec"
 	PodService_Attach_FullMethodName                   = "/aurae.runtime.pod.v0.PodService/Attach"
+	PodService_ContainerEvents_FullMethodName          = "/aurae.runtime.pod.v0.PodService/ContainerEvents"
 )
 
 // PodServiceClient is the client API for PodService service.
@@ -81,6 +82,10 @@ type PodServiceClient interface {
 	// first request is an AttachStart, then as for Exec. The stream ends when
 	// the container exits or the client closes it.
 	Attach(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AttachRequest, AttachResponse], error)
+	// Container lifecycle events as they happen on this node: started,
+	// exited, removed. A subscriber that falls behind is dropped (the stream
+	// ends with ResourceExhausted): it lists again and resubscribes.
+	ContainerEvents(ctx context.Context, in *ContainerEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ContainerEvent], error)
 }
 
 type podServiceClient struct {
@@ -227,6 +232,25 @@ func (c *podServiceClient) Attach(ctx context.Context, opts ...grpc.CallOption) 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PodService_AttachClient = grpc.BidiStreamingClient[AttachRequest, AttachResponse]
 
+func (c *podServiceClient) ContainerEvents(ctx context.Context, in *ContainerEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ContainerEvent], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &PodService_ServiceDesc.Streams[2], PodService_ContainerEvents_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ContainerEventsRequest, ContainerEvent]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PodService_ContainerEventsClient = grpc.ServerStreamingClient[ContainerEvent]
+
 // PodServiceServer is the server API for PodService service.
 // All implementations must embed UnimplementedPodServiceServer
 // for forward compatibility.
@@ -268,6 +292,10 @@ type PodServiceServer interface {
 	// first request is an AttachStart, then as for Exec. The stream ends when
 	// the container exits or the client closes it.
 	Attach(grpc.BidiStreamingServer[AttachRequest, AttachResponse]) error
+	// Container lifecycle events as they happen on this node: started,
+	// exited, removed. A subscriber that falls behind is dropped (the stream
+	// ends with ResourceExhausted): it lists again and resubscribes.
+	ContainerEvents(*ContainerEventsRequest, grpc.ServerStreamingServer[ContainerEvent]) error
 	mustEmbedUnimplementedPodServiceServer()
 }
 
@@ -316,6 +344,9 @@ func (UnimplementedPodServiceServer) Exec(grpc.BidiStreamingServer[ExecRequest, 
 }
 func (UnimplementedPodServiceServer) Attach(grpc.BidiStreamingServer[AttachRequest, AttachResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method Attach not implemented")
+}
+func (UnimplementedPodServiceServer) ContainerEvents(*ContainerEventsRequest, grpc.ServerStreamingServer[ContainerEvent]) error {
+	return status.Errorf(codes.Unimplemented, "method ContainerEvents not implemented")
 }
 func (UnimplementedPodServiceServer) mustEmbedUnimplementedPodServiceServer() {}
 func (UnimplementedPodServiceServer) testEmbeddedByValue()                    {}
@@ -550,6 +581,17 @@ func _PodService_Attach_Handler(srv interface{}, stream grpc.ServerStream) error
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PodService_AttachServer = grpc.BidiStreamingServer[AttachRequest, AttachResponse]
 
+func _PodService_ContainerEvents_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ContainerEventsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(PodServiceServer).ContainerEvents(m, &grpc.GenericServerStream[ContainerEventsRequest, ContainerEvent]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PodService_ContainerEventsServer = grpc.ServerStreamingServer[ContainerEvent]
+
 // PodService_ServiceDesc is the grpc.ServiceDesc for PodService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -614,6 +656,11 @@ var PodService_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _PodService_Attach_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "ContainerEvents",
+			Handler:       _PodService_ContainerEvents_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "pods/v0/pods.proto",

@@ -60,8 +60,9 @@ func (c *container) record() ctrRecord {
 	return c.rec
 }
 
-func (c *container) status() *podsv0.ContainerStatus {
-	r := c.record()
+func (c *container) status() *podsv0.ContainerStatus { return statusOf(c.record()) }
+
+func statusOf(r ctrRecord) *podsv0.ContainerStatus {
 	return &podsv0.ContainerStatus{
 		Id:         r.ID,
 		PodId:      r.PodID,

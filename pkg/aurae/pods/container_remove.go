@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"github.com/containerd/errdefs"
 )
 
@@ -33,6 +34,7 @@ func (s *Service) removeContainer(ctx context.Context, id string) error {
 		delete(s.ctrs, id)
 	}
 	s.mu.Unlock()
+	s.events.publish(podsv0.ContainerEventType_CONTAINER_EVENT_TYPE_REMOVED, c.status())
 	s.log.Info("container removed", "pod", c.podID, "container", id)
 	return nil
 }

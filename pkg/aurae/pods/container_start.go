@@ -159,6 +159,7 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 	c.mu.Lock()
 	c.rec, c.res = rec, false
 	c.mu.Unlock()
+	s.events.publish(podsv0.ContainerEventType_CONTAINER_EVENT_TYPE_STARTED, statusOf(rec))
 	s.watch(c, fd)
 	log.Info("container started", "pid", rec.Pid, "cgroup", rec.CgroupPath)
 	return &podsv0.StartResponse{ContainerId: id, Pid: int32(rec.Pid), CgroupPath: rec.CgroupPath}, nil

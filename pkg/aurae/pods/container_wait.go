@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 	"golang.org/x/sys/unix"
 )
@@ -61,6 +62,7 @@ func (s *Service) finish(c *container) {
 	r.State = stateExited
 	c.rec = r
 	close(c.done)
+	s.events.publish(podsv0.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED, statusOf(r))
 	if !s.closed.Load() {
 		if err := s.store.put(bucketContainers, c.id, r); err != nil {
 			s.log.Warn("persist container exit", "container", c.id, "error", err)

@@ -55,14 +55,16 @@ var _ podsv0.PodServiceServer = (*Service)(nil)
 type Service struct {
 	podsv0.UnimplementedPodServiceServer
 
-	cfg     Config
-	log     *slog.Logger
-	store   *store
-	runtime string // absolute path
-	conmon  string // absolute path
-	closed  atomic.Bool
-	closing int            // an eventfd, signalled by Close to stop watchers
-	wg      sync.WaitGroup // watchers
+	cfg      Config
+	log      *slog.Logger
+	store    *store
+	runtime  string // absolute path
+	conmon   string // absolute path
+	closed   atomic.Bool
+	closing  int           // an eventfd, signalled by Close to stop watchers
+	closedCh chan struct{} // closed by Close
+	events   eventHub
+	wg       sync.WaitGroup // watchers
 
 	mu   sync.RWMutex
 	pods map[string]*pod
@@ -119,7 +121,7 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 		unix.Close(closing)
 		return nil, err
 	}
-	s := &Service{cfg: cfg, log: cfg.Logger, store: st, runtime: rt, conmon: cm, closing: closing, pods: map[string]*pod{}, ctrs: map[string]*container{}}
+	s := &Service{cfg: cfg, log: cfg.Logger, store: st, runtime: rt, conmon: cm, closing: closing, closedCh: make(chan struct{}), pods: map[string]*pod{}, ctrs: map[string]*container{}}
 	if err := s.recover(ctx); err != nil {
 		_ = s.Close()
 		return nil, fmt.Errorf("recover pods: %w", err)
@@ -133,6 +135,7 @@ func (s *Service) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
+	close(s.closedCh)
 	// The counter stays non-zero: every watcher sees it.
 	_, _ = unix.Write(s.closing, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 	s.wg.Wait()
