@@ -45,7 +45,7 @@ func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Cont
 	} else if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
 		return nil, fmt.Errorf("log dir: %w", err)
 	}
-	cg, err := s.conmonCgroupOf(p)
+	cg, err := s.infraCgroupOf(p)
 	if err != nil {
 		return nil, fmt.Errorf("monitor cgroup: %w", err)
 	}

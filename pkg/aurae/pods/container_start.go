@@ -22,9 +22,11 @@ const (
 	// createTimeout bounds conmon + runc create; startTimeout runc start.
 	createTimeout      = 60 * time.Second
 	runtimeCallTimeout = 30 * time.Second
-	// conmonCgroup is the cgroup below a pod's where its monitors live (ids
-	// never start with '.').
-	conmonCgroup = ".conmon"
+	// infraCgroup is the leaf cgroup below a pod's where auraed's own
+	// processes of the pod live: the pid namespace holder and the monitors
+	// (ids never start with '.'). A leaf, because cgroup v2 allows no
+	// process in a cgroup whose children have controllers.
+	infraCgroup = ".infra"
 )
 
 func validContainer(podID string, c *podsv0.Container) error {
@@ -329,10 +331,9 @@ func (s *Service) cleanupContainer(ctx context.Context, id string) error {
 	return errors.Join(errs...)
 }
 
-// conmonCgroupOf returns the cgroup the pod's monitors live in, making it
-// on first use.
-func (s *Service) conmonCgroupOf(p *pod) (*cgroup.Cgroup, error) {
-	path := p.paths.GetCgroupPath() + "/" + conmonCgroup
+// infraCgroupOf returns the pod's infra cgroup, making it on first use.
+func (s *Service) infraCgroupOf(p *pod) (*cgroup.Cgroup, error) {
+	path := p.paths.GetCgroupPath() + "/" + infraCgroup
 	if cgroup.Exists(path) {
 		return cgroup.Load(path)
 	}

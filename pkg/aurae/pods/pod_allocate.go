@@ -83,15 +83,18 @@ func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.All
 	if err := writePodFiles(spec, paths); err != nil {
 		return nil, fmt.Errorf("pod %q: %w", id, err)
 	}
-	cg, err := cgroup.New(cgPath, cgroup.Limits{})
-	if err != nil {
+	if _, err := cgroup.New(cgPath, cgroup.Limits{}); err != nil {
 		if errors.Is(err, os.ErrExist) {
 			return nil, fmt.Errorf("pod %q: %w: %w", id, err, errdefs.ErrAlreadyExists)
 		}
 		return nil, fmt.Errorf("pod %q: %w", id, err)
 	}
 	if p.ownsNet() || p.ownsIPC() || p.ownsUTS() || p.ownsPID() {
-		if err := s.makeNamespaces(p, cg); err != nil {
+		infra, err := s.infraCgroupOf(p)
+		if err != nil {
+			return nil, fmt.Errorf("pod %q: %w", id, err)
+		}
+		if err := s.makeNamespaces(p, infra); err != nil {
 			return nil, fmt.Errorf("pod %q: %w", id, err)
 		}
 	}

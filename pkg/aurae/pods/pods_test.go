@@ -117,7 +117,7 @@ func TestExecSyncStatsAndStop(t *testing.T) {
 	if len(resp.GetStdout()) != maxExecOutput || resp.GetExitCode() != 0 {
 		t.Errorf("20 MiB of output: got %d bytes, exit %d", len(resp.GetStdout()), resp.GetExitCode())
 	}
-	// conmon lives in the pod's monitor cgroup, not in auraed's.
+	// conmon lives in the pod's infra cgroup, not in auraed's.
 	sc, err := e.svc.lookupContainer("sleeper")
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +127,7 @@ func TestExecSyncStatsAndStop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := ":/" + e.status("sleeper").GetCgroupPath()[:strings.LastIndex(e.status("sleeper").GetCgroupPath(), "/")] + "/" + conmonCgroup + "\n"; !strings.Contains(string(b), want) {
+	if want := ":/" + e.status("sleeper").GetCgroupPath()[:strings.LastIndex(e.status("sleeper").GetCgroupPath(), "/")] + "/" + infraCgroup + "\n"; !strings.Contains(string(b), want) {
 		t.Errorf("conmon's cgroups:\n%s\nwant %q", b, want)
 	}
 	stats, err := e.svc.ContainerStats(context.Background(), &podsv0.ContainerStatsRequest{ContainerId: "sleeper"})

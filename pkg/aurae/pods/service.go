@@ -3,6 +3,10 @@
 // mounts under the state dir; its containers are OCI bundles run by runc
 // under conmon, one monitor per container, which outlives auraed.
 //
+// Cgroups: a pod's is <root>/<cgroup parent or "pods">/<pod id>; its
+// containers' are below it (<pod>/<ctr id>, made by runc) and so is the
+// leaf <pod>/.infra holding the pid namespace holder and the monitors.
+//
 // State dir layout:
 //
 //	pods.db                 bbolt: pods and containers
