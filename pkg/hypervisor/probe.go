@@ -96,7 +96,7 @@ func (q *QEMU) kvmBoot(ctx context.Context, bin, kernel string) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	defer func() { _ = os.RemoveAll(dir) }()
 	timeout := q.opts.ProbeTimeout
 	if timeout <= 0 {
 		timeout = defaultProbeTimeout
@@ -156,15 +156,15 @@ func writeFileAtomic(path string, b []byte) error {
 	}
 	if _, err := f.Write(b); err != nil {
 		f.Close()
-		os.Remove(f.Name())
+		_ = os.Remove(f.Name())
 		return err
 	}
 	if err := f.Close(); err != nil {
-		os.Remove(f.Name())
+		_ = os.Remove(f.Name())
 		return err
 	}
 	if err := os.Rename(f.Name(), path); err != nil {
-		os.Remove(f.Name())
+		_ = os.Remove(f.Name())
 		return err
 	}
 	return nil

@@ -125,7 +125,7 @@ func fakeQMP(t *testing.T, answer func(cmd string) string) string {
 			}
 			go func() {
 				defer c.Close()
-				c.Write([]byte(`{"QMP": {"version": {"qemu": {"major": 7}}, "capabilities": []}}` + "\r\n"))
+				_, _ = c.Write([]byte(`{"QMP": {"version": {"qemu": {"major": 7}}, "capabilities": []}}` + "\r\n"))
 				r := bufio.NewReader(c)
 				dec := json.NewDecoder(r)
 				for {
@@ -137,8 +137,8 @@ func fakeQMP(t *testing.T, answer func(cmd string) string) string {
 						return
 					}
 					// An event first, as QEMU may send any time.
-					c.Write([]byte(`{"event": "RTC_CHANGE", "data": {}, "timestamp": {"seconds": 1, "microseconds": 2}}` + "\r\n"))
-					c.Write([]byte(answer(req.Execute) + "\r\n"))
+					_, _ = c.Write([]byte(`{"event": "RTC_CHANGE", "data": {}, "timestamp": {"seconds": 1, "microseconds": 2}}` + "\r\n"))
+					_, _ = c.Write([]byte(answer(req.Execute) + "\r\n"))
 				}
 			}()
 		}
@@ -180,7 +180,7 @@ func TestQMPNotQMP(t *testing.T) {
 	go func() {
 		c, err := l.Accept()
 		if err == nil {
-			c.Write([]byte(`{"hello": 1}` + "\n"))
+			_, _ = c.Write([]byte(`{"hello": 1}` + "\n"))
 			time.Sleep(time.Second)
 			c.Close()
 		}
@@ -267,5 +267,44 @@ func TestProbeCached(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(cache, ".kvm-probe-*")); len(left) != 0 {
 		t.Errorf("probe dirs left: %v", left)
+	}
+}
+
+// TestBootTimeoutRetried: a guest that never shows it booted is killed
+// after the boot timeout, booted once more, then given up: no QEMU left.
+func TestBootTimeoutRetried(t *testing.T) {
+	kernel := testKernel(t)
+	dir := t.TempDir()
+	boots, pidsSeen := 0, ""
+	q := NewQEMU(Options{})
+	t0 := time.Now()
+	_, err := q.Start(context.Background(), VMConfig{
+		ID: "never", Dir: dir, Kernel: kernel, MemMiB: 128, VCPUs: 1, Accel: AccelTCG,
+		BootTimeout: 2 * time.Second,
+		Booted: func(ctx context.Context) error {
+			if b, _ := os.ReadFile(filepath.Join(dir, PidFileName)); len(b) > 0 {
+				if pid := strings.TrimSpace(string(b)); pid != "" {
+					if _, err := os.Stat("/proc/" + pid); err == nil && !strings.Contains(pidsSeen, pid+" ") {
+						pidsSeen += pid + " "
+						boots++
+					}
+				}
+			}
+			return errors.New("not yet")
+		},
+	})
+	if !errors.Is(err, errBootTimeout) || !strings.Contains(err.Error(), "boot 2") {
+		t.Fatalf("Start = %v, want two boot timeouts", err)
+	}
+	t.Logf("gave up after %s: %v", time.Since(t0).Round(time.Millisecond), err)
+	if boots != 2 {
+		t.Errorf("saw %d QEMUs, want 2", boots)
+	}
+	for _, pid := range strings.Fields(pidsSeen) {
+		if _, err := os.Stat("/proc/" + pid); err == nil {
+			if b, _ := os.ReadFile("/proc/" + pid + "/stat"); !strings.Contains(string(b), ") Z") {
+				t.Errorf("qemu %s still runs", pid)
+			}
+		}
 	}
 }

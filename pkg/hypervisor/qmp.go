@@ -114,7 +114,7 @@ func qmpDo(ctx context.Context, socket, cmd string, args any) (json.RawMessage, 
 	if err != nil {
 		return nil, err
 	}
-	defer q.close()
+	defer func() { _ = q.close() }()
 	return q.execute(cmd, args)
 }
 

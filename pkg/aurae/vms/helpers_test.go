@@ -70,7 +70,7 @@ func busyboxInitramfs(t *testing.T) string {
 		for _, p := range f.Progs {
 			static = static && p.Type != elf.PT_INTERP
 		}
-		f.Close()
+		_ = f.Close()
 		if !static {
 			t.Skipf("%s is not static (apt-get install busybox-static)", bb)
 		}

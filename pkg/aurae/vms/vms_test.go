@@ -74,7 +74,7 @@ func TestBadRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	defer func() { _ = s.Close() }()
 	ctx := context.Background()
 	kernel := filepath.Join(t.TempDir(), "vmlinux")
 	if err := os.WriteFile(kernel, []byte("not really a kernel"), 0o644); err != nil {
@@ -186,7 +186,7 @@ func bootCheck(t *testing.T, s *Service, g guest, id, addr string) {
 		if err != nil {
 			t.Fatalf("dial the guest auraed at %s: %v", addr, err)
 		}
-		defer c.Close()
+		defer func() { _ = c.Close() }()
 		resp, err := c.Discovery.Discover(ctx, &discoveryv0.DiscoverRequest{})
 		if err != nil || !resp.GetHealthy() {
 			t.Fatalf("guest Discover = %v, %v", resp, err)
@@ -212,7 +212,7 @@ func TestLifecycle(t *testing.T) {
 	dir := t.TempDir()
 	noHypervisorLeft(t, dir)
 	s := newTestService(t, dir, g)
-	defer s.Close()
+	defer func() { _ = s.Close() }()
 	ctx := context.Background()
 
 	if _, err := s.Create(ctx, &vmsv0.VmServiceCreateRequest{Machine: machine("life", g.kernel)}); err != nil {
@@ -328,7 +328,7 @@ func TestAdoptAfterKill(t *testing.T) {
 	}
 
 	s := newTestService(t, dir, g)
-	defer s.Close()
+	defer func() { _ = s.Close() }()
 	ctx := context.Background()
 	m := vmState(t, s, "adoptee")
 	if m.GetState() != vmsv0.VmState_VM_STATE_RUNNING || int(m.GetHypervisorPid()) != pids[0] {
@@ -346,9 +346,9 @@ func TestAdoptAfterKill(t *testing.T) {
 	}
 
 	// A stopped VM survives a restart as stopped, and boots again.
-	s.Close()
+	_ = s.Close()
 	s = newTestService(t, dir, g)
-	defer s.Close()
+	defer func() { _ = s.Close() }()
 	if m := vmState(t, s, "adoptee"); m.GetState() != vmsv0.VmState_VM_STATE_STOPPED {
 		t.Fatalf("after a second restart: %v", m)
 	}
@@ -376,7 +376,7 @@ func TestExitWatched(t *testing.T) {
 	dir := t.TempDir()
 	noHypervisorLeft(t, dir)
 	s := newTestService(t, dir, g)
-	defer s.Close()
+	defer func() { _ = s.Close() }()
 	ctx := context.Background()
 	if _, err := s.Create(ctx, &vmsv0.VmServiceCreateRequest{Machine: machine("watched", g.kernel)}); err != nil {
 		t.Fatal(err)
