@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The acceleration probe: KVM is used only where /dev/kvm opens and a real
@@ -33,6 +35,21 @@ type probeResult struct {
 	Warning  string    `json:"warning,omitempty"`
 	Kernel   string    `json:"kernel"`
 	ProbedAt time.Time `json:"probed_at"`
+	// Host names what the verdict depends on besides the kernel: the host
+	// kernel and the QEMU binary. A cached verdict for another host is
+	// probed again.
+	Host string `json:"host"`
+}
+
+// probeHost is probeResult.Host for this host and QEMU binary.
+func probeHost(bin string) string {
+	var u unix.Utsname
+	_ = unix.Uname(&u)
+	h := unix.ByteSliceToString(u.Release[:])
+	if fi, err := os.Stat(bin); err == nil {
+		h += fmt.Sprintf(" %s %d %d", bin, fi.Size(), fi.ModTime().Unix())
+	}
+	return h
 }
 
 var (
@@ -65,13 +82,13 @@ func (q *QEMU) probe(ctx context.Context, bin, kernel string) (Accel, string) {
 		cacheFile = filepath.Join(q.opts.CacheDir, "accel-"+sum[:16]+".json")
 		if b, err := os.ReadFile(cacheFile); err == nil {
 			var r probeResult
-			if json.Unmarshal(b, &r) == nil && (r.Accel == AccelKVM || r.Accel == AccelTCG) {
+			if json.Unmarshal(b, &r) == nil && (r.Accel == AccelKVM || r.Accel == AccelTCG) && r.Host == probeHost(bin) {
 				probeCache[sum] = r
 				return r.Accel, r.Warning
 			}
 		}
 	}
-	r := probeResult{Accel: AccelKVM, Kernel: kernel, ProbedAt: time.Now().UTC()}
+	r := probeResult{Accel: AccelKVM, Kernel: kernel, ProbedAt: time.Now().UTC(), Host: probeHost(bin)}
 	if err := q.kvmBoot(ctx, bin, kernel); err != nil {
 		if ctx.Err() != nil {
 			// Not a verdict on KVM: do not cache.
