@@ -70,7 +70,7 @@ func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.All
 			defer cancel()
 			if err := s.teardownPod(ctx, p); err != nil {
 				log.Warn("undo pod allocation", "error", err)
-				return // the record stays: recovery or Free retries
+				return // the record stays: recovery at the next start retries
 			}
 			if err := s.store.delete(bucketPods, id); err != nil {
 				log.Warn("undo pod allocation", "error", err)
