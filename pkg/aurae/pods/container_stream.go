@@ -1,17 +1,20 @@
 package pods
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
@@ -68,9 +71,17 @@ func (s *Service) exec(stream grpc.BidiStreamingServer[podsv0.ExecRequest, podsv
 	defer func() { _ = os.Remove(pidFile) }()
 	args := []string{"--root", s.runcRoot(), "exec", "--pid-file", pidFile}
 	if start.GetTty() {
-		args = append(args, "--tty")
+		// A process spec of our own, to give the terminal its size before
+		// the command starts (runc resizes only after it started).
+		procFile := strings.TrimSuffix(pidFile, ".pid") + ".json"
+		defer func() { _ = os.Remove(procFile) }()
+		if err := s.writeExecProcess(id, procFile, start); err != nil {
+			return fmt.Errorf("exec in %q: %w", id, err)
+		}
+		args = append(args, "--tty", "--process", procFile, id)
+	} else {
+		args = append(append(args, id), start.GetArgv()...)
 	}
-	args = append(append(args, id), start.GetArgv()...)
 	cmd := exec.Command(s.runtime, args...)
 	cmd.WaitDelay = 5 * time.Second
 
@@ -159,6 +170,7 @@ func (s *Service) exec(stream grpc.BidiStreamingServer[podsv0.ExecRequest, podsv
 	// Input: stdin, resizes and the close of stdin, until the client stops
 	// sending. Nothing here ends the command: only its exit or the call's end.
 	go func() {
+		runcReady := false
 		for {
 			m, err := stream.Recv()
 			if err != nil {
@@ -167,9 +179,13 @@ func (s *Service) exec(stream grpc.BidiStreamingServer[podsv0.ExecRequest, podsv
 			switch {
 			case m.GetResize() != nil && pty != nil:
 				setWinsize(pty, m.GetResize())
-				if cmd.Process != nil {
-					_ = cmd.Process.Signal(syscall.SIGWINCH)
+				// runc handles SIGWINCH once it wrote the pid file (its
+				// handler is installed before; earlier ones are lost, but
+				// then its first resize, after the pid file, sees ours).
+				if !runcReady {
+					runcReady = waitFile(pidFile, 2*time.Second)
 				}
+				_ = cmd.Process.Signal(syscall.SIGWINCH)
 			case m.GetCloseStdin() && closeIn != nil:
 				_ = closeIn()
 				closeIn = nil
@@ -206,6 +222,49 @@ func (s *Service) exec(stream grpc.BidiStreamingServer[podsv0.ExecRequest, podsv
 	}
 	s.log.Info("exec exited", "pod", c.podID, "container", id, "exit_code", code)
 	return out.Send(&podsv0.ExecResponse{Response: &podsv0.ExecResponse_Exit{Exit: &podsv0.ExecExit{ExitCode: code}}})
+}
+
+// writeExecProcess writes the OCI process of a tty exec: the container's
+// own (env, cwd, user, capabilities), as runc exec takes it, with argv, a
+// terminal and its initial size.
+func (s *Service) writeExecProcess(id, path string, start *podsv0.ExecStart) error {
+	b, err := os.ReadFile(filepath.Join(s.bundleDir(id), "config.json"))
+	if err != nil {
+		return fmt.Errorf("container spec: %w", err)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return fmt.Errorf("container spec: %w", err)
+	}
+	if spec.Process == nil {
+		return fmt.Errorf("container spec has no process: %w", errdefs.ErrFailedPrecondition)
+	}
+	p := *spec.Process
+	p.Args = start.GetArgv()
+	p.Terminal = true
+	p.ConsoleSize = nil
+	if sz := start.GetSize(); sz.GetWidth() > 0 && sz.GetHeight() > 0 {
+		p.ConsoleSize = &specs.Box{Width: uint(sz.GetWidth()), Height: uint(sz.GetHeight())}
+	}
+	out, err := json.Marshal(&p)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, out, 0o600)
+}
+
+// waitFile waits until path exists, at most d; it reports whether it does.
+func waitFile(path string, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // exitCode is a command's exit status as a shell reports it (128+signal).

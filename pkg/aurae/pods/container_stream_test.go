@@ -2,6 +2,8 @@ package pods
 
 import (
 	"context"
+	"errors"
+	"io"
 	"net"
 	"path/filepath"
 	"strings"
@@ -112,6 +114,32 @@ func TestExecStream(t *testing.T) {
 			t.Errorf("exec with a tty: %+v", r)
 		}
 	})
+	t.Run("tty resized", func(t *testing.T) {
+		st, err := cl.Exec(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range []*podsv0.ExecRequest{
+			{Request: &podsv0.ExecRequest_Start{Start: &podsv0.ExecStart{
+				ContainerId: "sleeper", Argv: []string{"sh", "-c", "read x; stty size"}, Tty: true, Stdin: true,
+				Size: &podsv0.TerminalSize{Width: 80, Height: 24},
+			}}},
+			{Request: &podsv0.ExecRequest_Resize{Resize: &podsv0.TerminalSize{Width: 50, Height: 20}}},
+			{Request: &podsv0.ExecRequest_Stdin{Stdin: []byte("go\r")}},
+		} {
+			if err := st.Send(m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r, err := recvExec(t, st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The terminal echoes the input, then stty prints the new size.
+		if !strings.HasSuffix(strings.TrimSpace(r.stdout), "20 50") || r.code != 0 {
+			t.Errorf("exec with a resized tty: %+v", r)
+		}
+	})
 	t.Run("unknown container", func(t *testing.T) {
 		st, err := cl.Exec(ctx)
 		if err != nil {
@@ -194,6 +222,30 @@ func TestAttachStream(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatalf("no echo through attach: %q", got)
 		}
+	}
+
+	// The session ends when the container exits.
+	e.start("attach", e.container("brief", spec(t, nil, "sh", "-c", "sleep 1; echo bye")))
+	st3, err := cl.Attach(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st3.Send(&podsv0.AttachRequest{Request: &podsv0.AttachRequest_Start{Start: &podsv0.AttachStart{ContainerId: "brief", Stdout: true}}}); err != nil {
+		t.Fatal(err)
+	}
+	out := ""
+	for {
+		m, err := st3.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("attach to an exiting container: %v (got %q)", err, out)
+		}
+		out += string(m.GetStdout())
+	}
+	if out != "bye\n" {
+		t.Errorf("attach to an exiting container: %q, want bye", out)
 	}
 	cancel()
 }
