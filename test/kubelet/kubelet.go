@@ -8,6 +8,22 @@
 // cgroupfs driver, no systemd, no swap accounting) and runs it until the
 // test ends; Pods reads the kubelet's read-only /pods endpoint.
 //
+// Typical use, once the runtime under test serves its socket (start the
+// kubelet after the runtime, so that the kubelet's cleanup — drain the
+// static pods, stop — runs before the runtime's):
+//
+//	k := kubelet.Start(t, kubelet.Config{
+//		Binary:      kubelet.Build(t),
+//		CRIEndpoint: "unix://" + criSocket,
+//		PodLogsDir:  "/var/log/pods",
+//	})
+//	sp := k.WriteStaticPod(t, kubelet.BusyboxPod(kubelet.PodSpecOptions{
+//		Name: "web", Image: ref, Script: "echo hi; sleep 3600"}))
+//	p := k.WaitPodPhase(t, sp.Name, sp.Namespace, kubelet.PodRunning, 3*time.Minute)
+//	k.WaitContainerLog(t, p, "main", "hi", time.Minute)
+//	k.RemoveStaticPod(t, sp.Name, sp.Namespace)
+//	k.WaitPodGone(t, sp.Name, sp.Namespace, time.Minute)
+//
 // A started kubelet changes the host in ways that Start undoes:
 //   - it sets six kernel tunables (vm.overcommit_memory, kernel.panic, ...;
 //     see Tunables), restored when the last test kubelet on the machine
@@ -140,8 +156,10 @@ type Config struct {
 	ImageEndpoint string
 
 	// RootDir is the kubelet's --root-dir. Default: a fresh directory under
-	// the kubelet's temporary dir, removed when the test ends. A RootDir the
-	// caller names is emptied of mounts but left in place.
+	// the kubelet's temporary dir, removed when the test ends. For RootDir,
+	// StaticPodDir and PodLogsDir named by the caller: everything mounted
+	// under RootDir and PodLogsDir is unmounted at the end, a dir that Start
+	// created is removed, one that existed is left with its content.
 	RootDir string
 	// StaticPodDir is the staticPodPath. Default: a fresh temporary dir.
 	StaticPodDir string
@@ -589,7 +607,7 @@ func (k *Kubelet) cleanup(t testing.TB) {
 	}
 	if k.logFile != nil {
 		_ = k.logFile.Close()
-		if dir := os.Getenv(EnvLogDir); dir != "" {
+		if dir := os.Getenv(EnvLogDir); dir != "" && k.cmd != nil && k.cmd.Process != nil {
 			k.keepLog(t, dir)
 		}
 	}
