@@ -6,9 +6,13 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 )
+
+// firstSizeWait bounds the wait for a tty client's first terminal size.
+const firstSizeWait = 100 * time.Millisecond
 
 // TerminalSize is a terminal's columns and rows.
 type TerminalSize struct {
@@ -45,15 +49,19 @@ func (a AuraeController) Exec(ctx context.Context, id string, argv []string, sio
 	}
 	send := lockedSend(st.Send)
 	start := &podsv0.ExecStart{ContainerId: id, Argv: argv, Tty: sio.Tty, Stdin: sio.Stdin != nil}
-	// The first size, when the client already sent one, goes with the start.
-	if sio.Resize != nil {
+	// Clients send the terminal's size first thing: it goes with the start,
+	// so that the command starts on a terminal of the right size.
+	if sio.Tty && sio.Resize != nil {
+		timer := time.NewTimer(firstSizeWait)
 		select {
 		case sz, ok := <-sio.Resize:
 			if ok {
 				start.Size = &podsv0.TerminalSize{Width: uint32(sz.Width), Height: uint32(sz.Height)}
 			}
-		default:
+		case <-timer.C:
+		case <-ctx.Done():
 		}
+		timer.Stop()
 	}
 	if err := send(&podsv0.ExecRequest{Request: &podsv0.ExecRequest_Start{Start: start}}); err != nil {
 		return 0, err

@@ -138,9 +138,11 @@ func TestCRIStreaming(t *testing.T) {
 		}
 	})
 
-	t.Run("exec with a tty resized", func(t *testing.T) {
+	// kubectl exec -it sends the terminal's size first: the command starts
+	// with it.
+	t.Run("exec with a tty sized", func(t *testing.T) {
 		resp, err := c.Runtime.Exec(ctx, &runtimeapi.ExecRequest{
-			ContainerId: sleeper, Cmd: []string{"sh", "-c", "sleep 1; busybox stty size"}, Tty: true, Stdin: true, Stdout: true,
+			ContainerId: sleeper, Cmd: []string{"busybox", "stty", "size"}, Tty: true, Stdin: true, Stdout: true,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -152,10 +154,31 @@ func TestCRIStreaming(t *testing.T) {
 		in, inW := io.Pipe()
 		defer func() { _ = inW.Close() }()
 		err = stream(sctx, t, resp.GetUrl(), remotecommand.StreamOptions{
-			Stdin: in, Stdout: &stdout, Tty: true, TerminalSizeQueue: &sizeQueue{ctx: sctx, size: remotecommand.TerminalSize{Width: 111, Height: 33}},
+			Stdin: in, Stdout: &stdout, Tty: true, TerminalSizeQueue: &sizeQueue{ctx: sctx, sizes: []remotecommand.TerminalSize{{Width: 111, Height: 33}}},
 		})
 		if err != nil || strings.TrimSpace(stdout.String()) != "33 111" {
 			t.Errorf("stty size after a resize: %q %v, want 33 111", stdout.String(), err)
+		}
+	})
+
+	t.Run("exec with a tty resized", func(t *testing.T) {
+		resp, err := c.Runtime.Exec(ctx, &runtimeapi.ExecRequest{
+			ContainerId: sleeper, Cmd: []string{"sh", "-c", "sleep 1; busybox stty size"}, Tty: true, Stdin: true, Stdout: true,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		var stdout bytes.Buffer
+		in, inW := io.Pipe()
+		defer func() { _ = inW.Close() }()
+		err = stream(sctx, t, resp.GetUrl(), remotecommand.StreamOptions{
+			Stdin: in, Stdout: &stdout, Tty: true,
+			TerminalSizeQueue: &sizeQueue{ctx: sctx, sizes: []remotecommand.TerminalSize{{Width: 80, Height: 24}, {Width: 99, Height: 11}}},
+		})
+		if err != nil || strings.TrimSpace(stdout.String()) != "11 99" {
+			t.Errorf("stty size after a resize: %q %v, want 11 99", stdout.String(), err)
 		}
 	})
 
@@ -255,17 +278,17 @@ func TestCRIStreaming(t *testing.T) {
 	})
 }
 
-// sizeQueue gives one terminal size, then none until ctx ends.
+// sizeQueue gives its terminal sizes, then none until ctx ends.
 type sizeQueue struct {
-	ctx  context.Context
-	size remotecommand.TerminalSize
-	sent bool
+	ctx   context.Context
+	sizes []remotecommand.TerminalSize
 }
 
 func (q *sizeQueue) Next() *remotecommand.TerminalSize {
-	if !q.sent {
-		q.sent = true
-		return &q.size
+	if len(q.sizes) > 0 {
+		sz := q.sizes[0]
+		q.sizes = q.sizes[1:]
+		return &sz
 	}
 	<-q.ctx.Done()
 	return nil
@@ -289,7 +312,7 @@ func attachUntil(ctx context.Context, t *testing.T, c *CRI, req *runtimeapi.Atta
 		opts.Stdin = in
 	}
 	if size != nil {
-		opts.TerminalSizeQueue = &sizeQueue{ctx: sctx, size: *size}
+		opts.TerminalSizeQueue = &sizeQueue{ctx: sctx, sizes: []remotecommand.TerminalSize{*size}}
 	}
 	done := make(chan error, 1)
 	go func() { done <- stream(sctx, t, resp.GetUrl(), opts) }()
