@@ -45,6 +45,8 @@ func main() {
 	// auraed re-executes itself as the init of isolated cells; in that role
 	// it never gets past this line.
 	cells.MaybeRunCellInit()
+	// In a microVM auraed is the guest's init (pkg/aurae/guest); see guest.go.
+	maybeRunGuest()
 
 	cfg, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {

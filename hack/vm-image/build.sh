@@ -78,9 +78,10 @@ build_kernel() {
 	cp "$obj/vmlinux" "$OUT/vmlinux.tmp"
 	cp "$obj/.config" "$OUT/vmlinux.config"
 	mv "$OUT/vmlinux.tmp" "$OUT/vmlinux"
+	cp "$obj/include/config/kernel.release" "$OUT/vmlinux.release"
 	echo "$key" >"$OUT/vmlinux.hash"
 	echo "$((SECONDS - start))" >"$OUT/vmlinux.build-seconds"
-	log "vmlinux built in $((SECONDS - start)) s ($(make -s -C "$src" O="$obj" ARCH=x86_64 kernelrelease))"
+	log "vmlinux $(cat "$OUT/vmlinux.release") built in $((SECONDS - start)) s"
 }
 
 # copy_with_libs BIN DEST_IN_TREE copies a dynamically linked binary and the
@@ -137,6 +138,12 @@ build_initramfs() {
 	log "initramfs.cpio.gz: $(du -h "$OUT/initramfs.cpio.gz" | cut -f1) (auraed $(du -h "$auraed" | cut -f1))"
 }
 
-build_kernel
-build_initramfs
+# PARTS="initramfs" (or "kernel") builds only that part.
+for part in ${PARTS:-kernel initramfs}; do
+	case "$part" in
+	kernel) build_kernel ;;
+	initramfs) build_initramfs ;;
+	*) die "unknown part $part" ;;
+	esac
+done
 log "done: $OUT/vmlinux $OUT/initramfs.cpio.gz"

@@ -1,0 +1,232 @@
+package guest
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ServeEnv is set in the environment of the serving auraed that PID 1
+// starts; cmd/auraed serves the Aurae API over the guest's port when it is.
+const ServeEnv = "_AURAE_GUEST_SERVE"
+
+// Path is the guest's PATH (runc, conmon, busybox's applets).
+const Path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// Shutdown timings.
+const (
+	serverGrace  = 5 * time.Second // SIGTERM → the serving auraed's exit
+	othersGrace  = 2 * time.Second // SIGTERM → SIGKILL of every other process
+	restartDelay = time.Second     // before a serving auraed that died is restarted
+)
+
+// Init is the guest's PID 1.
+type Init struct {
+	cfg Config
+	log *slog.Logger
+	// pid1 is false under --guest in a process that is not PID 1: then
+	// nothing is powered off, Run returns instead.
+	pid1   bool
+	server *os.Process
+}
+
+// RunInit prepares the guest, starts the serving auraed and supervises it
+// until a power-off request (SIGTERM, SIGINT/Ctrl-Alt-Del, the ACPI power
+// button). As PID 1 it never returns: it powers the machine off. Otherwise
+// (--guest under another init) it returns once everything was stopped.
+func RunInit() {
+	pid1 := os.Getpid() == 1
+	// Stage 1 runs before /proc exists: log to the console with defaults.
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("component", "guest-init")
+	if err := SwitchRoot(log); err != nil {
+		log.Error("switch root", "error", err)
+	}
+	if err := Setup(); err != nil {
+		log.Error("guest setup", "error", err)
+	}
+	cfg, err := ReadConfig()
+	if err != nil {
+		log.Warn("kernel command line", "error", err)
+	}
+	log = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("component", "guest-init")
+	if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
+		log.Error("set hostname", "error", err)
+	}
+	if err := loopbackUp(); err != nil {
+		log.Error("loopback", "error", err)
+	}
+	in := &Init{cfg: cfg, log: log, pid1: pid1}
+	in.run()
+}
+
+func (in *Init) run() {
+	if !in.pid1 {
+		// Orphans of our children come to us, as they would to PID 1.
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+			in.log.Warn("child subreaper", "error", err)
+		}
+	} else if err := unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF); err != nil {
+		// Ctrl-Alt-Del becomes SIGINT to PID 1.
+		in.log.Warn("ctrl-alt-del", "error", err)
+	}
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT, unix.SIGPWR)
+	power := make(chan string, 1)
+	watchPowerButton(in.log, power)
+
+	in.log.Info("guest init", "config", in.cfg.String(), "pid", os.Getpid())
+	in.startServer()
+	var restart <-chan time.Time
+	for {
+		select {
+		case s := <-sigs:
+			if s == unix.SIGCHLD {
+				if in.reap() && restart == nil {
+					restart = time.After(restartDelay)
+				}
+				continue
+			}
+			in.shutdown("signal " + s.String())
+			return
+		case why := <-power:
+			in.shutdown(why)
+			return
+		case <-restart:
+			restart = nil
+			in.startServer()
+		}
+	}
+}
+
+// startServer starts the serving auraed: this binary again, with ServeEnv.
+func (in *Init) startServer() {
+	cmd := &exec.Cmd{
+		Path:   "/proc/self/exe",
+		Args:   []string{"auraed"},
+		Env:    []string{"PATH=" + Path, "HOME=/root", "TERM=linux", ServeEnv + "=1"},
+		Dir:    "/",
+		Stdout: os.Stderr,
+		Stderr: os.Stderr,
+	}
+	if err := cmd.Start(); err != nil {
+		in.log.Error("start the serving auraed", "error", err)
+		return
+	}
+	in.server = cmd.Process
+	in.log.Info("serving auraed started", "pid", cmd.Process.Pid)
+}
+
+// reap collects every exited child (orphans included) and says whether the
+// serving auraed was one of them.
+func (in *Init) reap() (serverDied bool) {
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if pid <= 0 || err != nil {
+			return serverDied
+		}
+		if in.server != nil && pid == in.server.Pid {
+			in.log.Error("the serving auraed exited; restarting it", "status", statusString(ws))
+			in.server = nil
+			serverDied = true
+		} else {
+			in.log.Debug("reaped", "pid", pid, "status", statusString(ws))
+		}
+	}
+}
+
+// shutdown stops the serving auraed, then every other process, syncs and
+// powers off (as PID 1).
+func (in *Init) shutdown(why string) {
+	in.log.Info("powering off", "reason", why)
+	if in.server != nil {
+		_ = in.server.Signal(unix.SIGTERM)
+		deadline := time.Now().Add(serverGrace)
+		for in.server != nil && time.Now().Before(deadline) {
+			in.reap()
+			time.Sleep(20 * time.Millisecond)
+		}
+		if in.server != nil {
+			in.log.Warn("the serving auraed did not stop in time", "after", serverGrace)
+		}
+	}
+	if in.pid1 {
+		// kill(-1) signals every process but the caller.
+		_ = unix.Kill(-1, unix.SIGTERM)
+		in.waitAll(othersGrace)
+		_ = unix.Kill(-1, unix.SIGKILL)
+		in.waitAll(othersGrace)
+	} else if in.server != nil {
+		_ = in.server.Kill()
+		in.waitAll(othersGrace)
+	}
+	unix.Sync()
+	if !in.pid1 {
+		in.log.Info("guest init done (not PID 1: no power off)")
+		return
+	}
+	in.log.Info("power off")
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
+		in.log.Error("power off", "error", err)
+	}
+	// PID 1 must not exit (the kernel would panic): wait for the end.
+	select {}
+}
+
+// waitAll reaps children until there are none left or d is over.
+func (in *Init) waitAll(d time.Duration) {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if errors.Is(err, unix.ECHILD) {
+			return
+		}
+		if pid > 0 {
+			if in.server != nil && pid == in.server.Pid {
+				in.server = nil
+			}
+			continue
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func statusString(ws unix.WaitStatus) string {
+	switch {
+	case ws.Exited():
+		return fmt.Sprintf("exit %d", ws.ExitStatus())
+	case ws.Signaled():
+		return "signal " + ws.Signal().String()
+	}
+	return fmt.Sprintf("%#x", uint32(ws))
+}
+
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("loopback: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("loopback flags: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("loopback up: %w", err)
+	}
+	return nil
+}
