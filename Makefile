@@ -26,7 +26,7 @@ BENCH_TIMEOUT ?= 30m
 # Extra flags for `make run`, e.g. RUN_ARGS='--log-level debug'.
 RUN_ARGS ?=
 
-.PHONY: deps apt tools cni build run run-auraed test bench proto check-proto lint clean
+.PHONY: deps apt tools cni build run run-auraed test kubelet bench proto check-proto lint clean
 
 ## deps: install what is missing (Debian packages, pinned Go tools into ./bin, CNI plugins)
 deps: apt tools cni
@@ -91,9 +91,13 @@ run: deps build
 run-auraed: deps build
 	$(SUDO) $(BIN)/auraed $(RUN_ARGS)
 
-## test: every test with the race detector, e2e included
-test: build
-	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+## test: every test with the race detector, e2e included (the real kubelet one too)
+test: build kubelet
+	AURAE_KUBELET_E2E=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+## kubelet: build (or take from the cache) the pinned upstream kubelet the e2e tests run
+kubelet:
+	hack/kubelet/build.sh
 
 ## bench: the benchmarks, 200 iterations each
 bench:
