@@ -112,7 +112,12 @@ func (s streamRuntime) Attach(ctx context.Context, containerID string, in io.Rea
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s.r.log.Info("attach session", "pod", c.SandboxID, "container", c.ID, "tty", tty)
+	// Only a container created with stdin has one to attach to (CRI-O
+	// drops the client's stdin the same way).
+	if !c.Config.GetStdin() {
+		in = nil
+	}
+	s.r.log.Info("attach session", "pod", c.SandboxID, "container", c.ID, "tty", tty, "stdin", in != nil)
 	if err := ctrl.Attach(ctx, c.ID, streamIO(ctx, in, out, errw, tty, resize)); err != nil {
 		return fmt.Errorf("attach to container %s: %w", c.ID, err)
 	}
