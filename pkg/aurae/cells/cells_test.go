@@ -125,6 +125,7 @@ func TestBadRequestsLeaveNothing(t *testing.T) {
 		}, codes.InvalidArgument},
 		{"empty name", alloc(s, &cellsv0.Cell{Name: ""}), codes.InvalidArgument},
 		{"dotdot", alloc(s, &cellsv0.Cell{Name: ".."}), codes.InvalidArgument},
+		{"leading dot", alloc(s, &cellsv0.Cell{Name: ".pods"}), codes.InvalidArgument},
 		{"dotdot nested", alloc(s, &cellsv0.Cell{Name: "ok/../x"}), codes.InvalidArgument},
 		{"absolute", alloc(s, &cellsv0.Cell{Name: "/abs"}), codes.InvalidArgument},
 		{"control char", alloc(s, &cellsv0.Cell{Name: "a\nb"}), codes.InvalidArgument},

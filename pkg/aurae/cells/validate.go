@@ -27,8 +27,10 @@ func validName(s string) error {
 	if len(s) > maxSegmentLen {
 		return fmt.Errorf("name %q is longer than %d characters: %w", s, maxSegmentLen, errdefs.ErrInvalidArgument)
 	}
-	if s == "." || s == ".." {
-		return fmt.Errorf("name %q is not allowed: %w", s, errdefs.ErrInvalidArgument)
+	// A leading letter or digit: "." and ".." are refused, and names
+	// starting with "." stay free for auraed's own cgroups (".pods").
+	if c := s[0]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
+		return fmt.Errorf("name %q must start with a letter or digit: %w", s, errdefs.ErrInvalidArgument)
 	}
 	for _, r := range s {
 		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.'

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"path"
 	"path/filepath"
 
 	"google.golang.org/grpc"
@@ -15,8 +16,10 @@ import (
 // conmon, with their state beside the cells'.
 func (d *Daemon) addPods(ctx context.Context, cfg Config) error {
 	svc, err := pods.NewService(ctx, pods.Config{
-		StateDir:   filepath.Join(cfg.StateDir, "pods"),
-		CgroupRoot: cfg.CgroupRoot,
+		StateDir: filepath.Join(cfg.StateDir, "pods"),
+		// Below the cells' root but apart from every cell: cell names
+		// cannot start with '.'.
+		CgroupRoot: path.Join(cfg.CgroupRoot, ".pods"),
 		Logger:     cfg.Logger,
 	})
 	if err != nil {
