@@ -29,12 +29,11 @@ func validName(s string) error {
 	}
 	// A leading letter or digit: "." and ".." are refused, and names
 	// starting with "." stay free for auraed's own cgroups (".pods").
-	if c := s[0]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
+	if !isAlnum(rune(s[0])) {
 		return fmt.Errorf("name %q must start with a letter or digit: %w", s, errdefs.ErrInvalidArgument)
 	}
 	for _, r := range s {
-		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.'
-		if !ok {
+		if !isAlnum(r) && r != '-' && r != '_' && r != '.' {
 			return fmt.Errorf("name %q: character %q is not allowed (letters, digits, '-', '_', '.'): %w", s, r, errdefs.ErrInvalidArgument)
 		}
 	}
@@ -181,3 +180,5 @@ func parseList(s string) (map[int]bool, error) {
 	}
 	return out, nil
 }
+
+func isAlnum(r rune) bool { return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' }

@@ -272,22 +272,17 @@ func (c *Cgroup) Kill(ctx context.Context) error {
 	}
 }
 
-// killV1 freezes the cgroup so that nothing forks while it is signalled, kills
-// every process, and thaws it so that the signals are delivered.
+// killV1 sends SIGKILL to every process of the cgroup. It does not freeze
+// the cgroup first: on v1 a freeze can stay FREEZING for good while a
+// process is inside execve (seen with runc init); Kill's loop catches
+// processes forked meanwhile instead.
 func (c *Cgroup) killV1() error {
 	procs, err := c.Procs()
-	if err != nil || len(procs) == 0 {
+	if err != nil {
 		return nil
 	}
-	if err := c.v1.Freeze(); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("freeze cgroup %s: %w", c.path, err)
-	}
-	procs, _ = c.Procs()
 	for _, p := range procs {
 		_ = unix.Kill(p, unix.SIGKILL)
-	}
-	if err := c.v1.Thaw(); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("thaw cgroup %s: %w", c.path, err)
 	}
 	return nil
 }
