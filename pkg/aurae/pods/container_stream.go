@@ -1,6 +1,7 @@
 package pods
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -36,12 +36,8 @@ func (s *Service) Exec(stream grpc.BidiStreamingServer[podsv0.ExecRequest, podsv
 }
 
 // exec runs a command in a running container with `runc exec`, its stdio
-// streamed. Without a tty the command gets pipes. With one, runc is given
-// the slave of a pty of ours as its stdio and, not detached, makes the
-// container's pty itself and copies between the two (it sets ours raw and
-// passes SIGWINCH resizes on): runc stays the command's parent, so its exit
-// status is the command's. runc's --console-socket needs --detach, which
-// leaves the command to be reaped by a subreaper auraed is not.
+// streamed: pipes without a tty (runc stays the command's parent, so its
+// exit status is the command's), see execTTY with one.
 func (s *Service) exec(stream grpc.BidiStreamingServer[podsv0.ExecRequest, podsv0.ExecResponse]) error {
 	ctx := stream.Context()
 	first, err := stream.Recv()
@@ -69,27 +65,16 @@ func (s *Service) exec(stream grpc.BidiStreamingServer[podsv0.ExecRequest, podsv
 
 	pidFile := filepath.Join(s.bundleDir(id), fmt.Sprintf("exec-%d.pid", execSeq.Add(1)))
 	defer func() { _ = os.Remove(pidFile) }()
-	args := []string{"--root", s.runcRoot(), "exec", "--pid-file", pidFile}
 	if start.GetTty() {
-		// A process spec of our own, to give the terminal its size before
-		// the command starts (runc resizes only after it started).
-		procFile := strings.TrimSuffix(pidFile, ".pid") + ".json"
-		defer func() { _ = os.Remove(procFile) }()
-		if err := s.writeExecProcess(id, procFile, start); err != nil {
-			return fmt.Errorf("exec in %q: %w", id, err)
-		}
-		args = append(args, "--tty", "--process", procFile, id)
-	} else {
-		args = append(append(args, id), start.GetArgv()...)
+		return s.execTTY(stream, c, start, pidFile)
 	}
+	args := append([]string{"--root", s.runcRoot(), "exec", "--pid-file", pidFile, id}, start.GetArgv()...)
 	cmd := exec.Command(s.runtime, args...)
 	cmd.WaitDelay = 5 * time.Second
 
 	out := &streamSender[*podsv0.ExecResponse]{send: func(m *podsv0.ExecResponse) error { return stream.Send(m) }}
 	var (
 		stdin   io.WriteCloser // nil when the client sends none
-		readers []*os.File
-		pty     *os.File
 		closeIn func() error
 	)
 	var childEnds []*os.File
@@ -98,49 +83,30 @@ func (s *Service) exec(stream grpc.BidiStreamingServer[podsv0.ExecRequest, podsv
 			_ = f.Close()
 		}
 	}()
-	if start.GetTty() {
-		master, slave, err := openPty()
-		if err != nil {
-			return fmt.Errorf("exec in %q: pty: %w", id, err)
-		}
-		defer master.Close()
-		childEnds = append(childEnds, slave)
-		if sz := start.GetSize(); sz != nil {
-			setWinsize(master, sz)
-		}
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
-		pty, readers = master, []*os.File{master}
-		if start.GetStdin() {
-			stdin = master
-			// EOF on a terminal is ^D (the container's pty is cooked).
-			closeIn = func() error { _, err := master.Write([]byte{4}); return err }
-		}
-	} else {
-		outR, outW, err := os.Pipe()
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer outR.Close()
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outW.Close()
+		return err
+	}
+	defer errR.Close()
+	childEnds = append(childEnds, outW, errW)
+	cmd.Stdout, cmd.Stderr = outW, errW
+	readers := []*os.File{outR, errR}
+	if start.GetStdin() {
+		inR, inW, err := os.Pipe()
 		if err != nil {
 			return err
 		}
-		defer outR.Close()
-		errR, errW, err := os.Pipe()
-		if err != nil {
-			outW.Close()
-			return err
-		}
-		defer errR.Close()
-		childEnds = append(childEnds, outW, errW)
-		cmd.Stdout, cmd.Stderr = outW, errW
-		readers = []*os.File{outR, errR}
-		if start.GetStdin() {
-			inR, inW, err := os.Pipe()
-			if err != nil {
-				return err
-			}
-			defer inW.Close()
-			childEnds = append(childEnds, inR)
-			cmd.Stdin = inR
-			stdin = inW
-			closeIn = inW.Close
-		}
+		defer inW.Close()
+		childEnds = append(childEnds, inR)
+		cmd.Stdin = inR
+		stdin = inW
+		closeIn = inW.Close
 	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("exec in %q: %w", id, err)
@@ -170,22 +136,12 @@ func (s *Service) exec(stream grpc.BidiStreamingServer[podsv0.ExecRequest, podsv
 	// Input: stdin, resizes and the close of stdin, until the client stops
 	// sending. Nothing here ends the command: only its exit or the call's end.
 	go func() {
-		runcReady := false
 		for {
 			m, err := stream.Recv()
 			if err != nil {
 				return
 			}
 			switch {
-			case m.GetResize() != nil && pty != nil:
-				setWinsize(pty, m.GetResize())
-				// runc handles SIGWINCH once it wrote the pid file (its
-				// handler is installed before; earlier ones are lost, but
-				// then its first resize, after the pid file, sees ours).
-				if !runcReady {
-					runcReady = waitFile(pidFile, 2*time.Second)
-				}
-				_ = cmd.Process.Signal(syscall.SIGWINCH)
 			case m.GetCloseStdin() && closeIn != nil:
 				_ = closeIn()
 				closeIn = nil
@@ -197,15 +153,25 @@ func (s *Service) exec(stream grpc.BidiStreamingServer[podsv0.ExecRequest, podsv
 		}
 	}()
 
+	code, err := awaitExec(ctx, cmd, pidFile, exited, &outWG, readers)
+	if err != nil {
+		return fmt.Errorf("exec in %q: %w", id, err)
+	}
+	s.log.Info("exec exited", "pod", c.podID, "container", id, "exit_code", code)
+	return out.Send(&podsv0.ExecResponse{Response: &podsv0.ExecResponse_Exit{Exit: &podsv0.ExecExit{ExitCode: code}}})
+}
+
+// awaitExec waits for an exec'd command (killing it when ctx ends), then
+// for its output: complete once every writer of it closed, but a background
+// process may keep it open, so only so long. It returns the exit code.
+func awaitExec(ctx context.Context, cmd *exec.Cmd, pidFile string, exited chan error, outWG *sync.WaitGroup, readers []*os.File) (int32, error) {
 	var werr error
 	select {
 	case werr = <-exited:
 	case <-ctx.Done():
 		killExec(cmd, pidFile, exited)
-		return fmt.Errorf("exec in %q: %w", id, ctx.Err())
+		return 0, ctx.Err()
 	}
-	// The output is complete once every writer of it closed; a background
-	// process may keep it open, so only wait so long.
 	drained := make(chan struct{})
 	go func() { outWG.Wait(); close(drained) }()
 	select {
@@ -216,12 +182,7 @@ func (s *Service) exec(stream grpc.BidiStreamingServer[podsv0.ExecRequest, podsv
 		}
 		<-drained
 	}
-	code, err := exitCode(werr)
-	if err != nil {
-		return fmt.Errorf("exec in %q: %w", id, err)
-	}
-	s.log.Info("exec exited", "pod", c.podID, "container", id, "exit_code", code)
-	return out.Send(&podsv0.ExecResponse{Response: &podsv0.ExecResponse_Exit{Exit: &podsv0.ExecExit{ExitCode: code}}})
+	return exitCode(werr)
 }
 
 // writeExecProcess writes the OCI process of a tty exec: the container's
@@ -251,20 +212,6 @@ func (s *Service) writeExecProcess(id, path string, start *podsv0.ExecStart) err
 		return err
 	}
 	return os.WriteFile(path, out, 0o600)
-}
-
-// waitFile waits until path exists, at most d; it reports whether it does.
-func waitFile(path string, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for {
-		if _, err := os.Stat(path); err == nil {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // exitCode is a command's exit status as a shell reports it (128+signal).
@@ -315,34 +262,6 @@ func (s *streamSender[T]) Send(m T) error {
 		s.err = s.send(m)
 	}
 	return s.err
-}
-
-// openPty opens a new pseudo-terminal pair; the master stays non-blocking
-// under Go's poller, so reads end when it is closed.
-func openPty() (master, slave *os.File, err error) {
-	master, err = os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
-	if err != nil {
-		return nil, nil, err
-	}
-	var n int
-	ctlErr := withFd(master, func(fd int) error {
-		if err := unix.IoctlSetPointerInt(fd, unix.TIOCSPTLCK, 0); err != nil {
-			return fmt.Errorf("unlockpt: %w", err)
-		}
-		var err error
-		n, err = unix.IoctlGetInt(fd, unix.TIOCGPTN)
-		return err
-	})
-	if ctlErr != nil {
-		master.Close()
-		return nil, nil, ctlErr
-	}
-	slave, err = os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
-	if err != nil {
-		master.Close()
-		return nil, nil, err
-	}
-	return master, slave, nil
 }
 
 // setWinsize sets a terminal's size; zero sizes are ignored.

@@ -140,6 +140,56 @@ func TestExecStream(t *testing.T) {
 			t.Errorf("exec with a resized tty: %+v", r)
 		}
 	})
+	t.Run("tty exit codes", func(t *testing.T) {
+		for _, tc := range []struct {
+			argv []string
+			code int32
+			out  string
+		}{
+			{[]string{"sh", "-c", "exit 7"}, 7, ""},
+			{[]string{"sh", "-c", "kill -9 $$"}, 137, ""},
+			{[]string{"no-such-command"}, 255, "no-such-command"},
+		} {
+			st, err := cl.Exec(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := st.Send(&podsv0.ExecRequest{Request: &podsv0.ExecRequest_Start{Start: &podsv0.ExecStart{ContainerId: "sleeper", Argv: tc.argv, Tty: true}}}); err != nil {
+				t.Fatal(err)
+			}
+			r, err := recvExec(t, st)
+			if err != nil || r.code != tc.code || !strings.Contains(r.stdout, tc.out) {
+				t.Errorf("%q: %+v %v, want exit code %d", tc.argv, r, err, tc.code)
+			}
+		}
+	})
+	t.Run("cancel kills", func(t *testing.T) {
+		for _, tty := range []bool{false, true} {
+			cctx, ccancel := context.WithCancel(ctx)
+			st, err := cl.Exec(cctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := st.Send(&podsv0.ExecRequest{Request: &podsv0.ExecRequest_Start{Start: &podsv0.ExecStart{ContainerId: "sleeper", Argv: []string{"sh", "-c", "echo up; exec sleep 777"}, Tty: tty}}}); err != nil {
+				t.Fatal(err)
+			}
+			if m, err := st.Recv(); err != nil || !strings.Contains(string(m.GetStdout()), "up") {
+				t.Fatalf("tty %v: %v %v", tty, m, err)
+			}
+			ccancel()
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				procs := cgroupCmdlines(t, e.status("sleeper").GetCgroupPath())
+				if !strings.Contains(strings.Join(procs, "\n"), "sleep 777") {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("tty %v: the exec outlived its call: %q", tty, procs)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+	})
 	t.Run("unknown container", func(t *testing.T) {
 		st, err := cl.Exec(ctx)
 		if err != nil {
