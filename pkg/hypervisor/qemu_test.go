@@ -282,7 +282,7 @@ func TestBootTimeoutRetried(t *testing.T) {
 		ID: "never", Dir: dir, Kernel: kernel, MemMiB: 128, VCPUs: 1, Accel: AccelTCG,
 		// Without a root the kernel panics; panic=0 keeps it there rather
 		// than ending QEMU, as a hung guest would.
-		KernelArgs: []string{"panic=0"},
+		KernelArgs:  []string{"panic=0"},
 		BootTimeout: 2 * time.Second,
 		Booted: func(ctx context.Context) error {
 			if b, _ := os.ReadFile(filepath.Join(dir, PidFileName)); len(b) > 0 {
