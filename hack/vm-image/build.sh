@@ -45,6 +45,7 @@ build_kernel() {
 	key=$( { echo "recipe $KERNEL_RECIPE"; echo "linux-source-6.1 $srcver"; cat "$HERE/kernel.config"; } | sha256sum | cut -d' ' -f1)
 	if [ -f "$OUT/vmlinux" ] && [ "$(cat "$OUT/vmlinux.hash" 2>/dev/null)" = "$key" ]; then
 		log "vmlinux is up to date (linux-source-6.1 $srcver)"
+		[ -f "$OUT/vmlinux.release" ] || cp "$OUT/build/linux-obj/include/config/kernel.release" "$OUT/vmlinux.release"
 		return
 	fi
 	local src="$OUT/build/linux-src" obj="$OUT/build/linux-obj"
@@ -72,7 +73,7 @@ build_kernel() {
 		esac
 	done <"$HERE/kernel.config"
 	[ -z "$missing" ] || die "kernel.config options not in the final .config:$missing"
-	log "building vmlinux (nice -n 19 make -j$JOBS; about 10 minutes on 2 busy cores)"
+	log "building vmlinux (nice -n 19 make -j$JOBS; about 25 minutes on 2 shared cores)"
 	nice -n 19 make -s -C "$src" O="$obj" ARCH=x86_64 -j"$JOBS" vmlinux >"$OUT/build/kernel-build.log" 2>&1 ||
 		{ tail -30 "$OUT/build/kernel-build.log" >&2; die "kernel build failed (log: $OUT/build/kernel-build.log)"; }
 	cp "$obj/vmlinux" "$OUT/vmlinux.tmp"

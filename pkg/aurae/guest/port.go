@@ -1,6 +1,7 @@
 package guest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -20,21 +21,32 @@ import (
 // connected (a virtio-serial port then polls as POLLHUP and reads as EOF).
 const pollInterval = 50 * time.Millisecond
 
+// h2Preface starts every HTTP/2 (gRPC) connection a client opens.
+var h2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+
 // PortListener is a net.Listener over one virtio-serial port: it yields one
-// connection at a time, once the host side is connected; when the host
-// disconnects (reads return EOF), the connection ends, the port is closed
-// (dropping what the guest had not read) and re-opened for the next one.
+// connection (a session) at a time, once the host side is connected.
 //
-// QEMU does not read the host's unix socket while the guest has the port
-// closed, so a host that connects early loses nothing.
+// The port stays open for good (QEMU does not read the host's unix socket
+// while the guest has the port closed, so a host that connects before the
+// guest serves loses nothing). A session ends when the host disconnects
+// (reads return EOF) or when a new HTTP/2 client preface shows up in its
+// stream: the host reconnected before the guest saw the disconnect (the
+// port's "closed" and "open" events can both be handled before the guest
+// reads again). The bytes from that preface on start the next session, and a
+// session drops whatever comes before the first preface, so that every
+// session is one whole HTTP/2 connection of one host client.
 type PortListener struct {
 	name string
 	log  *slog.Logger
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	// free holds a token while no connection is open.
+	// free holds a token while no session is open.
 	free chan struct{}
+
+	f     *os.File // the port, opened by the first Accept
+	carry []byte   // read past the end of the last session: the next one's start
 }
 
 // ListenPort returns a listener on the virtio-serial port called name
@@ -78,8 +90,8 @@ func PortDevice(name string) (string, error) {
 	return "", fmt.Errorf("no virtio-serial port named %q (give QEMU -device virtserialport,name=%s): %w", name, name, os.ErrNotExist)
 }
 
-// Accept waits until the previous connection is closed and the host side is
-// connected, then returns the port as a connection.
+// Accept waits until the previous session is closed and the host side is
+// connected, then returns the next session.
 func (l *PortListener) Accept() (net.Conn, error) {
 	select {
 	case <-l.free:
@@ -87,8 +99,14 @@ func (l *PortListener) Accept() (net.Conn, error) {
 		return nil, net.ErrClosed
 	}
 	for {
-		c, err := l.open()
+		err := l.open()
+		if err == nil && len(l.carry) == 0 {
+			err = l.waitHost()
+		}
 		if err == nil {
+			c := &portConn{l: l, syncing: true, pending: l.carry}
+			l.carry = nil
+			l.log.Debug("port session", "port", l.name)
 			return c, nil
 		}
 		if errors.Is(err, net.ErrClosed) {
@@ -105,47 +123,66 @@ func (l *PortListener) Accept() (net.Conn, error) {
 	}
 }
 
-func (l *PortListener) open() (*portConn, error) {
+// open opens the port once.
+func (l *PortListener) open() error {
+	if l.f != nil {
+		return nil
+	}
 	dev, err := PortDevice(l.name)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	var fd int
 	for {
 		// A port opens once at a time (EBUSY while another fd has it).
-		fd, err = unix.Open(dev, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+		fd, err := unix.Open(dev, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
 		if err == nil {
-			break
+			l.f = os.NewFile(uintptr(fd), dev)
+			return nil
 		}
 		if !errors.Is(err, unix.EBUSY) {
-			return nil, fmt.Errorf("open %s: %w", dev, err)
+			return fmt.Errorf("open %s: %w", dev, err)
 		}
 		if err := l.sleep(); err != nil {
-			return nil, err
+			return err
 		}
+	}
+}
+
+// waitHost waits until the host side is connected (the port no longer
+// polls as POLLHUP).
+func (l *PortListener) waitHost() error {
+	rc, err := l.f.SyscallConn()
+	if err != nil {
+		return err
 	}
 	waited := false
 	for {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLOUT}}
-		if _, err := unix.Poll(fds, 0); err != nil && !errors.Is(err, unix.EINTR) {
-			unix.Close(fd)
-			return nil, fmt.Errorf("poll %s: %w", dev, err)
+		var revents int16
+		var perr error
+		if err := rc.Control(func(fd uintptr) {
+			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLOUT}}
+			_, perr = unix.Poll(fds, 0)
+			revents = fds[0].Revents
+		}); err != nil {
+			return err
 		}
-		if fds[0].Revents&unix.POLLHUP == 0 && fds[0].Revents&(unix.POLLIN|unix.POLLOUT) != 0 {
-			break
+		if perr != nil && !errors.Is(perr, unix.EINTR) {
+			return fmt.Errorf("poll port %s: %w", l.name, perr)
+		}
+		if revents&unix.POLLHUP == 0 && revents&(unix.POLLIN|unix.POLLOUT) != 0 {
+			if waited {
+				l.log.Debug("host connected", "port", l.name)
+			}
+			return nil
 		}
 		if !waited {
 			l.log.Debug("waiting for the host side of the port", "port", l.name)
 			waited = true
 		}
 		if err := l.sleep(); err != nil {
-			unix.Close(fd)
-			return nil, err
+			return err
 		}
 	}
-	f := os.NewFile(uintptr(fd), dev)
-	l.log.Debug("host connected", "port", l.name)
-	return &portConn{f: f, l: l}, nil
 }
 
 func (l *PortListener) sleep() error {
@@ -157,7 +194,8 @@ func (l *PortListener) sleep() error {
 	}
 }
 
-// Close stops Accept; an open connection stays until closed.
+// Close stops Accept; an open session stays until closed. The port itself
+// is closed with the process.
 func (l *PortListener) Close() error {
 	l.cancel()
 	return nil
@@ -171,36 +209,113 @@ type portAddr string
 func (a portAddr) Network() string { return "virtio-serial" }
 func (a portAddr) String() string  { return string(a) }
 
-// portConn is the open port. os.File gives it deadlines (the port is
-// pollable); EOF means the host disconnected.
+// portConn is one session on the port.
 type portConn struct {
-	f    *os.File
-	l    *PortListener
-	once sync.Once
+	l *PortListener
+
+	rmu     sync.Mutex // one Read at a time; held by Close to end a blocked one
+	syncing bool       // before the first HTTP/2 preface
+	acc     []byte     // while syncing: bytes that may hold the preface
+	pending []byte     // raw bytes to examine before reading the port again
+	ready   []byte     // examined bytes for the caller
+	eof     bool       // the host disconnected, or a new preface ended this session
+	buf     [32 << 10]byte
+
+	wmu    sync.Mutex
+	closed bool // under both rmu and wmu
+	once   sync.Once
 }
 
 func (c *portConn) Read(b []byte) (int, error) {
-	n, err := c.f.Read(b)
-	if n == 0 && err == nil && len(b) > 0 {
-		err = io.EOF
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	if c.closed {
+		return 0, net.ErrClosed
 	}
-	return n, err
+	for len(c.ready) == 0 {
+		if c.eof {
+			return 0, io.EOF
+		}
+		raw := c.pending
+		c.pending = nil
+		if len(raw) == 0 {
+			n, err := c.l.f.Read(c.buf[:])
+			if n == 0 && (err == nil || errors.Is(err, io.EOF)) {
+				c.eof = true
+				return 0, io.EOF
+			}
+			if err != nil {
+				return 0, err
+			}
+			raw = append([]byte(nil), c.buf[:n]...)
+		}
+		c.examine(raw)
+	}
+	n := copy(b, c.ready)
+	c.ready = c.ready[n:]
+	return n, nil
 }
 
-func (c *portConn) Write(b []byte) (int, error) { return c.f.Write(b) }
+// examine moves raw bytes to ready: before the first preface they are
+// dropped; a second preface ends the session and starts the next one.
+func (c *portConn) examine(raw []byte) {
+	from := 0
+	if c.syncing {
+		c.acc = append(c.acc, raw...)
+		i := bytes.Index(c.acc, h2Preface)
+		if i < 0 {
+			if keep := len(h2Preface) - 1; len(c.acc) > keep {
+				c.l.log.Warn("dropping bytes before the HTTP/2 preface", "port", c.l.name, "bytes", len(c.acc)-keep)
+				c.acc = append([]byte(nil), c.acc[len(c.acc)-keep:]...)
+			}
+			return
+		}
+		if i > 0 {
+			c.l.log.Warn("dropping bytes before the HTTP/2 preface", "port", c.l.name, "bytes", i)
+		}
+		raw, c.acc, c.syncing = c.acc[i:], nil, false
+		from = len(h2Preface)
+	}
+	if j := bytes.Index(raw[from:], h2Preface); j >= 0 {
+		cut := from + j
+		c.l.log.Debug("the host reconnected: a new session starts", "port", c.l.name)
+		c.ready = append(c.ready, raw[:cut]...)
+		c.l.carry = append([]byte(nil), raw[cut:]...)
+		c.eof = true
+		return
+	}
+	c.ready = append(c.ready, raw...)
+}
 
+func (c *portConn) Write(b []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.closed {
+		return 0, net.ErrClosed
+	}
+	return c.l.f.Write(b)
+}
+
+// Close ends the session: a Read or Write still blocked on the port is cut
+// short (so that it cannot take or send bytes of the next session), then
+// the next Accept may start.
 func (c *portConn) Close() error {
-	var err error
 	c.once.Do(func() {
-		err = c.f.Close()
-		c.l.log.Debug("port connection closed", "port", c.l.name)
+		_ = c.l.f.SetDeadline(time.Unix(1, 0))
+		c.rmu.Lock()
+		c.wmu.Lock()
+		c.closed = true
+		c.wmu.Unlock()
+		c.rmu.Unlock()
+		_ = c.l.f.SetDeadline(time.Time{})
+		c.l.log.Debug("port session closed", "port", c.l.name)
 		c.l.free <- struct{}{}
 	})
-	return err
+	return nil
 }
 
 func (c *portConn) LocalAddr() net.Addr                { return portAddr(c.l.name) }
 func (c *portConn) RemoteAddr() net.Addr               { return portAddr("host") }
-func (c *portConn) SetDeadline(t time.Time) error      { return c.f.SetDeadline(t) }
-func (c *portConn) SetReadDeadline(t time.Time) error  { return c.f.SetReadDeadline(t) }
-func (c *portConn) SetWriteDeadline(t time.Time) error { return c.f.SetWriteDeadline(t) }
+func (c *portConn) SetDeadline(t time.Time) error      { return c.l.f.SetDeadline(t) }
+func (c *portConn) SetReadDeadline(t time.Time) error  { return c.l.f.SetReadDeadline(t) }
+func (c *portConn) SetWriteDeadline(t time.Time) error { return c.l.f.SetWriteDeadline(t) }
