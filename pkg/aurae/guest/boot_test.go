@@ -30,6 +30,15 @@ import (
 // may hang early, rarely).
 const bootTimeout = 60 * time.Second
 
+// guestMemory is the guest's RAM (MiB): enough for auraed, runc and a container.
+var guestMemory = "256"
+
+func init() {
+	if m := os.Getenv("AURAE_VM_TEST_MEMORY"); m != "" {
+		guestMemory = m
+	}
+}
+
 // vm is one QEMU running the guest image.
 type vm struct {
 	t       *testing.T
@@ -76,7 +85,7 @@ func startVM(t *testing.T, image string, extraArgs string) *vm {
 		exited:  make(chan struct{}),
 	}
 	args := []string{
-		"-M", "q35", "-accel", "tcg", "-cpu", "max", "-m", "256", "-smp", "1",
+		"-M", "q35", "-accel", "tcg,tb-size=32", "-cpu", "max", "-m", guestMemory, "-smp", "1",
 		"-nographic", "-nodefaults", "-no-reboot",
 		"-serial", "file:" + v.console,
 		"-kernel", filepath.Join(image, "vmlinux"),
@@ -236,7 +245,7 @@ func run(ctx context.Context, t *testing.T, c *client.Client, cell, command stri
 func TestBootUnderQEMU(t *testing.T) {
 	image := imageDir(t)
 	v, c, took := boot(t, image, "")
-	t.Logf("boot to Discover: %v", took.Round(time.Millisecond))
+	t.Logf("boot to Discover: %v; QEMU RSS then: %d MiB", took.Round(time.Millisecond), v.rssKiB()/1024)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -251,7 +260,11 @@ func TestBootUnderQEMU(t *testing.T) {
 	if hn := run(ctx, t, c, "hostname", "hostname"); hn != "guest-test" {
 		t.Errorf("guest hostname = %q, want guest-test (aurae.hostname=)", hn)
 	}
-	t.Logf("QEMU RSS after boot and two cells: %d MiB (guest -m 256)", v.rssKiB()/1024)
+	// runc can pivot_root into a container: the guest's root is not rootfs.
+	if out := run(ctx, t, c, "runc", "sh -c '"+runcScript+"'"); !strings.HasSuffix(out, release) {
+		t.Errorf("uname -r in a runc container in the guest: %q, want %q", out, release)
+	}
+	t.Logf("QEMU RSS after boot, three cells and a runc container: %d MiB (guest -m %s)", v.rssKiB()/1024, guestMemory)
 
 	// The host disconnects and reconnects: the guest re-opens the port.
 	_ = c.Close()
@@ -293,6 +306,12 @@ func TestPowerOffBySIGTERM(t *testing.T) {
 		t.Errorf("console does not show the SIGTERM shutdown:\n%s", v.consoleTail())
 	}
 }
+
+// runcScript runs uname -r in a busybox container with runc's default spec.
+const runcScript = `set -e; b=/run/bundle; mkdir -p $b/rootfs/bin $b/rootfs/proc $b/rootfs/dev $b/rootfs/sys;
+cp /bin/busybox $b/rootfs/bin/; ln -s busybox $b/rootfs/bin/uname; cd $b; runc spec;
+sed -i -e "s/\"terminal\": true/\"terminal\": false/" -e "s/\"sh\"/\"uname\", \"-r\"/" config.json;
+runc run --bundle $b t1 2>&1`
 
 // qmp runs one QMP command without arguments.
 func qmp(path, command string) error {

@@ -98,6 +98,10 @@ func (l *PortListener) Accept() (net.Conn, error) {
 	case <-l.ctx.Done():
 		return nil, net.ErrClosed
 	}
+	if l.ctx.Err() != nil {
+		l.free <- struct{}{}
+		return nil, net.ErrClosed
+	}
 	for {
 		err := l.open()
 		if err == nil && len(l.carry) == 0 {
