@@ -236,8 +236,15 @@ func (e *testEnv) assertReleased(p *pod, veths []string) {
 	t := e.t
 	t.Helper()
 	for _, v := range veths {
-		if err := exec.Command("ip", "link", "show", v).Run(); err == nil {
-			t.Errorf("veth %s of pod %s left behind", v, p.id)
+		// The kernel destroys a removed namespace, and with it the veth
+		// pair, asynchronously (its cleanup work queue): allow it a moment.
+		deadline := time.Now().Add(10 * time.Second)
+		for exec.Command("ip", "link", "show", v).Run() == nil {
+			if time.Now().After(deadline) {
+				t.Errorf("veth %s of pod %s left behind", v, p.id)
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	}
 	if ips := e.reservations(); len(ips) > 0 {
