@@ -287,11 +287,45 @@ func TestBootUnderQEMU(t *testing.T) {
 	}
 }
 
-func TestPowerOffBySIGTERM(t *testing.T) {
+func TestRestartAndPowerOffBySIGTERM(t *testing.T) {
 	image := imageDir(t)
 	v, c, _ := boot(t, image, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// The serving auraed dies (its child kills it): PID 1 restarts it, and
+	// the host's client, whose connection predates the new session, is told
+	// to dial again (GOAWAY) and gets its answers.
+	if _, err := c.Cells.Allocate(ctx, &cellsv0.CellServiceAllocateRequest{Cell: &cellsv0.Cell{Name: "crash"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Cells.Start(ctx, &cellsv0.CellServiceStartRequest{
+		CellName:   proto.String("crash"),
+		Executable: &cellsv0.Executable{Name: "kill", Command: "sh -c 'sleep 1; kill -KILL $PPID'"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for !strings.Contains(v.consoleTail(), "the serving auraed exited") {
+		if ctx.Err() != nil {
+			t.Fatalf("the serving auraed was not killed\nconsole:\n%s", v.consoleTail())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	killed := time.Now()
+	for {
+		_, err := c.Discovery.Discover(ctx, &discoveryv0.DiscoverRequest{})
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("no answer after the serving auraed was killed: %v\nconsole:\n%s", err, v.consoleTail())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("serving auraed killed → Discover answered again: %v", time.Since(killed).Round(time.Millisecond))
+	if !strings.Contains(v.consoleTail(), "sending GOAWAY") {
+		t.Errorf("the guest did not send the stale client a GOAWAY:\n%s", v.consoleTail())
+	}
+
 	if _, err := c.Cells.Allocate(ctx, &cellsv0.CellServiceAllocateRequest{Cell: &cellsv0.Cell{Name: "halt"}}); err != nil {
 		t.Fatal(err)
 	}

@@ -55,11 +55,14 @@ func RunInit() {
 		log.Warn("kernel command line", "error", err)
 	}
 	log = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("component", "guest-init")
-	if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
-		log.Error("set hostname", "error", err)
-	}
-	if err := loopbackUp(); err != nil {
-		log.Error("loopback", "error", err)
+	if pid1 {
+		// Under --guest the hostname and lo belong to whoever is PID 1.
+		if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
+			log.Error("set hostname", "error", err)
+		}
+		if err := loopbackUp(); err != nil {
+			log.Error("loopback", "error", err)
+		}
 	}
 	in := &Init{cfg: cfg, log: log, pid1: pid1}
 	in.run()

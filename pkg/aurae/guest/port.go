@@ -223,7 +223,9 @@ type portConn struct {
 	pending []byte     // raw bytes to examine before reading the port again
 	ready   []byte     // examined bytes for the caller
 	eof     bool       // the host disconnected, or a new preface ended this session
-	buf     [32 << 10]byte
+	// sentGoAway: bytes were dropped and the host was told to reconnect.
+	sentGoAway bool
+	buf        [32 << 10]byte
 
 	wmu    sync.Mutex
 	closed bool // under both rmu and wmu
@@ -271,6 +273,7 @@ func (c *portConn) examine(raw []byte) {
 			if keep := len(h2Preface) - 1; len(c.acc) > keep {
 				c.l.log.Warn("dropping bytes before the HTTP/2 preface", "port", c.l.name, "bytes", len(c.acc)-keep)
 				c.acc = append([]byte(nil), c.acc[len(c.acc)-keep:]...)
+				c.goAway()
 			}
 			return
 		}
@@ -289,6 +292,27 @@ func (c *portConn) examine(raw []byte) {
 		return
 	}
 	c.ready = append(c.ready, raw...)
+}
+
+// h2GoAway is an HTTP/2 GOAWAY frame (last stream 0, PROTOCOL_ERROR).
+var h2GoAway = []byte{0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}
+
+// goAway tells a host client whose connection began before this session
+// (the serving auraed was restarted under it) to drop that connection and
+// dial again: a new connection starts with a preface. Once per session.
+func (c *portConn) goAway() {
+	if c.sentGoAway {
+		return
+	}
+	c.sentGoAway = true
+	c.l.log.Info("the host client's connection predates this session: sending GOAWAY", "port", c.l.name)
+	go func() {
+		c.wmu.Lock()
+		defer c.wmu.Unlock()
+		if !c.closed {
+			_, _ = c.l.f.Write(h2GoAway)
+		}
+	}()
 }
 
 func (c *portConn) Write(b []byte) (int, error) {

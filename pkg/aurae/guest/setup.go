@@ -42,6 +42,9 @@ func Setup() error {
 			errs = append(errs, err)
 			continue
 		}
+		if isMountPoint(m.target) {
+			continue // mounted already (by another init, under --guest)
+		}
 		err := unix.Mount(m.source, m.target, m.fstype, m.flags, m.data)
 		if err != nil && !errors.Is(err, unix.EBUSY) {
 			errs = append(errs, fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err))
@@ -63,6 +66,16 @@ func Setup() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// isMountPoint says whether path is on another device than its parent
+// (good enough for the pseudo file systems mounted here; "/" is not asked).
+func isMountPoint(path string) bool {
+	var st, parent unix.Stat_t
+	if unix.Stat(path, &st) != nil || unix.Stat(filepath.Dir(path), &parent) != nil {
+		return false
+	}
+	return st.Dev != parent.Dev
 }
 
 // Input events of the ACPI power button (linux/input-event-codes.h).
