@@ -221,9 +221,15 @@ func run(ctx context.Context, t *testing.T, c *client.Client, cell, command stri
 	if err != nil {
 		t.Fatalf("start %q: %v", command, err)
 	}
+	return output(ctx, t, c, started.GetPid())
+}
+
+// output is a process's stdout, until it ends.
+func output(ctx context.Context, t *testing.T, c *client.Client, pid int32) string {
+	t.Helper()
 	stream, err := c.Observe.GetSubProcessStream(ctx, &observev0.GetSubProcessStreamRequest{
 		ChannelType: observev0.LogChannelType_LOG_CHANNEL_TYPE_STDOUT,
-		ProcessId:   int64(started.GetPid()),
+		ProcessId:   int64(pid),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -235,7 +241,7 @@ func run(ctx context.Context, t *testing.T, c *client.Client, cell, command stri
 			break
 		}
 		if err != nil {
-			t.Fatalf("output of %q: %v", command, err)
+			t.Fatalf("output of pid %d: %v", pid, err)
 		}
 		out = append(out, item.GetLine())
 	}
@@ -260,11 +266,31 @@ func TestBootUnderQEMU(t *testing.T) {
 	if hn := run(ctx, t, c, "hostname", "hostname"); hn != "guest-test" {
 		t.Errorf("guest hostname = %q, want guest-test (aurae.hostname=)", hn)
 	}
+	// cgroup v2 limits (the guest mounts cgroup2 unified).
+	if _, err := c.Cells.Allocate(ctx, &cellsv0.CellServiceAllocateRequest{Cell: &cellsv0.Cell{
+		Name:   "limited",
+		Memory: &cellsv0.MemoryController{Max: proto.Int64(64 << 20), High: proto.Int64(48 << 20)},
+		Cpu:    &cellsv0.CpuController{Weight: proto.Uint64(50), Max: proto.Int64(50000)},
+	}}); err != nil {
+		t.Fatalf("allocate a cell with limits: %v", err)
+	}
+	limits, err := c.Cells.Start(ctx, &cellsv0.CellServiceStartRequest{
+		CellName: proto.String("limited"),
+		Executable: &cellsv0.Executable{Name: "cat", Command: `sh -c 'd=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup);` +
+			` cat $d/memory.max $d/memory.high $d/cpu.weight $d/cpu.max'`},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := output(ctx, t, c, limits.GetPid()), "67108864\n50331648\n50\n50000 100000"; got != want {
+		t.Errorf("cgroup v2 limits in the guest: %q, want %q", got, want)
+	}
+
 	// runc can pivot_root into a container: the guest's root is not rootfs.
 	if out := run(ctx, t, c, "runc", "sh -c '"+runcScript+"'"); !strings.HasSuffix(out, release) {
 		t.Errorf("uname -r in a runc container in the guest: %q, want %q", out, release)
 	}
-	t.Logf("QEMU RSS after boot, three cells and a runc container: %d MiB (guest -m %s)", v.rssKiB()/1024, guestMemory)
+	t.Logf("QEMU RSS after boot, four cells and a runc container: %d MiB (guest -m %s)", v.rssKiB()/1024, guestMemory)
 
 	// The host disconnects and reconnects: the guest re-opens the port.
 	_ = c.Close()
