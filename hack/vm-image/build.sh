@@ -28,7 +28,7 @@ log() { printf 'vm-image: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (the initramfs needs device nodes made with mknod)"
-for c in cpio gzip xz make gcc flex bison bc ldd busybox runc conmon sha256sum; do
+for c in cpio gzip xz make gcc flex bison bc ldd busybox runc conmon sha256sum flock; do
 	command -v "$c" >/dev/null || die "$c missing: run make vm-deps"
 done
 [ -x /bin/busybox ] && file_is_static=$(ldd /bin/busybox 2>&1 || true)
@@ -36,6 +36,9 @@ case "${file_is_static:-}" in *"not a dynamic"*) ;; *) die "/bin/busybox is not 
 
 mkdir -p "$OUT/build"
 OUT=$(cd "$OUT" && pwd)
+# One build at a time per OUTDIR (the VmService tests may run make vm-image too).
+exec 9>"$OUT/.build.lock"
+flock 9
 
 build_kernel() {
 	local tarball=/usr/src/linux-source-6.1.tar.xz
