@@ -1,10 +1,10 @@
 package hypervisor
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"os"
 	"strconv"
 	"strings"
@@ -13,56 +13,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// startTime is a process's start time in clock ticks since boot (field 22
-// of /proc/<pid>/stat).
-func startTime(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
-	}
-	fields := bytes.Fields(b[i+1:])
-	if len(fields) < 20 {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
-	}
-	// A zombie has exited: it no longer runs the VM.
-	if string(fields[0]) == "Z" || string(fields[0]) == "X" {
-		return 0, fmt.Errorf("process %d has exited", pid)
-	}
-	return strconv.ParseUint(string(fields[19]), 10, 64)
-}
-
-// openPidfd opens a pidfd for pid if it still names the process that
-// started at start.
-func openPidfd(pid int, start uint64) (int, bool) {
-	if pid <= 0 {
-		return -1, false
-	}
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		return -1, false
-	}
-	if st, err := startTime(pid); err != nil || st != start {
-		unix.Close(fd)
-		return -1, false
-	}
-	return fd, true
-}
-
-func alive(pid int, start uint64) bool {
-	fd, ok := openPidfd(pid, start)
-	if ok {
-		unix.Close(fd)
-	}
-	return ok
-}
-
 // waitExit waits until pid (started at start) exits or ctx ends.
 func waitExit(ctx context.Context, pid int, start uint64) error {
-	fd, ok := openPidfd(pid, start)
+	fd, ok := linux.OpenPidfd(pid, start)
 	if !ok {
 		return nil
 	}
@@ -92,7 +45,7 @@ func waitExit(ctx context.Context, pid int, start uint64) error {
 // killProc sends SIGKILL to pid (if it still is the process started at
 // start) and waits up to d for it to exit.
 func killProc(ctx context.Context, pid int, start uint64, d time.Duration) error {
-	fd, ok := openPidfd(pid, start)
+	fd, ok := linux.OpenPidfd(pid, start)
 	if !ok {
 		return nil
 	}
@@ -144,3 +97,18 @@ func (p *Proc) RSSKiB() uint64 {
 	}
 	return rssKiB(p.Pid)
 }
+
+// startTime is pid's start time; an exited (zombie) process has none: it no
+// longer runs the VM.
+func startTime(pid int) (uint64, error) {
+	st, err := linux.Stat(pid)
+	if err != nil {
+		return 0, err
+	}
+	if st.Exited() {
+		return 0, fmt.Errorf("process %d has exited", pid)
+	}
+	return st.StartTime, nil
+}
+
+func alive(pid int, start uint64) bool { return linux.Alive(pid, start) }

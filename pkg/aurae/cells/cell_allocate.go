@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"io"
 	"os"
 	"path"
@@ -241,7 +242,7 @@ func (s *Service) startInit(ctx context.Context, c *cell, ns namespaces) (*initP
 		readyR.Close()
 		return fail(ctx.Err())
 	}
-	if ip.start, err = startTime(ip.pid); err != nil {
+	if ip.start, err = linux.StartTime(ip.pid); err != nil {
 		return fail(err)
 	}
 	go func() {

@@ -3,6 +3,7 @@ package cells
 import (
 	"context"
 	"fmt"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -88,7 +89,7 @@ func (s *Service) start(ctx context.Context, req *cellsv0.CellServiceStartReques
 	if err != nil {
 		pidfd = -1
 	}
-	st, _ := startTime(pid)
+	st, _ := linux.StartTime(pid)
 	_ = proc.Release() // reap waits with wait4 on the pid
 	e := &executable{cell: cellName, pidfd: pidfd, done: make(chan struct{}), rec: execRecord{
 		Seq: s.seq.Add(1), Name: x.GetName(), Command: x.GetCommand(), Description: x.GetDescription(),

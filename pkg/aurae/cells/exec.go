@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"os"
 	"sort"
 	"sync"
@@ -119,7 +120,7 @@ func (s *Service) reap(e *executable) {
 // watchAdopted waits for a process auraed started before a restart: it is no
 // longer auraed's child, so its exit status cannot be known.
 func (s *Service) watchAdopted(e *executable, pidfd int) {
-	waitPidfd(pidfd)
+	linux.WaitPidfd(pidfd)
 	s.finish(e, cellsv0.ExecutableState_EXECUTABLE_STATE_UNKNOWN, 0, 0)
 }
 

@@ -2,6 +2,7 @@ package cells
 
 import (
 	"fmt"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"os"
 	"os/signal"
 	"strings"
@@ -76,29 +77,9 @@ func setupCellInit(flags, hostname string) error {
 		}
 	}
 	if has("network") {
-		if err := loopbackUp(); err != nil {
+		if err := linux.LoopbackUp(); err != nil {
 			return err
 		}
-	}
-	return nil
-}
-
-func loopbackUp() error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("loopback: %w", err)
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq("lo")
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("loopback flags: %w", err)
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("loopback up: %w", err)
 	}
 	return nil
 }

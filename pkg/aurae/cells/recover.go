@@ -2,6 +2,7 @@ package cells
 
 import (
 	"context"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"sort"
 	"strings"
 
@@ -48,10 +49,10 @@ func (s *Service) recover(ctx context.Context) error {
 		}
 		c := &cell{name: name, spec: spec, cg: cg, execs: map[string]*executable{}}
 		if c.needsInit() {
-			if fd, ok := openPidfd(rec.InitPid, rec.InitStart); ok {
+			if fd, ok := linux.OpenPidfd(rec.InitPid, rec.InitStart); ok {
 				ip := &initProc{pid: rec.InitPid, start: rec.InitStart, pidfd: fd, done: make(chan struct{})}
 				go func() {
-					waitPidfd(fd)
+					linux.WaitPidfd(fd)
 					unix.Close(fd)
 					close(ip.done)
 				}()
@@ -80,7 +81,7 @@ func (s *Service) adopt(c *cell, r execRecord) {
 		close(e.done)
 		return
 	}
-	fd, ok := openPidfd(r.Pid, r.PidStart)
+	fd, ok := linux.OpenPidfd(r.Pid, r.PidStart)
 	if !ok {
 		s.finish(e, cellsv0.ExecutableState_EXECUTABLE_STATE_UNKNOWN, 0, 0)
 		return

@@ -3,6 +3,7 @@ package guest
 import (
 	"errors"
 	"fmt"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -60,7 +61,7 @@ func RunInit() {
 		if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
 			log.Error("set hostname", "error", err)
 		}
-		if err := loopbackUp(); err != nil {
+		if err := linux.LoopbackUp(); err != nil {
 			log.Error("loopback", "error", err)
 		}
 	}
@@ -212,24 +213,4 @@ func statusString(ws unix.WaitStatus) string {
 		return "signal " + ws.Signal().String()
 	}
 	return fmt.Sprintf("%#x", uint32(ws))
-}
-
-func loopbackUp() error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("loopback: %w", err)
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq("lo")
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("loopback flags: %w", err)
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("loopback up: %w", err)
-	}
-	return nil
 }

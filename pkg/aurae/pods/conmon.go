@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"io"
 	"os"
 	"os/exec"
@@ -135,7 +136,7 @@ func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Cont
 	if err != nil {
 		return nil, fmt.Errorf("conmon pid: %w", err)
 	}
-	conmonStart, err := startTime(conmonPid)
+	conmonStart, err := linux.StartTime(conmonPid)
 	if err != nil {
 		return nil, fmt.Errorf("conmon (pid %d) is gone: %s", conmonPid, tail(filepath.Join(bundle, "conmon.log")))
 	}

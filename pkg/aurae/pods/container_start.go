@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -75,7 +76,7 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 	if p.freed {
 		return nil, fmt.Errorf("pod %q: %w", podID, errdefs.ErrNotFound)
 	}
-	if p.holder.Pid != 0 && !alive(p.holder.Pid, p.holder.Start) {
+	if p.holder.Pid != 0 && !linux.Alive(p.holder.Pid, p.holder.Start) {
 		return nil, fmt.Errorf("pod %q: the init of its pid namespace is gone; free the pod: %w", podID, errdefs.ErrFailedPrecondition)
 	}
 	// Reserve the id before any side effect; a failure releases it.
@@ -144,7 +145,7 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 	if err := s.store.put(bucketContainers, id, rec); err != nil {
 		return nil, fmt.Errorf("persist container %q: %w", id, err)
 	}
-	fd, ok := openPidfd(mon.conmonPid, mon.conmonStart)
+	fd, ok := linux.OpenPidfd(mon.conmonPid, mon.conmonStart)
 	if !ok {
 		return nil, fmt.Errorf("create container %q: its monitor (pid %d) is gone", id, mon.conmonPid)
 	}

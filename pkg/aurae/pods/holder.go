@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"io"
 	"os"
 	"os/exec"
@@ -79,7 +80,7 @@ func setupHolder(flags, hostname, sysctls string) error {
 		}
 	}
 	if has("net") {
-		if err := loopbackUp(); err != nil {
+		if err := linux.LoopbackUp(); err != nil {
 			return err
 		}
 	}
@@ -96,26 +97,6 @@ func setupHolder(flags, hostname, sysctls string) error {
 				return fmt.Errorf("sysctl %s=%s: %w", k, v, err)
 			}
 		}
-	}
-	return nil
-}
-
-func loopbackUp() error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("loopback: %w", err)
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq("lo")
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("loopback flags: %w", err)
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("loopback up: %w", err)
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"os"
 	"path/filepath"
 	"strings"
@@ -149,7 +150,7 @@ func (s *Service) makeNamespaces(p *pod, cg *cgroup.Cgroup) error {
 		kill()
 		return nil
 	}
-	st, err := startTime(pid)
+	st, err := linux.StartTime(pid)
 	if err != nil {
 		kill()
 		return err

@@ -1,63 +1,16 @@
 package pods
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 	"golang.org/x/sys/unix"
 )
-
-// startTime is a process's start time in clock ticks since boot (field 22
-// of /proc/<pid>/stat): with the pid it names one process, even after the
-// pid is reused.
-func startTime(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
-	}
-	fields := bytes.Fields(b[i+1:])
-	if len(fields) < 20 {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
-	}
-	return strconv.ParseUint(string(fields[19]), 10, 64)
-}
-
-// openPidfd opens a pidfd for pid if it still names the process that
-// started at start.
-func openPidfd(pid int, start uint64) (int, bool) {
-	if pid <= 0 {
-		return -1, false
-	}
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		return -1, false
-	}
-	if st, err := startTime(pid); err != nil || st != start {
-		unix.Close(fd)
-		return -1, false
-	}
-	return fd, true
-}
-
-// alive reports whether pid still names the process started at start.
-func alive(pid int, start uint64) bool {
-	fd, ok := openPidfd(pid, start)
-	if ok {
-		unix.Close(fd)
-	}
-	return ok
-}
 
 // waitExitOrClose waits until the process behind pidfd exits (true) or
 // the eventfd closing is signalled (false).

@@ -3,6 +3,7 @@ package pods
 import (
 	"context"
 	"encoding/json"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"time"
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
@@ -47,7 +48,7 @@ func (s *Service) recover(ctx context.Context) error {
 			_ = s.store.delete(bucketPods, id)
 			continue
 		}
-		if r.Holder.Pid != 0 && !alive(r.Holder.Pid, r.Holder.Start) {
+		if r.Holder.Pid != 0 && !linux.Alive(r.Holder.Pid, r.Holder.Start) {
 			s.log.Warn("the init of the pod's pid namespace is gone; the pod can only be freed", "pod", id, "pid", r.Holder.Pid)
 		}
 		s.pods[id] = p
@@ -65,7 +66,7 @@ func (s *Service) recover(ctx context.Context) error {
 		s.ctrs[id] = c
 		switch r.State {
 		case stateRunning, stateCreated:
-			if fd, ok := openPidfd(r.ConmonPid, r.ConmonStart); ok {
+			if fd, ok := linux.OpenPidfd(r.ConmonPid, r.ConmonStart); ok {
 				if r.State == stateCreated {
 					s.fixCreated(ctx, c)
 				}
