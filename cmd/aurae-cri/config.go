@@ -30,6 +30,12 @@ type config struct {
 	// DefaultCNIConfig writes a bridge + portmap + loopback config into an
 	// empty CNI conf dir at start (what `make run` asks for).
 	DefaultCNIConfig bool `toml:"write-default-cni-config"`
+	// VMKernel and VMInitramfs are the guest image of VM pods (handlers
+	// aurae-vm and kata, served only when both exist); VMOverheadMiB is added
+	// to a VM pod's memory.
+	VMKernel      string `toml:"vm-kernel"`
+	VMInitramfs   string `toml:"vm-initramfs"`
+	VMOverheadMiB uint   `toml:"vm-overhead-mib"`
 
 	level slog.Level
 }
@@ -46,6 +52,8 @@ func parseConfig(args []string) (config, error) {
 		CgroupRoot:        "aurae",
 		CgroupParent:      "pods",
 		ImageNamespace:    "aurae",
+		VMKernel:          "/var/lib/aurae/vm/vmlinux",
+		VMInitramfs:       "/var/lib/aurae/vm/initramfs.cpio.gz",
 	}
 	fs := flag.NewFlagSet("aurae-cri", flag.ContinueOnError)
 	configFile := fs.String("config", "", "TOML file setting the flags below (keys are the flag names)")
@@ -62,6 +70,9 @@ func parseConfig(args []string) (config, error) {
 	fs.StringVar(&cfg.CgroupParent, "cgroup-parent", cfg.CgroupParent, "cgroup (below the root) of pods whose request names none")
 	fs.StringVar(&cfg.ImageNamespace, "image-namespace", cfg.ImageNamespace, "containerd namespace of the images")
 	fs.BoolVar(&cfg.DefaultCNIConfig, "write-default-cni-config", cfg.DefaultCNIConfig, "write a default bridge network config into --cni-conf-dir when it holds none")
+	fs.StringVar(&cfg.VMKernel, "vm-kernel", cfg.VMKernel, "guest kernel of VM pods (make vm-image)")
+	fs.StringVar(&cfg.VMInitramfs, "vm-initramfs", cfg.VMInitramfs, "guest initramfs of VM pods (make vm-image); must sit beside --vm-kernel as initramfs.cpio.gz")
+	fs.UintVar(&cfg.VMOverheadMiB, "vm-overhead-mib", cfg.VMOverheadMiB, "memory added to each VM pod's VM (MiB)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}

@@ -113,9 +113,13 @@ func run(cfg config) error {
 	}
 	defer func() { _ = store.Close() }()
 	native := sandbox.AuraeController{Pods: podsv0.NewPodServiceClient(aurae.Conn)}
+	controllers := map[string]sandbox.Controller{"": native, "runc": native}
+	if err := addVMController(controllers, cfg, aurae.Conn, logger); err != nil {
+		return err
+	}
 	rt, err := cri.NewRuntime(cri.Config{
 		RootDir:        cfg.StateDir,
-		Controllers:    map[string]sandbox.Controller{"": native, "runc": native},
+		Controllers:    controllers,
 		Images:         images,
 		Network:        cri.CNI{Manager: cni},
 		Store:          store,

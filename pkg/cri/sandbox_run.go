@@ -90,6 +90,11 @@ func (r *Runtime) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 				}
 			}
 		}()
+		if a, ok := ctrl.(sandbox.NetworkAttacher); ok {
+			if err := a.AttachNetwork(callCtx, id, alloc.GetNetworkNamespacePath(), ips); err != nil {
+				return nil, fmt.Errorf("attach network of pod %q: %w", name, err)
+			}
+		}
 	}
 	sb := &sandbox.Sandbox{
 		ID: id, Name: name, Config: cfg, RuntimeHandler: req.GetRuntimeHandler(), CreatedAt: time.Now(),

@@ -77,6 +77,24 @@ type Drive struct {
 	ReadOnly bool
 }
 
+// NIC is a guest network interface (virtio-net) backed by a tap device
+// that the hypervisor makes in its network namespace and removes when it
+// exits.
+type NIC struct {
+	// Tap is the tap device's name (at most 15 bytes).
+	Tap string
+	// MAC is the guest NIC's address; empty lets the hypervisor pick.
+	MAC string
+}
+
+// Share is a host directory shared into the guest with virtio-9p; the
+// guest mounts it by Tag.
+type Share struct {
+	Tag      string
+	Path     string
+	ReadOnly bool
+}
+
 // VMConfig describes one boot of a VM.
 type VMConfig struct {
 	// ID names the VM (the hypervisor's process name).
@@ -91,6 +109,13 @@ type VMConfig struct {
 	VCPUs      uint32
 	// Drives in order: the first one is the guest's vda.
 	Drives []Drive
+	// NetNSPath, when set, is the network namespace the hypervisor runs in
+	// (its tap devices are made there).
+	NetNSPath string
+	// NICs are the guest's network interfaces, each on a tap device.
+	NICs []NIC
+	// Shares are host directories shared into the guest with virtio-9p.
+	Shares []Share
 	// Accel: AccelAuto probes (cached per kernel).
 	Accel Accel
 	// BootTimeout bounds the wait for the guest's first console output (or

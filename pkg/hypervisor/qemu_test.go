@@ -36,7 +36,7 @@ func TestArgsTCG(t *testing.T) {
 	}, AccelTCG)
 	line := strings.Join(args, " ")
 	for _, want := range []string{
-		"-M q35", "-accel tcg", "-cpu max", "-m 128M", "-smp 2", "-nodefaults", "-no-user-config", "-display none", "-no-reboot",
+		"-M q35", "-accel tcg,tb-size=32", "-cpu max", "-m 128M", "-smp 2", "-nodefaults", "-no-user-config", "-display none", "-no-reboot",
 		"-kernel /k/vmlinux", "-initrd /k/initrd",
 		"-device virtio-serial-pci",
 		"-chardev socket,id=aurae,path=/run/x,,y/aurae.sock,server=on,wait=off",

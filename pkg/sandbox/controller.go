@@ -35,6 +35,14 @@ type Controller interface {
 	Streamer
 }
 
+// NetworkAttacher is implemented by controllers whose pods need more than
+// CNI's setup of their network namespace (a VM pod bridges it into its VM).
+// RunPodSandbox calls it right after that setup, for every controller that
+// implements it; RemovePod undoes it.
+type NetworkAttacher interface {
+	AttachNetwork(ctx context.Context, podID, netnsPath string, ips []string) error
+}
+
 // AuraeController is the native controller: an Aurae PodService client.
 type AuraeController struct {
 	Pods podsv0.PodServiceClient

@@ -597,8 +597,17 @@ type VirtualMachine struct {
 	KernelArgs    []string               `protobuf:"bytes,5,rep,name=kernel_args,json=kernelArgs,proto3" json:"kernel_args,omitempty"`
 	RootDrive     *RootDrive             `protobuf:"bytes,6,opt,name=root_drive,json=rootDrive,proto3" json:"root_drive,omitempty"`
 	DriveMounts   []*DriveMount          `protobuf:"bytes,7,rep,name=drive_mounts,json=driveMounts,proto3" json:"drive_mounts,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The network namespace (a pinned path, e.g. a pod's) the hypervisor runs
+	// in: its tap devices are made there. Empty: the host's.
+	NetworkNamespacePath string `protobuf:"bytes,8,opt,name=network_namespace_path,json=networkNamespacePath,proto3" json:"network_namespace_path,omitempty"`
+	// Network interfaces of the guest, each backed by a tap device of the
+	// hypervisor's network namespace.
+	NetworkInterfaces []*NetworkInterface `protobuf:"bytes,9,rep,name=network_interfaces,json=networkInterfaces,proto3" json:"network_interfaces,omitempty"`
+	// Host directories shared into the guest (virtio-9p), mounted by the
+	// guest by tag.
+	SharedDirectories []*SharedDirectory `protobuf:"bytes,10,rep,name=shared_directories,json=sharedDirectories,proto3" json:"shared_directories,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *VirtualMachine) Reset() {
@@ -680,6 +689,145 @@ func (x *VirtualMachine) GetDriveMounts() []*DriveMount {
 	return nil
 }
 
+func (x *VirtualMachine) GetNetworkNamespacePath() string {
+	if x != nil {
+		return x.NetworkNamespacePath
+	}
+	return ""
+}
+
+func (x *VirtualMachine) GetNetworkInterfaces() []*NetworkInterface {
+	if x != nil {
+		return x.NetworkInterfaces
+	}
+	return nil
+}
+
+func (x *VirtualMachine) GetSharedDirectories() []*SharedDirectory {
+	if x != nil {
+		return x.SharedDirectories
+	}
+	return nil
+}
+
+// A guest NIC backed by a tap device that the hypervisor makes (and
+// removes when it exits) in its network namespace.
+type NetworkInterface struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tap device's name (at most 15 bytes).
+	TapName string `protobuf:"bytes,1,opt,name=tap_name,json=tapName,proto3" json:"tap_name,omitempty"`
+	// The guest NIC's MAC address (aa:bb:cc:dd:ee:ff); empty picks one.
+	MacAddress    string `protobuf:"bytes,2,opt,name=mac_address,json=macAddress,proto3" json:"mac_address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkInterface) Reset() {
+	*x = NetworkInterface{}
+	mi := &file_vms_v0_vms_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkInterface) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkInterface) ProtoMessage() {}
+
+func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
+	mi := &file_vms_v0_vms_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkInterface.ProtoReflect.Descriptor instead.
+func (*NetworkInterface) Descriptor() ([]byte, []int) {
+	return file_vms_v0_vms_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *NetworkInterface) GetTapName() string {
+	if x != nil {
+		return x.TapName
+	}
+	return ""
+}
+
+func (x *NetworkInterface) GetMacAddress() string {
+	if x != nil {
+		return x.MacAddress
+	}
+	return ""
+}
+
+// A host directory the guest mounts with
+// `mount -t 9p -o trans=virtio,version=9p2000.L <tag> <dir>`.
+type SharedDirectory struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tag           string                 `protobuf:"bytes,1,opt,name=tag,proto3" json:"tag,omitempty"`
+	HostPath      string                 `protobuf:"bytes,2,opt,name=host_path,json=hostPath,proto3" json:"host_path,omitempty"`
+	IsWriteable   bool                   `protobuf:"varint,3,opt,name=is_writeable,json=isWriteable,proto3" json:"is_writeable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SharedDirectory) Reset() {
+	*x = SharedDirectory{}
+	mi := &file_vms_v0_vms_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SharedDirectory) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SharedDirectory) ProtoMessage() {}
+
+func (x *SharedDirectory) ProtoReflect() protoreflect.Message {
+	mi := &file_vms_v0_vms_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SharedDirectory.ProtoReflect.Descriptor instead.
+func (*SharedDirectory) Descriptor() ([]byte, []int) {
+	return file_vms_v0_vms_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *SharedDirectory) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *SharedDirectory) GetHostPath() string {
+	if x != nil {
+		return x.HostPath
+	}
+	return ""
+}
+
+func (x *SharedDirectory) GetIsWriteable() bool {
+	if x != nil {
+		return x.IsWriteable
+	}
+	return false
+}
+
 // Static IP configuration for a VM network interface.
 type IPConfiguration struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -693,7 +841,7 @@ type IPConfiguration struct {
 
 func (x *IPConfiguration) Reset() {
 	*x = IPConfiguration{}
-	mi := &file_vms_v0_vms_proto_msgTypes[12]
+	mi := &file_vms_v0_vms_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +853,7 @@ func (x *IPConfiguration) String() string {
 func (*IPConfiguration) ProtoMessage() {}
 
 func (x *IPConfiguration) ProtoReflect() protoreflect.Message {
-	mi := &file_vms_v0_vms_proto_msgTypes[12]
+	mi := &file_vms_v0_vms_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -718,7 +866,7 @@ func (x *IPConfiguration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPConfiguration.ProtoReflect.Descriptor instead.
 func (*IPConfiguration) Descriptor() ([]byte, []int) {
-	return file_vms_v0_vms_proto_rawDescGZIP(), []int{12}
+	return file_vms_v0_vms_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *IPConfiguration) GetPrimaryAddr() string {
@@ -753,7 +901,7 @@ type RootDrive struct {
 
 func (x *RootDrive) Reset() {
 	*x = RootDrive{}
-	mi := &file_vms_v0_vms_proto_msgTypes[13]
+	mi := &file_vms_v0_vms_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -765,7 +913,7 @@ func (x *RootDrive) String() string {
 func (*RootDrive) ProtoMessage() {}
 
 func (x *RootDrive) ProtoReflect() protoreflect.Message {
-	mi := &file_vms_v0_vms_proto_msgTypes[13]
+	mi := &file_vms_v0_vms_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -778,7 +926,7 @@ func (x *RootDrive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootDrive.ProtoReflect.Descriptor instead.
 func (*RootDrive) Descriptor() ([]byte, []int) {
-	return file_vms_v0_vms_proto_rawDescGZIP(), []int{13}
+	return file_vms_v0_vms_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RootDrive) GetHostPath() string {
@@ -808,7 +956,7 @@ type DriveMount struct {
 
 func (x *DriveMount) Reset() {
 	*x = DriveMount{}
-	mi := &file_vms_v0_vms_proto_msgTypes[14]
+	mi := &file_vms_v0_vms_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -820,7 +968,7 @@ func (x *DriveMount) String() string {
 func (*DriveMount) ProtoMessage() {}
 
 func (x *DriveMount) ProtoReflect() protoreflect.Message {
-	mi := &file_vms_v0_vms_proto_msgTypes[14]
+	mi := &file_vms_v0_vms_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -833,7 +981,7 @@ func (x *DriveMount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DriveMount.ProtoReflect.Descriptor instead.
 func (*DriveMount) Descriptor() ([]byte, []int) {
-	return file_vms_v0_vms_proto_rawDescGZIP(), []int{14}
+	return file_vms_v0_vms_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DriveMount) GetHostPath() string {
@@ -893,7 +1041,7 @@ const file_vms_v0_vms_proto_rawDesc = "" +
 	"\x0eauraed_address\x18\x04 \x01(\tR\rauraedAddress\x12 \n" +
 	"\vaccelerator\x18\x05 \x01(\tR\vaccelerator\x12\x18\n" +
 	"\awarning\x18\x06 \x01(\tR\awarning\x12%\n" +
-	"\x0ehypervisor_pid\x18\a \x01(\x05R\rhypervisorPid\"\x9d\x02\n" +
+	"\x0ehypervisor_pid\x18\a \x01(\x05R\rhypervisorPid\"\xf0\x03\n" +
 	"\x0eVirtualMachine\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1e\n" +
 	"\vmem_size_mb\x18\x02 \x01(\rR\tmemSizeMb\x12\x1d\n" +
@@ -904,7 +1052,19 @@ const file_vms_v0_vms_proto_rawDesc = "" +
 	"kernelArgs\x126\n" +
 	"\n" +
 	"root_drive\x18\x06 \x01(\v2\x17.aurae.vms.v0.RootDriveR\trootDrive\x12;\n" +
-	"\fdrive_mounts\x18\a \x03(\v2\x18.aurae.vms.v0.DriveMountR\vdriveMounts\"y\n" +
+	"\fdrive_mounts\x18\a \x03(\v2\x18.aurae.vms.v0.DriveMountR\vdriveMounts\x124\n" +
+	"\x16network_namespace_path\x18\b \x01(\tR\x14networkNamespacePath\x12M\n" +
+	"\x12network_interfaces\x18\t \x03(\v2\x1e.aurae.vms.v0.NetworkInterfaceR\x11networkInterfaces\x12L\n" +
+	"\x12shared_directories\x18\n" +
+	" \x03(\v2\x1d.aurae.vms.v0.SharedDirectoryR\x11sharedDirectories\"N\n" +
+	"\x10NetworkInterface\x12\x19\n" +
+	"\btap_name\x18\x01 \x01(\tR\atapName\x12\x1f\n" +
+	"\vmac_address\x18\x02 \x01(\tR\n" +
+	"macAddress\"c\n" +
+	"\x0fSharedDirectory\x12\x10\n" +
+	"\x03tag\x18\x01 \x01(\tR\x03tag\x12\x1b\n" +
+	"\thost_path\x18\x02 \x01(\tR\bhostPath\x12!\n" +
+	"\fis_writeable\x18\x03 \x01(\bR\visWriteable\"y\n" +
 	"\x0fIPConfiguration\x12!\n" +
 	"\fprimary_addr\x18\x01 \x01(\tR\vprimaryAddr\x12!\n" +
 	"\fgateway_addr\x18\x02 \x01(\tR\vgatewayAddr\x12 \n" +
@@ -944,7 +1104,7 @@ func file_vms_v0_vms_proto_rawDescGZIP() []byte {
 }
 
 var file_vms_v0_vms_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_vms_v0_vms_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_vms_v0_vms_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_vms_v0_vms_proto_goTypes = []any{
 	(VmState)(0),                    // 0: aurae.vms.v0.VmState
 	(*VmServiceCreateRequest)(nil),  // 1: aurae.vms.v0.VmServiceCreateRequest
@@ -959,34 +1119,38 @@ var file_vms_v0_vms_proto_goTypes = []any{
 	(*VmServiceListResponse)(nil),   // 10: aurae.vms.v0.VmServiceListResponse
 	(*VmSummary)(nil),               // 11: aurae.vms.v0.VmSummary
 	(*VirtualMachine)(nil),          // 12: aurae.vms.v0.VirtualMachine
-	(*IPConfiguration)(nil),         // 13: aurae.vms.v0.IPConfiguration
-	(*RootDrive)(nil),               // 14: aurae.vms.v0.RootDrive
-	(*DriveMount)(nil),              // 15: aurae.vms.v0.DriveMount
+	(*NetworkInterface)(nil),        // 13: aurae.vms.v0.NetworkInterface
+	(*SharedDirectory)(nil),         // 14: aurae.vms.v0.SharedDirectory
+	(*IPConfiguration)(nil),         // 15: aurae.vms.v0.IPConfiguration
+	(*RootDrive)(nil),               // 16: aurae.vms.v0.RootDrive
+	(*DriveMount)(nil),              // 17: aurae.vms.v0.DriveMount
 }
 var file_vms_v0_vms_proto_depIdxs = []int32{
 	12, // 0: aurae.vms.v0.VmServiceCreateRequest.machine:type_name -> aurae.vms.v0.VirtualMachine
 	11, // 1: aurae.vms.v0.VmServiceListResponse.machines:type_name -> aurae.vms.v0.VmSummary
 	12, // 2: aurae.vms.v0.VmSummary.machine:type_name -> aurae.vms.v0.VirtualMachine
 	0,  // 3: aurae.vms.v0.VmSummary.state:type_name -> aurae.vms.v0.VmState
-	14, // 4: aurae.vms.v0.VirtualMachine.root_drive:type_name -> aurae.vms.v0.RootDrive
-	15, // 5: aurae.vms.v0.VirtualMachine.drive_mounts:type_name -> aurae.vms.v0.DriveMount
-	1,  // 6: aurae.vms.v0.VmService.Create:input_type -> aurae.vms.v0.VmServiceCreateRequest
-	1,  // 7: aurae.vms.v0.VmService.Allocate:input_type -> aurae.vms.v0.VmServiceCreateRequest
-	3,  // 8: aurae.vms.v0.VmService.Free:input_type -> aurae.vms.v0.VmServiceFreeRequest
-	5,  // 9: aurae.vms.v0.VmService.Start:input_type -> aurae.vms.v0.VmServiceStartRequest
-	7,  // 10: aurae.vms.v0.VmService.Stop:input_type -> aurae.vms.v0.VmServiceStopRequest
-	9,  // 11: aurae.vms.v0.VmService.List:input_type -> aurae.vms.v0.VmServiceListRequest
-	2,  // 12: aurae.vms.v0.VmService.Create:output_type -> aurae.vms.v0.VmServiceCreateResponse
-	2,  // 13: aurae.vms.v0.VmService.Allocate:output_type -> aurae.vms.v0.VmServiceCreateResponse
-	4,  // 14: aurae.vms.v0.VmService.Free:output_type -> aurae.vms.v0.VmServiceFreeResponse
-	6,  // 15: aurae.vms.v0.VmService.Start:output_type -> aurae.vms.v0.VmServiceStartResponse
-	8,  // 16: aurae.vms.v0.VmService.Stop:output_type -> aurae.vms.v0.VmServiceStopResponse
-	10, // 17: aurae.vms.v0.VmService.List:output_type -> aurae.vms.v0.VmServiceListResponse
-	12, // [12:18] is the sub-list for method output_type
-	6,  // [6:12] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	16, // 4: aurae.vms.v0.VirtualMachine.root_drive:type_name -> aurae.vms.v0.RootDrive
+	17, // 5: aurae.vms.v0.VirtualMachine.drive_mounts:type_name -> aurae.vms.v0.DriveMount
+	13, // 6: aurae.vms.v0.VirtualMachine.network_interfaces:type_name -> aurae.vms.v0.NetworkInterface
+	14, // 7: aurae.vms.v0.VirtualMachine.shared_directories:type_name -> aurae.vms.v0.SharedDirectory
+	1,  // 8: aurae.vms.v0.VmService.Create:input_type -> aurae.vms.v0.VmServiceCreateRequest
+	1,  // 9: aurae.vms.v0.VmService.Allocate:input_type -> aurae.vms.v0.VmServiceCreateRequest
+	3,  // 10: aurae.vms.v0.VmService.Free:input_type -> aurae.vms.v0.VmServiceFreeRequest
+	5,  // 11: aurae.vms.v0.VmService.Start:input_type -> aurae.vms.v0.VmServiceStartRequest
+	7,  // 12: aurae.vms.v0.VmService.Stop:input_type -> aurae.vms.v0.VmServiceStopRequest
+	9,  // 13: aurae.vms.v0.VmService.List:input_type -> aurae.vms.v0.VmServiceListRequest
+	2,  // 14: aurae.vms.v0.VmService.Create:output_type -> aurae.vms.v0.VmServiceCreateResponse
+	2,  // 15: aurae.vms.v0.VmService.Allocate:output_type -> aurae.vms.v0.VmServiceCreateResponse
+	4,  // 16: aurae.vms.v0.VmService.Free:output_type -> aurae.vms.v0.VmServiceFreeResponse
+	6,  // 17: aurae.vms.v0.VmService.Start:output_type -> aurae.vms.v0.VmServiceStartResponse
+	8,  // 18: aurae.vms.v0.VmService.Stop:output_type -> aurae.vms.v0.VmServiceStopResponse
+	10, // 19: aurae.vms.v0.VmService.List:output_type -> aurae.vms.v0.VmServiceListResponse
+	14, // [14:20] is the sub-list for method output_type
+	8,  // [8:14] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_vms_v0_vms_proto_init() }
@@ -1000,7 +1164,7 @@ func file_vms_v0_vms_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vms_v0_vms_proto_rawDesc), len(file_vms_v0_vms_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -106,7 +106,7 @@ func validSpec(m *vmsv0.VirtualMachine) error {
 			return fmt.Errorf("vm %q: %s.fs_type %q: %w", m.GetId(), what, d.GetFsType(), errdefs.ErrInvalidArgument)
 		}
 	}
-	return nil
+	return validNetAndShares(m)
 }
 
 // validFile checks that path is absolute and names an existing file or

@@ -74,6 +74,7 @@ func (s *Service) bootConfig(v *vm) (hypervisor.VMConfig, error) {
 		Accel:       s.accel,
 		BootTimeout: s.cfg.BootTimeout,
 	}
+	netAndShares(m, &cfg)
 	// The guest auraed's hostname (hack/vm-image/README.md): the VM's id.
 	if !slices.ContainsFunc(cfg.KernelArgs, func(a string) bool { return strings.HasPrefix(a, "aurae.hostname=") }) {
 		cfg.KernelArgs = append(cfg.KernelArgs, "aurae.hostname="+v.id)

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"google.golang.org/grpc"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
+	"github.com/aurae-runtime/aurae-cri/pkg/vm"
+)
+
+// addVMController serves VM pods (handlers aurae-vm and kata) when the
+// guest image exists; without it they are not listed, and Status says so
+// by their absence.
+func addVMController(ctrls map[string]sandbox.Controller, cfg config, host grpc.ClientConnInterface, logger *slog.Logger) error {
+	for _, f := range []string{cfg.VMKernel, cfg.VMInitramfs} {
+		if _, err := os.Stat(f); err != nil {
+			logger.Info("VM pods not served: no guest image (make vm-image)", "missing", f)
+			return nil
+		}
+	}
+	if want := filepath.Join(filepath.Dir(cfg.VMKernel), "initramfs.cpio.gz"); filepath.Clean(cfg.VMInitramfs) != want {
+		return fmt.Errorf("--vm-initramfs %s: auraed's VmService boots the initramfs beside the kernel (%s)", cfg.VMInitramfs, want)
+	}
+	c, err := vm.New(vm.Config{
+		Host:        host,
+		Kernel:      cfg.VMKernel,
+		Initramfs:   cfg.VMInitramfs,
+		StateDir:    filepath.Join(cfg.StateDir, "vmpods"),
+		OverheadMiB: uint32(cfg.VMOverheadMiB),
+		Logger:      logger.With("component", "vm"),
+	})
+	if err != nil {
+		return err
+	}
+	for _, h := range vm.Handlers {
+		ctrls[h] = c
+	}
+	return nil
+}

@@ -1,0 +1,453 @@
+// Package vm runs VM-isolated pods (RuntimeClass handler aurae-vm, alias
+// kata): one microVM per pod, started by the host auraed's VmService inside
+// the pod's network namespace, whose guest auraed runs the pod's containers
+// through the same PodService a native pod uses.
+//
+// A VM pod is
+//
+//	host auraed   PodService pod (network POD): the pinned netns CNI sets
+//	              up and the pod cgroup; no container runs in it
+//	              VmService VM in that netns: tap0 mirrored with CNI's eth0
+//	              by tc (as Kata does), <dir>/shared shared by virtio-9p
+//	guest auraed  PodService pod (network NODE: the guest is the pod's
+//	              network), the containers, their conmon and logs
+//
+// Container rootfs mounts and log directories are bind-mounted under the
+// shared dir, so the guest sees them at /run/aurae/shared/…
+package vm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"google.golang.org/grpc"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	vmsv0 "github.com/aurae-runtime/aurae-cri/api/vms/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
+)
+
+// Handlers are the RuntimeClass handlers served by this controller.
+var Handlers = []string{"aurae-vm", "kata"}
+
+// Kata's annotations that size a pod's VM, honoured the same way.
+const (
+	AnnotationVCPUs  = "io.katacontainers.config.hypervisor.default_vcpus"
+	AnnotationMemMiB = "io.katacontainers.config.hypervisor.default_memory"
+)
+
+const (
+	shareTag = "aurae-shared"
+	// guestShared is where the guest mounts the shared dir.
+	guestShared = "/run/aurae/shared"
+	tapName     = "tap0"
+	podIface    = "eth0"
+)
+
+// Config configures the VM controller.
+type Config struct {
+	// Host is the host auraed (PodService and VmService).
+	Host grpc.ClientConnInterface
+	// Kernel and Initramfs are the guest image (make vm-image).
+	Kernel, Initramfs string
+	// StateDir holds one dir per VM pod (record, shared dir).
+	StateDir string
+	// VCPUs and MemMiB size a VM whose pod asks for nothing (defaults 1
+	// and 256); OverheadMiB is added to what a pod asks for.
+	VCPUs       uint32
+	MemMiB      uint32
+	OverheadMiB uint32
+	// BootTimeout bounds the wait for the guest auraed (default 2 min).
+	BootTimeout time.Duration
+	Logger      *slog.Logger
+}
+
+// Controller implements sandbox.Controller for VM pods.
+type Controller struct {
+	cfg   Config
+	log   *slog.Logger
+	host  sandbox.AuraeController
+	vms   vmsv0.VmServiceClient
+	mu    sync.Mutex
+	pods  map[string]*vmPod
+	ctrs  map[string]string // container id → pod id
+	locks sync.Map          // pod id → *sync.Mutex
+}
+
+var (
+	_ sandbox.Controller      = (*Controller)(nil)
+	_ sandbox.NetworkAttacher = (*Controller)(nil)
+)
+
+// New returns the VM controller.
+func New(cfg Config) (*Controller, error) {
+	if cfg.Host == nil || cfg.Kernel == "" || cfg.StateDir == "" {
+		return nil, fmt.Errorf("vm controller: host, kernel and state dir are required")
+	}
+	if cfg.VCPUs == 0 {
+		cfg.VCPUs = 1
+	}
+	if cfg.MemMiB == 0 {
+		cfg.MemMiB = 256
+	}
+	if cfg.BootTimeout <= 0 {
+		cfg.BootTimeout = 2 * time.Minute
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("vm controller: %w", err)
+	}
+	return &Controller{
+		cfg:  cfg,
+		log:  cfg.Logger,
+		host: sandbox.AuraeController{Pods: podsv0.NewPodServiceClient(cfg.Host)},
+		vms:  vmsv0.NewVmServiceClient(cfg.Host),
+		pods: map[string]*vmPod{},
+		ctrs: map[string]string{},
+	}, nil
+}
+
+// record is what survives an aurae-cri restart, in <dir>/pod.json.
+type record struct {
+	VMID string `json:"vm_id"`
+	// Host pod files that the CRI's specs bind; the guest pod has its own.
+	PodFiles []string `json:"pod_files"`
+	// Pod is the guest pod's spec (protojson is not needed: plain fields).
+	PodJSON json.RawMessage `json:"pod"`
+}
+
+// vmPod is a VM pod known to this process.
+type vmPod struct {
+	id, dir string
+	rec     record
+	guest   *guest // nil while the VM is down
+}
+
+func (c *Controller) podDir(id string) string  { return filepath.Join(c.cfg.StateDir, id) }
+func sharedDir(dir string) string              { return filepath.Join(dir, "shared") }
+func vmID(podID string) string                 { return "pod-" + short(podID) }
+func (c *Controller) lockPod(id string) func() { return lockOf(&c.locks, id) }
+
+func short(id string) string {
+	if len(id) > 16 {
+		return id[:16]
+	}
+	return id
+}
+
+func lockOf(m *sync.Map, id string) func() {
+	v, _ := m.LoadOrStore(id, &sync.Mutex{})
+	mu := v.(*sync.Mutex)
+	mu.Lock()
+	return mu.Unlock
+}
+
+func (c *Controller) pod(id string) (*vmPod, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, ok := c.pods[id]
+	if !ok {
+		return nil, fmt.Errorf("vm pod %s: %w", id, errdefs.ErrNotFound)
+	}
+	return p, nil
+}
+
+// size is the VM's vcpus and memory for a pod: Kata's annotations when
+// set, else the defaults; plus the overhead.
+func (c *Controller) size(pod *podsv0.Pod) (uint32, uint32) {
+	vcpus, mem := c.cfg.VCPUs, c.cfg.MemMiB
+	if n, err := strconv.ParseUint(pod.GetAnnotations()[AnnotationVCPUs], 10, 32); err == nil && n > 0 {
+		vcpus = uint32(n)
+	}
+	if n, err := strconv.ParseUint(pod.GetAnnotations()[AnnotationMemMiB], 10, 32); err == nil && n > 0 {
+		mem = uint32(n)
+	}
+	return vcpus, mem + c.cfg.OverheadMiB
+}
+
+// RunPod allocates the host pod (netns, cgroup), boots the VM in its
+// netns, dials the guest auraed, mounts the shared dir in the guest and
+// allocates the pod there. The network is wired in AttachNetwork.
+func (c *Controller) RunPod(ctx context.Context, pod *podsv0.Pod) (_ *podsv0.AllocateResponse, retErr error) {
+	if pod.GetNamespaces().GetNetwork() == podsv0.NamespaceMode_NAMESPACE_MODE_NODE {
+		return nil, fmt.Errorf("a VM pod cannot share the node's network: %w", errdefs.ErrInvalidArgument)
+	}
+	id := pod.GetId()
+	unlock := c.lockPod(id)
+	defer unlock()
+	t0 := time.Now()
+	log := c.log.With("pod", id)
+	alloc, err := c.host.RunPod(ctx, pod)
+	if err != nil {
+		return nil, fmt.Errorf("host pod: %w", err)
+	}
+	defer func() {
+		if retErr != nil {
+			cctx, cancel := cleanupContext()
+			defer cancel()
+			if err := c.removePod(cctx, id); err != nil {
+				log.Error("roll back vm pod", "error", err)
+			}
+		}
+	}()
+	dir := c.podDir(id)
+	if err := os.MkdirAll(sharedDir(dir), 0o700); err != nil {
+		return nil, err
+	}
+	guestPod := guestPodSpec(pod)
+	podJSON, err := json.Marshal(guestPod)
+	if err != nil {
+		return nil, err
+	}
+	rec := record{
+		VMID:     vmID(id),
+		PodFiles: []string{alloc.GetHostnamePath(), alloc.GetResolvConfPath(), alloc.GetHostsPath()},
+		PodJSON:  podJSON,
+	}
+	if err := writeJSON(filepath.Join(dir, "pod.json"), rec); err != nil {
+		return nil, err
+	}
+	p := &vmPod{id: id, dir: dir, rec: rec}
+	c.mu.Lock()
+	c.pods[id] = p
+	c.mu.Unlock()
+
+	vcpus, mem := c.size(pod)
+	if _, err := c.vms.Create(ctx, &vmsv0.VmServiceCreateRequest{Machine: &vmsv0.VirtualMachine{
+		Id:                   rec.VMID,
+		VcpuCount:            vcpus,
+		MemSizeMb:            mem,
+		KernelImgPath:        c.cfg.Kernel,
+		KernelArgs:           []string{"quiet"},
+		NetworkNamespacePath: alloc.GetNetworkNamespacePath(),
+		NetworkInterfaces:    []*vmsv0.NetworkInterface{{TapName: tapName}},
+		SharedDirectories:    []*vmsv0.SharedDirectory{{Tag: shareTag, HostPath: sharedDir(dir), IsWriteable: true}},
+	}}); err != nil {
+		return nil, fmt.Errorf("create vm: %w", err)
+	}
+	started, err := c.vms.Start(ctx, &vmsv0.VmServiceStartRequest{VmId: rec.VMID})
+	if err != nil {
+		return nil, fmt.Errorf("start vm: %w", err)
+	}
+	tBoot := time.Now()
+	g, err := dialGuest(ctx, started.GetAuraedAddress(), c.cfg.BootTimeout)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	p.guest = g
+	c.mu.Unlock()
+	tDial := time.Now()
+	if err := g.run(ctx, "mount-shared", "mkdir -p "+guestShared+" && mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 "+shareTag+" "+guestShared); err != nil {
+		return nil, fmt.Errorf("mount the shared dir in the guest: %w", err)
+	}
+	if _, err := g.pods.Allocate(ctx, &podsv0.AllocateRequest{Pod: guestPod}); err != nil {
+		return nil, fmt.Errorf("guest pod: %w", err)
+	}
+	log.Info("vm pod running", "vm", rec.VMID, "vcpus", vcpus, "mem_mib", mem,
+		"vm_start", tBoot.Sub(t0).Round(time.Millisecond).String(),
+		"guest_dial", tDial.Sub(tBoot).Round(time.Millisecond).String(),
+		"total", time.Since(t0).Round(time.Millisecond).String())
+	return alloc, nil
+}
+
+// guestPodSpec is the pod as the guest runs it: in the guest's own
+// network namespace, under the guest's cgroup root.
+func guestPodSpec(pod *podsv0.Pod) *podsv0.Pod {
+	g := &podsv0.Pod{
+		Id: pod.GetId(), CgroupParent: "pods", Hostname: pod.GetHostname(), Dns: pod.GetDns(),
+		Sysctls: pod.GetSysctls(), Labels: pod.GetLabels(), Annotations: pod.GetAnnotations(),
+		RuntimeHandler: pod.GetRuntimeHandler(),
+		Namespaces: &podsv0.NamespaceOptions{
+			Network: podsv0.NamespaceMode_NAMESPACE_MODE_NODE,
+			Pid:     pod.GetNamespaces().GetPid(),
+			Ipc:     pod.GetNamespaces().GetIpc(),
+		},
+	}
+	return g
+}
+
+// StopPod powers the VM off; the host pod (and its netns) stay until
+// RemovePod.
+func (c *Controller) StopPod(ctx context.Context, podID string) error {
+	unlock := c.lockPod(podID)
+	defer unlock()
+	return c.stopVM(ctx, podID)
+}
+
+func (c *Controller) stopVM(ctx context.Context, podID string) error {
+	c.mu.Lock()
+	p := c.pods[podID]
+	var g *guest
+	if p != nil {
+		g, p.guest = p.guest, nil
+	}
+	c.mu.Unlock()
+	if g != nil {
+		_ = g.Close()
+	}
+	_, err := c.vms.Stop(ctx, &vmsv0.VmServiceStopRequest{VmId: vmID(podID)})
+	if err != nil && !errdefs.IsNotFound(err) && !isNotFound(err) {
+		return fmt.Errorf("stop vm: %w", err)
+	}
+	return nil
+}
+
+// RemovePod frees the VM, the shared dir's mounts and the host pod.
+func (c *Controller) RemovePod(ctx context.Context, podID string) error {
+	unlock := c.lockPod(podID)
+	defer unlock()
+	return c.removePod(ctx, podID)
+}
+
+func (c *Controller) removePod(ctx context.Context, podID string) error {
+	var errs []error
+	if err := c.stopVM(ctx, podID); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := c.vms.Free(ctx, &vmsv0.VmServiceFreeRequest{VmId: vmID(podID)}); err != nil && !isNotFound(err) {
+		errs = append(errs, fmt.Errorf("free vm: %w", err))
+	}
+	dir := c.podDir(podID)
+	if err := unmountUnder(sharedDir(dir)); err != nil {
+		errs = append(errs, err)
+	} else if err := os.RemoveAll(dir); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.host.RemovePod(ctx, podID); err != nil && !isNotFound(err) {
+		errs = append(errs, fmt.Errorf("host pod: %w", err))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	delete(c.pods, podID)
+	for cid, pid := range c.ctrs {
+		if pid == podID {
+			delete(c.ctrs, cid)
+		}
+	}
+	c.mu.Unlock()
+	return nil
+}
+
+// ListPods re-adopts the VM pods of the state dir (after a restart: the
+// VmService re-adopted the VMs; their guests are dialed again) and lists
+// the pods whose VM runs, with their containers.
+func (c *Controller) ListPods(ctx context.Context) ([]*podsv0.PodStatus, error) {
+	ents, err := os.ReadDir(c.cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	vms, err := c.vms.List(ctx, &vmsv0.VmServiceListRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("list vms: %w", err)
+	}
+	addr := map[string]string{}
+	for _, m := range vms.GetMachines() {
+		if m.GetState() == vmsv0.VmState_VM_STATE_RUNNING {
+			addr[m.GetId()] = m.GetAuraedAddress()
+		}
+	}
+	var out []*podsv0.PodStatus
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		id := e.Name()
+		st, err := c.adopt(ctx, id, addr)
+		if err != nil {
+			c.log.Warn("vm pod not adopted", "pod", id, "error", err)
+			continue
+		}
+		if st != nil {
+			out = append(out, st)
+		}
+	}
+	return out, nil
+}
+
+// adopt loads one pod's record and, when its VM runs, dials its guest and
+// answers the guest pod's status.
+func (c *Controller) adopt(ctx context.Context, id string, addr map[string]string) (*podsv0.PodStatus, error) {
+	unlock := c.lockPod(id)
+	defer unlock()
+	dir := c.podDir(id)
+	var rec record
+	if err := readJSON(filepath.Join(dir, "pod.json"), &rec); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	p, ok := c.pods[id]
+	if !ok {
+		p = &vmPod{id: id, dir: dir, rec: rec}
+		c.pods[id] = p
+	}
+	g := p.guest
+	c.mu.Unlock()
+	a, running := addr[rec.VMID]
+	if !running {
+		return nil, nil
+	}
+	if g == nil {
+		var err error
+		if g, err = dialGuest(ctx, a, 30*time.Second); err != nil {
+			return nil, err
+		}
+		c.mu.Lock()
+		p.guest = g
+		c.mu.Unlock()
+	}
+	resp, err := g.pods.ListPods(ctx, &podsv0.ListPodsRequest{})
+	if err != nil {
+		return nil, err
+	}
+	for _, ps := range resp.GetPods() {
+		if ps.GetPod().GetId() != id {
+			continue
+		}
+		c.mu.Lock()
+		for _, cs := range ps.GetContainers() {
+			c.ctrs[cs.GetId()] = id
+		}
+		c.mu.Unlock()
+		return ps, nil
+	}
+	return nil, nil
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func readJSON(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}
+
+// cleanupContext is for undoing work after a failure.
+func cleanupContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), time.Minute)
+}

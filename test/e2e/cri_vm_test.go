@@ -1,0 +1,212 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aurae-runtime/aurae-cri/test/testimage"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+const vmImageDir = "/var/lib/aurae/vm"
+
+// requireVMImage skips when the guest image or QEMU is missing.
+func requireVMImage(t *testing.T) {
+	t.Helper()
+	for _, f := range []string{"vmlinux", "initramfs.cpio.gz"} {
+		if _, err := os.Stat(filepath.Join(vmImageDir, f)); err != nil {
+			t.Skipf("no guest image (make vm-image): %v", err)
+		}
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 not installed (Debian package qemu-system-x86)")
+	}
+}
+
+// qemuPids are the pids of QEMUs whose command line mentions s.
+func qemuPids(s string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && bytes.Contains(b, []byte("qemu-system")) && bytes.Contains(b, []byte(s)) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// pssKiB is a process's proportional set size (smaps_rollup), 0 if unknown.
+func pssKiB(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "Pss:"); ok {
+			var n int
+			_, _ = fmt.Sscanf(strings.TrimSpace(rest), "%d", &n)
+			return n
+		}
+	}
+	return 0
+}
+
+// TestCRIVMPod runs a pod in a microVM through the CRI (handler aurae-vm):
+// its containers see the guest kernel, logs reach the host, ExecSync works,
+// a native pod reaches it over the CNI network, and stop + remove leave no
+// QEMU, mount or socket behind.
+func TestCRIVMPod(t *testing.T) {
+	requireVMImage(t)
+	c := startCRI(t)
+	ctx := t.Context()
+
+	st, err := c.Runtime.Status(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	handlers := map[string]bool{}
+	for _, h := range st.GetRuntimeHandlers() {
+		handlers[h.GetName()] = true
+	}
+	if !handlers["aurae-vm"] || !handlers["kata"] {
+		t.Fatalf("Status lists handlers %v, want aurae-vm and kata", handlers)
+	}
+	hostRelease, err := exec.Command("uname", "-r").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	image := c.pushBusybox(t, "e2e/busybox:vm", testimage.Options{})
+
+	vmPod := c.podConfig(t, "vmpod")
+	t0 := time.Now()
+	vmPodID, err := c.Runtime.RunPodSandbox(ctx, vmPod, "aurae-vm")
+	if err != nil {
+		t.Fatalf("run vm pod: %v", err)
+	}
+	runTime := time.Since(t0)
+	pst, err := c.Runtime.PodSandboxStatus(ctx, vmPodID, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vmIP := pst.GetStatus().GetNetwork().GetIp()
+	if pst.GetStatus().GetState() != runtimeapi.PodSandboxState_SANDBOX_READY || vmIP == "" || pst.GetStatus().GetRuntimeHandler() != "aurae-vm" {
+		t.Fatalf("vm pod status %v", pst.GetStatus())
+	}
+	pids := qemuPids("aurae-vm-pod-" + vmPodID[:16])
+	if len(pids) != 1 {
+		t.Fatalf("qemu of the vm pod: pids %v", pids)
+	}
+
+	cfg := containerConfig("server", image, "sh", "-c", "uname -r; exec nc -ll -p 8080 -e echo pong")
+	srv := runContainer(t, c, vmPodID, vmPod, cfg)
+	cst := waitContainerState(t, c, srv, runtimeapi.ContainerState_CONTAINER_RUNNING)
+	ready := time.Since(t0)
+	line := waitLog(t, cst.GetLogPath(), 1)[0]
+	m := criLogLine.FindStringSubmatch(line)
+	if m == nil || m[3] != "stdout" {
+		t.Fatalf("log line %q", line)
+	}
+	guestRelease := strings.TrimSpace(m[5])
+	if guestRelease == "" || guestRelease == strings.TrimSpace(string(hostRelease)) {
+		t.Fatalf("uname -r in the vm pod is %q, host's is %q", guestRelease, hostRelease)
+	}
+	out, _, err := c.Runtime.ExecSync(ctx, srv, []string{"uname", "-r"}, 30*time.Second)
+	if err != nil || strings.TrimSpace(string(out)) != guestRelease {
+		t.Fatalf("exec uname -r: %q %v", out, err)
+	}
+	time.Sleep(2 * time.Second) // let the idle VM settle before measuring
+	t.Logf("vm pod: RunPodSandbox %v, container running after %v; guest kernel %s; qemu RSS/PSS %d/%d KiB",
+		runTime.Round(time.Millisecond), ready.Round(time.Millisecond), guestRelease, rssOf(pids[0]), pssKiB(pids[0]))
+
+	for _, r := range c.Records() {
+		if r["msg"] == "vm pod running" || r["msg"] == "vm started" {
+			t.Logf("%s: %v", r["msg"], r)
+		}
+	}
+
+	// A native pod reaches the VM pod over the pod network.
+	native := c.podConfig(t, "client")
+	nativeID, err := c.Runtime.RunPodSandbox(ctx, native, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli := runContainer(t, c, nativeID, native, containerConfig("client", image, "sleep", "300"))
+	waitContainerState(t, c, cli, runtimeapi.ContainerState_CONTAINER_RUNNING)
+	var got string
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		out, _, err := c.Runtime.ExecSync(ctx, cli, []string{"nc", "-w", "5", vmIP, "8080"}, 20*time.Second)
+		got = strings.TrimSpace(string(out))
+		if err == nil && got == "pong" {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if got != "pong" {
+		t.Errorf("nc %s 8080 from a native pod: %q, want pong", vmIP, got)
+	}
+
+	// aurae-cri (and its embedded auraed) killed and restarted: the VM and
+	// its guest pod are adopted again.
+	c.Kill9()
+	c.Restart(t)
+	waitContainerState(t, c, srv, runtimeapi.ContainerState_CONTAINER_RUNNING)
+	out, _, err = c.Runtime.ExecSync(ctx, srv, []string{"uname", "-r"}, 30*time.Second)
+	if err != nil || strings.TrimSpace(string(out)) != guestRelease {
+		t.Fatalf("exec uname -r after a restart: %q %v", out, err)
+	}
+	if pst, err := c.Runtime.PodSandboxStatus(ctx, vmPodID, false); err != nil || pst.GetStatus().GetState() != runtimeapi.PodSandboxState_SANDBOX_READY {
+		t.Fatalf("vm pod after a restart: %v %v", pst.GetStatus(), err)
+	}
+
+	// Stop and remove leave nothing behind.
+	if err := c.Runtime.StopPodSandbox(ctx, vmPodID); err != nil {
+		t.Fatalf("stop vm pod: %v", err)
+	}
+	if pids := qemuPids("aurae-vm-pod-" + vmPodID[:16]); len(pids) != 0 {
+		t.Errorf("qemu still runs after StopPodSandbox: %v", pids)
+	}
+	if err := c.Runtime.RemovePodSandbox(ctx, vmPodID); err != nil {
+		t.Fatalf("remove vm pod: %v", err)
+	}
+	var left []string
+	_ = filepath.Walk(c.StateDir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && (strings.Contains(p, vmPodID[:16])) {
+			left = append(left, p)
+		}
+		return nil
+	})
+	if len(left) > 0 {
+		t.Errorf("files of the vm pod left: %v", left)
+	}
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	if bytes.Contains(mi, []byte(filepath.Join(c.StateDir, "vmpods"))) {
+		t.Errorf("mounts left under %s", filepath.Join(c.StateDir, "vmpods"))
+	}
+}
+
+func rssOf(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			var n int
+			_, _ = fmt.Sscanf(strings.TrimSpace(rest), "%d", &n)
+			return n
+		}
+	}
+	return 0
+}
