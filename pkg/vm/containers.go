@@ -16,8 +16,11 @@ import (
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	vmsv0 "github.com/aurae-runtime/aurae-cri/api/vms/v0"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 )
 
@@ -245,12 +248,46 @@ func (c *Controller) RemoveContainer(ctx context.Context, cid string) error {
 	return nil
 }
 
+// ContainerStatus asks the guest; when the guest does not answer because
+// its VM is gone (power off, panic, killed QEMU), the container is
+// NotFound, so that the CRI's monitor records its exit.
 func (c *Controller) ContainerStatus(ctx context.Context, cid string) (*podsv0.ContainerStatus, error) {
-	g, _, err := c.guestOf(cid)
+	g, p, err := c.guestOf(cid)
 	if err != nil {
 		return nil, err
 	}
-	return g.ContainerStatus(ctx, cid)
+	st, err := g.ContainerStatus(ctx, cid)
+	if err != nil && status.Code(err) == codes.Unavailable && !c.vmRunning(ctx, p.id) {
+		c.dropGuest(p)
+		return nil, fmt.Errorf("container %s: its VM is gone: %w", cid, errdefs.ErrNotFound)
+	}
+	return st, err
+}
+
+// vmRunning asks the VmService whether the pod's VM runs (true when it
+// cannot tell).
+func (c *Controller) vmRunning(ctx context.Context, podID string) bool {
+	resp, err := c.vms.List(ctx, &vmsv0.VmServiceListRequest{})
+	if err != nil {
+		return true
+	}
+	for _, m := range resp.GetMachines() {
+		if m.GetId() == vmID(podID) {
+			return m.GetState() == vmsv0.VmState_VM_STATE_RUNNING
+		}
+	}
+	return false
+}
+
+// dropGuest forgets a dead VM's guest client.
+func (c *Controller) dropGuest(p *vmPod) {
+	c.mu.Lock()
+	g := p.guest
+	p.guest = nil
+	c.mu.Unlock()
+	if g != nil {
+		_ = g.Close()
+	}
 }
 
 func (c *Controller) ExecSync(ctx context.Context, cid string, argv []string, timeout time.Duration) (*podsv0.ExecSyncResponse, error) {

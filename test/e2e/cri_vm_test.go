@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -209,4 +210,41 @@ func rssOf(pid int) int {
 		}
 	}
 	return 0
+}
+
+// TestCRIVMPodQEMUKilled kills a VM pod's QEMU: its container is seen
+// exited, and the pod is still removed without leftovers.
+func TestCRIVMPodQEMUKilled(t *testing.T) {
+	requireVMImage(t)
+	c := startCRI(t)
+	ctx := t.Context()
+	image := c.pushBusybox(t, "e2e/busybox:vmkill", testimage.Options{})
+	pod := c.podConfig(t, "vmkill")
+	podID, err := c.Runtime.RunPodSandbox(ctx, pod, "kata")
+	if err != nil {
+		t.Fatalf("run vm pod: %v", err)
+	}
+	ctr := runContainer(t, c, podID, pod, containerConfig("sleeper", image, "sleep", "3600"))
+	waitContainerState(t, c, ctr, runtimeapi.ContainerState_CONTAINER_RUNNING)
+	pids := qemuPids("aurae-vm-pod-" + podID[:16])
+	if len(pids) != 1 {
+		t.Fatalf("qemu of the vm pod: pids %v", pids)
+	}
+	if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitContainerState(t, c, ctr, runtimeapi.ContainerState_CONTAINER_EXITED)
+	if err := c.Runtime.StopPodSandbox(ctx, podID); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	if err := c.Runtime.RemovePodSandbox(ctx, podID); err != nil {
+		t.Fatalf("remove: %v", err)
+	}
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	if bytes.Contains(mi, []byte(filepath.Join(c.StateDir, "vmpods"))) {
+		t.Errorf("mounts left under %s", filepath.Join(c.StateDir, "vmpods"))
+	}
+	if ents, _ := os.ReadDir(filepath.Join(c.StateDir, "vmpods")); len(ents) != 0 {
+		t.Errorf("vm pod dirs left: %v", ents)
+	}
 }
