@@ -144,6 +144,9 @@ func podSpec(id string, cfg *runtimeapi.PodSandboxConfig, handler, defaultParent
 		Annotations:    cfg.GetAnnotations(),
 		RuntimeHandler: handler,
 	}
+	if res := linux.GetResources(); res != nil {
+		pod.Resources = &podsv0.PodResources{CpuPeriod: res.GetCpuPeriod(), CpuQuota: res.GetCpuQuota(), MemoryLimitBytes: res.GetMemoryLimitInBytes()}
+	}
 	if dns := cfg.GetDnsConfig(); dns != nil {
 		pod.Dns = &podsv0.DNSConfig{Servers: dns.GetServers(), Searches: dns.GetSearches(), Options: dns.GetOptions()}
 	}

@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -163,17 +164,29 @@ func (c *Controller) pod(id string) (*vmPod, error) {
 	return p, nil
 }
 
-// size is the VM's vcpus and memory for a pod: Kata's annotations when
-// set, else the defaults; plus the overhead.
+// size is the VM's vcpus and memory for a pod, as Kata sizes its VMs: the
+// defaults (or Kata's annotations) plus what the pod's containers ask for
+// in sum (CPU quota rounded up to whole vcpus, at most the host's CPUs;
+// memory limit), plus the overhead.
 func (c *Controller) size(pod *podsv0.Pod) (uint32, uint32) {
-	vcpus, mem := c.cfg.VCPUs, c.cfg.MemMiB
+	vcpus, mem := uint64(c.cfg.VCPUs), uint64(c.cfg.MemMiB)
 	if n, err := strconv.ParseUint(pod.GetAnnotations()[AnnotationVCPUs], 10, 32); err == nil && n > 0 {
-		vcpus = uint32(n)
+		vcpus = n
 	}
 	if n, err := strconv.ParseUint(pod.GetAnnotations()[AnnotationMemMiB], 10, 32); err == nil && n > 0 {
-		mem = uint32(n)
+		mem = n
 	}
-	return vcpus, mem + c.cfg.OverheadMiB
+	res := pod.GetResources()
+	if q, p := res.GetCpuQuota(), res.GetCpuPeriod(); q > 0 && p > 0 {
+		vcpus += uint64((q + p - 1) / p)
+	}
+	if l := res.GetMemoryLimitBytes(); l > 0 {
+		mem += uint64(l+(1<<20)-1) >> 20
+	}
+	if max := uint64(runtime.NumCPU()); vcpus > max {
+		vcpus = max
+	}
+	return uint32(vcpus), uint32(mem) + c.cfg.OverheadMiB
 }
 
 // RunPod allocates the host pod (netns, cgroup), boots the VM in its

@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -75,8 +76,17 @@ func TestSizeAndGuestPod(t *testing.T) {
 	}
 	p := &podsv0.Pod{Id: "p", Annotations: map[string]string{AnnotationVCPUs: "2", AnnotationMemMiB: "512"},
 		Namespaces: &podsv0.NamespaceOptions{Network: podsv0.NamespaceMode_NAMESPACE_MODE_POD, Pid: podsv0.NamespaceMode_NAMESPACE_MODE_CONTAINER}}
-	if v, m := c.size(p); v != 2 || m != 544 {
+	if v, m := c.size(p); int(v) != min(2, runtime.NumCPU()) || m != 544 {
 		t.Fatalf("annotated: %d vcpus, %d MiB", v, m)
+	}
+	// Kata's model: the defaults plus what the containers ask for.
+	r := &podsv0.Pod{Resources: &podsv0.PodResources{CpuPeriod: 100000, CpuQuota: 50000, MemoryLimitBytes: 100<<20 + 1}}
+	if v, m := c.size(r); int(v) != min(2, runtime.NumCPU()) || m != 256+101+32 {
+		t.Fatalf("with resources: %d vcpus, %d MiB", v, m)
+	}
+	r.Resources.CpuQuota = 1000 * 100000
+	if v, _ := c.size(r); int(v) != runtime.NumCPU() {
+		t.Fatalf("vcpus %d not capped at the host's %d", v, runtime.NumCPU())
 	}
 	g := guestPodSpec(p)
 	if g.GetNamespaces().GetNetwork() != podsv0.NamespaceMode_NAMESPACE_MODE_NODE || g.GetNamespaces().GetPid() != podsv0.NamespaceMode_NAMESPACE_MODE_CONTAINER || g.GetId() != "p" {

@@ -220,6 +220,8 @@ func TestCRIVMPodQEMUKilled(t *testing.T) {
 	ctx := t.Context()
 	image := c.pushBusybox(t, "e2e/busybox:vmkill", testimage.Options{})
 	pod := c.podConfig(t, "vmkill")
+	// The pod's resources size its VM: 256 MiB + 64 MiB, 1 + 1 vcpus.
+	pod.Linux.Resources = &runtimeapi.LinuxContainerResources{CpuPeriod: 100000, CpuQuota: 50000, MemoryLimitInBytes: 64 << 20}
 	podID, err := c.Runtime.RunPodSandbox(ctx, pod, "kata")
 	if err != nil {
 		t.Fatalf("run vm pod: %v", err)
@@ -229,6 +231,10 @@ func TestCRIVMPodQEMUKilled(t *testing.T) {
 	pids := qemuPids("aurae-vm-pod-" + podID[:16])
 	if len(pids) != 1 {
 		t.Fatalf("qemu of the vm pod: pids %v", pids)
+	}
+	argv, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pids[0]))
+	if !bytes.Contains(argv, []byte("\x00-m\x00320M\x00")) || !bytes.Contains(argv, []byte("\x00-smp\x002\x00")) {
+		t.Errorf("qemu not sized by the pod's resources: %q", bytes.ReplaceAll(argv, []byte{0}, []byte{' '}))
 	}
 	if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
 		t.Fatal(err)

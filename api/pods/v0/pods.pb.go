@@ -333,8 +333,11 @@ type Pod struct {
 	Annotations  map[string]string `protobuf:"bytes,8,rep,name=annotations,proto3" json:"annotations,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The RuntimeClass handler that chose this pod ("" or "runc").
 	RuntimeHandler string `protobuf:"bytes,9,opt,name=runtime_handler,json=runtimeHandler,proto3" json:"runtime_handler,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// What the pod's containers ask for in sum (the CRI's
+	// LinuxPodSandboxConfig.resources); sizes a VM pod's VM.
+	Resources     *PodResources `protobuf:"bytes,10,opt,name=resources,proto3" json:"resources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Pod) Reset() {
@@ -430,6 +433,74 @@ func (x *Pod) GetRuntimeHandler() string {
 	return ""
 }
 
+func (x *Pod) GetResources() *PodResources {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+// A pod's resources: CFS quota and period of its CPUs, memory limit.
+type PodResources struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	CpuPeriod        int64                  `protobuf:"varint,1,opt,name=cpu_period,json=cpuPeriod,proto3" json:"cpu_period,omitempty"`
+	CpuQuota         int64                  `protobuf:"varint,2,opt,name=cpu_quota,json=cpuQuota,proto3" json:"cpu_quota,omitempty"`
+	MemoryLimitBytes int64                  `protobuf:"varint,3,opt,name=memory_limit_bytes,json=memoryLimitBytes,proto3" json:"memory_limit_bytes,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *PodResources) Reset() {
+	*x = PodResources{}
+	mi := &file_pods_v0_pods_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PodResources) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PodResources) ProtoMessage() {}
+
+func (x *PodResources) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PodResources.ProtoReflect.Descriptor instead.
+func (*PodResources) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PodResources) GetCpuPeriod() int64 {
+	if x != nil {
+		return x.CpuPeriod
+	}
+	return 0
+}
+
+func (x *PodResources) GetCpuQuota() int64 {
+	if x != nil {
+		return x.CpuQuota
+	}
+	return 0
+}
+
+func (x *PodResources) GetMemoryLimitBytes() int64 {
+	if x != nil {
+		return x.MemoryLimitBytes
+	}
+	return 0
+}
+
 type AllocateRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Pod           *Pod                   `protobuf:"bytes,1,opt,name=pod,proto3" json:"pod,omitempty"`
@@ -439,7 +510,7 @@ type AllocateRequest struct {
 
 func (x *AllocateRequest) Reset() {
 	*x = AllocateRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[3]
+	mi := &file_pods_v0_pods_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -451,7 +522,7 @@ func (x *AllocateRequest) String() string {
 func (*AllocateRequest) ProtoMessage() {}
 
 func (x *AllocateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[3]
+	mi := &file_pods_v0_pods_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -464,7 +535,7 @@ func (x *AllocateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateRequest.ProtoReflect.Descriptor instead.
 func (*AllocateRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{3}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AllocateRequest) GetPod() *Pod {
@@ -496,7 +567,7 @@ type AllocateResponse struct {
 
 func (x *AllocateResponse) Reset() {
 	*x = AllocateResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[4]
+	mi := &file_pods_v0_pods_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -508,7 +579,7 @@ func (x *AllocateResponse) String() string {
 func (*AllocateResponse) ProtoMessage() {}
 
 func (x *AllocateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[4]
+	mi := &file_pods_v0_pods_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -521,7 +592,7 @@ func (x *AllocateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateResponse.ProtoReflect.Descriptor instead.
 func (*AllocateResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{4}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AllocateResponse) GetPodId() string {
@@ -619,7 +690,7 @@ type Container struct {
 
 func (x *Container) Reset() {
 	*x = Container{}
-	mi := &file_pods_v0_pods_proto_msgTypes[5]
+	mi := &file_pods_v0_pods_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -631,7 +702,7 @@ func (x *Container) String() string {
 func (*Container) ProtoMessage() {}
 
 func (x *Container) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[5]
+	mi := &file_pods_v0_pods_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -644,7 +715,7 @@ func (x *Container) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Container.ProtoReflect.Descriptor instead.
 func (*Container) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{5}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Container) GetId() string {
@@ -706,7 +777,7 @@ type StartRequest struct {
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[6]
+	mi := &file_pods_v0_pods_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -718,7 +789,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[6]
+	mi := &file_pods_v0_pods_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -731,7 +802,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{6}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StartRequest) GetPodId() string {
@@ -761,7 +832,7 @@ type StartResponse struct {
 
 func (x *StartResponse) Reset() {
 	*x = StartResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[7]
+	mi := &file_pods_v0_pods_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -773,7 +844,7 @@ func (x *StartResponse) String() string {
 func (*StartResponse) ProtoMessage() {}
 
 func (x *StartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[7]
+	mi := &file_pods_v0_pods_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -786,7 +857,7 @@ func (x *StartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartResponse.ProtoReflect.Descriptor instead.
 func (*StartResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{7}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StartResponse) GetContainerId() string {
@@ -821,7 +892,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[8]
+	mi := &file_pods_v0_pods_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -833,7 +904,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[8]
+	mi := &file_pods_v0_pods_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -846,7 +917,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{8}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StopRequest) GetContainerId() string {
@@ -871,7 +942,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[9]
+	mi := &file_pods_v0_pods_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -883,7 +954,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[9]
+	mi := &file_pods_v0_pods_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -896,7 +967,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{9}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{10}
 }
 
 type FreeRequest struct {
@@ -908,7 +979,7 @@ type FreeRequest struct {
 
 func (x *FreeRequest) Reset() {
 	*x = FreeRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[10]
+	mi := &file_pods_v0_pods_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -920,7 +991,7 @@ func (x *FreeRequest) String() string {
 func (*FreeRequest) ProtoMessage() {}
 
 func (x *FreeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[10]
+	mi := &file_pods_v0_pods_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -933,7 +1004,7 @@ func (x *FreeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeRequest.ProtoReflect.Descriptor instead.
 func (*FreeRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{10}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *FreeRequest) GetPodId() string {
@@ -951,7 +1022,7 @@ type FreeResponse struct {
 
 func (x *FreeResponse) Reset() {
 	*x = FreeResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[11]
+	mi := &file_pods_v0_pods_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -963,7 +1034,7 @@ func (x *FreeResponse) String() string {
 func (*FreeResponse) ProtoMessage() {}
 
 func (x *FreeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[11]
+	mi := &file_pods_v0_pods_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -976,7 +1047,7 @@ func (x *FreeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeResponse.ProtoReflect.Descriptor instead.
 func (*FreeResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{11}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{12}
 }
 
 type ContainerStatus struct {
@@ -1001,7 +1072,7 @@ type ContainerStatus struct {
 
 func (x *ContainerStatus) Reset() {
 	*x = ContainerStatus{}
-	mi := &file_pods_v0_pods_proto_msgTypes[12]
+	mi := &file_pods_v0_pods_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1013,7 +1084,7 @@ func (x *ContainerStatus) String() string {
 func (*ContainerStatus) ProtoMessage() {}
 
 func (x *ContainerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[12]
+	mi := &file_pods_v0_pods_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1026,7 +1097,7 @@ func (x *ContainerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStatus.ProtoReflect.Descriptor instead.
 func (*ContainerStatus) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{12}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ContainerStatus) GetId() string {
@@ -1122,7 +1193,7 @@ type ContainerStatusRequest struct {
 
 func (x *ContainerStatusRequest) Reset() {
 	*x = ContainerStatusRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[13]
+	mi := &file_pods_v0_pods_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1134,7 +1205,7 @@ func (x *ContainerStatusRequest) String() string {
 func (*ContainerStatusRequest) ProtoMessage() {}
 
 func (x *ContainerStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[13]
+	mi := &file_pods_v0_pods_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1147,7 +1218,7 @@ func (x *ContainerStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStatusRequest.ProtoReflect.Descriptor instead.
 func (*ContainerStatusRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{13}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ContainerStatusRequest) GetContainerId() string {
@@ -1166,7 +1237,7 @@ type ContainerStatusResponse struct {
 
 func (x *ContainerStatusResponse) Reset() {
 	*x = ContainerStatusResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[14]
+	mi := &file_pods_v0_pods_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1178,7 +1249,7 @@ func (x *ContainerStatusResponse) String() string {
 func (*ContainerStatusResponse) ProtoMessage() {}
 
 func (x *ContainerStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[14]
+	mi := &file_pods_v0_pods_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1191,7 +1262,7 @@ func (x *ContainerStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStatusResponse.ProtoReflect.Descriptor instead.
 func (*ContainerStatusResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{14}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ContainerStatusResponse) GetStatus() *ContainerStatus {
@@ -1213,7 +1284,7 @@ type ExecSyncRequest struct {
 
 func (x *ExecSyncRequest) Reset() {
 	*x = ExecSyncRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[15]
+	mi := &file_pods_v0_pods_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1225,7 +1296,7 @@ func (x *ExecSyncRequest) String() string {
 func (*ExecSyncRequest) ProtoMessage() {}
 
 func (x *ExecSyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[15]
+	mi := &file_pods_v0_pods_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1238,7 +1309,7 @@ func (x *ExecSyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecSyncRequest.ProtoReflect.Descriptor instead.
 func (*ExecSyncRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{15}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ExecSyncRequest) GetContainerId() string {
@@ -1274,7 +1345,7 @@ type ExecSyncResponse struct {
 
 func (x *ExecSyncResponse) Reset() {
 	*x = ExecSyncResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[16]
+	mi := &file_pods_v0_pods_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1357,7 @@ func (x *ExecSyncResponse) String() string {
 func (*ExecSyncResponse) ProtoMessage() {}
 
 func (x *ExecSyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[16]
+	mi := &file_pods_v0_pods_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1370,7 @@ func (x *ExecSyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecSyncResponse.ProtoReflect.Descriptor instead.
 func (*ExecSyncResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{16}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ExecSyncResponse) GetStdout() []byte {
@@ -1332,7 +1403,7 @@ type ContainerStatsRequest struct {
 
 func (x *ContainerStatsRequest) Reset() {
 	*x = ContainerStatsRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[17]
+	mi := &file_pods_v0_pods_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1344,7 +1415,7 @@ func (x *ContainerStatsRequest) String() string {
 func (*ContainerStatsRequest) ProtoMessage() {}
 
 func (x *ContainerStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[17]
+	mi := &file_pods_v0_pods_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1357,7 +1428,7 @@ func (x *ContainerStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStatsRequest.ProtoReflect.Descriptor instead.
 func (*ContainerStatsRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{17}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ContainerStatsRequest) GetContainerId() string {
@@ -1380,7 +1451,7 @@ type ContainerStatsResponse struct {
 
 func (x *ContainerStatsResponse) Reset() {
 	*x = ContainerStatsResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[18]
+	mi := &file_pods_v0_pods_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1392,7 +1463,7 @@ func (x *ContainerStatsResponse) String() string {
 func (*ContainerStatsResponse) ProtoMessage() {}
 
 func (x *ContainerStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[18]
+	mi := &file_pods_v0_pods_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1405,7 +1476,7 @@ func (x *ContainerStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStatsResponse.ProtoReflect.Descriptor instead.
 func (*ContainerStatsResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{18}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ContainerStatsResponse) GetContainerId() string {
@@ -1445,7 +1516,7 @@ type RemoveContainerRequest struct {
 
 func (x *RemoveContainerRequest) Reset() {
 	*x = RemoveContainerRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[19]
+	mi := &file_pods_v0_pods_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1528,7 @@ func (x *RemoveContainerRequest) String() string {
 func (*RemoveContainerRequest) ProtoMessage() {}
 
 func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[19]
+	mi := &file_pods_v0_pods_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1541,7 @@ func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveContainerRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{19}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RemoveContainerRequest) GetContainerId() string {
@@ -1488,7 +1559,7 @@ type RemoveContainerResponse struct {
 
 func (x *RemoveContainerResponse) Reset() {
 	*x = RemoveContainerResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[20]
+	mi := &file_pods_v0_pods_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1500,7 +1571,7 @@ func (x *RemoveContainerResponse) String() string {
 func (*RemoveContainerResponse) ProtoMessage() {}
 
 func (x *RemoveContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[20]
+	mi := &file_pods_v0_pods_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1513,7 +1584,7 @@ func (x *RemoveContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerResponse.ProtoReflect.Descriptor instead.
 func (*RemoveContainerResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{20}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{21}
 }
 
 type ListPodsRequest struct {
@@ -1524,7 +1595,7 @@ type ListPodsRequest struct {
 
 func (x *ListPodsRequest) Reset() {
 	*x = ListPodsRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[21]
+	mi := &file_pods_v0_pods_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1536,7 +1607,7 @@ func (x *ListPodsRequest) String() string {
 func (*ListPodsRequest) ProtoMessage() {}
 
 func (x *ListPodsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[21]
+	mi := &file_pods_v0_pods_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1549,7 +1620,7 @@ func (x *ListPodsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPodsRequest.ProtoReflect.Descriptor instead.
 func (*ListPodsRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{21}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{22}
 }
 
 type PodStatus struct {
@@ -1564,7 +1635,7 @@ type PodStatus struct {
 
 func (x *PodStatus) Reset() {
 	*x = PodStatus{}
-	mi := &file_pods_v0_pods_proto_msgTypes[22]
+	mi := &file_pods_v0_pods_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1576,7 +1647,7 @@ func (x *PodStatus) String() string {
 func (*PodStatus) ProtoMessage() {}
 
 func (x *PodStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[22]
+	mi := &file_pods_v0_pods_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1589,7 +1660,7 @@ func (x *PodStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PodStatus.ProtoReflect.Descriptor instead.
 func (*PodStatus) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{22}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PodStatus) GetPod() *Pod {
@@ -1629,7 +1700,7 @@ type ListPodsResponse struct {
 
 func (x *ListPodsResponse) Reset() {
 	*x = ListPodsResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[23]
+	mi := &file_pods_v0_pods_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1641,7 +1712,7 @@ func (x *ListPodsResponse) String() string {
 func (*ListPodsResponse) ProtoMessage() {}
 
 func (x *ListPodsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[23]
+	mi := &file_pods_v0_pods_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1654,7 +1725,7 @@ func (x *ListPodsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPodsResponse.ProtoReflect.Descriptor instead.
 func (*ListPodsResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{23}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListPodsResponse) GetPods() []*PodStatus {
@@ -1675,7 +1746,7 @@ type UpdateContainerResourcesRequest struct {
 
 func (x *UpdateContainerResourcesRequest) Reset() {
 	*x = UpdateContainerResourcesRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[24]
+	mi := &file_pods_v0_pods_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1687,7 +1758,7 @@ func (x *UpdateContainerResourcesRequest) String() string {
 func (*UpdateContainerResourcesRequest) ProtoMessage() {}
 
 func (x *UpdateContainerResourcesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[24]
+	mi := &file_pods_v0_pods_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1700,7 +1771,7 @@ func (x *UpdateContainerResourcesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerResourcesRequest.ProtoReflect.Descriptor instead.
 func (*UpdateContainerResourcesRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{24}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *UpdateContainerResourcesRequest) GetContainerId() string {
@@ -1725,7 +1796,7 @@ type UpdateContainerResourcesResponse struct {
 
 func (x *UpdateContainerResourcesResponse) Reset() {
 	*x = UpdateContainerResourcesResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[25]
+	mi := &file_pods_v0_pods_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1737,7 +1808,7 @@ func (x *UpdateContainerResourcesResponse) String() string {
 func (*UpdateContainerResourcesResponse) ProtoMessage() {}
 
 func (x *UpdateContainerResourcesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[25]
+	mi := &file_pods_v0_pods_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1750,7 +1821,7 @@ func (x *UpdateContainerResourcesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerResourcesResponse.ProtoReflect.Descriptor instead.
 func (*UpdateContainerResourcesResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{25}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{26}
 }
 
 type ReopenContainerLogRequest struct {
@@ -1762,7 +1833,7 @@ type ReopenContainerLogRequest struct {
 
 func (x *ReopenContainerLogRequest) Reset() {
 	*x = ReopenContainerLogRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[26]
+	mi := &file_pods_v0_pods_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1774,7 +1845,7 @@ func (x *ReopenContainerLogRequest) String() string {
 func (*ReopenContainerLogRequest) ProtoMessage() {}
 
 func (x *ReopenContainerLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[26]
+	mi := &file_pods_v0_pods_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1787,7 +1858,7 @@ func (x *ReopenContainerLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReopenContainerLogRequest.ProtoReflect.Descriptor instead.
 func (*ReopenContainerLogRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{26}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReopenContainerLogRequest) GetContainerId() string {
@@ -1805,7 +1876,7 @@ type ReopenContainerLogResponse struct {
 
 func (x *ReopenContainerLogResponse) Reset() {
 	*x = ReopenContainerLogResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[27]
+	mi := &file_pods_v0_pods_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1817,7 +1888,7 @@ func (x *ReopenContainerLogResponse) String() string {
 func (*ReopenContainerLogResponse) ProtoMessage() {}
 
 func (x *ReopenContainerLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[27]
+	mi := &file_pods_v0_pods_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1830,7 +1901,7 @@ func (x *ReopenContainerLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReopenContainerLogResponse.ProtoReflect.Descriptor instead.
 func (*ReopenContainerLogResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{27}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{28}
 }
 
 // Rows and columns of a terminal.
@@ -1844,7 +1915,7 @@ type TerminalSize struct {
 
 func (x *TerminalSize) Reset() {
 	*x = TerminalSize{}
-	mi := &file_pods_v0_pods_proto_msgTypes[28]
+	mi := &file_pods_v0_pods_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1856,7 +1927,7 @@ func (x *TerminalSize) String() string {
 func (*TerminalSize) ProtoMessage() {}
 
 func (x *TerminalSize) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[28]
+	mi := &file_pods_v0_pods_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1869,7 +1940,7 @@ func (x *TerminalSize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TerminalSize.ProtoReflect.Descriptor instead.
 func (*TerminalSize) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{28}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *TerminalSize) GetWidth() uint32 {
@@ -1902,7 +1973,7 @@ type ExecStart struct {
 
 func (x *ExecStart) Reset() {
 	*x = ExecStart{}
-	mi := &file_pods_v0_pods_proto_msgTypes[29]
+	mi := &file_pods_v0_pods_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1914,7 +1985,7 @@ func (x *ExecStart) String() string {
 func (*ExecStart) ProtoMessage() {}
 
 func (x *ExecStart) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[29]
+	mi := &file_pods_v0_pods_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1927,7 +1998,7 @@ func (x *ExecStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
 func (*ExecStart) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{29}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ExecStart) GetContainerId() string {
@@ -1980,7 +2051,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[30]
+	mi := &file_pods_v0_pods_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1992,7 +2063,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[30]
+	mi := &file_pods_v0_pods_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2005,7 +2076,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{30}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ExecRequest) GetRequest() isExecRequest_Request {
@@ -2090,7 +2161,7 @@ type ExecExit struct {
 
 func (x *ExecExit) Reset() {
 	*x = ExecExit{}
-	mi := &file_pods_v0_pods_proto_msgTypes[31]
+	mi := &file_pods_v0_pods_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2102,7 +2173,7 @@ func (x *ExecExit) String() string {
 func (*ExecExit) ProtoMessage() {}
 
 func (x *ExecExit) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[31]
+	mi := &file_pods_v0_pods_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2115,7 +2186,7 @@ func (x *ExecExit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecExit.ProtoReflect.Descriptor instead.
 func (*ExecExit) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{31}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ExecExit) GetExitCode() int32 {
@@ -2139,7 +2210,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[32]
+	mi := &file_pods_v0_pods_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2151,7 +2222,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[32]
+	mi := &file_pods_v0_pods_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2164,7 +2235,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{32}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ExecResponse) GetResponse() isExecResponse_Response {
@@ -2240,7 +2311,7 @@ type AttachStart struct {
 
 func (x *AttachStart) Reset() {
 	*x = AttachStart{}
-	mi := &file_pods_v0_pods_proto_msgTypes[33]
+	mi := &file_pods_v0_pods_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2252,7 +2323,7 @@ func (x *AttachStart) String() string {
 func (*AttachStart) ProtoMessage() {}
 
 func (x *AttachStart) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[33]
+	mi := &file_pods_v0_pods_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2265,7 +2336,7 @@ func (x *AttachStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachStart.ProtoReflect.Descriptor instead.
 func (*AttachStart) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{33}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *AttachStart) GetContainerId() string {
@@ -2318,7 +2389,7 @@ type AttachRequest struct {
 
 func (x *AttachRequest) Reset() {
 	*x = AttachRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[34]
+	mi := &file_pods_v0_pods_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2330,7 +2401,7 @@ func (x *AttachRequest) String() string {
 func (*AttachRequest) ProtoMessage() {}
 
 func (x *AttachRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[34]
+	mi := &file_pods_v0_pods_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2343,7 +2414,7 @@ func (x *AttachRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachRequest.ProtoReflect.Descriptor instead.
 func (*AttachRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{34}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *AttachRequest) GetRequest() isAttachRequest_Request {
@@ -2433,7 +2504,7 @@ type AttachResponse struct {
 
 func (x *AttachResponse) Reset() {
 	*x = AttachResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[35]
+	mi := &file_pods_v0_pods_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2445,7 +2516,7 @@ func (x *AttachResponse) String() string {
 func (*AttachResponse) ProtoMessage() {}
 
 func (x *AttachResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[35]
+	mi := &file_pods_v0_pods_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2458,7 +2529,7 @@ func (x *AttachResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachResponse.ProtoReflect.Descriptor instead.
 func (*AttachResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{35}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AttachResponse) GetResponse() isAttachResponse_Response {
@@ -2510,7 +2581,7 @@ type ContainerEventsRequest struct {
 
 func (x *ContainerEventsRequest) Reset() {
 	*x = ContainerEventsRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[36]
+	mi := &file_pods_v0_pods_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2522,7 +2593,7 @@ func (x *ContainerEventsRequest) String() string {
 func (*ContainerEventsRequest) ProtoMessage() {}
 
 func (x *ContainerEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[36]
+	mi := &file_pods_v0_pods_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2535,7 +2606,7 @@ func (x *ContainerEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerEventsRequest.ProtoReflect.Descriptor instead.
 func (*ContainerEventsRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{36}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{37}
 }
 
 type ContainerEvent struct {
@@ -2551,7 +2622,7 @@ type ContainerEvent struct {
 
 func (x *ContainerEvent) Reset() {
 	*x = ContainerEvent{}
-	mi := &file_pods_v0_pods_proto_msgTypes[37]
+	mi := &file_pods_v0_pods_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2563,7 +2634,7 @@ func (x *ContainerEvent) String() string {
 func (*ContainerEvent) ProtoMessage() {}
 
 func (x *ContainerEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[37]
+	mi := &file_pods_v0_pods_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2576,7 +2647,7 @@ func (x *ContainerEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerEvent.ProtoReflect.Descriptor instead.
 func (*ContainerEvent) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{37}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ContainerEvent) GetType() ContainerEventType {
@@ -2614,7 +2685,7 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"resolvConf\x12\x18\n" +
 	"\aservers\x18\x02 \x03(\tR\aservers\x12\x1a\n" +
 	"\bsearches\x18\x03 \x03(\tR\bsearches\x12\x18\n" +
-	"\aoptions\x18\x04 \x03(\tR\aoptions\"\x80\x05\n" +
+	"\aoptions\x18\x04 \x03(\tR\aoptions\"\xc2\x05\n" +
 	"\x03Pod\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
 	"\rcgroup_parent\x18\x02 \x01(\tR\fcgroupParent\x12\x1a\n" +
@@ -2626,7 +2697,9 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\asysctls\x18\x06 \x03(\v2&.aurae.runtime.pod.v0.Pod.SysctlsEntryR\asysctls\x12=\n" +
 	"\x06labels\x18\a \x03(\v2%.aurae.runtime.pod.v0.Pod.LabelsEntryR\x06labels\x12L\n" +
 	"\vannotations\x18\b \x03(\v2*.aurae.runtime.pod.v0.Pod.AnnotationsEntryR\vannotations\x12'\n" +
-	"\x0fruntime_handler\x18\t \x01(\tR\x0eruntimeHandler\x1a:\n" +
+	"\x0fruntime_handler\x18\t \x01(\tR\x0eruntimeHandler\x12@\n" +
+	"\tresources\x18\n" +
+	" \x01(\v2\".aurae.runtime.pod.v0.PodResourcesR\tresources\x1a:\n" +
 	"\fSysctlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
@@ -2635,7 +2708,12 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
 	"\x10AnnotationsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\">\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"x\n" +
+	"\fPodResources\x12\x1d\n" +
+	"\n" +
+	"cpu_period\x18\x01 \x01(\x03R\tcpuPeriod\x12\x1b\n" +
+	"\tcpu_quota\x18\x02 \x01(\x03R\bcpuQuota\x12,\n" +
+	"\x12memory_limit_bytes\x18\x03 \x01(\x03R\x10memoryLimitBytes\">\n" +
 	"\x0fAllocateRequest\x12+\n" +
 	"\x03pod\x18\x01 \x01(\v2\x19.aurae.runtime.pod.v0.PodR\x03pod\"\x95\x03\n" +
 	"\x10AllocateResponse\x12\x15\n" +
@@ -2825,7 +2903,7 @@ func file_pods_v0_pods_proto_rawDescGZIP() []byte {
 }
 
 var file_pods_v0_pods_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_pods_v0_pods_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_pods_v0_pods_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_pods_v0_pods_proto_goTypes = []any{
 	(NamespaceMode)(0),                       // 0: aurae.runtime.pod.v0.NamespaceMode
 	(ContainerState)(0),                      // 1: aurae.runtime.pod.v0.ContainerState
@@ -2833,44 +2911,45 @@ var file_pods_v0_pods_proto_goTypes = []any{
 	(*NamespaceOptions)(nil),                 // 3: aurae.runtime.pod.v0.NamespaceOptions
 	(*DNSConfig)(nil),                        // 4: aurae.runtime.pod.v0.DNSConfig
 	(*Pod)(nil),                              // 5: aurae.runtime.pod.v0.Pod
-	(*AllocateRequest)(nil),                  // 6: aurae.runtime.pod.v0.AllocateRequest
-	(*AllocateResponse)(nil),                 // 7: aurae.runtime.pod.v0.AllocateResponse
-	(*Container)(nil),                        // 8: aurae.runtime.pod.v0.Container
-	(*StartRequest)(nil),                     // 9: aurae.runtime.pod.v0.StartRequest
-	(*StartResponse)(nil),                    // 10: aurae.runtime.pod.v0.StartResponse
-	(*StopRequest)(nil),                      // 11: aurae.runtime.pod.v0.StopRequest
-	(*StopResponse)(nil),                     // 12: aurae.runtime.pod.v0.StopResponse
-	(*FreeRequest)(nil),                      // 13: aurae.runtime.pod.v0.FreeRequest
-	(*FreeResponse)(nil),                     // 14: aurae.runtime.pod.v0.FreeResponse
-	(*ContainerStatus)(nil),                  // 15: aurae.runtime.pod.v0.ContainerStatus
-	(*ContainerStatusRequest)(nil),           // 16: aurae.runtime.pod.v0.ContainerStatusRequest
-	(*ContainerStatusResponse)(nil),          // 17: aurae.runtime.pod.v0.ContainerStatusResponse
-	(*ExecSyncRequest)(nil),                  // 18: aurae.runtime.pod.v0.ExecSyncRequest
-	(*ExecSyncResponse)(nil),                 // 19: aurae.runtime.pod.v0.ExecSyncResponse
-	(*ContainerStatsRequest)(nil),            // 20: aurae.runtime.pod.v0.ContainerStatsRequest
-	(*ContainerStatsResponse)(nil),           // 21: aurae.runtime.pod.v0.ContainerStatsResponse
-	(*RemoveContainerRequest)(nil),           // 22: aurae.runtime.pod.v0.RemoveContainerRequest
-	(*RemoveContainerResponse)(nil),          // 23: aurae.runtime.pod.v0.RemoveContainerResponse
-	(*ListPodsRequest)(nil),                  // 24: aurae.runtime.pod.v0.ListPodsRequest
-	(*PodStatus)(nil),                        // 25: aurae.runtime.pod.v0.PodStatus
-	(*ListPodsResponse)(nil),                 // 26: aurae.runtime.pod.v0.ListPodsResponse
-	(*UpdateContainerResourcesRequest)(nil),  // 27: aurae.runtime.pod.v0.UpdateContainerResourcesRequest
-	(*UpdateContainerResourcesResponse)(nil), // 28: aurae.runtime.pod.v0.UpdateContainerResourcesResponse
-	(*ReopenContainerLogRequest)(nil),        // 29: aurae.runtime.pod.v0.ReopenContainerLogRequest
-	(*ReopenContainerLogResponse)(nil),       // 30: aurae.runtime.pod.v0.ReopenContainerLogResponse
-	(*TerminalSize)(nil),                     // 31: aurae.runtime.pod.v0.TerminalSize
-	(*ExecStart)(nil),                        // 32: aurae.runtime.pod.v0.ExecStart
-	(*ExecRequest)(nil),                      // 33: aurae.runtime.pod.v0.ExecRequest
-	(*ExecExit)(nil),                         // 34: aurae.runtime.pod.v0.ExecExit
-	(*ExecResponse)(nil),                     // 35: aurae.runtime.pod.v0.ExecResponse
-	(*AttachStart)(nil),                      // 36: aurae.runtime.pod.v0.AttachStart
-	(*AttachRequest)(nil),                    // 37: aurae.runtime.pod.v0.AttachRequest
-	(*AttachResponse)(nil),                   // 38: aurae.runtime.pod.v0.AttachResponse
-	(*ContainerEventsRequest)(nil),           // 39: aurae.runtime.pod.v0.ContainerEventsRequest
-	(*ContainerEvent)(nil),                   // 40: aurae.runtime.pod.v0.ContainerEvent
-	nil,                                      // 41: aurae.runtime.pod.v0.Pod.SysctlsEntry
-	nil,                                      // 42: aurae.runtime.pod.v0.Pod.LabelsEntry
-	nil,                                      // 43: aurae.runtime.pod.v0.Pod.AnnotationsEntry
+	(*PodResources)(nil),                     // 6: aurae.runtime.pod.v0.PodResources
+	(*AllocateRequest)(nil),                  // 7: aurae.runtime.pod.v0.AllocateRequest
+	(*AllocateResponse)(nil),                 // 8: aurae.runtime.pod.v0.AllocateResponse
+	(*Container)(nil),                        // 9: aurae.runtime.pod.v0.Container
+	(*StartRequest)(nil),                     // 10: aurae.runtime.pod.v0.StartRequest
+	(*StartResponse)(nil),                    // 11: aurae.runtime.pod.v0.StartResponse
+	(*StopRequest)(nil),                      // 12: aurae.runtime.pod.v0.StopRequest
+	(*StopResponse)(nil),                     // 13: aurae.runtime.pod.v0.StopResponse
+	(*FreeRequest)(nil),                      // 14: aurae.runtime.pod.v0.FreeRequest
+	(*FreeResponse)(nil),                     // 15: aurae.runtime.pod.v0.FreeResponse
+	(*ContainerStatus)(nil),                  // 16: aurae.runtime.pod.v0.ContainerStatus
+	(*ContainerStatusRequest)(nil),           // 17: aurae.runtime.pod.v0.ContainerStatusRequest
+	(*ContainerStatusResponse)(nil),          // 18: aurae.runtime.pod.v0.ContainerStatusResponse
+	(*ExecSyncRequest)(nil),                  // 19: aurae.runtime.pod.v0.ExecSyncRequest
+	(*ExecSyncResponse)(nil),                 // 20: aurae.runtime.pod.v0.ExecSyncResponse
+	(*ContainerStatsRequest)(nil),            // 21: aurae.runtime.pod.v0.ContainerStatsRequest
+	(*ContainerStatsResponse)(nil),           // 22: aurae.runtime.pod.v0.ContainerStatsResponse
+	(*RemoveContainerRequest)(nil),           // 23: aurae.runtime.pod.v0.RemoveContainerRequest
+	(*RemoveContainerResponse)(nil),          // 24: aurae.runtime.pod.v0.RemoveContainerResponse
+	(*ListPodsRequest)(nil),                  // 25: aurae.runtime.pod.v0.ListPodsRequest
+	(*PodStatus)(nil),                        // 26: aurae.runtime.pod.v0.PodStatus
+	(*ListPodsResponse)(nil),                 // 27: aurae.runtime.pod.v0.ListPodsResponse
+	(*UpdateContainerResourcesRequest)(nil),  // 28: aurae.runtime.pod.v0.UpdateContainerResourcesRequest
+	(*UpdateContainerResourcesResponse)(nil), // 29: aurae.runtime.pod.v0.UpdateContainerResourcesResponse
+	(*ReopenContainerLogRequest)(nil),        // 30: aurae.runtime.pod.v0.ReopenContainerLogRequest
+	(*ReopenContainerLogResponse)(nil),       // 31: aurae.runtime.pod.v0.ReopenContainerLogResponse
+	(*TerminalSize)(nil),                     // 32: aurae.runtime.pod.v0.TerminalSize
+	(*ExecStart)(nil),                        // 33: aurae.runtime.pod.v0.ExecStart
+	(*ExecRequest)(nil),                      // 34: aurae.runtime.pod.v0.ExecRequest
+	(*ExecExit)(nil),                         // 35: aurae.runtime.pod.v0.ExecExit
+	(*ExecResponse)(nil),                     // 36: aurae.runtime.pod.v0.ExecResponse
+	(*AttachStart)(nil),                      // 37: aurae.runtime.pod.v0.AttachStart
+	(*AttachRequest)(nil),                    // 38: aurae.runtime.pod.v0.AttachRequest
+	(*AttachResponse)(nil),                   // 39: aurae.runtime.pod.v0.AttachResponse
+	(*ContainerEventsRequest)(nil),           // 40: aurae.runtime.pod.v0.ContainerEventsRequest
+	(*ContainerEvent)(nil),                   // 41: aurae.runtime.pod.v0.ContainerEvent
+	nil,                                      // 42: aurae.runtime.pod.v0.Pod.SysctlsEntry
+	nil,                                      // 43: aurae.runtime.pod.v0.Pod.LabelsEntry
+	nil,                                      // 44: aurae.runtime.pod.v0.Pod.AnnotationsEntry
 }
 var file_pods_v0_pods_proto_depIdxs = []int32{
 	0,  // 0: aurae.runtime.pod.v0.NamespaceOptions.network:type_name -> aurae.runtime.pod.v0.NamespaceMode
@@ -2878,58 +2957,59 @@ var file_pods_v0_pods_proto_depIdxs = []int32{
 	0,  // 2: aurae.runtime.pod.v0.NamespaceOptions.ipc:type_name -> aurae.runtime.pod.v0.NamespaceMode
 	4,  // 3: aurae.runtime.pod.v0.Pod.dns:type_name -> aurae.runtime.pod.v0.DNSConfig
 	3,  // 4: aurae.runtime.pod.v0.Pod.namespaces:type_name -> aurae.runtime.pod.v0.NamespaceOptions
-	41, // 5: aurae.runtime.pod.v0.Pod.sysctls:type_name -> aurae.runtime.pod.v0.Pod.SysctlsEntry
-	42, // 6: aurae.runtime.pod.v0.Pod.labels:type_name -> aurae.runtime.pod.v0.Pod.LabelsEntry
-	43, // 7: aurae.runtime.pod.v0.Pod.annotations:type_name -> aurae.runtime.pod.v0.Pod.AnnotationsEntry
-	5,  // 8: aurae.runtime.pod.v0.AllocateRequest.pod:type_name -> aurae.runtime.pod.v0.Pod
-	8,  // 9: aurae.runtime.pod.v0.StartRequest.container:type_name -> aurae.runtime.pod.v0.Container
-	1,  // 10: aurae.runtime.pod.v0.ContainerStatus.state:type_name -> aurae.runtime.pod.v0.ContainerState
-	15, // 11: aurae.runtime.pod.v0.ContainerStatusResponse.status:type_name -> aurae.runtime.pod.v0.ContainerStatus
-	5,  // 12: aurae.runtime.pod.v0.PodStatus.pod:type_name -> aurae.runtime.pod.v0.Pod
-	7,  // 13: aurae.runtime.pod.v0.PodStatus.paths:type_name -> aurae.runtime.pod.v0.AllocateResponse
-	15, // 14: aurae.runtime.pod.v0.PodStatus.containers:type_name -> aurae.runtime.pod.v0.ContainerStatus
-	25, // 15: aurae.runtime.pod.v0.ListPodsResponse.pods:type_name -> aurae.runtime.pod.v0.PodStatus
-	31, // 16: aurae.runtime.pod.v0.ExecStart.size:type_name -> aurae.runtime.pod.v0.TerminalSize
-	32, // 17: aurae.runtime.pod.v0.ExecRequest.start:type_name -> aurae.runtime.pod.v0.ExecStart
-	31, // 18: aurae.runtime.pod.v0.ExecRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
-	34, // 19: aurae.runtime.pod.v0.ExecResponse.exit:type_name -> aurae.runtime.pod.v0.ExecExit
-	36, // 20: aurae.runtime.pod.v0.AttachRequest.start:type_name -> aurae.runtime.pod.v0.AttachStart
-	31, // 21: aurae.runtime.pod.v0.AttachRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
-	2,  // 22: aurae.runtime.pod.v0.ContainerEvent.type:type_name -> aurae.runtime.pod.v0.ContainerEventType
-	15, // 23: aurae.runtime.pod.v0.ContainerEvent.status:type_name -> aurae.runtime.pod.v0.ContainerStatus
-	6,  // 24: aurae.runtime.pod.v0.PodService.Allocate:input_type -> aurae.runtime.pod.v0.AllocateRequest
-	9,  // 25: aurae.runtime.pod.v0.PodService.Start:input_type -> aurae.runtime.pod.v0.StartRequest
-	11, // 26: aurae.runtime.pod.v0.PodService.Stop:input_type -> aurae.runtime.pod.v0.StopRequest
-	13, // 27: aurae.runtime.pod.v0.PodService.Free:input_type -> aurae.runtime.pod.v0.FreeRequest
-	16, // 28: aurae.runtime.pod.v0.PodService.ContainerStatus:input_type -> aurae.runtime.pod.v0.ContainerStatusRequest
-	18, // 29: aurae.runtime.pod.v0.PodService.ExecSync:input_type -> aurae.runtime.pod.v0.ExecSyncRequest
-	20, // 30: aurae.runtime.pod.v0.PodService.ContainerStats:input_type -> aurae.runtime.pod.v0.ContainerStatsRequest
-	22, // 31: aurae.runtime.pod.v0.PodService.RemoveContainer:input_type -> aurae.runtime.pod.v0.RemoveContainerRequest
-	24, // 32: aurae.runtime.pod.v0.PodService.ListPods:input_type -> aurae.runtime.pod.v0.ListPodsRequest
-	27, // 33: aurae.runtime.pod.v0.PodService.UpdateContainerResources:input_type -> aurae.runtime.pod.v0.UpdateContainerResourcesRequest
-	29, // 34: aurae.runtime.pod.v0.PodService.ReopenContainerLog:input_type -> aurae.runtime.pod.v0.ReopenContainerLogRequest
-	33, // 35: aurae.runtime.pod.v0.PodService.Exec:input_type -> aurae.runtime.pod.v0.ExecRequest
-	37, // 36: aurae.runtime.pod.v0.PodService.Attach:input_type -> aurae.runtime.pod.v0.AttachRequest
-	39, // 37: aurae.runtime.pod.v0.PodService.ContainerEvents:input_type -> aurae.runtime.pod.v0.ContainerEventsRequest
-	7,  // 38: aurae.runtime.pod.v0.PodService.Allocate:output_type -> aurae.runtime.pod.v0.AllocateResponse
-	10, // 39: aurae.runtime.pod.v0.PodService.Start:output_type -> aurae.runtime.pod.v0.StartResponse
-	12, // 40: aurae.runtime.pod.v0.PodService.Stop:output_type -> aurae.runtime.pod.v0.StopResponse
-	14, // 41: aurae.runtime.pod.v0.PodService.Free:output_type -> aurae.runtime.pod.v0.FreeResponse
-	17, // 42: aurae.runtime.pod.v0.PodService.ContainerStatus:output_type -> aurae.runtime.pod.v0.ContainerStatusResponse
-	19, // 43: aurae.runtime.pod.v0.PodService.ExecSync:output_type -> aurae.runtime.pod.v0.ExecSyncResponse
-	21, // 44: aurae.runtime.pod.v0.PodService.ContainerStats:output_type -> aurae.runtime.pod.v0.ContainerStatsResponse
-	23, // 45: aurae.runtime.pod.v0.PodService.RemoveContainer:output_type -> aurae.runtime.pod.v0.RemoveContainerResponse
-	26, // 46: aurae.runtime.pod.v0.PodService.ListPods:output_type -> aurae.runtime.pod.v0.ListPodsResponse
-	28, // 47: aurae.runtime.pod.v0.PodService.UpdateContainerResources:output_type -> aurae.runtime.pod.v0.UpdateContainerResourcesResponse
-	30, // 48: aurae.runtime.pod.v0.PodService.ReopenContainerLog:output_type -> aurae.runtime.pod.v0.ReopenContainerLogResponse
-	35, // 49: aurae.runtime.pod.v0.PodService.Exec:output_type -> aurae.runtime.pod.v0.ExecResponse
-	38, // 50: aurae.runtime.pod.v0.PodService.Attach:output_type -> aurae.runtime.pod.v0.AttachResponse
-	40, // 51: aurae.runtime.pod.v0.PodService.ContainerEvents:output_type -> aurae.runtime.pod.v0.ContainerEvent
-	38, // [38:52] is the sub-list for method output_type
-	24, // [24:38] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	42, // 5: aurae.runtime.pod.v0.Pod.sysctls:type_name -> aurae.runtime.pod.v0.Pod.SysctlsEntry
+	43, // 6: aurae.runtime.pod.v0.Pod.labels:type_name -> aurae.runtime.pod.v0.Pod.LabelsEntry
+	44, // 7: aurae.runtime.pod.v0.Pod.annotations:type_name -> aurae.runtime.pod.v0.Pod.AnnotationsEntry
+	6,  // 8: aurae.runtime.pod.v0.Pod.resources:type_name -> aurae.runtime.pod.v0.PodResources
+	5,  // 9: aurae.runtime.pod.v0.AllocateRequest.pod:type_name -> aurae.runtime.pod.v0.Pod
+	9,  // 10: aurae.runtime.pod.v0.StartRequest.container:type_name -> aurae.runtime.pod.v0.Container
+	1,  // 11: aurae.runtime.pod.v0.ContainerStatus.state:type_name -> aurae.runtime.pod.v0.ContainerState
+	16, // 12: aurae.runtime.pod.v0.ContainerStatusResponse.status:type_name -> aurae.runtime.pod.v0.ContainerStatus
+	5,  // 13: aurae.runtime.pod.v0.PodStatus.pod:type_name -> aurae.runtime.pod.v0.Pod
+	8,  // 14: aurae.runtime.pod.v0.PodStatus.paths:type_name -> aurae.runtime.pod.v0.AllocateResponse
+	16, // 15: aurae.runtime.pod.v0.PodStatus.containers:type_name -> aurae.runtime.pod.v0.ContainerStatus
+	26, // 16: aurae.runtime.pod.v0.ListPodsResponse.pods:type_name -> aurae.runtime.pod.v0.PodStatus
+	32, // 17: aurae.runtime.pod.v0.ExecStart.size:type_name -> aurae.runtime.pod.v0.TerminalSize
+	33, // 18: aurae.runtime.pod.v0.ExecRequest.start:type_name -> aurae.runtime.pod.v0.ExecStart
+	32, // 19: aurae.runtime.pod.v0.ExecRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
+	35, // 20: aurae.runtime.pod.v0.ExecResponse.exit:type_name -> aurae.runtime.pod.v0.ExecExit
+	37, // 21: aurae.runtime.pod.v0.AttachRequest.start:type_name -> aurae.runtime.pod.v0.AttachStart
+	32, // 22: aurae.runtime.pod.v0.AttachRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
+	2,  // 23: aurae.runtime.pod.v0.ContainerEvent.type:type_name -> aurae.runtime.pod.v0.ContainerEventType
+	16, // 24: aurae.runtime.pod.v0.ContainerEvent.status:type_name -> aurae.runtime.pod.v0.ContainerStatus
+	7,  // 25: aurae.runtime.pod.v0.PodService.Allocate:input_type -> aurae.runtime.pod.v0.AllocateRequest
+	10, // 26: aurae.runtime.pod.v0.PodService.Start:input_type -> aurae.runtime.pod.v0.StartRequest
+	12, // 27: aurae.runtime.pod.v0.PodService.Stop:input_type -> aurae.runtime.pod.v0.StopRequest
+	14, // 28: aurae.runtime.pod.v0.PodService.Free:input_type -> aurae.runtime.pod.v0.FreeRequest
+	17, // 29: aurae.runtime.pod.v0.PodService.ContainerStatus:input_type -> aurae.runtime.pod.v0.ContainerStatusRequest
+	19, // 30: aurae.runtime.pod.v0.PodService.ExecSync:input_type -> aurae.runtime.pod.v0.ExecSyncRequest
+	21, // 31: aurae.runtime.pod.v0.PodService.ContainerStats:input_type -> aurae.runtime.pod.v0.ContainerStatsRequest
+	23, // 32: aurae.runtime.pod.v0.PodService.RemoveContainer:input_type -> aurae.runtime.pod.v0.RemoveContainerRequest
+	25, // 33: aurae.runtime.pod.v0.PodService.ListPods:input_type -> aurae.runtime.pod.v0.ListPodsRequest
+	28, // 34: aurae.runtime.pod.v0.PodService.UpdateContainerResources:input_type -> aurae.runtime.pod.v0.UpdateContainerResourcesRequest
+	30, // 35: aurae.runtime.pod.v0.PodService.ReopenContainerLog:input_type -> aurae.runtime.pod.v0.ReopenContainerLogRequest
+	34, // 36: aurae.runtime.pod.v0.PodService.Exec:input_type -> aurae.runtime.pod.v0.ExecRequest
+	38, // 37: aurae.runtime.pod.v0.PodService.Attach:input_type -> aurae.runtime.pod.v0.AttachRequest
+	40, // 38: aurae.runtime.pod.v0.PodService.ContainerEvents:input_type -> aurae.runtime.pod.v0.ContainerEventsRequest
+	8,  // 39: aurae.runtime.pod.v0.PodService.Allocate:output_type -> aurae.runtime.pod.v0.AllocateResponse
+	11, // 40: aurae.runtime.pod.v0.PodService.Start:output_type -> aurae.runtime.pod.v0.StartResponse
+	13, // 41: aurae.runtime.pod.v0.PodService.Stop:output_type -> aurae.runtime.pod.v0.StopResponse
+	15, // 42: aurae.runtime.pod.v0.PodService.Free:output_type -> aurae.runtime.pod.v0.FreeResponse
+	18, // 43: aurae.runtime.pod.v0.PodService.ContainerStatus:output_type -> aurae.runtime.pod.v0.ContainerStatusResponse
+	20, // 44: aurae.runtime.pod.v0.PodService.ExecSync:output_type -> aurae.runtime.pod.v0.ExecSyncResponse
+	22, // 45: aurae.runtime.pod.v0.PodService.ContainerStats:output_type -> aurae.runtime.pod.v0.ContainerStatsResponse
+	24, // 46: aurae.runtime.pod.v0.PodService.RemoveContainer:output_type -> aurae.runtime.pod.v0.RemoveContainerResponse
+	27, // 47: aurae.runtime.pod.v0.PodService.ListPods:output_type -> aurae.runtime.pod.v0.ListPodsResponse
+	29, // 48: aurae.runtime.pod.v0.PodService.UpdateContainerResources:output_type -> aurae.runtime.pod.v0.UpdateContainerResourcesResponse
+	31, // 49: aurae.runtime.pod.v0.PodService.ReopenContainerLog:output_type -> aurae.runtime.pod.v0.ReopenContainerLogResponse
+	36, // 50: aurae.runtime.pod.v0.PodService.Exec:output_type -> aurae.runtime.pod.v0.ExecResponse
+	39, // 51: aurae.runtime.pod.v0.PodService.Attach:output_type -> aurae.runtime.pod.v0.AttachResponse
+	41, // 52: aurae.runtime.pod.v0.PodService.ContainerEvents:output_type -> aurae.runtime.pod.v0.ContainerEvent
+	39, // [39:53] is the sub-list for method output_type
+	25, // [25:39] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_pods_v0_pods_proto_init() }
@@ -2937,24 +3017,24 @@ func file_pods_v0_pods_proto_init() {
 	if File_pods_v0_pods_proto != nil {
 		return
 	}
-	file_pods_v0_pods_proto_msgTypes[30].OneofWrappers = []any{
+	file_pods_v0_pods_proto_msgTypes[31].OneofWrappers = []any{
 		(*ExecRequest_Start)(nil),
 		(*ExecRequest_Stdin)(nil),
 		(*ExecRequest_Resize)(nil),
 		(*ExecRequest_CloseStdin)(nil),
 	}
-	file_pods_v0_pods_proto_msgTypes[32].OneofWrappers = []any{
+	file_pods_v0_pods_proto_msgTypes[33].OneofWrappers = []any{
 		(*ExecResponse_Stdout)(nil),
 		(*ExecResponse_Stderr)(nil),
 		(*ExecResponse_Exit)(nil),
 	}
-	file_pods_v0_pods_proto_msgTypes[34].OneofWrappers = []any{
+	file_pods_v0_pods_proto_msgTypes[35].OneofWrappers = []any{
 		(*AttachRequest_Start)(nil),
 		(*AttachRequest_Stdin)(nil),
 		(*AttachRequest_Resize)(nil),
 		(*AttachRequest_CloseStdin)(nil),
 	}
-	file_pods_v0_pods_proto_msgTypes[35].OneofWrappers = []any{
+	file_pods_v0_pods_proto_msgTypes[36].OneofWrappers = []any{
 		(*AttachResponse_Stdout)(nil),
 		(*AttachResponse_Stderr)(nil),
 	}
@@ -2964,7 +3044,7 @@ func file_pods_v0_pods_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pods_v0_pods_proto_rawDesc), len(file_pods_v0_pods_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   41,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
