@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,7 +13,9 @@ import (
 	"time"
 
 	"github.com/aurae-runtime/aurae-cri/test/testimage"
+	"k8s.io/client-go/tools/remotecommand"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	utilexec "k8s.io/client-go/util/exec"
 )
 
 const vmImageDir = "/var/lib/aurae/vm"
@@ -126,6 +129,29 @@ func TestCRIVMPod(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(out)) != guestRelease {
 		t.Fatalf("exec uname -r: %q %v", out, err)
 	}
+	// Exec through the streaming server, with stdin, then on a terminal.
+	resp, err := c.Runtime.Exec(ctx, &runtimeapi.ExecRequest{
+		ContainerId: srv, Cmd: []string{"sh", "-c", "read x; echo got $x; echo err >&2; exit 3"},
+		Stdin: true, Stdout: true, Stderr: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	err = stream(ctx, t, resp.GetUrl(), remotecommand.StreamOptions{Stdin: strings.NewReader("hello\n"), Stdout: &stdout, Stderr: &stderr})
+	var exit utilexec.CodeExitError
+	if !errors.As(err, &exit) || exit.Code != 3 || stdout.String() != "got hello\n" || stderr.String() != "err\n" {
+		t.Errorf("exec with stdin: %v, stdout %q, stderr %q", err, stdout.String(), stderr.String())
+	}
+	resp, err = c.Runtime.Exec(ctx, &runtimeapi.ExecRequest{ContainerId: srv, Cmd: []string{"busybox", "tty"}, Tty: true, Stdout: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout.Reset()
+	if err := stream(ctx, t, resp.GetUrl(), remotecommand.StreamOptions{Stdout: &stdout, Tty: true}); err != nil || !strings.HasPrefix(stdout.String(), "/dev/pts/") {
+		t.Errorf("exec on a tty: %v, output %q", err, stdout.String())
+	}
+
 	time.Sleep(2 * time.Second) // let the idle VM settle before measuring
 	t.Logf("vm pod: RunPodSandbox %v, container running after %v; guest kernel %s; qemu RSS/PSS %d/%d KiB",
 		runTime.Round(time.Millisecond), ready.Round(time.Millisecond), guestRelease, rssOf(pids[0]), pssKiB(pids[0]))
