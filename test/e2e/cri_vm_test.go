@@ -14,8 +14,8 @@ import (
 
 	"github.com/aurae-runtime/aurae-cri/test/testimage"
 	"k8s.io/client-go/tools/remotecommand"
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	utilexec "k8s.io/client-go/util/exec"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 const vmImageDir = "/var/lib/aurae/vm"
