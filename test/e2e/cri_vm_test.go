@@ -160,6 +160,10 @@ func TestCRIVMPod(t *testing.T) {
 		if r["msg"] == "vm pod running" || r["msg"] == "vm started" {
 			t.Logf("%s: %v", r["msg"], r)
 		}
+		if m, _ := r["method"].(string); r["msg"] == "gRPC call" && strings.Contains(m, "Container") && !strings.Contains(m, "Status") {
+			d, _ := r["duration"].(float64)
+			t.Logf("%s %v %s", m, r["component"], time.Duration(d).Round(time.Millisecond))
+		}
 	}
 
 	// A native pod reaches the VM pod over the pod network.
