@@ -15,6 +15,20 @@ VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/aurae-runtime/aurae-cri/pkg/version.Version=$(VERSION)
 
 APT_PACKAGES := protobuf-compiler runc conmon containerd busybox-static iproute2
+# apt_install installs the Debian packages of $(1) that are missing (apt-get
+# update only then), so that deps stays quick and idempotent.
+define apt_install
+	@missing=""; \
+	for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
+endef
+
 PROTOC_GEN_GO_VERSION := v1.36.10
 PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 GRPCURL_VERSION := v1.9.3
@@ -36,15 +50,7 @@ cni:
 	$(SUDO) env PATH="$(PATH)" GO=$(GO) hack/install-cni-plugins.sh /opt/cni/bin
 
 apt:
-	@missing=""; \
-	for p in $(APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  $(SUDO) apt-get update; \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
-	fi
+	$(call apt_install,$(APT_PACKAGES))
 
 # Each tool is (re)installed only when its pinned version's stamp is missing.
 tools: $(BIN)/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION) \
@@ -127,15 +133,7 @@ clean:
 ## vm-deps: Debian packages for the guest image and its boot test (QEMU, kernel source and tools)
 VM_APT_PACKAGES := qemu-system-x86 cpio linux-source-6.1 flex bison bc libelf-dev libssl-dev build-essential xz-utils busybox-static runc conmon
 vm-deps:
-	@missing=""; \
-	for p in $(VM_APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  $(SUDO) apt-get update; \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
-	fi
+	$(call apt_install,$(VM_APT_PACKAGES))
 
 ## vm-image: guest kernel (vmlinux) and initramfs (static auraed as /init) into VM_IMAGE_DIR (cached)
 VM_IMAGE_DIR ?= /var/lib/aurae/vm
