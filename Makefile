@@ -97,8 +97,8 @@ run: deps build
 run-auraed: deps build
 	$(SUDO) $(BIN)/auraed $(RUN_ARGS)
 
-## test: every test with the race detector, e2e included (the real kubelet one too)
-test: build kubelet
+## test: every test with the race detector, e2e included (the real kubelet and the VM pods too)
+test: build kubelet vm-image
 	AURAE_KUBELET_E2E=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 ## kubelet: build (or take from the cache) the pinned upstream kubelet the e2e tests run
