@@ -19,11 +19,8 @@ func (r *Runtime) Exec(ctx context.Context, req *runtimeapi.ExecRequest) (*runti
 	if len(req.GetCmd()) == 0 {
 		return nil, fmt.Errorf("exec command is empty: %w", errInvalid)
 	}
-	if !req.GetStdin() && !req.GetStdout() && !req.GetStderr() {
-		return nil, fmt.Errorf("exec: one of stdin, stdout and stderr must be requested: %w", errInvalid)
-	}
-	if req.GetTty() && req.GetStderr() {
-		return nil, fmt.Errorf("exec: tty and stderr cannot both be requested (a terminal has one output): %w", errInvalid)
+	if err := checkStreams("exec", req.GetStdin(), req.GetStdout(), req.GetStderr(), req.GetTty()); err != nil {
+		return nil, err
 	}
 	_, c, err := r.runningContainer(req.GetContainerId())
 	if err != nil {
@@ -47,11 +44,8 @@ func (r *Runtime) Attach(ctx context.Context, req *runtimeapi.AttachRequest) (*r
 	if err := r.checkReady(); err != nil {
 		return nil, err
 	}
-	if !req.GetStdin() && !req.GetStdout() && !req.GetStderr() {
-		return nil, fmt.Errorf("attach: one of stdin, stdout and stderr must be requested: %w", errInvalid)
-	}
-	if req.GetTty() && req.GetStderr() {
-		return nil, fmt.Errorf("attach: tty and stderr cannot both be requested (a terminal has one output): %w", errInvalid)
+	if err := checkStreams("attach", req.GetStdin(), req.GetStdout(), req.GetStderr(), req.GetTty()); err != nil {
+		return nil, err
 	}
 	_, c, err := r.runningContainer(req.GetContainerId())
 	if err != nil {
@@ -68,6 +62,18 @@ func (r *Runtime) Attach(ctx context.Context, req *runtimeapi.AttachRequest) (*r
 		return nil, fmt.Errorf("attach to container %s: %w", c.ID, err)
 	}
 	return resp, nil
+}
+
+// checkStreams refuses a session that asks for no stream, or for stderr on
+// a terminal (which has one output).
+func checkStreams(what string, stdin, stdout, stderr, tty bool) error {
+	if !stdin && !stdout && !stderr {
+		return fmt.Errorf("%s: one of stdin, stdout and stderr must be requested: %w", what, errInvalid)
+	}
+	if tty && stderr {
+		return fmt.Errorf("%s: tty and stderr cannot both be requested (a terminal has one output): %w", what, errInvalid)
+	}
+	return nil
 }
 
 // runningContainer is a container that exists and runs (else NotFound or
