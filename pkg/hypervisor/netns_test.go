@@ -3,8 +3,12 @@ package hypervisor
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/netcni"
 )
 
 func TestArgsNICsAndShares(t *testing.T) {
@@ -27,21 +31,33 @@ func TestArgsNICsAndShares(t *testing.T) {
 // only that namespace's devices, and the caller's thread is back home.
 func TestStartInNetns(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root (ip netns add)")
+		t.Skip("needs root (a pinned network namespace)")
 	}
-	name := "aurae-hv-test"
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Skipf("ip netns add: %v: %s", err, out)
+	// Pinned under the test's own dir: `ip netns add` would leave
+	// /run/netns mounted on itself.
+	nsPath := filepath.Join(t.TempDir(), "netns")
+	if err := netcni.CreateNetNS(nsPath); err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	t.Cleanup(func() {
+		if err := netcni.RemoveNetNS(nsPath); err != nil {
+			t.Error(err)
+		}
+	})
 	before, err := os.Readlink("/proc/thread-self/ns/net")
 	if err != nil {
 		t.Skip(err)
 	}
+	// CreateNetNS's thread stays in the new namespace until it exits, which
+	// the runtime does a moment after its goroutine ended.
+	deadline := time.Now().Add(5 * time.Second)
+	for len(foreignThreads(before)) > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
 	cmd := exec.Command("cat", "/proc/net/dev")
 	var out strings.Builder
 	cmd.Stdout = &out
-	if err := startIn("/run/netns/"+name, cmd); err != nil {
+	if err := startIn(nsPath, cmd); err != nil {
 		t.Fatal(err)
 	}
 	if err := cmd.Wait(); err != nil {
@@ -51,10 +67,20 @@ func TestStartInNetns(t *testing.T) {
 		t.Fatalf("devices in the namespace:\n%s", out.String())
 	}
 	// Every thread of the process is back (or was never) in its namespace.
+	if left := foreignThreads(before); len(left) > 0 {
+		t.Fatalf("threads %v are not in the process's namespace %s", left, before)
+	}
+}
+
+// foreignThreads lists the threads of this process outside network
+// namespace ns.
+func foreignThreads(ns string) []string {
+	var out []string
 	tasks, _ := os.ReadDir("/proc/self/task")
 	for _, task := range tasks {
-		if ns, err := os.Readlink("/proc/self/task/" + task.Name() + "/ns/net"); err == nil && ns != before {
-			t.Fatalf("thread %s is in %s, the process in %s", task.Name(), ns, before)
+		if got, err := os.Readlink("/proc/self/task/" + task.Name() + "/ns/net"); err == nil && got != ns {
+			out = append(out, task.Name()+":"+got)
 		}
 	}
+	return out
 }

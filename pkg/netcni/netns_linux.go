@@ -40,16 +40,29 @@ func CreateNetNS(path string) error {
 
 	errc := make(chan error, 1)
 	go func() {
-		// The thread is left locked: it dies with this goroutine instead of
-		// going back to the scheduler inside the new namespace.
 		runtime.LockOSThread()
+		home, err := os.Open(fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid()))
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer home.Close()
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("unshare: %w", err)
 			return
 		}
 		src := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid())
-		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
-			errc <- fmt.Errorf("bind mount %s: %w", src, err)
+		mountErr := unix.Mount(src, path, "none", unix.MS_BIND, "")
+		// Back home before the thread serves other goroutines. Should that
+		// fail, the thread stays locked and dies with this goroutine (a
+		// locked main thread would instead stay in the namespace, pinning it).
+		if err := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); err == nil {
+			runtime.UnlockOSThread()
+		}
+		if mountErr != nil {
+			errc <- fmt.Errorf("bind mount %s: %w", src, mountErr)
 			return
 		}
 		errc <- nil
