@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"github.com/aurae-runtime/aurae-cri/internal/linux"
-	"io"
 	"os"
 	"path"
 	"time"
@@ -225,22 +224,8 @@ func (s *Service) startInit(ctx context.Context, c *cell, ns namespaces) (*initP
 		_, _ = proc.Wait()
 		return nil, fmt.Errorf("init of cell %q: %w", c.name, err)
 	}
-	got := make(chan []byte, 1)
-	go func() {
-		b, _ := io.ReadAll(io.LimitReader(readyR, 4096))
-		got <- b
-	}()
-	select {
-	case b := <-got:
-		if string(b) != "1" {
-			return fail(fmt.Errorf("not ready: %q", b))
-		}
-	case <-time.After(initTimeout):
-		readyR.Close()
-		return fail(errors.New("not ready in time"))
-	case <-ctx.Done():
-		readyR.Close()
-		return fail(ctx.Err())
+	if err := linux.WaitReady(ctx, readyR, initTimeout); err != nil {
+		return fail(err)
 	}
 	if ip.start, err = linux.StartTime(ip.pid); err != nil {
 		return fail(err)

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"os"
-	"os/signal"
 	"strings"
 
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/nsexec"
@@ -35,23 +34,7 @@ func MaybeRunCellInit() {
 		os.Exit(1)
 	}
 	// Only Free (SIGKILL) ends a cell.
-	signal.Ignore(unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
-	children := make(chan os.Signal, 1)
-	signal.Notify(children, unix.SIGCHLD)
-	if _, err := ready.Write([]byte{'1'}); err != nil {
-		os.Exit(1)
-	}
-	ready.Close()
-	for {
-		for {
-			var ws unix.WaitStatus
-			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-			if pid <= 0 || err != nil {
-				break
-			}
-		}
-		<-children
-	}
+	linux.ReadyAndReap(ready)
 }
 
 func setupCellInit(flags, hostname string) error {

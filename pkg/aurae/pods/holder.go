@@ -1,14 +1,13 @@
 package pods
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/aurae-runtime/aurae-cri/internal/linux"
-	"io"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -46,23 +45,7 @@ func runHolder(flags string) {
 		os.Exit(1)
 	}
 	// Only Free (SIGKILL) ends a holder.
-	signal.Ignore(unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
-	children := make(chan os.Signal, 1)
-	signal.Notify(children, unix.SIGCHLD)
-	if _, err := ready.Write([]byte{'1'}); err != nil {
-		os.Exit(1)
-	}
-	ready.Close()
-	for {
-		for {
-			var ws unix.WaitStatus
-			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-			if pid <= 0 || err != nil {
-				break
-			}
-		}
-		<-children
-	}
+	linux.ReadyAndReap(ready)
 }
 
 func setupHolder(flags, hostname, sysctls string) error {
@@ -157,18 +140,8 @@ func startHolder(h holderSpec) (*exec.Cmd, error) {
 			return fail(fmt.Errorf("place namespace holder: %w", err))
 		}
 	}
-	got := make(chan []byte, 1)
-	go func() {
-		b, _ := io.ReadAll(io.LimitReader(readyR, 4096))
-		got <- b
-	}()
-	select {
-	case b := <-got:
-		if string(b) != "1" {
-			return fail(fmt.Errorf("namespace holder not ready: %q", b))
-		}
-	case <-time.After(holderTimeout):
-		return fail(errors.New("namespace holder not ready in time"))
+	if err := linux.WaitReady(context.Background(), readyR, holderTimeout); err != nil {
+		return fail(fmt.Errorf("namespace holder: %w", err))
 	}
 	return cmd, nil
 }
