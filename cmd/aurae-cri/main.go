@@ -65,7 +65,12 @@ func run(cfg config) error {
 	defer lis.Close()
 
 	var servers []*grpc.Server
-	defer func() { shutdown(servers, logger) }()
+	// The CRI server first, then the embedded auraed its calls may need.
+	defer func() {
+		for i := len(servers) - 1; i >= 0; i-- {
+			server.Shutdown(logger, shutdownGrace, servers[i])
+		}
+	}()
 
 	auraeAddr := cfg.AuraeAddress
 	if auraeAddr == "" {
@@ -186,19 +191,4 @@ func startEmbeddedAuraed(ctx context.Context, cfg config, logger *slog.Logger) (
 		}
 	}()
 	return &embeddedAuraed{Daemon: d, server: s}, "unix://" + sock, nil
-}
-
-// shutdown stops the servers gracefully, then hard once shutdownGrace is over.
-func shutdown(servers []*grpc.Server, logger *slog.Logger) {
-	for i := len(servers) - 1; i >= 0; i-- {
-		s := servers[i]
-		done := make(chan struct{})
-		go func() { s.GracefulStop(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(shutdownGrace):
-			logger.Warn("graceful stop timed out; closing the remaining calls")
-			s.Stop()
-		}
-	}
 }

@@ -90,7 +90,7 @@ func runGuestServer() error {
 		}
 	}
 	stop()
-	shutdown([]*grpc.Server{s}, logger)
+	server.Shutdown(logger, shutdownGrace, s)
 	return runErr
 }
 

@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"sync"
 	"syscall"
 	"time"
 
@@ -178,30 +177,7 @@ func run(cfg config) error {
 		runErr = fmt.Errorf("serve: %w", err)
 	}
 	stop()
-	shutdown(servers, logger)
+	server.Shutdown(logger, shutdownGrace, servers...)
 	logger.Info("auraed stopped")
 	return runErr
-}
-
-// shutdown stops the servers gracefully, then hard once shutdownGrace is
-// over. Stopping closes the listeners, which removes the unix socket.
-func shutdown(servers []*grpc.Server, logger *slog.Logger) {
-	done := make(chan struct{})
-	go func() {
-		var wg sync.WaitGroup
-		for _, s := range servers {
-			wg.Go(s.GracefulStop)
-		}
-		wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(shutdownGrace):
-		logger.Warn("graceful stop timed out; closing the remaining calls", "after", shutdownGrace)
-		for _, s := range servers {
-			s.Stop()
-		}
-		<-done
-	}
 }
