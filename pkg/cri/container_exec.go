@@ -19,18 +19,7 @@ func (r *Runtime) ExecSync(ctx context.Context, req *runtimeapi.ExecSyncRequest)
 	if req.GetTimeout() < 0 {
 		return nil, fmt.Errorf("timeout %d is negative: %w", req.GetTimeout(), errInvalid)
 	}
-	c, err := r.store.Container(req.GetContainerId())
-	if err != nil {
-		return nil, err
-	}
-	if c.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
-		return nil, fmt.Errorf("container %s is %s, not running: %w", c.ID, c.Status.State, errPrecondition)
-	}
-	sb, err := r.store.Sandbox(c.SandboxID)
-	if err != nil {
-		return nil, err
-	}
-	ctrl, err := r.controller(sb.RuntimeHandler)
+	ctrl, c, err := r.runningContainer(req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}

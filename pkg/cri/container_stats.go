@@ -65,11 +65,7 @@ func (r *Runtime) containerStats(ctx context.Context, c sandbox.Container) *runt
 	if c.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
 		return st
 	}
-	sb, err := r.store.Sandbox(c.SandboxID)
-	if err != nil {
-		return st
-	}
-	ctrl, err := r.controller(sb.RuntimeHandler)
+	ctrl, err := r.controllerOf(c.SandboxID)
 	if err != nil {
 		return st
 	}

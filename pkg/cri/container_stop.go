@@ -52,11 +52,7 @@ func (r *Runtime) stopContainer(ctx context.Context, id string, timeout time.Dur
 		})
 		return err
 	}
-	sb, err := r.store.Sandbox(c.SandboxID)
-	if err != nil {
-		return err
-	}
-	ctrl, err := r.controller(sb.RuntimeHandler)
+	ctrl, err := r.controllerOf(c.SandboxID)
 	if err != nil {
 		return err
 	}

@@ -6,8 +6,6 @@ import (
 
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
-
-	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 )
 
 // Exec implements RuntimeService.Exec: it checks the request and answers
@@ -74,28 +72,4 @@ func checkStreams(what string, stdin, stdout, stderr, tty bool) error {
 		return fmt.Errorf("%s: tty and stderr cannot both be requested (a terminal has one output): %w", what, errInvalid)
 	}
 	return nil
-}
-
-// runningContainer is a container that exists and runs (else NotFound or
-// FailedPrecondition), with the controller of its pod.
-func (r *Runtime) runningContainer(id string) (sandbox.Controller, sandbox.Container, error) {
-	if id == "" {
-		return nil, sandbox.Container{}, fmt.Errorf("container id is empty: %w", errInvalid)
-	}
-	c, err := r.store.Container(id)
-	if err != nil {
-		return nil, sandbox.Container{}, err
-	}
-	if c.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
-		return nil, sandbox.Container{}, fmt.Errorf("container %s is %s, not running: %w", c.ID, c.Status.State, errPrecondition)
-	}
-	sb, err := r.store.Sandbox(c.SandboxID)
-	if err != nil {
-		return nil, sandbox.Container{}, err
-	}
-	ctrl, err := r.controller(sb.RuntimeHandler)
-	if err != nil {
-		return nil, sandbox.Container{}, err
-	}
-	return ctrl, c, nil
 }

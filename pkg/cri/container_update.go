@@ -43,11 +43,7 @@ func (r *Runtime) UpdateContainerResources(ctx context.Context, req *runtimeapi.
 		return nil, err
 	}
 	if c.Status.State == runtimeapi.ContainerState_CONTAINER_RUNNING {
-		sb, err := r.store.Sandbox(c.SandboxID)
-		if err != nil {
-			return nil, err
-		}
-		ctrl, err := r.controller(sb.RuntimeHandler)
+		ctrl, err := r.controllerOf(c.SandboxID)
 		if err != nil {
 			return nil, err
 		}
@@ -114,18 +110,7 @@ func (r *Runtime) ReopenContainerLog(ctx context.Context, req *runtimeapi.Reopen
 	if err := r.checkReady(); err != nil {
 		return nil, err
 	}
-	c, err := r.store.Container(req.GetContainerId())
-	if err != nil {
-		return nil, err
-	}
-	if c.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
-		return nil, fmt.Errorf("container %s is not running: %w", c.ID, errPrecondition)
-	}
-	sb, err := r.store.Sandbox(c.SandboxID)
-	if err != nil {
-		return nil, err
-	}
-	ctrl, err := r.controller(sb.RuntimeHandler)
+	ctrl, c, err := r.runningContainer(req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}

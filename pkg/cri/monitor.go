@@ -31,11 +31,7 @@ func (r *Runtime) checkExits(ctx context.Context) {
 		if c.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
 			continue
 		}
-		sb, err := r.store.Sandbox(c.SandboxID)
-		if err != nil {
-			continue
-		}
-		ctrl, err := r.controller(sb.RuntimeHandler)
+		ctrl, err := r.controllerOf(c.SandboxID)
 		if err != nil {
 			continue
 		}

@@ -116,6 +116,35 @@ func (r *Runtime) controller(handler string) (sandbox.Controller, error) {
 	return c, nil
 }
 
+// controllerOf is the controller of a pod's runtime handler.
+func (r *Runtime) controllerOf(podID string) (sandbox.Controller, error) {
+	sb, err := r.store.Sandbox(podID)
+	if err != nil {
+		return nil, err
+	}
+	return r.controller(sb.RuntimeHandler)
+}
+
+// runningContainer is a container that exists and runs (else NotFound or
+// FailedPrecondition), with the controller of its pod.
+func (r *Runtime) runningContainer(id string) (sandbox.Controller, sandbox.Container, error) {
+	if id == "" {
+		return nil, sandbox.Container{}, fmt.Errorf("container id is empty: %w", errInvalid)
+	}
+	c, err := r.store.Container(id)
+	if err != nil {
+		return nil, sandbox.Container{}, err
+	}
+	if c.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
+		return nil, sandbox.Container{}, fmt.Errorf("container %s is %s, not running: %w", c.ID, c.Status.State, errPrecondition)
+	}
+	ctrl, err := r.controllerOf(c.SandboxID)
+	if err != nil {
+		return nil, sandbox.Container{}, err
+	}
+	return ctrl, c, nil
+}
+
 // bounded gives a call to auraed, containerd or CNI its own deadline.
 func bounded(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, d)
