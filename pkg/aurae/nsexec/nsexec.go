@@ -62,8 +62,6 @@ func Start(spec Spec) (*os.Process, error) {
 		Path:       "/proc/self/exe",
 		Args:       spec.Args,
 		Env:        append(append([]string{}, spec.Env...), "_AURAE_NSEXEC=1"),
-		Stdout:     spec.Stdout,
-		Stderr:     spec.Stderr,
 		ExtraFiles: append([]*os.File{cfgR, errW}, spec.ExtraFiles...),
 		SysProcAttr: &syscall.SysProcAttr{
 			// A new session: the process does not get auraed's terminal signals.
@@ -73,19 +71,7 @@ func Start(spec Spec) (*os.Process, error) {
 	if spec.NewPid {
 		cmd.SysProcAttr.Cloneflags = unix.CLONE_NEWPID
 	}
-	if spec.Stdout == nil || spec.Stderr == nil {
-		devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
-		if err != nil {
-			return nil, err
-		}
-		defer devnull.Close()
-		if spec.Stdout == nil {
-			cmd.Stdout = devnull
-		}
-		if spec.Stderr == nil {
-			cmd.Stderr = devnull
-		}
-	}
+	setStdio(cmd, spec)
 	err = startIn(cmd, spec.JoinPid)
 	cfgR.Close()
 	errW.Close()

@@ -61,12 +61,10 @@ func (e *StartError) Error() string { return fmt.Sprintf("start %s: %s", e.Path,
 // command; it is placed in its cgroups and then let go.
 func startTraced(spec Spec) (*os.Process, error) {
 	cmd := &exec.Cmd{
-		Path:   spec.Path,
-		Args:   spec.Args,
-		Env:    spec.Env,
-		Dir:    spec.Dir,
-		Stdout: spec.Stdout,
-		Stderr: spec.Stderr,
+		Path: spec.Path,
+		Args: spec.Args,
+		Env:  spec.Env,
+		Dir:  spec.Dir,
 		SysProcAttr: &syscall.SysProcAttr{
 			Setsid: true,
 			Ptrace: true,
@@ -85,19 +83,7 @@ func startTraced(spec Spec) (*os.Process, error) {
 		}
 		cmd.SysProcAttr.Credential = cred
 	}
-	if spec.Stdout == nil || spec.Stderr == nil {
-		devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
-		if err != nil {
-			return nil, err
-		}
-		defer devnull.Close()
-		if spec.Stdout == nil {
-			cmd.Stdout = devnull
-		}
-		if spec.Stderr == nil {
-			cmd.Stderr = devnull
-		}
-	}
+	setStdio(cmd, spec)
 	// The tracer is the thread that forked: it must also be the one that
 	// detaches.
 	runtime.LockOSThread()
@@ -139,4 +125,16 @@ func startTraced(spec Spec) (*os.Process, error) {
 		return abort(fmt.Errorf("start %s: detach: %w", spec.Path, err))
 	}
 	return proc, nil
+}
+
+// setStdio gives cmd the spec's output files. exec.Cmd connects the ones
+// left unset to /dev/null itself; a nil *os.File must not be assigned, as it
+// would become a non-nil io.Writer.
+func setStdio(cmd *exec.Cmd, spec Spec) {
+	if spec.Stdout != nil {
+		cmd.Stdout = spec.Stdout
+	}
+	if spec.Stderr != nil {
+		cmd.Stderr = spec.Stderr
+	}
 }
