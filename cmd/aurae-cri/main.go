@@ -18,12 +18,13 @@ import (
 	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cells"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/client"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/daemon"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/server"
 	"github.com/aurae-runtime/aurae-cri/pkg/containerdproc"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller/native"
 	"github.com/aurae-runtime/aurae-cri/pkg/cri"
 	"github.com/aurae-runtime/aurae-cri/pkg/image"
 	"github.com/aurae-runtime/aurae-cri/pkg/netcni"
@@ -117,8 +118,8 @@ func run(cfg config) error {
 		return err
 	}
 	defer func() { _ = store.Close() }()
-	native := sandbox.AuraeController{Pods: podsv0.NewPodServiceClient(aurae.Conn)}
-	controllers := map[string]sandbox.Controller{"": native, "runc": native}
+	host := native.New(aurae.Conn)
+	controllers := map[string]controller.Controller{"": host, "runc": host}
 	if err := addVMController(controllers, cfg, aurae.Conn, logger); err != nil {
 		return err
 	}

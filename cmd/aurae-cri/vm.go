@@ -8,14 +8,14 @@ import (
 
 	"google.golang.org/grpc"
 
-	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
-	"github.com/aurae-runtime/aurae-cri/pkg/vm"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller/vm"
 )
 
 // addVMController serves VM pods (handlers aurae-vm and kata) when the
 // guest image exists; without it they are not listed, and Status says so
 // by their absence.
-func addVMController(ctrls map[string]sandbox.Controller, cfg config, host grpc.ClientConnInterface, logger *slog.Logger) error {
+func addVMController(ctrls map[string]controller.Controller, cfg config, host grpc.ClientConnInterface, logger *slog.Logger) error {
 	for _, f := range []string{cfg.VMKernel, cfg.VMInitramfs} {
 		if _, err := os.Stat(f); err != nil {
 			logger.Info("VM pods not served: no guest image (make vm-image)", "missing", f)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -111,4 +112,15 @@ func LoopbackUp() error {
 		return fmt.Errorf("loopback up: %w", err)
 	}
 	return nil
+}
+
+// OwnOOMScoreAdj is this process's oom_score_adj: the floor of the
+// processes it starts (without CAP_SYS_RESOURCE the kernel refuses a lower
+// one, and an OCI runtime asked for it fails).
+func OwnOOMScoreAdj() (int, error) {
+	b, err := os.ReadFile("/proc/self/oom_score_adj")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
 }

@@ -6,10 +6,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -101,6 +100,36 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		}
 	}()
 
+	ctrl, err := r.controller(sb.RuntimeHandler)
+	if err != nil {
+		return nil, err
+	}
+	var logPath string
+	if logRel != "" && sb.Config.GetLogDirectory() != "" {
+		logPath = filepath.Join(sb.Config.GetLogDirectory(), logRel)
+	}
+	files := controller.ContainerFiles{ID: id, Rootfs: rootfs, LogPath: logPath}
+	for _, m := range cfg.GetMounts() {
+		files.Mounts = append(files.Mounts, filepath.Clean(m.GetHostPath()))
+	}
+	if nso := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions(); nso.GetPid() == runtimeapi.NamespaceMode_TARGET {
+		if files.PIDTarget, err = r.pidTarget(sb.ID, nso.GetTargetId()); err != nil {
+			return nil, err
+		}
+	}
+	facts, err := ctrl.PrepareContainer(callCtx, sb.ID, files)
+	if err != nil {
+		return nil, fmt.Errorf("prepare %q: %w", name, err)
+	}
+	defer func() {
+		if retErr != nil {
+			cctx, cancel := cleanupContext()
+			defer cancel()
+			if err := ctrl.RemoveContainer(cctx, sb.ID, id); err != nil {
+				log.Error("roll back container", "error", err)
+			}
+		}
+	}()
 	spec, err := ocispec.Generate(ocispec.Input{
 		ID:              id,
 		SandboxID:       sb.ID,
@@ -108,19 +137,9 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		Config:          cfg,
 		Sandbox:         sb.Config,
 		Image:           img.Config,
-		RootfsPath:      rootfs,
+		Pod:             facts,
+		RootfsHere:      rootfs,
 		RootfsReadonly:  cfg.GetLinux().GetSecurityContext().GetReadonlyRootfs(),
-		NetNSPath:       sb.Status.NetNSPath,
-		IPCNSPath:       sb.Status.IPCNSPath,
-		UTSNSPath:       sb.Status.UTSNSPath,
-		PIDNSPath:       sb.Status.PIDNSPath,
-		Hostname:        sb.Config.GetHostname(),
-		ResolvConfPath:  sb.Status.ResolvConfPath,
-		HostsPath:       sb.Status.HostsPath,
-		HostnamePath:    sb.Status.HostnamePath,
-		ShmPath:         sb.Status.ShmPath,
-		CgroupsPath:     "/" + strings.Trim(sb.Status.CgroupPath, "/") + "/" + id,
-		OOMScoreAdjMin:  ownOOMScoreAdj(),
 		SwapAccounting:  swapAccounting(),
 		AllCapabilities: r.capabilities,
 	})
@@ -130,10 +149,6 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	specJSON, err := json.Marshal(spec)
 	if err != nil {
 		return nil, err
-	}
-	var logPath string
-	if logRel != "" && sb.Config.GetLogDirectory() != "" {
-		logPath = filepath.Join(sb.Config.GetLogDirectory(), logRel)
 	}
 	c := &sandbox.Container{
 		ID: id, SandboxID: sb.ID, Name: name, Config: cfg,
@@ -170,16 +185,21 @@ func swapAccounting() bool {
 	return false
 }
 
-// ownOOMScoreAdj is aurae-cri's own oom_score_adj: containers may not ask
-// for less (without CAP_SYS_RESOURCE the kernel refuses, and runc fails).
-func ownOOMScoreAdj() int {
-	b, err := os.ReadFile("/proc/self/oom_score_adj")
-	if err != nil {
-		return 0
+// pidTarget checks the target of a container whose pid mode is TARGET: a
+// running container of the same pod.
+func (r *Runtime) pidTarget(podID, target string) (string, error) {
+	if target == "" {
+		return "", fmt.Errorf("pid namespace mode TARGET without a target_id: %w", errInvalid)
 	}
-	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	t, err := r.store.Container(target)
 	if err != nil {
-		return 0
+		return "", fmt.Errorf("pid namespace target %q: %w", target, err)
 	}
-	return n
+	if t.SandboxID != podID {
+		return "", fmt.Errorf("pid namespace target %s is not in pod %s: %w", t.ID, podID, errInvalid)
+	}
+	if t.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
+		return "", fmt.Errorf("pid namespace target %s is %s, not running: %w", t.ID, t.Status.State, errPrecondition)
+	}
+	return t.ID, nil
 }

@@ -30,5 +30,5 @@ func (r *Runtime) ExecSync(ctx context.Context, req *runtimeapi.ExecSyncRequest)
 	if err != nil {
 		return nil, fmt.Errorf("exec in container %s: %w", c.ID, err)
 	}
-	return &runtimeapi.ExecSyncResponse{Stdout: resp.GetStdout(), Stderr: resp.GetStderr(), ExitCode: resp.GetExitCode()}, nil
+	return &runtimeapi.ExecSyncResponse{Stdout: resp.Stdout, Stderr: resp.Stderr, ExitCode: resp.ExitCode}, nil
 }

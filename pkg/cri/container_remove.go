@@ -52,7 +52,7 @@ func (r *Runtime) removeContainer(ctx context.Context, id string) error {
 		}
 		callCtx, cancel := bounded(ctx, podCallTimeout)
 		defer cancel()
-		if err := ctrl.RemoveContainer(callCtx, c.ID); err != nil && !errdefs.IsNotFound(err) {
+		if err := ctrl.RemoveContainer(callCtx, c.SandboxID, c.ID); err != nil && !errdefs.IsNotFound(err) {
 			return fmt.Errorf("remove container %s: %w", c.ID, err)
 		}
 	}

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -40,9 +40,8 @@ func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 	}
 	callCtx, cancel := bounded(ctx, podCallTimeout)
 	defer cancel()
-	resp, err := ctrl.StartContainer(callCtx, sb.ID, &podsv0.Container{
-		Id: c.ID, OciSpec: c.Spec, RootfsPath: r.rootfsDir(c.ID), LogPath: c.LogPath,
-		Tty: c.Config.GetTty(), Stdin: c.Config.GetStdin(),
+	started, err := ctrl.StartContainer(callCtx, sb.ID, controller.Container{
+		ID: c.ID, Spec: c.Spec, LogPath: c.LogPath, Tty: c.Config.GetTty(), Stdin: c.Config.GetStdin(),
 	})
 	if err != nil {
 		// As containerd does: the container ends as exited with the
@@ -60,13 +59,13 @@ func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 	}
 	if _, err := r.store.UpdateContainer(c.ID, func(st sandbox.ContainerStatus) (sandbox.ContainerStatus, error) {
 		st.State = runtimeapi.ContainerState_CONTAINER_RUNNING
-		st.Pid = int(resp.GetPid())
+		st.Pid = started.Pid
 		st.StartedAt = time.Now()
 		return st, nil
 	}); err != nil {
 		return nil, err
 	}
 	r.publish(c.ID, sb.ID, runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT)
-	r.log.Info("container started", "pod", sb.ID, "container", c.ID, "pid", resp.GetPid())
+	r.log.Info("container started", "pod", sb.ID, "container", c.ID, "pid", started.Pid)
 	return &runtimeapi.StartContainerResponse{}, nil
 }

@@ -76,11 +76,11 @@ func (r *Runtime) containerStats(ctx context.Context, c sandbox.Container) *runt
 		r.log.Debug("container stats", "container", c.ID, "error", err)
 		return st
 	}
-	ts := s.GetTimestamp()
-	if ts == 0 {
-		ts = now
+	ts := now
+	if !s.Timestamp.IsZero() {
+		ts = s.Timestamp.UnixNano()
 	}
-	st.Cpu = &runtimeapi.CpuUsage{Timestamp: ts, UsageCoreNanoSeconds: &runtimeapi.UInt64Value{Value: s.GetCpuUsageNanos()}}
-	st.Memory = &runtimeapi.MemoryUsage{Timestamp: ts, WorkingSetBytes: &runtimeapi.UInt64Value{Value: s.GetMemoryWorkingSetBytes()}}
+	st.Cpu = &runtimeapi.CpuUsage{Timestamp: ts, UsageCoreNanoSeconds: &runtimeapi.UInt64Value{Value: s.CPUUsageNanos}}
+	st.Memory = &runtimeapi.MemoryUsage{Timestamp: ts, WorkingSetBytes: &runtimeapi.UInt64Value{Value: s.MemoryWorkingSetBytes}}
 	return st
 }

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -65,14 +65,18 @@ func (r *Runtime) stopContainer(ctx context.Context, id string, timeout time.Dur
 	if err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("status of stopped container %s: %w", c.ID, err)
 	}
-	r.recordExit(c.ID, c.SandboxID, st)
+	var exited *controller.ContainerState
+	if err == nil {
+		exited = &st
+	}
+	r.recordExit(c.ID, c.SandboxID, exited)
 	r.log.Info("container stopped", "pod", c.SandboxID, "container", c.ID)
 	return nil
 }
 
 // recordExit marks a container exited with the status its runtime reports
 // (unknown when it has none), and publishes the stop event once.
-func (r *Runtime) recordExit(id, podID string, st *podsv0.ContainerStatus) {
+func (r *Runtime) recordExit(id, podID string, st *controller.ContainerState) {
 	changed := false
 	_, err := r.store.UpdateContainer(id, func(cur sandbox.ContainerStatus) (sandbox.ContainerStatus, error) {
 		if cur.State == runtimeapi.ContainerState_CONTAINER_EXITED {
@@ -81,12 +85,12 @@ func (r *Runtime) recordExit(id, podID string, st *podsv0.ContainerStatus) {
 		changed = true
 		cur.State = runtimeapi.ContainerState_CONTAINER_EXITED
 		cur.FinishedAt = time.Now()
-		if st != nil && st.GetState() == podsv0.ContainerState_CONTAINER_STATE_EXITED {
-			cur.ExitCode = st.GetExitCode()
-			if st.GetFinishedAt() > 0 {
-				cur.FinishedAt = time.Unix(0, st.GetFinishedAt())
+		if st != nil && st.State == controller.StateExited {
+			cur.ExitCode = st.ExitCode
+			if !st.FinishedAt.IsZero() {
+				cur.FinishedAt = st.FinishedAt
 			}
-			cur.Reason, cur.Message = st.GetReason(), st.GetMessage()
+			cur.Reason, cur.Message = st.Reason, st.Message
 		} else {
 			cur.ExitCode, cur.Reason = 255, "Unknown"
 		}

@@ -38,10 +38,6 @@ func (r *Runtime) UpdateContainerResources(ctx context.Context, req *runtimeapi.
 		spec.Linux = &specs.Linux{}
 	}
 	res := mergeResources(spec.Linux.Resources, lr)
-	b, err := json.Marshal(res)
-	if err != nil {
-		return nil, err
-	}
 	if c.Status.State == runtimeapi.ContainerState_CONTAINER_RUNNING {
 		ctrl, err := r.controllerOf(c.SandboxID)
 		if err != nil {
@@ -49,7 +45,7 @@ func (r *Runtime) UpdateContainerResources(ctx context.Context, req *runtimeapi.
 		}
 		callCtx, cancel := bounded(ctx, podCallTimeout)
 		defer cancel()
-		if err := ctrl.UpdateContainerResources(callCtx, c.ID, b); err != nil {
+		if err := ctrl.UpdateContainerResources(callCtx, c.ID, res); err != nil {
 			return nil, fmt.Errorf("update resources of %s: %w", c.ID, err)
 		}
 	}
@@ -102,22 +98,4 @@ func mergeResources(cur *specs.LinuxResources, lr *runtimeapi.LinuxContainerReso
 		}
 	}
 	return res
-}
-
-// ReopenContainerLog implements RuntimeService.ReopenContainerLog: after the
-// kubelet rotated the log file, the container's monitor writes to a new one.
-func (r *Runtime) ReopenContainerLog(ctx context.Context, req *runtimeapi.ReopenContainerLogRequest) (*runtimeapi.ReopenContainerLogResponse, error) {
-	if err := r.checkReady(); err != nil {
-		return nil, err
-	}
-	ctrl, c, err := r.runningContainer(req.GetContainerId())
-	if err != nil {
-		return nil, err
-	}
-	callCtx, cancel := bounded(ctx, podCallTimeout)
-	defer cancel()
-	if err := ctrl.ReopenContainerLog(callCtx, c.ID); err != nil {
-		return nil, fmt.Errorf("reopen log of %s: %w", c.ID, err)
-	}
-	return &runtimeapi.ReopenContainerLogResponse{}, nil
 }

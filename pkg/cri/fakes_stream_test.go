@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 )
 
 // Exec of the fake echoes stdin to stdout and exits with len(argv).
-func (f *fakeController) Exec(_ context.Context, id string, argv []string, sio sandbox.StreamIO) (int32, error) {
+func (f *fakeController) Exec(_ context.Context, id string, argv []string, sio controller.StreamIO) (int32, error) {
 	if _, err := f.ContainerStatus(context.Background(), id); err != nil {
 		return 0, err
 	}
@@ -25,7 +25,7 @@ func (f *fakeController) Exec(_ context.Context, id string, argv []string, sio s
 }
 
 // Attach of the fake writes one line.
-func (f *fakeController) Attach(_ context.Context, id string, sio sandbox.StreamIO) error {
+func (f *fakeController) Attach(_ context.Context, id string, sio controller.StreamIO) error {
 	if sio.Stdout != nil {
 		_, _ = fmt.Fprintf(sio.Stdout, "attached to %s\n", id)
 	}

@@ -4,39 +4,54 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
-	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
-	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 	"github.com/containerd/errdefs"
-	"google.golang.org/protobuf/proto"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
+	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
 )
 
-// fakeController is an in-memory sandbox.Controller.
+// fakeController is an in-memory controller.Controller.
 type fakeController struct {
 	mu         sync.Mutex
-	pods       map[string]*podsv0.Pod
-	containers map[string]*podsv0.ContainerStatus
+	pods       map[string]controller.PodSpec
+	started    map[string]*controller.Network
+	containers map[string]*controller.ContainerState
+	prepared   map[string]controller.ContainerFiles
 	removed    []string
 	runErr     error
+	forwarded  []int32
 }
 
-var _ sandbox.Controller = (*fakeController)(nil)
+var _ controller.Controller = (*fakeController)(nil)
 
 func newFakeController() *fakeController {
-	return &fakeController{pods: map[string]*podsv0.Pod{}, containers: map[string]*podsv0.ContainerStatus{}}
+	return &fakeController{
+		pods: map[string]controller.PodSpec{}, started: map[string]*controller.Network{},
+		containers: map[string]*controller.ContainerState{}, prepared: map[string]controller.ContainerFiles{},
+	}
 }
 
-func (f *fakeController) RunPod(_ context.Context, pod *podsv0.Pod) (*podsv0.AllocateResponse, error) {
+func (f *fakeController) CreatePod(_ context.Context, spec controller.PodSpec) (controller.Pod, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.runErr != nil {
-		return nil, f.runErr
+		return controller.Pod{}, f.runErr
 	}
-	f.pods[pod.GetId()] = pod
-	return &podsv0.AllocateResponse{PodId: pod.GetId(), NetworkNamespacePath: "/run/fake/netns/" + pod.GetId(), CgroupPath: "aurae/pods/" + pod.GetId()}, nil
+	f.pods[spec.ID] = spec
+	return controller.Pod{NetNSPath: "/run/fake/netns/" + spec.ID, CgroupPath: "aurae/pods/" + spec.ID}, nil
+}
+
+func (f *fakeController) StartPod(_ context.Context, id string, net *controller.Network) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.started[id] = net
+	return nil
 }
 
 func (f *fakeController) StopPod(context.Context, string) error { return nil }
@@ -49,11 +64,33 @@ func (f *fakeController) RemovePod(_ context.Context, id string) error {
 	return nil
 }
 
-func (f *fakeController) StartContainer(_ context.Context, podID string, c *podsv0.Container) (*podsv0.StartResponse, error) {
+// PrepareContainer answers facts as a native pod's would be.
+func (f *fakeController) PrepareContainer(_ context.Context, podID string, files controller.ContainerFiles) (ocispec.PodFacts, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.containers[c.GetId()] = &podsv0.ContainerStatus{Id: c.GetId(), PodId: podID, State: podsv0.ContainerState_CONTAINER_STATE_RUNNING, Pid: 42}
-	return &podsv0.StartResponse{ContainerId: c.GetId(), Pid: 42}, nil
+	if _, ok := f.pods[podID]; !ok {
+		return ocispec.PodFacts{}, fmt.Errorf("pod %s: %w", podID, errdefs.ErrNotFound)
+	}
+	f.prepared[files.ID] = files
+	facts := ocispec.PodFacts{
+		Network: ocispec.Namespace{Path: "/run/fake/netns/" + podID}, IPC: ocispec.Namespace{Path: "/run/fake/ipc/" + podID},
+		UTS: ocispec.Namespace{Path: "/run/fake/uts/" + podID}, CgroupParent: "/aurae/pods/" + podID, RootfsPath: files.Rootfs,
+	}
+	if files.PIDTarget != "" {
+		t, ok := f.containers[files.PIDTarget]
+		if !ok || t.State != controller.StateRunning {
+			return ocispec.PodFacts{}, fmt.Errorf("target %s: %w", files.PIDTarget, errdefs.ErrFailedPrecondition)
+		}
+		facts.PIDTarget = fmt.Sprintf("/proc/%d/ns/pid", t.Pid)
+	}
+	return facts, nil
+}
+
+func (f *fakeController) StartContainer(_ context.Context, podID string, c controller.Container) (controller.Started, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.containers[c.ID] = &controller.ContainerState{ID: c.ID, PodID: podID, State: controller.StateRunning, Pid: 42}
+	return controller.Started{Pid: 42}, nil
 }
 
 func (f *fakeController) StopContainer(_ context.Context, id string, _ time.Duration) error {
@@ -66,47 +103,60 @@ func (f *fakeController) exit(id string, code int32, reason string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if c, ok := f.containers[id]; ok {
-		c.State, c.ExitCode, c.Reason, c.FinishedAt = podsv0.ContainerState_CONTAINER_STATE_EXITED, code, reason, time.Now().UnixNano()
+		c.State, c.ExitCode, c.Reason, c.FinishedAt = controller.StateExited, code, reason, time.Now()
 	}
 }
 
-func (f *fakeController) RemoveContainer(_ context.Context, id string) error {
+func (f *fakeController) RemoveContainer(_ context.Context, _, id string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.containers, id)
+	delete(f.prepared, id)
 	return nil
 }
 
-func (f *fakeController) ContainerStatus(_ context.Context, id string) (*podsv0.ContainerStatus, error) {
+func (f *fakeController) ContainerStatus(_ context.Context, id string) (controller.ContainerState, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	c, ok := f.containers[id]
 	if !ok {
-		return nil, fmt.Errorf("container %s: %w", id, errdefs.ErrNotFound)
+		return controller.ContainerState{}, fmt.Errorf("container %s: %w", id, errdefs.ErrNotFound)
 	}
-	return proto.Clone(c).(*podsv0.ContainerStatus), nil
+	return *c, nil
 }
 
-func (f *fakeController) ExecSync(context.Context, string, []string, time.Duration) (*podsv0.ExecSyncResponse, error) {
-	return &podsv0.ExecSyncResponse{Stdout: []byte("ok\n")}, nil
+func (f *fakeController) ExecSync(context.Context, string, []string, time.Duration) (controller.ExecResult, error) {
+	return controller.ExecResult{Stdout: []byte("ok\n")}, nil
 }
 
-func (f *fakeController) ContainerStats(_ context.Context, id string) (*podsv0.ContainerStatsResponse, error) {
-	return &podsv0.ContainerStatsResponse{ContainerId: id, CpuUsageNanos: 1, MemoryWorkingSetBytes: 2}, nil
+func (f *fakeController) ContainerStats(_ context.Context, id string) (controller.Stats, error) {
+	return controller.Stats{CPUUsageNanos: 1, MemoryWorkingSetBytes: 2}, nil
 }
 
-func (f *fakeController) ListPods(context.Context) ([]*podsv0.PodStatus, error) {
+func (f *fakeController) ListPods(context.Context) ([]controller.PodState, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []*podsv0.PodStatus
-	for _, p := range f.pods {
-		out = append(out, &podsv0.PodStatus{Pod: p})
+	var out []controller.PodState
+	for id := range f.pods {
+		out = append(out, controller.PodState{ID: id})
 	}
 	return out, nil
 }
 
-func (f *fakeController) UpdateContainerResources(context.Context, string, []byte) error { return nil }
-func (f *fakeController) ReopenContainerLog(context.Context, string) error               { return nil }
+func (f *fakeController) UpdateContainerResources(context.Context, string, *specs.LinuxResources) error {
+	return nil
+}
+func (f *fakeController) ReopenContainerLog(context.Context, string) error { return nil }
+
+// PortForward of the fake answers "port <n>" and closes.
+func (f *fakeController) PortForward(_ context.Context, podID string, port int32, stream io.ReadWriteCloser) error {
+	defer stream.Close()
+	f.mu.Lock()
+	f.forwarded = append(f.forwarded, port)
+	f.mu.Unlock()
+	_, err := fmt.Fprintf(stream, "port %d of %s\n", port, podID)
+	return err
+}
 
 // fakeNetwork counts setups and teardowns per pod.
 type fakeNetwork struct {

@@ -4,7 +4,7 @@ import (
 	"context"
 	"time"
 
-	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -43,9 +43,9 @@ func (r *Runtime) checkExits(ctx context.Context) {
 			r.recordExit(c.ID, c.SandboxID, nil)
 		case err != nil:
 			r.log.Debug("container status", "container", c.ID, "error", err)
-		case st.GetState() == podsv0.ContainerState_CONTAINER_STATE_EXITED:
-			r.recordExit(c.ID, c.SandboxID, st)
-			r.log.Info("container exited", "pod", c.SandboxID, "container", c.ID, "exit_code", st.GetExitCode(), "reason", st.GetReason())
+		case st.State == controller.StateExited:
+			r.recordExit(c.ID, c.SandboxID, &st)
+			r.log.Info("container exited", "pod", c.SandboxID, "container", c.ID, "exit_code", st.ExitCode, "reason", st.Reason)
 		}
 	}
 }
@@ -69,7 +69,7 @@ func (r *Runtime) Recover(ctx context.Context) error {
 		}
 		running := map[string]bool{}
 		for _, p := range pods {
-			id := p.GetPod().GetId()
+			id := p.ID
 			running[id] = true
 			if !known[id] {
 				r.log.Warn("removing a pod aurae-cri does not know", "pod", id, "runtime_handler", handler)

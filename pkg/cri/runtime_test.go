@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/errmap"
 	"github.com/aurae-runtime/aurae-cri/pkg/image"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
@@ -46,7 +46,7 @@ func newFixture(t *testing.T, recover bool) *fixture {
 // a second one on the same state is a restarted aurae-cri.
 func (f *fixture) runtime(t *testing.T) *Runtime {
 	rt, err := NewRuntime(Config{
-		RootDir: f.dir, Controllers: map[string]sandbox.Controller{"": f.ctrl}, Images: image.NewFake(t.TempDir()),
+		RootDir: f.dir, Controllers: map[string]controller.Controller{"": f.ctrl}, Images: image.NewFake(t.TempDir()),
 		Network: f.net, Store: f.store, MonitorInterval: 10 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
@@ -176,7 +176,7 @@ func TestRecoverReconcilesWithTheController(t *testing.T) {
 	// aurae-cri never recorded (a crash in the middle of RunPodSandbox).
 	f.ctrl.mu.Lock()
 	delete(f.ctrl.pods, lost.GetPodSandboxId())
-	f.ctrl.pods["stray"] = &podsv0.Pod{Id: "stray"}
+	f.ctrl.pods["stray"] = controller.PodSpec{ID: "stray"}
 	f.ctrl.mu.Unlock()
 
 	rt := f.runtime(t)

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -61,7 +61,7 @@ func (r *Runtime) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 
 	callCtx, cancel := bounded(ctx, podCallTimeout)
 	defer cancel()
-	alloc, err := ctrl.RunPod(callCtx, podSpec(id, cfg, req.GetRuntimeHandler(), r.cfg.CgroupParent))
+	pod, err := ctrl.CreatePod(callCtx, podSpec(id, cfg, req.GetRuntimeHandler(), r.cfg.CgroupParent))
 	if err != nil {
 		return nil, fmt.Errorf("run pod %q: %w", name, err)
 	}
@@ -75,9 +75,9 @@ func (r *Runtime) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 		}
 	}()
 	hostNetwork := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtimeapi.NamespaceMode_NODE
-	var ips []string
+	var network *controller.Network
 	if !hostNetwork {
-		ips, err = r.cfg.Network.Setup(callCtx, id, alloc.GetNetworkNamespacePath(), cfg)
+		ips, err := r.cfg.Network.Setup(callCtx, id, pod.NetNSPath, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("set up network of pod %q: %w", name, err)
 		}
@@ -85,70 +85,72 @@ func (r *Runtime) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 			if retErr != nil {
 				cctx, cancel := cleanupContext()
 				defer cancel()
-				if err := r.cfg.Network.Teardown(cctx, id, alloc.GetNetworkNamespacePath(), cfg); err != nil {
+				if err := r.cfg.Network.Teardown(cctx, id, pod.NetNSPath, cfg); err != nil {
 					log.Error("roll back pod network", "error", err)
 				}
 			}
 		}()
-		if a, ok := ctrl.(sandbox.NetworkAttacher); ok {
-			if err := a.AttachNetwork(callCtx, id, alloc.GetNetworkNamespacePath(), ips); err != nil {
-				return nil, fmt.Errorf("attach network of pod %q: %w", name, err)
-			}
-		}
+		network = &controller.Network{NetNSPath: pod.NetNSPath, IPs: ips}
+	}
+	if err := ctrl.StartPod(callCtx, id, network); err != nil {
+		return nil, fmt.Errorf("start pod %q: %w", name, err)
 	}
 	sb := &sandbox.Sandbox{
 		ID: id, Name: name, Config: cfg, RuntimeHandler: req.GetRuntimeHandler(), CreatedAt: time.Now(),
 		Status: sandbox.SandboxStatus{
-			State:          runtimeapi.PodSandboxState_SANDBOX_READY,
-			NetNSPath:      alloc.GetNetworkNamespacePath(),
-			CgroupPath:     alloc.GetCgroupPath(),
-			ResolvConfPath: alloc.GetResolvConfPath(),
-			HostsPath:      alloc.GetHostsPath(),
-			HostnamePath:   alloc.GetHostnamePath(),
-			IPCNSPath:      alloc.GetIpcNamespacePath(),
-			UTSNSPath:      alloc.GetUtsNamespacePath(),
-			PIDNSPath:      alloc.GetPidNamespacePath(),
-			IPs:            ips,
-			NetworkUp:      !hostNetwork,
+			State:      runtimeapi.PodSandboxState_SANDBOX_READY,
+			NetNSPath:  pod.NetNSPath,
+			CgroupPath: pod.CgroupPath,
+			NetworkUp:  !hostNetwork,
 		},
 	}
-	if hostNetwork {
-		sb.Status.NetNSPath = ""
+	if network != nil {
+		sb.Status.IPs = network.IPs
 	}
 	if err := r.store.AddSandbox(sb); err != nil {
 		return nil, err
 	}
-	log.Info("pod sandbox ready", "ips", ips, "host_network", hostNetwork, "runtime_handler", req.GetRuntimeHandler())
+	log.Info("pod sandbox ready", "ips", sb.Status.IPs, "host_network", hostNetwork, "runtime_handler", req.GetRuntimeHandler())
 	return &runtimeapi.RunPodSandboxResponse{PodSandboxId: id}, nil
 }
 
-// podSpec translates the CRI pod config into an Aurae pod.
-func podSpec(id string, cfg *runtimeapi.PodSandboxConfig, handler, defaultParent string) *podsv0.Pod {
+// podSpec is what the CRI pod config asks of the controller.
+func podSpec(id string, cfg *runtimeapi.PodSandboxConfig, handler, defaultParent string) controller.PodSpec {
 	linux := cfg.GetLinux()
 	nso := linux.GetSecurityContext().GetNamespaceOptions()
 	parent := linux.GetCgroupParent()
 	if parent == "" {
 		parent = defaultParent
 	}
-	pod := &podsv0.Pod{
-		Id:           id,
-		CgroupParent: parent,
-		Hostname:     cfg.GetHostname(),
-		Namespaces: &podsv0.NamespaceOptions{
-			Network: podsv0.NamespaceMode(nso.GetNetwork()),
-			Pid:     podsv0.NamespaceMode(nso.GetPid()),
-			Ipc:     podsv0.NamespaceMode(nso.GetIpc()),
-		},
+	spec := controller.PodSpec{
+		ID:             id,
+		RuntimeHandler: handler,
+		CgroupParent:   parent,
+		Hostname:       cfg.GetHostname(),
+		Network:        namespaceMode(nso.GetNetwork()),
+		PID:            namespaceMode(nso.GetPid()),
+		IPC:            namespaceMode(nso.GetIpc()),
 		Sysctls:        linux.GetSysctls(),
 		Labels:         cfg.GetLabels(),
 		Annotations:    cfg.GetAnnotations(),
-		RuntimeHandler: handler,
 	}
 	if res := linux.GetResources(); res != nil {
-		pod.Resources = &podsv0.PodResources{CpuPeriod: res.GetCpuPeriod(), CpuQuota: res.GetCpuQuota(), MemoryLimitBytes: res.GetMemoryLimitInBytes()}
+		spec.Resources = controller.Resources{CPUPeriod: res.GetCpuPeriod(), CPUQuota: res.GetCpuQuota(), MemoryLimitBytes: res.GetMemoryLimitInBytes()}
 	}
 	if dns := cfg.GetDnsConfig(); dns != nil {
-		pod.Dns = &podsv0.DNSConfig{Servers: dns.GetServers(), Searches: dns.GetSearches(), Options: dns.GetOptions()}
+		spec.DNS = controller.DNS{Servers: dns.GetServers(), Searches: dns.GetSearches(), Options: dns.GetOptions()}
 	}
-	return pod
+	return spec
+}
+
+func namespaceMode(m runtimeapi.NamespaceMode) controller.NamespaceMode {
+	switch m {
+	case runtimeapi.NamespaceMode_POD:
+		return controller.NamespacePod
+	case runtimeapi.NamespaceMode_CONTAINER:
+		return controller.NamespaceContainer
+	case runtimeapi.NamespaceMode_NODE:
+		return controller.NamespaceNode
+	}
+	return controller.NamespaceMode(m) // the controller refuses it
 }

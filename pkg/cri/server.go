@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/image"
 	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
@@ -39,7 +40,7 @@ type Config struct {
 	// RootDir holds container rootfs mount points and the state file.
 	RootDir string
 	// Controllers by runtime handler; "" is the default handler.
-	Controllers map[string]sandbox.Controller
+	Controllers map[string]controller.Controller
 	Images      Images
 	Network     Network
 	Store       *sandbox.Store
@@ -108,7 +109,7 @@ func (r *Runtime) checkReady() error {
 	return nil
 }
 
-func (r *Runtime) controller(handler string) (sandbox.Controller, error) {
+func (r *Runtime) controller(handler string) (controller.Controller, error) {
 	c, ok := r.cfg.Controllers[handler]
 	if !ok {
 		return nil, fmt.Errorf("no runtime for handler %q: %w", handler, errdefs.ErrInvalidArgument)
@@ -117,7 +118,7 @@ func (r *Runtime) controller(handler string) (sandbox.Controller, error) {
 }
 
 // controllerOf is the controller of a pod's runtime handler.
-func (r *Runtime) controllerOf(podID string) (sandbox.Controller, error) {
+func (r *Runtime) controllerOf(podID string) (controller.Controller, error) {
 	sb, err := r.store.Sandbox(podID)
 	if err != nil {
 		return nil, err
@@ -127,7 +128,7 @@ func (r *Runtime) controllerOf(podID string) (sandbox.Controller, error) {
 
 // runningContainer is a container that exists and runs (else NotFound or
 // FailedPrecondition), with the controller of its pod.
-func (r *Runtime) runningContainer(id string) (sandbox.Controller, sandbox.Container, error) {
+func (r *Runtime) runningContainer(id string) (controller.Controller, sandbox.Container, error) {
 	if id == "" {
 		return nil, sandbox.Container{}, fmt.Errorf("container id is empty: %w", errInvalid)
 	}

@@ -13,7 +13,7 @@ import (
 	remotecommandserver "k8s.io/cri-streaming/pkg/streaming/remotecommand"
 	utilexec "k8s.io/utils/exec"
 
-	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/containerd/errdefs"
 )
 
@@ -130,8 +130,8 @@ func (s streamRuntime) PortForward(ctx context.Context, podSandboxID string, por
 
 // streamIO turns the stream server's streams into the controller's; nil
 // streams (not asked for) stay nil.
-func streamIO(ctx context.Context, in io.Reader, out, errw io.WriteCloser, tty bool, resize <-chan remotecommandserver.TerminalSize) sandbox.StreamIO {
-	sio := sandbox.StreamIO{Stdin: in, Tty: tty}
+func streamIO(ctx context.Context, in io.Reader, out, errw io.WriteCloser, tty bool, resize <-chan remotecommandserver.TerminalSize) controller.StreamIO {
+	sio := controller.StreamIO{Stdin: in, Tty: tty}
 	if out != nil {
 		sio.Stdout = out
 	}
@@ -139,7 +139,7 @@ func streamIO(ctx context.Context, in io.Reader, out, errw io.WriteCloser, tty b
 		sio.Stderr = errw
 	}
 	if resize != nil {
-		ch := make(chan sandbox.TerminalSize, 1)
+		ch := make(chan controller.TerminalSize, 1)
 		go func() {
 			defer close(ch)
 			for {
@@ -151,7 +151,7 @@ func streamIO(ctx context.Context, in io.Reader, out, errw io.WriteCloser, tty b
 						return
 					}
 					select {
-					case ch <- sandbox.TerminalSize{Width: sz.Width, Height: sz.Height}:
+					case ch <- controller.TerminalSize{Width: sz.Width, Height: sz.Height}:
 					case <-ctx.Done():
 						return
 					}

@@ -128,7 +128,7 @@ func TestEnv(t *testing.T) {
 			in := testInput()
 			in.Image.Env = tc.image
 			in.Config.Envs = tc.envs
-			in.Hostname = tc.hostname
+			in.Pod.Hostname = tc.hostname
 			s, err := Generate(in)
 			if tc.invalid {
 				checkErr(t, err, errdefs.ErrInvalidArgument)

@@ -54,35 +54,19 @@ type Input struct {
 	Sandbox *runtimeapi.PodSandboxConfig
 	Image   imagespec.ImageConfig
 
-	// RootfsPath is the prepared rootfs directory, absolute: spec.Root.Path.
-	RootfsPath string
+	// Pod is what the pod's controller says about the pod: namespaces,
+	// cgroup, OOM floor, shared files, where the rootfs and mounts are.
+	Pod PodFacts
 	// RootfsReadonly makes the rootfs read-only; it is also read-only when
 	// Config.Linux.SecurityContext.ReadonlyRootfs is set.
 	RootfsReadonly bool
-	// RootFS, when set, is where /etc/passwd and /etc/group are read from
-	// instead of RootfsPath (tests, or a rootfs that is not mounted here).
-	RootFS fs.FS
+	// RootfsHere is where the rootfs is mounted in this process's view,
+	// to read /etc/passwd and /etc/group from ("" → Pod.RootfsPath; a VM
+	// pod's Pod.RootfsPath is the guest's). RootFS, when set, is read
+	// instead (tests).
+	RootfsHere string
+	RootFS     fs.FS
 
-	// Pod-level namespace paths made by the pod runtime. "" means a new
-	// namespace of the container's own. A namespace the sandbox's
-	// NamespaceOptions put on the node (NODE) gets no entry at all, so the
-	// container stays in the host's, whatever the path says.
-	NetNSPath, IPCNSPath, UTSNSPath, PIDNSPath string
-
-	// Hostname is the pod's hostname ("" → Sandbox.Hostname).
-	Hostname string
-	// Pod files bind-mounted into the container when set, unless the
-	// container mounts the same destination itself.
-	ResolvConfPath, HostsPath, HostnamePath string
-	// ShmPath is the pod's /dev/shm, bind-mounted instead of a private tmpfs.
-	ShmPath string
-
-	// CgroupsPath is linux.cgroupsPath, in cgroupfs form
-	// ("/aurae/pods/<pod>/<ctr>").
-	CgroupsPath string
-	// OOMScoreAdjMin is the runtime's own oom_score_adj: the container's is
-	// clamped to no lower (containerd's restrict_oom_score_adj).
-	OOMScoreAdjMin int
 	// PidsLimit is the pids cgroup limit; 0 means none (CRI-O's pids_limit:
 	// the CRI has no per-container field for it).
 	PidsLimit int64
@@ -107,8 +91,8 @@ func Generate(in Input) (*specs.Spec, error) {
 	if in.Config == nil {
 		return nil, invalid("container config is required")
 	}
-	if in.RootfsPath == "" || !path.IsAbs(in.RootfsPath) {
-		return nil, invalid("rootfs path %q is not absolute", in.RootfsPath)
+	if in.Pod.RootfsPath == "" || !path.IsAbs(in.Pod.RootfsPath) {
+		return nil, invalid("rootfs path %q is not absolute", in.Pod.RootfsPath)
 	}
 	sc := in.Config.GetLinux().GetSecurityContext()
 	if sc.GetPrivileged() && !in.Sandbox.GetLinux().GetSecurityContext().GetPrivileged() {
@@ -118,7 +102,7 @@ func Generate(in Input) (*specs.Spec, error) {
 	s := &specs.Spec{
 		Version: specs.Version,
 		Root: &specs.Root{
-			Path:     in.RootfsPath,
+			Path:     in.Pod.RootfsPath,
 			Readonly: in.RootfsReadonly || sc.GetReadonlyRootfs(),
 		},
 		Process: &specs.Process{
@@ -126,7 +110,7 @@ func Generate(in Input) (*specs.Spec, error) {
 			NoNewPrivileges: sc.GetNoNewPrivs(),
 		},
 		Linux: &specs.Linux{
-			CgroupsPath: in.CgroupsPath,
+			CgroupsPath: in.Pod.cgroupsPath(in.ID),
 			Resources:   &specs.LinuxResources{},
 		},
 	}
@@ -185,8 +169,8 @@ func annotations(in Input) map[string]string {
 
 // hostname is the pod's hostname, or the node's when the pod names none.
 func hostname(in Input) string {
-	if in.Hostname != "" {
-		return in.Hostname
+	if in.Pod.Hostname != "" {
+		return in.Pod.Hostname
 	}
 	if h := in.Sandbox.GetHostname(); h != "" {
 		return h

@@ -49,13 +49,15 @@ func testInput() Input {
 			Metadata: &runtimeapi.PodSandboxMetadata{Name: "web", Namespace: "default", Uid: "uid-1"},
 			Hostname: "web-host",
 		},
-		Image:       imagespec.ImageConfig{Cmd: []string{"/bin/sh"}},
-		RootfsPath:  "/var/lib/aurae/ctr1/rootfs",
-		RootFS:      testRootFS(),
-		NetNSPath:   "/run/aurae/netns/pod1",
-		IPCNSPath:   "/run/aurae/ipcns/pod1",
-		UTSNSPath:   "/run/aurae/utsns/pod1",
-		CgroupsPath: "/aurae/pods/pod1/ctr1",
+		Image:  imagespec.ImageConfig{Cmd: []string{"/bin/sh"}},
+		RootFS: testRootFS(),
+		Pod: PodFacts{
+			RootfsPath:   "/var/lib/aurae/ctr1/rootfs",
+			Network:      Namespace{Path: "/run/aurae/netns/pod1"},
+			IPC:          Namespace{Path: "/run/aurae/ipcns/pod1"},
+			UTS:          Namespace{Path: "/run/aurae/utsns/pod1"},
+			CgroupParent: "/aurae/pods/pod1",
+		},
 	}
 }
 
@@ -78,6 +80,17 @@ func setSandboxNS(in *Input, o *runtimeapi.NamespaceOption) {
 		in.Sandbox.Linux.SecurityContext = &runtimeapi.LinuxSandboxSecurityContext{}
 	}
 	in.Sandbox.Linux.SecurityContext.NamespaceOptions = o
+	// What a controller says of such a pod: NODE is the node's namespace.
+	node := runtimeapi.NamespaceMode_NODE
+	if o.GetNetwork() == node {
+		in.Pod.Network, in.Pod.UTS = Namespace{Node: true}, Namespace{Node: true}
+	}
+	if o.GetIpc() == node {
+		in.Pod.IPC = Namespace{Node: true}
+	}
+	if o.GetPid() == node {
+		in.Pod.PID = Namespace{Node: true}
+	}
 }
 
 func privileged(in *Input) {
@@ -122,10 +135,10 @@ func TestGenerateBasics(t *testing.T) {
 	if s.Version != specs.Version {
 		t.Errorf("version %q", s.Version)
 	}
-	if s.Root == nil || s.Root.Path != in.RootfsPath || s.Root.Readonly {
+	if s.Root == nil || s.Root.Path != in.Pod.RootfsPath || s.Root.Readonly {
 		t.Errorf("root %+v", s.Root)
 	}
-	if s.Linux.CgroupsPath != in.CgroupsPath {
+	if s.Linux.CgroupsPath != "/aurae/pods/pod1/ctr1" {
 		t.Errorf("cgroups path %q", s.Linux.CgroupsPath)
 	}
 	if !s.Process.Terminal {
@@ -145,12 +158,12 @@ func TestGenerateBasics(t *testing.T) {
 func TestGenerateWithoutSandboxConfig(t *testing.T) {
 	in := testInput()
 	in.Sandbox = nil
-	in.Hostname = "h"
+	in.Pod.Hostname = "h"
 	s := mustGenerate(t, in)
 	if s.Hostname != "h" || s.Annotations[AnnotationSandboxName] != "" || s.Annotations[AnnotationSandboxID] != "pod1" {
 		t.Errorf("hostname %q annotations %v", s.Hostname, s.Annotations)
 	}
-	if got := nsMap(s.Linux.Namespaces); got[specs.NetworkNamespace] != in.NetNSPath {
+	if got := nsMap(s.Linux.Namespaces); got[specs.NetworkNamespace] != in.Pod.Network.Path {
 		t.Errorf("namespaces %v", got)
 	}
 }
@@ -179,8 +192,8 @@ func TestGenerateRefuses(t *testing.T) {
 		modify func(*Input)
 	}{
 		{"no config", func(in *Input) { in.Config = nil }},
-		{"no rootfs", func(in *Input) { in.RootfsPath = "" }},
-		{"relative rootfs", func(in *Input) { in.RootfsPath = "rootfs" }},
+		{"no rootfs", func(in *Input) { in.Pod.RootfsPath = "" }},
+		{"relative rootfs", func(in *Input) { in.Pod.RootfsPath = "rootfs" }},
 		{"privileged container in unprivileged pod", func(in *Input) { linuxSC(in).Privileged = true }},
 	}
 	for _, tc := range tests {

@@ -54,6 +54,13 @@ func setMounts(in Input, s *specs.Spec) error {
 		if err != nil {
 			return err
 		}
+		if in.Pod.MountSources != nil {
+			src, ok := in.Pod.MountSources[m.GetHostPath()]
+			if !ok {
+				return invalid("mount at %q: host path %q is not shared with the pod", om.Destination, m.GetHostPath())
+			}
+			om.Source = src
+		}
 		if requested[om.Destination] {
 			return invalid("two mounts at %q", om.Destination)
 		}
@@ -76,11 +83,11 @@ func setMounts(in Input, s *specs.Spec) error {
 		}
 		pod = append(pod, bindMount(src, dst, "rprivate", readonly))
 	}
-	addPod(etcHostname, in.HostnamePath, readonlyFiles)
-	addPod(etcHosts, in.HostsPath, readonlyFiles)
-	addPod(resolvConf, in.ResolvConfPath, readonlyFiles)
-	shm := in.ShmPath
-	if shm == "" && ipcMode(in) == runtimeapi.NamespaceMode_NODE {
+	addPod(etcHostname, in.Pod.HostnamePath, readonlyFiles)
+	addPod(etcHosts, in.Pod.HostsPath, readonlyFiles)
+	addPod(resolvConf, in.Pod.ResolvConfPath, readonlyFiles)
+	shm := in.Pod.ShmPath
+	if shm == "" && in.Pod.IPC.Node {
 		shm = devShm // the host's, as containerd does for host IPC
 	}
 	addPod(devShm, shm, false)

@@ -72,7 +72,7 @@ func TestPodMounts(t *testing.T) {
 		{
 			name: "pod files and shm",
 			modify: func(in *Input) {
-				in.ResolvConfPath, in.HostsPath, in.HostnamePath, in.ShmPath = "/p/resolv.conf", "/p/hosts", "/p/hostname", "/p/shm"
+				in.Pod.ResolvConfPath, in.Pod.HostsPath, in.Pod.HostnamePath, in.Pod.ShmPath = "/p/resolv.conf", "/p/hosts", "/p/hostname", "/p/shm"
 			},
 			want: map[string]string{
 				"/etc/resolv.conf": "/etc/resolv.conf bind /p/resolv.conf rbind,rprivate,rw",
@@ -84,7 +84,7 @@ func TestPodMounts(t *testing.T) {
 		{
 			name: "read-only rootfs makes pod files read-only, not shm",
 			modify: func(in *Input) {
-				in.HostsPath, in.ShmPath = "/p/hosts", "/p/shm"
+				in.Pod.HostsPath, in.Pod.ShmPath = "/p/hosts", "/p/shm"
 				linuxSC(in).ReadonlyRootfs = true
 			},
 			want: map[string]string{
@@ -96,7 +96,7 @@ func TestPodMounts(t *testing.T) {
 		{
 			name: "container's own mount wins",
 			modify: func(in *Input) {
-				in.HostsPath, in.ShmPath = "/p/hosts", "/p/shm"
+				in.Pod.HostsPath, in.Pod.ShmPath = "/p/hosts", "/p/shm"
 				in.Config.Mounts = []*runtimeapi.Mount{
 					{ContainerPath: "/etc/hosts", HostPath: "/mine/hosts", Readonly: true},
 					{ContainerPath: "/dev/shm/", HostPath: "/mine/shm"},
@@ -260,7 +260,7 @@ func TestContainerMounts(t *testing.T) {
 func TestMountOverridesDefaults(t *testing.T) {
 	t.Run("a mount at /dev removes the defaults under /dev", func(t *testing.T) {
 		in := testInput()
-		in.ShmPath = "/p/shm"
+		in.Pod.ShmPath = "/p/shm"
 		in.Config.Mounts = []*runtimeapi.Mount{{ContainerPath: "/dev", HostPath: "/dev"}}
 		s := mustGenerate(t, in)
 		got := destinations(s)

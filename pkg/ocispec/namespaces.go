@@ -15,12 +15,11 @@ type nsInfo struct {
 }
 
 // namespaces returns the container's namespaces. Network, IPC and UTS are
-// the pod's (its paths, or new ones when a path is empty) unless the
-// sandbox's NamespaceOptions put them on the node; UTS follows the network,
-// as in containerd (a hostNetwork pod has the node's hostname). PID is the
-// pod's (POD), the container's own (CONTAINER), the host's (NODE) or, for
-// TARGET, PIDNSPath, which the caller resolves to the target's. Mount is
-// always new; cgroup is new unless the container is privileged.
+// the pod's as its controller says (Pod: a pinned path, a new one, or the
+// node's). PID is the pod's shared one (POD), the container's own
+// (CONTAINER), the node's (NODE, only in a pod on the node's), or the
+// target container's (TARGET, Pod.PIDTarget). Mount is always new; cgroup
+// is new unless the container is privileged.
 func namespaces(in Input) (nsInfo, error) {
 	var ns nsInfo
 	if u := in.Config.GetLinux().GetSecurityContext().GetNamespaceOptions().GetUsernsOptions(); u != nil && u.GetMode() != runtimeapi.NamespaceMode_NODE {
@@ -32,37 +31,39 @@ func namespaces(in Input) (nsInfo, error) {
 
 	switch mode := pidMode(in); mode {
 	case runtimeapi.NamespaceMode_POD:
-		add(specs.PIDNamespace, in.PIDNSPath)
+		if !in.Pod.PID.Node {
+			add(specs.PIDNamespace, in.Pod.PID.Path)
+		}
 	case runtimeapi.NamespaceMode_CONTAINER:
 		add(specs.PIDNamespace, "")
 	case runtimeapi.NamespaceMode_NODE:
-	case runtimeapi.NamespaceMode_TARGET:
-		if in.PIDNSPath == "" {
-			return ns, invalid("pid namespace mode TARGET (%q) without the target's namespace path",
-				in.Config.GetLinux().GetSecurityContext().GetNamespaceOptions().GetTargetId())
+		if !in.Pod.PID.Node {
+			return ns, invalid("pid namespace mode NODE in a pod that does not use the node's pid namespace")
 		}
-		add(specs.PIDNamespace, in.PIDNSPath)
+	case runtimeapi.NamespaceMode_TARGET:
+		target := in.Config.GetLinux().GetSecurityContext().GetNamespaceOptions().GetTargetId()
+		if target == "" {
+			return ns, invalid("pid namespace mode TARGET without a target_id")
+		}
+		if in.Pod.PIDTarget == "" {
+			return ns, invalid("pid namespace mode TARGET (%q): the target's pid namespace is unknown", target)
+		}
+		add(specs.PIDNamespace, in.Pod.PIDTarget)
 	default:
 		return ns, invalid("unknown pid namespace mode %d", mode)
 	}
 
-	switch mode := ipcMode(in); mode {
-	case runtimeapi.NamespaceMode_NODE:
-	case runtimeapi.NamespaceMode_POD, runtimeapi.NamespaceMode_CONTAINER:
+	if !in.Pod.IPC.Node {
 		ns.ownIPC = true
-		add(specs.IPCNamespace, in.IPCNSPath)
-	default:
-		return ns, invalid("unknown ipc namespace mode %d", mode)
+		add(specs.IPCNamespace, in.Pod.IPC.Path)
 	}
-
-	switch mode := netMode(in); mode {
-	case runtimeapi.NamespaceMode_NODE:
-	case runtimeapi.NamespaceMode_POD, runtimeapi.NamespaceMode_CONTAINER:
-		ns.ownNet, ns.ownUTS = true, true
-		add(specs.UTSNamespace, in.UTSNSPath)
-		add(specs.NetworkNamespace, in.NetNSPath)
-	default:
-		return ns, invalid("unknown network namespace mode %d", mode)
+	if !in.Pod.UTS.Node {
+		ns.ownUTS = true
+		add(specs.UTSNamespace, in.Pod.UTS.Path)
+	}
+	if !in.Pod.Network.Node {
+		ns.ownNet = true
+		add(specs.NetworkNamespace, in.Pod.Network.Path)
 	}
 
 	add(specs.MountNamespace, "")
@@ -70,22 +71,6 @@ func namespaces(in Input) (nsInfo, error) {
 		add(specs.CgroupNamespace, "")
 	}
 	return ns, nil
-}
-
-// netMode and ipcMode are the sandbox's modes (the container's when no
-// sandbox config is given); POD by default.
-func netMode(in Input) runtimeapi.NamespaceMode {
-	if in.Sandbox != nil {
-		return in.Sandbox.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork()
-	}
-	return in.Config.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork()
-}
-
-func ipcMode(in Input) runtimeapi.NamespaceMode {
-	if in.Sandbox != nil {
-		return in.Sandbox.GetLinux().GetSecurityContext().GetNamespaceOptions().GetIpc()
-	}
-	return in.Config.GetLinux().GetSecurityContext().GetNamespaceOptions().GetIpc()
 }
 
 // pidMode is the container's mode (the kubelet sets CONTAINER there unless

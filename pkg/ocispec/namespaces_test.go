@@ -83,7 +83,7 @@ func TestNamespaces(t *testing.T) {
 		},
 		{
 			name:    "host ipc and pid",
-			sandbox: &runtimeapi.NamespaceOption{Ipc: runtimeapi.NamespaceMode_NODE},
+			sandbox: &runtimeapi.NamespaceOption{Ipc: runtimeapi.NamespaceMode_NODE, Pid: runtimeapi.NamespaceMode_NODE},
 			container: &runtimeapi.NamespaceOption{
 				Pid: runtimeapi.NamespaceMode_NODE,
 				// the sandbox decides about ipc
@@ -133,9 +133,15 @@ func TestNamespaces(t *testing.T) {
 			wantErr:   errdefs.ErrInvalidArgument,
 		},
 		{
-			name:    "unknown network mode",
-			sandbox: &runtimeapi.NamespaceOption{Network: 42},
-			wantErr: errdefs.ErrInvalidArgument,
+			name:      "node pid in a pod that does not use the node's",
+			container: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_NODE},
+			wantErr:   errdefs.ErrInvalidArgument,
+		},
+		{
+			name:      "target without a target id",
+			container: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_TARGET},
+			pidPath:   "/proc/42/ns/pid",
+			wantErr:   errdefs.ErrInvalidArgument,
 		},
 		{
 			name: "user namespace refused",
@@ -157,9 +163,13 @@ func TestNamespaces(t *testing.T) {
 			if tc.privileged {
 				privileged(&in)
 			}
-			in.PIDNSPath = tc.pidPath
+			if tc.container.GetPid() == runtimeapi.NamespaceMode_TARGET {
+				in.Pod.PIDTarget = tc.pidPath
+			} else if !in.Pod.PID.Node {
+				in.Pod.PID.Path = tc.pidPath
+			}
 			if tc.noPaths {
-				in.NetNSPath, in.IPCNSPath, in.UTSNSPath = "", "", ""
+				in.Pod.Network.Path, in.Pod.IPC.Path, in.Pod.UTS.Path = "", "", ""
 			}
 			s, err := Generate(in)
 			if !checkErr(t, err, tc.wantErr) {
@@ -233,7 +243,7 @@ func TestSysctls(t *testing.T) {
 func TestHostnameFallback(t *testing.T) {
 	in := testInput()
 	in.Sandbox.Hostname = ""
-	in.Hostname = "given"
+	in.Pod.Hostname = "given"
 	if s := mustGenerate(t, in); s.Hostname != "given" || !slices.Contains(s.Process.Env, "HOSTNAME=given") {
 		t.Errorf("hostname %q env %q", s.Hostname, s.Process.Env)
 	}

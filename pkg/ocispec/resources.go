@@ -19,7 +19,7 @@ const (
 func setResources(in Input, s *specs.Spec) error {
 	r := in.Config.GetLinux().GetResources()
 
-	adj := max(int(r.GetOomScoreAdj()), in.OOMScoreAdjMin)
+	adj := max(int(r.GetOomScoreAdj()), in.Pod.OOMScoreAdjMin)
 	if adj < oomScoreAdjMin || adj > oomScoreAdjMax {
 		return invalid("oom_score_adj %d is out of [%d, %d]", adj, oomScoreAdjMin, oomScoreAdjMax)
 	}

@@ -108,7 +108,7 @@ func TestOOMScoreAdj(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			in := testInput()
-			in.OOMScoreAdjMin = tc.minAdj
+			in.Pod.OOMScoreAdjMin = tc.minAdj
 			if tc.res != nil {
 				in.Config.Linux = &runtimeapi.LinuxContainerConfig{Resources: tc.res}
 			}

@@ -33,7 +33,11 @@ func setUser(in Input, s *specs.Spec) error {
 	if userstr == "" {
 		userstr = in.Image.User
 	}
-	db := &userDB{fsys: in.RootFS, root: in.RootfsPath}
+	root := in.RootfsHere
+	if root == "" {
+		root = in.Pod.RootfsPath
+	}
+	db := &userDB{fsys: in.RootFS, root: root}
 	defer db.close()
 
 	u, err := db.resolve(userstr)

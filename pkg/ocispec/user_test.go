@@ -118,7 +118,7 @@ func TestUserFromRootfsPath(t *testing.T) {
 	}
 	in := testInput()
 	in.RootFS = nil
-	in.RootfsPath = root
+	in.Pod.RootfsPath = root
 	in.Image.User = "app"
 	s := mustGenerate(t, in)
 	want := specs.User{UID: 321, GID: 654, AdditionalGids: []uint32{77, 654}}
@@ -127,7 +127,7 @@ func TestUserFromRootfsPath(t *testing.T) {
 	}
 
 	// A rootfs that does not exist has no /etc/passwd: numeric users only.
-	in.RootfsPath = filepath.Join(root, "missing")
+	in.Pod.RootfsPath = filepath.Join(root, "missing")
 	in.Image.User = "12"
 	if s := mustGenerate(t, in); s.Process.User.UID != 12 {
 		t.Errorf("uid %d", s.Process.User.UID)

@@ -561,6 +561,9 @@ type AllocateResponse struct {
 	HostnamePath   string `protobuf:"bytes,8,opt,name=hostname_path,json=hostnamePath,proto3" json:"hostname_path,omitempty"`
 	HostsPath      string `protobuf:"bytes,9,opt,name=hosts_path,json=hostsPath,proto3" json:"hosts_path,omitempty"`
 	CgroupV2       bool   `protobuf:"varint,10,opt,name=cgroup_v2,json=cgroupV2,proto3" json:"cgroup_v2,omitempty"`
+	// auraed's own oom_score_adj: a container's may not be lower (without
+	// CAP_SYS_RESOURCE the kernel refuses, and the OCI runtime fails).
+	OomScoreAdjMin int32 `protobuf:"varint,11,opt,name=oom_score_adj_min,json=oomScoreAdjMin,proto3" json:"oom_score_adj_min,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -665,24 +668,35 @@ func (x *AllocateResponse) GetCgroupV2() bool {
 	return false
 }
 
+func (x *AllocateResponse) GetOomScoreAdjMin() int32 {
+	if x != nil {
+		return x.OomScoreAdjMin
+	}
+	return 0
+}
+
 type Container struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Unique on the node; the same rules as a pod id.
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// An OCI runtime spec (config.json) as JSON. auraed replaces its pod
-	// namespaces with the pod's pinned paths, its linux.cgroupsPath with the
-	// container's cgroup below the pod's, clamps process.oomScoreAdj to no
-	// lower than its own, and sets root.path to rootfs_path when given.
+	// The complete OCI runtime spec (config.json) as JSON, made by the client
+	// from the pod's AllocateResponse. auraed runs it as it is, after checking
+	// that it stays inside its pod: the namespaces it joins are the pod's
+	// pinned ones (or, for pid, the namespace of a running container of the
+	// same pod), new ones, or the node's only where the pod itself uses the
+	// node's; linux.cgroupsPath is "/<pod cgroup_path>/<id>";
+	// process.oomScoreAdj is not below oom_score_adj_min; process.terminal
+	// equals tty. A spec that does not is refused (InvalidArgument).
 	OciSpec []byte `protobuf:"bytes,2,opt,name=oci_spec,json=ociSpec,proto3" json:"oci_spec,omitempty"`
-	// Absolute path of the container's root file system.
+	// When set, must equal the spec's root.path.
 	RootfsPath string `protobuf:"bytes,3,opt,name=rootfs_path,json=rootfsPath,proto3" json:"rootfs_path,omitempty"`
 	// Absolute path of the log file the monitor writes in the kubelet's CRI
 	// format. No log when empty.
 	LogPath string `protobuf:"bytes,4,opt,name=log_path,json=logPath,proto3" json:"log_path,omitempty"`
 	Tty     bool   `protobuf:"varint,5,opt,name=tty,proto3" json:"tty,omitempty"`
 	Stdin   bool   `protobuf:"varint,6,opt,name=stdin,proto3" json:"stdin,omitempty"`
-	// Mount /etc/hostname, /etc/resolv.conf and /etc/hosts of the pod unless
-	// the spec mounts something at those paths already.
+	// Refused when set (InvalidArgument): the spec mounts the pod's files
+	// itself (AllocateResponse's resolv_conf_path, hostname_path, hosts_path).
 	MountPodFiles bool `protobuf:"varint,7,opt,name=mount_pod_files,json=mountPodFiles,proto3" json:"mount_pod_files,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2671,6 +2685,203 @@ func (x *ContainerEvent) GetTimestamp() int64 {
 	return 0
 }
 
+type PortForwardStart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	PodId string                 `protobuf:"bytes,1,opt,name=pod_id,json=podId,proto3" json:"pod_id,omitempty"`
+	// A TCP port on 127.0.0.1 in the pod's network namespace.
+	Port          int32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PortForwardStart) Reset() {
+	*x = PortForwardStart{}
+	mi := &file_pods_v0_pods_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PortForwardStart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PortForwardStart) ProtoMessage() {}
+
+func (x *PortForwardStart) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PortForwardStart.ProtoReflect.Descriptor instead.
+func (*PortForwardStart) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *PortForwardStart) GetPodId() string {
+	if x != nil {
+		return x.PodId
+	}
+	return ""
+}
+
+func (x *PortForwardStart) GetPort() int32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+type PortForwardRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Request:
+	//
+	//	*PortForwardRequest_Start
+	//	*PortForwardRequest_Data
+	//	*PortForwardRequest_CloseWrite
+	Request       isPortForwardRequest_Request `protobuf_oneof:"request"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PortForwardRequest) Reset() {
+	*x = PortForwardRequest{}
+	mi := &file_pods_v0_pods_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PortForwardRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PortForwardRequest) ProtoMessage() {}
+
+func (x *PortForwardRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PortForwardRequest.ProtoReflect.Descriptor instead.
+func (*PortForwardRequest) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *PortForwardRequest) GetRequest() isPortForwardRequest_Request {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *PortForwardRequest) GetStart() *PortForwardStart {
+	if x != nil {
+		if x, ok := x.Request.(*PortForwardRequest_Start); ok {
+			return x.Start
+		}
+	}
+	return nil
+}
+
+func (x *PortForwardRequest) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Request.(*PortForwardRequest_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+func (x *PortForwardRequest) GetCloseWrite() bool {
+	if x != nil {
+		if x, ok := x.Request.(*PortForwardRequest_CloseWrite); ok {
+			return x.CloseWrite
+		}
+	}
+	return false
+}
+
+type isPortForwardRequest_Request interface {
+	isPortForwardRequest_Request()
+}
+
+type PortForwardRequest_Start struct {
+	// First message, and only then.
+	Start *PortForwardStart `protobuf:"bytes,1,opt,name=start,proto3,oneof"`
+}
+
+type PortForwardRequest_Data struct {
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
+}
+
+type PortForwardRequest_CloseWrite struct {
+	// The client has no more to send: the connection's write side closes.
+	CloseWrite bool `protobuf:"varint,3,opt,name=close_write,json=closeWrite,proto3,oneof"`
+}
+
+func (*PortForwardRequest_Start) isPortForwardRequest_Request() {}
+
+func (*PortForwardRequest_Data) isPortForwardRequest_Request() {}
+
+func (*PortForwardRequest_CloseWrite) isPortForwardRequest_Request() {}
+
+type PortForwardResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PortForwardResponse) Reset() {
+	*x = PortForwardResponse{}
+	mi := &file_pods_v0_pods_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PortForwardResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PortForwardResponse) ProtoMessage() {}
+
+func (x *PortForwardResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PortForwardResponse.ProtoReflect.Descriptor instead.
+func (*PortForwardResponse) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *PortForwardResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_pods_v0_pods_proto protoreflect.FileDescriptor
 
 const file_pods_v0_pods_proto_rawDesc = "" +
@@ -2715,7 +2926,7 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\tcpu_quota\x18\x02 \x01(\x03R\bcpuQuota\x12,\n" +
 	"\x12memory_limit_bytes\x18\x03 \x01(\x03R\x10memoryLimitBytes\">\n" +
 	"\x0fAllocateRequest\x12+\n" +
-	"\x03pod\x18\x01 \x01(\v2\x19.aurae.runtime.pod.v0.PodR\x03pod\"\x95\x03\n" +
+	"\x03pod\x18\x01 \x01(\v2\x19.aurae.runtime.pod.v0.PodR\x03pod\"\xc0\x03\n" +
 	"\x10AllocateResponse\x12\x15\n" +
 	"\x06pod_id\x18\x01 \x01(\tR\x05podId\x12\x1f\n" +
 	"\vcgroup_path\x18\x02 \x01(\tR\n" +
@@ -2729,7 +2940,8 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\n" +
 	"hosts_path\x18\t \x01(\tR\thostsPath\x12\x1b\n" +
 	"\tcgroup_v2\x18\n" +
-	" \x01(\bR\bcgroupV2\"\xc2\x01\n" +
+	" \x01(\bR\bcgroupV2\x12)\n" +
+	"\x11oom_score_adj_min\x18\v \x01(\x05R\x0eoomScoreAdjMin\"\xc2\x01\n" +
 	"\tContainer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\boci_spec\x18\x02 \x01(\fR\aociSpec\x12\x1f\n" +
@@ -2858,7 +3070,18 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\x0eContainerEvent\x12<\n" +
 	"\x04type\x18\x01 \x01(\x0e2(.aurae.runtime.pod.v0.ContainerEventTypeR\x04type\x12=\n" +
 	"\x06status\x18\x02 \x01(\v2%.aurae.runtime.pod.v0.ContainerStatusR\x06status\x12\x1c\n" +
-	"\ttimestamp\x18\x03 \x01(\x03R\ttimestamp*^\n" +
+	"\ttimestamp\x18\x03 \x01(\x03R\ttimestamp\"=\n" +
+	"\x10PortForwardStart\x12\x15\n" +
+	"\x06pod_id\x18\x01 \x01(\tR\x05podId\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\x05R\x04port\"\x98\x01\n" +
+	"\x12PortForwardRequest\x12>\n" +
+	"\x05start\x18\x01 \x01(\v2&.aurae.runtime.pod.v0.PortForwardStartH\x00R\x05start\x12\x14\n" +
+	"\x04data\x18\x02 \x01(\fH\x00R\x04data\x12!\n" +
+	"\vclose_write\x18\x03 \x01(\bH\x00R\n" +
+	"closeWriteB\t\n" +
+	"\arequest\")\n" +
+	"\x13PortForwardResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data*^\n" +
 	"\rNamespaceMode\x12\x16\n" +
 	"\x12NAMESPACE_MODE_POD\x10\x00\x12\x1c\n" +
 	"\x18NAMESPACE_MODE_CONTAINER\x10\x01\x12\x17\n" +
@@ -2872,7 +3095,7 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	" CONTAINER_EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cCONTAINER_EVENT_TYPE_STARTED\x10\x01\x12\x1f\n" +
 	"\x1bCONTAINER_EVENT_TYPE_EXITED\x10\x02\x12 \n" +
-	"\x1cCONTAINER_EVENT_TYPE_REMOVED\x10\x032\x90\v\n" +
+	"\x1cCONTAINER_EVENT_TYPE_REMOVED\x10\x032\xfa\v\n" +
 	"\n" +
 	"PodService\x12[\n" +
 	"\bAllocate\x12%.aurae.runtime.pod.v0.AllocateRequest\x1a&.aurae.runtime.pod.v0.AllocateResponse\"\x00\x12R\n" +
@@ -2888,7 +3111,8 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\x12ReopenContainerLog\x12/.aurae.runtime.pod.v0.ReopenContainerLogRequest\x1a0.aurae.runtime.pod.v0.ReopenContainerLogResponse\"\x00\x12S\n" +
 	"\x04Exec\x12!.aurae.runtime.pod.v0.ExecRequest\x1a\".aurae.runtime.pod.v0.ExecResponse\"\x00(\x010\x01\x12Y\n" +
 	"\x06Attach\x12#.aurae.runtime.pod.v0.AttachRequest\x1a$.aurae.runtime.pod.v0.AttachResponse\"\x00(\x010\x01\x12i\n" +
-	"\x0fContainerEvents\x12,.aurae.runtime.pod.v0.ContainerEventsRequest\x1a$.aurae.runtime.pod.v0.ContainerEvent\"\x000\x01B7Z5github.com/aurae-runtime/aurae-cri/api/pods/v0;podsv0b\x06proto3"
+	"\x0fContainerEvents\x12,.aurae.runtime.pod.v0.ContainerEventsRequest\x1a$.aurae.runtime.pod.v0.ContainerEvent\"\x000\x01\x12h\n" +
+	"\vPortForward\x12(.aurae.runtime.pod.v0.PortForwardRequest\x1a).aurae.runtime.pod.v0.PortForwardResponse\"\x00(\x010\x01B7Z5github.com/aurae-runtime/aurae-cri/api/pods/v0;podsv0b\x06proto3"
 
 var (
 	file_pods_v0_pods_proto_rawDescOnce sync.Once
@@ -2903,7 +3127,7 @@ func file_pods_v0_pods_proto_rawDescGZIP() []byte {
 }
 
 var file_pods_v0_pods_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_pods_v0_pods_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_pods_v0_pods_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_pods_v0_pods_proto_goTypes = []any{
 	(NamespaceMode)(0),                       // 0: aurae.runtime.pod.v0.NamespaceMode
 	(ContainerState)(0),                      // 1: aurae.runtime.pod.v0.ContainerState
@@ -2947,9 +3171,12 @@ var file_pods_v0_pods_proto_goTypes = []any{
 	(*AttachResponse)(nil),                   // 39: aurae.runtime.pod.v0.AttachResponse
 	(*ContainerEventsRequest)(nil),           // 40: aurae.runtime.pod.v0.ContainerEventsRequest
 	(*ContainerEvent)(nil),                   // 41: aurae.runtime.pod.v0.ContainerEvent
-	nil,                                      // 42: aurae.runtime.pod.v0.Pod.SysctlsEntry
-	nil,                                      // 43: aurae.runtime.pod.v0.Pod.LabelsEntry
-	nil,                                      // 44: aurae.runtime.pod.v0.Pod.AnnotationsEntry
+	(*PortForwardStart)(nil),                 // 42: aurae.runtime.pod.v0.PortForwardStart
+	(*PortForwardRequest)(nil),               // 43: aurae.runtime.pod.v0.PortForwardRequest
+	(*PortForwardResponse)(nil),              // 44: aurae.runtime.pod.v0.PortForwardResponse
+	nil,                                      // 45: aurae.runtime.pod.v0.Pod.SysctlsEntry
+	nil,                                      // 46: aurae.runtime.pod.v0.Pod.LabelsEntry
+	nil,                                      // 47: aurae.runtime.pod.v0.Pod.AnnotationsEntry
 }
 var file_pods_v0_pods_proto_depIdxs = []int32{
 	0,  // 0: aurae.runtime.pod.v0.NamespaceOptions.network:type_name -> aurae.runtime.pod.v0.NamespaceMode
@@ -2957,9 +3184,9 @@ var file_pods_v0_pods_proto_depIdxs = []int32{
 	0,  // 2: aurae.runtime.pod.v0.NamespaceOptions.ipc:type_name -> aurae.runtime.pod.v0.NamespaceMode
 	4,  // 3: aurae.runtime.pod.v0.Pod.dns:type_name -> aurae.runtime.pod.v0.DNSConfig
 	3,  // 4: aurae.runtime.pod.v0.Pod.namespaces:type_name -> aurae.runtime.pod.v0.NamespaceOptions
-	42, // 5: aurae.runtime.pod.v0.Pod.sysctls:type_name -> aurae.runtime.pod.v0.Pod.SysctlsEntry
-	43, // 6: aurae.runtime.pod.v0.Pod.labels:type_name -> aurae.runtime.pod.v0.Pod.LabelsEntry
-	44, // 7: aurae.runtime.pod.v0.Pod.annotations:type_name -> aurae.runtime.pod.v0.Pod.AnnotationsEntry
+	45, // 5: aurae.runtime.pod.v0.Pod.sysctls:type_name -> aurae.runtime.pod.v0.Pod.SysctlsEntry
+	46, // 6: aurae.runtime.pod.v0.Pod.labels:type_name -> aurae.runtime.pod.v0.Pod.LabelsEntry
+	47, // 7: aurae.runtime.pod.v0.Pod.annotations:type_name -> aurae.runtime.pod.v0.Pod.AnnotationsEntry
 	6,  // 8: aurae.runtime.pod.v0.Pod.resources:type_name -> aurae.runtime.pod.v0.PodResources
 	5,  // 9: aurae.runtime.pod.v0.AllocateRequest.pod:type_name -> aurae.runtime.pod.v0.Pod
 	9,  // 10: aurae.runtime.pod.v0.StartRequest.container:type_name -> aurae.runtime.pod.v0.Container
@@ -2977,39 +3204,42 @@ var file_pods_v0_pods_proto_depIdxs = []int32{
 	32, // 22: aurae.runtime.pod.v0.AttachRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
 	2,  // 23: aurae.runtime.pod.v0.ContainerEvent.type:type_name -> aurae.runtime.pod.v0.ContainerEventType
 	16, // 24: aurae.runtime.pod.v0.ContainerEvent.status:type_name -> aurae.runtime.pod.v0.ContainerStatus
-	7,  // 25: aurae.runtime.pod.v0.PodService.Allocate:input_type -> aurae.runtime.pod.v0.AllocateRequest
-	10, // 26: aurae.runtime.pod.v0.PodService.Start:input_type -> aurae.runtime.pod.v0.StartRequest
-	12, // 27: aurae.runtime.pod.v0.PodService.Stop:input_type -> aurae.runtime.pod.v0.StopRequest
-	14, // 28: aurae.runtime.pod.v0.PodService.Free:input_type -> aurae.runtime.pod.v0.FreeRequest
-	17, // 29: aurae.runtime.pod.v0.PodService.ContainerStatus:input_type -> aurae.runtime.pod.v0.ContainerStatusRequest
-	19, // 30: aurae.runtime.pod.v0.PodService.ExecSync:input_type -> aurae.runtime.pod.v0.ExecSyncRequest
-	21, // 31: aurae.runtime.pod.v0.PodService.ContainerStats:input_type -> aurae.runtime.pod.v0.ContainerStatsRequest
-	23, // 32: aurae.runtime.pod.v0.PodService.RemoveContainer:input_type -> aurae.runtime.pod.v0.RemoveContainerRequest
-	25, // 33: aurae.runtime.pod.v0.PodService.ListPods:input_type -> aurae.runtime.pod.v0.ListPodsRequest
-	28, // 34: aurae.runtime.pod.v0.PodService.UpdateContainerResources:input_type -> aurae.runtime.pod.v0.UpdateContainerResourcesRequest
-	30, // 35: aurae.runtime.pod.v0.PodService.ReopenContainerLog:input_type -> aurae.runtime.pod.v0.ReopenContainerLogRequest
-	34, // 36: aurae.runtime.pod.v0.PodService.Exec:input_type -> aurae.runtime.pod.v0.ExecRequest
-	38, // 37: aurae.runtime.pod.v0.PodService.Attach:input_type -> aurae.runtime.pod.v0.AttachRequest
-	40, // 38: aurae.runtime.pod.v0.PodService.ContainerEvents:input_type -> aurae.runtime.pod.v0.ContainerEventsRequest
-	8,  // 39: aurae.runtime.pod.v0.PodService.Allocate:output_type -> aurae.runtime.pod.v0.AllocateResponse
-	11, // 40: aurae.runtime.pod.v0.PodService.Start:output_type -> aurae.runtime.pod.v0.StartResponse
-	13, // 41: aurae.runtime.pod.v0.PodService.Stop:output_type -> aurae.runtime.pod.v0.StopResponse
-	15, // 42: aurae.runtime.pod.v0.PodService.Free:output_type -> aurae.runtime.pod.v0.FreeResponse
-	18, // 43: aurae.runtime.pod.v0.PodService.ContainerStatus:output_type -> aurae.runtime.pod.v0.ContainerStatusResponse
-	20, // 44: aurae.runtime.pod.v0.PodService.ExecSync:output_type -> aurae.runtime.pod.v0.ExecSyncResponse
-	22, // 45: aurae.runtime.pod.v0.PodService.ContainerStats:output_type -> aurae.runtime.pod.v0.ContainerStatsResponse
-	24, // 46: aurae.runtime.pod.v0.PodService.RemoveContainer:output_type -> aurae.runtime.pod.v0.RemoveContainerResponse
-	27, // 47: aurae.runtime.pod.v0.PodService.ListPods:output_type -> aurae.runtime.pod.v0.ListPodsResponse
-	29, // 48: aurae.runtime.pod.v0.PodService.UpdateContainerResources:output_type -> aurae.runtime.pod.v0.UpdateContainerResourcesResponse
-	31, // 49: aurae.runtime.pod.v0.PodService.ReopenContainerLog:output_type -> aurae.runtime.pod.v0.ReopenContainerLogResponse
-	36, // 50: aurae.runtime.pod.v0.PodService.Exec:output_type -> aurae.runtime.pod.v0.ExecResponse
-	39, // 51: aurae.runtime.pod.v0.PodService.Attach:output_type -> aurae.runtime.pod.v0.AttachResponse
-	41, // 52: aurae.runtime.pod.v0.PodService.ContainerEvents:output_type -> aurae.runtime.pod.v0.ContainerEvent
-	39, // [39:53] is the sub-list for method output_type
-	25, // [25:39] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	42, // 25: aurae.runtime.pod.v0.PortForwardRequest.start:type_name -> aurae.runtime.pod.v0.PortForwardStart
+	7,  // 26: aurae.runtime.pod.v0.PodService.Allocate:input_type -> aurae.runtime.pod.v0.AllocateRequest
+	10, // 27: aurae.runtime.pod.v0.PodService.Start:input_type -> aurae.runtime.pod.v0.StartRequest
+	12, // 28: aurae.runtime.pod.v0.PodService.Stop:input_type -> aurae.runtime.pod.v0.StopRequest
+	14, // 29: aurae.runtime.pod.v0.PodService.Free:input_type -> aurae.runtime.pod.v0.FreeRequest
+	17, // 30: aurae.runtime.pod.v0.PodService.ContainerStatus:input_type -> aurae.runtime.pod.v0.ContainerStatusRequest
+	19, // 31: aurae.runtime.pod.v0.PodService.ExecSync:input_type -> aurae.runtime.pod.v0.ExecSyncRequest
+	21, // 32: aurae.runtime.pod.v0.PodService.ContainerStats:input_type -> aurae.runtime.pod.v0.ContainerStatsRequest
+	23, // 33: aurae.runtime.pod.v0.PodService.RemoveContainer:input_type -> aurae.runtime.pod.v0.RemoveContainerRequest
+	25, // 34: aurae.runtime.pod.v0.PodService.ListPods:input_type -> aurae.runtime.pod.v0.ListPodsRequest
+	28, // 35: aurae.runtime.pod.v0.PodService.UpdateContainerResources:input_type -> aurae.runtime.pod.v0.UpdateContainerResourcesRequest
+	30, // 36: aurae.runtime.pod.v0.PodService.ReopenContainerLog:input_type -> aurae.runtime.pod.v0.ReopenContainerLogRequest
+	34, // 37: aurae.runtime.pod.v0.PodService.Exec:input_type -> aurae.runtime.pod.v0.ExecRequest
+	38, // 38: aurae.runtime.pod.v0.PodService.Attach:input_type -> aurae.runtime.pod.v0.AttachRequest
+	40, // 39: aurae.runtime.pod.v0.PodService.ContainerEvents:input_type -> aurae.runtime.pod.v0.ContainerEventsRequest
+	43, // 40: aurae.runtime.pod.v0.PodService.PortForward:input_type -> aurae.runtime.pod.v0.PortForwardRequest
+	8,  // 41: aurae.runtime.pod.v0.PodService.Allocate:output_type -> aurae.runtime.pod.v0.AllocateResponse
+	11, // 42: aurae.runtime.pod.v0.PodService.Start:output_type -> aurae.runtime.pod.v0.StartResponse
+	13, // 43: aurae.runtime.pod.v0.PodService.Stop:output_type -> aurae.runtime.pod.v0.StopResponse
+	15, // 44: aurae.runtime.pod.v0.PodService.Free:output_type -> aurae.runtime.pod.v0.FreeResponse
+	18, // 45: aurae.runtime.pod.v0.PodService.ContainerStatus:output_type -> aurae.runtime.pod.v0.ContainerStatusResponse
+	20, // 46: aurae.runtime.pod.v0.PodService.ExecSync:output_type -> aurae.runtime.pod.v0.ExecSyncResponse
+	22, // 47: aurae.runtime.pod.v0.PodService.ContainerStats:output_type -> aurae.runtime.pod.v0.ContainerStatsResponse
+	24, // 48: aurae.runtime.pod.v0.PodService.RemoveContainer:output_type -> aurae.runtime.pod.v0.RemoveContainerResponse
+	27, // 49: aurae.runtime.pod.v0.PodService.ListPods:output_type -> aurae.runtime.pod.v0.ListPodsResponse
+	29, // 50: aurae.runtime.pod.v0.PodService.UpdateContainerResources:output_type -> aurae.runtime.pod.v0.UpdateContainerResourcesResponse
+	31, // 51: aurae.runtime.pod.v0.PodService.ReopenContainerLog:output_type -> aurae.runtime.pod.v0.ReopenContainerLogResponse
+	36, // 52: aurae.runtime.pod.v0.PodService.Exec:output_type -> aurae.runtime.pod.v0.ExecResponse
+	39, // 53: aurae.runtime.pod.v0.PodService.Attach:output_type -> aurae.runtime.pod.v0.AttachResponse
+	41, // 54: aurae.runtime.pod.v0.PodService.ContainerEvents:output_type -> aurae.runtime.pod.v0.ContainerEvent
+	44, // 55: aurae.runtime.pod.v0.PodService.PortForward:output_type -> aurae.runtime.pod.v0.PortForwardResponse
+	41, // [41:56] is the sub-list for method output_type
+	26, // [26:41] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_pods_v0_pods_proto_init() }
@@ -3038,13 +3268,18 @@ func file_pods_v0_pods_proto_init() {
 		(*AttachResponse_Stdout)(nil),
 		(*AttachResponse_Stderr)(nil),
 	}
+	file_pods_v0_pods_proto_msgTypes[40].OneofWrappers = []any{
+		(*PortForwardRequest_Start)(nil),
+		(*PortForwardRequest_Data)(nil),
+		(*PortForwardRequest_CloseWrite)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pods_v0_pods_proto_rawDesc), len(file_pods_v0_pods_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   42,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -39,6 +39,7 @@ const (
 	PodService_Exec_FullMethodName                     = "/aurae.runtime.pod.v0.PodService/Exec"
 	PodService_Attach_FullMethodName                   = "/aurae.runtime.pod.v0.PodService/Attach"
 	PodService_ContainerEvents_FullMethodName          = "/aurae.runtime.pod.v0.PodService/ContainerEvents"
+	PodService_PortForward_FullMethodName              = "/aurae.runtime.pod.v0.PodService/PortForward"
 )
 
 // PodServiceClient is the client API for PodService service.
@@ -86,6 +87,12 @@ type PodServiceClient interface {
 	// exited, removed. A subscriber that falls behind is dropped (the stream
 	// ends with ResourceExhausted): it lists again and resubscribes.
 	ContainerEvents(ctx context.Context, in *ContainerEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ContainerEvent], error)
+	// Forward a TCP connection to a port on 127.0.0.1 in a pod's network
+	// namespace (the daemon's own for a pod on the node's network): the first
+	// request is a PortForwardStart, then data and, once the client has no
+	// more to send, close_write; the answers are the data the pod's side
+	// sends. The stream ends when the pod's side closes its end.
+	PortForward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PortForwardRequest, PortForwardResponse], error)
 }
 
 type podServiceClient struct {
@@ -251,6 +258,19 @@ func (c *podServiceClient) ContainerEvents(ctx context.Context, in *ContainerEve
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PodService_ContainerEventsClient = grpc.ServerStreamingClient[ContainerEvent]
 
+func (c *podServiceClient) PortForward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PortForwardRequest, PortForwardResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &PodService_ServiceDesc.Streams[3], PodService_PortForward_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PortForwardRequest, PortForwardResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PodService_PortForwardClient = grpc.BidiStreamingClient[PortForwardRequest, PortForwardResponse]
+
 // PodServiceServer is the server API for PodService service.
 // All implementations must embed UnimplementedPodServiceServer
 // for forward compatibility.
@@ -296,6 +316,12 @@ type PodServiceServer interface {
 	// exited, removed. A subscriber that falls behind is dropped (the stream
 	// ends with ResourceExhausted): it lists again and resubscribes.
 	ContainerEvents(*ContainerEventsRequest, grpc.ServerStreamingServer[ContainerEvent]) error
+	// Forward a TCP connection to a port on 127.0.0.1 in a pod's network
+	// namespace (the daemon's own for a pod on the node's network): the first
+	// request is a PortForwardStart, then data and, once the client has no
+	// more to send, close_write; the answers are the data the pod's side
+	// sends. The stream ends when the pod's side closes its end.
+	PortForward(grpc.BidiStreamingServer[PortForwardRequest, PortForwardResponse]) error
 	mustEmbedUnimplementedPodServiceServer()
 }
 
@@ -347,6 +373,9 @@ func (UnimplementedPodServiceServer) Attach(grpc.BidiStreamingServer[AttachReque
 }
 func (UnimplementedPodServiceServer) ContainerEvents(*ContainerEventsRequest, grpc.ServerStreamingServer[ContainerEvent]) error {
 	return status.Errorf(codes.Unimplemented, "method ContainerEvents not implemented")
+}
+func (UnimplementedPodServiceServer) PortForward(grpc.BidiStreamingServer[PortForwardRequest, PortForwardResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method PortForward not implemented")
 }
 func (UnimplementedPodServiceServer) mustEmbedUnimplementedPodServiceServer() {}
 func (UnimplementedPodServiceServer) testEmbeddedByValue()                    {}
@@ -592,6 +621,13 @@ func _PodService_ContainerEvents_Handler(srv interface{}, stream grpc.ServerStre
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PodService_ContainerEventsServer = grpc.ServerStreamingServer[ContainerEvent]
 
+func _PodService_PortForward_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(PodServiceServer).PortForward(&grpc.GenericServerStream[PortForwardRequest, PortForwardResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PodService_PortForwardServer = grpc.BidiStreamingServer[PortForwardRequest, PortForwardResponse]
+
 // PodService_ServiceDesc is the grpc.ServiceDesc for PodService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -661,6 +697,12 @@ var PodService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "ContainerEvents",
 			Handler:       _PodService_ContainerEvents_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "PortForward",
+			Handler:       _PodService_PortForward_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "pods/v0/pods.proto",

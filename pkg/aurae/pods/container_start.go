@@ -8,14 +8,12 @@ import (
 	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 	"github.com/containerd/errdefs"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
 
@@ -65,7 +63,7 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 	if err != nil {
 		return nil, err
 	}
-	spec, err := s.composeSpec(p, req)
+	spec, err := s.checkSpec(p, req)
 	if err != nil {
 		return nil, fmt.Errorf("container %q: %w", id, err)
 	}
@@ -129,7 +127,7 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 	}
 	rec := ctrRecord{
 		ID: id, PodID: podID, LogPath: req.GetLogPath(), CgroupPath: p.paths.GetCgroupPath() + "/" + id,
-		OwnPID: !p.ownsPID() && p.spec.GetNamespaces().GetPid() != podsv0.NamespaceMode_NAMESPACE_MODE_NODE,
+		OwnPID: ownPIDNamespace(spec),
 		State:  stateCreated, CreatedAt: time.Now().UnixNano(),
 	}
 	if err := s.store.put(bucketContainers, id, rec); err != nil {
@@ -166,134 +164,6 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 	s.watch(c, fd)
 	log.Info("container started", "pid", rec.Pid, "cgroup", rec.CgroupPath)
 	return &podsv0.StartResponse{ContainerId: id, Pid: int32(rec.Pid), CgroupPath: rec.CgroupPath}, nil
-}
-
-// composeSpec fills the request's OCI spec in with the pod: its namespace
-// paths, the container's cgroup below the pod's, the rootfs, the pod's
-// files, and an oomScoreAdj no lower than auraed's own.
-func (s *Service) composeSpec(p *pod, req *podsv0.Container) (*specs.Spec, error) {
-	var sp specs.Spec
-	if err := json.Unmarshal(req.GetOciSpec(), &sp); err != nil {
-		return nil, fmt.Errorf("OCI spec: %w: %w", err, errdefs.ErrInvalidArgument)
-	}
-	if sp.Process == nil || len(sp.Process.Args) == 0 {
-		return nil, fmt.Errorf("OCI spec has no process args: %w", errdefs.ErrInvalidArgument)
-	}
-	if req.GetRootfsPath() != "" {
-		if sp.Root == nil {
-			sp.Root = &specs.Root{}
-		}
-		sp.Root.Path = req.GetRootfsPath()
-	}
-	if sp.Root == nil || sp.Root.Path == "" {
-		return nil, fmt.Errorf("no rootfs (neither rootfs_path nor root.path): %w", errdefs.ErrInvalidArgument)
-	}
-	if err := validPath("root.path", sp.Root.Path); err != nil {
-		return nil, err
-	}
-	for _, m := range sp.Mounts {
-		if err := validMount(m); err != nil {
-			return nil, err
-		}
-	}
-	if sp.Linux == nil {
-		sp.Linux = &specs.Linux{}
-	}
-	sp.Process.Terminal = req.GetTty()
-	// The pod owns the hostname.
-	sp.Hostname = ""
-	var nss []specs.LinuxNamespace
-	hasMount := false
-	for _, ns := range sp.Linux.Namespaces {
-		switch ns.Type {
-		case specs.NetworkNamespace, specs.IPCNamespace, specs.UTSNamespace, specs.PIDNamespace:
-			continue
-		case specs.MountNamespace:
-			hasMount = true
-		}
-		nss = append(nss, ns)
-	}
-	if !hasMount {
-		nss = append(nss, specs.LinuxNamespace{Type: specs.MountNamespace})
-	}
-	paths := p.paths
-	for _, ns := range []struct {
-		typ  specs.LinuxNamespaceType
-		path string
-	}{
-		{specs.NetworkNamespace, paths.GetNetworkNamespacePath()},
-		{specs.IPCNamespace, paths.GetIpcNamespacePath()},
-		{specs.UTSNamespace, paths.GetUtsNamespacePath()},
-		{specs.PIDNamespace, paths.GetPidNamespacePath()},
-	} {
-		if ns.path != "" {
-			nss = append(nss, specs.LinuxNamespace{Type: ns.typ, Path: ns.path})
-		}
-	}
-	if p.spec.GetNamespaces().GetPid() == podsv0.NamespaceMode_NAMESPACE_MODE_CONTAINER {
-		nss = append(nss, specs.LinuxNamespace{Type: specs.PIDNamespace})
-	}
-	sp.Linux.Namespaces = nss
-	sp.Linux.CgroupsPath = "/" + paths.GetCgroupPath() + "/" + req.GetId()
-	if min, err := ownOOMScoreAdj(); err == nil && sp.Process.OOMScoreAdj != nil && *sp.Process.OOMScoreAdj < min {
-		v := min
-		sp.Process.OOMScoreAdj = &v
-	}
-	if req.GetMountPodFiles() {
-		for _, f := range []struct{ dst, src string }{
-			{"/etc/hostname", paths.GetHostnamePath()},
-			{"/etc/resolv.conf", paths.GetResolvConfPath()},
-			{"/etc/hosts", paths.GetHostsPath()},
-		} {
-			if !mountsAt(sp.Mounts, f.dst) {
-				sp.Mounts = append(sp.Mounts, specs.Mount{Destination: f.dst, Type: "bind", Source: f.src, Options: []string{"rbind", "rprivate", "rw"}})
-			}
-		}
-	}
-	return &sp, nil
-}
-
-func validMount(m specs.Mount) error {
-	if !filepath.IsAbs(m.Destination) {
-		return fmt.Errorf("mount destination %q is not absolute: %w", m.Destination, errdefs.ErrInvalidArgument)
-	}
-	for _, seg := range strings.Split(m.Destination, "/") {
-		if seg == ".." {
-			return fmt.Errorf("mount destination %q contains \"..\": %w", m.Destination, errdefs.ErrInvalidArgument)
-		}
-	}
-	if m.Type == "bind" || hasOption(m.Options, "bind") || hasOption(m.Options, "rbind") {
-		return validPath("bind mount source", m.Source)
-	}
-	return nil
-}
-
-func hasOption(opts []string, o string) bool {
-	for _, x := range opts {
-		if x == o {
-			return true
-		}
-	}
-	return false
-}
-
-func mountsAt(ms []specs.Mount, dst string) bool {
-	for _, m := range ms {
-		if filepath.Clean(m.Destination) == dst {
-			return true
-		}
-	}
-	return false
-}
-
-// ownOOMScoreAdj is auraed's own oom_score_adj: without CAP_SYS_RESOURCE a
-// lower value is refused, and runc then fails every container.
-func ownOOMScoreAdj() (int, error) {
-	b, err := os.ReadFile("/proc/self/oom_score_adj")
-	if err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(strings.TrimSpace(string(b)))
 }
 
 // runRuntime runs the OCI runtime with auraed's --root, bounded.

@@ -16,9 +16,13 @@ import (
 	"testing"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
+
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller/native"
+	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
 )
 
 type env struct {
@@ -230,12 +234,67 @@ func (e *env) allocate(p *podsv0.Pod) *podsv0.AllocateResponse {
 }
 
 func (e *env) container(id string, specJSON []byte) *podsv0.Container {
-	return &podsv0.Container{Id: id, OciSpec: specJSON, RootfsPath: e.rootfs, LogPath: filepath.Join(e.logDir, id+".log"), MountPodFiles: true}
+	return &podsv0.Container{Id: id, OciSpec: specJSON, RootfsPath: e.rootfs, LogPath: filepath.Join(e.logDir, id+".log")}
+}
+
+// forPod completes c's spec for the pod, as a client does from the pod's
+// AllocateResponse (pkg/controller/native's facts, then ocispec): the
+// pod's namespaces where the spec names none of that type, the
+// container's cgroup, root.path, the pod's files, terminal = tty.
+func (e *env) forPod(podID string, c *podsv0.Container) *podsv0.Container {
+	e.t.Helper()
+	resp, err := e.svc.ListPods(context.Background(), &podsv0.ListPodsRequest{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var pod *podsv0.PodStatus
+	for _, p := range resp.GetPods() {
+		if p.GetPod().GetId() == podID {
+			pod = p
+		}
+	}
+	if pod == nil {
+		return c // the test wants an unknown pod
+	}
+	var sp specs.Spec
+	if err := json.Unmarshal(c.GetOciSpec(), &sp); err != nil {
+		e.t.Fatal(err)
+	}
+	f := native.Facts(pod.GetPod(), pod.GetPaths())
+	has := map[specs.LinuxNamespaceType]bool{}
+	for _, ns := range sp.Linux.Namespaces {
+		has[ns.Type] = true
+	}
+	for _, ns := range []struct {
+		typ specs.LinuxNamespaceType
+		n   ocispec.Namespace
+	}{{specs.NetworkNamespace, f.Network}, {specs.IPCNamespace, f.IPC}, {specs.UTSNamespace, f.UTS}, {specs.PIDNamespace, f.PID}} {
+		if !has[ns.typ] && !ns.n.Node {
+			sp.Linux.Namespaces = append(sp.Linux.Namespaces, specs.LinuxNamespace{Type: ns.typ, Path: ns.n.Path})
+		}
+	}
+	if sp.Linux.CgroupsPath == "" {
+		sp.Linux.CgroupsPath = f.CgroupParent + "/" + c.GetId()
+	}
+	if sp.Root == nil {
+		sp.Root = &specs.Root{Path: c.GetRootfsPath()}
+	}
+	for _, m := range []struct{ dst, src string }{{"/etc/hostname", f.HostnamePath}, {"/etc/resolv.conf", f.ResolvConfPath}, {"/etc/hosts", f.HostsPath}} {
+		sp.Mounts = append(sp.Mounts, specs.Mount{Destination: m.dst, Type: "bind", Source: m.src, Options: []string{"rbind", "rprivate", "rw"}})
+	}
+	sp.Process.Terminal = c.GetTty()
+	b, err := json.Marshal(&sp)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	out := proto.Clone(c).(*podsv0.Container)
+	out.OciSpec = b
+	return out
 }
 
 func (e *env) start(pod string, c *podsv0.Container) *podsv0.StartResponse {
 	e.t.Helper()
-	resp, err := e.svc.Start(context.Background(), &podsv0.StartRequest{PodId: pod, Container: c})
+	resp, err := e.svc.Start(context.Background(), &podsv0.StartRequest{PodId: pod, Container: e.forPod(pod, c)})
 	if err != nil {
 		e.t.Fatalf("start %s: %v", c.GetId(), err)
 	}

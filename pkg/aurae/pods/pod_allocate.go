@@ -53,6 +53,7 @@ func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.All
 		HostnamePath:   filepath.Join(dir, "hostname"),
 		HostsPath:      filepath.Join(dir, "hosts"),
 		CgroupV2:       cgroup.Unified(),
+		OomScoreAdjMin: s.oomFloor,
 	}
 	p.paths = paths
 	if _, err := os.Stat(dir); err == nil {

@@ -25,7 +25,7 @@ func BenchmarkPodStart(b *testing.B) {
 			b.Fatal(err)
 		}
 		t1 := time.Now()
-		if _, err := e.svc.Start(ctx, &podsv0.StartRequest{PodId: id, Container: e.container(id+"-c", sleep)}); err != nil {
+		if _, err := e.svc.Start(ctx, &podsv0.StartRequest{PodId: id, Container: e.forPod(id, e.container(id+"-c", sleep))}); err != nil {
 			b.Fatal(err)
 		}
 		alloc += t1.Sub(t0)

@@ -2,6 +2,7 @@ package pods
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -25,7 +26,7 @@ func TestContainerExitCodeAndLog(t *testing.T) {
 	e := newEnv(t)
 	e.allocate(&podsv0.Pod{Id: "logs", Hostname: "logs"})
 	c := e.container("printer", spec(t, func(s *specs.Spec) {
-		v := -997 // what the kubelet asks for; clamped to auraed's own
+		v := 999 // a BestEffort pod's (one below auraed's own is refused: TestBadRequests)
 		s.Process.OOMScoreAdj = &v
 	}, "sh", "-c", "echo line one; echo line two; echo oops >&2; exit 3"))
 	started := time.Now()
@@ -364,7 +365,36 @@ func TestBadRequests(t *testing.T) {
 		}, "true"))), codes.InvalidArgument},
 		{"no spec", start("bad", &podsv0.Container{Id: "c6", RootfsPath: e.rootfs}), codes.InvalidArgument},
 		{"bad spec", start("bad", &podsv0.Container{Id: "c7", RootfsPath: e.rootfs, OciSpec: []byte("{")}), codes.InvalidArgument},
-		{"no such executable", start("bad", e.container("c8", spec(t, nil, "/bin/nope"))), codes.Internal},
+		{"no such executable", start("bad", e.forPod("bad", e.container("c8", spec(t, nil, "/bin/nope")))), codes.Internal},
+		{"incomplete spec (no pod namespaces, no cgroup)", start("bad", e.container("c9", good)), codes.InvalidArgument},
+		{"mount_pod_files", start("bad", func() *podsv0.Container {
+			c := e.forPod("bad", e.container("c10", good))
+			c.MountPodFiles = true
+			return c
+		}()), codes.InvalidArgument},
+		{"network namespace of another pod", start("bad", e.forPod("bad", e.container("c11", spec(t, func(s *specs.Spec) {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/proc/1/ns/net"})
+		}, "true")))), codes.InvalidArgument},
+		{"pid namespace of a process not of the pod", start("bad", e.forPod("bad", e.container("c12", spec(t, func(s *specs.Spec) {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.PIDNamespace, Path: "/proc/1/ns/pid"})
+		}, "true")))), codes.InvalidArgument},
+		{"cgroup outside the pod", start("bad", e.forPod("bad", e.container("c13", spec(t, func(s *specs.Spec) {
+			s.Linux.CgroupsPath = "/aurae/elsewhere/c13"
+		}, "true")))), codes.InvalidArgument},
+		{"oomScoreAdj below auraed's", start("bad", e.forPod("bad", e.container("c14", spec(t, func(s *specs.Spec) {
+			adj := -1000
+			s.Process.OOMScoreAdj = &adj
+		}, "true")))), codes.InvalidArgument},
+		{"terminal that is not the request's tty", start("bad", func() *podsv0.Container {
+			c := e.forPod("bad", e.container("c15", good))
+			var sp specs.Spec
+			if err := json.Unmarshal(c.OciSpec, &sp); err != nil {
+				t.Fatal(err)
+			}
+			sp.Process.Terminal = true
+			c.OciSpec, _ = json.Marshal(&sp)
+			return c
+		}()), codes.InvalidArgument},
 		{"status of unknown", func() error {
 			_, err := e.svc.ContainerStatus(ctx, &podsv0.ContainerStatusRequest{ContainerId: "nobody"})
 			return err
@@ -408,7 +438,7 @@ func TestBadRequests(t *testing.T) {
 	}
 	// The id of a refused container is free again; a duplicate is refused.
 	e.start("bad", e.container("c8", good))
-	if err := start("bad", e.container("c8", good)); code(err) != codes.AlreadyExists {
+	if err := start("bad", e.forPod("bad", e.container("c8", good))); code(err) != codes.AlreadyExists {
 		t.Errorf("duplicate container: %v, want AlreadyExists", err)
 	}
 }
@@ -426,7 +456,7 @@ func TestConcurrentPods(t *testing.T) {
 				errs <- err
 				return
 			}
-			c := e.container(id+"-c", hostname)
+			c := e.forPod(id, e.container(id+"-c", hostname))
 			if _, err := e.svc.Start(ctx, &podsv0.StartRequest{PodId: id, Container: c}); err != nil {
 				errs <- err
 				return
@@ -559,5 +589,33 @@ func TestRecoverInterrupted(t *testing.T) {
 	}
 	if st := e.status("c"); st.GetState() != podsv0.ContainerState_CONTAINER_STATE_RUNNING || st.GetStartedAt() == 0 {
 		t.Errorf("container recorded as created but running: %v", st)
+	}
+}
+
+// TestPIDTargetNamespace: a container whose spec joins the pid namespace
+// of a running container of the same pod (/proc/<pid>/ns/pid, the CRI's
+// pid mode TARGET) sees that container's processes; the same path in
+// another pod is refused.
+func TestPIDTargetNamespace(t *testing.T) {
+	e := newEnv(t)
+	own := &podsv0.NamespaceOptions{Pid: podsv0.NamespaceMode_NAMESPACE_MODE_CONTAINER}
+	e.allocate(&podsv0.Pod{Id: "dbg", Namespaces: own})
+	e.allocate(&podsv0.Pod{Id: "other", Namespaces: own})
+	target := e.start("dbg", e.container("app", spec(t, func(s *specs.Spec) {
+		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.PIDNamespace})
+	}, "sleep", "1001")))
+	joinTarget := func(s *specs.Spec) {
+		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.PIDNamespace, Path: fmt.Sprintf("/proc/%d/ns/pid", target.GetPid())})
+	}
+	e.start("dbg", e.container("debugger", spec(t, joinTarget, "sleep", "1000")))
+	if ps := e.mustExec("debugger", "ps"); !strings.Contains(ps, "sleep 1001") {
+		t.Errorf("the debugger does not see its target's processes:\n%s", ps)
+	}
+	if ps := e.mustExec("app", "ps"); !strings.Contains(ps, "sleep 1000") {
+		t.Errorf("the target does not see the debugger:\n%s", ps)
+	}
+	_, err := e.svc.Start(context.Background(), &podsv0.StartRequest{PodId: "other", Container: e.forPod("other", e.container("intruder", spec(t, joinTarget, "true")))})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("joining another pod's container: %v, want InvalidArgument", err)
 	}
 }

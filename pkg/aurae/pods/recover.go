@@ -33,6 +33,7 @@ func (s *Service) recover(ctx context.Context) error {
 			_ = s.store.delete(bucketPods, id)
 			continue
 		}
+		paths.OomScoreAdjMin = s.oomFloor // auraed's own now, which containers started from here on get
 		p := &pod{spec: spec, paths: paths, createdAt: r.CreatedAt, holder: r.Holder}
 		if r.Allocating || !cgroup.Exists(paths.GetCgroupPath()) {
 			// An Allocate cut short, or a pod whose cgroup went (after a

@@ -32,6 +32,7 @@ import (
 	"sync/atomic"
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"github.com/aurae-runtime/aurae-cri/pkg/errmap"
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
@@ -69,6 +70,9 @@ type Service struct {
 	closedCh chan struct{} // closed by Close
 	events   eventHub
 	wg       sync.WaitGroup // watchers
+
+	// oomFloor is auraed's own oom_score_adj: no container's may be lower.
+	oomFloor int32
 
 	mu   sync.RWMutex
 	pods map[string]*pod
@@ -125,7 +129,13 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 		unix.Close(closing)
 		return nil, err
 	}
-	s := &Service{cfg: cfg, log: cfg.Logger, store: st, runtime: rt, conmon: cm, closing: closing, closedCh: make(chan struct{}), pods: map[string]*pod{}, ctrs: map[string]*container{}}
+	floor, err := linux.OwnOOMScoreAdj()
+	if err != nil {
+		unix.Close(closing)
+		_ = st.close()
+		return nil, fmt.Errorf("pods: own oom_score_adj: %w", err)
+	}
+	s := &Service{cfg: cfg, log: cfg.Logger, store: st, runtime: rt, conmon: cm, closing: closing, closedCh: make(chan struct{}), oomFloor: int32(floor), pods: map[string]*pod{}, ctrs: map[string]*container{}}
 	if err := s.recover(ctx); err != nil {
 		_ = s.Close()
 		return nil, fmt.Errorf("recover pods: %w", err)

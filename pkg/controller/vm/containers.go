@@ -2,12 +2,11 @@ package vm
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,9 +18,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	vmsv0 "github.com/aurae-runtime/aurae-cri/api/vms/v0"
-	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller/native"
+	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
 )
 
 // containerDir is a container's dir under the shared dir (host side) and
@@ -31,100 +31,88 @@ func containerDir(podDir, cid string) (host, inGuest string) {
 	return filepath.Join(sharedDir(podDir), rel), filepath.Join(guestShared, rel)
 }
 
-// StartContainer makes the container's rootfs, log dir and bind-mounted
-// volumes visible in the guest (bind mounts under the shared dir), points
-// its spec at them, and starts it in the guest pod.
-func (c *Controller) StartContainer(ctx context.Context, podID string, ctr *podsv0.Container) (_ *podsv0.StartResponse, retErr error) {
+// PrepareContainer shares the container's rootfs, log dir and the sources
+// of its bind mounts into the VM (bind mounts under the pod's shared dir,
+// which the guest sees under /run/aurae/shared) and answers the guest
+// pod's facts with the guest's paths of them.
+func (c *Controller) PrepareContainer(ctx context.Context, podID string, files controller.ContainerFiles) (_ ocispec.PodFacts, retErr error) {
 	p, err := c.pod(podID)
 	if err != nil {
-		return nil, err
+		return ocispec.PodFacts{}, err
 	}
 	c.mu.Lock()
 	g := p.guest
 	c.mu.Unlock()
 	if g == nil {
-		return nil, fmt.Errorf("vm pod %s: the VM is not running: %w", podID, errdefs.ErrFailedPrecondition)
+		return ocispec.PodFacts{}, fmt.Errorf("vm pod %s: the VM is not running: %w", podID, errdefs.ErrFailedPrecondition)
 	}
-	hostDir, guestDir := containerDir(p.dir, ctr.GetId())
+	hostDir, guestDir := containerDir(p.dir, files.ID)
 	defer func() {
 		if retErr != nil {
 			_ = unmountUnder(hostDir)
 			_ = os.RemoveAll(hostDir)
 		}
 	}()
-	if err := bindInto(ctr.GetRootfsPath(), filepath.Join(hostDir, "rootfs")); err != nil {
-		return nil, fmt.Errorf("share rootfs: %w", err)
+	if err := bindInto(files.Rootfs, filepath.Join(hostDir, "rootfs")); err != nil {
+		return ocispec.PodFacts{}, fmt.Errorf("share rootfs: %w", err)
 	}
-	out := proto2(ctr)
-	out.RootfsPath = filepath.Join(guestDir, "rootfs")
-	if lp := ctr.GetLogPath(); lp != "" {
+	if lp := files.LogPath; lp != "" {
 		if err := os.MkdirAll(filepath.Dir(lp), 0o755); err != nil {
-			return nil, err
+			return ocispec.PodFacts{}, err
 		}
 		if err := bindInto(filepath.Dir(lp), filepath.Join(hostDir, "log")); err != nil {
-			return nil, fmt.Errorf("share log dir: %w", err)
+			return ocispec.PodFacts{}, fmt.Errorf("share log dir: %w", err)
 		}
-		out.LogPath = filepath.Join(guestDir, "log", filepath.Base(lp))
 	}
-	var sp specs.Spec
-	if err := json.Unmarshal(ctr.GetOciSpec(), &sp); err != nil {
-		return nil, fmt.Errorf("oci spec: %w: %w", err, errdefs.ErrInvalidArgument)
-	}
-	mountPodFiles, err := shareMounts(&sp, p.rec.PodFiles, hostDir, guestDir)
-	if err != nil {
-		return nil, err
-	}
-	out.MountPodFiles = out.MountPodFiles || mountPodFiles
-	if sp.Root != nil {
-		sp.Root.Path = out.RootfsPath
-	}
-	if sp.Linux != nil {
-		// The guest pod's namespaces replace the host pod's.
-		sp.Linux.Namespaces = slices.DeleteFunc(sp.Linux.Namespaces, func(ns specs.LinuxNamespace) bool { return ns.Path != "" })
-	}
-	if out.OciSpec, err = json.Marshal(&sp); err != nil {
-		return nil, err
-	}
-	resp, err := g.pods.Start(ctx, &podsv0.StartRequest{PodId: podID, Container: out})
-	if err != nil {
-		return nil, err
-	}
-	c.mu.Lock()
-	c.ctrs[ctr.GetId()] = podID
-	c.mu.Unlock()
-	return resp, nil
-}
-
-func proto2(c *podsv0.Container) *podsv0.Container {
-	return &podsv0.Container{Id: c.GetId(), OciSpec: c.GetOciSpec(), RootfsPath: c.GetRootfsPath(), LogPath: c.GetLogPath(),
-		Tty: c.GetTty(), Stdin: c.GetStdin(), MountPodFiles: c.GetMountPodFiles()}
-}
-
-// shareMounts rewrites the spec's bind mounts for the guest: the host
-// pod's own files are dropped (the guest pod mounts its own: the answer is
-// true when one was), other host paths are bind-mounted under hostDir.
-func shareMounts(sp *specs.Spec, podFiles []string, hostDir, guestDir string) (bool, error) {
-	podFile := false
-	var mounts []specs.Mount
-	for i, m := range sp.Mounts {
-		bind := m.Type == "bind" || slices.Contains(m.Options, "bind") || slices.Contains(m.Options, "rbind")
-		if !bind {
-			mounts = append(mounts, m)
-			continue
-		}
-		if m.Source != "" && slices.Contains(podFiles, m.Source) {
-			podFile = true
+	sources := make(map[string]string, len(files.Mounts))
+	for i, src := range files.Mounts {
+		if _, ok := sources[src]; ok {
 			continue
 		}
 		name := "m" + strconv.Itoa(i)
-		if err := bindInto(m.Source, filepath.Join(hostDir, name)); err != nil {
-			return false, fmt.Errorf("share mount %s: %w", m.Destination, err)
+		if err := bindInto(src, filepath.Join(hostDir, name)); err != nil {
+			return ocispec.PodFacts{}, fmt.Errorf("share mount source %s: %w", src, err)
 		}
-		m.Source = filepath.Join(guestDir, name)
-		mounts = append(mounts, m)
+		sources[src] = filepath.Join(guestDir, name)
 	}
-	sp.Mounts = mounts
-	return podFile, nil
+	facts, err := g.pods.PrepareContainer(ctx, podID, controller.ContainerFiles{
+		ID: files.ID, Rootfs: filepath.Join(guestDir, "rootfs"), PIDTarget: files.PIDTarget,
+	})
+	if err != nil {
+		return ocispec.PodFacts{}, fmt.Errorf("guest pod: %w", err)
+	}
+	facts.MountSources = sources
+	c.mu.Lock()
+	c.ctrs[files.ID] = podID
+	c.mu.Unlock()
+	return facts, nil
+}
+
+// StartContainer starts the prepared container in the guest pod; its log
+// file is the guest's view of the shared log dir.
+func (c *Controller) StartContainer(ctx context.Context, podID string, ctr controller.Container) (controller.Started, error) {
+	p, err := c.pod(podID)
+	if err != nil {
+		return controller.Started{}, err
+	}
+	c.mu.Lock()
+	g := p.guest
+	c.mu.Unlock()
+	if g == nil {
+		return controller.Started{}, fmt.Errorf("vm pod %s: the VM is not running: %w", podID, errdefs.ErrFailedPrecondition)
+	}
+	if ctr.LogPath != "" {
+		_, guestDir := containerDir(p.dir, ctr.ID)
+		ctr.LogPath = filepath.Join(guestDir, "log", filepath.Base(ctr.LogPath))
+	}
+	started, err := g.pods.StartContainer(ctx, podID, ctr)
+	if err != nil {
+		return controller.Started{}, err
+	}
+	c.mu.Lock()
+	c.ctrs[ctr.ID] = podID
+	c.mu.Unlock()
+	return started, nil
 }
 
 // bindInto bind-mounts src (a dir or a file) at dst, making dst.
@@ -199,18 +187,18 @@ func unescapeMountPath(s string) string {
 
 // guestOf is the guest controller of a container's pod; NotFound when the
 // container or its VM is gone.
-func (c *Controller) guestOf(cid string) (sandbox.AuraeController, *vmPod, error) {
+func (c *Controller) guestOf(cid string) (*native.Controller, *vmPod, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	pid, ok := c.ctrs[cid]
 	if !ok {
-		return sandbox.AuraeController{}, nil, fmt.Errorf("container %s: %w", cid, errdefs.ErrNotFound)
+		return nil, nil, fmt.Errorf("container %s: %w", cid, errdefs.ErrNotFound)
 	}
 	p := c.pods[pid]
 	if p == nil || p.guest == nil {
-		return sandbox.AuraeController{}, p, fmt.Errorf("container %s: its VM is not running: %w", cid, errdefs.ErrNotFound)
+		return nil, p, fmt.Errorf("container %s: its VM is not running: %w", cid, errdefs.ErrNotFound)
 	}
-	return sandbox.AuraeController{Pods: p.guest.pods}, p, nil
+	return p.guest.pods, p, nil
 }
 
 func (c *Controller) StopContainer(ctx context.Context, cid string, timeout time.Duration) error {
@@ -226,10 +214,16 @@ func (c *Controller) StopContainer(ctx context.Context, cid string, timeout time
 
 // RemoveContainer removes the container in the guest (when its VM runs)
 // and its mounts under the shared dir.
-func (c *Controller) RemoveContainer(ctx context.Context, cid string) error {
-	g, p, err := c.guestOf(cid)
-	if err == nil {
-		if err := g.RemoveContainer(ctx, cid); err != nil && !isNotFound(err) {
+func (c *Controller) RemoveContainer(ctx context.Context, podID, cid string) error {
+	c.mu.Lock()
+	p := c.pods[podID]
+	var g *native.Controller
+	if p != nil && p.guest != nil {
+		g = p.guest.pods
+	}
+	c.mu.Unlock()
+	if g != nil {
+		if err := g.RemoveContainer(ctx, podID, cid); err != nil && !isNotFound(err) {
 			return err
 		}
 	}
@@ -251,15 +245,15 @@ func (c *Controller) RemoveContainer(ctx context.Context, cid string) error {
 // ContainerStatus asks the guest; when the guest does not answer because
 // its VM is gone (power off, panic, killed QEMU), the container is
 // NotFound, so that the CRI's monitor records its exit.
-func (c *Controller) ContainerStatus(ctx context.Context, cid string) (*podsv0.ContainerStatus, error) {
+func (c *Controller) ContainerStatus(ctx context.Context, cid string) (controller.ContainerState, error) {
 	g, p, err := c.guestOf(cid)
 	if err != nil {
-		return nil, err
+		return controller.ContainerState{}, err
 	}
 	st, err := g.ContainerStatus(ctx, cid)
 	if err != nil && status.Code(err) == codes.Unavailable && !c.vmRunning(ctx, p.id) {
 		c.dropGuest(p)
-		return nil, fmt.Errorf("container %s: its VM is gone: %w", cid, errdefs.ErrNotFound)
+		return controller.ContainerState{}, fmt.Errorf("container %s: its VM is gone: %w", cid, errdefs.ErrNotFound)
 	}
 	return st, err
 }
@@ -290,23 +284,23 @@ func (c *Controller) dropGuest(p *vmPod) {
 	}
 }
 
-func (c *Controller) ExecSync(ctx context.Context, cid string, argv []string, timeout time.Duration) (*podsv0.ExecSyncResponse, error) {
+func (c *Controller) ExecSync(ctx context.Context, cid string, argv []string, timeout time.Duration) (controller.ExecResult, error) {
 	g, _, err := c.guestOf(cid)
 	if err != nil {
-		return nil, err
+		return controller.ExecResult{}, err
 	}
 	return g.ExecSync(ctx, cid, argv, timeout)
 }
 
-func (c *Controller) ContainerStats(ctx context.Context, cid string) (*podsv0.ContainerStatsResponse, error) {
+func (c *Controller) ContainerStats(ctx context.Context, cid string) (controller.Stats, error) {
 	g, _, err := c.guestOf(cid)
 	if err != nil {
-		return nil, err
+		return controller.Stats{}, err
 	}
 	return g.ContainerStats(ctx, cid)
 }
 
-func (c *Controller) UpdateContainerResources(ctx context.Context, cid string, resources []byte) error {
+func (c *Controller) UpdateContainerResources(ctx context.Context, cid string, resources *specs.LinuxResources) error {
 	g, _, err := c.guestOf(cid)
 	if err != nil {
 		return err
@@ -322,7 +316,7 @@ func (c *Controller) ReopenContainerLog(ctx context.Context, cid string) error {
 	return g.ReopenContainerLog(ctx, cid)
 }
 
-func (c *Controller) Exec(ctx context.Context, cid string, argv []string, sio sandbox.StreamIO) (int32, error) {
+func (c *Controller) Exec(ctx context.Context, cid string, argv []string, sio controller.StreamIO) (int32, error) {
 	g, _, err := c.guestOf(cid)
 	if err != nil {
 		return 0, err
@@ -330,10 +324,28 @@ func (c *Controller) Exec(ctx context.Context, cid string, argv []string, sio sa
 	return g.Exec(ctx, cid, argv, sio)
 }
 
-func (c *Controller) Attach(ctx context.Context, cid string, sio sandbox.StreamIO) error {
+func (c *Controller) Attach(ctx context.Context, cid string, sio controller.StreamIO) error {
 	g, _, err := c.guestOf(cid)
 	if err != nil {
 		return err
 	}
 	return g.Attach(ctx, cid, sio)
+}
+
+// PortForward reaches 127.0.0.1 in the guest: the guest pod is on the
+// guest's network, so the guest auraed connects from its own.
+func (c *Controller) PortForward(ctx context.Context, podID string, port int32, stream io.ReadWriteCloser) error {
+	p, err := c.pod(podID)
+	if err != nil {
+		_ = stream.Close()
+		return err
+	}
+	c.mu.Lock()
+	g := p.guest
+	c.mu.Unlock()
+	if g == nil {
+		_ = stream.Close()
+		return fmt.Errorf("vm pod %s: the VM is not running: %w", podID, errdefs.ErrFailedPrecondition)
+	}
+	return g.pods.PortForward(ctx, podID, port, stream)
 }

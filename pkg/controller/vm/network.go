@@ -7,6 +7,10 @@ import (
 	"os/exec"
 	"strings"
 	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 )
 
 // netInfo is what the guest's eth0 takes over from CNI's eth0.
@@ -17,10 +21,14 @@ type netInfo struct {
 	MTU     string
 }
 
-// AttachNetwork implements sandbox.NetworkAttacher: CNI's eth0 and the VM's
+// StartPod bridges the pod's network into its VM: CNI's eth0 and the VM's
 // tap0 are mirrored both ways by tc (Kata's tcfilter model), and the
 // guest's eth0 takes eth0's MAC, address, MTU and default route.
-func (c *Controller) AttachNetwork(ctx context.Context, podID, netnsPath string, _ []string) error {
+func (c *Controller) StartPod(ctx context.Context, podID string, net *controller.Network) error {
+	if net == nil || net.NetNSPath == "" {
+		return fmt.Errorf("vm pod %s: no network namespace to bridge: %w", podID, errdefs.ErrInvalidArgument)
+	}
+	netnsPath := net.NetNSPath
 	unlock := c.lockPod(podID)
 	defer unlock()
 	p, err := c.pod(podID)
@@ -31,7 +39,7 @@ func (c *Controller) AttachNetwork(ctx context.Context, podID, netnsPath string,
 	g := p.guest
 	c.mu.Unlock()
 	if g == nil {
-		return fmt.Errorf("vm pod %s: the VM is not running", podID)
+		return fmt.Errorf("vm pod %s: the VM is not running: %w", podID, errdefs.ErrFailedPrecondition)
 	}
 	ni, err := readNetInfo(ctx, netnsPath, podIface)
 	if err != nil {

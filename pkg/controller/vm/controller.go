@@ -32,9 +32,9 @@ import (
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc"
 
-	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	vmsv0 "github.com/aurae-runtime/aurae-cri/api/vms/v0"
-	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller/native"
 )
 
 // Handlers are the RuntimeClass handlers served by this controller.
@@ -72,11 +72,11 @@ type Config struct {
 	Logger      *slog.Logger
 }
 
-// Controller implements sandbox.Controller for VM pods.
+// Controller implements controller.Controller for VM pods.
 type Controller struct {
 	cfg   Config
 	log   *slog.Logger
-	host  sandbox.AuraeController
+	host  *native.Controller
 	vms   vmsv0.VmServiceClient
 	mu    sync.Mutex
 	pods  map[string]*vmPod
@@ -84,10 +84,7 @@ type Controller struct {
 	locks sync.Map          // pod id → *sync.Mutex
 }
 
-var (
-	_ sandbox.Controller      = (*Controller)(nil)
-	_ sandbox.NetworkAttacher = (*Controller)(nil)
-)
+var _ controller.Controller = (*Controller)(nil)
 
 // New returns the VM controller.
 func New(cfg Config) (*Controller, error) {
@@ -112,7 +109,7 @@ func New(cfg Config) (*Controller, error) {
 	return &Controller{
 		cfg:  cfg,
 		log:  cfg.Logger,
-		host: sandbox.AuraeController{Pods: podsv0.NewPodServiceClient(cfg.Host)},
+		host: native.New(cfg.Host),
 		vms:  vmsv0.NewVmServiceClient(cfg.Host),
 		pods: map[string]*vmPod{},
 		ctrs: map[string]string{},
@@ -122,10 +119,8 @@ func New(cfg Config) (*Controller, error) {
 // record is what survives an aurae-cri restart, in <dir>/pod.json.
 type record struct {
 	VMID string `json:"vm_id"`
-	// Host pod files that the CRI's specs bind; the guest pod has its own.
-	PodFiles []string `json:"pod_files"`
-	// Pod is the guest pod's spec (protojson is not needed: plain fields).
-	PodJSON json.RawMessage `json:"pod"`
+	// Pod is the guest pod's spec.
+	Pod controller.PodSpec `json:"pod"`
 }
 
 // vmPod is a VM pod known to this process.
@@ -168,19 +163,19 @@ func (c *Controller) pod(id string) (*vmPod, error) {
 // defaults (or Kata's annotations) plus what the pod's containers ask for
 // in sum (CPU quota rounded up to whole vcpus, at most the host's CPUs;
 // memory limit), plus the overhead.
-func (c *Controller) size(pod *podsv0.Pod) (uint32, uint32) {
+func (c *Controller) size(pod controller.PodSpec) (uint32, uint32) {
 	vcpus, mem := uint64(c.cfg.VCPUs), uint64(c.cfg.MemMiB)
-	if n, err := strconv.ParseUint(pod.GetAnnotations()[AnnotationVCPUs], 10, 32); err == nil && n > 0 {
+	if n, err := strconv.ParseUint(pod.Annotations[AnnotationVCPUs], 10, 32); err == nil && n > 0 {
 		vcpus = n
 	}
-	if n, err := strconv.ParseUint(pod.GetAnnotations()[AnnotationMemMiB], 10, 32); err == nil && n > 0 {
+	if n, err := strconv.ParseUint(pod.Annotations[AnnotationMemMiB], 10, 32); err == nil && n > 0 {
 		mem = n
 	}
-	res := pod.GetResources()
-	if q, p := res.GetCpuQuota(), res.GetCpuPeriod(); q > 0 && p > 0 {
+	res := pod.Resources
+	if q, p := res.CPUQuota, res.CPUPeriod; q > 0 && p > 0 {
 		vcpus += uint64((q + p - 1) / p)
 	}
-	if l := res.GetMemoryLimitBytes(); l > 0 {
+	if l := res.MemoryLimitBytes; l > 0 {
 		mem += uint64(l+(1<<20)-1) >> 20
 	}
 	if max := uint64(runtime.NumCPU()); vcpus > max {
@@ -189,21 +184,21 @@ func (c *Controller) size(pod *podsv0.Pod) (uint32, uint32) {
 	return uint32(vcpus), uint32(mem) + c.cfg.OverheadMiB
 }
 
-// RunPod allocates the host pod (netns, cgroup), boots the VM in its
+// CreatePod allocates the host pod (netns, cgroup), boots the VM in its
 // netns, dials the guest auraed, mounts the shared dir in the guest and
-// allocates the pod there. The network is wired in AttachNetwork.
-func (c *Controller) RunPod(ctx context.Context, pod *podsv0.Pod) (_ *podsv0.AllocateResponse, retErr error) {
-	if pod.GetNamespaces().GetNetwork() == podsv0.NamespaceMode_NAMESPACE_MODE_NODE {
-		return nil, fmt.Errorf("a VM pod cannot share the node's network: %w", errdefs.ErrInvalidArgument)
+// allocates the pod there. The network is wired in StartPod.
+func (c *Controller) CreatePod(ctx context.Context, spec controller.PodSpec) (_ controller.Pod, retErr error) {
+	if spec.Network == controller.NamespaceNode {
+		return controller.Pod{}, fmt.Errorf("a VM pod cannot share the node's network: %w", errdefs.ErrInvalidArgument)
 	}
-	id := pod.GetId()
+	id := spec.ID
 	unlock := c.lockPod(id)
 	defer unlock()
 	t0 := time.Now()
 	log := c.log.With("pod", id)
-	alloc, err := c.host.RunPod(ctx, pod)
+	hostPod, err := c.host.CreatePod(ctx, spec)
 	if err != nil {
-		return nil, fmt.Errorf("host pod: %w", err)
+		return controller.Pod{}, fmt.Errorf("host pod: %w", err)
 	}
 	defer func() {
 		if retErr != nil {
@@ -216,78 +211,63 @@ func (c *Controller) RunPod(ctx context.Context, pod *podsv0.Pod) (_ *podsv0.All
 	}()
 	dir := c.podDir(id)
 	if err := os.MkdirAll(sharedDir(dir), 0o700); err != nil {
-		return nil, err
+		return controller.Pod{}, err
 	}
-	guestPod := guestPodSpec(pod)
-	podJSON, err := json.Marshal(guestPod)
-	if err != nil {
-		return nil, err
-	}
-	rec := record{
-		VMID:     vmID(id),
-		PodFiles: []string{alloc.GetHostnamePath(), alloc.GetResolvConfPath(), alloc.GetHostsPath()},
-		PodJSON:  podJSON,
-	}
+	rec := record{VMID: vmID(id), Pod: guestPodSpec(spec)}
 	if err := writeJSON(filepath.Join(dir, "pod.json"), rec); err != nil {
-		return nil, err
+		return controller.Pod{}, err
 	}
 	p := &vmPod{id: id, dir: dir, rec: rec}
 	c.mu.Lock()
 	c.pods[id] = p
 	c.mu.Unlock()
 
-	vcpus, mem := c.size(pod)
+	vcpus, mem := c.size(spec)
 	if _, err := c.vms.Create(ctx, &vmsv0.VmServiceCreateRequest{Machine: &vmsv0.VirtualMachine{
 		Id:                   rec.VMID,
 		VcpuCount:            vcpus,
 		MemSizeMb:            mem,
 		KernelImgPath:        c.cfg.Kernel,
 		KernelArgs:           []string{"quiet"},
-		NetworkNamespacePath: alloc.GetNetworkNamespacePath(),
+		NetworkNamespacePath: hostPod.NetNSPath,
 		NetworkInterfaces:    []*vmsv0.NetworkInterface{{TapName: tapName}},
 		SharedDirectories:    []*vmsv0.SharedDirectory{{Tag: shareTag, HostPath: sharedDir(dir), IsWriteable: true}},
 	}}); err != nil {
-		return nil, fmt.Errorf("create vm: %w", err)
+		return controller.Pod{}, fmt.Errorf("create vm: %w", err)
 	}
 	started, err := c.vms.Start(ctx, &vmsv0.VmServiceStartRequest{VmId: rec.VMID})
 	if err != nil {
-		return nil, fmt.Errorf("start vm: %w", err)
+		return controller.Pod{}, fmt.Errorf("start vm: %w", err)
 	}
 	tBoot := time.Now()
 	g, err := dialGuest(ctx, started.GetAuraedAddress(), c.cfg.BootTimeout)
 	if err != nil {
-		return nil, err
+		return controller.Pod{}, err
 	}
 	c.mu.Lock()
 	p.guest = g
 	c.mu.Unlock()
 	tDial := time.Now()
 	if err := g.run(ctx, "mount-shared", "mkdir -p "+guestShared+" && mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 "+shareTag+" "+guestShared); err != nil {
-		return nil, fmt.Errorf("mount the shared dir in the guest: %w", err)
+		return controller.Pod{}, fmt.Errorf("mount the shared dir in the guest: %w", err)
 	}
-	if _, err := g.pods.Allocate(ctx, &podsv0.AllocateRequest{Pod: guestPod}); err != nil {
-		return nil, fmt.Errorf("guest pod: %w", err)
+	if _, err := g.pods.CreatePod(ctx, rec.Pod); err != nil {
+		return controller.Pod{}, fmt.Errorf("guest pod: %w", err)
 	}
 	log.Info("vm pod running", "vm", rec.VMID, "vcpus", vcpus, "mem_mib", mem,
 		"vm_start", tBoot.Sub(t0).Round(time.Millisecond).String(),
 		"guest_dial", tDial.Sub(tBoot).Round(time.Millisecond).String(),
 		"total", time.Since(t0).Round(time.Millisecond).String())
-	return alloc, nil
+	return hostPod, nil
 }
 
 // guestPodSpec is the pod as the guest runs it: in the guest's own
 // network namespace, under the guest's cgroup root.
-func guestPodSpec(pod *podsv0.Pod) *podsv0.Pod {
-	g := &podsv0.Pod{
-		Id: pod.GetId(), CgroupParent: "pods", Hostname: pod.GetHostname(), Dns: pod.GetDns(),
-		Sysctls: pod.GetSysctls(), Labels: pod.GetLabels(), Annotations: pod.GetAnnotations(),
-		RuntimeHandler: pod.GetRuntimeHandler(),
-		Namespaces: &podsv0.NamespaceOptions{
-			Network: podsv0.NamespaceMode_NAMESPACE_MODE_NODE,
-			Pid:     pod.GetNamespaces().GetPid(),
-			Ipc:     pod.GetNamespaces().GetIpc(),
-		},
-	}
+func guestPodSpec(spec controller.PodSpec) controller.PodSpec {
+	g := spec
+	g.CgroupParent = "pods"
+	g.Network = controller.NamespaceNode
+	g.Resources = controller.Resources{}
 	return g
 }
 
@@ -358,7 +338,7 @@ func (c *Controller) removePod(ctx context.Context, podID string) error {
 // ListPods re-adopts the VM pods of the state dir (after a restart: the
 // VmService re-adopted the VMs; their guests are dialed again) and lists
 // the pods whose VM runs, with their containers.
-func (c *Controller) ListPods(ctx context.Context) ([]*podsv0.PodStatus, error) {
+func (c *Controller) ListPods(ctx context.Context) ([]controller.PodState, error) {
 	ents, err := os.ReadDir(c.cfg.StateDir)
 	if err != nil {
 		return nil, err
@@ -373,7 +353,7 @@ func (c *Controller) ListPods(ctx context.Context) ([]*podsv0.PodStatus, error) 
 			addr[m.GetId()] = m.GetAuraedAddress()
 		}
 	}
-	var out []*podsv0.PodStatus
+	var out []controller.PodState
 	for _, e := range ents {
 		if !e.IsDir() {
 			continue
@@ -385,7 +365,7 @@ func (c *Controller) ListPods(ctx context.Context) ([]*podsv0.PodStatus, error) 
 			continue
 		}
 		if st != nil {
-			out = append(out, st)
+			out = append(out, *st)
 		}
 	}
 	return out, nil
@@ -393,7 +373,7 @@ func (c *Controller) ListPods(ctx context.Context) ([]*podsv0.PodStatus, error) 
 
 // adopt loads one pod's record and, when its VM runs, dials its guest and
 // answers the guest pod's status.
-func (c *Controller) adopt(ctx context.Context, id string, addr map[string]string) (*podsv0.PodStatus, error) {
+func (c *Controller) adopt(ctx context.Context, id string, addr map[string]string) (*controller.PodState, error) {
 	unlock := c.lockPod(id)
 	defer unlock()
 	dir := c.podDir(id)
@@ -422,20 +402,20 @@ func (c *Controller) adopt(ctx context.Context, id string, addr map[string]strin
 		p.guest = g
 		c.mu.Unlock()
 	}
-	resp, err := g.pods.ListPods(ctx, &podsv0.ListPodsRequest{})
+	pods, err := g.pods.ListPods(ctx)
 	if err != nil {
 		return nil, err
 	}
-	for _, ps := range resp.GetPods() {
-		if ps.GetPod().GetId() != id {
+	for _, ps := range pods {
+		if ps.ID != id {
 			continue
 		}
 		c.mu.Lock()
-		for _, cs := range ps.GetContainers() {
-			c.ctrs[cs.GetId()] = id
+		for _, cs := range ps.Containers {
+			c.ctrs[cs.ID] = id
 		}
 		c.mu.Unlock()
-		return ps, nil
+		return &ps, nil
 	}
 	return nil, nil
 }

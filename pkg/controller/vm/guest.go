@@ -16,15 +16,15 @@ import (
 	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
 	discoveryv0 "github.com/aurae-runtime/aurae-cri/api/discovery/v0"
 	observev0 "github.com/aurae-runtime/aurae-cri/api/observe/v0"
-	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/client"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller/native"
 )
 
 // guest is the one long-lived client of a VM's guest auraed (its channel
-// serves one client at a time).
+// serves one client at a time); its pods are native pods of the guest.
 type guest struct {
 	*client.Client
-	pods podsv0.PodServiceClient
+	pods *native.Controller
 }
 
 // dialGuest dials the guest auraed, retrying while it boots.
@@ -39,7 +39,7 @@ func dialGuest(ctx context.Context, addr string, timeout time.Duration) (*guest,
 		if err == nil {
 			_, err = c.Discovery.Discover(dctx, &discoveryv0.DiscoverRequest{})
 			if err == nil {
-				return &guest{Client: c, pods: podsv0.NewPodServiceClient(c.Conn)}, nil
+				return &guest{Client: c, pods: native.New(c.Conn)}, nil
 			}
 			_ = c.Close()
 		}

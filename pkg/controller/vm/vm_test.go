@@ -6,9 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	specs "github.com/opencontainers/runtime-spec/specs-go"
-
-	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 )
 
 func TestParseNetInfo(t *testing.T) {
@@ -54,42 +52,27 @@ func TestMirrorCommands(t *testing.T) {
 	}
 }
 
-func TestShareMountsDropsPodFiles(t *testing.T) {
-	sp := &specs.Spec{Mounts: []specs.Mount{
-		{Destination: "/proc", Type: "proc", Source: "proc"},
-		{Destination: "/etc/hosts", Type: "bind", Source: "/host/pod/hosts", Options: []string{"rbind"}},
-		{Destination: "/etc/resolv.conf", Source: "/host/pod/resolv.conf", Options: []string{"bind", "ro"}},
-	}}
-	podFile, err := shareMounts(sp, []string{"/host/pod/hostname", "/host/pod/resolv.conf", "/host/pod/hosts"}, "/h", "/g")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !podFile || len(sp.Mounts) != 1 || sp.Mounts[0].Destination != "/proc" {
-		t.Fatalf("podFile %v, mounts %+v", podFile, sp.Mounts)
-	}
-}
-
 func TestSizeAndGuestPod(t *testing.T) {
 	c := &Controller{cfg: Config{VCPUs: 1, MemMiB: 256, OverheadMiB: 32}}
-	if v, m := c.size(&podsv0.Pod{}); v != 1 || m != 288 {
+	if v, m := c.size(controller.PodSpec{}); v != 1 || m != 288 {
 		t.Fatalf("defaults: %d vcpus, %d MiB", v, m)
 	}
-	p := &podsv0.Pod{Id: "p", Annotations: map[string]string{AnnotationVCPUs: "2", AnnotationMemMiB: "512"},
-		Namespaces: &podsv0.NamespaceOptions{Network: podsv0.NamespaceMode_NAMESPACE_MODE_POD, Pid: podsv0.NamespaceMode_NAMESPACE_MODE_CONTAINER}}
+	p := controller.PodSpec{ID: "p", Annotations: map[string]string{AnnotationVCPUs: "2", AnnotationMemMiB: "512"},
+		Network: controller.NamespacePod, PID: controller.NamespaceContainer}
 	if v, m := c.size(p); int(v) != min(2, runtime.NumCPU()) || m != 544 {
 		t.Fatalf("annotated: %d vcpus, %d MiB", v, m)
 	}
 	// Kata's model: the defaults plus what the containers ask for.
-	r := &podsv0.Pod{Resources: &podsv0.PodResources{CpuPeriod: 100000, CpuQuota: 50000, MemoryLimitBytes: 100<<20 + 1}}
+	r := controller.PodSpec{Resources: controller.Resources{CPUPeriod: 100000, CPUQuota: 50000, MemoryLimitBytes: 100<<20 + 1}}
 	if v, m := c.size(r); int(v) != min(2, runtime.NumCPU()) || m != 256+101+32 {
 		t.Fatalf("with resources: %d vcpus, %d MiB", v, m)
 	}
-	r.Resources.CpuQuota = 1000 * 100000
+	r.Resources.CPUQuota = 1000 * 100000
 	if v, _ := c.size(r); int(v) != runtime.NumCPU() {
 		t.Fatalf("vcpus %d not capped at the host's %d", v, runtime.NumCPU())
 	}
 	g := guestPodSpec(p)
-	if g.GetNamespaces().GetNetwork() != podsv0.NamespaceMode_NAMESPACE_MODE_NODE || g.GetNamespaces().GetPid() != podsv0.NamespaceMode_NAMESPACE_MODE_CONTAINER || g.GetId() != "p" {
+	if g.Network != controller.NamespaceNode || g.PID != controller.NamespaceContainer || g.ID != "p" || g.CgroupParent != "pods" {
 		t.Fatalf("guest pod %v", g)
 	}
 	if vmID("0123456789abcdef0123") != "pod-0123456789abcdef" {

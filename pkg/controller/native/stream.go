@@ -1,4 +1,4 @@
-package sandbox
+package native
 
 import (
 	"context"
@@ -9,41 +9,17 @@ import (
 	"time"
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 )
 
 // firstSizeWait bounds the wait for a tty client's first terminal size.
 const firstSizeWait = 100 * time.Millisecond
 
-// TerminalSize is a terminal's columns and rows.
-type TerminalSize struct {
-	Width, Height uint16
-}
-
-// StreamIO is the client's side of an exec or attach: nil streams were not
-// asked for. Resize, when not nil, delivers terminal size changes (tty).
-type StreamIO struct {
-	Stdin          io.Reader
-	Stdout, Stderr io.Writer
-	Tty            bool
-	Resize         <-chan TerminalSize
-}
-
-// Streamer runs interactive sessions in containers: what the CRI's
-// streaming server (exec, attach) calls.
-type Streamer interface {
-	// Exec runs argv in a running container with its stdio streamed until
-	// it exits, and returns its exit code (128+signal when killed).
-	Exec(ctx context.Context, containerID string, argv []string, sio StreamIO) (int32, error)
-	// Attach streams a running container's own stdio until it exits or ctx
-	// ends.
-	Attach(ctx context.Context, containerID string, sio StreamIO) error
-}
-
-// Exec implements Streamer over PodService.Exec.
-func (a AuraeController) Exec(ctx context.Context, id string, argv []string, sio StreamIO) (int32, error) {
+// Exec runs argv over PodService.Exec.
+func (c *Controller) Exec(ctx context.Context, id string, argv []string, sio controller.StreamIO) (int32, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st, err := a.Pods.Exec(ctx)
+	st, err := c.pods.Exec(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -96,11 +72,11 @@ func (a AuraeController) Exec(ctx context.Context, id string, argv []string, sio
 	}
 }
 
-// Attach implements Streamer over PodService.Attach.
-func (a AuraeController) Attach(ctx context.Context, id string, sio StreamIO) error {
+// Attach attaches over PodService.Attach.
+func (c *Controller) Attach(ctx context.Context, id string, sio controller.StreamIO) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st, err := a.Pods.Attach(ctx)
+	st, err := c.pods.Attach(ctx)
 	if err != nil {
 		return err
 	}
@@ -140,7 +116,7 @@ func (a AuraeController) Attach(ctx context.Context, id string, sio StreamIO) er
 }
 
 // forwardInput sends stdin (then its close) and resizes until ctx ends.
-func forwardInput(ctx context.Context, sio StreamIO, stdin func([]byte) error, closeStdin func() error, resize func(*podsv0.TerminalSize) error) {
+func forwardInput(ctx context.Context, sio controller.StreamIO, stdin func([]byte) error, closeStdin func() error, resize func(*podsv0.TerminalSize) error) {
 	if sio.Stdin != nil {
 		go func() {
 			buf := make([]byte, 32<<10)

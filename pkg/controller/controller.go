@@ -1,0 +1,215 @@
+// Package controller is the seam between the CRI and the kinds of pods:
+// a Controller runs the pods and containers of one kind of runtime handler
+// (native pods on the host's auraed in pkg/controller/native, VM pods in
+// pkg/controller/vm), in this package's own types. The CRI picks one by
+// runtime handler and never asks which it got; everything that differs
+// between kinds (where a pod's namespaces are, how its network reaches
+// it, where a container's files are seen, how to reach a port) is the
+// controller's.
+package controller
+
+import (
+	"context"
+	"io"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
+)
+
+// Controller runs the pods and containers of one kind of runtime handler.
+// Errors wrap errdefs sentinels; unknown ids are NotFound except where a
+// method says otherwise.
+type Controller interface {
+	// CreatePod makes the pod's cgroup and namespaces (and, for a VM pod,
+	// its VM); its network namespace is then ready for CNI.
+	CreatePod(ctx context.Context, spec PodSpec) (Pod, error)
+	// StartPod finishes the pod once CNI has set up its network (net is
+	// nil for a pod on the node's network): a VM pod bridges it into its
+	// VM here. RemovePod undoes it.
+	StartPod(ctx context.Context, podID string, net *Network) error
+	// StopPod stops what keeps the pod alive beyond its containers (a VM);
+	// its namespaces stay until RemovePod.
+	StopPod(ctx context.Context, podID string) error
+	// RemovePod frees everything of the pod; an unknown pod is not an error.
+	RemovePod(ctx context.Context, podID string) error
+	// ListPods is what the controller runs, for reconciliation at start.
+	ListPods(ctx context.Context) ([]PodState, error)
+
+	// PrepareContainer makes what a new container of the pod needs visible
+	// to the runtime that will run it (a VM pod shares the rootfs, the log
+	// dir and the mounts' sources into its VM) and answers the pod's facts
+	// from which ocispec builds the container's whole spec. RemoveContainer
+	// undoes it.
+	PrepareContainer(ctx context.Context, podID string, c ContainerFiles) (ocispec.PodFacts, error)
+	// StartContainer creates and starts a prepared container with its spec.
+	StartContainer(ctx context.Context, podID string, c Container) (Started, error)
+	// StopContainer stops a container: SIGTERM, timeout, SIGKILL. Stopping
+	// a stopped or unknown container succeeds.
+	StopContainer(ctx context.Context, containerID string, timeout time.Duration) error
+	// RemoveContainer deletes a stopped (or never started) container and
+	// what PrepareContainer made; an unknown id is not an error.
+	RemoveContainer(ctx context.Context, podID, containerID string) error
+	// ContainerStatus is the container's state as its runtime knows it.
+	ContainerStatus(ctx context.Context, containerID string) (ContainerState, error)
+	// ExecSync runs argv in a running container and returns its output.
+	ExecSync(ctx context.Context, containerID string, argv []string, timeout time.Duration) (ExecResult, error)
+	// ContainerStats reads the container's CPU and memory use.
+	ContainerStats(ctx context.Context, containerID string) (Stats, error)
+	// UpdateContainerResources changes a running container's limits.
+	UpdateContainerResources(ctx context.Context, containerID string, res *specs.LinuxResources) error
+	// ReopenContainerLog makes the container's monitor reopen its log file.
+	ReopenContainerLog(ctx context.Context, containerID string) error
+	// Exec runs argv in a running container with its stdio streamed until
+	// it exits, and returns its exit code (128+signal when killed).
+	Exec(ctx context.Context, containerID string, argv []string, sio StreamIO) (int32, error)
+	// Attach streams a running container's own stdio until it exits or ctx
+	// ends.
+	Attach(ctx context.Context, containerID string, sio StreamIO) error
+	// PortForward connects to port on 127.0.0.1 in the pod's network (a VM
+	// pod's guest) and copies both ways with stream until the pod's side
+	// closes or ctx ends; it closes stream.
+	PortForward(ctx context.Context, podID string, port int32, stream io.ReadWriteCloser) error
+}
+
+// NamespaceMode is where a pod's namespace of one type comes from.
+type NamespaceMode int
+
+const (
+	// NamespacePod is the pod's own, shared by its containers.
+	NamespacePod NamespaceMode = iota
+	// NamespaceContainer gives each container its own (pid only).
+	NamespaceContainer
+	// NamespaceNode is the node's.
+	NamespaceNode
+)
+
+// PodSpec is what the CRI asks of a pod.
+type PodSpec struct {
+	ID string
+	// RuntimeHandler is the RuntimeClass handler that chose the controller.
+	RuntimeHandler string
+	// CgroupParent is where the pod's cgroup goes ("kubepods/burstable").
+	CgroupParent string
+	Hostname     string
+	DNS          DNS
+	// Network, PID and IPC modes of the pod; UTS follows the network.
+	Network, PID, IPC NamespaceMode
+	Sysctls           map[string]string
+	Labels            map[string]string
+	Annotations       map[string]string
+	// Resources is what the pod's containers ask for in sum (sizes a VM).
+	Resources Resources
+}
+
+// DNS is the pod's resolver configuration.
+type DNS struct {
+	Servers, Searches, Options []string
+}
+
+// Resources are a pod's CPU quota and period and memory limit (0: none).
+type Resources struct {
+	CPUPeriod, CPUQuota, MemoryLimitBytes int64
+}
+
+// Pod is what CreatePod made, as the host sees it.
+type Pod struct {
+	// NetNSPath is the network namespace CNI sets up on the host; "" for a
+	// pod on the node's network.
+	NetNSPath string
+	// CgroupPath is the pod's cgroup on the host, below the hierarchy roots.
+	CgroupPath string
+}
+
+// Network is what CNI set up in a pod's network namespace.
+type Network struct {
+	NetNSPath string
+	IPs       []string
+}
+
+// PodState is a pod a controller runs.
+type PodState struct {
+	ID         string
+	Containers []ContainerState
+}
+
+// ContainerFiles are the host paths of what a new container uses.
+type ContainerFiles struct {
+	ID string
+	// Rootfs is the container's prepared rootfs directory on the host.
+	Rootfs string
+	// LogPath is the container's log file on the host ("" for none).
+	LogPath string
+	// Mounts are the host paths of the container's bind mounts.
+	Mounts []string
+	// PIDTarget is the container whose pid namespace this one joins (pid
+	// mode TARGET); "" for none. It must run.
+	PIDTarget string
+}
+
+// Container is a prepared container to start.
+type Container struct {
+	ID string
+	// Spec is its OCI runtime spec as JSON, made by ocispec from the
+	// controller's facts.
+	Spec []byte
+	// LogPath is the log file on the host, as given to PrepareContainer.
+	LogPath    string
+	Tty, Stdin bool
+}
+
+// Started is a container that StartContainer started.
+type Started struct {
+	// Pid is its init's pid as its runtime sees it.
+	Pid int
+}
+
+// State is a container's state in its runtime.
+type State int
+
+const (
+	StateUnknown State = iota
+	StateCreated
+	StateRunning
+	StateExited
+)
+
+// ContainerState is a container as its runtime knows it.
+type ContainerState struct {
+	ID, PodID string
+	State     State
+	Pid       int
+	ExitCode  int32
+	// FinishedAt is zero until it exited.
+	FinishedAt time.Time
+	// Reason is "Completed", "Error" or "OOMKilled" once exited.
+	Reason, Message string
+}
+
+// ExecResult is what ExecSync answers.
+type ExecResult struct {
+	Stdout, Stderr []byte
+	ExitCode       int32
+}
+
+// Stats is a container's resource use at Timestamp.
+type Stats struct {
+	Timestamp             time.Time
+	CPUUsageNanos         uint64
+	MemoryWorkingSetBytes uint64
+}
+
+// TerminalSize is a terminal's columns and rows.
+type TerminalSize struct {
+	Width, Height uint16
+}
+
+// StreamIO is the client's side of an exec or attach: nil streams were not
+// asked for. Resize, when not nil, delivers terminal size changes (tty).
+type StreamIO struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	Tty            bool
+	Resize         <-chan TerminalSize
+}

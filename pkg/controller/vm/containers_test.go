@@ -1,0 +1,164 @@
+package vm
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/grpc"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller/native"
+	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
+)
+
+// fakePods is the guest PodService: one pod as the guest allocated it (on
+// the guest's network), and the calls the tests make.
+type fakePods struct {
+	podsv0.PodServiceClient
+	started *podsv0.StartRequest
+	removed []string
+}
+
+func (f *fakePods) ListPods(context.Context, *podsv0.ListPodsRequest, ...grpc.CallOption) (*podsv0.ListPodsResponse, error) {
+	return &podsv0.ListPodsResponse{Pods: []*podsv0.PodStatus{{
+		Pod: &podsv0.Pod{Id: "pod1", Hostname: "web", Namespaces: &podsv0.NamespaceOptions{
+			Network: podsv0.NamespaceMode_NAMESPACE_MODE_NODE, Pid: podsv0.NamespaceMode_NAMESPACE_MODE_CONTAINER,
+		}},
+		Paths: &podsv0.AllocateResponse{
+			PodId: "pod1", CgroupPath: "aurae/pods/pod1", IpcNamespacePath: "/guest/pods/pod1/ns/ipc",
+			ResolvConfPath: "/guest/pods/pod1/resolv.conf", HostsPath: "/guest/pods/pod1/hosts", HostnamePath: "/guest/pods/pod1/hostname",
+			OomScoreAdjMin: 5,
+		},
+		Containers: []*podsv0.ContainerStatus{{Id: "target", PodId: "pod1", State: podsv0.ContainerState_CONTAINER_STATE_RUNNING, Pid: 77}},
+	}}}, nil
+}
+
+func (f *fakePods) ContainerStatus(_ context.Context, req *podsv0.ContainerStatusRequest, _ ...grpc.CallOption) (*podsv0.ContainerStatusResponse, error) {
+	return &podsv0.ContainerStatusResponse{Status: &podsv0.ContainerStatus{Id: req.GetContainerId(), PodId: "pod1", State: podsv0.ContainerState_CONTAINER_STATE_RUNNING, Pid: 77}}, nil
+}
+
+func (f *fakePods) Start(_ context.Context, req *podsv0.StartRequest, _ ...grpc.CallOption) (*podsv0.StartResponse, error) {
+	f.started = req
+	return &podsv0.StartResponse{ContainerId: req.GetContainer().GetId(), Pid: 42}, nil
+}
+
+func (f *fakePods) RemoveContainer(_ context.Context, req *podsv0.RemoveContainerRequest, _ ...grpc.CallOption) (*podsv0.RemoveContainerResponse, error) {
+	f.removed = append(f.removed, req.GetContainerId())
+	return &podsv0.RemoveContainerResponse{}, nil
+}
+
+// TestVMFactsMakeTheGuestSpec: PrepareContainer shares the rootfs, the log
+// dir and a volume into the VM, and the guest pod's facts make, through
+// ocispec, a spec with the guest's paths only (rootfs, volume, pod files,
+// namespaces, cgroup, OOM floor, the PID target's namespace); StartContainer
+// points the log at the shared dir; RemoveContainer undoes the mounts.
+func TestVMFactsMakeTheGuestSpec(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (bind mounts)")
+	}
+	tmp := t.TempDir()
+	rootfs := filepath.Join(tmp, "rootfs")
+	volume := filepath.Join(tmp, "volume")
+	for _, d := range []string{rootfs, volume} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(rootfs, "marker"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fake := &fakePods{}
+	c := &Controller{cfg: Config{StateDir: filepath.Join(tmp, "vmpods")}, log: slog.Default(), pods: map[string]*vmPod{}, ctrs: map[string]string{}}
+	dir := c.podDir("pod1")
+	c.pods["pod1"] = &vmPod{id: "pod1", dir: dir, guest: &guest{pods: native.WithClient(fake)}}
+	t.Cleanup(func() { _ = unmountUnder(tmp) })
+
+	logPath := filepath.Join(tmp, "logs", "ctr", "0.log")
+	cid := "0123456789abcdef0123"
+	facts, err := c.PrepareContainer(t.Context(), "pod1", controller.ContainerFiles{
+		ID: cid, Rootfs: rootfs, LogPath: logPath, Mounts: []string{volume}, PIDTarget: "target",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: "app"},
+		Image:    &runtimeapi.ImageSpec{Image: "app"},
+		Mounts:   []*runtimeapi.Mount{{ContainerPath: "/data", HostPath: volume}},
+		Linux: &runtimeapi.LinuxContainerConfig{
+			Resources:       &runtimeapi.LinuxContainerResources{OomScoreAdj: -10},
+			SecurityContext: &runtimeapi.LinuxContainerSecurityContext{NamespaceOptions: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_TARGET, TargetId: "target"}},
+		},
+	}
+	sp, err := ocispec.Generate(ocispec.Input{
+		ID: cid, SandboxID: "pod1", Config: cfg, Sandbox: &runtimeapi.PodSandboxConfig{},
+		Image: imagespec.ImageConfig{Cmd: []string{"/bin/sh"}}, Pod: facts, RootfsHere: rootfs,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	guestDir := "/run/aurae/shared/c/0123456789abcdef"
+	if sp.Root.Path != guestDir+"/rootfs" || sp.Linux.CgroupsPath != "/aurae/pods/pod1/"+cid || sp.Hostname != "" {
+		t.Fatalf("root %v cgroups %q hostname %q", sp.Root, sp.Linux.CgroupsPath, sp.Hostname)
+	}
+	if *sp.Process.OOMScoreAdj != 5 {
+		t.Errorf("oomScoreAdj %d, want the guest auraed's 5", *sp.Process.OOMScoreAdj)
+	}
+	ns := map[specs.LinuxNamespaceType]string{}
+	for _, n := range sp.Linux.Namespaces {
+		ns[n.Type] = n.Path
+	}
+	if _, ok := ns[specs.NetworkNamespace]; ok {
+		t.Errorf("a network namespace in a VM pod's container: %v", ns)
+	}
+	if ns[specs.PIDNamespace] != "/proc/77/ns/pid" || ns[specs.IPCNamespace] != "/guest/pods/pod1/ns/ipc" {
+		t.Errorf("namespaces %v", ns)
+	}
+	mounts := map[string]string{}
+	for _, m := range sp.Mounts {
+		mounts[m.Destination] = m.Source
+		if strings.HasPrefix(m.Source, tmp) {
+			t.Errorf("a host path in the guest's spec: %+v", m)
+		}
+	}
+	if mounts["/data"] != guestDir+"/m0" || mounts["/etc/hosts"] != "/guest/pods/pod1/hosts" || mounts["/etc/resolv.conf"] != "/guest/pods/pod1/resolv.conf" {
+		t.Errorf("mounts %v", mounts)
+	}
+
+	if _, err := c.StartContainer(t.Context(), "pod1", controller.Container{ID: cid, Spec: []byte("{}"), LogPath: logPath}); err != nil {
+		t.Fatal(err)
+	}
+	if got := fake.started.GetContainer(); got.GetLogPath() != guestDir+"/log/0.log" {
+		t.Fatalf("container %v", got)
+	}
+	hostDir := filepath.Join(dir, "shared", "c", "0123456789abcdef")
+	for _, f := range []string{"rootfs/marker", "m0", "log"} {
+		if _, err := os.Stat(filepath.Join(hostDir, f)); err != nil {
+			t.Fatalf("not shared: %v", err)
+		}
+	}
+	if err := c.RemoveContainer(t.Context(), "pod1", cid); err != nil {
+		t.Fatal(err)
+	}
+	if len(fake.removed) != 1 {
+		t.Fatalf("guest removals %v", fake.removed)
+	}
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mi), hostDir) {
+		t.Fatal("mounts left after RemoveContainer")
+	}
+	if _, err := os.Stat(hostDir); !os.IsNotExist(err) {
+		t.Fatalf("container dir left: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(rootfs, "marker")); err != nil {
+		t.Fatalf("the rootfs itself was touched: %v", err)
+	}
+}

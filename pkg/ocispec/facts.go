@@ -1,0 +1,55 @@
+package ocispec
+
+// Namespace says where a container's namespace of one type comes from.
+type Namespace struct {
+	// Node keeps the container in the runtime's own namespace (the node's,
+	// or a VM guest's): the spec has no entry for it.
+	Node bool
+	// Path is the pod's pinned namespace the container joins; "" (and not
+	// Node) makes a new one.
+	Path string
+}
+
+// PodFacts is what the pod's controller says about the pod a container
+// runs in, as the OCI runtime that runs the container sees it: the host's
+// paths for a native pod, the guest's for a VM pod. Generate takes every
+// pod-level part of the spec from it.
+type PodFacts struct {
+	// Network, IPC and UTS are the pod's namespaces. PID is the pod's
+	// shared pid namespace, which a container joins when its pid mode is
+	// POD; a container whose mode is CONTAINER gets a new one.
+	Network, IPC, UTS, PID Namespace
+	// PIDTarget is the pid namespace of the container that a container
+	// with pid mode TARGET joins (its target_id), resolved by the controller.
+	PIDTarget string
+	// Hostname is the pod's hostname, set in containers of the pod's own
+	// UTS namespace; "" takes the sandbox config's (then the node's).
+	Hostname string
+	// CgroupParent is the pod's cgroup in cgroupfs form ("/aurae/pods/<pod>");
+	// a container's linux.cgroupsPath is CgroupParent/<container id>.
+	CgroupParent string
+	// OOMScoreAdjMin is the oom_score_adj of the daemon that starts the
+	// container's processes: a container's is clamped to no lower
+	// (containerd's restrict_oom_score_adj).
+	OOMScoreAdjMin int
+	// Files of the pod bind-mounted into each container at /etc/resolv.conf,
+	// /etc/hosts and /etc/hostname (unless it mounts something there
+	// itself); "" mounts none. ShmPath is the pod's /dev/shm, bind-mounted
+	// instead of a private tmpfs.
+	ResolvConfPath, HostsPath, HostnamePath, ShmPath string
+	// RootfsPath is where the container's prepared rootfs is: root.path.
+	RootfsPath string
+	// MountSources maps the host paths of the request's mounts to where the
+	// runtime sees them (a VM guest sees them under its shared dir); nil
+	// means the same paths. A host path missing from a non-nil map is an
+	// error: the controller did not share it.
+	MountSources map[string]string
+}
+
+// cgroupsPath is the container's linux.cgroupsPath.
+func (f PodFacts) cgroupsPath(id string) string {
+	if f.CgroupParent == "" {
+		return ""
+	}
+	return f.CgroupParent + "/" + id
+}
