@@ -18,9 +18,9 @@ import (
 	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cells"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/client"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/daemon"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/roles"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/server"
 	"github.com/aurae-runtime/aurae-cri/pkg/containerdproc"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
@@ -35,7 +35,10 @@ import (
 const shutdownGrace = 5 * time.Second
 
 func main() {
-	cells.MaybeRunCellInit()
+	// The embedded auraed re-executes this binary as its helpers (cell init,
+	// pod holder, tty exec shim): in those roles it never gets past this
+	// line. Not the guest roles: aurae-cri stays itself as PID 1.
+	roles.Run()
 	cfg, err := parseConfig(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)

@@ -17,9 +17,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cells"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/daemon"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/observe"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/roles"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/server"
 	"github.com/aurae-runtime/aurae-cri/pkg/version"
 )
@@ -41,11 +41,10 @@ type config struct {
 }
 
 func main() {
-	// auraed re-executes itself as the init of isolated cells; in that role
-	// it never gets past this line.
-	cells.MaybeRunCellInit()
-	// In a microVM auraed is the guest's init (pkg/aurae/guest); see guest.go.
-	maybeRunGuest()
+	// auraed re-executes itself as its own helpers (cell init, pod holder,
+	// tty exec shim) and, in a microVM, is the guest's init and its serving
+	// auraed: in those roles it never gets past this line.
+	roles.Run(roles.Guest)
 
 	cfg, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {

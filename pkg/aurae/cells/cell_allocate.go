@@ -4,18 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"os"
 	"path"
 	"time"
 
-	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/nsexec"
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+
+	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/nsexec"
 )
 
 var (
@@ -206,7 +207,7 @@ func (s *Service) startInit(ctx context.Context, c *cell, ns namespaces) (*initP
 	proc, err := nsexec.Start(nsexec.Spec{
 		Path:       "/proc/self/exe",
 		Args:       []string{"aurae-cell-init", c.name},
-		Env:        []string{envCellInit + "=" + join(flags), envCellHostname + "=" + path.Base(c.name)},
+		Env:        []string{InitEnv + "=" + join(flags), envCellHostname + "=" + path.Base(c.name)},
 		Join:       ns.join,
 		JoinPid:    ns.pid,
 		Unshare:    unshare,

@@ -9,18 +9,14 @@ import (
 	"testing"
 	"time"
 
-	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/observe"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
-)
 
-func TestMain(m *testing.M) {
-	MaybeRunCellInit()
-	os.Exit(m.Run())
-}
+	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/observe"
+)
 
 // newTestService starts a service on a cgroup root of its own and frees
 // whatever the test left allocated.

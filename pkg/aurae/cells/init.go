@@ -2,12 +2,13 @@ package cells
 
 import (
 	"fmt"
-	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"os"
 	"strings"
 
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/nsexec"
 	"golang.org/x/sys/unix"
+
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/nsexec"
 )
 
 // The cell init is auraed's own binary, started in the cell's new
@@ -16,18 +17,19 @@ import (
 // ready and then reaps orphans as pid 1 until the cell is freed. Executables
 // join its namespaces.
 const (
-	envCellInit     = "_AURAE_CELL_INIT"
+	// InitEnv selects the cell init role (see pkg/aurae/roles) and carries
+	// the namespaces the cell owns ("process", "network"). The name is a
+	// contract between an auraed and the cell inits it started: keep it.
+	InitEnv         = "_AURAE_CELL_INIT"
 	envCellHostname = "_AURAE_CELL_HOSTNAME"
 )
 
-// MaybeRunCellInit turns this process into a cell init when auraed started it
-// as one, and never returns then. It must be the first call in main (and in
-// TestMain of packages that allocate isolated cells).
-func MaybeRunCellInit() {
-	flags, ok := os.LookupEnv(envCellInit)
-	if !ok {
-		return
-	}
+// RunInit is the cell init role: the life of this binary when Allocate
+// started it (through nsexec, with InitEnv set) in an isolated cell's new
+// namespaces. It sets the cell up, reports on the ready pipe and then reaps
+// orphans until Free kills it; it never returns. Only roles.Run calls it.
+func RunInit() {
+	flags := os.Getenv(InitEnv)
 	ready := os.NewFile(uintptr(nsexec.FirstExtraFD), "ready")
 	if err := setupCellInit(flags, os.Getenv(envCellHostname)); err != nil {
 		_, _ = fmt.Fprintf(ready, "cell init: %v", err)

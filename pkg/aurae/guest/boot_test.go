@@ -30,13 +30,13 @@ import (
 // may hang early, rarely).
 const bootTimeout = 60 * time.Second
 
-// guestMemory is the guest's RAM (MiB): enough for auraed, runc and a container.
-var guestMemory = "256"
-
-func init() {
+// guestMemory is the guest's RAM (MiB): enough for auraed, runc and a
+// container, or AURAE_VM_TEST_MEMORY.
+func guestMemory() string {
 	if m := os.Getenv("AURAE_VM_TEST_MEMORY"); m != "" {
-		guestMemory = m
+		return m
 	}
+	return "256"
 }
 
 // vm is one QEMU running the guest image.
@@ -85,7 +85,7 @@ func startVM(t *testing.T, image string, extraArgs string) *vm {
 		exited:  make(chan struct{}),
 	}
 	args := []string{
-		"-M", "q35", "-accel", "tcg,tb-size=32", "-cpu", "max", "-m", guestMemory, "-smp", "1",
+		"-M", "q35", "-accel", "tcg,tb-size=32", "-cpu", "max", "-m", guestMemory(), "-smp", "1",
 		"-nographic", "-nodefaults", "-no-reboot",
 		"-serial", "file:" + v.console,
 		"-kernel", filepath.Join(image, "vmlinux"),
@@ -290,7 +290,7 @@ func TestBootUnderQEMU(t *testing.T) {
 	if out := run(ctx, t, c, "runc", "sh -c '"+runcScript+"'"); !strings.HasSuffix(out, release) {
 		t.Errorf("uname -r in a runc container in the guest: %q, want %q", out, release)
 	}
-	t.Logf("QEMU RSS after boot, four cells and a runc container: %d MiB (guest -m %s)", v.rssKiB()/1024, guestMemory)
+	t.Logf("QEMU RSS after boot, four cells and a runc container: %d MiB (guest -m %s)", v.rssKiB()/1024, guestMemory())
 
 	// The host disconnects and reconnects: the guest re-opens the port.
 	_ = c.Close()

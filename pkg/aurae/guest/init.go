@@ -3,7 +3,6 @@ package guest
 import (
 	"errors"
 	"fmt"
-	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -11,10 +10,13 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 )
 
-// ServeEnv is set in the environment of the serving auraed that PID 1
-// starts; cmd/auraed serves the Aurae API over the guest's port when it is.
+// ServeEnv is set in the environment of the serving auraed that the guest
+// init starts; it selects the RunServer role (see pkg/aurae/roles). The name
+// is a contract between the init and the auraed it started: keep it.
 const ServeEnv = "_AURAE_GUEST_SERVE"
 
 // Path is the guest's PATH (runc, conmon, busybox's applets).
@@ -32,15 +34,17 @@ type Init struct {
 	cfg Config
 	log *slog.Logger
 	// pid1 is false under --guest in a process that is not PID 1: then
-	// nothing is powered off, Run returns instead.
+	// nothing is powered off, RunInit exits instead.
 	pid1   bool
 	server *os.Process
 }
 
-// RunInit prepares the guest, starts the serving auraed and supervises it
-// until a power-off request (SIGTERM, SIGINT/Ctrl-Alt-Del, the ACPI power
-// button). As PID 1 it never returns: it powers the machine off. Otherwise
-// (--guest under another init) it returns once everything was stopped.
+// RunInit is the guest init role: auraed as a microVM's PID 1 (the kernel
+// starts it), or given --guest first when another init execs it. It
+// prepares the guest, starts the serving auraed (RunServer) and supervises
+// it until a power-off request (SIGTERM, SIGINT/Ctrl-Alt-Del, the ACPI power
+// button). It never returns: as PID 1 it powers the machine off, otherwise
+// it exits once everything was stopped. Only roles.Run calls it.
 func RunInit() {
 	pid1 := os.Getpid() == 1
 	// Stage 1 runs before /proc exists: log to the console with defaults.
@@ -67,6 +71,7 @@ func RunInit() {
 	}
 	in := &Init{cfg: cfg, log: log, pid1: pid1}
 	in.run()
+	os.Exit(0)
 }
 
 func (in *Init) run() {

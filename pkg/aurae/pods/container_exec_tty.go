@@ -22,10 +22,13 @@ import (
 // terminal in the container and sends its master over the console socket
 // (SCM_RIGHTS), and auraed streams it. A detached command is reparented
 // when runc exits, so runc is run by a small shim, this binary re-executed
-// with envExecShim set, that is a child subreaper: it reaps the command and
+// with ExecShimEnv set, that is a child subreaper: it reaps the command and
 // exits with its status, which auraed gets as the shim's.
 const (
-	envExecShim        = "_AURAE_EXEC_SHIM"         // the OCI runtime to run
+	// ExecShimEnv selects the tty exec shim role (see pkg/aurae/roles) and
+	// names the OCI runtime to run. The name is a contract between an
+	// auraed and the shims it started: keep it.
+	ExecShimEnv        = "_AURAE_EXEC_SHIM"
 	envExecShimPidFile = "_AURAE_EXEC_SHIM_PIDFILE" // where runc writes the command's pid
 	// consoleTimeout bounds the wait for runc to send the terminal.
 	consoleTimeout = 30 * time.Second
@@ -34,10 +37,13 @@ const (
 	shimRuntimeError = 255
 )
 
-func init() {
-	if rt, ok := os.LookupEnv(envExecShim); ok {
-		os.Exit(runExecShim(rt, os.Getenv(envExecShimPidFile), os.Args[1:]))
-	}
+// RunExecShim is the tty exec shim role: the life of this binary when
+// execTTY started it (with ExecShimEnv set) to run `runc exec --detach
+// --tty`, its arguments being the runtime's. It exits with the command's
+// exit status (128+signal), or 255 when the runtime failed; it never
+// returns. Only roles.Run calls it.
+func RunExecShim() {
+	os.Exit(runExecShim(os.Getenv(ExecShimEnv), os.Getenv(envExecShimPidFile), os.Args[1:]))
 }
 
 // runExecShim runs the runtime with args and, once it exited, waits for the
@@ -50,7 +56,7 @@ func runExecShim(runtime, pidFile string, args []string) int {
 	cmd := exec.Command(runtime, args...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, envExecShim) {
+		if !strings.HasPrefix(kv, ExecShimEnv) {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
@@ -116,7 +122,7 @@ func (s *Service) execTTY(stream grpc.BidiStreamingServer[podsv0.ExecRequest, po
 	defer msgR.Close()
 	cmd := exec.Command("/proc/self/exe", "--root", s.runcRoot(), "exec", "--detach", "--tty",
 		"--console-socket", sock, "--pid-file", pidFile, "--process", procFile, id)
-	cmd.Env = append(os.Environ(), envExecShim+"="+s.runtime, envExecShimPidFile+"="+pidFile)
+	cmd.Env = append(os.Environ(), ExecShimEnv+"="+s.runtime, envExecShimPidFile+"="+pidFile)
 	if _, ok := os.LookupEnv("GORACE"); !ok {
 		// A race-detector build (tests) sleeps 1 s at exit by default.
 		cmd.Env = append(cmd.Env, "GORACE=atexit_sleep_ms=0")

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 )
 
 // The namespace holder is auraed's own binary (/proc/self/exe) started in
@@ -21,10 +22,13 @@ import (
 // the pod's sysctls, says it is ready and then reaps orphans. auraed pins its
 // namespaces by bind mounts and kills it, unless the pod shares its pid
 // namespace: a pid namespace dies with its init, so the holder then stays as
-// the pod's init until Free. The hook runs from init(), so every binary that
-// links this package (auraed, its tests) can serve as a holder.
+// the pod's init until Free. The binary becomes a holder in roles.Run, at the
+// top of main (and of TestMain in the packages whose tests start holders).
 const (
-	envHolder   = "_AURAE_POD_HOLDER"
+	// HolderEnv selects the holder role (see pkg/aurae/roles) and carries
+	// the namespaces it creates. The name is a contract between an auraed
+	// and the holders it started: keep it.
+	HolderEnv   = "_AURAE_POD_HOLDER"
 	envHostname = "_AURAE_POD_HOSTNAME"
 	envSysctls  = "_AURAE_POD_SYSCTLS"
 	holderFD    = 3
@@ -32,15 +36,13 @@ const (
 	holderTimeout = 10 * time.Second
 )
 
-func init() {
-	if flags, ok := os.LookupEnv(envHolder); ok {
-		runHolder(flags)
-	}
-}
-
-func runHolder(flags string) {
+// RunHolder is the pod namespace holder role: the life of this binary when
+// startHolder started it (with HolderEnv set) in a pod's new namespaces. It
+// sets them up, reports on the ready pipe and then reaps orphans until
+// auraed kills it; it never returns. Only roles.Run calls it.
+func RunHolder() {
 	ready := os.NewFile(holderFD, "ready")
-	if err := setupHolder(flags, os.Getenv(envHostname), os.Getenv(envSysctls)); err != nil {
+	if err := setupHolder(os.Getenv(HolderEnv), os.Getenv(envHostname), os.Getenv(envSysctls)); err != nil {
 		_, _ = fmt.Fprintf(ready, "pod namespace holder: %v", err)
 		os.Exit(1)
 	}
@@ -122,7 +124,7 @@ func startHolder(h holderSpec) (*exec.Cmd, error) {
 	defer readyR.Close()
 	cmd := exec.Command("/proc/self/exe")
 	cmd.Args = []string{"aurae-pod-holder"}
-	cmd.Env = []string{envHolder + "=" + strings.Join(flags, ","), envHostname + "=" + h.hostname, envSysctls + "=" + sc}
+	cmd.Env = []string{HolderEnv + "=" + strings.Join(flags, ","), envHostname + "=" + h.hostname, envSysctls + "=" + sc}
 	cmd.ExtraFiles = []*os.File{readyW}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: clone, Setsid: true}
 	err = cmd.Start()

@@ -1,4 +1,4 @@
-package main
+package guest
 
 import (
 	"context"
@@ -14,35 +14,32 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/daemon"
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/guest"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/observe"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/server"
 	"github.com/aurae-runtime/aurae-cri/pkg/version"
 )
 
-// maybeRunGuest runs auraed in a microVM: as the guest's init when it is
-// PID 1 (or given --guest first), or as the serving auraed that init
-// started. In either role it never returns.
-func maybeRunGuest() {
-	if os.Getenv(guest.ServeEnv) != "" {
-		// Not for conmon, runc or the processes of cells.
-		_ = os.Unsetenv(guest.ServeEnv)
-		if err := runGuestServer(); err != nil {
-			slog.Error("guest auraed failed", "error", err)
-			os.Exit(1)
-		}
-		os.Exit(0)
+// serveShutdownGrace bounds the serving auraed's GracefulStop, as auraed's
+// on the host; it is within serverGrace, the init's wait for it to exit.
+const serveShutdownGrace = 5 * time.Second
+
+// RunServer is the guest's serving auraed role: the life of this binary
+// when the guest init (RunInit) started it with ServeEnv set. It serves the
+// Aurae API over the guest's virtio-serial port (or vsock, when the kernel
+// command line asks and the guest has it) until SIGTERM; it never returns.
+// Only roles.Run calls it, and only in auraed.
+func RunServer() {
+	// Not for conmon, runc or the processes of cells.
+	_ = os.Unsetenv(ServeEnv)
+	if err := serve(); err != nil {
+		slog.Error("guest auraed failed", "error", err)
+		os.Exit(1)
 	}
-	if os.Getpid() == 1 || (len(os.Args) > 1 && os.Args[1] == "--guest") {
-		guest.RunInit()
-		os.Exit(0)
-	}
+	os.Exit(0)
 }
 
-// runGuestServer serves the Aurae API over the guest's virtio-serial port
-// (or vsock, when the kernel command line asks and the guest has it).
-func runGuestServer() error {
-	cfg, err := guest.ReadConfig()
+func serve() error {
+	cfg, err := ReadConfig()
 	logs := observe.NewLogBroadcaster(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	logger := slog.New(logs)
 	slog.SetDefault(logger)
@@ -53,7 +50,7 @@ func runGuestServer() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	lis, err := guestListener(cfg, logger)
+	lis, err := listener(cfg, logger)
 	if err != nil {
 		return err
 	}
@@ -90,16 +87,18 @@ func runGuestServer() error {
 		}
 	}
 	stop()
-	server.Shutdown(logger, shutdownGrace, s)
+	server.Shutdown(logger, serveShutdownGrace, s)
 	return runErr
 }
 
-func guestListener(cfg guest.Config, logger *slog.Logger) (net.Listener, error) {
-	if cfg.Transport == guest.TransportVsock {
+// listener is the port the serving auraed answers on: vsock when asked for
+// and present, the virtio-serial port otherwise.
+func listener(cfg Config, logger *slog.Logger) (net.Listener, error) {
+	if cfg.Transport == TransportVsock {
 		if _, err := os.Stat("/dev/vsock"); err == nil {
-			return guest.ListenVsock(cfg.VsockPort)
+			return ListenVsock(cfg.VsockPort)
 		}
 		logger.Warn("aurae.transport=vsock but the guest has no /dev/vsock; serving on the virtio-serial port", "port", cfg.Port)
 	}
-	return guest.ListenPort(cfg.Port, logger)
+	return ListenPort(cfg.Port, logger)
 }
