@@ -152,6 +152,22 @@ func TestCRIVMPod(t *testing.T) {
 		t.Errorf("exec on a tty: %v, output %q", err, stdout.String())
 	}
 
+	// kubectl debug --target: a container in the target's pid namespace,
+	// in the guest.
+	checkPIDTarget(t, c, vmPodID, vmPod, image, srv, "nc -ll -p 8080")
+
+	// Port-forward reaches a server bound to 127.0.0.1 in the guest (the
+	// host side of the pod's network cannot).
+	local := runContainer(t, c, vmPodID, vmPod, containerConfig("local", image, "nc", "-ll", "-s", "127.0.0.1", "-p", "9090", "-e", "echo", "guestpong"))
+	waitServing(t, c, local, 9090, "guestpong")
+	pf, err := c.Runtime.PortForward(ctx, &runtimeapi.PortForwardRequest{PodSandboxId: vmPodID, Port: []int32{9090}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := portForwardRead(t, pf.GetUrl(), 9090); got != "guestpong" {
+		t.Errorf("port-forward to the guest's 127.0.0.1:9090 read %q, want guestpong", got)
+	}
+
 	time.Sleep(2 * time.Second) // let the idle VM settle before measuring
 	t.Logf("vm pod: RunPodSandbox %v, container running after %v; guest kernel %s; qemu RSS/PSS %d/%d KiB",
 		runTime.Round(time.Millisecond), ready.Round(time.Millisecond), guestRelease, rssOf(pids[0]), pssKiB(pids[0]))
