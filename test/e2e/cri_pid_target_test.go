@@ -38,11 +38,11 @@ func checkPIDTarget(t *testing.T, c *CRI, podID string, pod *runtimeapi.PodSandb
 	t.Helper()
 	dbg := runContainer(t, c, podID, pod, targetConfig("debug", image, app, "sleep", "1000"))
 	waitContainerState(t, c, dbg, runtimeapi.ContainerState_CONTAINER_RUNNING)
-	out, _, err := c.Runtime.ExecSync(t.Context(), dbg, []string{"ps"}, 30*time.Second)
+	out, _, err := c.Runtime.ExecSync(t.Context(), dbg, []string{"busybox", "ps"}, 30*time.Second)
 	if err != nil || !strings.Contains(string(out), appMarker) {
 		t.Errorf("ps in the debug container: %v\n%s\nwant the target's %q", err, out, appMarker)
 	}
-	out, _, err = c.Runtime.ExecSync(t.Context(), app, []string{"ps"}, 30*time.Second)
+	out, _, err = c.Runtime.ExecSync(t.Context(), app, []string{"busybox", "ps"}, 30*time.Second)
 	if err != nil || !strings.Contains(string(out), "sleep 1000") {
 		t.Errorf("ps in the target: %v\n%s\nwant the debug container's sleep 1000", err, out)
 	}
