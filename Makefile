@@ -120,8 +120,9 @@ check-proto: proto
 	@untracked="$$(git ls-files --others --exclude-standard -- api/)"; \
 	if [ -n "$$untracked" ]; then echo "api/: generated files not committed: $$untracked" >&2; exit 1; fi
 
-## lint: gofmt, go vet, golangci-lint
+## lint: gofmt, go vet, golangci-lint (imports grouped std / third party / ours), go mod tidy
 lint: $(BIN)/.golangci-lint-$(GOLANGCI_LINT_VERSION)
+	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum are not tidy: run go mod tidy" >&2; $(GO) mod tidy -diff; exit 1; }
 	@unformatted="$$(gofmt -l $$(git ls-files '*.go'; git ls-files --others --exclude-standard '*.go'))"; \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...

@@ -8,10 +8,11 @@ import (
 	"path/filepath"
 	"time"
 
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // CreateContainer implements RuntimeService.CreateContainer: the rootfs

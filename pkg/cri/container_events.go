@@ -3,8 +3,9 @@ package cri
 import (
 	"time"
 
-	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 )
 
 // publish sends a container event with the pod's and its containers'

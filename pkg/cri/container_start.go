@@ -5,9 +5,10 @@ import (
 	"fmt"
 	"time"
 
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // StartContainer implements RuntimeService.StartContainer.

@@ -4,8 +4,9 @@ import (
 	"context"
 	"time"
 
-	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 )
 
 const statsTimeout = 10 * time.Second

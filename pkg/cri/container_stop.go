@@ -6,10 +6,11 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/aurae-runtime/aurae-cri/pkg/controller"
-	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
+	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 )
 
 // StopContainer implements RuntimeService.StopContainer: SIGTERM (or the

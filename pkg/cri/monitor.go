@@ -4,10 +4,11 @@ import (
 	"context"
 	"time"
 
-	"github.com/aurae-runtime/aurae-cri/pkg/controller"
-	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
+	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 )
 
 // monitor notices containers that exited by themselves: it asks their

@@ -3,8 +3,9 @@ package cri
 import (
 	"context"
 
-	"github.com/aurae-runtime/aurae-cri/pkg/netcni"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/netcni"
 )
 
 // CNI is the Network of pods on the node's CNI config.

@@ -7,8 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/aurae-runtime/aurae-cri/pkg/image"
 	"golang.org/x/sys/unix"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/image"
 )
 
 // rootfsDir is where a container's rootfs snapshot is mounted.

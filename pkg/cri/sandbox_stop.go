@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 )
 
 // StopPodSandbox implements RuntimeService.StopPodSandbox: its containers

@@ -9,12 +9,12 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"k8s.io/cri-streaming/pkg/streaming"
 	remotecommandserver "k8s.io/cri-streaming/pkg/streaming/remotecommand"
 	utilexec "k8s.io/utils/exec"
 
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
-	"github.com/containerd/errdefs"
 )
 
 // StreamServer serves the URLs that Exec, Attach and PortForward answer:

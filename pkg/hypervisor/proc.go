@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 )
 
 // waitExit waits until pid (started at start) exits or ctx ends.

@@ -5,11 +5,10 @@ import (
 	"errors"
 	"net"
 
+	gocni "github.com/containerd/go-cni"
 	cnilibrary "github.com/containernetworking/cni/libcni"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ip"
-
-	gocni "github.com/containerd/go-cni"
 )
 
 // teardownMasq removes the masquerade rules the bridge plugin (ipMasq: true)

@@ -9,9 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aurae-runtime/aurae-cri/test/testimage"
 	internalapi "k8s.io/cri-api/pkg/apis"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/test/testimage"
 )
 
 const (

@@ -6,9 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
 	observev0 "github.com/aurae-runtime/aurae-cri/api/observe/v0"
-	"google.golang.org/protobuf/proto"
 )
 
 // BenchmarkCellCycle measures Allocate → Start(/bin/true) → wait for its

@@ -13,10 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
 	observev0 "github.com/aurae-runtime/aurae-cri/api/observe/v0"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
-	"google.golang.org/protobuf/proto"
 )
 
 func allocateCell(t *testing.T, a *Auraed, c *cellsv0.Cell) {

@@ -8,12 +8,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aurae-runtime/aurae-cri/pkg/netcni"
-	"github.com/aurae-runtime/aurae-cri/test/kubelet"
-	"github.com/aurae-runtime/aurae-cri/test/testimage"
 	internalapi "k8s.io/cri-api/pkg/apis"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	remote "k8s.io/cri-client/pkg"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/netcni"
+	"github.com/aurae-runtime/aurae-cri/test/kubelet"
+	"github.com/aurae-runtime/aurae-cri/test/testimage"
 )
 
 // containerdCRI is Debian's containerd with its own CRI plugin (see

@@ -8,10 +8,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/aurae-runtime/aurae-cri/test/testimage"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/test/testimage"
 )
 
 // machineState is what a refused request must not change: links, the

@@ -10,8 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aurae-runtime/aurae-cri/test/testimage"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/test/testimage"
 )
 
 // runToExit runs a container until it exits and returns its status and the

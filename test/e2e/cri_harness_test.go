@@ -11,11 +11,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aurae-runtime/aurae-cri/pkg/netcni"
-	"github.com/aurae-runtime/aurae-cri/test/testimage"
 	internalapi "k8s.io/cri-api/pkg/apis"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	remote "k8s.io/cri-client/pkg"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/netcni"
+	"github.com/aurae-runtime/aurae-cri/test/testimage"
 )
 
 // CRI is one aurae-cri under test, with an embedded auraed, its own child

@@ -3,10 +3,11 @@ package e2e
 import (
 	"testing"
 
-	"github.com/aurae-runtime/aurae-cri/test/testimage"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/test/testimage"
 )
 
 func TestCRIImages(t *testing.T) {

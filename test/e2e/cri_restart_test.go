@@ -6,8 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aurae-runtime/aurae-cri/test/testimage"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/test/testimage"
 )
 
 // TestCRIRestartLosesNothing kills aurae-cri and the auraed it uses with

@@ -9,10 +9,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aurae-runtime/aurae-cri/test/testimage"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/test/testimage"
 )
 
 // criLogLine is the kubelet's CRI log format.

@@ -12,10 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aurae-runtime/aurae-cri/test/testimage"
 	"k8s.io/client-go/tools/remotecommand"
 	utilexec "k8s.io/client-go/util/exec"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/test/testimage"
 )
 
 const vmImageDir = "/var/lib/aurae/vm"

@@ -7,9 +7,10 @@ import (
 	"testing"
 	"time"
 
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
 	"github.com/aurae-runtime/aurae-cri/test/kubelet"
 	"github.com/aurae-runtime/aurae-cri/test/testimage"
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // TestKubeletRunsPodsOnAuraeCRI runs the real kubelet (built from the Go

@@ -3,19 +3,20 @@ package cells
 import (
 	"context"
 	"fmt"
-	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 
-	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
-	observev0 "github.com/aurae-runtime/aurae-cri/api/observe/v0"
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/nsexec"
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/observe"
 	"github.com/google/shlex"
 	"golang.org/x/sys/unix"
+
+	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
+	observev0 "github.com/aurae-runtime/aurae-cri/api/observe/v0"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/nsexec"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/observe"
 )
 
 const maxCommandLen = 64 << 10

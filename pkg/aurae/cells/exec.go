@@ -4,17 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"os"
 	"sort"
 	"sync"
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
 	observev0 "github.com/aurae-runtime/aurae-cri/api/observe/v0"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/observe"
-	"golang.org/x/sys/unix"
 )
 
 // executable is a process started in a cell. rec changes only under mu;

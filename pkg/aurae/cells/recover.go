@@ -2,14 +2,15 @@ package cells
 
 import (
 	"context"
-	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"sort"
 	"strings"
 
-	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protojson"
+
+	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 )
 
 // recover rebuilds the cells from the state file. A cell whose cgroup is gone

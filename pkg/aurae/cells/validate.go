@@ -6,9 +6,10 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/containerd/errdefs"
+
 	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
-	"github.com/containerd/errdefs"
 )
 
 const (

@@ -5,9 +5,10 @@ import (
 	"testing"
 	"time"
 
-	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 )
 
 func TestContainerEvents(t *testing.T) {

@@ -12,8 +12,9 @@ import (
 	"syscall"
 	"time"
 
-	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"github.com/containerd/errdefs"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 )
 
 // maxExecOutput bounds what ExecSync keeps of each of stdout and stderr.

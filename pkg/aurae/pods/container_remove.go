@@ -4,8 +4,9 @@ import (
 	"context"
 	"fmt"
 
-	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"github.com/containerd/errdefs"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 )
 
 // removeContainer kills the container if it runs, deletes it from the

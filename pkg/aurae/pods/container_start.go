@@ -5,16 +5,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 )
 
 const (

@@ -8,11 +8,12 @@ import (
 	"testing"
 	"time"
 
-	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 )
 
 func TestUpdateContainerResources(t *testing.T) {

@@ -7,9 +7,10 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
-	"golang.org/x/sys/unix"
 )
 
 // watch waits for a container's monitor to exit (fd is a pidfd of conmon,

@@ -4,8 +4,9 @@ import (
 	"sync"
 	"time"
 
-	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"google.golang.org/protobuf/proto"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 )
 
 // pod is an allocated pod. spec and paths are immutable once allocated.

@@ -4,17 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 )
 
 func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.AllocateResponse, retErr error) {

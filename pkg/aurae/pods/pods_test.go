@@ -12,12 +12,13 @@ import (
 	"testing"
 	"time"
 
-	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 )
 
 var criLine = regexp.MustCompile(`^(\S+) (stdout|stderr) (F|P) (.*)$`)

@@ -8,8 +8,9 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 	"golang.org/x/sys/unix"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 )
 
 // waitExitOrClose waits until the process behind pidfd exits (true) or

@@ -3,12 +3,13 @@ package pods
 import (
 	"context"
 	"encoding/json"
-	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"time"
 
-	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 	"google.golang.org/protobuf/encoding/protojson"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 )
 
 // recover rebuilds pods and containers from the state file. A pod whose

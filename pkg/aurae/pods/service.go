@@ -31,11 +31,12 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"github.com/aurae-runtime/aurae-cri/pkg/errmap"
-	"github.com/containerd/errdefs"
-	"golang.org/x/sys/unix"
 )
 
 // Config configures the service.

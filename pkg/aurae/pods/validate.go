@@ -5,8 +5,9 @@ import (
 	"path/filepath"
 	"strings"
 
-	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"github.com/containerd/errdefs"
+
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 )
 
 const (
