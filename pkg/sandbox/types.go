@@ -29,17 +29,9 @@ type SandboxStatus struct {
 	State runtimeapi.PodSandboxState `json:"state"`
 	// NetNSPath is the pod's network namespace ("" for host network).
 	NetNSPath string `json:"netns_path,omitempty"`
-	// CgroupPath is the pod cell's cgroup.
-	CgroupPath string `json:"cgroup_path,omitempty"`
-	// Paths of the files the pod's containers bind-mount.
-	ResolvConfPath string   `json:"resolv_conf_path,omitempty"`
-	HostsPath      string   `json:"hosts_path,omitempty"`
-	HostnamePath   string   `json:"hostname_path,omitempty"`
-	ShmPath        string   `json:"shm_path,omitempty"`
-	IPCNSPath      string   `json:"ipc_ns_path,omitempty"`
-	UTSNSPath      string   `json:"uts_ns_path,omitempty"`
-	PIDNSPath      string   `json:"pid_ns_path,omitempty"`
-	IPs            []string `json:"ips,omitempty"`
+	// CgroupPath is the pod's cgroup on the host.
+	CgroupPath string   `json:"cgroup_path,omitempty"`
+	IPs        []string `json:"ips,omitempty"`
 	// NetworkUp is true from CNI setup until its teardown, which must
 	// happen exactly once.
 	NetworkUp bool `json:"network_up,omitempty"`
