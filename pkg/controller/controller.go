@@ -71,6 +71,26 @@ type Controller interface {
 	// pod's guest) and copies both ways with stream until the pod's side
 	// closes or ctx ends; it closes stream.
 	PortForward(ctx context.Context, podID string, port int32, stream io.ReadWriteCloser) error
+	// Events delivers what happens to the controller's containers from the
+	// moment it returns until ctx ends. The channel closes when the source
+	// is lost or the subscriber fell behind: the caller then resyncs (asks
+	// ContainerStatus) and subscribes again.
+	Events(ctx context.Context) (<-chan ContainerEvent, error)
+}
+
+// EventType is what happened to a container.
+type EventType int
+
+const (
+	EventStarted EventType = iota + 1
+	EventExited
+	EventRemoved
+)
+
+// ContainerEvent is a change of a container, with its state then.
+type ContainerEvent struct {
+	Type      EventType
+	Container ContainerState
 }
 
 // NamespaceMode is where a pod's namespace of one type comes from.

@@ -41,6 +41,7 @@ func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 	}
 	callCtx, cancel := bounded(ctx, podCallTimeout)
 	defer cancel()
+	startedAt := time.Now()
 	started, err := ctrl.StartContainer(callCtx, sb.ID, controller.Container{
 		ID: c.ID, Spec: c.Spec, LogPath: c.LogPath, Tty: c.Config.GetTty(), Stdin: c.Config.GetStdin(),
 	})
@@ -59,9 +60,13 @@ func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 		return nil, fmt.Errorf("start container %s: %w", c.ID, err)
 	}
 	if _, err := r.store.UpdateContainer(c.ID, func(st sandbox.ContainerStatus) (sandbox.ContainerStatus, error) {
-		st.State = runtimeapi.ContainerState_CONTAINER_RUNNING
+		// The exit of a container that ended at once may have been
+		// recorded already (its controller's event came first).
+		if st.State != runtimeapi.ContainerState_CONTAINER_EXITED {
+			st.State = runtimeapi.ContainerState_CONTAINER_RUNNING
+		}
 		st.Pid = started.Pid
-		st.StartedAt = time.Now()
+		st.StartedAt = startedAt
 		return st, nil
 	}); err != nil {
 		return nil, err

@@ -26,6 +26,9 @@ type fakeController struct {
 	removed    []string
 	runErr     error
 	forwarded  []int32
+	subs       []chan controller.ContainerEvent
+	// quiet: exits publish no event (a lost event stream).
+	quiet bool
 }
 
 var _ controller.Controller = (*fakeController)(nil)
@@ -98,13 +101,44 @@ func (f *fakeController) StopContainer(_ context.Context, id string, _ time.Dura
 	return nil
 }
 
-// exit makes a container exit with code.
+// exit makes a container exit with code, and tells the subscribers.
 func (f *fakeController) exit(id string, code int32, reason string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if c, ok := f.containers[id]; ok {
-		c.State, c.ExitCode, c.Reason, c.FinishedAt = controller.StateExited, code, reason, time.Now()
+	c, ok := f.containers[id]
+	if !ok {
+		return
 	}
+	c.State, c.ExitCode, c.Reason, c.FinishedAt = controller.StateExited, code, reason, time.Now()
+	if f.quiet {
+		return
+	}
+	for _, ch := range f.subs {
+		select {
+		case ch <- controller.ContainerEvent{Type: controller.EventExited, Container: *c}:
+		default:
+		}
+	}
+}
+
+// Events of the fake are its exits.
+func (f *fakeController) Events(ctx context.Context) (<-chan controller.ContainerEvent, error) {
+	ch := make(chan controller.ContainerEvent, 16)
+	f.mu.Lock()
+	f.subs = append(f.subs, ch)
+	f.mu.Unlock()
+	context.AfterFunc(ctx, func() { f.dropEvents() })
+	return ch, nil
+}
+
+// dropEvents closes every subscription, as a lost stream does.
+func (f *fakeController) dropEvents() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, ch := range f.subs {
+		close(ch)
+	}
+	f.subs = nil
 }
 
 func (f *fakeController) RemoveContainer(_ context.Context, _, id string) error {

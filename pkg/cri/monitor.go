@@ -11,10 +11,18 @@ import (
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 )
 
-// monitor notices containers that exited by themselves: it asks their
-// controller about every running container each interval, so that List and
-// Status, which answer from memory, see exits.
+// monitor notices containers that exited by themselves, so that List and
+// Status, which answer from memory, see exits: it follows each
+// controller's events, and asks the controllers about every running
+// container each MonitorInterval as a safety net.
 func (r *Runtime) monitor(ctx context.Context) {
+	seen := map[controller.Controller]bool{}
+	for _, ctrl := range r.cfg.Controllers {
+		if !seen[ctrl] {
+			seen[ctrl] = true
+			go r.follow(ctx, ctrl)
+		}
+	}
 	t := time.NewTicker(r.cfg.MonitorInterval)
 	defer t.Stop()
 	for {
@@ -23,17 +31,52 @@ func (r *Runtime) monitor(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		r.checkExits(ctx)
+		r.checkExits(ctx, nil)
 	}
 }
 
-func (r *Runtime) checkExits(ctx context.Context) {
+// follow records the exits a controller reports as they happen. Each time
+// it (re)subscribes it resyncs, since events may have been missed.
+func (r *Runtime) follow(ctx context.Context, ctrl controller.Controller) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		evs, err := ctrl.Events(ctx)
+		if err != nil {
+			r.log.Debug("container events", "error", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		r.checkExits(ctx, ctrl)
+		for ev := range evs {
+			if ev.Type != controller.EventExited {
+				continue
+			}
+			st := ev.Container
+			c, err := r.store.Container(st.ID)
+			if err != nil || c.SandboxID != st.PodID || c.Status.State == runtimeapi.ContainerState_CONTAINER_EXITED {
+				continue
+			}
+			r.recordExit(c.ID, c.SandboxID, &st)
+			r.log.Info("container exited", "pod", c.SandboxID, "container", c.ID, "exit_code", st.ExitCode, "reason", st.Reason)
+		}
+	}
+}
+
+// checkExits asks the controller (only) of every running container (of
+// ctrl's pods, when ctrl is not nil) whether it exited.
+func (r *Runtime) checkExits(ctx context.Context, only controller.Controller) {
 	for _, c := range r.store.Containers() {
 		if c.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
 			continue
 		}
 		ctrl, err := r.controllerOf(c.SandboxID)
-		if err != nil {
+		if err != nil || (only != nil && ctrl != only) {
 			continue
 		}
 		callCtx, cancel := bounded(ctx, statsTimeout)
@@ -91,7 +134,7 @@ func (r *Runtime) Recover(ctx context.Context) error {
 			}
 		}
 	}
-	r.checkExits(ctx)
+	r.checkExits(ctx, nil)
 	r.ready.Store(true)
 	r.log.Info("recovered", "pods", len(r.store.Sandboxes()), "containers", len(r.store.Containers()))
 	go r.monitor(context.WithoutCancel(ctx))

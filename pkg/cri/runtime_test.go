@@ -1,6 +1,7 @@
 package cri
 
 import (
+	"cmp"
 	"context"
 	"io"
 	"log/slog"
@@ -18,11 +19,14 @@ import (
 )
 
 type fixture struct {
-	rt    *Runtime
-	ctrl  *fakeController
-	net   *fakeNetwork
-	store *sandbox.Store
-	dir   string
+	// monitor is the safety-net poll's interval (10 ms unless set before
+	// runtime is called).
+	monitor time.Duration
+	rt      *Runtime
+	ctrl    *fakeController
+	net     *fakeNetwork
+	store   *sandbox.Store
+	dir     string
 }
 
 func newFixture(t *testing.T, recover bool) *fixture {
@@ -48,7 +52,7 @@ func newFixture(t *testing.T, recover bool) *fixture {
 func (f *fixture) runtime(t *testing.T) *Runtime {
 	rt, err := NewRuntime(Config{
 		RootDir: f.dir, Controllers: map[string]controller.Controller{"": f.ctrl}, Images: image.NewFake(t.TempDir()),
-		Network: f.net, Store: f.store, MonitorInterval: 10 * time.Millisecond,
+		Network: f.net, Store: f.store, MonitorInterval: cmp.Or(f.monitor, 10*time.Millisecond),
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
@@ -237,4 +241,65 @@ func TestMonitorRecordsExitsAndPublishes(t *testing.T) {
 	if _, err := f.rt.StopContainer(t.Context(), &runtimeapi.StopContainerRequest{ContainerId: "nope"}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestExitsFollowedFromEvents: with the safety-net poll an hour away, an
+// exit reaches the CRI through the controller's events; one that happened
+// while the event stream was lost is found by the resync that follows the
+// resubscription.
+func TestExitsFollowedFromEvents(t *testing.T) {
+	f := &fixture{ctrl: newFakeController(), net: newFakeNetwork(), dir: t.TempDir(), monitor: time.Hour}
+	st, err := sandbox.Open(f.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	f.store = st
+	f.rt = f.runtime(t)
+	if err := f.rt.Recover(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	pod, err := f.rt.RunPodSandbox(t.Context(), &runtimeapi.RunPodSandboxRequest{Config: podConfig("ev")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func(id string) {
+		c := &sandbox.Container{ID: id, SandboxID: pod.GetPodSandboxId(), Name: id + "_ev", Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: id}},
+			CreatedAt: time.Now(), Status: sandbox.ContainerStatus{State: runtimeapi.ContainerState_CONTAINER_CREATED}}
+		if err := f.store.AddContainer(c); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.rt.StartContainer(t.Context(), &runtimeapi.StartContainerRequest{ContainerId: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitExit := func(id string, code int32) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			st, err := f.rt.ContainerStatus(t.Context(), &runtimeapi.ContainerStatusRequest{ContainerId: id})
+			if err == nil && st.GetStatus().GetState() == runtimeapi.ContainerState_CONTAINER_EXITED {
+				if st.GetStatus().GetExitCode() != code || st.GetStatus().GetFinishedAt() < st.GetStatus().GetStartedAt() {
+					t.Fatalf("status %v", st.GetStatus())
+				}
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		t.Fatalf("the exit of %s was not recorded", id)
+	}
+	start("e1")
+	f.ctrl.exit("e1", 7, "")
+	waitExit("e1", 7)
+
+	start("e2")
+	f.ctrl.mu.Lock()
+	f.ctrl.quiet = true
+	f.ctrl.mu.Unlock()
+	f.ctrl.exit("e2", 9, "") // no event: the stream is about to be lost
+	f.ctrl.mu.Lock()
+	f.ctrl.quiet = false
+	f.ctrl.mu.Unlock()
+	f.ctrl.dropEvents()
+	waitExit("e2", 9)
 }

@@ -48,7 +48,8 @@ type Config struct {
 	Events      *sandbox.Events
 	// CgroupParent is where pods go when the request names none.
 	CgroupParent string
-	// MonitorInterval is how often running containers are checked for exit.
+	// MonitorInterval is how often every running container is checked for
+	// an exit its controller's events did not report (a safety net).
 	MonitorInterval time.Duration
 	Logger          *slog.Logger
 	// RuntimeName and RuntimeVersion answer Version.
@@ -90,7 +91,7 @@ func NewRuntime(cfg Config) (*Runtime, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.MonitorInterval <= 0 {
-		cfg.MonitorInterval = 500 * time.Millisecond
+		cfg.MonitorInterval = 5 * time.Second
 	}
 	if cfg.CgroupParent == "" {
 		cfg.CgroupParent = "pods"

@@ -294,3 +294,43 @@ func (c *Controller) UpdateContainerResources(ctx context.Context, id string, re
 	_, err = c.pods.UpdateContainerResources(ctx, &podsv0.UpdateContainerResourcesRequest{ContainerId: id, LinuxResources: b})
 	return err
 }
+
+// Events follows PodService.ContainerEvents. It returns once auraed has
+// the subscription in place (the stream's header), so that nothing that
+// happens afterwards is missed.
+func (c *Controller) Events(ctx context.Context) (<-chan controller.ContainerEvent, error) {
+	st, err := c.pods.ContainerEvents(ctx, &podsv0.ContainerEventsRequest{})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := st.Header(); err != nil {
+		return nil, err
+	}
+	ch := make(chan controller.ContainerEvent, 64)
+	go func() {
+		defer close(ch)
+		for {
+			m, err := st.Recv()
+			if err != nil {
+				return
+			}
+			ev := controller.ContainerEvent{Container: containerState(m.GetStatus())}
+			switch m.GetType() {
+			case podsv0.ContainerEventType_CONTAINER_EVENT_TYPE_STARTED:
+				ev.Type = controller.EventStarted
+			case podsv0.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED:
+				ev.Type = controller.EventExited
+			case podsv0.ContainerEventType_CONTAINER_EVENT_TYPE_REMOVED:
+				ev.Type = controller.EventRemoved
+			default:
+				continue
+			}
+			select {
+			case ch <- ev:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return ch, nil
+}

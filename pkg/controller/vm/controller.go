@@ -82,6 +82,8 @@ type Controller struct {
 	pods  map[string]*vmPod
 	ctrs  map[string]string // container id → pod id
 	locks sync.Map          // pod id → *sync.Mutex
+	// events fans the guests' container events out to Events' subscribers.
+	events eventHub
 }
 
 var _ controller.Controller = (*Controller)(nil)
@@ -244,9 +246,7 @@ func (c *Controller) CreatePod(ctx context.Context, spec controller.PodSpec) (_ 
 	if err != nil {
 		return controller.Pod{}, err
 	}
-	c.mu.Lock()
-	p.guest = g
-	c.mu.Unlock()
+	c.setGuest(p, g)
 	tDial := time.Now()
 	if err := g.run(ctx, "mount-shared", "mkdir -p "+guestShared+" && mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 "+shareTag+" "+guestShared); err != nil {
 		return controller.Pod{}, fmt.Errorf("mount the shared dir in the guest: %w", err)
@@ -398,9 +398,7 @@ func (c *Controller) adopt(ctx context.Context, id string, addr map[string]strin
 		if g, err = dialGuest(ctx, a, 30*time.Second); err != nil {
 			return nil, err
 		}
-		c.mu.Lock()
-		p.guest = g
-		c.mu.Unlock()
+		c.setGuest(p, g)
 	}
 	pods, err := g.pods.ListPods(ctx)
 	if err != nil {

@@ -25,6 +25,17 @@ import (
 type guest struct {
 	*client.Client
 	pods *native.Controller
+	// ctx lives as long as the client: it ends the following of events.
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// Close ends the following of the guest's events and the client.
+func (g *guest) Close() error {
+	if g.cancel != nil {
+		g.cancel()
+	}
+	return g.Client.Close()
 }
 
 // dialGuest dials the guest auraed, retrying while it boots.
@@ -39,7 +50,8 @@ func dialGuest(ctx context.Context, addr string, timeout time.Duration) (*guest,
 		if err == nil {
 			_, err = c.Discovery.Discover(dctx, &discoveryv0.DiscoverRequest{})
 			if err == nil {
-				return &guest{Client: c, pods: native.New(c.Conn)}, nil
+				gctx, gcancel := context.WithCancel(context.Background())
+				return &guest{Client: c, pods: native.New(c.Conn), ctx: gctx, cancel: gcancel}, nil
 			}
 			_ = c.Close()
 		}
