@@ -8,8 +8,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/controller/vm"
 )
 
 // config is aurae-cri's configuration: flags, or a TOML file whose keys are
@@ -36,6 +39,10 @@ type config struct {
 	VMKernel      string `toml:"vm-kernel"`
 	VMInitramfs   string `toml:"vm-initramfs"`
 	VMOverheadMiB uint   `toml:"vm-overhead-mib"`
+	// VMMaxMemMiB bounds a VM pod's memory; VMAllowedAnnotations are the
+	// Kata sizing annotations pods may use (comma-separated; none by default).
+	VMMaxMemMiB          uint   `toml:"vm-max-memory-mib"`
+	VMAllowedAnnotations string `toml:"vm-allowed-annotations"`
 
 	level slog.Level
 }
@@ -54,6 +61,7 @@ func parseConfig(args []string) (config, error) {
 		ImageNamespace:    "aurae",
 		VMKernel:          "/var/lib/aurae/vm/vmlinux",
 		VMInitramfs:       "/var/lib/aurae/vm/initramfs.cpio.gz",
+		VMMaxMemMiB:       8192,
 	}
 	fs := flag.NewFlagSet("aurae-cri", flag.ContinueOnError)
 	configFile := fs.String("config", "", "TOML file setting the flags below (keys are the flag names)")
@@ -73,6 +81,8 @@ func parseConfig(args []string) (config, error) {
 	fs.StringVar(&cfg.VMKernel, "vm-kernel", cfg.VMKernel, "guest kernel of VM pods (make vm-image)")
 	fs.StringVar(&cfg.VMInitramfs, "vm-initramfs", cfg.VMInitramfs, "guest initramfs of VM pods (make vm-image); must sit beside --vm-kernel as initramfs.cpio.gz")
 	fs.UintVar(&cfg.VMOverheadMiB, "vm-overhead-mib", cfg.VMOverheadMiB, "memory added to each VM pod's VM (MiB)")
+	fs.UintVar(&cfg.VMMaxMemMiB, "vm-max-memory-mib", cfg.VMMaxMemMiB, "most memory a VM pod's VM may have, overhead included (MiB; 0: no bound)")
+	fs.StringVar(&cfg.VMAllowedAnnotations, "vm-allowed-annotations", cfg.VMAllowedAnnotations, "Kata sizing annotations VM pods may use, comma-separated ("+vm.AnnotationVCPUs+", "+vm.AnnotationMemMiB+"); none by default")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -121,6 +131,16 @@ func parseConfig(args []string) (config, error) {
 				cfg.ImageNamespace = explicit.ImageNamespace
 			case "write-default-cni-config":
 				cfg.DefaultCNIConfig = explicit.DefaultCNIConfig
+			case "vm-kernel":
+				cfg.VMKernel = explicit.VMKernel
+			case "vm-initramfs":
+				cfg.VMInitramfs = explicit.VMInitramfs
+			case "vm-overhead-mib":
+				cfg.VMOverheadMiB = explicit.VMOverheadMiB
+			case "vm-max-memory-mib":
+				cfg.VMMaxMemMiB = explicit.VMMaxMemMiB
+			case "vm-allowed-annotations":
+				cfg.VMAllowedAnnotations = explicit.VMAllowedAnnotations
 			}
 		})
 	}
@@ -135,5 +155,25 @@ func parseConfig(args []string) (config, error) {
 	if cfg.RegistryConfigDir != "" && !filepath.IsAbs(cfg.RegistryConfigDir) {
 		return cfg, errors.New("registry-config-dir must be an absolute path")
 	}
+	if _, err := cfg.allowedAnnotations(); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
+}
+
+// allowedAnnotations parses --vm-allowed-annotations: only Kata's sizing
+// annotations may be named.
+func (cfg config) allowedAnnotations() (map[string]bool, error) {
+	out := map[string]bool{}
+	for _, a := range strings.Split(cfg.VMAllowedAnnotations, ",") {
+		a = strings.TrimSpace(a)
+		switch a {
+		case "":
+		case vm.AnnotationVCPUs, vm.AnnotationMemMiB:
+			out[a] = true
+		default:
+			return nil, fmt.Errorf("vm-allowed-annotations: %q is not one of %s, %s", a, vm.AnnotationVCPUs, vm.AnnotationMemMiB)
+		}
+	}
+	return out, nil
 }

@@ -44,9 +44,24 @@ func TestConfigRefusesBadValues(t *testing.T) {
 		{"--config", bad},
 		{"--config", "/nonexistent/file.toml"},
 		{"extra-arg"},
+		{"--vm-allowed-annotations", "io.katacontainers.config.hypervisor.path"},
 	} {
 		if _, err := parseConfig(args); err == nil {
 			t.Errorf("%q accepted", args)
 		}
+	}
+}
+
+func TestVMAllowedAnnotations(t *testing.T) {
+	cfg, err := parseConfig([]string{"--vm-allowed-annotations", "io.katacontainers.config.hypervisor.default_memory, io.katacontainers.config.hypervisor.default_vcpus"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := cfg.allowedAnnotations()
+	if err != nil || len(a) != 2 {
+		t.Fatalf("allowed %v %v", a, err)
+	}
+	if cfg, _ := parseConfig(nil); cfg.VMAllowedAnnotations != "" || cfg.VMMaxMemMiB != 8192 {
+		t.Fatalf("defaults %+v", cfg)
 	}
 }

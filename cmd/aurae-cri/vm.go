@@ -31,7 +31,12 @@ func addVMController(ctrls map[string]controller.Controller, cfg config, host gr
 		Initramfs:   cfg.VMInitramfs,
 		StateDir:    filepath.Join(cfg.StateDir, "vmpods"),
 		OverheadMiB: uint32(cfg.VMOverheadMiB),
-		Logger:      logger.With("component", "vm"),
+		MaxMemMiB:   uint32(cfg.VMMaxMemMiB),
+		AllowedAnnotations: func() map[string]bool {
+			a, _ := cfg.allowedAnnotations() // checked by parseConfig
+			return a
+		}(),
+		Logger: logger.With("component", "vm"),
 	})
 	if err != nil {
 		return err

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"k8s.io/client-go/tools/remotecommand"
 	utilexec "k8s.io/client-go/util/exec"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -92,6 +94,17 @@ func TestCRIVMPod(t *testing.T) {
 		t.Fatal(err)
 	}
 	image := c.pushBusybox(t, "e2e/busybox:vm", testimage.Options{})
+
+	// Kata's sizing annotations are refused unless allowed, before any VM
+	// boots: nothing is left of the pod.
+	greedy := c.podConfig(t, "greedy")
+	greedy.Annotations = map[string]string{"io.katacontainers.config.hypervisor.default_memory": "65536"}
+	if _, err := c.Runtime.RunPodSandbox(ctx, greedy, "aurae-vm"); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("a VM pod asking for 64 GiB by annotation: %v, want InvalidArgument", err)
+	}
+	if pods, err := c.Runtime.ListPodSandbox(ctx, nil); err != nil || len(pods) != 0 {
+		t.Fatalf("pods after a refused RunPodSandbox: %v %v", pods, err)
+	}
 
 	vmPod := c.podConfig(t, "vmpod")
 	t0 := time.Now()

@@ -26,6 +26,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,10 +41,12 @@ import (
 // Handlers are the RuntimeClass handlers served by this controller.
 var Handlers = []string{"aurae-vm", "kata"}
 
-// Kata's annotations that size a pod's VM, honoured the same way.
+// Kata's annotations that size a pod's VM, honoured the same way where
+// Config.AllowedAnnotations lets them in.
 const (
 	AnnotationVCPUs  = "io.katacontainers.config.hypervisor.default_vcpus"
 	AnnotationMemMiB = "io.katacontainers.config.hypervisor.default_memory"
+	kataConfigPrefix = "io.katacontainers.config."
 )
 
 const (
@@ -67,6 +70,10 @@ type Config struct {
 	VCPUs       uint32
 	MemMiB      uint32
 	OverheadMiB uint32
+	// MaxMemMiB bounds a VM's memory (0: no bound).
+	MaxMemMiB uint32
+	// AllowedAnnotations are the Kata sizing annotations pods may use.
+	AllowedAnnotations map[string]bool
 	// BootTimeout bounds the wait for the guest auraed (default 2 min).
 	BootTimeout time.Duration
 	Logger      *slog.Logger
@@ -162,16 +169,38 @@ func (c *Controller) pod(id string) (*vmPod, error) {
 }
 
 // size is the VM's vcpus and memory for a pod, as Kata sizes its VMs: the
-// defaults (or Kata's annotations) plus what the pod's containers ask for
-// in sum (CPU quota rounded up to whole vcpus, at most the host's CPUs;
-// memory limit), plus the overhead.
-func (c *Controller) size(pod controller.PodSpec) (uint32, uint32) {
+// defaults (or Kata's annotations, where --vm-allowed-annotations lets
+// them in) plus what the pod's containers ask for in sum (CPU quota
+// rounded up to whole vcpus, at most the host's CPUs; memory limit), plus
+// the overhead. A Kata annotation that is not allowed, not a number, or
+// out of bounds (vcpus above the host's CPUs, memory in all above
+// MaxMemMiB) is refused, as is any other io.katacontainers.config
+// annotation: none is honoured, and none is dropped silently.
+func (c *Controller) size(pod controller.PodSpec) (uint32, uint32, error) {
+	hostCPUs := uint64(runtime.NumCPU())
 	vcpus, mem := uint64(c.cfg.VCPUs), uint64(c.cfg.MemMiB)
-	if n, err := strconv.ParseUint(pod.Annotations[AnnotationVCPUs], 10, 32); err == nil && n > 0 {
-		vcpus = n
-	}
-	if n, err := strconv.ParseUint(pod.Annotations[AnnotationMemMiB], 10, 32); err == nil && n > 0 {
-		mem = n
+	for k, v := range pod.Annotations {
+		if !strings.HasPrefix(k, kataConfigPrefix) {
+			continue
+		}
+		if k != AnnotationVCPUs && k != AnnotationMemMiB {
+			return 0, 0, fmt.Errorf("annotation %s is not supported by VM pods: %w", k, errdefs.ErrInvalidArgument)
+		}
+		if !c.cfg.AllowedAnnotations[k] {
+			return 0, 0, fmt.Errorf("annotation %s is not allowed (--vm-allowed-annotations): %w", k, errdefs.ErrInvalidArgument)
+		}
+		n, err := strconv.ParseUint(v, 10, 32)
+		if err != nil || n == 0 {
+			return 0, 0, fmt.Errorf("annotation %s=%q is not a positive number: %w", k, v, errdefs.ErrInvalidArgument)
+		}
+		if k == AnnotationVCPUs {
+			if n > hostCPUs {
+				return 0, 0, fmt.Errorf("annotation %s=%d asks for more vcpus than the host's %d: %w", k, n, hostCPUs, errdefs.ErrInvalidArgument)
+			}
+			vcpus = n
+		} else {
+			mem = n
+		}
 	}
 	res := pod.Resources
 	if q, p := res.CPUQuota, res.CPUPeriod; q > 0 && p > 0 {
@@ -180,10 +209,12 @@ func (c *Controller) size(pod controller.PodSpec) (uint32, uint32) {
 	if l := res.MemoryLimitBytes; l > 0 {
 		mem += uint64(l+(1<<20)-1) >> 20
 	}
-	if max := uint64(runtime.NumCPU()); vcpus > max {
-		vcpus = max
+	vcpus = min(vcpus, hostCPUs)
+	mem += uint64(c.cfg.OverheadMiB)
+	if max := uint64(c.cfg.MaxMemMiB); max > 0 && mem > max {
+		return 0, 0, fmt.Errorf("the VM would need %d MiB, more than the %d MiB a VM pod may have (--vm-max-memory-mib): %w", mem, max, errdefs.ErrInvalidArgument)
 	}
-	return uint32(vcpus), uint32(mem) + c.cfg.OverheadMiB
+	return uint32(vcpus), uint32(mem), nil
 }
 
 // CreatePod allocates the host pod (netns, cgroup), boots the VM in its
@@ -192,6 +223,10 @@ func (c *Controller) size(pod controller.PodSpec) (uint32, uint32) {
 func (c *Controller) CreatePod(ctx context.Context, spec controller.PodSpec) (_ controller.Pod, retErr error) {
 	if spec.Network == controller.NamespaceNode {
 		return controller.Pod{}, fmt.Errorf("a VM pod cannot share the node's network: %w", errdefs.ErrInvalidArgument)
+	}
+	vcpus, mem, err := c.size(spec)
+	if err != nil {
+		return controller.Pod{}, err
 	}
 	id := spec.ID
 	unlock := c.lockPod(id)
@@ -224,7 +259,6 @@ func (c *Controller) CreatePod(ctx context.Context, spec controller.PodSpec) (_ 
 	c.pods[id] = p
 	c.mu.Unlock()
 
-	vcpus, mem := c.size(spec)
 	if _, err := c.vms.Create(ctx, &vmsv0.VmServiceCreateRequest{Machine: &vmsv0.VirtualMachine{
 		Id:                   rec.VMID,
 		VcpuCount:            vcpus,

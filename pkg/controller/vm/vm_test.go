@@ -3,8 +3,11 @@ package vm
 import (
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/containerd/errdefs"
 
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 )
@@ -53,23 +56,51 @@ func TestMirrorCommands(t *testing.T) {
 }
 
 func TestSizeAndGuestPod(t *testing.T) {
-	c := &Controller{cfg: Config{VCPUs: 1, MemMiB: 256, OverheadMiB: 32}}
-	if v, m := c.size(controller.PodSpec{}); v != 1 || m != 288 {
+	c := &Controller{cfg: Config{VCPUs: 1, MemMiB: 256, OverheadMiB: 32, MaxMemMiB: 4096,
+		AllowedAnnotations: map[string]bool{AnnotationVCPUs: true, AnnotationMemMiB: true}}}
+	size := func(p controller.PodSpec) (uint32, uint32) {
+		t.Helper()
+		v, m, err := c.size(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v, m
+	}
+	if v, m := size(controller.PodSpec{}); v != 1 || m != 288 {
 		t.Fatalf("defaults: %d vcpus, %d MiB", v, m)
 	}
-	p := controller.PodSpec{ID: "p", Annotations: map[string]string{AnnotationVCPUs: "2", AnnotationMemMiB: "512"},
+	p := controller.PodSpec{ID: "p", Annotations: map[string]string{AnnotationVCPUs: "1", AnnotationMemMiB: "512"},
 		Network: controller.NamespacePod, PID: controller.NamespaceContainer}
-	if v, m := c.size(p); int(v) != min(2, runtime.NumCPU()) || m != 544 {
+	if v, m := size(p); v != 1 || m != 544 {
 		t.Fatalf("annotated: %d vcpus, %d MiB", v, m)
 	}
 	// Kata's model: the defaults plus what the containers ask for.
 	r := controller.PodSpec{Resources: controller.Resources{CPUPeriod: 100000, CPUQuota: 50000, MemoryLimitBytes: 100<<20 + 1}}
-	if v, m := c.size(r); int(v) != min(2, runtime.NumCPU()) || m != 256+101+32 {
+	if v, m := size(r); int(v) != min(2, runtime.NumCPU()) || m != 256+101+32 {
 		t.Fatalf("with resources: %d vcpus, %d MiB", v, m)
 	}
 	r.Resources.CPUQuota = 1000 * 100000
-	if v, _ := c.size(r); int(v) != runtime.NumCPU() {
+	if v, _ := size(r); int(v) != runtime.NumCPU() {
 		t.Fatalf("vcpus %d not capped at the host's %d", v, runtime.NumCPU())
+	}
+	// Refused: what is not allowed, not a number, out of bounds, unknown.
+	for _, a := range []map[string]string{
+		{AnnotationMemMiB: "100000"},
+		{AnnotationVCPUs: strconv.Itoa(runtime.NumCPU() + 1)},
+		{AnnotationVCPUs: "0"},
+		{AnnotationMemMiB: "lots"},
+		{"io.katacontainers.config.hypervisor.path": "/bin/sh"},
+	} {
+		if _, _, err := c.size(controller.PodSpec{Annotations: a}); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("annotations %v: %v, want InvalidArgument", a, err)
+		}
+	}
+	strict := &Controller{cfg: Config{VCPUs: 1, MemMiB: 256}}
+	if _, _, err := strict.size(p); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("annotations without --vm-allowed-annotations: %v, want InvalidArgument", err)
+	}
+	if _, _, err := c.size(controller.PodSpec{Resources: controller.Resources{MemoryLimitBytes: 8 << 30}}); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("memory above --vm-max-memory-mib: %v", err)
 	}
 	g := guestPodSpec(p)
 	if g.Network != controller.NamespaceNode || g.PID != controller.NamespaceContainer || g.ID != "p" || g.CgroupParent != "pods" {
