@@ -161,11 +161,17 @@ type ContainerFiles struct {
 	Rootfs string
 	// LogPath is the container's log file on the host ("" for none).
 	LogPath string
-	// Mounts are the host paths of the container's bind mounts.
-	Mounts []string
+	// Mounts are the container's bind mounts.
+	Mounts []Mount
 	// PIDTarget is the container whose pid namespace this one joins (pid
 	// mode TARGET); "" for none. It must run.
 	PIDTarget string
+}
+
+// Mount is a bind mount of a host path into a container.
+type Mount struct {
+	Source   string
+	Readonly bool
 }
 
 // Container is a prepared container to start.

@@ -111,7 +111,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	}
 	files := controller.ContainerFiles{ID: id, Rootfs: rootfs, LogPath: logPath}
 	for _, m := range cfg.GetMounts() {
-		files.Mounts = append(files.Mounts, filepath.Clean(m.GetHostPath()))
+		files.Mounts = append(files.Mounts, controller.Mount{Source: filepath.Clean(m.GetHostPath()), Readonly: m.GetReadonly()})
 	}
 	if nso := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions(); nso.GetPid() == runtimeapi.NamespaceMode_TARGET {
 		if files.PIDTarget, err = r.pidTarget(sb.ID, nso.GetTargetId()); err != nil {

@@ -165,7 +165,11 @@ func (q *QEMU) args(cfg VMConfig, a Accel) []string {
 	}
 	for i, sh := range cfg.Shares {
 		id := "fs" + strconv.Itoa(i)
-		fsdev := "local,id=" + id + ",path=" + qemuOpt(sh.Path) + ",security_model=passthrough,multidevs=remap"
+		// mapped-xattr: what the guest makes is owned by QEMU's user on
+		// the host, its owner, mode and file type kept in xattrs, so a
+		// guest cannot make a setuid-root file or a device node on the
+		// host (passthrough would).
+		fsdev := "local,id=" + id + ",path=" + qemuOpt(sh.Path) + ",security_model=mapped-xattr,multidevs=remap"
 		if sh.ReadOnly {
 			fsdev += ",readonly=on"
 		}

@@ -49,28 +49,40 @@ func (c *Controller) PrepareContainer(ctx context.Context, podID string, files c
 	hostDir, guestDir := containerDir(p.dir, files.ID)
 	defer func() {
 		if retErr != nil {
-			_ = unmountUnder(hostDir)
+			_ = unmountUnder(p.dir, hostDir)
 			_ = os.RemoveAll(hostDir)
 		}
 	}()
-	if err := bindInto(files.Rootfs, filepath.Join(hostDir, "rootfs")); err != nil {
+	shared := sharedDir(p.dir)
+	rel, err := filepath.Rel(shared, hostDir)
+	if err != nil {
+		return ocispec.PodFacts{}, err
+	}
+	if err := shareInto(shared, filepath.Join(rel, "rootfs"), files.Rootfs, false); err != nil {
 		return ocispec.PodFacts{}, fmt.Errorf("share rootfs: %w", err)
 	}
 	if lp := files.LogPath; lp != "" {
 		if err := os.MkdirAll(filepath.Dir(lp), 0o755); err != nil {
 			return ocispec.PodFacts{}, err
 		}
-		if err := bindInto(filepath.Dir(lp), filepath.Join(hostDir, "log")); err != nil {
+		if err := shareInto(shared, filepath.Join(rel, "log"), filepath.Dir(lp), false); err != nil {
 			return ocispec.PodFacts{}, fmt.Errorf("share log dir: %w", err)
 		}
 	}
-	sources := make(map[string]string, len(files.Mounts))
-	for i, src := range files.Mounts {
-		if _, ok := sources[src]; ok {
-			continue
+	// One share per source, read-only unless a mount of it is writable.
+	readonly := map[string]bool{}
+	var order []string
+	for _, m := range files.Mounts {
+		ro, seen := readonly[m.Source]
+		if !seen {
+			order = append(order, m.Source)
 		}
+		readonly[m.Source] = (ro || !seen) && m.Readonly
+	}
+	sources := make(map[string]string, len(order))
+	for i, src := range order {
 		name := "m" + strconv.Itoa(i)
-		if err := bindInto(src, filepath.Join(hostDir, name)); err != nil {
+		if err := shareInto(shared, filepath.Join(rel, name), src, readonly[src]); err != nil {
 			return ocispec.PodFacts{}, fmt.Errorf("share mount source %s: %w", src, err)
 		}
 		sources[src] = filepath.Join(guestDir, name)
@@ -115,32 +127,10 @@ func (c *Controller) StartContainer(ctx context.Context, podID string, ctr contr
 	return started, nil
 }
 
-// bindInto bind-mounts src (a dir or a file) at dst, making dst.
-func bindInto(src, dst string) error {
-	fi, err := os.Stat(src)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
-	}
-	if fi.IsDir() {
-		if err := os.MkdirAll(dst, 0o755); err != nil {
-			return err
-		}
-	} else if f, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY, 0o644); err != nil {
-		return err
-	} else {
-		_ = f.Close()
-	}
-	if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		return fmt.Errorf("bind %s at %s: %w", src, dst, err)
-	}
-	return nil
-}
-
-// unmountUnder unmounts every mount at or below dir, deepest first.
-func unmountUnder(dir string) error {
+// unmountUnder unmounts every mount at or below dir, deepest first; each
+// is reached from root (a dir the guest cannot write) without following a
+// symlink.
+func unmountUnder(root, dir string) error {
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return err
@@ -159,7 +149,7 @@ func unmountUnder(dir string) error {
 	sort.Slice(targets, func(i, j int) bool { return len(targets[i]) > len(targets[j]) })
 	var errs []error
 	for _, t := range targets {
-		if err := unix.Unmount(t, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		if err := unmountBeneath(root, t); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("unmount %s: %w", t, err))
 		}
 	}
@@ -229,7 +219,7 @@ func (c *Controller) RemoveContainer(ctx context.Context, podID, cid string) err
 	}
 	if p != nil {
 		hostDir, _ := containerDir(p.dir, cid)
-		if err := unmountUnder(hostDir); err != nil {
+		if err := unmountUnder(p.dir, hostDir); err != nil {
 			return err
 		}
 		if err := os.RemoveAll(hostDir); err != nil {

@@ -2,10 +2,12 @@ package vm
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -78,13 +80,16 @@ func TestVMFactsMakeTheGuestSpec(t *testing.T) {
 	fake := &fakePods{}
 	c := &Controller{cfg: Config{StateDir: filepath.Join(tmp, "vmpods")}, log: slog.Default(), pods: map[string]*vmPod{}, ctrs: map[string]string{}}
 	dir := c.podDir("pod1")
+	if err := os.MkdirAll(sharedDir(dir), 0o700); err != nil {
+		t.Fatal(err)
+	}
 	c.pods["pod1"] = &vmPod{id: "pod1", dir: dir, guest: &guest{pods: native.WithClient(fake)}}
-	t.Cleanup(func() { _ = unmountUnder(tmp) })
+	t.Cleanup(func() { _ = unmountUnder(tmp, tmp) })
 
 	logPath := filepath.Join(tmp, "logs", "ctr", "0.log")
 	cid := "0123456789abcdef0123"
 	facts, err := c.PrepareContainer(t.Context(), "pod1", controller.ContainerFiles{
-		ID: cid, Rootfs: rootfs, LogPath: logPath, Mounts: []string{volume}, PIDTarget: "target",
+		ID: cid, Rootfs: rootfs, LogPath: logPath, Mounts: []controller.Mount{{Source: volume, Readonly: true}}, PIDTarget: "target",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -145,13 +150,24 @@ func TestVMFactsMakeTheGuestSpec(t *testing.T) {
 			t.Fatalf("not shared: %v", err)
 		}
 	}
+	// The host side of a read-only volume is read-only too (the guest
+	// cannot write through the share), and no share is suid or dev.
+	if err := os.WriteFile(filepath.Join(hostDir, "m0", "x"), nil, 0o644); !errors.Is(err, syscall.EROFS) {
+		t.Errorf("write into the read-only share: %v, want EROFS", err)
+	}
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, l := range strings.Split(string(mi), "\n") {
+		if f := strings.Fields(l); len(f) > 5 && strings.HasPrefix(f[4], hostDir) && (!strings.Contains(f[5], "nosuid") || !strings.Contains(f[5], "nodev")) {
+			t.Errorf("share without nosuid,nodev: %s", l)
+		}
+	}
 	if err := c.RemoveContainer(t.Context(), "pod1", cid); err != nil {
 		t.Fatal(err)
 	}
 	if len(fake.removed) != 1 {
 		t.Fatalf("guest removals %v", fake.removed)
 	}
-	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	mi, _ = os.ReadFile("/proc/self/mountinfo")
 	if strings.Contains(string(mi), hostDir) {
 		t.Fatal("mounts left after RemoveContainer")
 	}
@@ -160,5 +176,48 @@ func TestVMFactsMakeTheGuestSpec(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(rootfs, "marker")); err != nil {
 		t.Fatalf("the rootfs itself was touched: %v", err)
+	}
+}
+
+// TestShareRefusesSymlinks: a guest that replaced a path of the shared dir
+// by a symlink to a host directory gets no mount there: the share fails,
+// and the host directory is left alone.
+func TestShareRefusesSymlinks(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (mounts)")
+	}
+	tmp := t.TempDir()
+	shared, outside, src := filepath.Join(tmp, "shared"), filepath.Join(tmp, "host"), filepath.Join(tmp, "src")
+	for _, d := range []string{filepath.Join(shared, "c"), outside, src} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { _ = unmountUnder(tmp, tmp) })
+	// The container's dir, then its target, as symlinks to the host dir.
+	if err := os.Symlink(outside, filepath.Join(shared, "c", "ctr1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(shared, "c", "ctr2"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(shared, "c", "ctr2", "m0")); err != nil {
+		t.Fatal(err)
+	}
+	for _, rel := range []string{"c/ctr1/m0", "c/ctr2/m0", "../host", "/abs"} {
+		if err := shareInto(shared, rel, src, false); err == nil {
+			t.Errorf("share at %s through a symlink (or outside) succeeded", rel)
+		}
+	}
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mi), outside) {
+		t.Fatalf("a mount on the host dir %s:\n%s", outside, mi)
+	}
+	// The same path made by the host works, and unmounts.
+	if err := shareInto(shared, "c/ctr3/m0", src, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := unmountUnder(tmp, filepath.Join(shared, "c", "ctr3")); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -347,7 +347,7 @@ func (c *Controller) removePod(ctx context.Context, podID string) error {
 		errs = append(errs, fmt.Errorf("free vm: %w", err))
 	}
 	dir := c.podDir(podID)
-	if err := unmountUnder(sharedDir(dir)); err != nil {
+	if err := unmountUnder(dir, sharedDir(dir)); err != nil {
 		errs = append(errs, err)
 	} else if err := os.RemoveAll(dir); err != nil {
 		errs = append(errs, err)
