@@ -125,6 +125,10 @@ func (q *QEMU) args(cfg VMConfig, a Accel) []string {
 		"-m", strconv.FormatUint(uint64(cfg.MemMiB), 10) + "M",
 		"-smp", strconv.FormatUint(uint64(cfg.VCPUs), 10),
 		"-nodefaults", "-no-user-config",
+		// seccomp: no obsolete syscalls, no setuid/setgid, no fork/exec,
+		// no scheduler or affinity changes (QEMU is never daemonized here:
+		// -daemonize would need fork).
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		// -nographic would put a monitor on stdio; the VM has no display
 		// and its console goes to a file.
 		"-display", "none",

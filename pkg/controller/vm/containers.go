@@ -47,10 +47,16 @@ func (c *Controller) PrepareContainer(ctx context.Context, podID string, files c
 		return ocispec.PodFacts{}, fmt.Errorf("vm pod %s: the VM is not running: %w", podID, errdefs.ErrFailedPrecondition)
 	}
 	hostDir, guestDir := containerDir(p.dir, files.ID)
+	// Recorded first: a restart finds what to undo, and adopts only
+	// containers the host made.
+	if err := c.recordContainer(p, files.ID, true); err != nil {
+		return ocispec.PodFacts{}, err
+	}
 	defer func() {
 		if retErr != nil {
 			_ = unmountUnder(p.dir, hostDir)
 			_ = os.RemoveAll(hostDir)
+			_ = c.recordContainer(p, files.ID, false)
 		}
 	}()
 	shared := sharedDir(p.dir)
@@ -225,6 +231,9 @@ func (c *Controller) RemoveContainer(ctx context.Context, podID, cid string) err
 		if err := os.RemoveAll(hostDir); err != nil {
 			return err
 		}
+		if err := c.recordContainer(p, cid, false); err != nil {
+			return err
+		}
 	}
 	c.mu.Lock()
 	delete(c.ctrs, cid)
@@ -244,6 +253,9 @@ func (c *Controller) ContainerStatus(ctx context.Context, cid string) (controlle
 	if err != nil && status.Code(err) == codes.Unavailable && !c.vmRunning(ctx, p.id) {
 		c.dropGuest(p)
 		return controller.ContainerState{}, fmt.Errorf("container %s: its VM is gone: %w", cid, errdefs.ErrNotFound)
+	}
+	if err == nil && (st.ID != cid || st.PodID != p.id) {
+		return controller.ContainerState{}, fmt.Errorf("container %s: the guest answered for %s of pod %s: %w", cid, st.ID, st.PodID, errdefs.ErrUnknown)
 	}
 	return st, err
 }

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/containerd/errdefs"
 	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/grpc"
@@ -220,4 +221,46 @@ func TestShareRefusesSymlinks(t *testing.T) {
 	if err := unmountUnder(tmp, filepath.Join(shared, "c", "ctr3")); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestAdoptTrustsOnlyTheHostsRecord: after a restart, a container the
+// guest reports but the host never made is not adopted.
+func TestAdoptTrustsOnlyTheHostsRecord(t *testing.T) {
+	tmp := t.TempDir()
+	c := &Controller{cfg: Config{StateDir: tmp}, log: slog.Default(), pods: map[string]*vmPod{}, ctrs: map[string]string{}}
+	dir := c.podDir("pod1")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeJSON(filepath.Join(dir, "pod.json"), record{VMID: vmID("pod1"), Containers: []string{"mine"}}); err != nil {
+		t.Fatal(err)
+	}
+	fake := &claimingPods{}
+	c.pods["pod1"] = &vmPod{id: "pod1", dir: dir, guest: &guest{pods: native.WithClient(fake)}}
+	st, err := c.adopt(t.Context(), "pod1", map[string]string{vmID("pod1"): "unused"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st == nil || len(st.Containers) != 1 || st.Containers[0].ID != "mine" {
+		t.Fatalf("adopted %+v", st)
+	}
+	if _, ok := c.ctrs["intruder"]; ok {
+		t.Fatal("the guest's claimed container was adopted")
+	}
+	if _, err := c.ContainerStatus(t.Context(), "intruder"); !errdefs.IsNotFound(err) {
+		t.Fatalf("status of the claimed container: %v, want NotFound", err)
+	}
+}
+
+// claimingPods is a guest that reports a container the host did not make.
+type claimingPods struct{ podsv0.PodServiceClient }
+
+func (claimingPods) ListPods(context.Context, *podsv0.ListPodsRequest, ...grpc.CallOption) (*podsv0.ListPodsResponse, error) {
+	return &podsv0.ListPodsResponse{Pods: []*podsv0.PodStatus{{
+		Pod: &podsv0.Pod{Id: "pod1"}, Paths: &podsv0.AllocateResponse{PodId: "pod1"},
+		Containers: []*podsv0.ContainerStatus{
+			{Id: "mine", PodId: "pod1", State: podsv0.ContainerState_CONTAINER_STATE_RUNNING},
+			{Id: "intruder", PodId: "pod1", State: podsv0.ContainerState_CONTAINER_STATE_RUNNING},
+		},
+	}}}, nil
 }

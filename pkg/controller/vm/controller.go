@@ -25,6 +25,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,6 +92,8 @@ type Controller struct {
 	locks sync.Map          // pod id → *sync.Mutex
 	// events fans the guests' container events out to Events' subscribers.
 	events eventHub
+	// recMu serializes the writes of pods' records.
+	recMu sync.Mutex
 }
 
 var _ controller.Controller = (*Controller)(nil)
@@ -130,6 +133,9 @@ type record struct {
 	VMID string `json:"vm_id"`
 	// Pod is the guest pod's spec.
 	Pod controller.PodSpec `json:"pod"`
+	// Containers are the pod's containers as the host made them: after a
+	// restart only these are adopted, whatever the guest claims.
+	Containers []string `json:"containers,omitempty"`
 }
 
 // vmPod is a VM pod known to this process.
@@ -442,14 +448,43 @@ func (c *Controller) adopt(ctx context.Context, id string, addr map[string]strin
 		if ps.ID != id {
 			continue
 		}
+		// The guest is not trusted: only containers the host recorded are
+		// adopted.
+		out := controller.PodState{ID: id}
 		c.mu.Lock()
 		for _, cs := range ps.Containers {
+			if !slices.Contains(rec.Containers, cs.ID) || cs.PodID != id {
+				c.log.Warn("vm pod's guest reports a container the host did not make; ignored", "pod", id, "container", cs.ID)
+				continue
+			}
 			c.ctrs[cs.ID] = id
+			out.Containers = append(out.Containers, cs)
 		}
 		c.mu.Unlock()
-		return &ps, nil
+		return &out, nil
 	}
 	return nil, nil
+}
+
+// recordContainer adds (or removes) a container id in the pod's record,
+// before the container exists (or after it is gone).
+func (c *Controller) recordContainer(p *vmPod, cid string, add bool) error {
+	c.recMu.Lock()
+	defer c.recMu.Unlock()
+	c.mu.Lock()
+	rec := p.rec
+	rec.Containers = slices.DeleteFunc(slices.Clone(rec.Containers), func(x string) bool { return x == cid })
+	if add {
+		rec.Containers = append(rec.Containers, cid)
+	}
+	c.mu.Unlock()
+	if err := writeJSON(filepath.Join(p.dir, "pod.json"), rec); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	p.rec = rec
+	c.mu.Unlock()
+	return nil
 }
 
 func writeJSON(path string, v any) error {
