@@ -169,11 +169,14 @@ func (q *QEMU) args(cfg VMConfig, a Accel) []string {
 	}
 	for i, sh := range cfg.Shares {
 		id := "fs" + strconv.Itoa(i)
-		// mapped-xattr: what the guest makes is owned by QEMU's user on
-		// the host, its owner, mode and file type kept in xattrs, so a
-		// guest cannot make a setuid-root file or a device node on the
-		// host (passthrough would).
-		fsdev := "local,id=" + id + ",path=" + qemuOpt(sh.Path) + ",security_model=mapped-xattr,multidevs=remap"
+		// passthrough, for now: mapped-xattr would keep what the guest
+		// makes from becoming a setuid-root file or a device node on the
+		// host, but it cannot read the symlinks of a container image
+		// (QEMU reads a mapped symlink's target from the file's content).
+		// The host side of every share is nosuid,nodev; virtio-fs with a
+		// sandboxed virtiofsd is the way out (it needs the guest kernel's
+		// FUSE and virtio-fs).
+		fsdev := "local,id=" + id + ",path=" + qemuOpt(sh.Path) + ",security_model=passthrough,multidevs=remap"
 		if sh.ReadOnly {
 			fsdev += ",readonly=on"
 		}

@@ -357,9 +357,9 @@ func waitServing(t *testing.T, c *CRI, id string, port int, want string) {
 }
 
 // portForwardRead forwards a local port to the pod's port through the
-// streaming URL (client-go's port forwarder, as kubectl port-forward) and
-// returns the first line read from it.
-func portForwardRead(t *testing.T, rawURL string, podPort int) string {
+// streaming URL (client-go's port forwarder, as kubectl port-forward),
+// sends send (when not empty) and returns the last non-empty line read.
+func portForwardRead(t *testing.T, rawURL string, podPort int, send ...string) string {
 	t.Helper()
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -399,6 +399,16 @@ func portForwardRead(t *testing.T, rawURL string, podPort int) string {
 		conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", ports[0].Local), 2*time.Second)
 		if err == nil {
 			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+			if len(send) > 0 {
+				_, _ = conn.Write([]byte(send[0]))
+				b, _ := io.ReadAll(conn)
+				_ = conn.Close()
+				lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+				if line = strings.TrimSpace(lines[len(lines)-1]); line != "" {
+					return line
+				}
+				continue
+			}
 			line, _ = bufio.NewReader(conn).ReadString('\n')
 			_ = conn.Close()
 			if line = strings.TrimSpace(line); line != "" {

@@ -172,13 +172,22 @@ func TestCRIVMPod(t *testing.T) {
 
 	// Port-forward reaches a server bound to 127.0.0.1 in the guest (the
 	// host side of the pod's network cannot).
-	local := runContainer(t, c, vmPodID, vmPod, containerConfig("local", image, "nc", "-ll", "-s", "127.0.0.1", "-p", "9090", "-e", "echo", "guestpong"))
-	waitServing(t, c, local, 9090, "guestpong")
+	local := runContainer(t, c, vmPodID, vmPod, containerConfig("local", image, "sh", "-c",
+		"mkdir -p /www && echo guestpong > /www/index.html && exec busybox httpd -f -p 127.0.0.1:9090 -h /www"))
+	var page string
+	for i := 0; i < 100 && page != "guestpong"; i++ {
+		out, _, _ := c.Runtime.ExecSync(ctx, local, []string{"busybox", "wget", "-q", "-O", "-", "http://127.0.0.1:9090/"}, 10*time.Second)
+		page = strings.TrimSpace(string(out))
+		time.Sleep(100 * time.Millisecond)
+	}
+	if page != "guestpong" {
+		t.Fatalf("the guest's server on 127.0.0.1:9090 does not answer: %q", page)
+	}
 	pf, err := c.Runtime.PortForward(ctx, &runtimeapi.PortForwardRequest{PodSandboxId: vmPodID, Port: []int32{9090}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := portForwardRead(t, pf.GetUrl(), 9090); got != "guestpong" {
+	if got := portForwardRead(t, pf.GetUrl(), 9090, "GET / HTTP/1.0\r\n\r\n"); got != "guestpong" {
 		t.Errorf("port-forward to the guest's 127.0.0.1:9090 read %q, want guestpong", got)
 	}
 
