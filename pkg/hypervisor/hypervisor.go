@@ -124,6 +124,10 @@ type VMConfig struct {
 	// Booted, when set, replaces "the console has output" as the sign that
 	// the guest booted. It is polled until it returns nil.
 	Booted func(ctx context.Context) error
+	// Place, when set, puts the hypervisor's process where it belongs (a
+	// cgroup) right after it started, before the guest boots; an error
+	// kills it.
+	Place func(pid int) error
 }
 
 // Proc is a running hypervisor process.

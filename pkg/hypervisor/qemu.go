@@ -271,6 +271,11 @@ func (q *QEMU) boot(ctx context.Context, bin string, cfg VMConfig, a Accel) (_ *
 			<-exited
 		}
 	}()
+	if cfg.Place != nil {
+		if err := cfg.Place(pid); err != nil {
+			return nil, fmt.Errorf("place qemu: %w", err)
+		}
+	}
 
 	bctx, cancel := context.WithTimeout(ctx, cfg.BootTimeout)
 	defer cancel()

@@ -606,8 +606,13 @@ type VirtualMachine struct {
 	// Host directories shared into the guest (virtio-9p), mounted by the
 	// guest by tag.
 	SharedDirectories []*SharedDirectory `protobuf:"bytes,10,rep,name=shared_directories,json=sharedDirectories,proto3" json:"shared_directories,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// A cgroup below auraed's cgroup root (a pod's, "aurae/.pods/pods/<id>")
+	// in which the hypervisor runs: in a leaf ".vm" made for it, whose
+	// memory limit is the guest's memory plus the hypervisor's overhead, so
+	// that the pod's accounting and limits include its VM. Empty: auraed's.
+	CgroupPath    string `protobuf:"bytes,11,opt,name=cgroup_path,json=cgroupPath,proto3" json:"cgroup_path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VirtualMachine) Reset() {
@@ -708,6 +713,13 @@ func (x *VirtualMachine) GetSharedDirectories() []*SharedDirectory {
 		return x.SharedDirectories
 	}
 	return nil
+}
+
+func (x *VirtualMachine) GetCgroupPath() string {
+	if x != nil {
+		return x.CgroupPath
+	}
+	return ""
 }
 
 // A guest NIC backed by a tap device that the hypervisor makes (and
@@ -1041,7 +1053,7 @@ const file_vms_v0_vms_proto_rawDesc = "" +
 	"\x0eauraed_address\x18\x04 \x01(\tR\rauraedAddress\x12 \n" +
 	"\vaccelerator\x18\x05 \x01(\tR\vaccelerator\x12\x18\n" +
 	"\awarning\x18\x06 \x01(\tR\awarning\x12%\n" +
-	"\x0ehypervisor_pid\x18\a \x01(\x05R\rhypervisorPid\"\xf0\x03\n" +
+	"\x0ehypervisor_pid\x18\a \x01(\x05R\rhypervisorPid\"\x91\x04\n" +
 	"\x0eVirtualMachine\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1e\n" +
 	"\vmem_size_mb\x18\x02 \x01(\rR\tmemSizeMb\x12\x1d\n" +
@@ -1056,7 +1068,9 @@ const file_vms_v0_vms_proto_rawDesc = "" +
 	"\x16network_namespace_path\x18\b \x01(\tR\x14networkNamespacePath\x12M\n" +
 	"\x12network_interfaces\x18\t \x03(\v2\x1e.aurae.vms.v0.NetworkInterfaceR\x11networkInterfaces\x12L\n" +
 	"\x12shared_directories\x18\n" +
-	" \x03(\v2\x1d.aurae.vms.v0.SharedDirectoryR\x11sharedDirectories\"N\n" +
+	" \x03(\v2\x1d.aurae.vms.v0.SharedDirectoryR\x11sharedDirectories\x12\x1f\n" +
+	"\vcgroup_path\x18\v \x01(\tR\n" +
+	"cgroupPath\"N\n" +
 	"\x10NetworkInterface\x12\x19\n" +
 	"\btap_name\x18\x01 \x01(\tR\atapName\x12\x1f\n" +
 	"\vmac_address\x18\x02 \x01(\tR\n" +

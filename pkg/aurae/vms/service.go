@@ -38,6 +38,8 @@ import (
 type Config struct {
 	// StateDir holds vms.db and vms/<id>/.
 	StateDir string
+	// CgroupRoot is auraed's cgroup root: a VM's cgroup_path must be below.
+	CgroupRoot string
 	// Hypervisor is "qemu" (default), "cloud-hypervisor" or "firecracker".
 	Hypervisor string
 	// HypervisorBinary overrides the hypervisor's binary.

@@ -22,6 +22,9 @@ func (s *Service) create(ctx context.Context, m *vmsv0.VirtualMachine) (_ string
 	if err := validSpec(m); err != nil {
 		return "", fmt.Errorf("create vm: %w", err)
 	}
+	if err := s.validCgroupPath(m.GetCgroupPath()); err != nil {
+		return "", fmt.Errorf("create vm: %w", err)
+	}
 	id := m.GetId()
 	dir := s.vmDir(id)
 	if err := hypervisor.CheckDir(dir); err != nil {

@@ -24,6 +24,9 @@ func (s *Service) free(ctx context.Context, id string) error {
 	if err := s.stopLocked(ctx, v); err != nil {
 		return fmt.Errorf("free: %w", err)
 	}
+	if err := removeVMCgroup(v.spec.GetCgroupPath()); err != nil {
+		return fmt.Errorf("free vm %q: %w", id, err)
+	}
 	if err := os.RemoveAll(v.dir); err != nil {
 		return fmt.Errorf("free vm %q: %w", id, err)
 	}

@@ -75,6 +75,9 @@ func (s *Service) bootConfig(v *vm) (hypervisor.VMConfig, error) {
 		BootTimeout: s.cfg.BootTimeout,
 	}
 	netAndShares(m, &cfg)
+	if cg := m.GetCgroupPath(); cg != "" {
+		cfg.Place = placeIn(cg, m.GetMemSizeMb())
+	}
 	// The guest auraed's hostname (hack/vm-image/README.md): the VM's id.
 	if !slices.ContainsFunc(cfg.KernelArgs, func(a string) bool { return strings.HasPrefix(a, "aurae.hostname=") }) {
 		cfg.KernelArgs = append(cfg.KernelArgs, "aurae.hostname="+v.id)

@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 
 	discoveryv0 "github.com/aurae-runtime/aurae-cri/api/discovery/v0"
 	vmsv0 "github.com/aurae-runtime/aurae-cri/api/vms/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/client"
 	"github.com/aurae-runtime/aurae-cri/pkg/hypervisor"
 )
@@ -70,7 +73,7 @@ func vmState(t *testing.T, s *Service, id string) *vmsv0.VmSummary {
 // TestBadRequests: refused requests get clear codes and leave nothing.
 func TestBadRequests(t *testing.T) {
 	dir := t.TempDir()
-	s, err := NewService(context.Background(), Config{StateDir: dir})
+	s, err := NewService(context.Background(), Config{StateDir: dir, CgroupRoot: "aurae"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,6 +101,9 @@ func TestBadRequests(t *testing.T) {
 		{"too many vcpus", func() *vmsv0.VirtualMachine { m := machine("vm-a", kernel); m.VcpuCount = 4096; return m }(), codes.InvalidArgument, "vcpu_count 4096"},
 		{"too little memory", func() *vmsv0.VirtualMachine { m := machine("vm-a", kernel); m.MemSizeMb = 16; return m }(), codes.InvalidArgument, "mem_size_mb 16"},
 		{"too much memory", func() *vmsv0.VirtualMachine { m := machine("vm-a", kernel); m.MemSizeMb = 1 << 30; return m }(), codes.InvalidArgument, "mem_size_mb"},
+		{"cgroup outside auraed's root", func() *vmsv0.VirtualMachine { m := machine("vm-a", kernel); m.CgroupPath = "system.slice"; return m }(), codes.InvalidArgument, "not a cgroup below"},
+		{"cgroup that climbs out", func() *vmsv0.VirtualMachine { m := machine("vm-a", kernel); m.CgroupPath = "aurae/../x"; return m }(), codes.InvalidArgument, "not a cgroup below"},
+		{"missing cgroup", func() *vmsv0.VirtualMachine { m := machine("vm-a", kernel); m.CgroupPath = "aurae/no-such-pod"; return m }(), codes.InvalidArgument, "does not exist"},
 		{"missing root drive", func() *vmsv0.VirtualMachine {
 			m := machine("vm-a", kernel)
 			m.RootDrive = &vmsv0.RootDrive{HostPath: missing + ".img"}
@@ -214,8 +220,22 @@ func TestLifecycle(t *testing.T) {
 	s := newTestService(t, dir, g)
 	defer func() { _ = s.Close() }()
 	ctx := context.Background()
-
-	if _, err := s.Create(ctx, &vmsv0.VmServiceCreateRequest{Machine: machine("life", g.kernel)}); err != nil {
+	// The VM runs in a pod's cgroup, as a VM pod's does.
+	root := fmt.Sprintf("aurae-test-vms-%d", os.Getpid())
+	s.cfg.CgroupRoot = root
+	podCg, err := cgroup.New(root+"/pod", cgroup.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = podCg.Delete()
+		if rc, err := cgroup.Load(root); err == nil {
+			_ = rc.Delete()
+		}
+	})
+	lm := machine("life", g.kernel)
+	lm.CgroupPath = root + "/pod"
+	if _, err := s.Create(ctx, &vmsv0.VmServiceCreateRequest{Machine: lm}); err != nil {
 		t.Fatal(err)
 	}
 	if m := vmState(t, s, "life"); m.GetState() != vmsv0.VmState_VM_STATE_CREATED {
@@ -242,6 +262,23 @@ func TestLifecycle(t *testing.T) {
 	}
 	t.Logf("accelerator %s; warning: %s", m.GetAccelerator(), m.GetWarning())
 	pid := int(m.GetHypervisorPid())
+	if cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid)); !strings.Contains(string(cg), root+"/pod/.vm") {
+		t.Errorf("qemu is not in the pod's cgroup: %s", cg)
+	}
+	leaf, err := cgroup.Load(root + "/pod/.vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if procs, _ := leaf.Procs(); !slices.Contains(procs, pid) {
+		t.Errorf("qemu %d not among the .vm cgroup's processes %v", pid, procs)
+	}
+	limitFile := cgroup.ControllerFile(root+"/pod/.vm", "memory", "memory.limit_in_bytes")
+	if cgroup.Unified() {
+		limitFile = cgroup.ControllerFile(root+"/pod/.vm", "memory", "memory.max")
+	}
+	if b, _ := os.ReadFile(limitFile); strings.TrimSpace(string(b)) != strconv.Itoa(int(lm.GetMemSizeMb()+hypervisorOverheadMiB)<<20) {
+		t.Errorf("memory limit of the .vm cgroup: %q", b)
+	}
 	for _, f := range []string{"config.json", "qmp.sock", "aurae.sock", "console.log", "hypervisor.pid"} {
 		if _, err := os.Stat(filepath.Join(dir, "vms", "life", f)); err != nil {
 			t.Errorf("vm dir: %v", err)
@@ -274,6 +311,9 @@ func TestLifecycle(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "vms", "life")); !os.IsNotExist(err) {
 		t.Errorf("vm dir after free: %v", err)
+	}
+	if cgroup.Exists(root + "/pod/.vm") {
+		t.Error("the .vm cgroup is left after free")
 	}
 	if vmState(t, s, "life") != nil {
 		t.Error("listed after free")

@@ -272,6 +272,7 @@ func (c *Controller) CreatePod(ctx context.Context, spec controller.PodSpec) (_ 
 		KernelImgPath:        c.cfg.Kernel,
 		KernelArgs:           []string{"quiet"},
 		NetworkNamespacePath: hostPod.NetNSPath,
+		CgroupPath:           hostPod.CgroupPath,
 		NetworkInterfaces:    []*vmsv0.NetworkInterface{{TapName: tapName}},
 		SharedDirectories:    []*vmsv0.SharedDirectory{{Tag: shareTag, HostPath: sharedDir(dir), IsWriteable: true}},
 	}}); err != nil {
