@@ -30,7 +30,7 @@ const DefaultAppArmorProfile = "aurae-default"
 //     default profile, as in containerd.
 func setAppArmor(in Input, s *specs.Spec) error {
 	sc := in.Config.GetLinux().GetSecurityContext()
-	field, p, deprecated := "apparmor", sc.GetApparmor(), sc.GetApparmorProfile()
+	field, p, deprecated := "apparmor", sc.GetApparmor(), sc.GetApparmorProfile() //nolint:staticcheck // deprecated, still honoured
 	if p == nil && deprecated == "" {
 		psc := in.Sandbox.GetLinux().GetSecurityContext()
 		field, p = "pod apparmor", psc.GetApparmor()

@@ -70,11 +70,13 @@ const (
 // fallback.
 func seccompProfile(in Input) (profileKind, string, error) {
 	sc := in.Config.GetLinux().GetSecurityContext()
-	if sc.GetSeccomp() != nil || sc.GetSeccompProfilePath() != "" {
-		return securityProfile("seccomp", sc.GetSeccomp(), sc.GetSeccompProfilePath())
+	// The deprecated seccomp_profile_path is still what older kubelets send.
+	path := sc.GetSeccompProfilePath() //nolint:staticcheck // deprecated, still honoured
+	if sc.GetSeccomp() != nil || path != "" {
+		return securityProfile("seccomp", sc.GetSeccomp(), path)
 	}
 	psc := in.Sandbox.GetLinux().GetSecurityContext()
-	return securityProfile("pod seccomp", psc.GetSeccomp(), psc.GetSeccompProfilePath())
+	return securityProfile("pod seccomp", psc.GetSeccomp(), psc.GetSeccompProfilePath()) //nolint:staticcheck // deprecated, still honoured
 }
 
 // securityProfile reads a SecurityProfile, or when it is nil the

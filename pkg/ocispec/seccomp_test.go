@@ -88,9 +88,9 @@ func TestSeccomp(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			in := testInput()
 			sc := linuxSC(&in)
-			sc.Seccomp, sc.SeccompProfilePath = tc.ctr, tc.ctrPath
+			sc.Seccomp, sc.SeccompProfilePath = tc.ctr, tc.ctrPath //nolint:staticcheck // the deprecated field is tested
 			psc := podSC(&in)
-			psc.Seccomp, psc.SeccompProfilePath = tc.pod, tc.podPath
+			psc.Seccomp, psc.SeccompProfilePath = tc.pod, tc.podPath //nolint:staticcheck // the deprecated field is tested
 			if tc.privileged {
 				privileged(&in)
 			}
@@ -187,7 +187,7 @@ func TestAppArmor(t *testing.T) {
 			in.Host.AppArmor = tc.enabled
 			in.Host.AppArmorProfiles = func() ([]string, error) { return tc.loaded, nil }
 			sc := linuxSC(&in)
-			sc.Apparmor, sc.ApparmorProfile = tc.ctr, tc.deprecated
+			sc.Apparmor, sc.ApparmorProfile = tc.ctr, tc.deprecated //nolint:staticcheck // the deprecated field is tested
 			podSC(&in).Apparmor = tc.pod
 			if tc.privileged {
 				privileged(&in)
