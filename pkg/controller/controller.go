@@ -45,9 +45,10 @@ type Controller interface {
 	PrepareContainer(ctx context.Context, podID string, c ContainerFiles) (ocispec.PodFacts, error)
 	// StartContainer creates and starts a prepared container with its spec.
 	StartContainer(ctx context.Context, podID string, c Container) (Started, error)
-	// StopContainer stops a container: SIGTERM, timeout, SIGKILL. Stopping
-	// a stopped or unknown container succeeds.
-	StopContainer(ctx context.Context, containerID string, timeout time.Duration) error
+	// StopContainer stops a container: its stop signal (a name such as
+	// "SIGQUIT"; "" is SIGTERM), timeout, SIGKILL. Stopping a stopped or
+	// unknown container succeeds.
+	StopContainer(ctx context.Context, containerID string, timeout time.Duration, signal string) error
 	// RemoveContainer deletes a stopped (or never started) container and
 	// what PrepareContainer made; an unknown id is not an error.
 	RemoveContainer(ctx context.Context, podID, containerID string) error

@@ -143,9 +143,14 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		RootfsReadonly:  cfg.GetLinux().GetSecurityContext().GetReadonlyRootfs(),
 		SwapAccounting:  swapAccounting(),
 		AllCapabilities: r.capabilities,
+		Host:            r.host,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("spec of %q: %w", name, err)
+	}
+	stopSignal, err := stopSignal(cfg.GetStopSignal(), img.Config.StopSignal)
+	if err != nil {
+		return nil, err
 	}
 	specJSON, err := json.Marshal(spec)
 	if err != nil {
@@ -154,7 +159,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	c := &sandbox.Container{
 		ID: id, SandboxID: sb.ID, Name: name, Config: cfg,
 		ImageRef: cfg.GetImage().GetImage(), ImageID: img.ID, ImageName: imageName(img.RepoTags, img.RepoDigests, img.ID),
-		LogPath: logPath, Spec: specJSON, CreatedAt: time.Now(),
+		LogPath: logPath, Spec: specJSON, StopSignal: stopSignal, CreatedAt: time.Now(),
 		Status: sandbox.ContainerStatus{State: runtimeapi.ContainerState_CONTAINER_CREATED},
 	}
 	if err := r.store.AddContainer(c); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
@@ -49,6 +50,8 @@ func containerStatus(c sandbox.Container) *runtimeapi.ContainerStatus {
 		Mounts:      c.Config.GetMounts(),
 		LogPath:     c.LogPath,
 		Resources:   &runtimeapi.ContainerResources{Linux: c.Config.GetLinux().GetResources()},
+		User:        containerUser(c.Spec),
+		StopSignal:  criSignal(c.StopSignal),
 	}
 	if !c.Status.StartedAt.IsZero() {
 		st.StartedAt = c.Status.StartedAt.UnixNano()
@@ -89,4 +92,22 @@ func (r *Runtime) ListContainers(_ context.Context, req *runtimeapi.ListContaine
 		})
 	}
 	return resp, nil
+}
+
+// containerUser is the user the container's first process starts as: the
+// process.user of its spec.
+func containerUser(spec []byte) *runtimeapi.ContainerUser {
+	var s struct {
+		Process *struct {
+			User specs.User `json:"user"`
+		} `json:"process"`
+	}
+	if err := json.Unmarshal(spec, &s); err != nil || s.Process == nil {
+		return nil
+	}
+	u := &runtimeapi.LinuxContainerUser{Uid: int64(s.Process.User.UID), Gid: int64(s.Process.User.GID)}
+	for _, g := range s.Process.User.AdditionalGids {
+		u.SupplementalGroups = append(u.SupplementalGroups, int64(g))
+	}
+	return &runtimeapi.ContainerUser{Linux: u}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -11,10 +13,12 @@ import (
 
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
+	"github.com/aurae-runtime/aurae-cri/pkg/signals"
 )
 
-// StopContainer implements RuntimeService.StopContainer: SIGTERM (or the
-// image's stop signal), SIGKILL after the timeout. Unknown ids succeed.
+// StopContainer implements RuntimeService.StopContainer: the container's
+// stop signal (its config's, else its image's, else SIGTERM; resolved at
+// CreateContainer), SIGKILL after the timeout. Unknown ids succeed.
 func (r *Runtime) StopContainer(ctx context.Context, req *runtimeapi.StopContainerRequest) (*runtimeapi.StopContainerResponse, error) {
 	if err := r.checkReady(); err != nil {
 		return nil, err
@@ -59,7 +63,7 @@ func (r *Runtime) stopContainer(ctx context.Context, id string, timeout time.Dur
 	}
 	callCtx, cancel := bounded(ctx, timeout+podCallTimeout)
 	defer cancel()
-	if err := ctrl.StopContainer(callCtx, c.ID, timeout); err != nil && !errdefs.IsNotFound(err) {
+	if err := ctrl.StopContainer(callCtx, c.ID, timeout, c.StopSignal); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("stop container %s: %w", c.ID, err)
 	}
 	st, err := ctrl.ContainerStatus(callCtx, c.ID)
@@ -110,4 +114,62 @@ func (r *Runtime) recordExit(id, podID string, st *controller.ContainerState) {
 	if changed {
 		r.publish(id, podID, runtimeapi.ContainerEventType_CONTAINER_STOPPED_EVENT)
 	}
+}
+
+// stopSignal resolves a container's stop signal as containerd does: the
+// config's stop_signal, else the image config's StopSignal (a name or a
+// number), else SIGTERM, which is "". The result is a canonical name
+// ("SIGQUIT", "SIGRTMIN+3").
+func stopSignal(cfg runtimeapi.Signal, image string) (string, error) {
+	name := ""
+	if cfg != runtimeapi.Signal_SIGNAL_RUNTIME_DEFAULT {
+		n, ok := runtimeapi.Signal_name[int32(cfg)]
+		if !ok {
+			return "", fmt.Errorf("stop_signal: unknown signal %d: %w", cfg, errInvalid)
+		}
+		n = strings.TrimPrefix(n, "SIGNAL_")
+		n = strings.Replace(n, "PLUS", "+", 1)
+		name = strings.Replace(n, "MINUS", "-", 1)
+	} else if image != "" {
+		name = image
+	}
+	if name == "" {
+		return "", nil
+	}
+	c, err := signals.Canonical(name)
+	if err != nil {
+		field := "stop_signal"
+		if cfg == runtimeapi.Signal_SIGNAL_RUNTIME_DEFAULT {
+			field = "the image's StopSignal"
+		}
+		return "", fmt.Errorf("%s: %w: %w", field, err, errInvalid)
+	}
+	if c == "SIGTERM" {
+		return "", nil
+	}
+	return c, nil
+}
+
+// criSignal is the CRI's Signal for a canonical stop signal name ("" is
+// SIGTERM).
+func criSignal(name string) runtimeapi.Signal {
+	if name == "" {
+		return runtimeapi.Signal_SIGNAL_SIGTERM
+	}
+	sig, err := signals.Parse(name)
+	if err != nil {
+		return runtimeapi.Signal_SIGNAL_RUNTIME_DEFAULT
+	}
+	n := signals.Name(sig)
+	if rest, ok := strings.CutPrefix(n, "SIGRTMIN+"); ok {
+		if sig > 49 { // the CRI counts down from SIGRTMAX (64) above SIGRTMIN+15
+			n = "SIGRTMAXMINUS" + strconv.Itoa(64-int(sig))
+		} else {
+			n = "SIGRTMINPLUS" + rest
+		}
+	}
+	if n == "SIGRTMAXMINUS0" {
+		n = "SIGRTMAX"
+	}
+	return runtimeapi.Signal(runtimeapi.Signal_value["SIGNAL_"+n])
 }

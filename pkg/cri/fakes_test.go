@@ -24,9 +24,11 @@ type fakeController struct {
 	containers map[string]*controller.ContainerState
 	prepared   map[string]controller.ContainerFiles
 	removed    []string
-	runErr     error
-	forwarded  []int32
-	subs       []chan controller.ContainerEvent
+	// stopSignals are the signals StopContainer was given, in order.
+	stopSignals []string
+	runErr      error
+	forwarded   []int32
+	subs        []chan controller.ContainerEvent
 	// quiet: exits publish no event (a lost event stream).
 	quiet bool
 }
@@ -96,7 +98,10 @@ func (f *fakeController) StartContainer(_ context.Context, podID string, c contr
 	return controller.Started{Pid: 42}, nil
 }
 
-func (f *fakeController) StopContainer(_ context.Context, id string, _ time.Duration) error {
+func (f *fakeController) StopContainer(_ context.Context, id string, _ time.Duration, signal string) error {
+	f.mu.Lock()
+	f.stopSignals = append(f.stopSignals, signal)
+	f.mu.Unlock()
 	f.exit(id, 137, "")
 	return nil
 }

@@ -40,9 +40,12 @@ func (r *Runtime) Status(_ context.Context, req *runtimeapi.StatusRequest) (*run
 	for _, h := range handlers {
 		resp.RuntimeHandlers = append(resp.RuntimeHandlers, &runtimeapi.RuntimeHandler{
 			Name:     h,
-			Features: &runtimeapi.RuntimeHandlerFeatures{RecursiveReadOnlyMounts: false, UserNamespaces: false},
+			Features: &runtimeapi.RuntimeHandlerFeatures{RecursiveReadOnlyMounts: r.host.RecursiveReadOnly, UserNamespaces: false},
 		})
 	}
+	// ContainerStatus reports the user (ContainerUser) and the policy is
+	// applied by pkg/ocispec.
+	resp.Features = &runtimeapi.RuntimeFeatures{SupplementalGroupsPolicy: true}
 	if req.GetVerbose() {
 		b, _ := json.Marshal(map[string]any{"handlers": handlers, "podCIDR": r.podCIDR.Load()})
 		resp.Info = map[string]string{"config": string(b)}

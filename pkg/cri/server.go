@@ -54,6 +54,11 @@ type Config struct {
 	Logger          *slog.Logger
 	// RuntimeName and RuntimeVersion answer Version.
 	RuntimeName, RuntimeVersion string
+	// Host is what the hosts of the pods offer (AppArmor, SELinux,
+	// recursive read-only mounts); nil probes this host (ocispec.ProbeHost).
+	// Every handler's containers are taken to run on a kernel like this
+	// one (a VM guest's is built for it: see README's Limitations).
+	Host *ocispec.HostFeatures
 }
 
 // Runtime implements runtimeapi.RuntimeServiceServer.
@@ -71,6 +76,8 @@ type Runtime struct {
 	ctrs    objectLocks
 	// capabilities are aurae-cri's own: what privileged containers get.
 	capabilities []string
+	// host is Config.Host, probed when nil.
+	host ocispec.HostFeatures
 	// streams serves Exec, Attach and PortForward URLs once started.
 	streams atomic.Pointer[StreamServer]
 }
@@ -100,7 +107,11 @@ func NewRuntime(cfg Config) (*Runtime, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cri: own capabilities: %w", err)
 	}
-	return &Runtime{cfg: cfg, log: cfg.Logger, store: cfg.Store, events: cfg.Events, capabilities: caps}, nil
+	host := ocispec.ProbeHost()
+	if cfg.Host != nil {
+		host = *cfg.Host
+	}
+	return &Runtime{cfg: cfg, log: cfg.Logger, store: cfg.Store, events: cfg.Events, capabilities: caps, host: host}, nil
 }
 
 // checkReady refuses calls until recovery is done.

@@ -2,9 +2,11 @@
 // the container, as containerd's CRI plugin (internal/cri/server/
 // container_create_linux.go, internal/cri/opts) and CRI-O build it.
 //
-// Generate is pure apart from three reads: the rootfs's /etc/passwd and
+// Generate is pure apart from these reads: the rootfs's /etc/passwd and
 // /etc/group (user and group names), the host device nodes a container asks
-// for (major/minor numbers), and, for a privileged container, the host's /dev.
+// for (major/minor numbers), for a privileged container the host's /dev, a
+// Localhost seccomp profile's file and, where the host has AppArmor, the
+// list of loaded AppArmor profiles.
 // It creates nothing: host paths of mounts must exist before the container
 // starts, which is the pod runtime's job.
 package ocispec
@@ -82,6 +84,9 @@ type Input struct {
 	// every capability this package knows, which fails in runc when the
 	// runtime lacks one of them.
 	AllCapabilities []string
+	// Host is what the host that runs the container offers (AppArmor,
+	// SELinux, recursive read-only mounts): ProbeHost, or set by tests.
+	Host HostFeatures
 }
 
 // Generate returns the OCI runtime spec of the container in. Errors that
@@ -125,6 +130,7 @@ func Generate(in Input) (*specs.Spec, error) {
 	}
 
 	steps := []func(Input, *specs.Spec) error{
+		checkSELinux,
 		setArgs,
 		setEnv,
 		setCwd,
@@ -132,6 +138,8 @@ func Generate(in Input) (*specs.Spec, error) {
 		setMounts,
 		setDevices,
 		setCapabilities,
+		setSeccomp, // after setCapabilities: the default profile depends on them
+		setAppArmor,
 		setMaskedPaths,
 		setResources,
 	}

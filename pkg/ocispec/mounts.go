@@ -50,7 +50,7 @@ func setMounts(in Input, s *specs.Spec) error {
 	requested := make(map[string]bool, len(in.Config.GetMounts()))
 	var own []specs.Mount
 	for _, m := range in.Config.GetMounts() {
-		om, err := criMount(m)
+		om, err := criMount(m, in.Host.RecursiveReadOnly)
 		if err != nil {
 			return err
 		}
@@ -115,7 +115,10 @@ func setMounts(in Input, s *specs.Spec) error {
 }
 
 // criMount validates a mount of the request and turns it into a bind mount.
-func criMount(m *runtimeapi.Mount) (specs.Mount, error) {
+// A recursive read-only mount (runc's "rro", which needs mount_setattr(2):
+// rro says whether the host has it) must be read-only and private, as the
+// CRI requires.
+func criMount(m *runtimeapi.Mount, rro bool) (specs.Mount, error) {
 	dst, src := m.GetContainerPath(), m.GetHostPath()
 	if m.GetImage().GetImage() != "" {
 		return specs.Mount{}, unsupported("mount at %q: image volumes are not supported", dst)
@@ -130,7 +133,15 @@ func criMount(m *runtimeapi.Mount) (specs.Mount, error) {
 		return specs.Mount{}, invalid("mount at %q: host path %q is not absolute", dst, src)
 	}
 	if m.GetRecursiveReadOnly() {
-		return specs.Mount{}, unsupported("mount at %q: recursive read-only mounts are not supported by the runtime", dst)
+		if !m.GetReadonly() {
+			return specs.Mount{}, invalid("mount at %q: recursive_read_only needs readonly", dst)
+		}
+		if m.GetPropagation() != runtimeapi.MountPropagation_PROPAGATION_PRIVATE {
+			return specs.Mount{}, invalid("mount at %q: recursive_read_only needs private propagation, not %s", dst, m.GetPropagation())
+		}
+		if !rro {
+			return specs.Mount{}, unsupported("mount at %q: recursive read-only mounts need mount_setattr(2), which this kernel lacks", dst)
+		}
 	}
 	propagation := "rprivate"
 	switch m.GetPropagation() {
@@ -142,8 +153,12 @@ func criMount(m *runtimeapi.Mount) (specs.Mount, error) {
 	default:
 		return specs.Mount{}, invalid("mount at %q: unknown propagation %d", dst, m.GetPropagation())
 	}
-	// SelinuxRelabel is ignored: there is no SELinux here.
-	return bindMount(path.Clean(src), path.Clean(dst), propagation, m.GetReadonly()), nil
+	// SelinuxRelabel: see checkSELinux.
+	om := bindMount(path.Clean(src), path.Clean(dst), propagation, m.GetReadonly())
+	if m.GetRecursiveReadOnly() {
+		om.Options = append(om.Options, "rro")
+	}
+	return om, nil
 }
 
 // bindMount is a recursive bind mount, which runc makes for a file source

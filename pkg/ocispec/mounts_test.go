@@ -177,6 +177,7 @@ func TestContainerMounts(t *testing.T) {
 		mounts          []*runtimeapi.Mount
 		want            []string // mount lines of the request's mounts, in order
 		wantPropagation string
+		noRRO           bool // the host lacks mount_setattr
 		wantErr         error
 	}{
 		{
@@ -228,7 +229,11 @@ func TestContainerMounts(t *testing.T) {
 		{name: "container path /", mounts: []*runtimeapi.Mount{{ContainerPath: "/", HostPath: "/h"}}, wantErr: errdefs.ErrInvalidArgument},
 		{name: "two mounts at one place", mounts: []*runtimeapi.Mount{{ContainerPath: "/a", HostPath: "/h"}, {ContainerPath: "/a/", HostPath: "/i"}}, wantErr: errdefs.ErrInvalidArgument},
 		{name: "unknown propagation", mounts: []*runtimeapi.Mount{{ContainerPath: "/a", HostPath: "/h", Propagation: 9}}, wantErr: errdefs.ErrInvalidArgument},
-		{name: "recursive read-only", mounts: []*runtimeapi.Mount{{ContainerPath: "/a", HostPath: "/h", Readonly: true, RecursiveReadOnly: true}}, wantErr: errdefs.ErrNotImplemented},
+		{name: "recursive read-only", mounts: []*runtimeapi.Mount{{ContainerPath: "/a", HostPath: "/h", Readonly: true, RecursiveReadOnly: true}}, want: []string{"/a bind /h rbind,rprivate,ro,rro"}},
+		{name: "recursive read-only without mount_setattr", noRRO: true, mounts: []*runtimeapi.Mount{{ContainerPath: "/a", HostPath: "/h", Readonly: true, RecursiveReadOnly: true}}, wantErr: errdefs.ErrNotImplemented},
+		{name: "recursive read-only without readonly", mounts: []*runtimeapi.Mount{{ContainerPath: "/a", HostPath: "/h", RecursiveReadOnly: true}}, wantErr: errdefs.ErrInvalidArgument},
+		{name: "recursive read-only, host to container", mounts: []*runtimeapi.Mount{{ContainerPath: "/a", HostPath: "/h", Readonly: true, RecursiveReadOnly: true, Propagation: slave}}, wantErr: errdefs.ErrInvalidArgument},
+		{name: "recursive read-only, bidirectional", mounts: []*runtimeapi.Mount{{ContainerPath: "/a", HostPath: "/h", Readonly: true, RecursiveReadOnly: true, Propagation: shared}}, wantErr: errdefs.ErrInvalidArgument},
 		{name: "image volume", mounts: []*runtimeapi.Mount{{ContainerPath: "/a", Image: &runtimeapi.ImageSpec{Image: "x"}}}, wantErr: errdefs.ErrNotImplemented},
 		{name: "id-mapped", mounts: []*runtimeapi.Mount{{ContainerPath: "/a", HostPath: "/h", UidMappings: []*runtimeapi.IDMapping{{Length: 1}}}}, wantErr: errdefs.ErrNotImplemented},
 	}
@@ -236,6 +241,7 @@ func TestContainerMounts(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			in := testInput()
 			in.Config.Mounts = tc.mounts
+			in.Host.RecursiveReadOnly = !tc.noRRO
 			s, err := Generate(in)
 			if !checkErr(t, err, tc.wantErr) {
 				return

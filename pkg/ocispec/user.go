@@ -265,11 +265,26 @@ func readColonFile(fsys fs.FS, name string, minFields int) ([][]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Check the type before opening: opening a FIFO would wait for a
+	// writer, reading a device could last forever. containerd refuses such
+	// a file too.
+	info, err := fs.Stat(fsys, resolved)
+	if err != nil {
+		return nil, err
+	}
+	if !info.Mode().IsRegular() {
+		return nil, invalid("the image's /%s is not a regular file (%s)", name, info.Mode().Type())
+	}
 	f, err := fsys.Open(resolved)
 	if err != nil {
 		return nil, err
 	}
 	defer func() { _ = f.Close() }()
+	if info, err := f.Stat(); err != nil {
+		return nil, err
+	} else if !info.Mode().IsRegular() { // replaced since the first look
+		return nil, invalid("the image's /%s is not a regular file (%s)", name, info.Mode().Type())
+	}
 	var entries [][]string
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 0, 4096), 1<<20)

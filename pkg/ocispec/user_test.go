@@ -6,8 +6,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"testing/fstest"
+	"time"
 
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -135,6 +137,51 @@ func TestUserFromRootfsPath(t *testing.T) {
 	in.Image.User = "app"
 	_, err := Generate(in)
 	checkErr(t, err, errdefs.ErrInvalidArgument)
+}
+
+// TestUserFilesNotRegular: an image whose /etc/passwd or /etc/group is a
+// FIFO (or a directory) is refused at once rather than hanging on the open.
+func TestUserFilesNotRegular(t *testing.T) {
+	for _, name := range []string{"etc/passwd", "etc/group"} {
+		for _, kind := range []string{"fifo", "dir"} {
+			t.Run(name+" "+kind, func(t *testing.T) {
+				root := t.TempDir()
+				if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				for _, f := range []string{"etc/passwd", "etc/group"} {
+					if err := os.WriteFile(filepath.Join(root, f), []byte("app:x:1:1:app\n"), 0o644); err != nil {
+						t.Fatal(err)
+					}
+				}
+				p := filepath.Join(root, name)
+				if err := os.Remove(p); err != nil {
+					t.Fatal(err)
+				}
+				var err error
+				if kind == "fifo" {
+					err = syscall.Mkfifo(p, 0o644)
+				} else {
+					err = os.Mkdir(p, 0o755)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				in := testInput()
+				in.RootFS = nil
+				in.Pod.RootfsPath = root
+				in.Image.User = "app"
+				done := make(chan error, 1)
+				go func() { _, err := Generate(in); done <- err }()
+				select {
+				case err := <-done:
+					checkErr(t, err, errdefs.ErrInvalidArgument)
+				case <-time.After(10 * time.Second):
+					t.Fatal("Generate hangs")
+				}
+			})
+		}
+	}
 }
 
 func TestResolveInFS(t *testing.T) {

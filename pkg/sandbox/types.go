@@ -55,9 +55,12 @@ type Container struct {
 	ImageName string `json:"image_name"`
 	LogPath   string `json:"log_path,omitempty"`
 	// Spec is the OCI runtime spec (JSON) the container is started with.
-	Spec      []byte          `json:"spec"`
-	CreatedAt time.Time       `json:"created_at"`
-	Status    ContainerStatus `json:"status"`
+	Spec []byte `json:"spec"`
+	// StopSignal is the signal that stops it ("SIGQUIT"), resolved at
+	// creation from its config, else its image; "" is SIGTERM.
+	StopSignal string          `json:"stop_signal,omitempty"`
+	CreatedAt  time.Time       `json:"created_at"`
+	Status     ContainerStatus `json:"status"`
 }
 
 // ContainerStatus is what changes in a container's life.

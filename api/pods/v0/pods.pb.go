@@ -898,10 +898,13 @@ func (x *StartResponse) GetCgroupPath() string {
 type StopRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
-	// Seconds between SIGTERM and SIGKILL; 0 kills at once.
+	// Seconds between the stop signal and SIGKILL; 0 kills at once.
 	TimeoutSeconds int64 `protobuf:"varint,2,opt,name=timeout_seconds,json=timeoutSeconds,proto3" json:"timeout_seconds,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The stop signal, by name ("SIGQUIT", "SIGRTMIN+3"); "" is SIGTERM. An
+	// unknown name is refused (InvalidArgument).
+	Signal        string `protobuf:"bytes,3,opt,name=signal,proto3" json:"signal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StopRequest) Reset() {
@@ -946,6 +949,13 @@ func (x *StopRequest) GetTimeoutSeconds() int64 {
 		return x.TimeoutSeconds
 	}
 	return 0
+}
+
+func (x *StopRequest) GetSignal() string {
+	if x != nil {
+		return x.Signal
+	}
+	return ""
 }
 
 type StopResponse struct {
@@ -2958,10 +2968,11 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x1f\n" +
 	"\vcgroup_path\x18\x03 \x01(\tR\n" +
-	"cgroupPath\"Y\n" +
+	"cgroupPath\"q\n" +
 	"\vStopRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12'\n" +
-	"\x0ftimeout_seconds\x18\x02 \x01(\x03R\x0etimeoutSeconds\"\x0e\n" +
+	"\x0ftimeout_seconds\x18\x02 \x01(\x03R\x0etimeoutSeconds\x12\x16\n" +
+	"\x06signal\x18\x03 \x01(\tR\x06signal\"\x0e\n" +
 	"\fStopResponse\"$\n" +
 	"\vFreeRequest\x12\x15\n" +
 	"\x06pod_id\x18\x01 \x01(\tR\x05podId\"\x0e\n" +

@@ -3,16 +3,20 @@ package pods
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"syscall"
 	"time"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/signals"
 )
 
 // killWait bounds the wait for a container to die after SIGKILL.
 const killWait = 30 * time.Second
 
-// stop sends SIGTERM, waits up to timeout seconds, then SIGKILL, and waits
-// for the exit to be recorded. Stopping an unknown or exited container
-// succeeds.
-func (s *Service) stop(ctx context.Context, id string, timeout int64) error {
+// stop sends the stop signal sig (SIGTERM unless the container has
+// another), waits up to timeout seconds, then SIGKILL, and waits for the
+// exit to be recorded. Stopping an unknown or exited container succeeds.
+func (s *Service) stop(ctx context.Context, id string, timeout int64, sig syscall.Signal) error {
 	c, err := s.lookupContainer(id)
 	if err != nil {
 		return nil
@@ -23,12 +27,13 @@ func (s *Service) stop(ctx context.Context, id string, timeout int64) error {
 	log := s.log.With("pod", c.podID, "container", id)
 	if timeout > 0 {
 		// Errors are ignored: the container may have exited meanwhile.
-		_, _ = s.runRuntime(ctx, "kill", id, "TERM")
+		// runc kill takes the number: it knows no real-time signal names.
+		_, _ = s.runRuntime(ctx, "kill", id, strconv.Itoa(int(sig)))
 		t := time.NewTimer(time.Duration(timeout) * time.Second)
 		defer t.Stop()
 		select {
 		case <-c.done:
-			log.Info("container stopped", "signal", "TERM")
+			log.Info("container stopped", "signal", signals.Name(sig))
 			return nil
 		case <-t.C:
 		case <-ctx.Done():

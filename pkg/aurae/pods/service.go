@@ -30,6 +30,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
@@ -37,6 +38,7 @@ import (
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"github.com/aurae-runtime/aurae-cri/pkg/errmap"
+	"github.com/aurae-runtime/aurae-cri/pkg/signals"
 )
 
 // Config configures the service.
@@ -226,7 +228,15 @@ func (s *Service) Stop(ctx context.Context, req *podsv0.StopRequest) (*podsv0.St
 	if req.GetTimeoutSeconds() < 0 {
 		return nil, errmap.ToGRPC(fmt.Errorf("timeout %d s is negative: %w", req.GetTimeoutSeconds(), errdefs.ErrInvalidArgument))
 	}
-	if err := s.stop(ctx, req.GetContainerId(), req.GetTimeoutSeconds()); err != nil {
+	sig := syscall.SIGTERM
+	if name := req.GetSignal(); name != "" {
+		// Names only, in their canonical spelling: a fixed list.
+		if c, err := signals.Canonical(name); err != nil || c != name {
+			return nil, errmap.ToGRPC(fmt.Errorf("signal %q is not a signal name such as SIGQUIT: %w", name, errdefs.ErrInvalidArgument))
+		}
+		sig, _ = signals.Parse(name)
+	}
+	if err := s.stop(ctx, req.GetContainerId(), req.GetTimeoutSeconds(), sig); err != nil {
 		return nil, errmap.ToGRPC(err)
 	}
 	return &podsv0.StopResponse{}, nil

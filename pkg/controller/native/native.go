@@ -223,8 +223,8 @@ func (c *Controller) StartContainer(ctx context.Context, podID string, ctr contr
 	return controller.Started{Pid: int(resp.GetPid())}, nil
 }
 
-func (c *Controller) StopContainer(ctx context.Context, id string, timeout time.Duration) error {
-	_, err := c.pods.Stop(ctx, &podsv0.StopRequest{ContainerId: id, TimeoutSeconds: int64(timeout / time.Second)})
+func (c *Controller) StopContainer(ctx context.Context, id string, timeout time.Duration, signal string) error {
+	_, err := c.pods.Stop(ctx, &podsv0.StopRequest{ContainerId: id, TimeoutSeconds: int64(timeout / time.Second), Signal: signal})
 	return err
 }
 

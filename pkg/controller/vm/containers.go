@@ -197,7 +197,7 @@ func (c *Controller) guestOf(cid string) (*native.Controller, *vmPod, error) {
 	return p.guest.pods, p, nil
 }
 
-func (c *Controller) StopContainer(ctx context.Context, cid string, timeout time.Duration) error {
+func (c *Controller) StopContainer(ctx context.Context, cid string, timeout time.Duration, signal string) error {
 	g, _, err := c.guestOf(cid)
 	if errdefs.IsNotFound(err) {
 		return nil // its VM is off: nothing runs
@@ -205,7 +205,7 @@ func (c *Controller) StopContainer(ctx context.Context, cid string, timeout time
 	if err != nil {
 		return err
 	}
-	return g.StopContainer(ctx, cid, timeout)
+	return g.StopContainer(ctx, cid, timeout, signal)
 }
 
 // RemoveContainer removes the container in the guest (when its VM runs)
