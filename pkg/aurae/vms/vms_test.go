@@ -103,7 +103,11 @@ func TestBadRequests(t *testing.T) {
 		{"too much memory", func() *vmsv0.VirtualMachine { m := machine("vm-a", kernel); m.MemSizeMb = 1 << 30; return m }(), codes.InvalidArgument, "mem_size_mb"},
 		{"cgroup outside auraed's root", func() *vmsv0.VirtualMachine { m := machine("vm-a", kernel); m.CgroupPath = "system.slice"; return m }(), codes.InvalidArgument, "not a cgroup below"},
 		{"cgroup that climbs out", func() *vmsv0.VirtualMachine { m := machine("vm-a", kernel); m.CgroupPath = "aurae/../x"; return m }(), codes.InvalidArgument, "not a cgroup below"},
-		{"missing cgroup", func() *vmsv0.VirtualMachine { m := machine("vm-a", kernel); m.CgroupPath = "aurae/no-such-pod"; return m }(), codes.InvalidArgument, "does not exist"},
+		{"missing cgroup", func() *vmsv0.VirtualMachine {
+			m := machine("vm-a", kernel)
+			m.CgroupPath = "aurae/no-such-pod"
+			return m
+		}(), codes.InvalidArgument, "does not exist"},
 		{"missing root drive", func() *vmsv0.VirtualMachine {
 			m := machine("vm-a", kernel)
 			m.RootDrive = &vmsv0.RootDrive{HostPath: missing + ".img"}
