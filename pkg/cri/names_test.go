@@ -18,6 +18,8 @@ func TestSandboxMetadataRules(t *testing.T) {
 		{Name: "web-0", Namespace: "default", Uid: "0f3c8a4e-5a7b-4b9f-9a60-5b0f1c9e6d2a"},
 		{Name: "a.b.c", Namespace: "kube-system", Uid: "6d5d1b6c4f1f2d3e8a0b9c7d6e5f4a3b", Attempt: 4},
 		{Name: strings.Repeat("a", 63) + "." + strings.Repeat("b", 63), Namespace: strings.Repeat("n", 63), Uid: strings.Repeat("u", 128)},
+		// critest's: upper case in names.
+		{Name: "create-PodSandbox-for-container-0f3c8a4e-5a7b-4b9f-9a60-5b0f1c9e6d2a", Namespace: "cri-test-namespace0f3c8a4e-5a7b-4b9f-9a60-5b0f1c9e6d2a", Uid: "cri-test-uid0f3c8a4e-5a7b-4b9f-9a60-5b0f1c9e6d2a"},
 	}
 	for _, m := range ok {
 		if err := checkSandboxMetadata(m); err != nil {
@@ -25,22 +27,24 @@ func TestSandboxMetadataRules(t *testing.T) {
 		}
 	}
 	bad := map[string]*runtimeapi.PodSandboxMetadata{
-		"cni args in name":  {Name: "inj;IP=10.88.0.77", Namespace: "default", Uid: "u"},
-		"'=' in namespace":  {Name: "a", Namespace: "x=y", Uid: "u"},
-		"';' in uid":        {Name: "a", Namespace: "default", Uid: "u;IP=10.88.0.77"},
-		"newline in name":   {Name: "a\nb", Namespace: "default", Uid: "u"},
-		"NUL in namespace":  {Name: "a", Namespace: "de\x00fault", Uid: "u"},
-		"tab in uid":        {Name: "a", Namespace: "default", Uid: "u\tv"},
-		"'_' in name":       {Name: "a_b", Namespace: "default", Uid: "u"},
-		"'/' in name":       {Name: "a/b", Namespace: "default", Uid: "u"},
-		"upper case name":   {Name: "Web", Namespace: "default", Uid: "u"},
-		"name over 253":     {Name: strings.Repeat("a", 254), Namespace: "default", Uid: "u"},
-		"namespace over 63": {Name: "a", Namespace: strings.Repeat("n", 64), Uid: "u"},
-		"'.' in namespace":  {Name: "a", Namespace: "a.b", Uid: "u"},
-		"uid over 128":      {Name: "a", Namespace: "default", Uid: strings.Repeat("u", 129)},
-		"empty name":        {Namespace: "default", Uid: "u"},
-		"empty namespace":   {Name: "a", Uid: "u"},
-		"empty uid":         {Name: "a", Namespace: "default"},
+		"cni args in name":    {Name: "inj;IP=10.88.0.77", Namespace: "default", Uid: "u"},
+		"'=' in namespace":    {Name: "a", Namespace: "x=y", Uid: "u"},
+		"';' in uid":          {Name: "a", Namespace: "default", Uid: "u;IP=10.88.0.77"},
+		"newline in name":     {Name: "a\nb", Namespace: "default", Uid: "u"},
+		"NUL in namespace":    {Name: "a", Namespace: "de\x00fault", Uid: "u"},
+		"tab in uid":          {Name: "a", Namespace: "default", Uid: "u\tv"},
+		"'_' in name":         {Name: "a_b", Namespace: "default", Uid: "u"},
+		"'/' in name":         {Name: "a/b", Namespace: "default", Uid: "u"},
+		"non-ASCII name":      {Name: "\u212aube", Namespace: "default", Uid: "u"},
+		"non-ASCII namespace": {Name: "a", Namespace: "d\u00e9faut", Uid: "u"},
+		"space in name":       {Name: "a b", Namespace: "default", Uid: "u"},
+		"name over 253":       {Name: strings.Repeat("a", 254), Namespace: "default", Uid: "u"},
+		"namespace over 63":   {Name: "a", Namespace: strings.Repeat("n", 64), Uid: "u"},
+		"'.' in namespace":    {Name: "a", Namespace: "a.b", Uid: "u"},
+		"uid over 128":        {Name: "a", Namespace: "default", Uid: strings.Repeat("u", 129)},
+		"empty name":          {Namespace: "default", Uid: "u"},
+		"empty namespace":     {Name: "a", Uid: "u"},
+		"empty uid":           {Name: "a", Namespace: "default"},
 	}
 	f := newFixture(t, true)
 	for what, m := range bad {
@@ -57,14 +61,15 @@ func TestSandboxMetadataRules(t *testing.T) {
 	}
 }
 
-// TestContainerMetadataRules: container names are DNS-1123 labels.
+// TestContainerMetadataRules: container names are made as DNS-1123 labels,
+// upper case and critest's longer names accepted.
 func TestContainerMetadataRules(t *testing.T) {
-	for _, name := range []string{"c", "app-1", strings.Repeat("c", 63)} {
+	for _, name := range []string{"c", "app-1", strings.Repeat("c", 63), "container-with-RunAsGroup-without-RunAsUser-test-0f3c8a4e-5a7b-4b9f-9a60-5b0f1c9e6d2a", strings.Repeat("c", 253)} {
 		if err := checkContainerMetadata(&runtimeapi.ContainerMetadata{Name: name, Attempt: 2}); err != nil {
 			t.Errorf("%q: %v", name, err)
 		}
 	}
-	for _, name := range []string{"", "a;b=c", "a_b", "a/b", "a.b", "A", "a\x01", strings.Repeat("c", 64)} {
+	for _, name := range []string{"", "a;b=c", "a_b", "a/b", "a.b", "-a", "a-", "a b", "a\x01", "\u212a", strings.Repeat("c", 254)} {
 		if err := checkContainerMetadata(&runtimeapi.ContainerMetadata{Name: name}); code(err) != codes.InvalidArgument {
 			t.Errorf("%q: %v, want InvalidArgument", name, err)
 		}
