@@ -233,7 +233,10 @@ func TestCRIEdgePodHolder(t *testing.T) {
 	if out, err := sh("grep -E '^Cap(Prm|Eff|Bnd)' /proc/1/status"); err != nil || strings.Count(out, "0000000000000000") != 3 {
 		t.Errorf("holder capabilities: %q %v", out, err)
 	}
-	logHolderPSS(t)
+	c.mu.Lock()
+	daemon := c.cmd.Process.Pid
+	c.mu.Unlock()
+	logHolderPSS(t, daemon)
 	if err := c.Runtime.StopPodSandbox(ctx, podID); err != nil {
 		t.Fatal(err)
 	}
@@ -242,15 +245,16 @@ func TestCRIEdgePodHolder(t *testing.T) {
 	}
 }
 
-// logHolderPSS logs the PSS of the pod holders on the node.
-func logHolderPSS(t *testing.T) {
+// logHolderPSS logs the PSS of the pod holders the daemon started.
+func logHolderPSS(t *testing.T, daemon int) {
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		if _, err := strconv.Atoi(e.Name()); err != nil {
 			continue
 		}
 		cmd, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if !strings.HasPrefix(string(cmd), "aurae-pod-holder") {
+		st, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
+		if !strings.HasPrefix(string(cmd), "aurae-pod-holder") || !strings.Contains(string(st), "\nPPid:\t"+strconv.Itoa(daemon)+"\n") {
 			continue
 		}
 		b, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "smaps_rollup"))
