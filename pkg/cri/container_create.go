@@ -43,6 +43,11 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	if err != nil {
 		return nil, err
 	}
+	// Checked now (a refused request changes nothing); its directories are
+	// made below, once the container is reserved.
+	if _, err := containerLogPath(sb.Config.GetLogDirectory(), logRel, false); err != nil {
+		return nil, err
+	}
 	for _, m := range cfg.GetMounts() {
 		if err := checkAbsolute("mount host path", m.GetHostPath()); err != nil {
 			return nil, err
@@ -105,9 +110,9 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	if err != nil {
 		return nil, err
 	}
-	var logPath string
-	if logRel != "" && sb.Config.GetLogDirectory() != "" {
-		logPath = filepath.Join(sb.Config.GetLogDirectory(), logRel)
+	logPath, err := containerLogPath(sb.Config.GetLogDirectory(), logRel, true)
+	if err != nil {
+		return nil, err
 	}
 	files := controller.ContainerFiles{ID: id, Rootfs: rootfs, LogPath: logPath}
 	for _, m := range cfg.GetMounts() {

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/containerd/errdefs"
 )
 
 // Fake plugins let the non-root tests see what the Manager hands to plugins
@@ -263,5 +265,32 @@ func TestStatusAsksPlugins(t *testing.T) {
 	}
 	if err := e.m.Status(); err == nil || !strings.Contains(err.Error(), "fake fakenet not available") {
 		t.Fatalf("Status = %v, want fakenet's STATUS error", err)
+	}
+}
+
+// TestArgsInjectionRefused: CNI_ARGS is "K=V;K=V": a value with ';' or '='
+// (a pod named "inj;IP=10.88.0.77") or a control character is refused as an
+// invalid argument before any plugin runs, at Setup and at Teardown.
+func TestArgsInjectionRefused(t *testing.T) {
+	e := newFakeEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, labels := range []map[string]string{
+		{"K8S_POD_NAME": "inj;IP=10.88.0.77"},
+		{"K8S_POD_NAMESPACE": "a=b"},
+		{"K8S_POD_UID": "x\ny"},
+		{"IP=10.88.0.77;K8S_POD_NAME": "x"},
+		{"": "x"},
+	} {
+		opts := SetupOptions{Labels: labels}
+		if _, err := e.m.Setup(ctx, "inj", "/var/run/netns/fake", opts); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("setup with %q: %v, want an invalid argument", labels, err)
+		}
+		if err := e.m.Teardown(ctx, "inj", "/var/run/netns/fake", opts); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("teardown with %q: %v, want an invalid argument", labels, err)
+		}
+	}
+	if ents, _ := os.ReadDir(e.calls); len(ents) != 0 {
+		t.Errorf("plugins ran: %v", ents)
 	}
 }

@@ -56,6 +56,9 @@ func (m *Manager) Setup(ctx context.Context, podID, netnsPath string, opts Setup
 	if podID == "" || netnsPath == "" {
 		return nil, fmt.Errorf("cni setup: pod id and netns path are required")
 	}
+	if err := checkArgs(opts.Labels); err != nil {
+		return nil, fmt.Errorf("cni setup pod %q: %w", podID, err)
+	}
 	c, err := m.ready()
 	if err != nil {
 		return nil, fmt.Errorf("cni setup pod %q: %w", podID, err)
@@ -108,6 +111,9 @@ func (m *Manager) Teardown(ctx context.Context, podID, netnsPath string, opts Se
 	if podID == "" {
 		return fmt.Errorf("cni teardown: pod id is required")
 	}
+	if err := checkArgs(opts.Labels); err != nil {
+		return fmt.Errorf("cni teardown pod %q: %w", podID, err)
+	}
 	c, err := m.ready()
 	if err != nil {
 		return fmt.Errorf("cni teardown pod %q: %w", podID, err)
@@ -131,6 +137,26 @@ func (m *Manager) teardown(ctx context.Context, c gocni.CNI, podID, netnsPath st
 		netnsPath = ""
 	}
 	return c.Remove(ctx, podID, netnsPath, namespaceOpts(opts)...)
+}
+
+// checkArgs refuses CNI_ARGS that would not survive their encoding:
+// CNI_ARGS is "K1=V1;K2=V2", so a ';' or '=' in a value (a pod named
+// "x;IP=10.88.0.77") would add an argument of the workload's choosing.
+// Control characters and empty keys are refused too.
+func checkArgs(args map[string]string) error {
+	for k, v := range args {
+		if k == "" || strings.ContainsAny(k, ";=") || hasControl(k) {
+			return fmt.Errorf("CNI argument name %q: %w", k, ErrInvalidArgs)
+		}
+		if strings.ContainsAny(v, ";=") || hasControl(v) {
+			return fmt.Errorf("CNI argument %s=%q has ';', '=' or a control character: %w", k, v, ErrInvalidArgs)
+		}
+	}
+	return nil
+}
+
+func hasControl(s string) bool {
+	return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
 }
 
 func namespaceOpts(opts SetupOptions) []gocni.NamespaceOpts {

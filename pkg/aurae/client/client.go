@@ -38,6 +38,11 @@ type Client struct {
 // Option configures Dial.
 type Option func(*options)
 
+// MaxRecvMsgSize is the largest reply the client reads: auraed's largest,
+// an ExecSync with stdout and stderr both at auraed's cap of 16 MiB, plus
+// room for the rest of the message (server.MaxSendMsgSize on auraed's side).
+const MaxRecvMsgSize = 2*(16<<20) + 1<<20
+
 type options struct {
 	certFile, keyFile, caFile string
 	dialOpts                  []grpc.DialOption
@@ -91,6 +96,7 @@ func Dial(ctx context.Context, address string, opts ...Option) (*Client, error) 
 	}
 	dialOpts := append([]grpc.DialOption{
 		grpc.WithContextDialer(dialer),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxRecvMsgSize)),
 		grpc.WithTransportCredentials(&recordingCreds{TransportCredentials: creds, last: &last}),
 	}, o.dialOpts...)
 	if network == "unix" {

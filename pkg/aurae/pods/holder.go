@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -18,12 +20,15 @@ import (
 )
 
 // The namespace holder is auraed's own binary (/proc/self/exe) started in
-// the pod's new namespaces. It sets the hostname, brings up loopback, writes
-// the pod's sysctls, says it is ready and then reaps orphans. auraed pins its
-// namespaces by bind mounts and kills it, unless the pod shares its pid
-// namespace: a pid namespace dies with its init, so the holder then stays as
-// the pod's init until Free. The binary becomes a holder in roles.Run, at the
-// top of main (and of TestMain in the packages whose tests start holders).
+// the pod's new namespaces and a mount namespace of its own. It sets the
+// hostname, brings up loopback, writes the pod's sysctls, confines itself
+// (holder_confine.go: an empty read-only root, no capabilities, not
+// dumpable) and execs a tiny reaper from a sealed memfd, which says it is
+// ready and then reaps orphans. auraed pins its namespaces by bind mounts and
+// kills it, unless the pod shares its pid namespace: a pid namespace dies
+// with its init, so the holder then stays as the pod's init until Free. The
+// binary becomes a holder in roles.Run, at the top of main (and of TestMain
+// in the packages whose tests start holders).
 const (
 	// HolderEnv selects the holder role (see pkg/aurae/roles) and carries
 	// the namespaces it creates. The name is a contract between an auraed
@@ -38,27 +43,30 @@ const (
 
 // RunHolder is the pod namespace holder role: the life of this binary when
 // startHolder started it (with HolderEnv set) in a pod's new namespaces. It
-// sets them up, reports on the ready pipe and then reaps orphans until
-// auraed kills it; it never returns. Only roles.Run calls it.
+// sets them up, confines itself and execs the reaper, which reports on the
+// ready pipe and then reaps orphans until auraed kills it; it never
+// returns. Only roles.Run calls it.
 func RunHolder() {
+	// Capabilities are dropped per thread, and exec takes this thread's.
+	runtime.LockOSThread()
 	ready := os.NewFile(holderFD, "ready")
-	if err := setupHolder(os.Getenv(HolderEnv), os.Getenv(envHostname), os.Getenv(envSysctls)); err != nil {
-		_, _ = fmt.Fprintf(ready, "pod namespace holder: %v", err)
-		os.Exit(1)
+	flags := strings.Split(os.Getenv(HolderEnv), ",")
+	err := setupHolder(flags, os.Getenv(envHostname), os.Getenv(envSysctls))
+	if err == nil && holderReaperELF() == nil && !slices.Contains(flags, "pid") {
+		// No reaper for this architecture: a holder that auraed kills once
+		// it has pinned the namespaces may stay as it is until then.
+		linux.ReadyAndReap(ready)
 	}
-	// Only Free (SIGKILL) ends a holder.
-	linux.ReadyAndReap(ready)
+	if err == nil {
+		// Only on failure does it return; only Free (SIGKILL) ends the reaper.
+		err = confineHolder(slices.Contains(flags, "mnt"))
+	}
+	_, _ = fmt.Fprintf(ready, "pod namespace holder: %v", err)
+	os.Exit(1)
 }
 
-func setupHolder(flags, hostname, sysctls string) error {
-	has := func(f string) bool {
-		for _, x := range strings.Split(flags, ",") {
-			if x == f {
-				return true
-			}
-		}
-		return false
-	}
+func setupHolder(flags []string, hostname, sysctls string) error {
+	has := func(f string) bool { return slices.Contains(flags, f) }
 	if has("uts") && hostname != "" {
 		if err := unix.Sethostname([]byte(hostname)); err != nil {
 			return fmt.Errorf("set hostname: %w", err)
@@ -124,6 +132,9 @@ func startHolder(h holderSpec) (*exec.Cmd, error) {
 	defer readyR.Close()
 	cmd := exec.Command("/proc/self/exe")
 	cmd.Args = []string{"aurae-pod-holder"}
+	// Its own mount namespace, too, where it hides the host's tree.
+	flags = append(flags, "mnt")
+	clone |= unix.CLONE_NEWNS
 	cmd.Env = []string{HolderEnv + "=" + strings.Join(flags, ","), envHostname + "=" + h.hostname, envSysctls + "=" + sc}
 	cmd.ExtraFiles = []*os.File{readyW}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: clone, Setsid: true}

@@ -16,7 +16,8 @@
 //   - tty exec shim (pods.ExecShimEnv): pods.RunExecShim, started by a tty
 //     exec to run `runc exec --detach --tty` and reap the command.
 //   - pod namespace holder (pods.HolderEnv): pods.RunHolder, started in a
-//     pod's new namespaces to set them up and keep them.
+//     pod's new namespaces to set them up; it then confines itself and
+//     execs a minimal reaper from a sealed memfd, which keeps them.
 //   - cell init (cells.InitEnv): cells.RunInit, started through nsexec in
 //     an isolated cell's new namespaces to set them up and reap orphans.
 //   - guest serving auraed (guest.ServeEnv), with Guest only:

@@ -17,12 +17,27 @@ import (
 	"github.com/aurae-runtime/aurae-cri/pkg/errmap"
 )
 
+// Message size limits of every server New makes: auraed's and the CRI's.
+const (
+	// MaxSendMsgSize fits the largest reply: an ExecSync whose stdout and
+	// stderr are both at auraed's cap (16 MiB each), plus room for the rest
+	// of the message. gRPC's default (unlimited sends, 4 MiB receives on
+	// the other side) failed a 6 MB ExecSync with ResourceExhausted.
+	MaxSendMsgSize = 2*(16<<20) + 1<<20
+	// MaxRecvMsgSize is what containerd's CRI and the kubelet's client
+	// accept: 16 MiB.
+	MaxRecvMsgSize = 16 << 20
+)
+
 // New returns a gRPC server whose every call goes through the logging and
-// recovering interceptors; opts are added after them (credentials, limits).
+// recovering interceptors, with the message size limits above; opts are
+// added after them (credentials, other limits).
 func New(logger *slog.Logger, opts ...grpc.ServerOption) *grpc.Server {
 	all := append([]grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(UnaryInterceptor(logger)),
 		grpc.ChainStreamInterceptor(StreamInterceptor(logger)),
+		grpc.MaxSendMsgSize(MaxSendMsgSize),
+		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
 	}, opts...)
 	return grpc.NewServer(all...)
 }
