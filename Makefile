@@ -14,7 +14,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/aurae-runtime/aurae-cri/pkg/version.Version=$(VERSION)
 
-APT_PACKAGES := protobuf-compiler runc conmon containerd busybox-static iproute2
+# libseccomp-dev, pkg-config and gcc build the pinned runc (hack/runc).
+APT_PACKAGES := protobuf-compiler runc conmon containerd busybox-static iproute2 libseccomp-dev pkg-config gcc libc6-dev
 # apt_install installs the Debian packages of $(1) that are missing (apt-get
 # update only then), so that deps stays quick and idempotent.
 define apt_install
@@ -33,6 +34,11 @@ PROTOC_GEN_GO_VERSION := v1.36.10
 PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 GRPCURL_VERSION := v1.9.3
 GOLANGCI_LINT_VERSION := v2.15.0
+# The OCI runtime of pods: runc built from the Go module proxy by `make runc`
+# (Debian 12's 1.1.5 lacks idmapped mounts and the 2025 security fixes).
+# auraed and aurae-cri take RUNC by default (pods.PinnedRuntime).
+RUNC_VERSION := v1.4.4
+RUNC := /opt/aurae/bin/runc
 
 # go test -timeout applies per package; sized for 2 cores with -race.
 TEST_TIMEOUT ?= 20m
@@ -40,10 +46,15 @@ BENCH_TIMEOUT ?= 30m
 # Extra flags for `make run`, e.g. RUN_ARGS='--log-level debug'.
 RUN_ARGS ?=
 
-.PHONY: deps apt tools cni build run run-auraed test kubelet bench proto check-proto lint clean
+.PHONY: deps apt tools cni runc build run run-auraed test kubelet bench proto check-proto lint clean
 
-## deps: install what is missing (Debian packages, pinned Go tools into ./bin, CNI plugins)
-deps: apt tools cni
+## deps: install what is missing (Debian packages, pinned Go tools into ./bin, CNI plugins, runc)
+deps: apt tools cni runc
+
+## runc: the pinned runc (RUNC_VERSION) built from the Go module proxy into RUNC (skipped when it answers that version)
+runc: apt
+	@start=$$(date +%s); $(SUDO) env PATH="$(PATH)" hack/runc/build.sh $(RUNC_VERSION) $(RUNC); \
+	echo "runc: $(RUNC) is $(RUNC_VERSION) ($$(( $$(date +%s) - start ))s)"
 
 ## cni: the standard CNI plugins (built from containernetworking/plugins) into /opt/cni/bin
 cni:
