@@ -46,10 +46,16 @@ BENCH_TIMEOUT ?= 30m
 # Extra flags for `make run`, e.g. RUN_ARGS='--log-level debug'.
 RUN_ARGS ?=
 
-.PHONY: deps apt tools cni runc build run run-auraed test kubelet bench proto check-proto lint clean
+.PHONY: deps apt tools cni runc cri-tools build run run-auraed test kubelet bench proto check-proto lint clean
 
-## deps: install what is missing (Debian packages, pinned Go tools into ./bin, CNI plugins, runc)
-deps: apt tools cni runc
+## deps: install what is missing (Debian packages, pinned Go tools into ./bin, CNI plugins, runc, crictl/critest)
+deps: apt tools cni runc cri-tools
+
+## cri-tools: crictl (into ./bin) and critest of the cri-tools version pinned in hack/critest/go.mod, built into a cache
+cri-tools:
+	@start=$$(date +%s); dir=$$(hack/critest/build.sh); \
+	cmp -s "$$dir/crictl" $(BIN)/crictl || install -D -m 0755 "$$dir/crictl" $(BIN)/crictl; \
+	echo "cri-tools: $(BIN)/crictl, $$dir/critest ($$(( $$(date +%s) - start ))s)"
 
 ## runc: the pinned runc (RUNC_VERSION) built from the Go module proxy into RUNC (skipped when it answers that version)
 runc: apt
