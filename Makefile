@@ -46,7 +46,7 @@ BENCH_TIMEOUT ?= 30m
 # Extra flags for `make run`, e.g. RUN_ARGS='--log-level debug'.
 RUN_ARGS ?=
 
-.PHONY: deps apt tools cni runc cri-tools build run run-auraed test kubelet bench proto check-proto lint clean
+.PHONY: deps apt tools cni runc cri-tools critest build run run-auraed test kubelet bench proto check-proto lint clean
 
 ## deps: install what is missing (Debian packages, pinned Go tools into ./bin, CNI plugins, runc, crictl/critest)
 deps: apt tools cni runc cri-tools
@@ -114,9 +114,18 @@ run: deps build
 run-auraed: deps build
 	$(SUDO) $(BIN)/auraed $(RUN_ARGS)
 
-## test: every test with the race detector, e2e included (the real kubelet and the VM pods too)
+## test: every test with the race detector, e2e included (the real kubelet and the VM pods too), then critest
 test: build kubelet vm-image
 	AURAE_KUBELET_E2E=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(MAKE) critest
+
+# critest's parallelism (ginkgo processes); 1 suits 2 cores (see README).
+CRITEST_PARALLEL ?= 1
+## critest: the CRI validation suite of cri-tools against aurae-cri; fails on a failure not in hack/critest/known-failures.txt
+critest: cri-tools
+	@start=$$(date +%s); \
+	rc=0; AURAE_CRITEST=1 CRITEST_PARALLEL=$(CRITEST_PARALLEL) $(GO) test -count=1 -v -timeout 90m -run '^TestCritest$$' ./test/critest/ || rc=$$?; \
+	echo "critest: make critest took $$(( $$(date +%s) - start ))s"; exit $$rc
 
 ## kubelet: build (or take from the cache) the pinned upstream kubelet the e2e tests run
 kubelet:

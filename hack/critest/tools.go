@@ -6,7 +6,7 @@
 package critest
 
 import (
-	_ "sigs.k8s.io/cri-tools/cmd/critest"
 	_ "github.com/onsi/ginkgo/v2/ginkgo"
 	_ "sigs.k8s.io/cri-tools/cmd/crictl"
+	_ "sigs.k8s.io/cri-tools/cmd/critest"
 )
