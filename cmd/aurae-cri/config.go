@@ -12,6 +12,7 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/pods"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller/vm"
 )
 
@@ -30,6 +31,9 @@ type config struct {
 	CgroupRoot        string `toml:"cgroup-root"`
 	CgroupParent      string `toml:"cgroup-parent"`
 	ImageNamespace    string `toml:"image-namespace"`
+	// OCIRuntime and AllowOldOCIRuntime configure the embedded auraed.
+	OCIRuntime         string `toml:"oci-runtime"`
+	AllowOldOCIRuntime bool   `toml:"allow-old-oci-runtime"`
 	// DefaultCNIConfig writes a bridge + portmap + loopback config into an
 	// empty CNI conf dir at start (what `make run` asks for).
 	DefaultCNIConfig bool `toml:"write-default-cni-config"`
@@ -59,6 +63,7 @@ func parseConfig(args []string) (config, error) {
 		CgroupRoot:        "aurae",
 		CgroupParent:      "pods",
 		ImageNamespace:    "aurae",
+		OCIRuntime:        pods.DefaultRuntime(),
 		VMKernel:          "/var/lib/aurae/vm/vmlinux",
 		VMInitramfs:       "/var/lib/aurae/vm/initramfs.cpio.gz",
 		VMMaxMemMiB:       8192,
@@ -77,6 +82,8 @@ func parseConfig(args []string) (config, error) {
 	fs.StringVar(&cfg.CgroupRoot, "cgroup-root", cfg.CgroupRoot, "cgroup under which the embedded auraed makes pods")
 	fs.StringVar(&cfg.CgroupParent, "cgroup-parent", cfg.CgroupParent, "cgroup (below the root) of pods whose request names none")
 	fs.StringVar(&cfg.ImageNamespace, "image-namespace", cfg.ImageNamespace, "containerd namespace of the images")
+	fs.StringVar(&cfg.OCIRuntime, "oci-runtime", cfg.OCIRuntime, "OCI runtime binary of the embedded auraed's pods (default: the runc make deps pins at "+pods.PinnedRuntime+" when installed, else runc on PATH)")
+	fs.BoolVar(&cfg.AllowOldOCIRuntime, "allow-old-oci-runtime", cfg.AllowOldOCIRuntime, "let the embedded auraed start with an OCI runtime older than "+pods.MinRuntimeVersion.String())
 	fs.BoolVar(&cfg.DefaultCNIConfig, "write-default-cni-config", cfg.DefaultCNIConfig, "write a default bridge network config into --cni-conf-dir when it holds none")
 	fs.StringVar(&cfg.VMKernel, "vm-kernel", cfg.VMKernel, "guest kernel of VM pods (make vm-image)")
 	fs.StringVar(&cfg.VMInitramfs, "vm-initramfs", cfg.VMInitramfs, "guest initramfs of VM pods (make vm-image); must sit beside --vm-kernel as initramfs.cpio.gz")
@@ -129,6 +136,10 @@ func parseConfig(args []string) (config, error) {
 				cfg.CgroupParent = explicit.CgroupParent
 			case "image-namespace":
 				cfg.ImageNamespace = explicit.ImageNamespace
+			case "oci-runtime":
+				cfg.OCIRuntime = explicit.OCIRuntime
+			case "allow-old-oci-runtime":
+				cfg.AllowOldOCIRuntime = explicit.AllowOldOCIRuntime
 			case "write-default-cni-config":
 				cfg.DefaultCNIConfig = explicit.DefaultCNIConfig
 			case "vm-kernel":
@@ -151,6 +162,9 @@ func parseConfig(args []string) (config, error) {
 		if p == "" || !filepath.IsAbs(p) {
 			return cfg, fmt.Errorf("%s must be an absolute path, got %q", name, p)
 		}
+	}
+	if cfg.OCIRuntime == "" {
+		return cfg, errors.New("oci-runtime must not be empty")
 	}
 	if cfg.RegistryConfigDir != "" && !filepath.IsAbs(cfg.RegistryConfigDir) {
 		return cfg, errors.New("registry-config-dir must be an absolute path")

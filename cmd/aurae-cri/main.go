@@ -177,7 +177,13 @@ type embeddedAuraed struct {
 // the state dir that only root can reach.
 func startEmbeddedAuraed(ctx context.Context, cfg config, logger *slog.Logger) (*embeddedAuraed, string, error) {
 	dir := filepath.Join(cfg.StateDir, "auraed")
-	d, err := daemon.New(ctx, daemon.Config{StateDir: dir, CgroupRoot: cfg.CgroupRoot, Logger: logger.With("component", "auraed")})
+	d, err := daemon.New(ctx, daemon.Config{
+		StateDir:           dir,
+		CgroupRoot:         cfg.CgroupRoot,
+		OCIRuntime:         cfg.OCIRuntime,
+		AllowOldOCIRuntime: cfg.AllowOldOCIRuntime,
+		Logger:             logger.With("component", "auraed"),
+	})
 	if err != nil {
 		return nil, "", err
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/daemon"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/observe"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/pods"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/roles"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/server"
 	"github.com/aurae-runtime/aurae-cri/pkg/version"
@@ -38,6 +39,8 @@ type config struct {
 	clientCA        string
 	stopGracePeriod time.Duration
 	cgroupRoot      string
+	ociRuntime      string
+	allowOldRuntime bool
 }
 
 func main() {
@@ -72,6 +75,8 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.clientCA, "client-ca", "", "CA bundle (PEM) that client certificates must chain to, for --listen")
 	fs.DurationVar(&cfg.stopGracePeriod, "stop-grace-period", 10*time.Second, "time between SIGTERM and SIGKILL when a Stop request names none")
 	fs.StringVar(&cfg.cgroupRoot, "cgroup-root", "aurae", "cgroup under which cells are created")
+	fs.StringVar(&cfg.ociRuntime, "oci-runtime", pods.DefaultRuntime(), "OCI runtime binary of pods (default: the runc make deps pins at "+pods.PinnedRuntime+" when installed, else runc on PATH)")
+	fs.BoolVar(&cfg.allowOldRuntime, "allow-old-oci-runtime", false, "start even when --oci-runtime is older than "+pods.MinRuntimeVersion.String())
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -89,6 +94,8 @@ func parseFlags(args []string) (config, error) {
 		return cfg, errors.New("--tls-cert, --tls-key and --client-ca apply to --listen, which is not set")
 	case cfg.socket == "":
 		return cfg, errors.New("--socket must not be empty")
+	case cfg.ociRuntime == "":
+		return cfg, errors.New("--oci-runtime must not be empty")
 	case cfg.stopGracePeriod <= 0:
 		return cfg, errors.New("--stop-grace-period must be positive")
 	}
@@ -128,11 +135,13 @@ func run(cfg config) error {
 	}
 
 	d, err := daemon.New(ctx, daemon.Config{
-		StateDir:        cfg.stateDir,
-		CgroupRoot:      cfg.cgroupRoot,
-		StopGracePeriod: cfg.stopGracePeriod,
-		Logger:          logger,
-		Logs:            logs,
+		StateDir:           cfg.stateDir,
+		CgroupRoot:         cfg.cgroupRoot,
+		StopGracePeriod:    cfg.stopGracePeriod,
+		OCIRuntime:         cfg.ociRuntime,
+		AllowOldOCIRuntime: cfg.allowOldRuntime,
+		Logger:             logger,
+		Logs:               logs,
 	})
 	if err != nil {
 		_ = unixLis.Close()

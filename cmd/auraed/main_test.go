@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/pods"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -20,6 +22,13 @@ func TestParseFlags(t *testing.T) {
 	if err != nil || cfg.logLevel != slog.LevelDebug || cfg.listen != "127.0.0.1:0" {
 		t.Fatalf("got %+v, %v", cfg, err)
 	}
+	cfg, err = parseFlags([]string{"--oci-runtime", "/usr/bin/crun", "--allow-old-oci-runtime"})
+	if err != nil || cfg.ociRuntime != "/usr/bin/crun" || !cfg.allowOldRuntime {
+		t.Fatalf("got %+v, %v", cfg, err)
+	}
+	if cfg, _ := parseFlags(nil); cfg.ociRuntime != pods.DefaultRuntime() || cfg.allowOldRuntime {
+		t.Errorf("OCI runtime defaults: %q, allow old %v; want %q, false", cfg.ociRuntime, cfg.allowOldRuntime, pods.DefaultRuntime())
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -30,6 +39,7 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"--log-level", "loud"}, "--log-level"},
 		{[]string{"--stop-grace-period", "0s"}, "--stop-grace-period"},
 		{[]string{"extra"}, "unexpected arguments"},
+		{[]string{"--oci-runtime", ""}, "--oci-runtime"},
 	} {
 		if _, err := parseFlags(tc.args); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("parseFlags(%q) = %v, want an error about %s", tc.args, err, tc.want)

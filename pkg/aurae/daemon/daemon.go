@@ -25,7 +25,13 @@ type Config struct {
 	StateDir        string
 	CgroupRoot      string
 	StopGracePeriod time.Duration
-	Logger          *slog.Logger
+	// OCIRuntime is the PodService's OCI runtime binary; "" takes
+	// pods.DefaultRuntime() (the pinned runc when installed, else PATH's).
+	OCIRuntime string
+	// AllowOldOCIRuntime starts with a runtime older than
+	// pods.MinRuntimeVersion instead of refusing to.
+	AllowOldOCIRuntime bool
+	Logger             *slog.Logger
 	// Logs feeds GetAuraeDaemonLogStream; nil serves an empty stream.
 	Logs *observe.LogBroadcaster
 }

@@ -19,8 +19,10 @@ func (d *Daemon) addPods(ctx context.Context, cfg Config) error {
 		StateDir: filepath.Join(cfg.StateDir, "pods"),
 		// Below the cells' root but apart from every cell: cell names
 		// cannot start with '.'.
-		CgroupRoot: path.Join(cfg.CgroupRoot, ".pods"),
-		Logger:     cfg.Logger,
+		CgroupRoot:      path.Join(cfg.CgroupRoot, ".pods"),
+		Runtime:         cfg.OCIRuntime,
+		AllowOldRuntime: cfg.AllowOldOCIRuntime,
+		Logger:          cfg.Logger,
 	})
 	if err != nil {
 		return fmt.Errorf("start pod service: %w", err)

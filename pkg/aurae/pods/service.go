@@ -50,8 +50,12 @@ type Config struct {
 	// puts pods right below their cgroup parent (e.g. below the kubelet's
 	// cgroupfs pod cgroups, so that its pod limits hold).
 	CgroupRoot string
-	// Runtime is the OCI runtime binary (default "runc").
+	// Runtime is the OCI runtime binary (default DefaultRuntime(): the
+	// pinned runc when installed, else "runc" on PATH).
 	Runtime string
+	// AllowOldRuntime starts with a runtime older than MinRuntimeVersion
+	// (with a warning) instead of refusing to.
+	AllowOldRuntime bool
 	// Conmon is the monitor binary (default "conmon").
 	Conmon string
 	Logger *slog.Logger
@@ -96,7 +100,7 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 	// "/" becomes "": the hierarchy root.
 	cfg.CgroupRoot = strings.Trim(path.Clean("/"+cfg.CgroupRoot), "/")
 	if cfg.Runtime == "" {
-		cfg.Runtime = "runc"
+		cfg.Runtime = DefaultRuntime()
 	}
 	if cfg.Conmon == "" {
 		cfg.Conmon = "conmon"
@@ -117,6 +121,9 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 	}
 	if cm, err = filepath.Abs(cm); err != nil {
 		return nil, err
+	}
+	if err := checkRuntime(ctx, cfg.Logger, rt, cfg.AllowOldRuntime); err != nil {
+		return nil, fmt.Errorf("pods: %w", err)
 	}
 	for _, d := range []string{"pods", "containers", "exits", "attach", "runc"} {
 		if err := os.MkdirAll(filepath.Join(cfg.StateDir, d), 0o700); err != nil {
