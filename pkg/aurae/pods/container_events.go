@@ -1,7 +1,6 @@
 package pods
 
 import (
-	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -10,49 +9,25 @@ import (
 	"google.golang.org/grpc/status"
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/internal/fanout"
 )
 
 // eventBuffer is how many events a subscriber may lag behind before it is
 // dropped.
 const eventBuffer = 1024
 
-// eventHub fans container events out to subscribers. Publishing never
-// blocks: a subscriber whose buffer is full is dropped (its channel closed).
+// eventHub fans container events out to subscribers; one that falls
+// behind is dropped (its channel closed).
 type eventHub struct {
-	mu   sync.Mutex
-	subs map[chan *podsv0.ContainerEvent]struct{}
+	fanout.Hub[*podsv0.ContainerEvent]
 }
 
-func (h *eventHub) subscribe() (chan *podsv0.ContainerEvent, func()) {
-	ch := make(chan *podsv0.ContainerEvent, eventBuffer)
-	h.mu.Lock()
-	if h.subs == nil {
-		h.subs = map[chan *podsv0.ContainerEvent]struct{}{}
-	}
-	h.subs[ch] = struct{}{}
-	h.mu.Unlock()
-	return ch, func() {
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		if _, ok := h.subs[ch]; ok {
-			delete(h.subs, ch)
-			close(ch)
-		}
-	}
+func (h *eventHub) subscribe() (<-chan *podsv0.ContainerEvent, func()) {
+	return h.Subscribe(eventBuffer)
 }
 
 func (h *eventHub) publish(typ podsv0.ContainerEventType, st *podsv0.ContainerStatus) {
-	ev := &podsv0.ContainerEvent{Type: typ, Status: st, Timestamp: time.Now().UnixNano()}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for ch := range h.subs {
-		select {
-		case ch <- ev:
-		default:
-			delete(h.subs, ch)
-			close(ch)
-		}
-	}
+	h.Publish(&podsv0.ContainerEvent{Type: typ, Status: st, Timestamp: time.Now().UnixNano()})
 }
 
 // ContainerEvents implements PodService.ContainerEvents. The response

@@ -35,6 +35,7 @@ import (
 	"google.golang.org/grpc"
 
 	vmsv0 "github.com/aurae-runtime/aurae-cri/api/vms/v0"
+	"github.com/aurae-runtime/aurae-cri/internal/fanout"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller/native"
 )
@@ -90,8 +91,10 @@ type Controller struct {
 	pods  map[string]*vmPod
 	ctrs  map[string]string // container id → pod id
 	locks sync.Map          // pod id → *sync.Mutex
-	// events fans the guests' container events out to Events' subscribers.
-	events eventHub
+	// events fans the guests' container events out to Events' subscribers;
+	// one that falls behind, or may have missed events (a guest's stream
+	// was lost), is dropped and resyncs.
+	events fanout.Hub[controller.ContainerEvent]
 	// recMu serializes the writes of pods' records.
 	recMu sync.Mutex
 }
