@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"strings"
 	"testing"
@@ -75,5 +76,128 @@ func TestKubeletRunsPodsOnAuraeCRI(t *testing.T) {
 			t.Fatalf("the deleted pod's sandbox is still ready: %v", pods)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestKubeletSeccompAndUserNamespaces runs static pods with seccomp
+// profiles through the real kubelet: a container with a RuntimeDefault
+// profile of its own, and one inheriting the pod's RuntimeDefault, run in
+// seccomp filter mode ("Seccomp:\t2" in /proc/self/status, in the log and
+// in an ExecSync), an Unconfined container of the same pod in mode 0. A pod
+// with hostUsers: false is refused by the kubelet, as aurae-cri reports no
+// handler with user namespaces: it never gets a sandbox and the kubelet's
+// log names the reason.
+func TestKubeletSeccompAndUserNamespaces(t *testing.T) {
+	if os.Getenv(kubelet.EnvE2E) != "1" {
+		t.Skipf("set %s=1 to build and run a real kubelet (make test does)", kubelet.EnvE2E)
+	}
+	c := startCRI(t)
+	bin := kubelet.Build(t)
+	image := c.Registry.Push(t, "e2e/busybox:kubelet-seccomp", testimage.MustBusybox(t, testimage.Options{}))
+	k := kubelet.Start(t, kubelet.Config{Binary: bin, CRIEndpoint: c.Endpoint})
+
+	const script = "grep Seccomp: /proc/self/status; while true; do sleep 1; done"
+	base := kubelet.PodSpecOptions{Image: image, HostNetwork: true, Script: script}
+	withProfile := func(o kubelet.PodSpecOptions, edit func(spec map[string]any, containers []any)) string {
+		o.Image, o.HostNetwork, o.Script = base.Image, base.HostNetwork, base.Script
+		var m map[string]any
+		if err := json.Unmarshal([]byte(kubelet.BusyboxPod(o)), &m); err != nil {
+			t.Fatal(err)
+		}
+		spec := m["spec"].(map[string]any)
+		edit(spec, spec["containers"].([]any))
+		b, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	profile := func(typ string) map[string]any {
+		return map[string]any{"seccompProfile": map[string]any{"type": typ}}
+	}
+	// Container-level RuntimeDefault, no pod-level profile.
+	ctr := k.WriteStaticPod(t, withProfile(kubelet.PodSpecOptions{Name: "seccomp-ctr"}, func(_ map[string]any, cs []any) {
+		cs[0].(map[string]any)["securityContext"] = profile("RuntimeDefault")
+	}))
+	// Pod-level RuntimeDefault: "main" inherits it, "unconfined" opts out.
+	pod := k.WriteStaticPod(t, withProfile(kubelet.PodSpecOptions{Name: "seccomp-pod"}, func(spec map[string]any, cs []any) {
+		spec["securityContext"] = profile("RuntimeDefault")
+		u := map[string]any{}
+		for key, v := range cs[0].(map[string]any) {
+			u[key] = v
+		}
+		u["name"] = "unconfined"
+		u["securityContext"] = profile("Unconfined")
+		spec["containers"] = append(cs, u)
+	}))
+	// hostUsers: false asks for a user namespace.
+	userns := k.WriteStaticPod(t, withProfile(kubelet.PodSpecOptions{Name: "userns"}, func(spec map[string]any, _ []any) {
+		spec["hostUsers"] = false
+		spec["hostNetwork"] = false
+	}))
+
+	const timeout = time.Minute
+	for _, tc := range []struct {
+		sp        kubelet.StaticPod
+		container string
+		mode      string
+	}{
+		{ctr, "main", "2"},
+		{pod, "main", "2"},
+		{pod, "unconfined", "0"},
+	} {
+		p := k.WaitPodPhase(t, tc.sp.Name, tc.sp.Namespace, kubelet.PodRunning, timeout)
+		want := "Seccomp:\t" + tc.mode
+		log := k.WaitContainerLog(t, p, tc.container, "Seccomp:", timeout)
+		if !strings.Contains(log, " "+want+"\n") {
+			t.Errorf("%s/%s: log has no %q:\n%s", p.Metadata.Name, tc.container, want, log)
+		}
+		cs := p.ContainerStatus(tc.container)
+		if cs == nil || !strings.Contains(cs.ContainerID, "://") {
+			t.Fatalf("%s/%s: no container ID: %s", p.Metadata.Name, tc.container, p)
+		}
+		// An exec'd process gets the container's profile too (the image
+		// links no grep applet: busybox sh runs it).
+		_, id, _ := strings.Cut(cs.ContainerID, "://")
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		stdout, stderr, err := c.Runtime.ExecSync(ctx, id, []string{"/bin/sh", "-c", "grep Seccomp: /proc/self/status"}, 20*time.Second)
+		cancel()
+		if err != nil || strings.TrimSpace(string(stdout)) != want {
+			t.Errorf("%s/%s: ExecSync grep Seccomp: = %q, %q, %v; want %q", p.Metadata.Name, tc.container, stdout, stderr, err, want)
+		}
+	}
+
+	// The kubelet refuses to make the sandbox of the hostUsers: false pod:
+	// the pod stays Pending, aurae-cri never sees it, and the kubelet logs
+	// why.
+	const reason = "runtime does not support user namespaces"
+	deadline := time.Now().Add(timeout)
+	for len(k.LogLines(reason)) == 0 {
+		if time.Now().After(deadline) || k.Exited() {
+			t.Fatalf("no kubelet log line with %q after %s", reason, timeout)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Logf("kubelet: %s", k.LogLines(reason)[0])
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	up, err := k.Pod(ctx, userns.Name, userns.Namespace)
+	if err != nil || up == nil {
+		t.Fatalf("pod %s not listed: %v", userns.Name, err)
+	}
+	if up.Status.Phase != kubelet.PodPending {
+		t.Errorf("hostUsers: false pod in phase %s, want Pending: %s", up.Status.Phase, up)
+	}
+	if cs := up.ContainerStatus("main"); cs != nil && cs.State.Running != nil {
+		t.Errorf("hostUsers: false pod's container runs: %s", up)
+	}
+	sandboxes, err := c.Runtime.ListPodSandbox(ctx, &runtimeapi.PodSandboxFilter{
+		LabelSelector: map[string]string{"io.kubernetes.pod.name": up.Metadata.Name},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sandboxes) != 0 {
+		t.Errorf("aurae-cri has a sandbox for the hostUsers: false pod: %v", sandboxes)
 	}
 }
