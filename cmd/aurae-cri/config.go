@@ -14,6 +14,7 @@ import (
 
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/pods"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller/vm"
+	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
 )
 
 // config is aurae-cri's configuration: flags, or a TOML file whose keys are
@@ -47,6 +48,9 @@ type config struct {
 	// Kata sizing annotations pods may use (comma-separated; none by default).
 	VMMaxMemMiB          uint   `toml:"vm-max-memory-mib"`
 	VMAllowedAnnotations string `toml:"vm-allowed-annotations"`
+	// CDISpecDirs are the directories of CDI specs (comma-separated; later
+	// ones win); empty refuses CDI devices.
+	CDISpecDirs string `toml:"cdi-spec-dirs"`
 
 	level slog.Level
 }
@@ -67,6 +71,7 @@ func parseConfig(args []string) (config, error) {
 		VMKernel:          "/var/lib/aurae/vm/vmlinux",
 		VMInitramfs:       "/var/lib/aurae/vm/initramfs.cpio.gz",
 		VMMaxMemMiB:       8192,
+		CDISpecDirs:       "/etc/cdi,/var/run/cdi",
 	}
 	fs := flag.NewFlagSet("aurae-cri", flag.ContinueOnError)
 	configFile := fs.String("config", "", "TOML file setting the flags below (keys are the flag names)")
@@ -90,6 +95,7 @@ func parseConfig(args []string) (config, error) {
 	fs.UintVar(&cfg.VMOverheadMiB, "vm-overhead-mib", cfg.VMOverheadMiB, "memory added to each VM pod's VM (MiB)")
 	fs.UintVar(&cfg.VMMaxMemMiB, "vm-max-memory-mib", cfg.VMMaxMemMiB, "most memory a VM pod's VM may have, overhead included (MiB; 0: no bound)")
 	fs.StringVar(&cfg.VMAllowedAnnotations, "vm-allowed-annotations", cfg.VMAllowedAnnotations, "Kata sizing annotations VM pods may use, comma-separated ("+vm.AnnotationVCPUs+", "+vm.AnnotationMemMiB+"); none by default")
+	fs.StringVar(&cfg.CDISpecDirs, "cdi-spec-dirs", cfg.CDISpecDirs, "directories of CDI specs, comma-separated (later ones win); empty refuses CDI devices")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -152,6 +158,8 @@ func parseConfig(args []string) (config, error) {
 				cfg.VMMaxMemMiB = explicit.VMMaxMemMiB
 			case "vm-allowed-annotations":
 				cfg.VMAllowedAnnotations = explicit.VMAllowedAnnotations
+			case "cdi-spec-dirs":
+				cfg.CDISpecDirs = explicit.CDISpecDirs
 			}
 		})
 	}
@@ -171,6 +179,9 @@ func parseConfig(args []string) (config, error) {
 	}
 	if _, err := cfg.allowedAnnotations(); err != nil {
 		return cfg, err
+	}
+	if _, err := ocispec.SplitCDISpecDirs(cfg.CDISpecDirs); err != nil {
+		return cfg, fmt.Errorf("cdi-spec-dirs: %w", err)
 	}
 	return cfg, nil
 }

@@ -45,6 +45,7 @@ func TestConfigRefusesBadValues(t *testing.T) {
 		{"--config", "/nonexistent/file.toml"},
 		{"extra-arg"},
 		{"--vm-allowed-annotations", "io.katacontainers.config.hypervisor.path"},
+		{"--cdi-spec-dirs", "/etc/cdi,cdi"},
 	} {
 		if _, err := parseConfig(args); err == nil {
 			t.Errorf("%q accepted", args)
@@ -63,5 +64,23 @@ func TestVMAllowedAnnotations(t *testing.T) {
 	}
 	if cfg, _ := parseConfig(nil); cfg.VMAllowedAnnotations != "" || cfg.VMMaxMemMiB != 8192 {
 		t.Fatalf("defaults %+v", cfg)
+	}
+}
+
+func TestCDISpecDirs(t *testing.T) {
+	if cfg, _ := parseConfig(nil); cfg.CDISpecDirs != "/etc/cdi,/var/run/cdi" {
+		t.Fatalf("default %q", cfg.CDISpecDirs)
+	}
+	file := filepath.Join(t.TempDir(), "aurae-cri.toml")
+	if err := os.WriteFile(file, []byte(`cdi-spec-dirs = "/srv/cdi"`+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := parseConfig([]string{"--config", file})
+	if err != nil || cfg.CDISpecDirs != "/srv/cdi" {
+		t.Fatalf("from the file: %q %v", cfg.CDISpecDirs, err)
+	}
+	cfg, err = parseConfig([]string{"--config", file, "--cdi-spec-dirs", ""})
+	if err != nil || cfg.CDISpecDirs != "" {
+		t.Fatalf("flag did not win over the file: %q %v", cfg.CDISpecDirs, err)
 	}
 }

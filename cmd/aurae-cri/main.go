@@ -28,6 +28,7 @@ import (
 	"github.com/aurae-runtime/aurae-cri/pkg/cri"
 	"github.com/aurae-runtime/aurae-cri/pkg/image"
 	"github.com/aurae-runtime/aurae-cri/pkg/netcni"
+	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 	"github.com/aurae-runtime/aurae-cri/pkg/version"
 )
@@ -126,6 +127,16 @@ func run(cfg config) error {
 	if err := addVMController(controllers, cfg, aurae.Conn, logger); err != nil {
 		return err
 	}
+	cdiDirs, err := ocispec.SplitCDISpecDirs(cfg.CDISpecDirs)
+	if err != nil {
+		return err
+	}
+	var cdi ocispec.CDI
+	if len(cdiDirs) > 0 {
+		if cdi, err = ocispec.NewCDICache(cdiDirs); err != nil {
+			return err
+		}
+	}
 	rt, err := cri.NewRuntime(cri.Config{
 		RootDir:        cfg.StateDir,
 		Controllers:    controllers,
@@ -136,6 +147,7 @@ func run(cfg config) error {
 		Logger:         logger,
 		RuntimeName:    "aurae-cri",
 		RuntimeVersion: version.Version,
+		CDI:            cdi,
 	})
 	if err != nil {
 		return err

@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller/vm"
 	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 )
@@ -55,6 +58,16 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		if err := checkAbsolute("mount container path", m.GetContainerPath()); err != nil {
 			return nil, err
 		}
+	}
+	// CDI devices are the host's device nodes: a VM's guest has none of
+	// them.
+	cdiDevices, err := ocispec.CDIDevices(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if len(cdiDevices) > 0 && slices.Contains(vm.Handlers, sb.RuntimeHandler) {
+		return nil, fmt.Errorf("CDI devices %s in pod %s of VM handler %q: %w",
+			strings.Join(cdiDevices, ", "), sb.ID, sb.RuntimeHandler, errPrecondition)
 	}
 	name := containerName(cfg.GetMetadata(), sb.Config.GetMetadata())
 	id := newID()
@@ -149,6 +162,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		SwapAccounting:  swapAccounting(),
 		AllCapabilities: r.capabilities,
 		Host:            r.host,
+		CDI:             r.cfg.CDI,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("spec of %q: %w", name, err)

@@ -59,6 +59,8 @@ type Config struct {
 	// Every handler's containers are taken to run on a kernel like this
 	// one (a VM guest's is built for it: see README's Limitations).
 	Host *ocispec.HostFeatures
+	// CDI resolves the CDI devices containers ask for; nil refuses them.
+	CDI ocispec.CDI
 }
 
 // Runtime implements runtimeapi.RuntimeServiceServer.

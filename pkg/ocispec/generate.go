@@ -87,6 +87,9 @@ type Input struct {
 	// Host is what the host that runs the container offers (AppArmor,
 	// SELinux, recursive read-only mounts): ProbeHost, or set by tests.
 	Host HostFeatures
+	// CDI resolves the CDI devices the container asks for (cdi_devices and
+	// cdi.k8s.io/ annotations); nil refuses them.
+	CDI CDI
 }
 
 // Generate returns the OCI runtime spec of the container in. Errors that
@@ -142,6 +145,7 @@ func Generate(in Input) (*specs.Spec, error) {
 		setAppArmor,
 		setMaskedPaths,
 		setResources,
+		setCDI, // last: its edits add to the spec made from the request
 	}
 	for _, step := range steps {
 		if err := step(in, s); err != nil {
