@@ -115,7 +115,7 @@ run-auraed: deps build
 	$(SUDO) $(BIN)/auraed $(RUN_ARGS)
 
 ## test: every test with the race detector, e2e included (the real kubelet and the VM pods too), then critest
-test: build kubelet vm-image
+test: deps build kubelet vm-image
 	AURAE_KUBELET_E2E=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 	$(MAKE) critest
 
