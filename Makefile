@@ -165,7 +165,7 @@ vm-deps:
 
 ## vm-image: guest kernel (vmlinux) and initramfs (static auraed as /init) into VM_IMAGE_DIR (cached)
 VM_IMAGE_DIR ?= /var/lib/aurae/vm
-vm-image: vm-deps
+vm-image: vm-deps runc
 	$(SUDO) env PATH="$(PATH)" GO=$(GO) hack/vm-image/build.sh $(VM_IMAGE_DIR)
 
 .PHONY: vm-deps vm-image

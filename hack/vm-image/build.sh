@@ -110,10 +110,12 @@ build_initramfs() {
 	mv "$auraed.tmp" "$auraed"
 
 	local runc conmon key
-	# Debian's runc (1.1.5) by default: the pinned host runc (hack/runc) has
-	# not been tried against the tinyconfig guest kernel yet. RUNC=path
-	# picks another; the guest auraed logs its version and accepts it.
-	runc=$(readlink -f "${RUNC:-$(command -v runc)}")
+	# The pinned runc (hack/runc, make runc) when it is installed, else
+	# PATH's; RUNC=path picks another. The guest auraed refuses one older
+	# than its floor, as the host's does.
+	local pinned=/opt/aurae/bin/runc
+	[ -x "$pinned" ] || pinned=$(command -v runc)
+	runc=$(readlink -f "${RUNC:-$pinned}")
 	conmon=$(readlink -f "$(command -v conmon)")
 	key=$( { echo "recipe $INITRAMFS_RECIPE"; sha256sum "$auraed" /bin/busybox "$runc" "$conmon" "$HERE/build.sh" | cut -d' ' -f1; } | sha256sum | cut -d' ' -f1)
 	if [ -f "$OUT/initramfs.cpio.gz" ] && [ "$(cat "$OUT/initramfs.hash" 2>/dev/null)" = "$key" ]; then

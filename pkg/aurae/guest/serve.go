@@ -58,11 +58,8 @@ func serve() error {
 		StateDir:        "/var/lib/aurae",
 		CgroupRoot:      "aurae",
 		StopGracePeriod: 10 * time.Second,
-		// The guest image holds Debian's runc (hack/vm-image/build.sh):
-		// its version is logged with a warning, not refused.
-		AllowOldOCIRuntime: true,
-		Logger:             logger,
-		Logs:               logs,
+		Logger:          logger,
+		Logs:            logs,
 	})
 	if err != nil {
 		_ = lis.Close()
