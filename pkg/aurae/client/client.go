@@ -97,6 +97,10 @@ func Dial(ctx context.Context, address string, opts ...Option) (*Client, error) 
 	dialOpts := append([]grpc.DialOption{
 		grpc.WithContextDialer(dialer),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxRecvMsgSize)),
+		// Errors keep their kind across the wire: auraed maps errdefs to
+		// codes, and these map them back.
+		grpc.WithChainUnaryInterceptor(unaryErrors),
+		grpc.WithChainStreamInterceptor(streamErrors),
 		grpc.WithTransportCredentials(&recordingCreds{TransportCredentials: creds, last: &last}),
 	}, o.dialOpts...)
 	if network == "unix" {

@@ -15,8 +15,6 @@ import (
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	vmsv0 "github.com/aurae-runtime/aurae-cri/api/vms/v0"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
@@ -250,7 +248,7 @@ func (c *Controller) ContainerStatus(ctx context.Context, cid string) (controlle
 		return controller.ContainerState{}, err
 	}
 	st, err := g.ContainerStatus(ctx, cid)
-	if err != nil && status.Code(err) == codes.Unavailable && !c.vmRunning(ctx, p.id) {
+	if err != nil && errdefs.IsUnavailable(err) && !c.vmRunning(ctx, p.id) {
 		c.dropGuest(p)
 		return controller.ContainerState{}, fmt.Errorf("container %s: its VM is gone: %w", cid, errdefs.ErrNotFound)
 	}

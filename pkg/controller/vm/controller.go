@@ -335,7 +335,7 @@ func (c *Controller) stopVM(ctx context.Context, podID string) error {
 		_ = g.Close()
 	}
 	_, err := c.vms.Stop(ctx, &vmsv0.VmServiceStopRequest{VmId: vmID(podID)})
-	if err != nil && !errdefs.IsNotFound(err) && !isNotFound(err) {
+	if err != nil && !isNotFound(err) {
 		return fmt.Errorf("stop vm: %w", err)
 	}
 	return nil

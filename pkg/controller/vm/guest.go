@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
@@ -115,6 +113,5 @@ func shellQuote(argv []string) string {
 	return strings.Join(q, " ")
 }
 
-func isNotFound(err error) bool {
-	return errdefs.IsNotFound(err) || status.Code(err) == codes.NotFound
-}
+// isNotFound: the Aurae client gives errors their errdefs kind back.
+func isNotFound(err error) bool { return errdefs.IsNotFound(err) }
