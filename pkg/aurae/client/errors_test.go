@@ -78,7 +78,7 @@ func TestErrorsKeepTheirKind(t *testing.T) {
 	if _, err := st.Recv(); !errdefs.IsUnavailable(err) || status.Code(err) != codes.Unavailable {
 		t.Errorf("stream Unavailable: %v", err)
 	}
-	if got := fromWire(io.EOF); !errors.Is(got, io.EOF) || got != io.EOF {
+	if got := fromWire(io.EOF); !errors.Is(got, io.EOF) {
 		t.Errorf("io.EOF became %v", got)
 	}
 }
