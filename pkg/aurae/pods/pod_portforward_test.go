@@ -39,23 +39,36 @@ func newNetNS(t *testing.T) (path, addr string) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		// This thread ends in the new namespace: never unlocked, it exits
-		// with the goroutine.
+		// The thread goes back to the test's namespace once the listener
+		// is made (a socket stays in the namespace it was made in); one
+		// that cannot go back stays locked and dies with the goroutine.
+		// Never left in the new namespace: when the runtime runs this on
+		// the main thread, that thread is not ended but kept, and the
+		// process would show the new namespace from then on.
 		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		own, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
 			done <- result{err: err}
 			return
 		}
-		if err := unix.Mount("/proc/thread-self/ns/net", path, "", unix.MS_BIND, ""); err != nil {
-			done <- result{err: err}
-			return
+		defer own.Close()
+		res := func() result {
+			if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+				return result{err: err}
+			}
+			if err := unix.Mount("/proc/thread-self/ns/net", path, "", unix.MS_BIND, ""); err != nil {
+				return result{err: err}
+			}
+			if err := linux.LoopbackUp(); err != nil {
+				return result{err: err}
+			}
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			return result{lis: lis, err: err}
+		}()
+		if unix.Setns(int(own.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
 		}
-		if err := linux.LoopbackUp(); err != nil {
-			done <- result{err: err}
-			return
-		}
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		done <- result{lis: lis, err: err}
+		done <- res
 	}()
 	res := <-done
 	if res.err != nil {
