@@ -6,16 +6,14 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"runtime"
 	"strconv"
 	"time"
 
 	"github.com/containerd/errdefs"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"github.com/aurae-runtime/aurae-cri/pkg/errmap"
 )
 
@@ -103,51 +101,20 @@ func (s *Service) portForward(stream grpc.BidiStreamingServer[podsv0.PortForward
 }
 
 // dialInNetNS opens a TCP connection from inside the network namespace at
-// nsPath ("" dials from auraed's own). The socket is made on a thread
-// locked into that namespace, which goes back to auraed's before it is
-// unlocked; a thread that cannot go back is left locked, so that it dies
-// with its goroutine instead of running others in the pod's namespace.
+// nsPath ("" dials from auraed's own).
 func dialInNetNS(ctx context.Context, nsPath, addr string) (net.Conn, error) {
 	d := net.Dialer{Timeout: portForwardDialTimeout}
-	if nsPath == "" {
-		return d.DialContext(ctx, "tcp", addr)
-	}
-	target, err := os.Open(nsPath)
+	var conn net.Conn
+	err := linux.InNetNS(nsPath, func() error {
+		var err error
+		conn, err = d.DialContext(ctx, "tcp", addr)
+		return err
+	})
 	if err != nil {
-		return nil, fmt.Errorf("pod network namespace: %w", err)
+		if conn != nil {
+			_ = conn.Close()
+		}
+		return nil, err
 	}
-	defer target.Close()
-	type result struct {
-		conn net.Conn
-		err  error
-	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		own, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- result{err: fmt.Errorf("own network namespace: %w", err)}
-			return
-		}
-		defer own.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			done <- result{err: fmt.Errorf("enter pod network namespace: %w", err)}
-			return
-		}
-		conn, err := d.DialContext(ctx, "tcp", addr)
-		if berr := unix.Setns(int(own.Fd()), unix.CLONE_NEWNET); berr != nil {
-			// Stay locked: the runtime ends this thread with the goroutine.
-			if conn != nil {
-				_ = conn.Close()
-			}
-			done <- result{err: fmt.Errorf("return to auraed's network namespace: %w", berr)}
-			return
-		}
-		runtime.UnlockOSThread()
-		done <- result{conn: conn, err: err}
-	}()
-	res := <-done
-	return res.conn, res.err
+	return conn, nil
 }

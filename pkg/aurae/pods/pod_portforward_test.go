@@ -8,18 +8,17 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller/native"
+	"github.com/aurae-runtime/aurae-cri/pkg/netcni"
 )
 
 // newNetNS makes a network namespace pinned at a file of the test's, with
@@ -30,57 +29,14 @@ func newNetNS(t *testing.T) (path, addr string) {
 		t.Skip("network namespaces need root")
 	}
 	path = filepath.Join(t.TempDir(), "netns")
-	if err := os.WriteFile(path, nil, 0o600); err != nil {
+	if err := netcni.CreateNetNS(path); err != nil {
 		t.Fatal(err)
 	}
-	type result struct {
-		lis net.Listener
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		// The thread goes back to the test's namespace once the listener
-		// is made (a socket stays in the namespace it was made in); one
-		// that cannot go back stays locked and dies with the goroutine.
-		// Never left in the new namespace: when the runtime runs this on
-		// the main thread, that thread is not ended but kept, and the
-		// process would show the new namespace from then on.
-		runtime.LockOSThread()
-		own, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			done <- result{err: err}
-			return
-		}
-		defer own.Close()
-		res := func() result {
-			if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-				return result{err: err}
-			}
-			if err := unix.Mount("/proc/thread-self/ns/net", path, "", unix.MS_BIND, ""); err != nil {
-				return result{err: err}
-			}
-			if err := linux.LoopbackUp(); err != nil {
-				return result{err: err}
-			}
-			lis, err := net.Listen("tcp", "127.0.0.1:0")
-			return result{lis: lis, err: err}
-		}()
-		if unix.Setns(int(own.Fd()), unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread()
-		}
-		done <- res
-	}()
-	res := <-done
-	if res.err != nil {
-		t.Fatal(res.err)
-	}
-	t.Cleanup(func() {
-		_ = res.lis.Close()
-		_ = unix.Unmount(path, unix.MNT_DETACH)
-	})
+	t.Cleanup(func() { _ = netcni.RemoveNetNS(path) })
+	lis := listenIn(t, path, linux.LoopbackUp)
 	go func() {
 		for {
-			conn, err := res.lis.Accept()
+			conn, err := lis.Accept()
 			if err != nil {
 				return
 			}
@@ -88,7 +44,7 @@ func newNetNS(t *testing.T) (path, addr string) {
 			_ = conn.Close()
 		}
 	}()
-	return path, res.lis.Addr().String()
+	return path, lis.Addr().String()
 }
 
 func TestDialInNetNS(t *testing.T) {
@@ -135,43 +91,10 @@ func TestDialInNetNS(t *testing.T) {
 // half-close.
 func listenInNetNS(t *testing.T, path string) int {
 	t.Helper()
-	type result struct {
-		lis net.Listener
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		own, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			done <- result{err: err}
-			return
-		}
-		defer own.Close()
-		target, err := os.Open(path)
-		if err != nil {
-			done <- result{err: err}
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			done <- result{err: err}
-			return
-		}
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if unix.Setns(int(own.Fd()), unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread() // else the thread dies with the goroutine
-		}
-		done <- result{lis: lis, err: err}
-	}()
-	res := <-done
-	if res.err != nil {
-		t.Fatal(res.err)
-	}
-	t.Cleanup(func() { _ = res.lis.Close() })
+	lis := listenIn(t, path, nil)
 	go func() {
 		for {
-			conn, err := res.lis.Accept()
+			conn, err := lis.Accept()
 			if err != nil {
 				return
 			}
@@ -182,7 +105,7 @@ func listenInNetNS(t *testing.T, path string) int {
 			}()
 		}
 	}()
-	return res.lis.Addr().(*net.TCPAddr).Port
+	return lis.Addr().(*net.TCPAddr).Port
 }
 
 // TestPortForwardRPC forwards through PodService.PortForward (the native
@@ -242,4 +165,29 @@ func TestPortForwardRPC(t *testing.T) {
 			t.Errorf("port forward to %s:%d: %v, want %s", tc.pod, tc.port, err, tc.want)
 		}
 	}
+}
+
+// listenIn listens on 127.0.0.1 inside the network namespace at path,
+// after setup (when not nil) ran there; the listener closes with the test.
+func listenIn(t *testing.T, path string, setup func() error) net.Listener {
+	t.Helper()
+	var lis net.Listener
+	err := linux.InNetNS(path, func() error {
+		if setup != nil {
+			if err := setup(); err != nil {
+				return err
+			}
+		}
+		var err error
+		lis, err = net.Listen("tcp", "127.0.0.1:0")
+		return err
+	})
+	if err != nil {
+		if lis != nil {
+			_ = lis.Close()
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lis.Close() })
+	return lis
 }
