@@ -122,6 +122,14 @@ type PodSpec struct {
 	Annotations       map[string]string
 	// Resources is what the pod's containers ask for in sum (sizes a VM).
 	Resources Resources
+	// UserNamespace, when set, gives the pod a user namespace of its own
+	// with these mappings (hostUsers: false).
+	UserNamespace *UserNamespace
+}
+
+// UserNamespace is a pod user namespace's id mappings.
+type UserNamespace struct {
+	UIDs, GIDs []specs.LinuxIDMapping
 }
 
 // DNS is the pod's resolver configuration.
@@ -141,6 +149,10 @@ type Pod struct {
 	NetNSPath string
 	// CgroupPath is the pod's cgroup on the host, below the hierarchy roots.
 	CgroupPath string
+	// UserNamespacePath is the pod's pinned user namespace on the host, when
+	// PodSpec.UserNamespace asked for one: the container rootfs is
+	// id-mapped with it.
+	UserNamespacePath string
 }
 
 // Network is what CNI set up in a pod's network namespace.

@@ -109,7 +109,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 			log.Error("roll back rootfs snapshot", "error", err)
 		}
 	}
-	if err := mountRootfs(mounts, rootfs); err != nil {
+	if err := mountRootfs(mounts, rootfs, rootfsIDMapOf(sb)); err != nil {
 		undoRootfs()
 		return nil, err
 	}

@@ -17,15 +17,45 @@ func (r *Runtime) rootfsDir(containerID string) string {
 	return filepath.Join(r.cfg.RootDir, "containers", containerID, "rootfs")
 }
 
-// mountRootfs mounts the snapshot's mounts (one overlay, or one bind) at dir.
-func mountRootfs(mounts []image.Mount, dir string) error {
+// prepareContainersDir makes rootDir and rootDir/containers, where
+// container rootfs are mounted, 0711 (as containerd's state directories):
+// the OCI runtime reaches the rootfs of a container in a user namespace
+// from inside it, as a user who owns neither; others may pass through but
+// not list them.
+func prepareContainersDir(rootDir string) error {
+	for _, d := range []string{rootDir, filepath.Join(rootDir, "containers")} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return err
+		}
+		if err := os.Chmod(d, 0o711); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rootfsIDMap says how a container's rootfs is id-mapped: with the pod's
+// pinned user namespace, whose root is host ids UID and GID.
+type rootfsIDMap struct {
+	UserNS   string
+	UID, GID uint32
+}
+
+// mountRootfs mounts the snapshot's mounts (one overlay, or one bind) at
+// dir; with idmap, id-mapped (mountIDMappedRootfs).
+func mountRootfs(mounts []image.Mount, dir string, idmap *rootfsIDMap) error {
 	if len(mounts) != 1 {
 		return fmt.Errorf("rootfs: want one mount, got %d", len(mounts))
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// 0711: the root of a pod's user namespace passes through (see
+	// prepareContainersDir).
+	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return err
 	}
 	m := mounts[0]
+	if idmap != nil {
+		return mountIDMappedRootfs(m, dir, idmap)
+	}
 	var flags uintptr
 	var data []string
 	for _, o := range m.Options {

@@ -40,14 +40,16 @@ func (r *Runtime) Status(_ context.Context, req *runtimeapi.StatusRequest) (*run
 	for _, h := range handlers {
 		resp.RuntimeHandlers = append(resp.RuntimeHandlers, &runtimeapi.RuntimeHandler{
 			Name:     h,
-			Features: &runtimeapi.RuntimeHandlerFeatures{RecursiveReadOnlyMounts: r.host.RecursiveReadOnly, UserNamespaces: false},
+			Features: &runtimeapi.RuntimeHandlerFeatures{RecursiveReadOnlyMounts: r.host.RecursiveReadOnly, UserNamespaces: r.userNamespaces(h)},
 		})
 	}
 	// ContainerStatus reports the user (ContainerUser) and the policy is
 	// applied by pkg/ocispec.
 	resp.Features = &runtimeapi.RuntimeFeatures{SupplementalGroupsPolicy: true}
 	if req.GetVerbose() {
-		b, _ := json.Marshal(map[string]any{"handlers": handlers, "podCIDR": r.podCIDR.Load()})
+		// stateDir as containerd's: where rootfs are mounted (critest probes
+		// id-mapped mounts there).
+		b, _ := json.Marshal(map[string]any{"handlers": handlers, "podCIDR": r.podCIDR.Load(), "stateDir": r.cfg.RootDir})
 		resp.Info = map[string]string{"config": string(b)}
 	}
 	return resp, nil

@@ -35,6 +35,12 @@ func (r *Runtime) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 			return nil, fmt.Errorf("port mapping %v is out of range: %w", pm, errInvalid)
 		}
 	}
+	if err := checkUserNamespace(cfg); err != nil {
+		return nil, err
+	}
+	if userNamespace(cfg) != nil && !r.userNamespaces(req.GetRuntimeHandler()) {
+		return nil, fmt.Errorf("user namespaces (hostUsers: false) are not supported by handler %q here (see Status): %w", req.GetRuntimeHandler(), errPrecondition)
+	}
 	ctrl, err := r.controller(req.GetRuntimeHandler())
 	if err != nil {
 		return nil, err
@@ -103,6 +109,7 @@ func (r *Runtime) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 			NetNSPath:  pod.NetNSPath,
 			CgroupPath: pod.CgroupPath,
 			NetworkUp:  !hostNetwork,
+			UserNSPath: pod.UserNamespacePath,
 		},
 	}
 	if network != nil {
@@ -134,6 +141,7 @@ func podSpec(id string, cfg *runtimeapi.PodSandboxConfig, handler, defaultParent
 		Sysctls:        linux.GetSysctls(),
 		Labels:         cfg.GetLabels(),
 		Annotations:    cfg.GetAnnotations(),
+		UserNamespace:  userNamespace(cfg),
 	}
 	if res := linux.GetResources(); res != nil {
 		spec.Resources = controller.Resources{CPUPeriod: res.GetCpuPeriod(), CPUQuota: res.GetCpuQuota(), MemoryLimitBytes: res.GetMemoryLimitInBytes()}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -112,6 +113,15 @@ func NewRuntime(cfg Config) (*Runtime, error) {
 	host := ocispec.ProbeHost()
 	if cfg.Host != nil {
 		host = *cfg.Host
+	} else {
+		err := prepareContainersDir(cfg.RootDir)
+		if err == nil {
+			err = probeUserNamespaces(filepath.Join(cfg.RootDir, "containers"))
+		}
+		host.UserNamespaces = err == nil
+		if err != nil {
+			cfg.Logger.Warn("pods with a user namespace (hostUsers: false) are refused: id-mapped container rootfs do not work here", "error", err)
+		}
 	}
 	return &Runtime{cfg: cfg, log: cfg.Logger, store: cfg.Store, events: cfg.Events, capabilities: caps, host: host}, nil
 }

@@ -1,5 +1,7 @@
 package ocispec
 
+import specs "github.com/opencontainers/runtime-spec/specs-go"
+
 // Namespace says where a container's namespace of one type comes from.
 type Namespace struct {
 	// Node keeps the container in the runtime's own namespace (the node's,
@@ -19,6 +21,12 @@ type PodFacts struct {
 	// shared pid namespace, which a container joins when its pid mode is
 	// POD; a container whose mode is CONTAINER gets a new one.
 	Network, IPC, UTS, PID Namespace
+	// UserNamespace is the pod's pinned user namespace (hostUsers: false),
+	// which its containers join; "" for a pod in the node's. UIDMappings
+	// and GIDMappings are its mappings: every bind mount of such a
+	// container is id-mapped with them.
+	UserNamespace            string
+	UIDMappings, GIDMappings []specs.LinuxIDMapping
 	// PIDTarget is the pid namespace of the container that a container
 	// with pid mode TARGET joins (its target_id), resolved by the controller.
 	PIDTarget string

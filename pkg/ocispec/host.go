@@ -23,6 +23,10 @@ type HostFeatures struct {
 	// RecursiveReadOnly: the kernel has mount_setattr(2), which runc's
 	// "rro" mount option needs.
 	RecursiveReadOnly bool
+	// UserNamespaces: pods with a user namespace of their own can run,
+	// their rootfs an overlay of id-mapped layers (Linux 5.19) and their
+	// volumes id-mapped; probed by the CRI where it mounts rootfs.
+	UserNamespaces bool
 }
 
 var (

@@ -54,6 +54,12 @@ func setMounts(in Input, s *specs.Spec) error {
 		if err != nil {
 			return err
 		}
+		if len(m.GetUidMappings())+len(m.GetGidMappings()) > 0 {
+			// The pod's own mappings are what every mount gets anyway.
+			if in.Pod.UserNamespace == "" || !sameMappings(m.GetUidMappings(), in.Pod.UIDMappings) || !sameMappings(m.GetGidMappings(), in.Pod.GIDMappings) {
+				return unsupported("mount at %q: id-mapped mounts other than with the pod's user namespace mappings are not supported", om.Destination)
+			}
+		}
 		if in.Pod.MountSources != nil {
 			src, ok := in.Pod.MountSources[m.GetHostPath()]
 			if !ok {
@@ -110,6 +116,17 @@ func setMounts(in Input, s *specs.Spec) error {
 	slices.SortStableFunc(mounts, func(a, b specs.Mount) int {
 		return depth(a.Destination) - depth(b.Destination)
 	})
+	if in.Pod.UserNamespace != "" {
+		// In the pod's user namespace, the host's files would belong to
+		// no one; id-mapped, the host's ids 0.. are the pod's (its root
+		// owns what host root owns), as containerd and CRI-O map volumes.
+		for i := range mounts {
+			if mounts[i].Type == "bind" {
+				mounts[i].UIDMappings = in.Pod.UIDMappings
+				mounts[i].GIDMappings = in.Pod.GIDMappings
+			}
+		}
+	}
 	s.Mounts = mounts
 	return nil
 }
@@ -122,9 +139,6 @@ func criMount(m *runtimeapi.Mount, rro bool) (specs.Mount, error) {
 	dst, src := m.GetContainerPath(), m.GetHostPath()
 	if m.GetImage().GetImage() != "" {
 		return specs.Mount{}, unsupported("mount at %q: image volumes are not supported", dst)
-	}
-	if len(m.GetUidMappings()) > 0 || len(m.GetGidMappings()) > 0 {
-		return specs.Mount{}, unsupported("mount at %q: id-mapped mounts are not supported", dst)
 	}
 	if err := validContainerPath(dst); err != nil {
 		return specs.Mount{}, invalid("mount of %q: %w", src, err)

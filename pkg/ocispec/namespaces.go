@@ -12,6 +12,8 @@ import (
 type nsInfo struct {
 	entries                []specs.LinuxNamespace
 	ownNet, ownIPC, ownUTS bool
+	// user: the container joins the pod's user namespace.
+	user bool
 }
 
 // namespaces returns the container's namespaces. Network, IPC and UTS are
@@ -22,11 +24,16 @@ type nsInfo struct {
 // is new unless the container is privileged.
 func namespaces(in Input) (nsInfo, error) {
 	var ns nsInfo
-	if u := in.Config.GetLinux().GetSecurityContext().GetNamespaceOptions().GetUsernsOptions(); u != nil && u.GetMode() != runtimeapi.NamespaceMode_NODE {
-		return ns, unsupported("user namespaces are not supported")
-	}
 	add := func(t specs.LinuxNamespaceType, p string) {
 		ns.entries = append(ns.entries, specs.LinuxNamespace{Type: t, Path: p})
+	}
+	user, err := userNamespace(in)
+	if err != nil {
+		return ns, err
+	}
+	if user {
+		ns.user = true
+		add(specs.UserNamespace, in.Pod.UserNamespace)
 	}
 
 	switch mode := pidMode(in); mode {
@@ -71,6 +78,60 @@ func namespaces(in Input) (nsInfo, error) {
 		add(specs.CgroupNamespace, "")
 	}
 	return ns, nil
+}
+
+// userNamespace tells whether the container joins its pod's user
+// namespace. Its mode (the container's, as the kubelet repeats the pod's
+// there, else the sandbox's) is POD or NODE; CONTAINER and TARGET are
+// refused, as in containerd. POD needs the pod to have one, with the
+// mappings the container's options name (if any); NODE needs the pod to
+// have none.
+func userNamespace(in Input) (bool, error) {
+	opts := in.Config.GetLinux().GetSecurityContext().GetNamespaceOptions().GetUsernsOptions()
+	if opts == nil {
+		opts = in.Sandbox.GetLinux().GetSecurityContext().GetNamespaceOptions().GetUsernsOptions()
+	}
+	podHas := in.Pod.UserNamespace != ""
+	switch opts.GetMode() {
+	case runtimeapi.NamespaceMode_NODE:
+		if len(opts.GetUids())+len(opts.GetGids()) > 0 {
+			return false, invalid("user namespace mode NODE with id mappings")
+		}
+		if podHas {
+			return false, invalid("user namespace mode NODE in a pod with a user namespace of its own")
+		}
+		return false, nil
+	case runtimeapi.NamespaceMode_POD:
+		if opts == nil {
+			// No options at all (POD is the zero value): as the pod.
+			return podHas, nil
+		}
+		if !podHas {
+			return false, invalid("user namespace mode POD in a pod without a user namespace")
+		}
+		if !sameMappings(opts.GetUids(), in.Pod.UIDMappings) || !sameMappings(opts.GetGids(), in.Pod.GIDMappings) {
+			return false, invalid("user namespace mappings %v/%v are not the pod's %v/%v", opts.GetUids(), opts.GetGids(), in.Pod.UIDMappings, in.Pod.GIDMappings)
+		}
+		return true, nil
+	default:
+		return false, invalid("user namespace mode %s is not supported (POD or NODE)", opts.GetMode())
+	}
+}
+
+// sameMappings: the request's mappings are want, or none (the pod's then).
+func sameMappings(got []*runtimeapi.IDMapping, want []specs.LinuxIDMapping) bool {
+	if len(got) == 0 {
+		return true
+	}
+	if len(got) != len(want) {
+		return false
+	}
+	for i, m := range got {
+		if m.GetContainerId() != want[i].ContainerID || m.GetHostId() != want[i].HostID || m.GetLength() != want[i].Size {
+			return false
+		}
+	}
+	return true
 }
 
 // pidMode is the container's mode (the kubelet sets CONTAINER there unless

@@ -144,11 +144,11 @@ func TestNamespaces(t *testing.T) {
 			wantErr:   errdefs.ErrInvalidArgument,
 		},
 		{
-			name: "user namespace refused",
+			name: "user namespace POD in a pod without one",
 			container: &runtimeapi.NamespaceOption{UsernsOptions: &runtimeapi.UserNamespace{
 				Mode: runtimeapi.NamespaceMode_POD,
 			}},
-			wantErr: errdefs.ErrNotImplemented,
+			wantErr: errdefs.ErrInvalidArgument,
 		},
 	}
 	for _, tc := range tests {

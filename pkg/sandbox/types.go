@@ -35,6 +35,9 @@ type SandboxStatus struct {
 	// NetworkUp is true from CNI setup until its teardown, which must
 	// happen exactly once.
 	NetworkUp bool `json:"network_up,omitempty"`
+	// UserNSPath is the pod's pinned user namespace ("" for the node's):
+	// its containers' rootfs is id-mapped with it.
+	UserNSPath string `json:"userns_path,omitempty"`
 }
 
 // Container is a container of a pod. Its fields are fixed at

@@ -50,6 +50,13 @@ func startCRI(t testing.TB, args ...string) *CRI {
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(sockDir) })
 	tmp := t.TempDir()
+	// As /var/lib: the root of a pod's user namespace passes through to
+	// the rootfs under the state dir (t.TempDir makes them 0700).
+	for _, d := range []string{filepath.Dir(tmp), tmp} {
+		if err := os.Chmod(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
 	c := &CRI{
 		Registry: testimage.StartRegistry(t),
 		Bridge:   "ae" + randomHex(t, 4),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -84,9 +85,8 @@ func TestKubeletRunsPodsOnAuraeCRI(t *testing.T) {
 // profile of its own, and one inheriting the pod's RuntimeDefault, run in
 // seccomp filter mode ("Seccomp:\t2" in /proc/self/status, in the log and
 // in an ExecSync), an Unconfined container of the same pod in mode 0. A pod
-// with hostUsers: false is refused by the kubelet, as aurae-cri reports no
-// handler with user namespaces: it never gets a sandbox and the kubelet's
-// log names the reason.
+// with hostUsers: false runs in a user namespace of its own, with the
+// mapping the kubelet chose: its root is a host id of 65536 or more.
 func TestKubeletSeccompAndUserNamespaces(t *testing.T) {
 	if os.Getenv(kubelet.EnvE2E) != "1" {
 		t.Skipf("set %s=1 to build and run a real kubelet (make test does)", kubelet.EnvE2E)
@@ -167,37 +167,27 @@ func TestKubeletSeccompAndUserNamespaces(t *testing.T) {
 		}
 	}
 
-	// The kubelet refuses to make the sandbox of the hostUsers: false pod:
-	// the pod stays Pending, aurae-cri never sees it, and the kubelet logs
-	// why.
-	const reason = "runtime does not support user namespaces"
-	deadline := time.Now().Add(timeout)
-	for len(k.LogLines(reason)) == 0 {
-		if time.Now().After(deadline) || k.Exited() {
-			t.Fatalf("no kubelet log line with %q after %s", reason, timeout)
-		}
-		time.Sleep(500 * time.Millisecond)
+	// The hostUsers: false pod runs as root of a user namespace whose ids
+	// are the kubelet's range for it (65536 ids from a multiple of 65536).
+	p := k.WaitPodPhase(t, userns.Name, userns.Namespace, kubelet.PodRunning, timeout)
+	cs := p.ContainerStatus("main")
+	if cs == nil || !strings.Contains(cs.ContainerID, "://") {
+		t.Fatalf("%s: no container ID: %s", p.Metadata.Name, p)
 	}
-	t.Logf("kubelet: %s", k.LogLines(reason)[0])
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	_, id, _ := strings.Cut(cs.ContainerID, "://")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	up, err := k.Pod(ctx, userns.Name, userns.Namespace)
-	if err != nil || up == nil {
-		t.Fatalf("pod %s not listed: %v", userns.Name, err)
-	}
-	if up.Status.Phase != kubelet.PodPending {
-		t.Errorf("hostUsers: false pod in phase %s, want Pending: %s", up.Status.Phase, up)
-	}
-	if cs := up.ContainerStatus("main"); cs != nil && cs.State.Running != nil {
-		t.Errorf("hostUsers: false pod's container runs: %s", up)
-	}
-	sandboxes, err := c.Runtime.ListPodSandbox(ctx, &runtimeapi.PodSandboxFilter{
-		LabelSelector: map[string]string{"io.kubernetes.pod.name": up.Metadata.Name},
-	})
+	stdout, stderr, err := c.Runtime.ExecSync(ctx, id, []string{"cat", "/proc/self/uid_map"}, 20*time.Second)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("ExecSync cat /proc/self/uid_map: %v: %s", err, stderr)
 	}
-	if len(sandboxes) != 0 {
-		t.Errorf("aurae-cri has a sandbox for the hostUsers: false pod: %v", sandboxes)
+	f := strings.Fields(string(stdout))
+	if len(f) != 3 || f[0] != "0" || f[2] != "65536" {
+		t.Fatalf("hostUsers: false pod's uid_map: %q", stdout)
 	}
+	host, err := strconv.Atoi(f[1])
+	if err != nil || host < 65536 || host%65536 != 0 {
+		t.Errorf("hostUsers: false pod's root is host uid %s", f[1])
+	}
+	t.Logf("hostUsers: false pod: uid_map %q", strings.TrimSpace(string(stdout)))
 }

@@ -335,7 +335,14 @@ type Pod struct {
 	RuntimeHandler string `protobuf:"bytes,9,opt,name=runtime_handler,json=runtimeHandler,proto3" json:"runtime_handler,omitempty"`
 	// What the pod's containers ask for in sum (the CRI's
 	// LinuxPodSandboxConfig.resources); sizes a VM pod's VM.
-	Resources     *PodResources `protobuf:"bytes,10,opt,name=resources,proto3" json:"resources,omitempty"`
+	Resources *PodResources `protobuf:"bytes,10,opt,name=resources,proto3" json:"resources,omitempty"`
+	// When set, the pod's containers run in a user namespace of the pod's,
+	// with these mappings (as the kubelet's hostUsers: false): exactly one
+	// uid and one gid mapping, each mapping container id 0 and none of them
+	// host id 0. The pod's network, IPC, UTS and pid namespaces are owned by
+	// it, so the network namespace must be the pod's and ipc and pid may not
+	// be the node's. Unset: the node's user namespace.
+	UserNamespace *UserNamespace `protobuf:"bytes,11,opt,name=user_namespace,json=userNamespace,proto3" json:"user_namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -440,6 +447,128 @@ func (x *Pod) GetResources() *PodResources {
 	return nil
 }
 
+func (x *Pod) GetUserNamespace() *UserNamespace {
+	if x != nil {
+		return x.UserNamespace
+	}
+	return nil
+}
+
+// A user namespace's id mappings.
+type UserNamespace struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UidMappings   []*IDMapping           `protobuf:"bytes,1,rep,name=uid_mappings,json=uidMappings,proto3" json:"uid_mappings,omitempty"`
+	GidMappings   []*IDMapping           `protobuf:"bytes,2,rep,name=gid_mappings,json=gidMappings,proto3" json:"gid_mappings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserNamespace) Reset() {
+	*x = UserNamespace{}
+	mi := &file_pods_v0_pods_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserNamespace) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserNamespace) ProtoMessage() {}
+
+func (x *UserNamespace) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserNamespace.ProtoReflect.Descriptor instead.
+func (*UserNamespace) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *UserNamespace) GetUidMappings() []*IDMapping {
+	if x != nil {
+		return x.UidMappings
+	}
+	return nil
+}
+
+func (x *UserNamespace) GetGidMappings() []*IDMapping {
+	if x != nil {
+		return x.GidMappings
+	}
+	return nil
+}
+
+// Ids container_id .. container_id+size-1 in the namespace are host ids
+// host_id .. host_id+size-1.
+type IDMapping struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId   uint32                 `protobuf:"varint,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	HostId        uint32                 `protobuf:"varint,2,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	Size          uint32                 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IDMapping) Reset() {
+	*x = IDMapping{}
+	mi := &file_pods_v0_pods_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IDMapping) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IDMapping) ProtoMessage() {}
+
+func (x *IDMapping) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IDMapping.ProtoReflect.Descriptor instead.
+func (*IDMapping) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *IDMapping) GetContainerId() uint32 {
+	if x != nil {
+		return x.ContainerId
+	}
+	return 0
+}
+
+func (x *IDMapping) GetHostId() uint32 {
+	if x != nil {
+		return x.HostId
+	}
+	return 0
+}
+
+func (x *IDMapping) GetSize() uint32 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
 // A pod's resources: CFS quota and period of its CPUs, memory limit.
 type PodResources struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
@@ -452,7 +581,7 @@ type PodResources struct {
 
 func (x *PodResources) Reset() {
 	*x = PodResources{}
-	mi := &file_pods_v0_pods_proto_msgTypes[3]
+	mi := &file_pods_v0_pods_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -464,7 +593,7 @@ func (x *PodResources) String() string {
 func (*PodResources) ProtoMessage() {}
 
 func (x *PodResources) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[3]
+	mi := &file_pods_v0_pods_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -477,7 +606,7 @@ func (x *PodResources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PodResources.ProtoReflect.Descriptor instead.
 func (*PodResources) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{3}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PodResources) GetCpuPeriod() int64 {
@@ -510,7 +639,7 @@ type AllocateRequest struct {
 
 func (x *AllocateRequest) Reset() {
 	*x = AllocateRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[4]
+	mi := &file_pods_v0_pods_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -522,7 +651,7 @@ func (x *AllocateRequest) String() string {
 func (*AllocateRequest) ProtoMessage() {}
 
 func (x *AllocateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[4]
+	mi := &file_pods_v0_pods_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -535,7 +664,7 @@ func (x *AllocateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateRequest.ProtoReflect.Descriptor instead.
 func (*AllocateRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{4}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AllocateRequest) GetPod() *Pod {
@@ -564,13 +693,15 @@ type AllocateResponse struct {
 	// auraed's own oom_score_adj: a container's may not be lower (without
 	// CAP_SYS_RESOURCE the kernel refuses, and the OCI runtime fails).
 	OomScoreAdjMin int32 `protobuf:"varint,11,opt,name=oom_score_adj_min,json=oomScoreAdjMin,proto3" json:"oom_score_adj_min,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The pod's pinned user namespace, when Pod.user_namespace is set.
+	UserNamespacePath string `protobuf:"bytes,12,opt,name=user_namespace_path,json=userNamespacePath,proto3" json:"user_namespace_path,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *AllocateResponse) Reset() {
 	*x = AllocateResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[5]
+	mi := &file_pods_v0_pods_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -582,7 +713,7 @@ func (x *AllocateResponse) String() string {
 func (*AllocateResponse) ProtoMessage() {}
 
 func (x *AllocateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[5]
+	mi := &file_pods_v0_pods_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -595,7 +726,7 @@ func (x *AllocateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateResponse.ProtoReflect.Descriptor instead.
 func (*AllocateResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{5}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AllocateResponse) GetPodId() string {
@@ -675,6 +806,13 @@ func (x *AllocateResponse) GetOomScoreAdjMin() int32 {
 	return 0
 }
 
+func (x *AllocateResponse) GetUserNamespacePath() string {
+	if x != nil {
+		return x.UserNamespacePath
+	}
+	return ""
+}
+
 type Container struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Unique on the node; the same rules as a pod id.
@@ -686,7 +824,9 @@ type Container struct {
 	// same pod), new ones, or the node's only where the pod itself uses the
 	// node's; linux.cgroupsPath is "/<pod cgroup_path>/<id>";
 	// process.oomScoreAdj is not below oom_score_adj_min; process.terminal
-	// equals tty. A spec that does not is refused (InvalidArgument).
+	// equals tty; in a pod with a user namespace, the spec joins it (its path,
+	// with no or the pod's own mappings) and every id-mapped mount uses the
+	// pod's mappings. A spec that does not is refused (InvalidArgument).
 	OciSpec []byte `protobuf:"bytes,2,opt,name=oci_spec,json=ociSpec,proto3" json:"oci_spec,omitempty"`
 	// When set, must equal the spec's root.path.
 	RootfsPath string `protobuf:"bytes,3,opt,name=rootfs_path,json=rootfsPath,proto3" json:"rootfs_path,omitempty"`
@@ -704,7 +844,7 @@ type Container struct {
 
 func (x *Container) Reset() {
 	*x = Container{}
-	mi := &file_pods_v0_pods_proto_msgTypes[6]
+	mi := &file_pods_v0_pods_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -716,7 +856,7 @@ func (x *Container) String() string {
 func (*Container) ProtoMessage() {}
 
 func (x *Container) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[6]
+	mi := &file_pods_v0_pods_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -729,7 +869,7 @@ func (x *Container) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Container.ProtoReflect.Descriptor instead.
 func (*Container) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{6}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Container) GetId() string {
@@ -791,7 +931,7 @@ type StartRequest struct {
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[7]
+	mi := &file_pods_v0_pods_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -803,7 +943,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[7]
+	mi := &file_pods_v0_pods_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -816,7 +956,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{7}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StartRequest) GetPodId() string {
@@ -846,7 +986,7 @@ type StartResponse struct {
 
 func (x *StartResponse) Reset() {
 	*x = StartResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[8]
+	mi := &file_pods_v0_pods_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -858,7 +998,7 @@ func (x *StartResponse) String() string {
 func (*StartResponse) ProtoMessage() {}
 
 func (x *StartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[8]
+	mi := &file_pods_v0_pods_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -871,7 +1011,7 @@ func (x *StartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartResponse.ProtoReflect.Descriptor instead.
 func (*StartResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{8}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StartResponse) GetContainerId() string {
@@ -909,7 +1049,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[9]
+	mi := &file_pods_v0_pods_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -921,7 +1061,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[9]
+	mi := &file_pods_v0_pods_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -934,7 +1074,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{9}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StopRequest) GetContainerId() string {
@@ -966,7 +1106,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[10]
+	mi := &file_pods_v0_pods_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -978,7 +1118,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[10]
+	mi := &file_pods_v0_pods_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -991,7 +1131,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{10}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{12}
 }
 
 type FreeRequest struct {
@@ -1003,7 +1143,7 @@ type FreeRequest struct {
 
 func (x *FreeRequest) Reset() {
 	*x = FreeRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[11]
+	mi := &file_pods_v0_pods_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1015,7 +1155,7 @@ func (x *FreeRequest) String() string {
 func (*FreeRequest) ProtoMessage() {}
 
 func (x *FreeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[11]
+	mi := &file_pods_v0_pods_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1028,7 +1168,7 @@ func (x *FreeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeRequest.ProtoReflect.Descriptor instead.
 func (*FreeRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{11}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *FreeRequest) GetPodId() string {
@@ -1046,7 +1186,7 @@ type FreeResponse struct {
 
 func (x *FreeResponse) Reset() {
 	*x = FreeResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[12]
+	mi := &file_pods_v0_pods_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1058,7 +1198,7 @@ func (x *FreeResponse) String() string {
 func (*FreeResponse) ProtoMessage() {}
 
 func (x *FreeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[12]
+	mi := &file_pods_v0_pods_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1071,7 +1211,7 @@ func (x *FreeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeResponse.ProtoReflect.Descriptor instead.
 func (*FreeResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{12}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{14}
 }
 
 type ContainerStatus struct {
@@ -1096,7 +1236,7 @@ type ContainerStatus struct {
 
 func (x *ContainerStatus) Reset() {
 	*x = ContainerStatus{}
-	mi := &file_pods_v0_pods_proto_msgTypes[13]
+	mi := &file_pods_v0_pods_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1108,7 +1248,7 @@ func (x *ContainerStatus) String() string {
 func (*ContainerStatus) ProtoMessage() {}
 
 func (x *ContainerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[13]
+	mi := &file_pods_v0_pods_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1121,7 +1261,7 @@ func (x *ContainerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStatus.ProtoReflect.Descriptor instead.
 func (*ContainerStatus) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{13}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ContainerStatus) GetId() string {
@@ -1217,7 +1357,7 @@ type ContainerStatusRequest struct {
 
 func (x *ContainerStatusRequest) Reset() {
 	*x = ContainerStatusRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[14]
+	mi := &file_pods_v0_pods_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1229,7 +1369,7 @@ func (x *ContainerStatusRequest) String() string {
 func (*ContainerStatusRequest) ProtoMessage() {}
 
 func (x *ContainerStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[14]
+	mi := &file_pods_v0_pods_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1242,7 +1382,7 @@ func (x *ContainerStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStatusRequest.ProtoReflect.Descriptor instead.
 func (*ContainerStatusRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{14}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ContainerStatusRequest) GetContainerId() string {
@@ -1261,7 +1401,7 @@ type ContainerStatusResponse struct {
 
 func (x *ContainerStatusResponse) Reset() {
 	*x = ContainerStatusResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[15]
+	mi := &file_pods_v0_pods_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1273,7 +1413,7 @@ func (x *ContainerStatusResponse) String() string {
 func (*ContainerStatusResponse) ProtoMessage() {}
 
 func (x *ContainerStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[15]
+	mi := &file_pods_v0_pods_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1286,7 +1426,7 @@ func (x *ContainerStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStatusResponse.ProtoReflect.Descriptor instead.
 func (*ContainerStatusResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{15}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ContainerStatusResponse) GetStatus() *ContainerStatus {
@@ -1308,7 +1448,7 @@ type ExecSyncRequest struct {
 
 func (x *ExecSyncRequest) Reset() {
 	*x = ExecSyncRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[16]
+	mi := &file_pods_v0_pods_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1320,7 +1460,7 @@ func (x *ExecSyncRequest) String() string {
 func (*ExecSyncRequest) ProtoMessage() {}
 
 func (x *ExecSyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[16]
+	mi := &file_pods_v0_pods_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1333,7 +1473,7 @@ func (x *ExecSyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecSyncRequest.ProtoReflect.Descriptor instead.
 func (*ExecSyncRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{16}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ExecSyncRequest) GetContainerId() string {
@@ -1369,7 +1509,7 @@ type ExecSyncResponse struct {
 
 func (x *ExecSyncResponse) Reset() {
 	*x = ExecSyncResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[17]
+	mi := &file_pods_v0_pods_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +1521,7 @@ func (x *ExecSyncResponse) String() string {
 func (*ExecSyncResponse) ProtoMessage() {}
 
 func (x *ExecSyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[17]
+	mi := &file_pods_v0_pods_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +1534,7 @@ func (x *ExecSyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecSyncResponse.ProtoReflect.Descriptor instead.
 func (*ExecSyncResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{17}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ExecSyncResponse) GetStdout() []byte {
@@ -1427,7 +1567,7 @@ type ContainerStatsRequest struct {
 
 func (x *ContainerStatsRequest) Reset() {
 	*x = ContainerStatsRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[18]
+	mi := &file_pods_v0_pods_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1439,7 +1579,7 @@ func (x *ContainerStatsRequest) String() string {
 func (*ContainerStatsRequest) ProtoMessage() {}
 
 func (x *ContainerStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[18]
+	mi := &file_pods_v0_pods_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1452,7 +1592,7 @@ func (x *ContainerStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStatsRequest.ProtoReflect.Descriptor instead.
 func (*ContainerStatsRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{18}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ContainerStatsRequest) GetContainerId() string {
@@ -1475,7 +1615,7 @@ type ContainerStatsResponse struct {
 
 func (x *ContainerStatsResponse) Reset() {
 	*x = ContainerStatsResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[19]
+	mi := &file_pods_v0_pods_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1627,7 @@ func (x *ContainerStatsResponse) String() string {
 func (*ContainerStatsResponse) ProtoMessage() {}
 
 func (x *ContainerStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[19]
+	mi := &file_pods_v0_pods_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1640,7 @@ func (x *ContainerStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStatsResponse.ProtoReflect.Descriptor instead.
 func (*ContainerStatsResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{19}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ContainerStatsResponse) GetContainerId() string {
@@ -1540,7 +1680,7 @@ type RemoveContainerRequest struct {
 
 func (x *RemoveContainerRequest) Reset() {
 	*x = RemoveContainerRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[20]
+	mi := &file_pods_v0_pods_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1552,7 +1692,7 @@ func (x *RemoveContainerRequest) String() string {
 func (*RemoveContainerRequest) ProtoMessage() {}
 
 func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[20]
+	mi := &file_pods_v0_pods_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1565,7 +1705,7 @@ func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveContainerRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{20}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RemoveContainerRequest) GetContainerId() string {
@@ -1583,7 +1723,7 @@ type RemoveContainerResponse struct {
 
 func (x *RemoveContainerResponse) Reset() {
 	*x = RemoveContainerResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[21]
+	mi := &file_pods_v0_pods_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1595,7 +1735,7 @@ func (x *RemoveContainerResponse) String() string {
 func (*RemoveContainerResponse) ProtoMessage() {}
 
 func (x *RemoveContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[21]
+	mi := &file_pods_v0_pods_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1608,7 +1748,7 @@ func (x *RemoveContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerResponse.ProtoReflect.Descriptor instead.
 func (*RemoveContainerResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{21}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{23}
 }
 
 type ListPodsRequest struct {
@@ -1619,7 +1759,7 @@ type ListPodsRequest struct {
 
 func (x *ListPodsRequest) Reset() {
 	*x = ListPodsRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[22]
+	mi := &file_pods_v0_pods_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1631,7 +1771,7 @@ func (x *ListPodsRequest) String() string {
 func (*ListPodsRequest) ProtoMessage() {}
 
 func (x *ListPodsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[22]
+	mi := &file_pods_v0_pods_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1644,7 +1784,7 @@ func (x *ListPodsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPodsRequest.ProtoReflect.Descriptor instead.
 func (*ListPodsRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{22}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{24}
 }
 
 type PodStatus struct {
@@ -1659,7 +1799,7 @@ type PodStatus struct {
 
 func (x *PodStatus) Reset() {
 	*x = PodStatus{}
-	mi := &file_pods_v0_pods_proto_msgTypes[23]
+	mi := &file_pods_v0_pods_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1671,7 +1811,7 @@ func (x *PodStatus) String() string {
 func (*PodStatus) ProtoMessage() {}
 
 func (x *PodStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[23]
+	mi := &file_pods_v0_pods_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1684,7 +1824,7 @@ func (x *PodStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PodStatus.ProtoReflect.Descriptor instead.
 func (*PodStatus) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{23}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PodStatus) GetPod() *Pod {
@@ -1724,7 +1864,7 @@ type ListPodsResponse struct {
 
 func (x *ListPodsResponse) Reset() {
 	*x = ListPodsResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[24]
+	mi := &file_pods_v0_pods_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1736,7 +1876,7 @@ func (x *ListPodsResponse) String() string {
 func (*ListPodsResponse) ProtoMessage() {}
 
 func (x *ListPodsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[24]
+	mi := &file_pods_v0_pods_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1749,7 +1889,7 @@ func (x *ListPodsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPodsResponse.ProtoReflect.Descriptor instead.
 func (*ListPodsResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{24}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListPodsResponse) GetPods() []*PodStatus {
@@ -1770,7 +1910,7 @@ type UpdateContainerResourcesRequest struct {
 
 func (x *UpdateContainerResourcesRequest) Reset() {
 	*x = UpdateContainerResourcesRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[25]
+	mi := &file_pods_v0_pods_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1782,7 +1922,7 @@ func (x *UpdateContainerResourcesRequest) String() string {
 func (*UpdateContainerResourcesRequest) ProtoMessage() {}
 
 func (x *UpdateContainerResourcesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[25]
+	mi := &file_pods_v0_pods_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1795,7 +1935,7 @@ func (x *UpdateContainerResourcesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerResourcesRequest.ProtoReflect.Descriptor instead.
 func (*UpdateContainerResourcesRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{25}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *UpdateContainerResourcesRequest) GetContainerId() string {
@@ -1820,7 +1960,7 @@ type UpdateContainerResourcesResponse struct {
 
 func (x *UpdateContainerResourcesResponse) Reset() {
 	*x = UpdateContainerResourcesResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[26]
+	mi := &file_pods_v0_pods_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1832,7 +1972,7 @@ func (x *UpdateContainerResourcesResponse) String() string {
 func (*UpdateContainerResourcesResponse) ProtoMessage() {}
 
 func (x *UpdateContainerResourcesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[26]
+	mi := &file_pods_v0_pods_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1845,7 +1985,7 @@ func (x *UpdateContainerResourcesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerResourcesResponse.ProtoReflect.Descriptor instead.
 func (*UpdateContainerResourcesResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{26}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{28}
 }
 
 type ReopenContainerLogRequest struct {
@@ -1857,7 +1997,7 @@ type ReopenContainerLogRequest struct {
 
 func (x *ReopenContainerLogRequest) Reset() {
 	*x = ReopenContainerLogRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[27]
+	mi := &file_pods_v0_pods_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1869,7 +2009,7 @@ func (x *ReopenContainerLogRequest) String() string {
 func (*ReopenContainerLogRequest) ProtoMessage() {}
 
 func (x *ReopenContainerLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[27]
+	mi := &file_pods_v0_pods_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1882,7 +2022,7 @@ func (x *ReopenContainerLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReopenContainerLogRequest.ProtoReflect.Descriptor instead.
 func (*ReopenContainerLogRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{27}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReopenContainerLogRequest) GetContainerId() string {
@@ -1900,7 +2040,7 @@ type ReopenContainerLogResponse struct {
 
 func (x *ReopenContainerLogResponse) Reset() {
 	*x = ReopenContainerLogResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[28]
+	mi := &file_pods_v0_pods_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1912,7 +2052,7 @@ func (x *ReopenContainerLogResponse) String() string {
 func (*ReopenContainerLogResponse) ProtoMessage() {}
 
 func (x *ReopenContainerLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[28]
+	mi := &file_pods_v0_pods_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1925,7 +2065,7 @@ func (x *ReopenContainerLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReopenContainerLogResponse.ProtoReflect.Descriptor instead.
 func (*ReopenContainerLogResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{28}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{30}
 }
 
 // Rows and columns of a terminal.
@@ -1939,7 +2079,7 @@ type TerminalSize struct {
 
 func (x *TerminalSize) Reset() {
 	*x = TerminalSize{}
-	mi := &file_pods_v0_pods_proto_msgTypes[29]
+	mi := &file_pods_v0_pods_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1951,7 +2091,7 @@ func (x *TerminalSize) String() string {
 func (*TerminalSize) ProtoMessage() {}
 
 func (x *TerminalSize) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[29]
+	mi := &file_pods_v0_pods_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1964,7 +2104,7 @@ func (x *TerminalSize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TerminalSize.ProtoReflect.Descriptor instead.
 func (*TerminalSize) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{29}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *TerminalSize) GetWidth() uint32 {
@@ -1997,7 +2137,7 @@ type ExecStart struct {
 
 func (x *ExecStart) Reset() {
 	*x = ExecStart{}
-	mi := &file_pods_v0_pods_proto_msgTypes[30]
+	mi := &file_pods_v0_pods_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2009,7 +2149,7 @@ func (x *ExecStart) String() string {
 func (*ExecStart) ProtoMessage() {}
 
 func (x *ExecStart) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[30]
+	mi := &file_pods_v0_pods_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2022,7 +2162,7 @@ func (x *ExecStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
 func (*ExecStart) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{30}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ExecStart) GetContainerId() string {
@@ -2075,7 +2215,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[31]
+	mi := &file_pods_v0_pods_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2087,7 +2227,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[31]
+	mi := &file_pods_v0_pods_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2100,7 +2240,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{31}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ExecRequest) GetRequest() isExecRequest_Request {
@@ -2185,7 +2325,7 @@ type ExecExit struct {
 
 func (x *ExecExit) Reset() {
 	*x = ExecExit{}
-	mi := &file_pods_v0_pods_proto_msgTypes[32]
+	mi := &file_pods_v0_pods_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2197,7 +2337,7 @@ func (x *ExecExit) String() string {
 func (*ExecExit) ProtoMessage() {}
 
 func (x *ExecExit) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[32]
+	mi := &file_pods_v0_pods_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2210,7 +2350,7 @@ func (x *ExecExit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecExit.ProtoReflect.Descriptor instead.
 func (*ExecExit) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{32}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ExecExit) GetExitCode() int32 {
@@ -2234,7 +2374,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[33]
+	mi := &file_pods_v0_pods_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2246,7 +2386,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[33]
+	mi := &file_pods_v0_pods_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2259,7 +2399,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{33}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ExecResponse) GetResponse() isExecResponse_Response {
@@ -2335,7 +2475,7 @@ type AttachStart struct {
 
 func (x *AttachStart) Reset() {
 	*x = AttachStart{}
-	mi := &file_pods_v0_pods_proto_msgTypes[34]
+	mi := &file_pods_v0_pods_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2347,7 +2487,7 @@ func (x *AttachStart) String() string {
 func (*AttachStart) ProtoMessage() {}
 
 func (x *AttachStart) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[34]
+	mi := &file_pods_v0_pods_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2360,7 +2500,7 @@ func (x *AttachStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachStart.ProtoReflect.Descriptor instead.
 func (*AttachStart) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{34}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AttachStart) GetContainerId() string {
@@ -2413,7 +2553,7 @@ type AttachRequest struct {
 
 func (x *AttachRequest) Reset() {
 	*x = AttachRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[35]
+	mi := &file_pods_v0_pods_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2425,7 +2565,7 @@ func (x *AttachRequest) String() string {
 func (*AttachRequest) ProtoMessage() {}
 
 func (x *AttachRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[35]
+	mi := &file_pods_v0_pods_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2438,7 +2578,7 @@ func (x *AttachRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachRequest.ProtoReflect.Descriptor instead.
 func (*AttachRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{35}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *AttachRequest) GetRequest() isAttachRequest_Request {
@@ -2528,7 +2668,7 @@ type AttachResponse struct {
 
 func (x *AttachResponse) Reset() {
 	*x = AttachResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[36]
+	mi := &file_pods_v0_pods_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2540,7 +2680,7 @@ func (x *AttachResponse) String() string {
 func (*AttachResponse) ProtoMessage() {}
 
 func (x *AttachResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[36]
+	mi := &file_pods_v0_pods_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2553,7 +2693,7 @@ func (x *AttachResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachResponse.ProtoReflect.Descriptor instead.
 func (*AttachResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{36}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *AttachResponse) GetResponse() isAttachResponse_Response {
@@ -2605,7 +2745,7 @@ type ContainerEventsRequest struct {
 
 func (x *ContainerEventsRequest) Reset() {
 	*x = ContainerEventsRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[37]
+	mi := &file_pods_v0_pods_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2617,7 +2757,7 @@ func (x *ContainerEventsRequest) String() string {
 func (*ContainerEventsRequest) ProtoMessage() {}
 
 func (x *ContainerEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[37]
+	mi := &file_pods_v0_pods_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2630,7 +2770,7 @@ func (x *ContainerEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerEventsRequest.ProtoReflect.Descriptor instead.
 func (*ContainerEventsRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{37}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{39}
 }
 
 type ContainerEvent struct {
@@ -2646,7 +2786,7 @@ type ContainerEvent struct {
 
 func (x *ContainerEvent) Reset() {
 	*x = ContainerEvent{}
-	mi := &file_pods_v0_pods_proto_msgTypes[38]
+	mi := &file_pods_v0_pods_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2658,7 +2798,7 @@ func (x *ContainerEvent) String() string {
 func (*ContainerEvent) ProtoMessage() {}
 
 func (x *ContainerEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[38]
+	mi := &file_pods_v0_pods_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2671,7 +2811,7 @@ func (x *ContainerEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerEvent.ProtoReflect.Descriptor instead.
 func (*ContainerEvent) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{38}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ContainerEvent) GetType() ContainerEventType {
@@ -2706,7 +2846,7 @@ type PortForwardStart struct {
 
 func (x *PortForwardStart) Reset() {
 	*x = PortForwardStart{}
-	mi := &file_pods_v0_pods_proto_msgTypes[39]
+	mi := &file_pods_v0_pods_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2718,7 +2858,7 @@ func (x *PortForwardStart) String() string {
 func (*PortForwardStart) ProtoMessage() {}
 
 func (x *PortForwardStart) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[39]
+	mi := &file_pods_v0_pods_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2731,7 +2871,7 @@ func (x *PortForwardStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortForwardStart.ProtoReflect.Descriptor instead.
 func (*PortForwardStart) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{39}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PortForwardStart) GetPodId() string {
@@ -2762,7 +2902,7 @@ type PortForwardRequest struct {
 
 func (x *PortForwardRequest) Reset() {
 	*x = PortForwardRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[40]
+	mi := &file_pods_v0_pods_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2774,7 +2914,7 @@ func (x *PortForwardRequest) String() string {
 func (*PortForwardRequest) ProtoMessage() {}
 
 func (x *PortForwardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[40]
+	mi := &file_pods_v0_pods_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2787,7 +2927,7 @@ func (x *PortForwardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortForwardRequest.ProtoReflect.Descriptor instead.
 func (*PortForwardRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{40}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PortForwardRequest) GetRequest() isPortForwardRequest_Request {
@@ -2857,7 +2997,7 @@ type PortForwardResponse struct {
 
 func (x *PortForwardResponse) Reset() {
 	*x = PortForwardResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[41]
+	mi := &file_pods_v0_pods_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2869,7 +3009,7 @@ func (x *PortForwardResponse) String() string {
 func (*PortForwardResponse) ProtoMessage() {}
 
 func (x *PortForwardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[41]
+	mi := &file_pods_v0_pods_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2882,7 +3022,7 @@ func (x *PortForwardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortForwardResponse.ProtoReflect.Descriptor instead.
 func (*PortForwardResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{41}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PortForwardResponse) GetData() []byte {
@@ -2906,7 +3046,7 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"resolvConf\x12\x18\n" +
 	"\aservers\x18\x02 \x03(\tR\aservers\x12\x1a\n" +
 	"\bsearches\x18\x03 \x03(\tR\bsearches\x12\x18\n" +
-	"\aoptions\x18\x04 \x03(\tR\aoptions\"\xc2\x05\n" +
+	"\aoptions\x18\x04 \x03(\tR\aoptions\"\x8e\x06\n" +
 	"\x03Pod\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
 	"\rcgroup_parent\x18\x02 \x01(\tR\fcgroupParent\x12\x1a\n" +
@@ -2920,7 +3060,8 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\vannotations\x18\b \x03(\v2*.aurae.runtime.pod.v0.Pod.AnnotationsEntryR\vannotations\x12'\n" +
 	"\x0fruntime_handler\x18\t \x01(\tR\x0eruntimeHandler\x12@\n" +
 	"\tresources\x18\n" +
-	" \x01(\v2\".aurae.runtime.pod.v0.PodResourcesR\tresources\x1a:\n" +
+	" \x01(\v2\".aurae.runtime.pod.v0.PodResourcesR\tresources\x12J\n" +
+	"\x0euser_namespace\x18\v \x01(\v2#.aurae.runtime.pod.v0.UserNamespaceR\ruserNamespace\x1a:\n" +
 	"\fSysctlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
@@ -2929,14 +3070,21 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
 	"\x10AnnotationsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"x\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x97\x01\n" +
+	"\rUserNamespace\x12B\n" +
+	"\fuid_mappings\x18\x01 \x03(\v2\x1f.aurae.runtime.pod.v0.IDMappingR\vuidMappings\x12B\n" +
+	"\fgid_mappings\x18\x02 \x03(\v2\x1f.aurae.runtime.pod.v0.IDMappingR\vgidMappings\"[\n" +
+	"\tIDMapping\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\rR\vcontainerId\x12\x17\n" +
+	"\ahost_id\x18\x02 \x01(\rR\x06hostId\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\rR\x04size\"x\n" +
 	"\fPodResources\x12\x1d\n" +
 	"\n" +
 	"cpu_period\x18\x01 \x01(\x03R\tcpuPeriod\x12\x1b\n" +
 	"\tcpu_quota\x18\x02 \x01(\x03R\bcpuQuota\x12,\n" +
 	"\x12memory_limit_bytes\x18\x03 \x01(\x03R\x10memoryLimitBytes\">\n" +
 	"\x0fAllocateRequest\x12+\n" +
-	"\x03pod\x18\x01 \x01(\v2\x19.aurae.runtime.pod.v0.PodR\x03pod\"\xc0\x03\n" +
+	"\x03pod\x18\x01 \x01(\v2\x19.aurae.runtime.pod.v0.PodR\x03pod\"\xf0\x03\n" +
 	"\x10AllocateResponse\x12\x15\n" +
 	"\x06pod_id\x18\x01 \x01(\tR\x05podId\x12\x1f\n" +
 	"\vcgroup_path\x18\x02 \x01(\tR\n" +
@@ -2951,7 +3099,8 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"hosts_path\x18\t \x01(\tR\thostsPath\x12\x1b\n" +
 	"\tcgroup_v2\x18\n" +
 	" \x01(\bR\bcgroupV2\x12)\n" +
-	"\x11oom_score_adj_min\x18\v \x01(\x05R\x0eoomScoreAdjMin\"\xc2\x01\n" +
+	"\x11oom_score_adj_min\x18\v \x01(\x05R\x0eoomScoreAdjMin\x12.\n" +
+	"\x13user_namespace_path\x18\f \x01(\tR\x11userNamespacePath\"\xc2\x01\n" +
 	"\tContainer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\boci_spec\x18\x02 \x01(\fR\aociSpec\x12\x1f\n" +
@@ -3138,7 +3287,7 @@ func file_pods_v0_pods_proto_rawDescGZIP() []byte {
 }
 
 var file_pods_v0_pods_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_pods_v0_pods_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_pods_v0_pods_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_pods_v0_pods_proto_goTypes = []any{
 	(NamespaceMode)(0),                       // 0: aurae.runtime.pod.v0.NamespaceMode
 	(ContainerState)(0),                      // 1: aurae.runtime.pod.v0.ContainerState
@@ -3146,48 +3295,50 @@ var file_pods_v0_pods_proto_goTypes = []any{
 	(*NamespaceOptions)(nil),                 // 3: aurae.runtime.pod.v0.NamespaceOptions
 	(*DNSConfig)(nil),                        // 4: aurae.runtime.pod.v0.DNSConfig
 	(*Pod)(nil),                              // 5: aurae.runtime.pod.v0.Pod
-	(*PodResources)(nil),                     // 6: aurae.runtime.pod.v0.PodResources
-	(*AllocateRequest)(nil),                  // 7: aurae.runtime.pod.v0.AllocateRequest
-	(*AllocateResponse)(nil),                 // 8: aurae.runtime.pod.v0.AllocateResponse
-	(*Container)(nil),                        // 9: aurae.runtime.pod.v0.Container
-	(*StartRequest)(nil),                     // 10: aurae.runtime.pod.v0.StartRequest
-	(*StartResponse)(nil),                    // 11: aurae.runtime.pod.v0.StartResponse
-	(*StopRequest)(nil),                      // 12: aurae.runtime.pod.v0.StopRequest
-	(*StopResponse)(nil),                     // 13: aurae.runtime.pod.v0.StopResponse
-	(*FreeRequest)(nil),                      // 14: aurae.runtime.pod.v0.FreeRequest
-	(*FreeResponse)(nil),                     // 15: aurae.runtime.pod.v0.FreeResponse
-	(*ContainerStatus)(nil),                  // 16: aurae.runtime.pod.v0.ContainerStatus
-	(*ContainerStatusRequest)(nil),           // 17: aurae.runtime.pod.v0.ContainerStatusRequest
-	(*ContainerStatusResponse)(nil),          // 18: aurae.runtime.pod.v0.ContainerStatusResponse
-	(*ExecSyncRequest)(nil),                  // 19: aurae.runtime.pod.v0.ExecSyncRequest
-	(*ExecSyncResponse)(nil),                 // 20: aurae.runtime.pod.v0.ExecSyncResponse
-	(*ContainerStatsRequest)(nil),            // 21: aurae.runtime.pod.v0.ContainerStatsRequest
-	(*ContainerStatsResponse)(nil),           // 22: aurae.runtime.pod.v0.ContainerStatsResponse
-	(*RemoveContainerRequest)(nil),           // 23: aurae.runtime.pod.v0.RemoveContainerRequest
-	(*RemoveContainerResponse)(nil),          // 24: aurae.runtime.pod.v0.RemoveContainerResponse
-	(*ListPodsRequest)(nil),                  // 25: aurae.runtime.pod.v0.ListPodsRequest
-	(*PodStatus)(nil),                        // 26: aurae.runtime.pod.v0.PodStatus
-	(*ListPodsResponse)(nil),                 // 27: aurae.runtime.pod.v0.ListPodsResponse
-	(*UpdateContainerResourcesRequest)(nil),  // 28: aurae.runtime.pod.v0.UpdateContainerResourcesRequest
-	(*UpdateContainerResourcesResponse)(nil), // 29: aurae.runtime.pod.v0.UpdateContainerResourcesResponse
-	(*ReopenContainerLogRequest)(nil),        // 30: aurae.runtime.pod.v0.ReopenContainerLogRequest
-	(*ReopenContainerLogResponse)(nil),       // 31: aurae.runtime.pod.v0.ReopenContainerLogResponse
-	(*TerminalSize)(nil),                     // 32: aurae.runtime.pod.v0.TerminalSize
-	(*ExecStart)(nil),                        // 33: aurae.runtime.pod.v0.ExecStart
-	(*ExecRequest)(nil),                      // 34: aurae.runtime.pod.v0.ExecRequest
-	(*ExecExit)(nil),                         // 35: aurae.runtime.pod.v0.ExecExit
-	(*ExecResponse)(nil),                     // 36: aurae.runtime.pod.v0.ExecResponse
-	(*AttachStart)(nil),                      // 37: aurae.runtime.pod.v0.AttachStart
-	(*AttachRequest)(nil),                    // 38: aurae.runtime.pod.v0.AttachRequest
-	(*AttachResponse)(nil),                   // 39: aurae.runtime.pod.v0.AttachResponse
-	(*ContainerEventsRequest)(nil),           // 40: aurae.runtime.pod.v0.ContainerEventsRequest
-	(*ContainerEvent)(nil),                   // 41: aurae.runtime.pod.v0.ContainerEvent
-	(*PortForwardStart)(nil),                 // 42: aurae.runtime.pod.v0.PortForwardStart
-	(*PortForwardRequest)(nil),               // 43: aurae.runtime.pod.v0.PortForwardRequest
-	(*PortForwardResponse)(nil),              // 44: aurae.runtime.pod.v0.PortForwardResponse
-	nil,                                      // 45: aurae.runtime.pod.v0.Pod.SysctlsEntry
-	nil,                                      // 46: aurae.runtime.pod.v0.Pod.LabelsEntry
-	nil,                                      // 47: aurae.runtime.pod.v0.Pod.AnnotationsEntry
+	(*UserNamespace)(nil),                    // 6: aurae.runtime.pod.v0.UserNamespace
+	(*IDMapping)(nil),                        // 7: aurae.runtime.pod.v0.IDMapping
+	(*PodResources)(nil),                     // 8: aurae.runtime.pod.v0.PodResources
+	(*AllocateRequest)(nil),                  // 9: aurae.runtime.pod.v0.AllocateRequest
+	(*AllocateResponse)(nil),                 // 10: aurae.runtime.pod.v0.AllocateResponse
+	(*Container)(nil),                        // 11: aurae.runtime.pod.v0.Container
+	(*StartRequest)(nil),                     // 12: aurae.runtime.pod.v0.StartRequest
+	(*StartResponse)(nil),                    // 13: aurae.runtime.pod.v0.StartResponse
+	(*StopRequest)(nil),                      // 14: aurae.runtime.pod.v0.StopRequest
+	(*StopResponse)(nil),                     // 15: aurae.runtime.pod.v0.StopResponse
+	(*FreeRequest)(nil),                      // 16: aurae.runtime.pod.v0.FreeRequest
+	(*FreeResponse)(nil),                     // 17: aurae.runtime.pod.v0.FreeResponse
+	(*ContainerStatus)(nil),                  // 18: aurae.runtime.pod.v0.ContainerStatus
+	(*ContainerStatusRequest)(nil),           // 19: aurae.runtime.pod.v0.ContainerStatusRequest
+	(*ContainerStatusResponse)(nil),          // 20: aurae.runtime.pod.v0.ContainerStatusResponse
+	(*ExecSyncRequest)(nil),                  // 21: aurae.runtime.pod.v0.ExecSyncRequest
+	(*ExecSyncResponse)(nil),                 // 22: aurae.runtime.pod.v0.ExecSyncResponse
+	(*ContainerStatsRequest)(nil),            // 23: aurae.runtime.pod.v0.ContainerStatsRequest
+	(*ContainerStatsResponse)(nil),           // 24: aurae.runtime.pod.v0.ContainerStatsResponse
+	(*RemoveContainerRequest)(nil),           // 25: aurae.runtime.pod.v0.RemoveContainerRequest
+	(*RemoveContainerResponse)(nil),          // 26: aurae.runtime.pod.v0.RemoveContainerResponse
+	(*ListPodsRequest)(nil),                  // 27: aurae.runtime.pod.v0.ListPodsRequest
+	(*PodStatus)(nil),                        // 28: aurae.runtime.pod.v0.PodStatus
+	(*ListPodsResponse)(nil),                 // 29: aurae.runtime.pod.v0.ListPodsResponse
+	(*UpdateContainerResourcesRequest)(nil),  // 30: aurae.runtime.pod.v0.UpdateContainerResourcesRequest
+	(*UpdateContainerResourcesResponse)(nil), // 31: aurae.runtime.pod.v0.UpdateContainerResourcesResponse
+	(*ReopenContainerLogRequest)(nil),        // 32: aurae.runtime.pod.v0.ReopenContainerLogRequest
+	(*ReopenContainerLogResponse)(nil),       // 33: aurae.runtime.pod.v0.ReopenContainerLogResponse
+	(*TerminalSize)(nil),                     // 34: aurae.runtime.pod.v0.TerminalSize
+	(*ExecStart)(nil),                        // 35: aurae.runtime.pod.v0.ExecStart
+	(*ExecRequest)(nil),                      // 36: aurae.runtime.pod.v0.ExecRequest
+	(*ExecExit)(nil),                         // 37: aurae.runtime.pod.v0.ExecExit
+	(*ExecResponse)(nil),                     // 38: aurae.runtime.pod.v0.ExecResponse
+	(*AttachStart)(nil),                      // 39: aurae.runtime.pod.v0.AttachStart
+	(*AttachRequest)(nil),                    // 40: aurae.runtime.pod.v0.AttachRequest
+	(*AttachResponse)(nil),                   // 41: aurae.runtime.pod.v0.AttachResponse
+	(*ContainerEventsRequest)(nil),           // 42: aurae.runtime.pod.v0.ContainerEventsRequest
+	(*ContainerEvent)(nil),                   // 43: aurae.runtime.pod.v0.ContainerEvent
+	(*PortForwardStart)(nil),                 // 44: aurae.runtime.pod.v0.PortForwardStart
+	(*PortForwardRequest)(nil),               // 45: aurae.runtime.pod.v0.PortForwardRequest
+	(*PortForwardResponse)(nil),              // 46: aurae.runtime.pod.v0.PortForwardResponse
+	nil,                                      // 47: aurae.runtime.pod.v0.Pod.SysctlsEntry
+	nil,                                      // 48: aurae.runtime.pod.v0.Pod.LabelsEntry
+	nil,                                      // 49: aurae.runtime.pod.v0.Pod.AnnotationsEntry
 }
 var file_pods_v0_pods_proto_depIdxs = []int32{
 	0,  // 0: aurae.runtime.pod.v0.NamespaceOptions.network:type_name -> aurae.runtime.pod.v0.NamespaceMode
@@ -3195,62 +3346,65 @@ var file_pods_v0_pods_proto_depIdxs = []int32{
 	0,  // 2: aurae.runtime.pod.v0.NamespaceOptions.ipc:type_name -> aurae.runtime.pod.v0.NamespaceMode
 	4,  // 3: aurae.runtime.pod.v0.Pod.dns:type_name -> aurae.runtime.pod.v0.DNSConfig
 	3,  // 4: aurae.runtime.pod.v0.Pod.namespaces:type_name -> aurae.runtime.pod.v0.NamespaceOptions
-	45, // 5: aurae.runtime.pod.v0.Pod.sysctls:type_name -> aurae.runtime.pod.v0.Pod.SysctlsEntry
-	46, // 6: aurae.runtime.pod.v0.Pod.labels:type_name -> aurae.runtime.pod.v0.Pod.LabelsEntry
-	47, // 7: aurae.runtime.pod.v0.Pod.annotations:type_name -> aurae.runtime.pod.v0.Pod.AnnotationsEntry
-	6,  // 8: aurae.runtime.pod.v0.Pod.resources:type_name -> aurae.runtime.pod.v0.PodResources
-	5,  // 9: aurae.runtime.pod.v0.AllocateRequest.pod:type_name -> aurae.runtime.pod.v0.Pod
-	9,  // 10: aurae.runtime.pod.v0.StartRequest.container:type_name -> aurae.runtime.pod.v0.Container
-	1,  // 11: aurae.runtime.pod.v0.ContainerStatus.state:type_name -> aurae.runtime.pod.v0.ContainerState
-	16, // 12: aurae.runtime.pod.v0.ContainerStatusResponse.status:type_name -> aurae.runtime.pod.v0.ContainerStatus
-	5,  // 13: aurae.runtime.pod.v0.PodStatus.pod:type_name -> aurae.runtime.pod.v0.Pod
-	8,  // 14: aurae.runtime.pod.v0.PodStatus.paths:type_name -> aurae.runtime.pod.v0.AllocateResponse
-	16, // 15: aurae.runtime.pod.v0.PodStatus.containers:type_name -> aurae.runtime.pod.v0.ContainerStatus
-	26, // 16: aurae.runtime.pod.v0.ListPodsResponse.pods:type_name -> aurae.runtime.pod.v0.PodStatus
-	32, // 17: aurae.runtime.pod.v0.ExecStart.size:type_name -> aurae.runtime.pod.v0.TerminalSize
-	33, // 18: aurae.runtime.pod.v0.ExecRequest.start:type_name -> aurae.runtime.pod.v0.ExecStart
-	32, // 19: aurae.runtime.pod.v0.ExecRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
-	35, // 20: aurae.runtime.pod.v0.ExecResponse.exit:type_name -> aurae.runtime.pod.v0.ExecExit
-	37, // 21: aurae.runtime.pod.v0.AttachRequest.start:type_name -> aurae.runtime.pod.v0.AttachStart
-	32, // 22: aurae.runtime.pod.v0.AttachRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
-	2,  // 23: aurae.runtime.pod.v0.ContainerEvent.type:type_name -> aurae.runtime.pod.v0.ContainerEventType
-	16, // 24: aurae.runtime.pod.v0.ContainerEvent.status:type_name -> aurae.runtime.pod.v0.ContainerStatus
-	42, // 25: aurae.runtime.pod.v0.PortForwardRequest.start:type_name -> aurae.runtime.pod.v0.PortForwardStart
-	7,  // 26: aurae.runtime.pod.v0.PodService.Allocate:input_type -> aurae.runtime.pod.v0.AllocateRequest
-	10, // 27: aurae.runtime.pod.v0.PodService.Start:input_type -> aurae.runtime.pod.v0.StartRequest
-	12, // 28: aurae.runtime.pod.v0.PodService.Stop:input_type -> aurae.runtime.pod.v0.StopRequest
-	14, // 29: aurae.runtime.pod.v0.PodService.Free:input_type -> aurae.runtime.pod.v0.FreeRequest
-	17, // 30: aurae.runtime.pod.v0.PodService.ContainerStatus:input_type -> aurae.runtime.pod.v0.ContainerStatusRequest
-	19, // 31: aurae.runtime.pod.v0.PodService.ExecSync:input_type -> aurae.runtime.pod.v0.ExecSyncRequest
-	21, // 32: aurae.runtime.pod.v0.PodService.ContainerStats:input_type -> aurae.runtime.pod.v0.ContainerStatsRequest
-	23, // 33: aurae.runtime.pod.v0.PodService.RemoveContainer:input_type -> aurae.runtime.pod.v0.RemoveContainerRequest
-	25, // 34: aurae.runtime.pod.v0.PodService.ListPods:input_type -> aurae.runtime.pod.v0.ListPodsRequest
-	28, // 35: aurae.runtime.pod.v0.PodService.UpdateContainerResources:input_type -> aurae.runtime.pod.v0.UpdateContainerResourcesRequest
-	30, // 36: aurae.runtime.pod.v0.PodService.ReopenContainerLog:input_type -> aurae.runtime.pod.v0.ReopenContainerLogRequest
-	34, // 37: aurae.runtime.pod.v0.PodService.Exec:input_type -> aurae.runtime.pod.v0.ExecRequest
-	38, // 38: aurae.runtime.pod.v0.PodService.Attach:input_type -> aurae.runtime.pod.v0.AttachRequest
-	40, // 39: aurae.runtime.pod.v0.PodService.ContainerEvents:input_type -> aurae.runtime.pod.v0.ContainerEventsRequest
-	43, // 40: aurae.runtime.pod.v0.PodService.PortForward:input_type -> aurae.runtime.pod.v0.PortForwardRequest
-	8,  // 41: aurae.runtime.pod.v0.PodService.Allocate:output_type -> aurae.runtime.pod.v0.AllocateResponse
-	11, // 42: aurae.runtime.pod.v0.PodService.Start:output_type -> aurae.runtime.pod.v0.StartResponse
-	13, // 43: aurae.runtime.pod.v0.PodService.Stop:output_type -> aurae.runtime.pod.v0.StopResponse
-	15, // 44: aurae.runtime.pod.v0.PodService.Free:output_type -> aurae.runtime.pod.v0.FreeResponse
-	18, // 45: aurae.runtime.pod.v0.PodService.ContainerStatus:output_type -> aurae.runtime.pod.v0.ContainerStatusResponse
-	20, // 46: aurae.runtime.pod.v0.PodService.ExecSync:output_type -> aurae.runtime.pod.v0.ExecSyncResponse
-	22, // 47: aurae.runtime.pod.v0.PodService.ContainerStats:output_type -> aurae.runtime.pod.v0.ContainerStatsResponse
-	24, // 48: aurae.runtime.pod.v0.PodService.RemoveContainer:output_type -> aurae.runtime.pod.v0.RemoveContainerResponse
-	27, // 49: aurae.runtime.pod.v0.PodService.ListPods:output_type -> aurae.runtime.pod.v0.ListPodsResponse
-	29, // 50: aurae.runtime.pod.v0.PodService.UpdateContainerResources:output_type -> aurae.runtime.pod.v0.UpdateContainerResourcesResponse
-	31, // 51: aurae.runtime.pod.v0.PodService.ReopenContainerLog:output_type -> aurae.runtime.pod.v0.ReopenContainerLogResponse
-	36, // 52: aurae.runtime.pod.v0.PodService.Exec:output_type -> aurae.runtime.pod.v0.ExecResponse
-	39, // 53: aurae.runtime.pod.v0.PodService.Attach:output_type -> aurae.runtime.pod.v0.AttachResponse
-	41, // 54: aurae.runtime.pod.v0.PodService.ContainerEvents:output_type -> aurae.runtime.pod.v0.ContainerEvent
-	44, // 55: aurae.runtime.pod.v0.PodService.PortForward:output_type -> aurae.runtime.pod.v0.PortForwardResponse
-	41, // [41:56] is the sub-list for method output_type
-	26, // [26:41] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	47, // 5: aurae.runtime.pod.v0.Pod.sysctls:type_name -> aurae.runtime.pod.v0.Pod.SysctlsEntry
+	48, // 6: aurae.runtime.pod.v0.Pod.labels:type_name -> aurae.runtime.pod.v0.Pod.LabelsEntry
+	49, // 7: aurae.runtime.pod.v0.Pod.annotations:type_name -> aurae.runtime.pod.v0.Pod.AnnotationsEntry
+	8,  // 8: aurae.runtime.pod.v0.Pod.resources:type_name -> aurae.runtime.pod.v0.PodResources
+	6,  // 9: aurae.runtime.pod.v0.Pod.user_namespace:type_name -> aurae.runtime.pod.v0.UserNamespace
+	7,  // 10: aurae.runtime.pod.v0.UserNamespace.uid_mappings:type_name -> aurae.runtime.pod.v0.IDMapping
+	7,  // 11: aurae.runtime.pod.v0.UserNamespace.gid_mappings:type_name -> aurae.runtime.pod.v0.IDMapping
+	5,  // 12: aurae.runtime.pod.v0.AllocateRequest.pod:type_name -> aurae.runtime.pod.v0.Pod
+	11, // 13: aurae.runtime.pod.v0.StartRequest.container:type_name -> aurae.runtime.pod.v0.Container
+	1,  // 14: aurae.runtime.pod.v0.ContainerStatus.state:type_name -> aurae.runtime.pod.v0.ContainerState
+	18, // 15: aurae.runtime.pod.v0.ContainerStatusResponse.status:type_name -> aurae.runtime.pod.v0.ContainerStatus
+	5,  // 16: aurae.runtime.pod.v0.PodStatus.pod:type_name -> aurae.runtime.pod.v0.Pod
+	10, // 17: aurae.runtime.pod.v0.PodStatus.paths:type_name -> aurae.runtime.pod.v0.AllocateResponse
+	18, // 18: aurae.runtime.pod.v0.PodStatus.containers:type_name -> aurae.runtime.pod.v0.ContainerStatus
+	28, // 19: aurae.runtime.pod.v0.ListPodsResponse.pods:type_name -> aurae.runtime.pod.v0.PodStatus
+	34, // 20: aurae.runtime.pod.v0.ExecStart.size:type_name -> aurae.runtime.pod.v0.TerminalSize
+	35, // 21: aurae.runtime.pod.v0.ExecRequest.start:type_name -> aurae.runtime.pod.v0.ExecStart
+	34, // 22: aurae.runtime.pod.v0.ExecRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
+	37, // 23: aurae.runtime.pod.v0.ExecResponse.exit:type_name -> aurae.runtime.pod.v0.ExecExit
+	39, // 24: aurae.runtime.pod.v0.AttachRequest.start:type_name -> aurae.runtime.pod.v0.AttachStart
+	34, // 25: aurae.runtime.pod.v0.AttachRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
+	2,  // 26: aurae.runtime.pod.v0.ContainerEvent.type:type_name -> aurae.runtime.pod.v0.ContainerEventType
+	18, // 27: aurae.runtime.pod.v0.ContainerEvent.status:type_name -> aurae.runtime.pod.v0.ContainerStatus
+	44, // 28: aurae.runtime.pod.v0.PortForwardRequest.start:type_name -> aurae.runtime.pod.v0.PortForwardStart
+	9,  // 29: aurae.runtime.pod.v0.PodService.Allocate:input_type -> aurae.runtime.pod.v0.AllocateRequest
+	12, // 30: aurae.runtime.pod.v0.PodService.Start:input_type -> aurae.runtime.pod.v0.StartRequest
+	14, // 31: aurae.runtime.pod.v0.PodService.Stop:input_type -> aurae.runtime.pod.v0.StopRequest
+	16, // 32: aurae.runtime.pod.v0.PodService.Free:input_type -> aurae.runtime.pod.v0.FreeRequest
+	19, // 33: aurae.runtime.pod.v0.PodService.ContainerStatus:input_type -> aurae.runtime.pod.v0.ContainerStatusRequest
+	21, // 34: aurae.runtime.pod.v0.PodService.ExecSync:input_type -> aurae.runtime.pod.v0.ExecSyncRequest
+	23, // 35: aurae.runtime.pod.v0.PodService.ContainerStats:input_type -> aurae.runtime.pod.v0.ContainerStatsRequest
+	25, // 36: aurae.runtime.pod.v0.PodService.RemoveContainer:input_type -> aurae.runtime.pod.v0.RemoveContainerRequest
+	27, // 37: aurae.runtime.pod.v0.PodService.ListPods:input_type -> aurae.runtime.pod.v0.ListPodsRequest
+	30, // 38: aurae.runtime.pod.v0.PodService.UpdateContainerResources:input_type -> aurae.runtime.pod.v0.UpdateContainerResourcesRequest
+	32, // 39: aurae.runtime.pod.v0.PodService.ReopenContainerLog:input_type -> aurae.runtime.pod.v0.ReopenContainerLogRequest
+	36, // 40: aurae.runtime.pod.v0.PodService.Exec:input_type -> aurae.runtime.pod.v0.ExecRequest
+	40, // 41: aurae.runtime.pod.v0.PodService.Attach:input_type -> aurae.runtime.pod.v0.AttachRequest
+	42, // 42: aurae.runtime.pod.v0.PodService.ContainerEvents:input_type -> aurae.runtime.pod.v0.ContainerEventsRequest
+	45, // 43: aurae.runtime.pod.v0.PodService.PortForward:input_type -> aurae.runtime.pod.v0.PortForwardRequest
+	10, // 44: aurae.runtime.pod.v0.PodService.Allocate:output_type -> aurae.runtime.pod.v0.AllocateResponse
+	13, // 45: aurae.runtime.pod.v0.PodService.Start:output_type -> aurae.runtime.pod.v0.StartResponse
+	15, // 46: aurae.runtime.pod.v0.PodService.Stop:output_type -> aurae.runtime.pod.v0.StopResponse
+	17, // 47: aurae.runtime.pod.v0.PodService.Free:output_type -> aurae.runtime.pod.v0.FreeResponse
+	20, // 48: aurae.runtime.pod.v0.PodService.ContainerStatus:output_type -> aurae.runtime.pod.v0.ContainerStatusResponse
+	22, // 49: aurae.runtime.pod.v0.PodService.ExecSync:output_type -> aurae.runtime.pod.v0.ExecSyncResponse
+	24, // 50: aurae.runtime.pod.v0.PodService.ContainerStats:output_type -> aurae.runtime.pod.v0.ContainerStatsResponse
+	26, // 51: aurae.runtime.pod.v0.PodService.RemoveContainer:output_type -> aurae.runtime.pod.v0.RemoveContainerResponse
+	29, // 52: aurae.runtime.pod.v0.PodService.ListPods:output_type -> aurae.runtime.pod.v0.ListPodsResponse
+	31, // 53: aurae.runtime.pod.v0.PodService.UpdateContainerResources:output_type -> aurae.runtime.pod.v0.UpdateContainerResourcesResponse
+	33, // 54: aurae.runtime.pod.v0.PodService.ReopenContainerLog:output_type -> aurae.runtime.pod.v0.ReopenContainerLogResponse
+	38, // 55: aurae.runtime.pod.v0.PodService.Exec:output_type -> aurae.runtime.pod.v0.ExecResponse
+	41, // 56: aurae.runtime.pod.v0.PodService.Attach:output_type -> aurae.runtime.pod.v0.AttachResponse
+	43, // 57: aurae.runtime.pod.v0.PodService.ContainerEvents:output_type -> aurae.runtime.pod.v0.ContainerEvent
+	46, // 58: aurae.runtime.pod.v0.PodService.PortForward:output_type -> aurae.runtime.pod.v0.PortForwardResponse
+	44, // [44:59] is the sub-list for method output_type
+	29, // [29:44] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_pods_v0_pods_proto_init() }
@@ -3258,28 +3412,28 @@ func file_pods_v0_pods_proto_init() {
 	if File_pods_v0_pods_proto != nil {
 		return
 	}
-	file_pods_v0_pods_proto_msgTypes[31].OneofWrappers = []any{
+	file_pods_v0_pods_proto_msgTypes[33].OneofWrappers = []any{
 		(*ExecRequest_Start)(nil),
 		(*ExecRequest_Stdin)(nil),
 		(*ExecRequest_Resize)(nil),
 		(*ExecRequest_CloseStdin)(nil),
 	}
-	file_pods_v0_pods_proto_msgTypes[33].OneofWrappers = []any{
+	file_pods_v0_pods_proto_msgTypes[35].OneofWrappers = []any{
 		(*ExecResponse_Stdout)(nil),
 		(*ExecResponse_Stderr)(nil),
 		(*ExecResponse_Exit)(nil),
 	}
-	file_pods_v0_pods_proto_msgTypes[35].OneofWrappers = []any{
+	file_pods_v0_pods_proto_msgTypes[37].OneofWrappers = []any{
 		(*AttachRequest_Start)(nil),
 		(*AttachRequest_Stdin)(nil),
 		(*AttachRequest_Resize)(nil),
 		(*AttachRequest_CloseStdin)(nil),
 	}
-	file_pods_v0_pods_proto_msgTypes[36].OneofWrappers = []any{
+	file_pods_v0_pods_proto_msgTypes[38].OneofWrappers = []any{
 		(*AttachResponse_Stdout)(nil),
 		(*AttachResponse_Stderr)(nil),
 	}
-	file_pods_v0_pods_proto_msgTypes[40].OneofWrappers = []any{
+	file_pods_v0_pods_proto_msgTypes[42].OneofWrappers = []any{
 		(*PortForwardRequest_Start)(nil),
 		(*PortForwardRequest_Data)(nil),
 		(*PortForwardRequest_CloseWrite)(nil),
@@ -3290,7 +3444,7 @@ func file_pods_v0_pods_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pods_v0_pods_proto_rawDesc), len(file_pods_v0_pods_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   45,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -62,7 +63,41 @@ func (s *Service) checkSpec(p *pod, req *podsv0.Container) (*specs.Spec, error) 
 	if err := s.checkNamespaces(p, sp.Linux.Namespaces); err != nil {
 		return nil, err
 	}
+	if err := checkIDMappings(p, &sp); err != nil {
+		return nil, err
+	}
 	return &sp, nil
+}
+
+// checkIDMappings: in a pod with a user namespace, the spec's mappings (if
+// any: runc reads them from the namespace it joins) and those of its
+// id-mapped mounts are the pod's; in a pod without one, no mount is
+// id-mapped (it would give the container's users files of the host's).
+func checkIDMappings(p *pod, sp *specs.Spec) error {
+	u := p.spec.GetUserNamespace()
+	if u == nil {
+		for _, m := range sp.Mounts {
+			if len(m.UIDMappings)+len(m.GIDMappings) > 0 {
+				return invalidSpec("mount %s is id-mapped in a pod without a user namespace", m.Destination)
+			}
+		}
+		return nil
+	}
+	uids, gids := sysProcIDMaps(u.GetUidMappings()), sysProcIDMaps(u.GetGidMappings())
+	same := func(got []specs.LinuxIDMapping, want []syscall.SysProcIDMap) bool {
+		return slices.EqualFunc(got, want, func(a specs.LinuxIDMapping, b syscall.SysProcIDMap) bool {
+			return int(a.ContainerID) == b.ContainerID && int(a.HostID) == b.HostID && int(a.Size) == b.Size
+		})
+	}
+	if len(sp.Linux.UIDMappings)+len(sp.Linux.GIDMappings) > 0 && (!same(sp.Linux.UIDMappings, uids) || !same(sp.Linux.GIDMappings, gids)) {
+		return invalidSpec("linux.uidMappings/gidMappings are not the pod's user namespace's")
+	}
+	for _, m := range sp.Mounts {
+		if len(m.UIDMappings)+len(m.GIDMappings) > 0 && (!same(m.UIDMappings, uids) || !same(m.GIDMappings, gids)) {
+			return invalidSpec("mount %s is id-mapped with other mappings than the pod's user namespace's", m.Destination)
+		}
+	}
+	return nil
 }
 
 // checkNamespaces accepts, per type: the pod's pinned namespace; a new one
@@ -76,6 +111,7 @@ func (s *Service) checkNamespaces(p *pod, nss []specs.LinuxNamespace) error {
 		specs.IPCNamespace:     p.paths.GetIpcNamespacePath(),
 		specs.UTSNamespace:     p.paths.GetUtsNamespacePath(),
 		specs.PIDNamespace:     p.paths.GetPidNamespacePath(),
+		specs.UserNamespace:    p.paths.GetUserNamespacePath(),
 	}
 	node := podsv0.NamespaceMode_NAMESPACE_MODE_NODE
 	mayStayOnNode := map[specs.LinuxNamespaceType]bool{
@@ -84,7 +120,7 @@ func (s *Service) checkNamespaces(p *pod, nss []specs.LinuxNamespace) error {
 		specs.IPCNamespace:     p.spec.GetNamespaces().GetIpc() == node,
 		specs.PIDNamespace:     p.spec.GetNamespaces().GetPid() == node,
 		specs.CgroupNamespace:  true, // a privileged container sees the cgroup tree
-		specs.UserNamespace:    true,
+		specs.UserNamespace:    !p.ownsUser(),
 		specs.TimeNamespace:    true,
 	}
 	seen := map[specs.LinuxNamespaceType]bool{}
@@ -96,6 +132,9 @@ func (s *Service) checkNamespaces(p *pod, nss []specs.LinuxNamespace) error {
 		if ns.Path == "" {
 			if ns.Type == specs.PIDNamespace && p.ownsPID() {
 				return invalidSpec("a new pid namespace in a pod that shares its pid namespace")
+			}
+			if ns.Type == specs.UserNamespace && p.ownsUser() {
+				return invalidSpec("a new user namespace in a pod that has its own")
 			}
 			continue
 		}

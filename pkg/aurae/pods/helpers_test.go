@@ -273,6 +273,9 @@ func (e *env) forPod(podID string, c *podsv0.Container) *podsv0.Container {
 			sp.Linux.Namespaces = append(sp.Linux.Namespaces, specs.LinuxNamespace{Type: ns.typ, Path: ns.n.Path})
 		}
 	}
+	if f.UserNamespace != "" && !has[specs.UserNamespace] {
+		sp.Linux.Namespaces = append(sp.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace, Path: f.UserNamespace})
+	}
 	if sp.Linux.CgroupsPath == "" {
 		sp.Linux.CgroupsPath = f.CgroupParent + "/" + c.GetId()
 	}
@@ -280,7 +283,8 @@ func (e *env) forPod(podID string, c *podsv0.Container) *podsv0.Container {
 		sp.Root = &specs.Root{Path: c.GetRootfsPath()}
 	}
 	for _, m := range []struct{ dst, src string }{{"/etc/hostname", f.HostnamePath}, {"/etc/resolv.conf", f.ResolvConfPath}, {"/etc/hosts", f.HostsPath}} {
-		sp.Mounts = append(sp.Mounts, specs.Mount{Destination: m.dst, Type: "bind", Source: m.src, Options: []string{"rbind", "rprivate", "rw"}})
+		sp.Mounts = append(sp.Mounts, specs.Mount{Destination: m.dst, Type: "bind", Source: m.src, Options: []string{"rbind", "rprivate", "rw"},
+			UIDMappings: f.UIDMappings, GIDMappings: f.GIDMappings})
 	}
 	sp.Process.Terminal = c.GetTty()
 	b, err := json.Marshal(&sp)

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"github.com/aurae-runtime/aurae-cri/internal/linux"
 )
 
@@ -100,6 +101,10 @@ type holderSpec struct {
 	hostname           string
 	sysctls            map[string]string
 	place              func(pid int) error
+	// user, when set, makes the holder's namespaces in a new user
+	// namespace with these mappings, which then owns them; the holder runs
+	// as its root (a host id of the mapping, not host root).
+	user *podsv0.UserNamespace
 }
 
 // startHolder starts a holder and waits until it is ready. The caller pins
@@ -138,6 +143,17 @@ func startHolder(h holderSpec) (*exec.Cmd, error) {
 	cmd.Env = []string{HolderEnv + "=" + strings.Join(flags, ","), envHostname + "=" + h.hostname, envSysctls + "=" + sc}
 	cmd.ExtraFiles = []*os.File{readyW}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: clone, Setsid: true}
+	if h.user != nil {
+		// The user namespace is made first by clone, so it owns the others.
+		flags = append(flags, "user")
+		cmd.Env[0] = HolderEnv + "=" + strings.Join(flags, ",")
+		cmd.SysProcAttr.Cloneflags |= unix.CLONE_NEWUSER
+		cmd.SysProcAttr.UidMappings = sysProcIDMaps(h.user.GetUidMappings())
+		cmd.SysProcAttr.GidMappings = sysProcIDMaps(h.user.GetGidMappings())
+		// Containers of the pod set their groups.
+		cmd.SysProcAttr.GidMappingsEnableSetgroups = true
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: 0, Gid: 0}
+	}
 	err = cmd.Start()
 	readyW.Close()
 	if err != nil {
@@ -157,6 +173,14 @@ func startHolder(h holderSpec) (*exec.Cmd, error) {
 		return fail(fmt.Errorf("namespace holder: %w", err))
 	}
 	return cmd, nil
+}
+
+func sysProcIDMaps(ms []*podsv0.IDMapping) []syscall.SysProcIDMap {
+	out := make([]syscall.SysProcIDMap, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, syscall.SysProcIDMap{ContainerID: int(m.GetContainerId()), HostID: int(m.GetHostId()), Size: int(m.GetSize())})
+	}
+	return out
 }
 
 // pin bind-mounts /proc/<pid>/ns/<kind> on target, which it creates.

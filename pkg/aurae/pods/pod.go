@@ -51,6 +51,9 @@ func (p *pod) ownsIPC() bool {
 // hostname.
 func (p *pod) ownsUTS() bool { return p.ownsNet() }
 
+// ownsUser: the pod has a user namespace of its own (hostUsers: false).
+func (p *pod) ownsUser() bool { return p.spec.GetUserNamespace() != nil }
+
 func (p *pod) ownsPID() bool {
 	return p.spec.GetNamespaces().GetPid() == podsv0.NamespaceMode_NAMESPACE_MODE_POD
 }

@@ -92,7 +92,7 @@ func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.All
 		}
 		return nil, fmt.Errorf("pod %q: %w", id, err)
 	}
-	if p.ownsNet() || p.ownsIPC() || p.ownsUTS() || p.ownsPID() {
+	if p.ownsNet() || p.ownsIPC() || p.ownsUTS() || p.ownsPID() || p.ownsUser() {
 		infra, err := s.infraCgroupOf(p)
 		if err != nil {
 			return nil, fmt.Errorf("pod %q: %w", id, err)
@@ -107,7 +107,7 @@ func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.All
 	s.mu.Lock()
 	p.reserved = false
 	s.mu.Unlock()
-	log.Info("pod allocated", "cgroup", cgPath, "netns", paths.NetworkNamespacePath, "pid_shared", p.ownsPID())
+	log.Info("pod allocated", "cgroup", cgPath, "netns", paths.NetworkNamespacePath, "pid_shared", p.ownsPID(), "userns", paths.UserNamespacePath)
 	return proto.Clone(paths).(*podsv0.AllocateResponse), nil
 }
 
@@ -117,7 +117,7 @@ func (s *Service) makeNamespaces(p *pod, cg *cgroup.Cgroup) error {
 	cmd, err := startHolder(holderSpec{
 		net: p.ownsNet(), ipc: p.ownsIPC(), uts: p.ownsUTS(), pid: p.ownsPID(),
 		hostname: p.spec.GetHostname(), sysctls: p.spec.GetSysctls(),
-		place: cg.AddProc,
+		place: cg.AddProc, user: p.spec.GetUserNamespace(),
 	})
 	if err != nil {
 		return err
@@ -137,6 +137,7 @@ func (s *Service) makeNamespaces(p *pod, cg *cgroup.Cgroup) error {
 		{p.ownsIPC(), "ipc", &p.paths.IpcNamespacePath},
 		{p.ownsUTS(), "uts", &p.paths.UtsNamespacePath},
 		{p.ownsPID(), "pid", &p.paths.PidNamespacePath},
+		{p.ownsUser(), "user", &p.paths.UserNamespacePath},
 	} {
 		if !ns.on {
 			continue

@@ -117,6 +117,9 @@ func validPod(p *podsv0.Pod) error {
 	if m := ns.GetPid(); m != pod && m != node && m != podsv0.NamespaceMode_NAMESPACE_MODE_CONTAINER {
 		return fmt.Errorf("pid namespace mode %s is not supported: %w", m, errdefs.ErrInvalidArgument)
 	}
+	if err := validUserNamespace(p); err != nil {
+		return err
+	}
 	for k, v := range p.GetSysctls() {
 		if err := validSysctl(k, v, ns.GetNetwork() == pod, ns.GetIpc() == pod); err != nil {
 			return err
@@ -154,6 +157,53 @@ func validSysctl(k, v string, ownNet, ownIPC bool) error {
 		}
 	default:
 		return fmt.Errorf("sysctl %q is not namespaced: %w", k, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// validUserNamespace checks a pod's user namespace: one uid and one gid
+// mapping (as the kubelet gives), each mapping container id 0 to a host
+// range that does not hold host id 0 and does not wrap; the namespaces it
+// owns must be the pod's (a user namespace cannot own the node's).
+func validUserNamespace(p *podsv0.Pod) error {
+	u := p.GetUserNamespace()
+	if u == nil {
+		return nil
+	}
+	for _, m := range []struct {
+		what string
+		maps []*podsv0.IDMapping
+	}{{"uid", u.GetUidMappings()}, {"gid", u.GetGidMappings()}} {
+		if len(m.maps) != 1 {
+			return fmt.Errorf("user namespace: %d %s mappings, want exactly one: %w", len(m.maps), m.what, errdefs.ErrInvalidArgument)
+		}
+		if err := validIDMapping(m.what, m.maps[0]); err != nil {
+			return err
+		}
+	}
+	ns := p.GetNamespaces()
+	node := podsv0.NamespaceMode_NAMESPACE_MODE_NODE
+	for _, n := range []struct {
+		what string
+		mode podsv0.NamespaceMode
+	}{{"network", ns.GetNetwork()}, {"ipc", ns.GetIpc()}, {"pid", ns.GetPid()}} {
+		if n.mode == node {
+			return fmt.Errorf("user namespace: the pod uses the node's %s namespace, which its user namespace cannot own: %w", n.what, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
+}
+
+func validIDMapping(what string, m *podsv0.IDMapping) error {
+	switch {
+	case m.GetContainerId() != 0:
+		return fmt.Errorf("user namespace: the %s mapping starts at container id %d: container id 0 must be mapped: %w", what, m.GetContainerId(), errdefs.ErrInvalidArgument)
+	case m.GetSize() == 0:
+		return fmt.Errorf("user namespace: the %s mapping is empty: %w", what, errdefs.ErrInvalidArgument)
+	case m.GetHostId() == 0:
+		return fmt.Errorf("user namespace: the %s mapping maps to host id 0: %w", what, errdefs.ErrInvalidArgument)
+	case uint64(m.GetHostId())+uint64(m.GetSize()) > 1<<32-1:
+		return fmt.Errorf("user namespace: the %s mapping %d+%d passes the largest id: %w", what, m.GetHostId(), m.GetSize(), errdefs.ErrInvalidArgument)
 	}
 	return nil
 }

@@ -53,7 +53,7 @@ func (c *Controller) CreatePod(ctx context.Context, spec controller.PodSpec) (co
 	c.mu.Lock()
 	c.known[spec.ID] = &podsv0.PodStatus{Pod: pod, Paths: alloc}
 	c.mu.Unlock()
-	out := controller.Pod{CgroupPath: alloc.GetCgroupPath()}
+	out := controller.Pod{CgroupPath: alloc.GetCgroupPath(), UserNamespacePath: alloc.GetUserNamespacePath()}
 	if spec.Network != controller.NamespaceNode {
 		out.NetNSPath = alloc.GetNetworkNamespacePath()
 	}
@@ -82,7 +82,26 @@ func PodMessage(spec controller.PodSpec) *podsv0.Pod {
 	if d := spec.DNS; len(d.Servers)+len(d.Searches)+len(d.Options) > 0 {
 		pod.Dns = &podsv0.DNSConfig{Servers: d.Servers, Searches: d.Searches, Options: d.Options}
 	}
+	if u := spec.UserNamespace; u != nil {
+		pod.UserNamespace = &podsv0.UserNamespace{UidMappings: idMappings(u.UIDs), GidMappings: idMappings(u.GIDs)}
+	}
 	return pod
+}
+
+func idMappings(ms []specs.LinuxIDMapping) []*podsv0.IDMapping {
+	out := make([]*podsv0.IDMapping, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, &podsv0.IDMapping{ContainerId: m.ContainerID, HostId: m.HostID, Size: m.Size})
+	}
+	return out
+}
+
+func specIDMappings(ms []*podsv0.IDMapping) []specs.LinuxIDMapping {
+	out := make([]specs.LinuxIDMapping, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, specs.LinuxIDMapping{ContainerID: m.GetContainerId(), HostID: m.GetHostId(), Size: m.GetSize()})
+	}
+	return out
 }
 
 // StartPod has nothing to do: a native pod's containers join the network
@@ -193,6 +212,10 @@ func Facts(pod *podsv0.Pod, paths *podsv0.AllocateResponse) ocispec.PodFacts {
 		ResolvConfPath: paths.GetResolvConfPath(),
 		HostsPath:      paths.GetHostsPath(),
 		HostnamePath:   paths.GetHostnamePath(),
+	}
+	if u := pod.GetUserNamespace(); u != nil {
+		f.UserNamespace = paths.GetUserNamespacePath()
+		f.UIDMappings, f.GIDMappings = specIDMappings(u.GetUidMappings()), specIDMappings(u.GetGidMappings())
 	}
 	return f
 }

@@ -233,6 +233,11 @@ func (c *Controller) CreatePod(ctx context.Context, spec controller.PodSpec) (_ 
 	if spec.Network == controller.NamespaceNode {
 		return controller.Pod{}, fmt.Errorf("a VM pod cannot share the node's network: %w", errdefs.ErrInvalidArgument)
 	}
+	if spec.UserNamespace != nil {
+		// The VM is the pod's boundary; its handler reports no user
+		// namespace support (Status), so the kubelet does not ask.
+		return controller.Pod{}, fmt.Errorf("user namespaces are not supported in VM pods (handler %q): %w", spec.RuntimeHandler, errdefs.ErrInvalidArgument)
+	}
 	vcpus, mem, err := c.size(spec)
 	if err != nil {
 		return controller.Pod{}, err
