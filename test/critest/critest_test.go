@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -99,6 +100,13 @@ func TestCritest(t *testing.T) {
 
 	// aurae-cri, built for this run.
 	tmp := t.TempDir()
+	// As /var/lib: the root of a pod's user namespace passes through to
+	// the rootfs under the state dir (t.TempDir makes them 0700).
+	for _, d := range []string{filepath.Dir(tmp), tmp} {
+		if err := os.Chmod(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
 	bin := filepath.Join(tmp, "aurae-cri")
 	build := exec.Command(goBin(), "build", "-o", bin, "./cmd/aurae-cri")
 	build.Dir = root
@@ -246,9 +254,28 @@ func TestCritest(t *testing.T) {
 	for _, name := range unexpected {
 		t.Errorf("failed, not in hack/critest/known-failures.txt: %s\n\t%s", name, r.messages[name])
 	}
+	for _, want := range mustPass {
+		ok := slices.ContainsFunc(r.passed, func(name string) bool {
+			return strings.Contains(name, want.context) && strings.HasSuffix(name, want.leaf)
+		})
+		if !ok && os.Getenv("CRITEST_FOCUS") == "" {
+			t.Errorf("no passed spec %q ... %q: this host can run it (skipped: aurae-cri did not report the feature)", want.context, want.leaf)
+		}
+	}
 	if len(r.passed)+len(r.failed) == 0 {
 		t.Errorf("critest ran no spec (%v)", runErr)
 	}
+}
+
+// mustPass are specs this host can run, which critest would skip (not
+// fail) if aurae-cri stopped reporting the feature they need.
+var mustPass = []struct{ context, leaf string }{
+	{"UserNamespaces", "runtime should support NamespaceMode_POD"},
+	{"UserNamespaces", "runtime should support NamespaceMode_NODE"},
+	{"UserNamespaces", "runtime should fail if more than one mapping provided"},
+	{"UserNamespaces", "runtime should fail if container ID 0 is not mapped"},
+	{"UserNamespaces", "runtime should fail with NamespaceMode_CONTAINER"},
+	{"UserNamespaces", "runtime should fail with NamespaceMode_TARGET"},
 }
 
 func tail(b []byte, n int) []byte {
