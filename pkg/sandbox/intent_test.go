@@ -165,3 +165,21 @@ func TestLockedFileIsNotMovedAside(t *testing.T) {
 		t.Fatalf("a locked file was moved aside: %v", m)
 	}
 }
+
+// BenchmarkIntentCommit is the cost of one fsynced commit, the unit of
+// what RunPodSandbox (two intents and the pod) and CreateContainer (two
+// intents and the container) now write before answering.
+func BenchmarkIntentCommit(b *testing.B) {
+	s, err := Open(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	in := Intent{Kind: IntentSandbox, ID: "p", CreatedAt: time.Now(), ControllerPod: true}
+	b.ResetTimer()
+	for range b.N {
+		if err := s.PutIntent(in); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
