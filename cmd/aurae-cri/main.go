@@ -148,6 +148,7 @@ func run(cfg config) error {
 		RuntimeName:    "aurae-cri",
 		RuntimeVersion: version.Version,
 		CDI:            cdi,
+		Fault:          faultHook(logger),
 	})
 	if err != nil {
 		return err

@@ -14,6 +14,7 @@ import (
 
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller/vm"
+	"github.com/aurae-runtime/aurae-cri/pkg/image"
 	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 )
@@ -39,7 +40,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	if err != nil {
 		return nil, err
 	}
-	if sb.Status.State != runtimeapi.PodSandboxState_SANDBOX_READY {
+	if sb.Status.State != runtimeapi.PodSandboxState_SANDBOX_READY || sb.Status.Removing {
 		return nil, fmt.Errorf("pod %s is not ready: %w", sb.ID, errPrecondition)
 	}
 	logRel, err := cleanRelative("log path", cfg.GetLogPath())
@@ -94,20 +95,34 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	if err != nil {
 		return nil, fmt.Errorf("image %q: %w", cfg.GetImage().GetImage(), err)
 	}
+	ctrl, err := r.controller(sb.RuntimeHandler)
+	if err != nil {
+		return nil, err
+	}
+	// The intent (CREATING) is recorded before each side effect, so that
+	// a restart after a crash undoes what this call made; storing the
+	// container completes it.
+	rootfs := r.rootfsDir(id)
+	intent := sandbox.Intent{Kind: sandbox.IntentContainer, ID: id, PodID: sb.ID, Name: name, RuntimeHandler: sb.RuntimeHandler,
+		CreatedAt: time.Now(), Rootfs: true, Snapshot: image.RootfsKey(id), Lease: image.RootfsLease(id), RootfsDir: rootfs}
+	if err := r.store.PutIntent(intent); err != nil {
+		return nil, err
+	}
+	undone := true // every undo below succeeded
+	defer func() {
+		if retErr != nil {
+			r.settleIntent(id, undone, log)
+		}
+	}()
+	undoRootfs := func() {
+		if !r.undoRootfs(id, log) {
+			undone = false
+		}
+	}
 	mounts, err := r.cfg.Images.PrepareRootfs(callCtx, id, img.ID)
 	if err != nil {
+		undoRootfs() // a lease or snapshot may be left of it
 		return nil, fmt.Errorf("rootfs of %q: %w", name, err)
-	}
-	rootfs := r.rootfsDir(id)
-	undoRootfs := func() {
-		cctx, cancel := cleanupContext()
-		defer cancel()
-		if err := unmountRootfs(rootfs); err != nil {
-			log.Error("roll back rootfs mount", "error", err)
-		}
-		if err := r.cfg.Images.RemoveRootfs(cctx, id); err != nil {
-			log.Error("roll back rootfs snapshot", "error", err)
-		}
 	}
 	if err := mountRootfs(mounts, rootfs, rootfsIDMapOf(sb)); err != nil {
 		undoRootfs()
@@ -118,11 +133,8 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 			undoRootfs()
 		}
 	}()
+	r.fault(FaultContainerRootfs)
 
-	ctrl, err := r.controller(sb.RuntimeHandler)
-	if err != nil {
-		return nil, err
-	}
 	logPath, err := containerLogPath(sb.Config.GetLogDirectory(), logRel, true)
 	if err != nil {
 		return nil, err
@@ -136,19 +148,21 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 			return nil, err
 		}
 	}
+	intent.ControllerContainer = true
+	if err := r.store.PutIntent(intent); err != nil {
+		return nil, err
+	}
 	facts, err := ctrl.PrepareContainer(callCtx, sb.ID, files)
 	if err != nil {
+		undone = r.undoPrepareContainer(ctrl, sb.ID, id, log) && undone
 		return nil, fmt.Errorf("prepare %q: %w", name, err)
 	}
 	defer func() {
 		if retErr != nil {
-			cctx, cancel := cleanupContext()
-			defer cancel()
-			if err := ctrl.RemoveContainer(cctx, sb.ID, id); err != nil {
-				log.Error("roll back container", "error", err)
-			}
+			undone = r.undoPrepareContainer(ctrl, sb.ID, id, log) && undone
 		}
 	}()
+	r.fault(FaultContainerPrepared)
 	spec, err := ocispec.Generate(ocispec.Input{
 		ID:              id,
 		SandboxID:       sb.ID,

@@ -12,7 +12,9 @@ import (
 )
 
 // RemoveContainer implements RuntimeService.RemoveContainer: a running
-// container is killed first; its rootfs and record go. Unknown ids succeed.
+// container is killed first; its rootfs and record go. It is marked
+// REMOVING before that (Status.Removing): recovery finishes a removal cut
+// short. Unknown ids succeed.
 func (r *Runtime) RemoveContainer(ctx context.Context, req *runtimeapi.RemoveContainerRequest) (*runtimeapi.RemoveContainerResponse, error) {
 	if err := r.checkReady(); err != nil {
 		return nil, err
@@ -57,6 +59,7 @@ func (r *Runtime) removeContainer(ctx context.Context, id string) error {
 			return fmt.Errorf("remove container %s: %w", c.ID, err)
 		}
 	}
+	r.fault(FaultContainerRemoving)
 	if err := unmountRootfs(r.rootfsDir(c.ID)); err != nil {
 		return err
 	}

@@ -27,6 +27,7 @@ type fakeController struct {
 	// stopSignals are the signals StopContainer was given, in order.
 	stopSignals []string
 	runErr      error
+	startErr    error
 	forwarded   []int32
 	subs        []chan controller.ContainerEvent
 	// quiet: exits publish no event (a lost event stream).
@@ -55,6 +56,9 @@ func (f *fakeController) CreatePod(_ context.Context, spec controller.PodSpec) (
 func (f *fakeController) StartPod(_ context.Context, id string, net *controller.Network) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.startErr != nil {
+		return f.startErr
+	}
 	f.started[id] = net
 	return nil
 }
@@ -199,11 +203,12 @@ func (f *fakeController) PortForward(_ context.Context, podID string, port int32
 
 // fakeNetwork counts setups and teardowns per pod.
 type fakeNetwork struct {
-	mu        sync.Mutex
-	setups    map[string]int
-	teardowns map[string]int
-	setupErr  error
-	notReady  error
+	mu          sync.Mutex
+	setups      map[string]int
+	teardowns   map[string]int
+	setupErr    error
+	teardownErr error
+	notReady    error
 }
 
 func newFakeNetwork() *fakeNetwork {
@@ -225,6 +230,9 @@ func (n *fakeNetwork) Setup(_ context.Context, podID, _ string, _ *runtimeapi.Po
 func (n *fakeNetwork) Teardown(_ context.Context, podID, _ string, _ *runtimeapi.PodSandboxConfig) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.teardownErr != nil {
+		return n.teardownErr
+	}
 	n.teardowns[podID]++
 	return nil
 }

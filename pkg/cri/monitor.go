@@ -95,11 +95,13 @@ func (r *Runtime) checkExits(ctx context.Context, only controller.Controller) {
 }
 
 // Recover reconciles the store with the controllers, then starts serving
-// and watching. Pods a controller runs that the store does not know (left by
-// a crash in the middle of RunPodSandbox) are removed; pods the controller
-// lost are NOTREADY; containers that exited while aurae-cri was down get
-// their real exit status.
+// and watching. Creations and removals cut short by a crash are undone or
+// finished first (recoverIntents); pods a controller runs that the store
+// does not know are left alone (unknownPod); pods the controller lost are
+// NOTREADY; containers that exited while aurae-cri was down get their real
+// exit status.
 func (r *Runtime) Recover(ctx context.Context) error {
+	r.recoverIntents(ctx)
 	known := map[string]bool{}
 	for _, sb := range r.store.Sandboxes() {
 		known[sb.ID] = true
@@ -116,12 +118,7 @@ func (r *Runtime) Recover(ctx context.Context) error {
 			id := p.ID
 			running[id] = true
 			if !known[id] {
-				r.log.Warn("removing a pod aurae-cri does not know", "pod", id, "runtime_handler", handler)
-				callCtx, cancel := bounded(ctx, podCallTimeout)
-				if err := ctrl.RemovePod(callCtx, id); err != nil {
-					r.log.Error("remove unknown pod", "pod", id, "error", err)
-				}
-				cancel()
+				r.unknownPod(handler, id)
 			}
 		}
 		for _, sb := range r.store.Sandboxes() {

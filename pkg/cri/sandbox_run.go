@@ -66,24 +66,40 @@ func (r *Runtime) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 	lock := r.lockPod(id)
 	defer lock()
 
+	// The intent (CREATING) is recorded before each side effect, so that
+	// a restart after a crash undoes what this call made; storing the pod
+	// completes it.
+	intent := sandbox.Intent{Kind: sandbox.IntentSandbox, ID: id, Name: name, RuntimeHandler: req.GetRuntimeHandler(),
+		CreatedAt: time.Now(), ControllerPod: true}
+	if err := r.store.PutIntent(intent); err != nil {
+		return nil, err
+	}
+	undone := true // every undo below succeeded
+	defer func() {
+		if retErr != nil {
+			r.settleIntent(id, undone, log)
+		}
+	}()
 	callCtx, cancel := bounded(ctx, podCallTimeout)
 	defer cancel()
 	pod, err := ctrl.CreatePod(callCtx, podSpec(id, cfg, req.GetRuntimeHandler(), r.cfg.CgroupParent))
 	if err != nil {
+		undone = r.undoCreatePod(ctrl, id, log) // it may have made part of the pod
 		return nil, fmt.Errorf("run pod %q: %w", name, err)
 	}
 	defer func() {
 		if retErr != nil {
-			cctx, cancel := cleanupContext()
-			defer cancel()
-			if err := ctrl.RemovePod(cctx, id); err != nil {
-				log.Error("roll back pod", "error", err)
-			}
+			undone = r.undoCreatePod(ctrl, id, log) && undone
 		}
 	}()
+	r.fault(FaultPodCreated)
 	hostNetwork := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtimeapi.NamespaceMode_NODE
 	var network *controller.Network
 	if !hostNetwork {
+		intent.Network, intent.NetNSPath, intent.Config = true, pod.NetNSPath, cniConfig(cfg)
+		if err := r.store.PutIntent(intent); err != nil {
+			return nil, err
+		}
 		ips, err := r.cfg.Network.Setup(callCtx, id, pod.NetNSPath, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("set up network of pod %q: %w", name, err)
@@ -93,15 +109,18 @@ func (r *Runtime) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 				cctx, cancel := cleanupContext()
 				defer cancel()
 				if err := r.cfg.Network.Teardown(cctx, id, pod.NetNSPath, cfg); err != nil {
+					undone = false
 					log.Error("roll back pod network", "error", err)
 				}
 			}
 		}()
 		network = &controller.Network{NetNSPath: pod.NetNSPath, IPs: ips}
+		r.fault(FaultPodNetwork)
 	}
 	if err := ctrl.StartPod(callCtx, id, network); err != nil {
 		return nil, fmt.Errorf("start pod %q: %w", name, err)
 	}
+	r.fault(FaultPodStarted)
 	sb := &sandbox.Sandbox{
 		ID: id, Name: name, Config: cfg, RuntimeHandler: req.GetRuntimeHandler(), CreatedAt: time.Now(),
 		Status: sandbox.SandboxStatus{

@@ -90,28 +90,49 @@ func (r *Runtime) RemovePodSandbox(ctx context.Context, req *runtimeapi.RemovePo
 	if err != nil {
 		return nil, err
 	}
-	if err := r.stopPod(ctx, sb); err != nil {
+	if err := r.removePod(ctx, sb); err != nil {
 		return nil, err
+	}
+	return &runtimeapi.RemovePodSandboxResponse{}, nil
+}
+
+// removePod stops a pod, removes its containers and frees it. It is marked
+// REMOVING first: recovery finishes a removal cut short.
+func (r *Runtime) removePod(ctx context.Context, sb sandbox.Sandbox) error {
+	if !sb.Status.Removing {
+		if _, err := r.store.UpdateSandbox(sb.ID, func(st sandbox.SandboxStatus) (sandbox.SandboxStatus, error) {
+			st.Removing = true
+			return st, nil
+		}); err != nil {
+			if errdefs.IsNotFound(err) {
+				return nil
+			}
+			return err
+		}
+	}
+	if err := r.stopPod(ctx, sb); err != nil {
+		return err
 	}
 	unlock := r.lockPod(sb.ID)
 	defer unlock()
 	for _, c := range r.store.ContainersOf(sb.ID) {
 		if err := r.removeContainer(ctx, c.ID); err != nil {
-			return nil, fmt.Errorf("remove pod %s: %w", sb.ID, err)
+			return fmt.Errorf("remove pod %s: %w", sb.ID, err)
 		}
 	}
+	r.fault(FaultPodRemoving)
 	ctrl, err := r.controller(sb.RuntimeHandler)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	callCtx, cancel := bounded(ctx, podCallTimeout)
 	defer cancel()
 	if err := ctrl.RemovePod(callCtx, sb.ID); err != nil {
-		return nil, fmt.Errorf("remove pod %s: %w", sb.ID, err)
+		return fmt.Errorf("remove pod %s: %w", sb.ID, err)
 	}
 	if err := r.store.DeleteSandbox(sb.ID); err != nil {
-		return nil, err
+		return err
 	}
 	r.log.Info("pod sandbox removed", "pod", sb.ID)
-	return &runtimeapi.RemovePodSandboxResponse{}, nil
+	return nil
 }

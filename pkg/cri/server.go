@@ -62,6 +62,9 @@ type Config struct {
 	Host *ocispec.HostFeatures
 	// CDI resolves the CDI devices containers ask for; nil refuses them.
 	CDI ocispec.CDI
+	// Fault, when set, is called at each fault point (FaultPoints) for
+	// fault injection tests; nil in production.
+	Fault func(point string)
 }
 
 // Runtime implements runtimeapi.RuntimeServiceServer.

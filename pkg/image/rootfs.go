@@ -25,11 +25,11 @@ type Mount struct {
 // RootfsKey is the snapshot key of a container's rootfs.
 func RootfsKey(containerID string) string { return "aurae-cri/rootfs/" + containerID }
 
-// rootfsLease is the lease that holds a container's rootfs snapshot (and,
-// through it, the image layers under it) until RemoveRootfs. Lease ids are at
-// most 76 characters, so the container id is hashed; the lease's labels name
-// the container.
-func rootfsLease(containerID string) string {
+// RootfsLease is the id of the lease that holds a container's rootfs
+// snapshot (and, through it, the image layers under it) until RemoveRootfs.
+// Lease ids are at most 76 characters, so the container id is hashed; the
+// lease's labels name the container.
+func RootfsLease(containerID string) string {
 	sum := sha256.Sum256([]byte(containerID))
 	return "aurae-cri.rootfs." + hex.EncodeToString(sum[:20])
 }
@@ -58,10 +58,10 @@ func (s *Service) PrepareRootfs(ctx context.Context, containerID, imageRef strin
 
 	labels := map[string]string{LabelContainerID: containerID}
 	lm := s.client.LeasesService()
-	lease, err := lm.Create(ctx, leases.WithID(rootfsLease(containerID)), leases.WithLabels(labels))
+	lease, err := lm.Create(ctx, leases.WithID(RootfsLease(containerID)), leases.WithLabels(labels))
 	createdLease := err == nil
 	if errdefs.IsAlreadyExists(err) {
-		lease, err = leases.Lease{ID: rootfsLease(containerID)}, nil
+		lease, err = leases.Lease{ID: RootfsLease(containerID)}, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("prepare rootfs of %q: lease: %w", containerID, err)
@@ -112,7 +112,7 @@ func (s *Service) RemoveRootfs(ctx context.Context, containerID string) error {
 	if err := s.client.SnapshotService(s.snapshotter).Remove(ctx, key); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("remove rootfs of %q: snapshot: %w", containerID, err)
 	}
-	err := s.client.LeasesService().Delete(ctx, leases.Lease{ID: rootfsLease(containerID)}, leases.SynchronousDelete)
+	err := s.client.LeasesService().Delete(ctx, leases.Lease{ID: RootfsLease(containerID)}, leases.SynchronousDelete)
 	if err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("remove rootfs of %q: lease: %w", containerID, err)
 	}

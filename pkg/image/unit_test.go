@@ -161,10 +161,10 @@ func TestRepoDigestAndTag(t *testing.T) {
 
 func TestRootfsLease(t *testing.T) {
 	long := hex64('a') + hex64('b')
-	if l := rootfsLease(long); len(l) > 76 || l == rootfsLease(hex64('a')) {
+	if l := RootfsLease(long); len(l) > 76 || l == RootfsLease(hex64('a')) {
 		t.Errorf("lease id %q", l)
 	}
-	if a, b := rootfsLease("x"), rootfsLease("x"); a != b {
+	if a, b := RootfsLease("x"), RootfsLease("x"); a != b {
 		t.Error("lease id not deterministic")
 	}
 }

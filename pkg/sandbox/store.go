@@ -1,17 +1,23 @@
 package sandbox
 
 import (
+	"cmp"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -21,14 +27,19 @@ import (
 // writes each change through to a bbolt file. The lock is never held across
 // a call to auraed, containerd or CNI.
 //
-// Writes are not fsynced: the state must survive a crash of aurae-cri, which
-// the page cache does; a kernel crash also ends every pod it describes.
+// Every commit is fsynced: an object the kubelet was told about must be
+// there after a power loss, and an unsynced bbolt file can be torn by one.
+// A file that cannot be read is moved aside (see Open).
 type Store struct {
 	db *bolt.DB
+	// movedAside is where an unreadable file was moved at Open ("" when
+	// the file was read).
+	movedAside string
 
 	mu         sync.RWMutex
 	sandboxes  map[string]*Sandbox
 	containers map[string]*Container
+	intents    map[string]*Intent
 	// names maps a reserved name to the id holding it.
 	names map[string]string
 }
@@ -45,19 +56,85 @@ type record struct {
 	Config json.RawMessage `json:"config"`
 }
 
+// dbFile is the store's file under its directory.
+const dbFile = "cri.db"
+
 // Open opens (or creates) the store under dir and loads what it holds.
+//
+// A file that bbolt cannot open (torn, not a bbolt file, a newer version)
+// or whose records cannot be read is renamed to cri.db.corrupt-<time> and
+// an empty store is started in its place, with an error log saying so: the
+// daemon must come back, and Recover rebuilds what it can from the
+// controllers (MovedAside tells it). A file locked by another process is
+// an error: another aurae-cri is using it.
 func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(filepath.Join(dir, "cri.db"), 0o600, &bolt.Options{Timeout: 2 * time.Second, NoSync: true})
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", dir, err)
+	path := filepath.Join(dir, dbFile)
+	s, err := openFile(path)
+	if err == nil {
+		return s, nil
 	}
-	s := &Store{db: db, sandboxes: map[string]*Sandbox{}, containers: map[string]*Container{}, names: map[string]string{}}
+	if !unreadable(err) {
+		return nil, err
+	}
+	aside := fmt.Sprintf("%s.corrupt-%s", path, time.Now().UTC().Format("20060102T150405.000000000Z"))
+	if rerr := os.Rename(path, aside); rerr != nil {
+		return nil, fmt.Errorf("%w (and moving it aside failed: %w)", err, rerr)
+	}
+	slog.Error("state file unreadable: moved aside, starting with an empty store; recovery rebuilds what it can from the runtimes",
+		"file", path, "moved_to", aside, "error", err)
+	s, err = openFile(path)
+	if err != nil {
+		return nil, err
+	}
+	s.movedAside = aside
+	return s, nil
+}
+
+// MovedAside is where Open moved an unreadable state file ("" when it read
+// the file): the store started empty and knows nothing of what ran.
+func (s *Store) MovedAside() string { return s.movedAside }
+
+// errUnreadable marks a file bbolt opened but whose content is unusable.
+var errUnreadable = errors.New("unreadable state file")
+
+// unreadable tells a damaged file (to move aside) from a file that is
+// locked by another process or could not be reached (to report).
+func unreadable(err error) bool {
+	if errors.Is(err, errUnreadable) {
+		return true
+	}
+	if errors.Is(err, berrors.ErrTimeout) {
+		return false
+	}
+	var pe *fs.PathError
+	var errno syscall.Errno
+	return !errors.As(err, &pe) && !errors.As(err, &errno)
+}
+
+// openFile opens path and loads it; a panic of bbolt on a damaged page is
+// an error.
+func openFile(path string) (s *Store, err error) {
+	var db *bolt.DB
+	defer func() {
+		if p := recover(); p != nil {
+			if db != nil {
+				_ = db.Close()
+			}
+			s, err = nil, fmt.Errorf("open %s: %w: bbolt: %v", path, errUnreadable, p)
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	s = &Store{db: db, sandboxes: map[string]*Sandbox{}, containers: map[string]*Container{},
+		intents: map[string]*Intent{}, names: map[string]string{}}
 	if err := s.load(); err != nil {
 		_ = db.Close()
-		return nil, err
+		return nil, fmt.Errorf("load %s: %w: %w", path, errUnreadable, err)
 	}
 	return s, nil
 }
@@ -67,10 +144,21 @@ func (s *Store) Close() error { return s.db.Close() }
 
 func (s *Store) load() error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketSandboxes, bucketContainers} {
+		for _, b := range [][]byte{bucketSandboxes, bucketContainers, bucketIntents} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
+		}
+		// Check reads every page; it must be drained to its end.
+		var damaged error
+		for err := range tx.Check() {
+			damaged = cmp.Or(damaged, err)
+		}
+		if damaged != nil {
+			return fmt.Errorf("check: %w", damaged)
+		}
+		if err := s.loadIntents(tx); err != nil {
+			return err
 		}
 		err := tx.Bucket(bucketSandboxes).ForEach(func(k, v []byte) error {
 			var r record
@@ -111,6 +199,12 @@ func (s *Store) load() error {
 }
 
 func (s *Store) put(bucket []byte, id string, obj any, cfg []byte) error {
+	return s.putDone(bucket, id, obj, cfg, false)
+}
+
+// putDone puts a record and, when done, deletes the intent of the same id
+// in the same transaction: the object is made.
+func (s *Store) putDone(bucket []byte, id string, obj any, cfg []byte, done bool) error {
 	o, err := json.Marshal(obj)
 	if err != nil {
 		return err
@@ -119,7 +213,14 @@ func (s *Store) put(bucket []byte, id string, obj any, cfg []byte) error {
 	if err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(id), b) })
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if done {
+			if err := tx.Bucket(bucketIntents).Delete([]byte(id)); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucket).Put([]byte(id), b)
+	})
 }
 
 func (s *Store) del(bucket []byte, id string) error {
@@ -156,7 +257,8 @@ func (s *Store) ReleaseName(name, id string) {
 	}
 }
 
-// AddSandbox stores a new pod; its name must be reserved for it.
+// AddSandbox stores a new pod, and completes its intent in the same
+// transaction; its name must be reserved for it.
 func (s *Store) AddSandbox(sb *Sandbox) error {
 	cfg, err := protojson.Marshal(sb.Config)
 	if err != nil {
@@ -167,14 +269,16 @@ func (s *Store) AddSandbox(sb *Sandbox) error {
 	if _, ok := s.sandboxes[sb.ID]; ok {
 		return fmt.Errorf("sandbox %q: %w", sb.ID, errdefs.ErrAlreadyExists)
 	}
-	if err := s.put(bucketSandboxes, sb.ID, sb, cfg); err != nil {
+	if err := s.putDone(bucketSandboxes, sb.ID, sb, cfg, true); err != nil {
 		return fmt.Errorf("persist sandbox %q: %w", sb.ID, err)
 	}
 	s.sandboxes[sb.ID] = sb
+	delete(s.intents, sb.ID)
 	return nil
 }
 
-// AddContainer stores a new container; its name must be reserved for it.
+// AddContainer stores a new container, and completes its intent in the
+// same transaction; its name must be reserved for it.
 func (s *Store) AddContainer(c *Container) error {
 	cfg, err := protojson.Marshal(c.Config)
 	if err != nil {
@@ -185,10 +289,11 @@ func (s *Store) AddContainer(c *Container) error {
 	if _, ok := s.containers[c.ID]; ok {
 		return fmt.Errorf("container %q: %w", c.ID, errdefs.ErrAlreadyExists)
 	}
-	if err := s.put(bucketContainers, c.ID, c, cfg); err != nil {
+	if err := s.putDone(bucketContainers, c.ID, c, cfg, true); err != nil {
 		return fmt.Errorf("persist container %q: %w", c.ID, err)
 	}
 	s.containers[c.ID] = c
+	delete(s.intents, c.ID)
 	return nil
 }
 

@@ -13,8 +13,9 @@ import (
 // Sandbox is a pod. Its fields are fixed at RunPodSandbox; Status changes
 // only through Store.UpdateSandbox.
 //
-// States: READY (RunPodSandbox succeeded) → NOTREADY (StopPodSandbox, or
-// its network or namespaces are gone) → removed (RemovePodSandbox).
+// States: (CREATING, an Intent) → READY (RunPodSandbox succeeded) →
+// NOTREADY (StopPodSandbox, or its network or namespaces are gone) →
+// (REMOVING, Status.Removing) → removed (RemovePodSandbox).
 type Sandbox struct {
 	ID             string                       `json:"id"`
 	Name           string                       `json:"name"`
@@ -38,13 +39,17 @@ type SandboxStatus struct {
 	// UserNSPath is the pod's pinned user namespace ("" for the node's):
 	// its containers' rootfs is id-mapped with it.
 	UserNSPath string `json:"userns_path,omitempty"`
+	// Removing is set once RemovePodSandbox began (REMOVING), before its
+	// first side effect: recovery finishes the removal of a pod left so.
+	Removing bool `json:"removing,omitempty"`
 }
 
 // Container is a container of a pod. Its fields are fixed at
 // CreateContainer; Status changes only through Store.UpdateContainer.
 //
-// States: CREATED → RUNNING (StartContainer) → EXITED (the process ended,
-// or StopContainer) → removed (RemoveContainer). UNKNOWN when its runtime
+// States: (CREATING, an Intent) → CREATED → RUNNING (StartContainer) →
+// EXITED (the process ended, or StopContainer) → (REMOVING,
+// Status.Removing) → removed (RemoveContainer). UNKNOWN when its runtime
 // cannot say.
 type Container struct {
 	ID        string                      `json:"id"`
@@ -75,7 +80,8 @@ type ContainerStatus struct {
 	ExitCode   int32                     `json:"exit_code"`
 	Reason     string                    `json:"reason,omitempty"`
 	Message    string                    `json:"message,omitempty"`
-	// Removing is set once RemoveContainer began: the container must not
-	// be started again.
+	// Removing is set once RemoveContainer began (REMOVING), before its
+	// first side effect: the container must not be started again, and
+	// recovery finishes the removal of a container left so.
 	Removing bool `json:"removing,omitempty"`
 }

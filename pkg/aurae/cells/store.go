@@ -14,9 +14,10 @@ import (
 // store persists cells and executables in a bbolt file, so that a restarted
 // auraed knows what it ran.
 //
-// Writes are not fsynced (NoSync): the state only has to survive a crash of
-// auraed, and the page cache survives that. A crash of the kernel takes every
-// cgroup and process the file describes with it, and recovery drops records
+// Every commit is fsynced: a crash of auraed alone would be survived by the
+// page cache, but a power loss or kernel crash with unsynced commits can tear
+// the file (meta pages pointing at pages never written). The cgroups and
+// processes the file describes die with the kernel; recovery drops records
 // whose cgroup is gone.
 type store struct {
 	db *bolt.DB
@@ -53,7 +54,7 @@ func openStore(dir string) (*store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
-	db, err := bolt.Open(filepath.Join(dir, "cells.db"), 0o600, &bolt.Options{Timeout: 2 * time.Second, NoSync: true})
+	db, err := bolt.Open(filepath.Join(dir, "cells.db"), 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
 		return nil, fmt.Errorf("open state %s: %w", dir, err)
 	}

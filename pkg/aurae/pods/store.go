@@ -10,9 +10,10 @@ import (
 )
 
 // store persists pods and containers in a bbolt file, so that a restarted
-// auraed knows what it ran. Writes are not fsynced (NoSync): the state only
-// has to survive a crash of auraed; a crash of the kernel takes the cgroups,
-// mounts and processes it describes with it, and recovery drops those.
+// auraed knows what it ran. Every commit is fsynced: a power loss or kernel
+// crash with unsynced commits can tear the file, not just lose its last
+// writes. The cgroups, mounts and processes it describes die with the
+// kernel, and recovery drops those.
 type store struct {
 	db *bolt.DB
 }
@@ -34,7 +35,7 @@ type podRecord struct {
 }
 
 func openStore(dir string) (*store, error) {
-	db, err := bolt.Open(filepath.Join(dir, "pods.db"), 0o600, &bolt.Options{Timeout: 2 * time.Second, NoSync: true})
+	db, err := bolt.Open(filepath.Join(dir, "pods.db"), 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
 		return nil, fmt.Errorf("open state %s: %w", dir, err)
 	}

@@ -13,9 +13,10 @@ import (
 )
 
 // store persists VMs in a bbolt file, so that a restarted auraed knows what
-// it ran. Writes are not fsynced (NoSync), as the other stores of auraed:
-// the state has to survive a crash of auraed, not of the kernel (which takes
-// the VMs with it; recovery then marks them stopped).
+// it ran. Every commit is fsynced, as in the other stores of auraed: without
+// it a power loss or kernel crash can leave the file torn (bbolt's meta pages
+// pointing at pages never written), not merely a few writes short, and the
+// daemon would not start again. Recovery then marks the VMs stopped.
 type store struct {
 	db *bolt.DB
 }
@@ -33,7 +34,7 @@ type recordJSON struct {
 }
 
 func openStore(dir string) (*store, error) {
-	db, err := bolt.Open(filepath.Join(dir, "vms.db"), 0o600, &bolt.Options{Timeout: 2 * time.Second, NoSync: true})
+	db, err := bolt.Open(filepath.Join(dir, "vms.db"), 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
 		return nil, fmt.Errorf("open state %s: %w", dir, err)
 	}
