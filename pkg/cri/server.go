@@ -82,6 +82,10 @@ type Runtime struct {
 	host ocispec.HostFeatures
 	// streams serves Exec, Attach and PortForward URLs once started.
 	streams atomic.Pointer[StreamServer]
+	// stats are the containers' last figures and the calls in flight.
+	stats statsCache
+	// checking are the containers whose exit check is in flight.
+	checking inflight
 }
 
 func (r *Runtime) lockPod(id string) func()       { return r.pods.lock(id) }
