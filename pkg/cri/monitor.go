@@ -18,7 +18,7 @@ func (r *Runtime) monitor(ctx context.Context) {
 	for _, ctrl := range r.cfg.Controllers {
 		if !seen[ctrl] {
 			seen[ctrl] = true
-			go r.follow(ctx, ctrl)
+			r.bg.Go(func() { r.follow(ctx, ctrl) })
 		}
 	}
 	t := time.NewTicker(r.cfg.MonitorInterval)
@@ -52,7 +52,7 @@ func (r *Runtime) follow(ctx context.Context, ctrl controller.Controller) {
 		backoff = 100 * time.Millisecond
 		// The resync runs beside the events: a wedged pod delays only
 		// its own answer, never the exits the events report.
-		go r.checkExits(ctx, ctrl, false)
+		r.bg.Go(func() { r.checkExits(ctx, ctrl, false) })
 		for ev := range evs {
 			if ev.Type != controller.EventExited {
 				continue

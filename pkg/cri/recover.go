@@ -52,7 +52,9 @@ func (r *Runtime) Recover(ctx context.Context) error {
 	r.checkExits(ctx, nil, true)
 	r.ready.Store(true)
 	r.log.Info("recovered", "pods", len(r.store.Sandboxes()), "containers", len(r.store.Containers()))
-	go r.monitor(context.WithoutCancel(ctx))
+	mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	r.stopMonitor = cancel
+	r.bg.Go(func() { r.monitor(mctx) })
 	return nil
 }
 
