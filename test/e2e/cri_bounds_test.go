@@ -66,7 +66,7 @@ func TestCRIRestartLargeAnnotations(t *testing.T) {
 }
 
 // ppid is the parent of pid, from /proc.
-func ppid(t *testing.T, pid int) int {
+func ppid(t testing.TB, pid int) int {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
