@@ -69,13 +69,17 @@ func run(cfg config) error {
 	}
 	defer lis.Close()
 
-	var servers []*grpc.Server
-	// The CRI server first, then the embedded auraed its calls may need.
-	defer func() {
-		for i := len(servers) - 1; i >= 0; i-- {
-			server.Shutdown(logger, shutdownGrace, servers[i])
-		}
-	}()
+	// What is opened here closes in the reverse order (deferred): the CRI
+	// server drains first (stop accepting, the calls in flight finish or
+	// are cancelled and undo their work, bounded), then the streaming
+	// server and the monitors stop, then the clients (images, containerd,
+	// auraed) close, then the embedded auraed drains and closes, and the
+	// store closes last.
+	store, err := sandbox.Open(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = store.Close() }()
 
 	auraeAddr := cfg.AuraeAddress
 	if auraeAddr == "" {
@@ -84,7 +88,7 @@ func run(cfg config) error {
 			return err
 		}
 		defer func() { _ = embedded.Close() }()
-		servers = append(servers, embedded.server)
+		defer server.Shutdown(logger, shutdownGrace, embedded.server)
 		auraeAddr = addr
 	}
 	aurae, err := client.Dial(ctx, auraeAddr)
@@ -117,11 +121,6 @@ func run(cfg config) error {
 	if err != nil {
 		return fmt.Errorf("cni: %w", err)
 	}
-	store, err := sandbox.Open(cfg.StateDir)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = store.Close() }()
 	host := native.New(aurae.Conn)
 	controllers := map[string]controller.Controller{"": host, "runc": host}
 	if err := addVMController(controllers, cfg, aurae.Conn, logger); err != nil {
@@ -154,6 +153,7 @@ func run(cfg config) error {
 		return err
 	}
 
+	defer rt.Close()
 	streams, err := rt.StartStreaming(cfg.StreamAddress)
 	if err != nil {
 		return err
@@ -163,7 +163,7 @@ func run(cfg config) error {
 	srv := server.New(logger)
 	runtimeapi.RegisterRuntimeServiceServer(srv, rt)
 	runtimeapi.RegisterImageServiceServer(srv, images)
-	servers = append(servers, srv)
+	defer server.Shutdown(logger, shutdownGrace, srv)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
 	// Calls answer Unavailable until the state is reconciled.
@@ -175,6 +175,7 @@ func run(cfg config) error {
 	select {
 	case <-ctx.Done():
 		logger.Info("aurae-cri shutting down", "reason", "signal")
+		stop() // a second signal ends the process at once
 		return nil
 	case err := <-serveErr:
 		return fmt.Errorf("serve: %w", err)

@@ -6,10 +6,9 @@ import (
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 )
-
-const statsTimeout = 10 * time.Second
 
 // ContainerStats implements RuntimeService.ContainerStats.
 func (r *Runtime) ContainerStats(ctx context.Context, req *runtimeapi.ContainerStatsRequest) (*runtimeapi.ContainerStatsResponse, error) {
@@ -20,17 +19,23 @@ func (r *Runtime) ContainerStats(ctx context.Context, req *runtimeapi.ContainerS
 	if err != nil {
 		return nil, err
 	}
-	return &runtimeapi.ContainerStatsResponse{Stats: r.containerStats(ctx, c)}, nil
+	var figures map[string]controller.Stats
+	if c.Status.State == runtimeapi.ContainerState_CONTAINER_RUNNING {
+		figures = r.collectStats(ctx, []sandbox.Container{c})
+	}
+	return &runtimeapi.ContainerStatsResponse{Stats: r.containerStats(c, figures)}, nil
 }
 
 // ListContainerStats implements RuntimeService.ListContainerStats for the
-// running containers matching the filter.
+// running containers matching the filter. The controllers are asked in
+// parallel, each call with its own deadline; a container whose pod does
+// not answer in time has its last known figures.
 func (r *Runtime) ListContainerStats(ctx context.Context, req *runtimeapi.ListContainerStatsRequest) (*runtimeapi.ListContainerStatsResponse, error) {
 	if err := r.checkReady(); err != nil {
 		return nil, err
 	}
 	f := req.GetFilter()
-	resp := &runtimeapi.ListContainerStatsResponse{}
+	var cs []sandbox.Container
 	for _, c := range r.store.Containers() {
 		if c.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
 			continue
@@ -46,15 +51,21 @@ func (r *Runtime) ListContainerStats(ctx context.Context, req *runtimeapi.ListCo
 				continue
 			}
 		}
-		resp.Stats = append(resp.Stats, r.containerStats(ctx, c))
+		cs = append(cs, c)
+	}
+	r.pruneStats()
+	figures := r.collectStats(ctx, cs)
+	resp := &runtimeapi.ListContainerStatsResponse{}
+	for _, c := range cs {
+		resp.Stats = append(resp.Stats, r.containerStats(c, figures))
 	}
 	return resp, nil
 }
 
-// containerStats asks the controller for CPU and memory; a container whose
-// runtime does not answer gets attributes without numbers, so that one
-// wedged pod does not fail the kubelet's whole poll.
-func (r *Runtime) containerStats(ctx context.Context, c sandbox.Container) *runtimeapi.ContainerStats {
+// containerStats is a container's stats from its figures (none for a
+// container whose runtime never answered: attributes without numbers, so
+// that one wedged pod does not fail the kubelet's whole poll).
+func (r *Runtime) containerStats(c sandbox.Container, figures map[string]controller.Stats) *runtimeapi.ContainerStats {
 	st := &runtimeapi.ContainerStats{Attributes: &runtimeapi.ContainerAttributes{
 		Id: c.ID, Metadata: c.Config.GetMetadata(), Labels: c.Config.GetLabels(), Annotations: c.Config.GetAnnotations(),
 	}}
@@ -63,24 +74,11 @@ func (r *Runtime) containerStats(ctx context.Context, c sandbox.Container) *runt
 		Timestamp: now, FsId: &runtimeapi.FilesystemIdentifier{Mountpoint: r.rootfsDir(c.ID)},
 		UsedBytes: &runtimeapi.UInt64Value{Value: dirUsage(r.upperDir(c.ID))}, InodesUsed: &runtimeapi.UInt64Value{},
 	}
-	if c.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
+	s, ok := figures[c.ID]
+	if !ok {
 		return st
 	}
-	ctrl, err := r.controllerOf(c.SandboxID)
-	if err != nil {
-		return st
-	}
-	callCtx, cancel := bounded(ctx, statsTimeout)
-	defer cancel()
-	s, err := ctrl.ContainerStats(callCtx, c.ID)
-	if err != nil {
-		r.log.Debug("container stats", "container", c.ID, "error", err)
-		return st
-	}
-	ts := now
-	if !s.Timestamp.IsZero() {
-		ts = s.Timestamp.UnixNano()
-	}
+	ts := s.Timestamp.UnixNano()
 	st.Cpu = &runtimeapi.CpuUsage{Timestamp: ts, UsageCoreNanoSeconds: &runtimeapi.UInt64Value{Value: s.CPUUsageNanos}}
 	st.Memory = &runtimeapi.MemoryUsage{Timestamp: ts, WorkingSetBytes: &runtimeapi.UInt64Value{Value: s.MemoryWorkingSetBytes}}
 	return st

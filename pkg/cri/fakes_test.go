@@ -32,6 +32,14 @@ type fakeController struct {
 	subs        []chan controller.ContainerEvent
 	// quiet: exits publish no event (a lost event stream).
 	quiet bool
+	// wedged containers: their status and stats calls block until the
+	// channel is closed or the call's context ends (a SIGSTOPped monitor, a
+	// stopped VM guest).
+	wedged map[string]chan struct{}
+	// listErr fails ListPods.
+	listErr error
+	// statsCalls counts ContainerStats calls per container.
+	statsCalls map[string]int
 }
 
 var _ controller.Controller = (*fakeController)(nil)
@@ -40,6 +48,40 @@ func newFakeController() *fakeController {
 	return &fakeController{
 		pods: map[string]controller.PodSpec{}, started: map[string]*controller.Network{},
 		containers: map[string]*controller.ContainerState{}, prepared: map[string]controller.ContainerFiles{},
+		wedged: map[string]chan struct{}{}, statsCalls: map[string]int{},
+	}
+}
+
+// wedge makes a container's status and stats calls block until unwedge.
+func (f *fakeController) wedge(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.wedged[id] = make(chan struct{})
+}
+
+func (f *fakeController) unwedge(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if ch, ok := f.wedged[id]; ok {
+		close(ch)
+		delete(f.wedged, id)
+	}
+}
+
+// block waits while id is wedged; the error is the context's, as the real
+// client returns it at a deadline.
+func (f *fakeController) block(ctx context.Context, id string) error {
+	f.mu.Lock()
+	ch := f.wedged[id]
+	f.mu.Unlock()
+	if ch == nil {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("container %s: %w", id, ctx.Err())
 	}
 }
 
@@ -158,7 +200,10 @@ func (f *fakeController) RemoveContainer(_ context.Context, _, id string) error 
 	return nil
 }
 
-func (f *fakeController) ContainerStatus(_ context.Context, id string) (controller.ContainerState, error) {
+func (f *fakeController) ContainerStatus(ctx context.Context, id string) (controller.ContainerState, error) {
+	if err := f.block(ctx, id); err != nil {
+		return controller.ContainerState{}, err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	c, ok := f.containers[id]
@@ -172,13 +217,23 @@ func (f *fakeController) ExecSync(context.Context, string, []string, time.Durati
 	return controller.ExecResult{Stdout: []byte("ok\n")}, nil
 }
 
-func (f *fakeController) ContainerStats(_ context.Context, id string) (controller.Stats, error) {
-	return controller.Stats{CPUUsageNanos: 1, MemoryWorkingSetBytes: 2}, nil
+func (f *fakeController) ContainerStats(ctx context.Context, id string) (controller.Stats, error) {
+	f.mu.Lock()
+	f.statsCalls[id]++
+	n := f.statsCalls[id]
+	f.mu.Unlock()
+	if err := f.block(ctx, id); err != nil {
+		return controller.Stats{}, err
+	}
+	return controller.Stats{CPUUsageNanos: uint64(n), MemoryWorkingSetBytes: 2}, nil
 }
 
 func (f *fakeController) ListPods(context.Context) ([]controller.PodState, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.listErr != nil {
+		return nil, f.listErr
+	}
 	var out []controller.PodState
 	for id := range f.pods {
 		out = append(out, controller.PodState{ID: id})

@@ -223,8 +223,8 @@ func (r *Runtime) undoPodIntent(ctx context.Context, in sandbox.Intent) {
 // not hold. One still named by an intent is left for the next start (its
 // undo failed above). Any other was not made by this aurae-cri (or its
 // records were lost with an unreadable state file): it is left alone.
-func (r *Runtime) unknownPod(handler, id string) {
-	log := r.log.With("pod", id, "runtime_handler", handler)
+func (r *Runtime) unknownPod(handlers []string, id string) {
+	log := r.log.With("pod", id, "runtime_handlers", handlers)
 	if _, ok := r.store.Intent(id); ok {
 		log.Warn("a pod cut short in its creation could not be undone: retried at the next start")
 		return

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -86,6 +87,14 @@ type Runtime struct {
 	host ocispec.HostFeatures
 	// streams serves Exec, Attach and PortForward URLs once started.
 	streams atomic.Pointer[StreamServer]
+	// stats are the containers' last figures and the calls in flight.
+	stats statsCache
+	// checking are the containers whose exit check is in flight.
+	checking inflight
+	// stopMonitor ends the monitor that Recover started; bg counts its
+	// goroutines.
+	stopMonitor context.CancelFunc
+	bg          sync.WaitGroup
 }
 
 func (r *Runtime) lockPod(id string) func()       { return r.pods.lock(id) }
@@ -127,6 +136,16 @@ func NewRuntime(cfg Config) (*Runtime, error) {
 		}
 	}
 	return &Runtime{cfg: cfg, log: cfg.Logger, store: cfg.Store, events: cfg.Events, capabilities: caps, host: host}, nil
+}
+
+// Close stops watching the containers (the event followers and the exit
+// poll) and waits for them; call it once the server has drained, before
+// closing the clients and the store they use.
+func (r *Runtime) Close() {
+	if r.stopMonitor != nil {
+		r.stopMonitor()
+	}
+	r.bg.Wait()
 }
 
 // checkReady refuses calls until recovery is done.

@@ -1752,7 +1752,13 @@ func (*RemoveContainerResponse) Descriptor() ([]byte, []int) {
 }
 
 type ListPodsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The most pods to answer; 0 (or more than the server's maximum, 100)
+	// is the server's maximum. A page may hold fewer (a size budget of about
+	// 4 MiB), but at least one pod when any remains.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous page; "" for the first page.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1785,6 +1791,20 @@ func (x *ListPodsRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ListPodsRequest.ProtoReflect.Descriptor instead.
 func (*ListPodsRequest) Descriptor() ([]byte, []int) {
 	return file_pods_v0_pods_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ListPodsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListPodsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
 }
 
 type PodStatus struct {
@@ -1856,8 +1876,10 @@ func (x *PodStatus) GetContainers() []*ContainerStatus {
 }
 
 type ListPodsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Pods          []*PodStatus           `protobuf:"bytes,1,rep,name=pods,proto3" json:"pods,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Pods  []*PodStatus           `protobuf:"bytes,1,rep,name=pods,proto3" json:"pods,omitempty"`
+	// Where the next page starts; "" on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1897,6 +1919,13 @@ func (x *ListPodsResponse) GetPods() []*PodStatus {
 		return x.Pods
 	}
 	return nil
+}
+
+func (x *ListPodsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type UpdateContainerResourcesRequest struct {
@@ -3165,8 +3194,11 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\x18memory_working_set_bytes\x18\x04 \x01(\x04R\x15memoryWorkingSetBytes\";\n" +
 	"\x16RemoveContainerRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"\x19\n" +
-	"\x17RemoveContainerResponse\"\x11\n" +
-	"\x0fListPodsRequest\"\xdc\x01\n" +
+	"\x17RemoveContainerResponse\"M\n" +
+	"\x0fListPodsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\xdc\x01\n" +
 	"\tPodStatus\x12+\n" +
 	"\x03pod\x18\x01 \x01(\v2\x19.aurae.runtime.pod.v0.PodR\x03pod\x12<\n" +
 	"\x05paths\x18\x02 \x01(\v2&.aurae.runtime.pod.v0.AllocateResponseR\x05paths\x12\x1d\n" +
@@ -3174,9 +3206,10 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"created_at\x18\x03 \x01(\x03R\tcreatedAt\x12E\n" +
 	"\n" +
 	"containers\x18\x04 \x03(\v2%.aurae.runtime.pod.v0.ContainerStatusR\n" +
-	"containers\"G\n" +
+	"containers\"o\n" +
 	"\x10ListPodsResponse\x123\n" +
-	"\x04pods\x18\x01 \x03(\v2\x1f.aurae.runtime.pod.v0.PodStatusR\x04pods\"m\n" +
+	"\x04pods\x18\x01 \x03(\v2\x1f.aurae.runtime.pod.v0.PodStatusR\x04pods\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"m\n" +
 	"\x1fUpdateContainerResourcesRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12'\n" +
 	"\x0flinux_resources\x18\x02 \x01(\fR\x0elinuxResources\"\"\n" +

@@ -68,7 +68,10 @@ type PodServiceClient interface {
 	// Remove a container (killing it if it still runs). Removing an unknown
 	// container succeeds.
 	RemoveContainer(ctx context.Context, in *RemoveContainerRequest, opts ...grpc.CallOption) (*RemoveContainerResponse, error)
-	// Every pod with its containers, from memory.
+	// The pods with their containers, from memory, a page at a time in the
+	// order of their ids: a page holds at most page_size pods and stays well
+	// below the message limits (a pod's annotations alone may be 256 KiB); a
+	// client asks again with next_page_token until it is empty.
 	ListPods(ctx context.Context, in *ListPodsRequest, opts ...grpc.CallOption) (*ListPodsResponse, error)
 	// Change the resources of a running container (runtime update).
 	UpdateContainerResources(ctx context.Context, in *UpdateContainerResourcesRequest, opts ...grpc.CallOption) (*UpdateContainerResourcesResponse, error)
@@ -297,7 +300,10 @@ type PodServiceServer interface {
 	// Remove a container (killing it if it still runs). Removing an unknown
 	// container succeeds.
 	RemoveContainer(context.Context, *RemoveContainerRequest) (*RemoveContainerResponse, error)
-	// Every pod with its containers, from memory.
+	// The pods with their containers, from memory, a page at a time in the
+	// order of their ids: a page holds at most page_size pods and stays well
+	// below the message limits (a pod's annotations alone may be 256 KiB); a
+	// client asks again with next_page_token until it is empty.
 	ListPods(context.Context, *ListPodsRequest) (*ListPodsResponse, error)
 	// Change the resources of a running container (runtime update).
 	UpdateContainerResources(context.Context, *UpdateContainerResourcesRequest) (*UpdateContainerResourcesResponse, error)

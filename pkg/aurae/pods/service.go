@@ -26,7 +26,6 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -282,34 +281,4 @@ func (s *Service) ExecSync(ctx context.Context, req *podsv0.ExecSyncRequest) (*p
 func (s *Service) ContainerStats(ctx context.Context, req *podsv0.ContainerStatsRequest) (*podsv0.ContainerStatsResponse, error) {
 	resp, err := s.stats(ctx, req.GetContainerId())
 	return resp, errmap.ToGRPC(err)
-}
-
-// ListPods implements PodService.ListPods, from memory.
-func (s *Service) ListPods(ctx context.Context, _ *podsv0.ListPodsRequest) (*podsv0.ListPodsResponse, error) {
-	s.mu.RLock()
-	var pods []*pod
-	byPod := map[string][]*container{}
-	for _, p := range s.pods {
-		if !p.reserved {
-			pods = append(pods, p)
-		}
-	}
-	for _, c := range s.ctrs {
-		if !c.reserved() {
-			byPod[c.podID] = append(byPod[c.podID], c)
-		}
-	}
-	s.mu.RUnlock()
-	sort.Slice(pods, func(i, j int) bool { return pods[i].spec.GetId() < pods[j].spec.GetId() })
-	resp := &podsv0.ListPodsResponse{}
-	for _, p := range pods {
-		ps := p.listStatus()
-		cs := byPod[p.spec.GetId()]
-		sort.Slice(cs, func(i, j int) bool { return cs[i].id < cs[j].id })
-		for _, c := range cs {
-			ps.Containers = append(ps.Containers, c.status())
-		}
-		resp.Pods = append(resp.Pods, ps)
-	}
-	return resp, nil
 }

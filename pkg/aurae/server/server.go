@@ -30,14 +30,16 @@ const (
 )
 
 // New returns a gRPC server whose every call goes through the logging and
-// recovering interceptors, with the message size limits above; opts are
-// added after them (credentials, other limits).
+// recovering interceptors, with the message size limits above, whose Stop
+// waits for the handlers of the calls it cancels (Shutdown bounds that);
+// opts are added after them (credentials, other limits).
 func New(logger *slog.Logger, opts ...grpc.ServerOption) *grpc.Server {
 	all := append([]grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(UnaryInterceptor(logger)),
 		grpc.ChainStreamInterceptor(StreamInterceptor(logger)),
 		grpc.MaxSendMsgSize(MaxSendMsgSize),
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
+		grpc.WaitForHandlers(true),
 	}, opts...)
 	return grpc.NewServer(all...)
 }

@@ -138,18 +138,35 @@ func (c *Controller) ListPods(ctx context.Context) ([]controller.PodState, error
 	return out, nil
 }
 
-// listPods lists the pods and remembers them.
+// maxListPages bounds the pages of one listing, against a server whose
+// page token never ends.
+const maxListPages = 10000
+
+// listPods lists the pods, a page at a time, and remembers them.
 func (c *Controller) listPods(ctx context.Context) ([]*podsv0.PodStatus, error) {
-	resp, err := c.pods.ListPods(ctx, &podsv0.ListPodsRequest{})
-	if err != nil {
-		return nil, err
+	var pods []*podsv0.PodStatus
+	token := ""
+	for range maxListPages {
+		resp, err := c.pods.ListPods(ctx, &podsv0.ListPodsRequest{PageToken: token})
+		if err != nil {
+			return nil, err
+		}
+		c.mu.Lock()
+		for _, p := range resp.GetPods() {
+			c.known[p.GetPod().GetId()] = &podsv0.PodStatus{Pod: p.GetPod(), Paths: p.GetPaths()}
+		}
+		c.mu.Unlock()
+		pods = append(pods, resp.GetPods()...)
+		next := resp.GetNextPageToken()
+		if next == "" {
+			return pods, nil
+		}
+		if next == token {
+			return nil, fmt.Errorf("list pods: page token %q repeats", token)
+		}
+		token = next
 	}
-	c.mu.Lock()
-	for _, p := range resp.GetPods() {
-		c.known[p.GetPod().GetId()] = &podsv0.PodStatus{Pod: p.GetPod(), Paths: p.GetPaths()}
-	}
-	c.mu.Unlock()
-	return resp.GetPods(), nil
+	return nil, fmt.Errorf("list pods: more than %d pages", maxListPages)
 }
 
 // pod is what auraed said of a pod, asked again when this process does

@@ -3,6 +3,8 @@ package native
 import (
 	"context"
 	"io/fs"
+	"maps"
+	"slices"
 	"testing"
 
 	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -36,12 +38,43 @@ func (f *fakePods) Allocate(_ context.Context, req *podsv0.AllocateRequest, _ ..
 	return paths, nil
 }
 
-func (f *fakePods) ListPods(context.Context, *podsv0.ListPodsRequest, ...grpc.CallOption) (*podsv0.ListPodsResponse, error) {
+// ListPods answers one pod per page, in id order, as auraed pages.
+func (f *fakePods) ListPods(_ context.Context, req *podsv0.ListPodsRequest, _ ...grpc.CallOption) (*podsv0.ListPodsResponse, error) {
+	ids := slices.Sorted(maps.Keys(f.pods))
+	i, _ := slices.BinarySearch(ids, req.GetPageToken())
+	if i < len(ids) && ids[i] == req.GetPageToken() {
+		i++
+	}
 	resp := &podsv0.ListPodsResponse{}
-	for _, p := range f.pods {
-		resp.Pods = append(resp.Pods, p)
+	if i < len(ids) {
+		resp.Pods = []*podsv0.PodStatus{f.pods[ids[i]]}
+		if i+1 < len(ids) {
+			resp.NextPageToken = ids[i]
+		}
 	}
 	return resp, nil
+}
+
+// TestNativeListPodsPages: ListPods follows the pages to the last.
+func TestNativeListPodsPages(t *testing.T) {
+	fake := &fakePods{pods: map[string]*podsv0.PodStatus{}}
+	c := WithClient(fake)
+	for _, id := range []string{"c", "a", "b"} {
+		if _, err := c.CreatePod(t.Context(), controller.PodSpec{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pods, err := WithClient(fake).ListPods(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, p := range pods {
+		ids = append(ids, p.ID)
+	}
+	if !slices.Equal(ids, []string{"a", "b", "c"}) {
+		t.Fatalf("pods %v, want a b c", ids)
+	}
 }
 
 func (f *fakePods) ContainerStatus(_ context.Context, req *podsv0.ContainerStatusRequest, _ ...grpc.CallOption) (*podsv0.ContainerStatusResponse, error) {

@@ -1,0 +1,191 @@
+package cri
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"golang.org/x/sync/errgroup"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
+	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
+)
+
+const (
+	// listPodsTimeout bounds one controller's ListPods at recovery (a VM
+	// controller dials each guest).
+	listPodsTimeout = 2 * time.Minute
+	// statusTimeout bounds one ContainerStatus call of the exit poll and
+	// of recovery.
+	statusTimeout = 5 * time.Second
+)
+
+// Recover reconciles the store with the controllers, then starts serving
+// and watching. The controllers are asked in parallel, each under its own
+// deadline; one that does not answer is logged and its pods are left as
+// recorded. Creations and removals cut short by a crash are undone or
+// finished first (recoverIntents); pods a controller runs that the store
+// does not know are left alone (unknownPod); pods the controller
+// lost are NOTREADY; containers that exited while aurae-cri was down get
+// their real exit status, and a container whose status cannot be had is
+// UNKNOWN (the kubelet then stops and removes it): an error about one
+// object never stops the daemon.
+func (r *Runtime) Recover(ctx context.Context) error {
+	r.recoverIntents(ctx)
+	handlers := map[controller.Controller][]string{}
+	for handler, ctrl := range r.cfg.Controllers {
+		handlers[ctrl] = append(handlers[ctrl], handler)
+	}
+	var g errgroup.Group
+	g.SetLimit(fanoutLimit)
+	for ctrl, hs := range handlers {
+		g.Go(func() error {
+			r.recoverController(ctx, ctrl, hs)
+			return nil
+		})
+	}
+	_ = g.Wait()
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("recover: %w", err)
+	}
+	r.checkExits(ctx, nil, true)
+	r.ready.Store(true)
+	r.log.Info("recovered", "pods", len(r.store.Sandboxes()), "containers", len(r.store.Containers()))
+	mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	r.stopMonitor = cancel
+	r.bg.Go(func() { r.monitor(mctx) })
+	return nil
+}
+
+// recoverController reconciles the pods of the handlers a controller
+// serves with what it runs.
+func (r *Runtime) recoverController(ctx context.Context, ctrl controller.Controller, handlers []string) {
+	callCtx, cancel := bounded(ctx, listPodsTimeout)
+	pods, err := ctrl.ListPods(callCtx)
+	cancel()
+	if err != nil {
+		r.log.Error("recover: list pods; their pods stay as recorded", "runtime_handlers", handlers, "error", err)
+		return
+	}
+	mine := map[string]bool{}
+	for _, h := range handlers {
+		mine[h] = true
+	}
+	known := map[string]bool{}
+	for _, sb := range r.store.Sandboxes() {
+		known[sb.ID] = true
+	}
+	running := map[string]bool{}
+	for _, p := range pods {
+		running[p.ID] = true
+		if known[p.ID] {
+			continue
+		}
+		r.unknownPod(handlers, p.ID)
+	}
+	for _, sb := range r.store.Sandboxes() {
+		if mine[sb.RuntimeHandler] && !running[sb.ID] && sb.Status.State == runtimeapi.PodSandboxState_SANDBOX_READY {
+			r.log.Warn("pod is gone from its runtime", "pod", sb.ID)
+			_, _ = r.store.UpdateSandbox(sb.ID, func(st sandbox.SandboxStatus) (sandbox.SandboxStatus, error) {
+				st.State = runtimeapi.PodSandboxState_SANDBOX_NOTREADY
+				return st, nil
+			})
+		}
+	}
+}
+
+// checkExits asks the controller (only) of every running or unknown
+// container (of ctrl's pods, when ctrl is not nil) whether it exited, in
+// parallel, each call under its own deadline. A container whose check is
+// still in flight from an earlier round (a wedged pod) is not asked again.
+// At recovery, a running container whose status cannot be had becomes
+// UNKNOWN; an unknown one that answers again gets its state back.
+func (r *Runtime) checkExits(ctx context.Context, only controller.Controller, recovering bool) {
+	var g errgroup.Group
+	g.SetLimit(fanoutLimit)
+	for _, c := range r.store.Containers() {
+		if c.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING && c.Status.State != runtimeapi.ContainerState_CONTAINER_UNKNOWN {
+			continue
+		}
+		ctrl, err := r.controllerOf(c.SandboxID)
+		if err != nil || (only != nil && ctrl != only) {
+			continue
+		}
+		if !r.checking.begin(c.ID) {
+			continue
+		}
+		g.Go(func() error {
+			defer r.checking.end(c.ID)
+			r.checkExit(ctx, ctrl, c, recovering)
+			return nil
+		})
+	}
+	_ = g.Wait()
+}
+
+func (r *Runtime) checkExit(ctx context.Context, ctrl controller.Controller, c sandbox.Container, recovering bool) {
+	callCtx, cancel := bounded(ctx, statusTimeout)
+	st, err := ctrl.ContainerStatus(callCtx, c.ID)
+	cancel()
+	switch {
+	case errdefs.IsNotFound(err):
+		r.recordExit(c.ID, c.SandboxID, nil)
+	case err != nil && recovering:
+		r.log.Warn("recover: container status unknown", "pod", c.SandboxID, "container", c.ID, "error", err)
+		r.setUnknown(c.ID, true)
+	case err != nil:
+		r.log.Debug("container status", "container", c.ID, "error", err)
+	case st.State == controller.StateExited:
+		r.recordExit(c.ID, c.SandboxID, &st)
+		r.log.Info("container exited", "pod", c.SandboxID, "container", c.ID, "exit_code", st.ExitCode, "reason", st.Reason)
+	case st.State == controller.StateRunning && c.Status.State == runtimeapi.ContainerState_CONTAINER_UNKNOWN:
+		r.setUnknown(c.ID, false)
+	}
+}
+
+// setUnknown marks a running container UNKNOWN, or an unknown one
+// RUNNING again.
+func (r *Runtime) setUnknown(id string, unknown bool) {
+	from, to := runtimeapi.ContainerState_CONTAINER_RUNNING, runtimeapi.ContainerState_CONTAINER_UNKNOWN
+	if !unknown {
+		from, to = to, from
+	}
+	_, err := r.store.UpdateContainer(id, func(st sandbox.ContainerStatus) (sandbox.ContainerStatus, error) {
+		if st.State == from {
+			st.State = to
+		}
+		return st, nil
+	})
+	if err != nil && !errdefs.IsNotFound(err) {
+		r.log.Error("record container state", "container", id, "state", to, "error", err)
+	}
+}
+
+// inflight is a set of ids with a call in flight.
+type inflight struct {
+	mu  sync.Mutex
+	ids map[string]bool
+}
+
+// begin adds id, or answers false when it is there already.
+func (f *inflight) begin(id string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ids[id] {
+		return false
+	}
+	if f.ids == nil {
+		f.ids = map[string]bool{}
+	}
+	f.ids[id] = true
+	return true
+}
+
+func (f *inflight) end(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.ids, id)
+}

@@ -1,0 +1,97 @@
+package cri
+
+import (
+	"context"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
+	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
+)
+
+// PodSandboxStats implements RuntimeService.PodSandboxStats.
+func (r *Runtime) PodSandboxStats(ctx context.Context, req *runtimeapi.PodSandboxStatsRequest) (*runtimeapi.PodSandboxStatsResponse, error) {
+	if err := r.checkReady(); err != nil {
+		return nil, err
+	}
+	sb, err := r.store.Sandbox(req.GetPodSandboxId())
+	if err != nil {
+		return nil, err
+	}
+	stats := r.sandboxStats(ctx, []sandbox.Sandbox{sb})
+	return &runtimeapi.PodSandboxStatsResponse{Stats: stats[0]}, nil
+}
+
+// ListPodSandboxStats implements RuntimeService.ListPodSandboxStats for the
+// pods matching the filter: as ListContainerStats, the controllers are
+// asked in parallel, and a wedged pod answers its last known figures.
+func (r *Runtime) ListPodSandboxStats(ctx context.Context, req *runtimeapi.ListPodSandboxStatsRequest) (*runtimeapi.ListPodSandboxStatsResponse, error) {
+	if err := r.checkReady(); err != nil {
+		return nil, err
+	}
+	f := req.GetFilter()
+	var sbs []sandbox.Sandbox
+	for _, sb := range r.store.Sandboxes() {
+		if f != nil {
+			if f.GetId() != "" && !hasIDPrefix(sb.ID, f.GetId()) {
+				continue
+			}
+			if !matchLabels(sb.Config.GetLabels(), f.GetLabelSelector()) {
+				continue
+			}
+		}
+		sbs = append(sbs, sb)
+	}
+	r.pruneStats()
+	return &runtimeapi.ListPodSandboxStatsResponse{Stats: r.sandboxStats(ctx, sbs)}, nil
+}
+
+// sandboxStats are the stats of pods: each with its running containers'
+// stats, and as the pod's CPU and memory their sums (the pod's containers
+// are all there is in its cgroup but their monitors).
+func (r *Runtime) sandboxStats(ctx context.Context, sbs []sandbox.Sandbox) []*runtimeapi.PodSandboxStats {
+	byPod := map[string][]sandbox.Container{}
+	for _, c := range r.store.Containers() {
+		if c.Status.State == runtimeapi.ContainerState_CONTAINER_RUNNING {
+			byPod[c.SandboxID] = append(byPod[c.SandboxID], c)
+		}
+	}
+	var wanted []sandbox.Container
+	for _, sb := range sbs {
+		wanted = append(wanted, byPod[sb.ID]...)
+	}
+	figures := r.collectStats(ctx, wanted)
+	out := make([]*runtimeapi.PodSandboxStats, 0, len(sbs))
+	for _, sb := range sbs {
+		st := &runtimeapi.PodSandboxStats{
+			Attributes: &runtimeapi.PodSandboxAttributes{
+				Id: sb.ID, Metadata: sb.Config.GetMetadata(), Labels: sb.Config.GetLabels(), Annotations: sb.Config.GetAnnotations(),
+			},
+			Linux: &runtimeapi.LinuxPodSandboxStats{},
+		}
+		var cpu, mem uint64
+		var ts time.Time
+		n := 0
+		for _, c := range byPod[sb.ID] {
+			st.Linux.Containers = append(st.Linux.Containers, r.containerStats(c, figures))
+			if s, ok := figures[c.ID]; ok {
+				cpu, mem, n = cpu+s.CPUUsageNanos, mem+s.MemoryWorkingSetBytes, n+1
+				ts = latest(ts, s)
+			}
+		}
+		if n > 0 {
+			st.Linux.Cpu = &runtimeapi.CpuUsage{Timestamp: ts.UnixNano(), UsageCoreNanoSeconds: &runtimeapi.UInt64Value{Value: cpu}}
+			st.Linux.Memory = &runtimeapi.MemoryUsage{Timestamp: ts.UnixNano(), WorkingSetBytes: &runtimeapi.UInt64Value{Value: mem}}
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+func latest(t time.Time, s controller.Stats) time.Time {
+	if s.Timestamp.After(t) {
+		return s.Timestamp
+	}
+	return t
+}
