@@ -99,7 +99,7 @@ func TestCRIUserNamespace(t *testing.T) {
 	} else {
 		t.Errorf("no pid in ContainerStatus info: %v", cs.GetInfo())
 	}
-	rootfs := filepath.Join(c.Auraed.StateDir, "containers", id, "rootfs")
+	rootfs := filepath.Join(c.StateDir, "containers", id, "rootfs")
 	var fi syscall.Stat_t
 	if err := syscall.Stat(filepath.Join(rootfs, "written"), &fi); err != nil {
 		t.Fatal(err)
