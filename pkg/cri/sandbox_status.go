@@ -24,6 +24,9 @@ func (r *Runtime) PodSandboxStatus(_ context.Context, req *runtimeapi.PodSandbox
 			"name": sb.Name, "runtimeHandler": sb.RuntimeHandler, "netNamespacePath": sb.Status.NetNSPath,
 			"cgroupPath": sb.Status.CgroupPath, "networkUp": sb.Status.NetworkUp, "config": sb.Config,
 		}
+		if sb.Status.CleanupError != "" {
+			info["cleanupError"] = sb.Status.CleanupError
+		}
 		b, err := json.Marshal(info)
 		if err != nil {
 			return nil, err

@@ -39,7 +39,29 @@ func (r *Runtime) stopPod(ctx context.Context, sb sandbox.Sandbox) error {
 			return fmt.Errorf("stop pod %s: %w", sb.ID, err)
 		}
 	}
-	sb, err := r.store.Sandbox(sb.ID)
+	err := r.stopPodRuntime(ctx, sb.ID)
+	if _, uerr := r.store.UpdateSandbox(sb.ID, func(st sandbox.SandboxStatus) (sandbox.SandboxStatus, error) {
+		if err == nil {
+			st.CleanupError = ""
+			return st, nil
+		}
+		// Cleanup failed: the pod is not ready any more, and says why.
+		st.State = runtimeapi.PodSandboxState_SANDBOX_NOTREADY
+		st.CleanupError = err.Error()
+		return st, nil
+	}); uerr != nil && err == nil {
+		return uerr
+	}
+	if err != nil {
+		r.log.Warn("pod sandbox cleanup failed: NOTREADY until a stop or remove finishes it", "pod", sb.ID, "error", err)
+	}
+	return err
+}
+
+// stopPodRuntime tears down a pod's network (once) and stops it in its
+// controller; the pod is then NOTREADY.
+func (r *Runtime) stopPodRuntime(ctx context.Context, id string) error {
+	sb, err := r.store.Sandbox(id)
 	if err != nil {
 		return err
 	}

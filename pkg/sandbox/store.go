@@ -391,6 +391,9 @@ func (s *Store) UpdateSandbox(id string, f func(SandboxStatus) (SandboxStatus, e
 	if err != nil {
 		return sb, err
 	}
+	if err := checkSandboxTransition(sb.ID, sb.Status, st); err != nil {
+		return sb, err
+	}
 	sb.Status = st
 	cfg, err := protojson.Marshal(sb.Config)
 	if err != nil {
@@ -414,6 +417,9 @@ func (s *Store) UpdateContainer(id string, f func(ContainerStatus) (ContainerSta
 	c := *s.containers[full]
 	st, err := f(c.Status)
 	if err != nil {
+		return c, err
+	}
+	if err := checkContainerTransition(c.ID, c.Status, st); err != nil {
 		return c, err
 	}
 	c.Status = st

@@ -42,6 +42,11 @@ type SandboxStatus struct {
 	// Removing is set once RemovePodSandbox began (REMOVING), before its
 	// first side effect: recovery finishes the removal of a pod left so.
 	Removing bool `json:"removing,omitempty"`
+	// CleanupError is why the last stop could not finish (its network or
+	// its runtime's stop failed): the pod is NOTREADY, the error is in its
+	// verbose status, and a later StopPodSandbox or RemovePodSandbox
+	// retries. Cleared once a stop finishes.
+	CleanupError string `json:"cleanup_error,omitempty"`
 }
 
 // Container is a container of a pod. Its fields are fixed at
