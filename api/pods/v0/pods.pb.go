@@ -322,8 +322,12 @@ type Pod struct {
 	// A portable file name: letters, digits, '-', '_', '.'; not starting with
 	// '.'; at most 64 characters.
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// The cgroup below auraed's cgroup root under which the pod's cgroup is
-	// made ("kubepods/burstable"); "pods" when empty.
+	// The cgroup under which the pod's cgroup <cgroup_parent>/<id> is made:
+	// below auraed's cgroup root when relative ("pods" when empty); when
+	// absolute ("/kubepods/burstable/pod<uid>", the kubelet's pod cgroup with
+	// cgroupsPerQOS), from the hierarchies' roots, where it must already exist
+	// (auraed makes and removes only the pod's own cgroup in it), so that the
+	// kubelet's QoS limits, eviction and stats cover the pod.
 	CgroupParent string            `protobuf:"bytes,2,opt,name=cgroup_parent,json=cgroupParent,proto3" json:"cgroup_parent,omitempty"`
 	Hostname     string            `protobuf:"bytes,3,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	Dns          *DNSConfig        `protobuf:"bytes,4,opt,name=dns,proto3" json:"dns,omitempty"`

@@ -60,6 +60,11 @@ func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.All
 	if _, err := os.Stat(dir); err == nil {
 		return nil, fmt.Errorf("pod %q: directory %s that auraed does not know exists: %w", id, dir, errdefs.ErrAlreadyExists)
 	}
+	if absoluteParent(spec) && !cgroup.Exists(strings.Trim(spec.GetCgroupParent(), "/")) {
+		// The kubelet makes its pod cgroup before the pod; auraed would
+		// leave one it made behind.
+		return nil, fmt.Errorf("pod %q: cgroup parent %s does not exist: %w", id, spec.GetCgroupParent(), errdefs.ErrFailedPrecondition)
+	}
 	if cgroup.Exists(cgPath) {
 		return nil, fmt.Errorf("pod %q: a cgroup %s that auraed does not know exists: %w", id, cgPath, errdefs.ErrAlreadyExists)
 	}

@@ -520,7 +520,7 @@ func TestKubernetesLengthIDs(t *testing.T) {
 	e := newEnv(t)
 	podID := strings.Repeat("a1", 32)
 	ctrID := strings.Repeat("b2", 32)
-	e.allocate(&podsv0.Pod{Id: podID, CgroupParent: "/kubepods/besteffort/" + kubePodCgroup})
+	e.allocate(&podsv0.Pod{Id: podID, CgroupParent: "kubepods/besteffort/" + kubePodCgroup})
 	e.start(podID, e.container(ctrID, spec(t, nil, "sleep", "1000")))
 	if got := e.mustExec(ctrID, "echo", "ok"); got != "ok\n" {
 		t.Errorf("exec: %q", got)

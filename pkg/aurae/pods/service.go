@@ -173,6 +173,9 @@ func (s *Service) attachDir(id string) string { return filepath.Join(s.cfg.State
 func (s *Service) runcRoot() string           { return filepath.Join(s.cfg.StateDir, "runc") }
 
 func (s *Service) podCgroup(spec *podsv0.Pod) string {
+	if absoluteParent(spec) {
+		return strings.Trim(spec.GetCgroupParent(), "/") + "/" + spec.GetId()
+	}
 	parent := strings.Trim(spec.GetCgroupParent(), "/")
 	if parent == "" {
 		parent = "pods"
@@ -181,6 +184,12 @@ func (s *Service) podCgroup(spec *podsv0.Pod) string {
 		return parent + "/" + spec.GetId()
 	}
 	return s.cfg.CgroupRoot + "/" + parent + "/" + spec.GetId()
+}
+
+// absoluteParent: the pod's cgroup parent is from the hierarchies' roots
+// (the kubelet's pod cgroup), not below auraed's cgroup root.
+func absoluteParent(spec *podsv0.Pod) bool {
+	return strings.HasPrefix(spec.GetCgroupParent(), "/") && strings.Trim(spec.GetCgroupParent(), "/") != ""
 }
 
 func (s *Service) lookupPod(id string) (*pod, error) {
