@@ -94,7 +94,10 @@ func TestKubeletSeccompAndUserNamespaces(t *testing.T) {
 	c := startCRI(t)
 	bin := kubelet.Build(t)
 	image := c.Registry.Push(t, "e2e/busybox:kubelet-seccomp", testimage.MustBusybox(t, testimage.Options{}))
-	k := kubelet.Start(t, kubelet.Config{Binary: bin, CRIEndpoint: c.Endpoint})
+	// With QoS cgroups, as a kubelet runs by default: pods must live in the
+	// kubelet's pod cgroups (<root>/kubepods/<qos>/pod<uid>).
+	kubeRoot := "/aurae-e2e-kube-" + randomHex(t, 4)
+	k := kubelet.Start(t, kubelet.Config{Binary: bin, CRIEndpoint: c.Endpoint, CgroupsPerQOS: true, CgroupRoot: kubeRoot})
 
 	const script = "grep Seccomp: /proc/self/status; while true; do sleep 1; done"
 	base := kubelet.PodSpecOptions{Image: image, HostNetwork: true, Script: script}
@@ -190,4 +193,27 @@ func TestKubeletSeccompAndUserNamespaces(t *testing.T) {
 		t.Errorf("hostUsers: false pod's root is host uid %s", f[1])
 	}
 	t.Logf("hostUsers: false pod: uid_map %q", strings.TrimSpace(string(stdout)))
+
+	// The container's cgroup, seen from the host, is in the kubelet's pod
+	// cgroup: BestEffort here (no resources).
+	cst, err := c.Runtime.ContainerStatus(ctx, id, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info struct {
+		Pid int `json:"pid"`
+	}
+	if err := json.Unmarshal([]byte(cst.GetInfo()["info"]), &info); err != nil || info.Pid <= 0 {
+		t.Fatalf("no pid in ContainerStatus: %v %v", err, cst.GetInfo())
+	}
+	cg, err := os.ReadFile("/proc/" + strconv.Itoa(info.Pid) + "/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := kubeRoot + "/kubepods/besteffort/pod" + p.Metadata.UID + "/"
+	for _, line := range strings.Split(strings.TrimSpace(string(cg)), "\n") {
+		if strings.Contains(line, ":memory:") && !strings.Contains(line, want) {
+			t.Errorf("container's memory cgroup %q is not in the kubelet's pod cgroup %s", line, want)
+		}
+	}
 }
