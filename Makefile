@@ -46,7 +46,7 @@ BENCH_TIMEOUT ?= 30m
 # Extra flags for `make run`, e.g. RUN_ARGS='--log-level debug'.
 RUN_ARGS ?=
 
-.PHONY: deps apt tools cni runc cri-tools critest build run run-auraed test kubelet bench proto check-proto lint clean
+.PHONY: deps apt tools cni runc cri-tools critest build run run-auraed test fuzz kubelet bench proto check-proto lint clean
 
 ## deps: install what is missing (Debian packages, pinned Go tools into ./bin, CNI plugins, runc, crictl/critest)
 deps: apt tools cni runc cri-tools
@@ -117,7 +117,25 @@ run-auraed: deps build
 ## test: every test with the race detector, e2e included (the real kubelet and the VM pods too), then critest
 test: deps build kubelet vm-image
 	AURAE_KUBELET_E2E=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(MAKE) fuzz
 	$(MAKE) critest
+
+# How long `make fuzz` runs each target (7 targets: 35 s of fuzzing, 1.5 min
+# with building on 2 cores). A new interesting input is minimized for
+# FUZZMINIMIZETIME at most: go's default (60 s) stalls a short run on the
+# first large one.
+FUZZTIME ?= 5s
+FUZZMINIMIZETIME ?= 500x
+FUZZ := $(GO) test -run '^$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME)
+## fuzz: the go test -fuzz targets of request validation and translation (CRI, ocispec, auraed's pods and cells), FUZZTIME each; seeds and found crashes under testdata/fuzz/
+fuzz:
+	$(FUZZ) -fuzz '^FuzzRunPodSandbox$$' ./pkg/cri/
+	$(FUZZ) -fuzz '^FuzzCreateContainer$$' ./pkg/cri/
+	$(FUZZ) -fuzz '^FuzzGenerate$$' ./pkg/ocispec/
+	$(FUZZ) -fuzz '^FuzzValidPod$$' ./pkg/aurae/pods/
+	$(FUZZ) -fuzz '^FuzzCheckSpec$$' ./pkg/aurae/pods/
+	$(FUZZ) -fuzz '^FuzzCellAllocate$$' ./pkg/aurae/cells/
+	$(FUZZ) -fuzz '^FuzzCellStart$$' ./pkg/aurae/cells/
 
 # critest's parallelism: ginkgo processes (its Serial specs still run alone);
 # 2 on 2 cores halves the run (~1.5 min instead of ~3) with the same results.

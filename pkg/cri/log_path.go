@@ -26,6 +26,17 @@ func containerLogPath(logDir, rel string, create bool) (string, error) {
 		return "", nil
 	}
 	full := filepath.Join(logDir, rel)
+	// conmon opens it by this path: refused before the walk, which stops
+	// at the first missing directory when it does not create them.
+	if len(full) >= unix.PathMax {
+		return "", fmt.Errorf("log path %q under %s is longer than %d bytes: %w", rel, logDir, unix.PathMax-1, errInvalid)
+	}
+	parts := strings.Split(rel, "/")
+	for _, name := range parts {
+		if len(name) > unix.NAME_MAX {
+			return "", fmt.Errorf("log path %q: a name is longer than %d bytes: %w", rel, unix.NAME_MAX, errInvalid)
+		}
+	}
 	if create {
 		// The kubelet's own directory: it names it, the workload does not.
 		if err := os.MkdirAll(logDir, 0o755); err != nil {
@@ -37,10 +48,9 @@ func containerLogPath(logDir, rel string, create bool) (string, error) {
 		return full, nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("log directory %s: %w", logDir, err)
+		return "", fmt.Errorf("log directory %s: %w", logDir, requestErr(err))
 	}
 	defer func() { unix.Close(dir) }()
-	parts := strings.Split(rel, "/")
 	for _, name := range parts[:len(parts)-1] {
 		next, err := openBeneath(dir, name)
 		if errors.Is(err, unix.ENOENT) {
@@ -64,7 +74,7 @@ func containerLogPath(logDir, rel string, create bool) (string, error) {
 	switch {
 	case errors.Is(err, unix.ENOENT):
 	case err != nil:
-		return "", fmt.Errorf("log path %q: %w", rel, err)
+		return "", fmt.Errorf("log path %q: %w", rel, requestErr(err))
 	case st.Mode&unix.S_IFMT != unix.S_IFREG:
 		return "", fmt.Errorf("log path %q exists and is not a regular file (a symlink?): %w", rel, errInvalid)
 	}
@@ -83,5 +93,16 @@ func refuseLogPath(rel, name string, err error) error {
 	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.EXDEV) {
 		return fmt.Errorf("log path %q: %s is a symlink or not a directory: %w", rel, name, errInvalid)
 	}
-	return fmt.Errorf("log path %q: %s: %w", rel, name, err)
+	return fmt.Errorf("log path %q: %s: %w", rel, name, requestErr(err))
+}
+
+// requestErr gives the errors of a path walk that the request's path
+// causes (a name longer than NAME_MAX, a file where a directory must be, a
+// symlink loop) the kind InvalidArgument; others (EACCES, EIO) are the
+// host's and keep theirs.
+func requestErr(err error) error {
+	if errors.Is(err, unix.ENAMETOOLONG) || errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) {
+		return fmt.Errorf("%w: %w", err, errInvalid)
+	}
+	return err
 }

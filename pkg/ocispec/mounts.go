@@ -146,6 +146,9 @@ func criMount(m *runtimeapi.Mount, rro bool) (specs.Mount, error) {
 	if src == "" || !path.IsAbs(src) {
 		return specs.Mount{}, invalid("mount at %q: host path %q is not absolute", dst, src)
 	}
+	if strings.ContainsRune(src, 0) {
+		return specs.Mount{}, invalid("mount at %q: host path %q contains NUL", dst, src)
+	}
 	if m.GetRecursiveReadOnly() {
 		if !m.GetReadonly() {
 			return specs.Mount{}, invalid("mount at %q: recursive_read_only needs readonly", dst)
@@ -193,6 +196,9 @@ func validContainerPath(p string) error {
 	}
 	if slices.Contains(strings.Split(p, "/"), "..") {
 		return fmt.Errorf("container path %q contains \"..\"", p)
+	}
+	if strings.ContainsRune(p, 0) {
+		return fmt.Errorf("container path %q contains NUL", p)
 	}
 	if path.Clean(p) == "/" {
 		return errors.New("container path \"/\" is the rootfs")
