@@ -352,11 +352,12 @@ func (r *faultRun) round(plan faultPlan) {
 			continue
 		}
 		r.cut++
-		// Both daemons answer again: only a lost connection is retried,
+		// Both daemons answer again: only a lost connection is retried
+		// (aurae-cri's to a restarted auraed comes back within seconds),
 		// any other error is a bug (a start refused on a container listed
 		// as created, a removal stuck).
 		var err error
-		for try := 0; try < 5; try++ {
+		for try := 0; try < 25; try++ {
 			if err = l.step(t.Context(), c.CRI, r.image, true); status.Code(err) != codes.Unavailable {
 				break
 			}
