@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -224,6 +225,10 @@ type wantContainer struct {
 	exit   int32 // when exited
 }
 
+// faultKillLog is what cmd/aurae-cri logs at a fault point, before its
+// SIGKILL.
+const faultKillLog = `"msg":"fault injection: SIGKILL"`
+
 // faultPlan is how a round kills: at a fault point of pkg/cri, or after
 // a delay (whichever comes first), and which daemon.
 type faultPlan struct {
@@ -231,6 +236,8 @@ type faultPlan struct {
 	delay time.Duration
 	// auraed kills the auraed apart instead of aurae-cri; both kills both.
 	auraed, both bool
+	// steps is how many steps each lane takes.
+	steps []int
 }
 
 func (p faultPlan) String() string {
@@ -260,26 +267,12 @@ type faultRun struct {
 
 	// cut counts the calls the kills cut (each retried after the restart).
 	rounds, kills, pointKills, cut, leaks int
+	pointKillsLogged                      int // aurae-cri's own count
 }
 
 func (r *faultRun) fatalf(format string, args ...any) {
 	r.t.Helper()
 	r.t.Fatalf("seed %d (%s=%d replays the plans), round %d: %s", r.seed, faultSeedEnv, r.seed, r.rounds, fmt.Sprintf(format, args...))
-}
-
-// dead tells whether aurae-cri's current run has ended.
-func (a *Auraed) dead() bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.cmd == nil {
-		return true
-	}
-	select {
-	case <-a.exited:
-		return true
-	default:
-		return false
-	}
 }
 
 // round runs a few steps of every lane while the plan kills, restarts
@@ -292,10 +285,7 @@ func (r *faultRun) round(plan faultPlan) {
 	if plan.point != "" {
 		c.aim(t, plan.point)
 	}
-	steps := make([]int, len(r.lanes))
-	for i := range steps {
-		steps[i] = 1 + r.rng.IntN(3)
-	}
+	steps := plan.steps
 	var killed sync.Once
 	kill := func() {
 		killed.Do(func() {
@@ -327,12 +317,8 @@ func (r *faultRun) round(plan faultPlan) {
 	wg.Wait()
 	cancel()
 	timer.Stop()
-	byPoint := killCRI && c.dead()
 	kill() // the round's kill, if nothing did yet
 	r.kills++
-	if byPoint && plan.point != "" {
-		r.pointKills++
-	}
 	c.aim(t, "")
 	// Errors other than the lost connection come from the daemons'
 	// answers: with only aurae-cri killed, they are bugs.
@@ -345,7 +331,10 @@ func (r *faultRun) round(plan faultPlan) {
 		r.apart.Restart(t)
 	}
 	if killCRI {
-		c.Restart(t)
+		c.Restart(t) // which waits for the dead one's last words
+		if n := strings.Count(c.Logs(), faultKillLog); n > r.pointKillsLogged {
+			r.pointKills, r.pointKillsLogged = r.pointKills+1, n
+		}
 	}
 	for _, l := range r.lanes {
 		if l.failed == nil {
@@ -459,12 +448,22 @@ func (r *faultRun) check(plan faultPlan) {
 	r.fatalf("after killing %s, left on the machine that no pod or container listed owns:\n  %s", plan, strings.Join(left, "\n  "))
 }
 
-// plan draws the next round's plan.
+// plan draws the next round's plan: the steps of each lane, and a kill at
+// one of the fault points those steps will pass (half the rounds), else
+// after a random delay into them.
 func (r *faultRun) plan() faultPlan {
 	p := faultPlan{delay: time.Duration(r.rng.IntN(2500)) * time.Millisecond}
-	if r.rng.IntN(2) == 0 {
-		p.point = cri.FaultPoints[r.rng.IntN(len(cri.FaultPoints))]
-		p.delay += 2 * time.Second // the point first, mostly
+	var points []string
+	for _, l := range r.lanes {
+		n := 1 + r.rng.IntN(3)
+		p.steps = append(p.steps, n)
+		for s := l.next; s < l.next+lifeStep(n); s++ {
+			points = append(points, stepPoints[s%stepsOfLife]...)
+		}
+	}
+	if len(points) > 0 && r.rng.IntN(2) == 0 {
+		p.point = points[r.rng.IntN(len(points))]
+		p.delay += 5 * time.Second // the point first
 	}
 	if r.apart != nil {
 		switch r.rng.IntN(3) {
@@ -475,6 +474,15 @@ func (r *faultRun) plan() faultPlan {
 		}
 	}
 	return p
+}
+
+// stepPoints are the fault points each step passes.
+var stepPoints = map[lifeStep][]string{
+	stepRunPod:      {cri.FaultPodCreated, cri.FaultPodNetwork, cri.FaultPodStarted},
+	stepCreateLong:  {cri.FaultContainerRootfs, cri.FaultContainerPrepared},
+	stepCreateShort: {cri.FaultContainerRootfs, cri.FaultContainerPrepared},
+	stepRemoveShort: {cri.FaultContainerRemoving},
+	stepRemovePod:   {cri.FaultContainerRemoving, cri.FaultPodRemoving},
 }
 
 // finish removes every lane's pod through the CRI (retrying past
@@ -532,6 +540,11 @@ func faultKills(t *testing.T) int {
 // AURAE_CRI_FAULT_KILLS sets the number of kills (50 by default).
 func TestCRIFaultInjection(t *testing.T) {
 	requireRoot(t)
+	for _, point := range cri.FaultPoints {
+		if !slices.ContainsFunc(slices.Collect(maps.Values(stepPoints)), func(ps []string) bool { return slices.Contains(ps, point) }) {
+			t.Fatalf("fault point %q: no step of a pod's life passes it (stepPoints)", point)
+		}
+	}
 	seed := faultSeed(t)
 	kills := faultKills(t)
 	t.Logf("seed %d (%s=%d to replay), %d kills", seed, faultSeedEnv, seed, kills)
