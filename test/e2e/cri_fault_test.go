@@ -60,6 +60,7 @@ func (s lifeStep) String() string { return stepNames[s] }
 // lane is one pod at a time living its life, step by step: every step
 // before next was confirmed to the client.
 type lane struct {
+	rng    *rand.Rand
 	n, gen int
 	next   lifeStep
 	// failed is the error of the step next when the last round cut it.
@@ -79,7 +80,8 @@ type lane struct {
 }
 
 // newLife starts the lane's next pod.
-func (l *lane) newLife(c *CRI, rng *rand.Rand) {
+func (l *lane) newLife(c *CRI) {
+	rng := l.rng
 	l.gen++
 	name := fmt.Sprintf("fi-%d-%d", l.n, l.gen)
 	l.pod = &runtimeapi.PodSandboxConfig{
@@ -309,7 +311,7 @@ func (r *faultRun) round(plan faultPlan) {
 					return
 				}
 				if l.next > stepRemovePod {
-					l.newLife(c.CRI, r.rng)
+					l.newLife(c.CRI)
 				}
 			}
 		}()
@@ -357,7 +359,7 @@ func (r *faultRun) round(plan faultPlan) {
 		}
 		l.failed = nil
 		if l.next > stepRemovePod {
-			l.newLife(c.CRI, r.rng)
+			l.newLife(c.CRI)
 		}
 	}
 	r.check(plan)
@@ -570,8 +572,9 @@ func TestCRIFaultInjection(t *testing.T) {
 			r.ctrd = r.c.containerd(t)
 			t.Cleanup(func() { _ = r.ctrd.Close() })
 			for n := range 3 {
-				l := &lane{n: n}
-				l.newLife(r.c.CRI, rng)
+				// Its own source: lanes run at once.
+				l := &lane{n: n, rng: rand.New(rand.NewPCG(rng.Uint64(), rng.Uint64()))}
+				l.newLife(r.c.CRI)
 				r.lanes = append(r.lanes, l)
 			}
 			start := time.Now()
