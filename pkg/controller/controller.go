@@ -220,8 +220,8 @@ type ContainerState struct {
 	State     State
 	Pid       int
 	ExitCode  int32
-	// FinishedAt is zero until it exited.
-	FinishedAt time.Time
+	// StartedAt is zero until it started; FinishedAt until it exited.
+	StartedAt, FinishedAt time.Time
 	// Reason is "Completed", "Error" or "OOMKilled" once exited.
 	Reason, Message string
 }

@@ -107,7 +107,10 @@ func (r *Runtime) checkExits(ctx context.Context, only controller.Controller, re
 	var g errgroup.Group
 	g.SetLimit(fanoutLimit)
 	for _, c := range r.store.Containers() {
-		if c.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING && c.Status.State != runtimeapi.ContainerState_CONTAINER_UNKNOWN {
+		// At recovery, a created one too: a StartContainer cut short by a
+		// crash may have started it.
+		if c.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING && c.Status.State != runtimeapi.ContainerState_CONTAINER_UNKNOWN &&
+			(!recovering || c.Status.State != runtimeapi.ContainerState_CONTAINER_CREATED) {
 			continue
 		}
 		ctrl, err := r.controllerOf(c.SandboxID)
@@ -130,6 +133,10 @@ func (r *Runtime) checkExit(ctx context.Context, ctrl controller.Controller, c s
 	callCtx, cancel := bounded(ctx, statusTimeout)
 	st, err := ctrl.ContainerStatus(callCtx, c.ID)
 	cancel()
+	if c.Status.State == runtimeapi.ContainerState_CONTAINER_CREATED {
+		r.recoverStart(c, st, err)
+		return
+	}
 	switch {
 	case errdefs.IsNotFound(err):
 		r.recordExit(c.ID, c.SandboxID, nil)
@@ -143,6 +150,37 @@ func (r *Runtime) checkExit(ctx context.Context, ctrl controller.Controller, c s
 		r.log.Info("container exited", "pod", c.SandboxID, "container", c.ID, "exit_code", st.ExitCode, "reason", st.Reason)
 	case st.State == controller.StateRunning && c.Status.State == runtimeapi.ContainerState_CONTAINER_UNKNOWN:
 		r.setUnknown(c.ID, false)
+	}
+}
+
+// recoverStart gives a container recorded CREATED the state its
+// controller reports, when a StartContainer cut short by a crash started
+// it (running) or tried to (exited): a start retried on it would
+// otherwise fail (the controller has it started already) and record a
+// StartError over a running container. Not started, or not known, it
+// stays created.
+func (r *Runtime) recoverStart(c sandbox.Container, st controller.ContainerState, err error) {
+	switch {
+	case err != nil:
+		r.log.Debug("recover: status of a created container", "pod", c.SandboxID, "container", c.ID, "error", err)
+	case st.State == controller.StateRunning:
+		if _, err := r.store.UpdateContainer(c.ID, func(cur sandbox.ContainerStatus) (sandbox.ContainerStatus, error) {
+			if cur.State == runtimeapi.ContainerState_CONTAINER_CREATED {
+				cur.State, cur.Pid, cur.StartedAt = runtimeapi.ContainerState_CONTAINER_RUNNING, st.Pid, st.StartedAt
+				if cur.StartedAt.IsZero() {
+					cur.StartedAt = time.Now()
+				}
+			}
+			return cur, nil
+		}); err != nil {
+			r.log.Error("record container start", "container", c.ID, "error", err)
+			return
+		}
+		r.log.Info("recover: a start cut short had started the container", "pod", c.SandboxID, "container", c.ID, "pid", st.Pid)
+		r.publish(c.ID, c.SandboxID, runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT)
+	case st.State == controller.StateExited:
+		r.log.Info("recover: a start cut short ended", "pod", c.SandboxID, "container", c.ID, "exit_code", st.ExitCode, "reason", st.Reason)
+		r.recordExit(c.ID, c.SandboxID, &st)
 	}
 }
 

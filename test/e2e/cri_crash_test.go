@@ -1,7 +1,7 @@
 package e2e
 
 import (
-	"io/fs"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,12 +11,8 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/core/leases"
-	"github.com/containerd/containerd/v2/pkg/namespaces"
-	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 	"github.com/aurae-runtime/aurae-cri/pkg/cri"
 	"github.com/aurae-runtime/aurae-cri/pkg/image"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
@@ -33,7 +29,7 @@ type crashCRI struct {
 	faultFile string
 }
 
-func startCrashCRI(t *testing.T) *crashCRI {
+func startCrashCRI(t *testing.T, args ...string) *crashCRI {
 	t.Helper()
 	requireRoot(t)
 	for _, tool := range []string{"iptables-save", "ip"} {
@@ -46,7 +42,7 @@ func startCrashCRI(t *testing.T) *crashCRI {
 		t.Fatal(err)
 	}
 	t.Setenv(faultFileEnv, f) // inherited by the aurae-cri processes started below
-	return &crashCRI{CRI: startCRI(t), faultFile: f}
+	return &crashCRI{CRI: startCRI(t, args...), faultFile: f}
 }
 
 // aim makes aurae-cri die at point ("" for nowhere).
@@ -72,84 +68,17 @@ func (c *crashCRI) intentLeft(t *testing.T) sandbox.Intent {
 	return in[0]
 }
 
-// leaks lists what is left on the machine of the pod or container id:
-// mounts, auraed's pod dir, veths on the test's bridge beyond wantVeths,
-// host-local addresses, iptables rules, cgroups, processes, and the rootfs
-// snapshot and lease (when ctrd is not nil).
+// leaks lists what is left on the machine of the pod or container id
+// (footprint): mounts, auraed's pod and container dirs, host-local
+// addresses, iptables rules, cgroups, processes, auraed's records, and the
+// rootfs snapshot and lease (when ctrd is not nil); and veths on the
+// test's bridge beyond wantVeths.
 func (c *crashCRI) leaks(t *testing.T, id string, wantVeths int, ctrd *containerd.Client) []string {
 	t.Helper()
-	var out []string
-	mi, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(mi), "\n") {
-		if strings.Contains(line, id) {
-			out = append(out, "mount: "+line)
-		}
-	}
-	if _, err := os.Stat(filepath.Join(c.StateDir, "auraed", "pods", id)); err == nil {
-		out = append(out, "auraed pod dir of "+id)
-	}
-	if _, err := os.Stat(filepath.Join(c.StateDir, "containers", id)); err == nil {
-		out = append(out, "rootfs dir of "+id)
-	}
-	// No bridge yet (no pod got a network so far): no veth either.
-	if b, err := exec.Command("ip", "-o", "link", "show", "master", c.Bridge).CombinedOutput(); err != nil {
-		if !strings.Contains(string(b), "does not exist") {
-			t.Fatalf("ip link: %v: %s", err, b)
-		}
-	} else if veths := strings.TrimSpace(string(b)); veths != "" && strings.Count(veths, "\n")+1 > wantVeths {
-		out = append(out, "veths on "+c.Bridge+": "+veths)
-	}
-	_ = filepath.WalkDir(filepath.Join(filepath.Dir(c.LogDir), "ipam"), func(p string, d fs.DirEntry, err error) error {
-		if err == nil && !d.IsDir() {
-			if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), id) {
-				out = append(out, "host-local address "+p)
-			}
-		}
-		return nil
-	})
-	for _, table := range []string{"nat", "filter"} {
-		b, err := exec.Command("iptables-save", "-t", table).CombinedOutput()
-		if err != nil {
-			t.Fatalf("iptables-save: %v: %s", err, b)
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if strings.Contains(line, id) {
-				out = append(out, "iptables "+table+": "+line)
-			}
-		}
-	}
-	roots, _ := filepath.Glob(filepath.Join(cgroup.Root, "*", c.CgroupRoot))
-	more, _ := filepath.Glob(filepath.Join(cgroup.Root, c.CgroupRoot))
-	for _, root := range append(roots, more...) {
-		_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-			if err == nil && d.IsDir() && strings.Contains(d.Name(), id) {
-				out = append(out, "cgroup "+p)
-				return filepath.SkipDir
-			}
-			return nil
-		})
-	}
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), id) {
-			out = append(out, "process "+p+": "+strings.ReplaceAll(string(b), "\x00", " "))
-		}
-	}
-	if ctrd != nil {
-		ctx := namespaces.WithNamespace(t.Context(), image.DefaultNamespace)
-		if _, err := ctrd.SnapshotService(image.DefaultSnapshotter).Stat(ctx, image.RootfsKey(id)); !errdefs.IsNotFound(err) {
-			out = append(out, "snapshot "+image.RootfsKey(id))
-		}
-		ls, err := ctrd.LeasesService().List(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if slices.ContainsFunc(ls, func(l leases.Lease) bool { return l.ID == image.RootfsLease(id) }) {
-			out = append(out, "lease "+image.RootfsLease(id))
-		}
+	f := c.footprint(t, nil, ctrd, map[string]bool{id: true})
+	out := f.of(id)
+	if len(f.veths) > wantVeths {
+		out = append(out, fmt.Sprintf("veths on %s: %q", c.Bridge, f.veths))
 	}
 	return out
 }

@@ -12,8 +12,10 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -34,6 +36,9 @@ type Client struct {
 	Observe   observev0.ObserveServiceClient
 	Vms       vmsv0.VmServiceClient
 }
+
+// reconnectBackoff paces the attempts to reconnect to auraed.
+var reconnectBackoff = backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second}
 
 // Option configures Dial.
 type Option func(*options)
@@ -102,6 +107,10 @@ func Dial(ctx context.Context, address string, opts ...Option) (*Client, error) 
 		grpc.WithChainUnaryInterceptor(unaryErrors),
 		grpc.WithChainStreamInterceptor(streamErrors),
 		grpc.WithTransportCredentials(&recordingCreds{TransportCredentials: creds, last: &last}),
+		// Back within seconds of an auraed restart: gRPC's default backoff
+		// grows to two minutes between attempts, all of them failing every
+		// call at once (Unavailable).
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnectBackoff, MinConnectTimeout: 5 * time.Second}),
 	}, o.dialOpts...)
 	if network == "unix" {
 		// The socket path is no host name; TLS over a unix socket then

@@ -295,6 +295,9 @@ func containerState(s *podsv0.ContainerStatus) controller.ContainerState {
 	case podsv0.ContainerState_CONTAINER_STATE_EXITED:
 		st.State = controller.StateExited
 	}
+	if t := s.GetStartedAt(); t > 0 {
+		st.StartedAt = time.Unix(0, t)
+	}
 	if f := s.GetFinishedAt(); f > 0 {
 		st.FinishedAt = time.Unix(0, f)
 	}

@@ -1,0 +1,68 @@
+package cri
+
+import (
+	"testing"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
+)
+
+// TestRecoverStartCutShort: a crash between the controller's start and its
+// record leaves a container recorded CREATED. Recovery gives it the state
+// the controller reports (running, or exited when the start failed), so
+// that nobody starts it again (the controller would refuse, and the CRI
+// would record a StartError over a running container); one the controller
+// never started stays created.
+func TestRecoverStartCutShort(t *testing.T) {
+	f := newCrashFixture(t)
+	podID := f.pod(t, f.rt, "p")
+	create := func(name string) string {
+		resp, err := f.rt.CreateContainer(t.Context(), &runtimeapi.CreateContainerRequest{PodSandboxId: podID, Config: appContainer(name)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := resp.GetContainerId()
+		t.Cleanup(func() { _ = unmountRootfs(f.rt.rootfsDir(id)) })
+		return id
+	}
+	running, failed, created := create("running"), create("failed"), create("created")
+	// The starts the crash cut: the controller ran them, the store does
+	// not know.
+	for _, id := range []string{running, failed} {
+		if _, err := f.ctrl.StartContainer(t.Context(), podID, controller.Container{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.ctrl.exit(failed, 255, "Error")
+
+	rt := f.restart(t, nil)
+	want := map[string]runtimeapi.ContainerState{
+		running: runtimeapi.ContainerState_CONTAINER_RUNNING,
+		failed:  runtimeapi.ContainerState_CONTAINER_EXITED,
+		created: runtimeapi.ContainerState_CONTAINER_CREATED,
+	}
+	for id, state := range want {
+		resp, err := rt.ContainerStatus(t.Context(), &runtimeapi.ContainerStatusRequest{ContainerId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := resp.GetStatus()
+		if st.GetState() != state {
+			t.Errorf("%s after recovery: %v, want %v", st.GetMetadata().GetName(), st.GetState(), state)
+		}
+		switch id {
+		case running:
+			if st.GetStartedAt() == 0 {
+				t.Errorf("running container without a start time: %v", st)
+			}
+		case failed:
+			if st.GetExitCode() != 255 || st.GetReason() != "Error" {
+				t.Errorf("failed start after recovery: %v", st)
+			}
+		}
+	}
+	if _, err := rt.StartContainer(t.Context(), &runtimeapi.StartContainerRequest{ContainerId: created}); err != nil {
+		t.Errorf("start of the container never started: %v", err)
+	}
+}
