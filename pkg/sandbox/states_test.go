@@ -19,7 +19,7 @@ func TestLifeCycles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	defer func() { _ = st.Close() }()
 	if err := st.AddSandbox(&Sandbox{ID: "pod", Name: "pod", Config: &runtimeapi.PodSandboxConfig{}, CreatedAt: time.Now(),
 		Status: SandboxStatus{State: runtimeapi.PodSandboxState_SANDBOX_READY}}); err != nil {
 		t.Fatal(err)

@@ -56,7 +56,7 @@ func TestCRINodeReboot(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	c.Auraed.start(t)
+	c.start(t)
 	pods, err := c.Runtime.ListPodSandbox(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
