@@ -57,3 +57,27 @@ func (p *pod) ownsUser() bool { return p.spec.GetUserNamespace() != nil }
 func (p *pod) ownsPID() bool {
 	return p.spec.GetNamespaces().GetPid() == podsv0.NamespaceMode_NAMESPACE_MODE_POD
 }
+
+// ownedNamespace is a namespace type a pod may own, and where its pinned
+// file's path goes in the pod's AllocateResponse.
+type ownedNamespace struct {
+	on   bool
+	kind string // as in /proc/<pid>/ns/<kind>
+	dst  *string
+}
+
+// namespaceKinds are the kinds of namespace a pod pins (teardown unpins
+// them all).
+var namespaceKinds = []string{"net", "ipc", "uts", "pid", "user"}
+
+// ownedNamespaces lists, in namespaceKinds' order, the namespaces a pod
+// may own and whether it does.
+func (p *pod) ownedNamespaces() []ownedNamespace {
+	return []ownedNamespace{
+		{p.ownsNet(), "net", &p.paths.NetworkNamespacePath},
+		{p.ownsIPC(), "ipc", &p.paths.IpcNamespacePath},
+		{p.ownsUTS(), "uts", &p.paths.UtsNamespacePath},
+		{p.ownsPID(), "pid", &p.paths.PidNamespacePath},
+		{p.ownsUser(), "user", &p.paths.UserNamespacePath},
+	}
+}

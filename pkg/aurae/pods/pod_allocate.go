@@ -133,17 +133,7 @@ func (s *Service) makeNamespaces(p *pod, cg *cgroup.Cgroup) error {
 		_ = cmd.Wait()
 	}
 	nsDir := filepath.Join(s.podDir(p.spec.GetId()), "ns")
-	for _, ns := range []struct {
-		on   bool
-		kind string
-		dst  *string
-	}{
-		{p.ownsNet(), "net", &p.paths.NetworkNamespacePath},
-		{p.ownsIPC(), "ipc", &p.paths.IpcNamespacePath},
-		{p.ownsUTS(), "uts", &p.paths.UtsNamespacePath},
-		{p.ownsPID(), "pid", &p.paths.PidNamespacePath},
-		{p.ownsUser(), "user", &p.paths.UserNamespacePath},
-	} {
+	for _, ns := range p.ownedNamespaces() {
 		if !ns.on {
 			continue
 		}

@@ -72,7 +72,7 @@ func (s *Service) teardownPod(ctx context.Context, p *pod) error {
 		}
 	}
 	dir := s.podDir(p.spec.GetId())
-	for _, kind := range []string{"net", "ipc", "uts", "pid", "user"} {
+	for _, kind := range namespaceKinds {
 		if err := unpin(filepath.Join(dir, "ns", kind)); err != nil {
 			return err
 		}

@@ -126,17 +126,7 @@ func fuzzPod(sel uint8) *pod {
 	p := &pod{spec: spec}
 	nsDir := fuzzStateDir + "/pods/" + fuzzPodID + "/ns/"
 	p.paths = &podsv0.AllocateResponse{PodId: fuzzPodID, CgroupPath: fuzzPodCgroup, OomScoreAdjMin: fuzzOOMFloor}
-	for _, n := range []struct {
-		on   bool
-		kind string
-		dst  *string
-	}{
-		{p.ownsNet(), "net", &p.paths.NetworkNamespacePath},
-		{p.ownsIPC(), "ipc", &p.paths.IpcNamespacePath},
-		{p.ownsUTS(), "uts", &p.paths.UtsNamespacePath},
-		{p.ownsPID(), "pid", &p.paths.PidNamespacePath},
-		{p.ownsUser(), "user", &p.paths.UserNamespacePath},
-	} {
+	for _, n := range p.ownedNamespaces() {
 		if n.on {
 			*n.dst = nsDir + n.kind
 		}
