@@ -55,8 +55,14 @@ func FuzzValidPod(f *testing.F) {
 			t.Fatalf("pod id %q accepted", id)
 		}
 		cg := s.podCgroup(p)
-		if "/"+cg != path.Clean("/"+cg) || !strings.HasPrefix(cg, "aurae/") || path.Base(cg) != id {
-			t.Fatalf("pod cgroup %q (parent %q) is not a clean path below aurae/ ending in the pod's id", cg, p.GetCgroupParent())
+		// Below auraed's root, or, for an absolute parent (the kubelet's),
+		// right below that parent.
+		below := "aurae/"
+		if absoluteParent(p) {
+			below = strings.Trim(p.GetCgroupParent(), "/") + "/"
+		}
+		if "/"+cg != path.Clean("/"+cg) || !strings.HasPrefix(cg, below) || path.Base(cg) != id || path.Dir(cg) == "." {
+			t.Fatalf("pod cgroup %q (parent %q) is not a clean path below %s ending in the pod's id", cg, p.GetCgroupParent(), below)
 		}
 		if dir := s.podDir(id); path.Dir(dir) != fuzzStateDir+"/pods" {
 			t.Fatalf("pod directory %q is not right below %s/pods", dir, fuzzStateDir)
