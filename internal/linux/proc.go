@@ -17,6 +17,8 @@ import (
 type ProcStat struct {
 	// State is the one-letter state (R, S, D, Z, X, …).
 	State byte
+	// PPid is the parent's pid (field 4).
+	PPid int
 	// StartTime is the start time in clock ticks since boot (field 22): with
 	// the pid it names one process, even after the pid is reused.
 	StartTime uint64
@@ -46,7 +48,11 @@ func Stat(pid int) (ProcStat, error) {
 	if err != nil {
 		return ProcStat{}, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 	}
-	return ProcStat{State: fields[0][0], StartTime: start}, nil
+	ppid, err := strconv.Atoi(string(fields[1]))
+	if err != nil {
+		return ProcStat{}, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return ProcStat{State: fields[0][0], PPid: ppid, StartTime: start}, nil
 }
 
 // StartTime is the process's start time in clock ticks since boot.

@@ -11,6 +11,9 @@ func TestStatAndPidfd(t *testing.T) {
 	if err != nil || st.StartTime == 0 || st.Exited() {
 		t.Fatalf("own stat %+v %v", st, err)
 	}
+	if st.PPid != os.Getppid() {
+		t.Errorf("own parent %d, want %d", st.PPid, os.Getppid())
+	}
 	if !Alive(os.Getpid(), st.StartTime) {
 		t.Fatal("own process not alive")
 	}

@@ -14,6 +14,7 @@ import (
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"github.com/aurae-runtime/aurae-cri/test/testimage"
 )
 
@@ -68,17 +69,11 @@ func TestCRIRestartLargeAnnotations(t *testing.T) {
 // ppid is the parent of pid, from /proc.
 func ppid(t testing.TB, pid int) int {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := linux.Stat(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// pid (comm) state ppid …; comm may hold spaces, so cut after ')'.
-	fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	p, err := strconv.Atoi(fields[1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return st.PPid
 }
 
 // TestCRIWedgedPod SIGSTOPs one container's process and its monitor (conmon)
