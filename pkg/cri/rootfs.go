@@ -56,8 +56,29 @@ func mountRootfs(mounts []image.Mount, dir string, idmap *rootfsIDMap) error {
 	if idmap != nil {
 		return mountIDMappedRootfs(m, dir, idmap)
 	}
-	var flags uintptr
-	var data []string
+	flags, data := rootfsOptions(m)
+	typ := m.Type
+	if typ == "bind" {
+		typ = ""
+	}
+	if err := unix.Mount(m.Source, dir, typ, flags&^unix.MS_RDONLY, strings.Join(data, ",")); err != nil {
+		return fmt.Errorf("mount rootfs %s at %s: %w", m.Type, dir, err)
+	}
+	if flags&unix.MS_BIND != 0 && flags&unix.MS_RDONLY != 0 {
+		if err := unix.Mount("", dir, "", flags|unix.MS_REMOUNT, ""); err != nil {
+			_ = unix.Unmount(dir, unix.MNT_DETACH)
+			return fmt.Errorf("remount rootfs read-only: %w", err)
+		}
+	}
+	return nil
+}
+
+// rootfsOptions splits a snapshot mount's options into mount flags (bind,
+// rbind, ro; a "bind" type is a bind) and the rest, the filesystem's data.
+func rootfsOptions(m image.Mount) (flags uintptr, data []string) {
+	if m.Type == "bind" {
+		flags |= unix.MS_BIND
+	}
 	for _, o := range m.Options {
 		switch o {
 		case "bind":
@@ -71,21 +92,7 @@ func mountRootfs(mounts []image.Mount, dir string, idmap *rootfsIDMap) error {
 			data = append(data, o)
 		}
 	}
-	typ := m.Type
-	if typ == "bind" {
-		flags |= unix.MS_BIND
-		typ = ""
-	}
-	if err := unix.Mount(m.Source, dir, typ, flags&^unix.MS_RDONLY, strings.Join(data, ",")); err != nil {
-		return fmt.Errorf("mount rootfs %s at %s: %w", m.Type, dir, err)
-	}
-	if flags&unix.MS_BIND != 0 && flags&unix.MS_RDONLY != 0 {
-		if err := unix.Mount("", dir, "", flags|unix.MS_REMOUNT, ""); err != nil {
-			_ = unix.Unmount(dir, unix.MNT_DETACH)
-			return fmt.Errorf("remount rootfs read-only: %w", err)
-		}
-	}
-	return nil
+	return flags, data
 }
 
 // unmountRootfs unmounts dir (if mounted) and removes the container's dir.

@@ -37,28 +37,22 @@ func mountIDMappedRootfs(m image.Mount, dir string, idmap *rootfsIDMap) error {
 }
 
 func mountIDMapped(m image.Mount, dir string, userns int, uid, gid uint32) error {
-	var bind, ro bool
-	var data []string
-	var lowers []string
+	flags, opts := rootfsOptions(m)
+	ro := flags&unix.MS_RDONLY != 0
+	var data, lowers []string
 	var upper string
-	for _, o := range m.Options {
-		switch {
-		case o == "bind" || o == "rbind":
-			bind = true
-		case o == "ro":
-			ro = true
-		case o == "rw":
-		case strings.HasPrefix(o, "lowerdir="):
-			lowers = strings.Split(strings.TrimPrefix(o, "lowerdir="), ":")
-		default:
-			if v, ok := strings.CutPrefix(o, "upperdir="); ok {
-				upper = v
-			}
-			data = append(data, o)
+	for _, o := range opts {
+		if v, ok := strings.CutPrefix(o, "lowerdir="); ok {
+			lowers = strings.Split(v, ":")
+			continue
 		}
+		if v, ok := strings.CutPrefix(o, "upperdir="); ok {
+			upper = v
+		}
+		data = append(data, o)
 	}
 	switch {
-	case m.Type == "bind" || (m.Type == "" && bind):
+	case m.Type == "bind" || (m.Type == "" && flags&unix.MS_BIND != 0):
 		fd, err := linux.IDMappedClone(m.Source, userns, ro)
 		if err != nil {
 			return fmt.Errorf("rootfs: %w", err)
