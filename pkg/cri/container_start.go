@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
@@ -45,6 +46,18 @@ func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 	started, err := ctrl.StartContainer(callCtx, sb.ID, controller.Container{
 		ID: c.ID, Spec: c.Spec, LogPath: c.LogPath, Tty: c.Config.GetTty(), Stdin: c.Config.GetStdin(),
 	})
+	if errdefs.IsAlreadyExists(err) {
+		// The controller has it started: a start that a crash of
+		// aurae-cri cut short, finished by the controller after our
+		// recovery looked (it was still in flight then). The retry
+		// succeeds with the state the controller reports.
+		stCtx, stCancel := bounded(ctx, statusTimeout)
+		st, serr := ctrl.ContainerStatus(stCtx, c.ID)
+		stCancel()
+		if serr == nil && r.adoptStart(c, st, "start: a start cut short") {
+			return &runtimeapi.StartContainerResponse{}, nil
+		}
+	}
 	if err != nil {
 		// As containerd does: the container ends as exited with the
 		// reason, so that the kubelet sees why and recreates it.

@@ -96,6 +96,10 @@ func (r *Runtime) recordExit(id, podID string, st *controller.ContainerState) {
 				cur.FinishedAt = st.FinishedAt
 			}
 			cur.Reason, cur.Message = st.Reason, st.Message
+			if cur.StartedAt.IsZero() {
+				// One recorded created whose start a crash cut short.
+				cur.StartedAt = st.StartedAt
+			}
 		} else {
 			cur.ExitCode, cur.Reason = 255, "Unknown"
 		}

@@ -140,7 +140,10 @@ func (f *fakeController) PrepareContainer(_ context.Context, podID string, files
 func (f *fakeController) StartContainer(_ context.Context, podID string, c controller.Container) (controller.Started, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.containers[c.ID] = &controller.ContainerState{ID: c.ID, PodID: podID, State: controller.StateRunning, Pid: 42}
+	if _, ok := f.containers[c.ID]; ok {
+		return controller.Started{}, fmt.Errorf("container %q: %w", c.ID, errdefs.ErrAlreadyExists)
+	}
+	f.containers[c.ID] = &controller.ContainerState{ID: c.ID, PodID: podID, State: controller.StateRunning, Pid: 42, StartedAt: time.Now()}
 	return controller.Started{Pid: 42}, nil
 }
 

@@ -160,10 +160,20 @@ func (r *Runtime) checkExit(ctx context.Context, ctrl controller.Controller, c s
 // StartError over a running container. Not started, or not known, it
 // stays created.
 func (r *Runtime) recoverStart(c sandbox.Container, st controller.ContainerState, err error) {
-	switch {
-	case err != nil:
+	if err != nil {
 		r.log.Debug("recover: status of a created container", "pod", c.SandboxID, "container", c.ID, "error", err)
-	case st.State == controller.StateRunning:
+		return
+	}
+	r.adoptStart(c, st, "recover: a start cut short")
+}
+
+// adoptStart records the start of a container recorded CREATED that its
+// controller has started (st running, or exited since): a start cut short
+// by a crash that the controller finished. It reports whether st was a
+// started state.
+func (r *Runtime) adoptStart(c sandbox.Container, st controller.ContainerState, why string) bool {
+	switch st.State {
+	case controller.StateRunning:
 		if _, err := r.store.UpdateContainer(c.ID, func(cur sandbox.ContainerStatus) (sandbox.ContainerStatus, error) {
 			if cur.State == runtimeapi.ContainerState_CONTAINER_CREATED {
 				cur.State, cur.Pid, cur.StartedAt = runtimeapi.ContainerState_CONTAINER_RUNNING, st.Pid, st.StartedAt
@@ -174,14 +184,17 @@ func (r *Runtime) recoverStart(c sandbox.Container, st controller.ContainerState
 			return cur, nil
 		}); err != nil {
 			r.log.Error("record container start", "container", c.ID, "error", err)
-			return
+			return true
 		}
-		r.log.Info("recover: a start cut short had started the container", "pod", c.SandboxID, "container", c.ID, "pid", st.Pid)
+		r.log.Info(why+" had started the container", "pod", c.SandboxID, "container", c.ID, "pid", st.Pid)
 		r.publish(c.ID, c.SandboxID, runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT)
-	case st.State == controller.StateExited:
-		r.log.Info("recover: a start cut short ended", "pod", c.SandboxID, "container", c.ID, "exit_code", st.ExitCode, "reason", st.Reason)
+		return true
+	case controller.StateExited:
+		r.log.Info(why+" ended", "pod", c.SandboxID, "container", c.ID, "exit_code", st.ExitCode, "reason", st.Reason)
 		r.recordExit(c.ID, c.SandboxID, &st)
+		return true
 	}
+	return false
 }
 
 // setUnknown marks a running container UNKNOWN, or an unknown one

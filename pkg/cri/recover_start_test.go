@@ -66,3 +66,55 @@ func TestRecoverStartCutShort(t *testing.T) {
 		t.Errorf("start of the container never started: %v", err)
 	}
 }
+
+// TestStartFinishedAfterRecovery: the start a crash cut short was still in
+// flight in the controller when the restarted CRI recovered, so the
+// container stayed CREATED; the controller then finished it. The
+// kubelet's retry of StartContainer succeeds with the container running
+// (the controller refuses a second start with AlreadyExists), and one
+// whose late start failed is reported exited with its own reason, not a
+// StartError over it.
+func TestStartFinishedAfterRecovery(t *testing.T) {
+	f := newCrashFixture(t)
+	podID := f.pod(t, f.rt, "p")
+	var ids []string
+	for _, name := range []string{"running", "failed"} {
+		resp, err := f.rt.CreateContainer(t.Context(), &runtimeapi.CreateContainerRequest{PodSandboxId: podID, Config: appContainer(name)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := resp.GetContainerId()
+		t.Cleanup(func() { _ = unmountRootfs(f.rt.rootfsDir(id)) })
+		ids = append(ids, id)
+	}
+	running, failed := ids[0], ids[1]
+	rt := f.restart(t, nil)
+	for _, id := range ids {
+		if _, err := f.ctrl.StartContainer(t.Context(), podID, controller.Container{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.ctrl.exit(failed, 3, "Error")
+	for _, id := range ids {
+		if _, err := rt.StartContainer(t.Context(), &runtimeapi.StartContainerRequest{ContainerId: id}); err != nil {
+			t.Fatalf("retried start: %v", err)
+		}
+	}
+	for id, want := range map[string]runtimeapi.ContainerState{running: runtimeapi.ContainerState_CONTAINER_RUNNING, failed: runtimeapi.ContainerState_CONTAINER_EXITED} {
+		resp, err := rt.ContainerStatus(t.Context(), &runtimeapi.ContainerStatusRequest{ContainerId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := resp.GetStatus()
+		if st.GetState() != want || st.GetStartedAt() == 0 || st.GetReason() == "StartError" {
+			t.Errorf("%s after the retried start: %v", st.GetMetadata().GetName(), st)
+		}
+		if id == failed && st.GetExitCode() != 3 {
+			t.Errorf("late start that failed: exit code %d, want 3", st.GetExitCode())
+		}
+	}
+	// A second start of a running container is still refused.
+	if _, err := rt.StartContainer(t.Context(), &runtimeapi.StartContainerRequest{ContainerId: running}); err == nil {
+		t.Error("start of a running container succeeded")
+	}
+}
