@@ -87,8 +87,10 @@ type NIC struct {
 	MAC string
 }
 
-// Share is a host directory shared into the guest with virtio-9p; the
-// guest mounts it by Tag.
+// Share is a host directory shared into the guest with virtio-fs; the
+// guest mounts it by Tag (mount -t virtiofs <tag>). Mounts made below
+// Path after the VM started reach the guest only when Path is a shared
+// mount (virtiofsd serves it from a mount namespace of its own).
 type Share struct {
 	Tag      string
 	Path     string
@@ -114,7 +116,7 @@ type VMConfig struct {
 	NetNSPath string
 	// NICs are the guest's network interfaces, each on a tap device.
 	NICs []NIC
-	// Shares are host directories shared into the guest with virtio-9p.
+	// Shares are host directories shared into the guest with virtio-fs.
 	Shares []Share
 	// Accel: AccelAuto probes (cached per kernel).
 	Accel Accel
@@ -124,10 +126,10 @@ type VMConfig struct {
 	// Booted, when set, replaces "the console has output" as the sign that
 	// the guest booted. It is polled until it returns nil.
 	Booted func(ctx context.Context) error
-	// Place, when set, puts the hypervisor's process where it belongs (a
-	// cgroup) right after it started, before the guest boots; an error
-	// kills it.
-	Place func(pid int) error
+	// Place, when set, puts the hypervisor's process and its helpers (the
+	// shares' virtiofsds) where they belong (a cgroup) right after the
+	// hypervisor started, before the guest boots; an error kills them.
+	Place func(pids ...int) error
 }
 
 // Proc is a running hypervisor process.

@@ -18,8 +18,10 @@ func TestArgsNICsAndShares(t *testing.T) {
 	line := strings.Join(args, " ")
 	for _, want := range []string{
 		"-netdev tap,id=net0,ifname=tap0,script=no,downscript=no -device virtio-net-pci,netdev=net0,mac=4a:1b:2c:3d:4e:5f",
-		"-fsdev local,id=fs0,path=/s,,1,security_model=passthrough,multidevs=remap -device virtio-9p-pci,fsdev=fs0,mount_tag=aurae-shared",
-		"-fsdev local,id=fs1,path=/r,security_model=passthrough,multidevs=remap,readonly=on -device virtio-9p-pci,fsdev=fs1,mount_tag=ro",
+		"-M q35,memory-backend=mem ",
+		"-object memory-backend-memfd,id=mem,size=64M,share=on ",
+		"-chardev socket,id=fs0,path=/d/fs0.sock -device vhost-user-fs-pci,queue-size=1024,chardev=fs0,tag=aurae-shared",
+		"-chardev socket,id=fs1,path=/d/fs1.sock -device vhost-user-fs-pci,queue-size=1024,chardev=fs1,tag=ro",
 	} {
 		if !strings.Contains(line, want) {
 			t.Errorf("command line lacks %q:\n%s", want, line)

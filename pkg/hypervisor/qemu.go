@@ -117,12 +117,17 @@ func kernelCmdline(args []string) string {
 func (q *QEMU) args(cfg VMConfig, a Accel) []string {
 	m := machineFor(a)
 	dir := cfg.Dir
+	mem := strconv.FormatUint(uint64(cfg.MemMiB), 10) + "M"
+	machineOpt := m.name
+	if len(cfg.Shares) > 0 {
+		machineOpt += ",memory-backend=mem"
+	}
 	args := []string{
 		"-name", "aurae-vm-" + cfg.ID + ",process=aurae-vm-" + cfg.ID,
-		"-M", m.name,
+		"-M", machineOpt,
 		"-accel", accelOpt(a),
 		"-cpu", m.cpu,
-		"-m", strconv.FormatUint(uint64(cfg.MemMiB), 10) + "M",
+		"-m", mem,
 		"-smp", strconv.FormatUint(uint64(cfg.VCPUs), 10),
 		"-nodefaults", "-no-user-config",
 		// seccomp: no obsolete syscalls, no setuid/setgid, no fork/exec,
@@ -136,6 +141,9 @@ func (q *QEMU) args(cfg VMConfig, a Accel) []string {
 		"-chardev", "file,id=console,path=" + qemuOpt(filepath.Join(dir, ConsoleLogName)),
 		"-serial", "chardev:console",
 		"-kernel", cfg.Kernel,
+	}
+	if len(cfg.Shares) > 0 {
+		args = append(args, "-object", "memory-backend-memfd,id=mem,size="+mem+",share=on")
 	}
 	if cfg.Initrd != "" {
 		args = append(args, "-initrd", cfg.Initrd)
@@ -167,22 +175,14 @@ func (q *QEMU) args(cfg VMConfig, a Accel) []string {
 			"-device", dev,
 		)
 	}
-	for i, sh := range cfg.Shares {
+	for i := range cfg.Shares {
+		// virtio-fs: each share's virtiofsd (started first, see
+		// virtiofsd.go) serves the guest on a vhost-user socket, which
+		// needs the guest's memory shared with it.
 		id := "fs" + strconv.Itoa(i)
-		// passthrough, for now: mapped-xattr would keep what the guest
-		// makes from becoming a setuid-root file or a device node on the
-		// host, but it cannot read the symlinks of a container image
-		// (QEMU reads a mapped symlink's target from the file's content).
-		// The host side of every share is nosuid,nodev; virtio-fs with a
-		// sandboxed virtiofsd is the way out (it needs the guest kernel's
-		// FUSE and virtio-fs).
-		fsdev := "local,id=" + id + ",path=" + qemuOpt(sh.Path) + ",security_model=passthrough,multidevs=remap"
-		if sh.ReadOnly {
-			fsdev += ",readonly=on"
-		}
 		args = append(args,
-			"-fsdev", fsdev,
-			"-device", "virtio-9p"+m.virtio+",fsdev="+id+",mount_tag="+qemuOpt(sh.Tag),
+			"-chardev", "socket,id="+id+",path="+qemuOpt(filepath.Join(dir, fmt.Sprintf(virtiofsdSocket, i))),
+			"-device", "vhost-user-fs"+m.virtio+",queue-size=1024,chardev="+id+",tag="+qemuOpt(cfg.Shares[i].Tag),
 		)
 	}
 	args = append(args,
@@ -242,6 +242,22 @@ func (q *QEMU) boot(ctx context.Context, bin string, cfg VMConfig, a Accel) (_ *
 		return nil, err
 	}
 	defer logf.Close()
+	// The shares' virtiofsds first: QEMU connects to them at start.
+	var helpers []int
+	defer func() {
+		if retErr != nil && len(helpers) > 0 {
+			kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), exitWait)
+			_ = killVirtiofsds(kctx, dir)
+			cancel()
+		}
+	}()
+	for i, sh := range cfg.Shares {
+		pid, err := startVirtiofsd(ctx, dir, i, sh)
+		if err != nil {
+			return nil, err
+		}
+		helpers = append(helpers, pid)
+	}
 	// A detached child in its own session, not tied to ctx: the VM outlives
 	// this call and this process. Its stderr goes to hypervisor.log.
 	cmd := exec.Command(bin, q.args(cfg, a)...)
@@ -272,7 +288,7 @@ func (q *QEMU) boot(ctx context.Context, bin string, cfg VMConfig, a Accel) (_ *
 		}
 	}()
 	if cfg.Place != nil {
-		if err := cfg.Place(pid); err != nil {
+		if err := cfg.Place(append([]int{pid}, helpers...)...); err != nil {
 			return nil, fmt.Errorf("place qemu: %w", err)
 		}
 	}
@@ -338,7 +354,7 @@ func (q *QEMU) Stop(ctx context.Context, p *Proc, grace time.Duration) error {
 		err := p.Wait(wctx)
 		cancel()
 		if err == nil {
-			return nil
+			return killVirtiofsds(ctx, filepath.Dir(p.ControlSocket))
 		}
 	}
 	if ctx.Err() != nil {
@@ -352,15 +368,16 @@ func (q *QEMU) Stop(ctx context.Context, p *Proc, grace time.Duration) error {
 		err := p.Wait(wctx)
 		cancel()
 		if err == nil {
-			return nil
+			return killVirtiofsds(ctx, filepath.Dir(p.ControlSocket))
 		}
 	}
 	return q.Kill(context.WithoutCancel(ctx), p)
 }
 
-// Kill implements Hypervisor.
+// Kill implements Hypervisor: QEMU, then the shares' virtiofsds.
 func (q *QEMU) Kill(ctx context.Context, p *Proc) error {
-	return killProc(ctx, p.Pid, p.StartTime, exitWait)
+	err := killProc(ctx, p.Pid, p.StartTime, exitWait)
+	return errors.Join(err, killVirtiofsds(ctx, filepath.Dir(p.ControlSocket)))
 }
 
 // Status implements Hypervisor with QMP query-status.

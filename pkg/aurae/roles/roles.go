@@ -20,6 +20,9 @@
 //     execs a minimal reaper from a sealed memfd, which keeps them.
 //   - cell init (cells.InitEnv): cells.RunInit, started through nsexec in
 //     an isolated cell's new namespaces to set them up and reap orphans.
+//   - virtiofsd launcher (hypervisor.VirtiofsdEnv): hypervisor.RunVirtiofsd,
+//     started by a VM's start for each of its shares: it confines its view
+//     of the share and itself (a seccomp filter), then execs virtiofsd.
 //   - guest serving auraed (guest.ServeEnv), with Guest only:
 //     guest.RunServer, started by the guest init to serve the Aurae API in a
 //     microVM.
@@ -39,6 +42,7 @@ import (
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cells"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/guest"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/pods"
+	"github.com/aurae-runtime/aurae-cri/pkg/hypervisor"
 )
 
 // Option widens the set of roles Run chooses from.
@@ -64,6 +68,7 @@ var table = []role{
 	{name: "tty exec shim", chosen: envSet(pods.ExecShimEnv), run: pods.RunExecShim},
 	{name: "pod namespace holder", chosen: envSet(pods.HolderEnv), run: pods.RunHolder},
 	{name: "cell init", chosen: envSet(cells.InitEnv), run: cells.RunInit},
+	{name: "virtiofsd launcher", chosen: envSet(hypervisor.VirtiofsdEnv), run: hypervisor.RunVirtiofsd},
 	{name: "guest serving auraed", guest: true, chosen: func() bool { return os.Getenv(guest.ServeEnv) != "" }, run: guest.RunServer},
 	{name: "guest init", guest: true, chosen: isGuestInit, run: guest.RunInit},
 }

@@ -13,7 +13,7 @@ import (
 	"github.com/aurae-runtime/aurae-cri/pkg/hypervisor"
 )
 
-// netName is what a tap device name or a 9p tag may be.
+// netName is what a tap device name or a share's tag may be.
 var netName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$`)
 
 // validNetAndShares checks the network namespace, NICs and shared

@@ -36,10 +36,11 @@ func (s *Service) validCgroupPath(p string) error {
 	return nil
 }
 
-// placeIn returns what puts a hypervisor into a fresh ".vm" leaf of the
-// VM's cgroup, limited to its guest's memory plus the overhead.
-func placeIn(cgroupPath string, memMiB uint32) func(pid int) error {
-	return func(pid int) error {
+// placeIn returns what puts a hypervisor and its helpers into a fresh
+// ".vm" leaf of the VM's cgroup, limited to its guest's memory plus the
+// overhead.
+func placeIn(cgroupPath string, memMiB uint32) func(pids ...int) error {
+	return func(pids ...int) error {
 		leaf := cgroupPath + "/" + vmCgroupLeaf
 		if err := removeVMCgroup(cgroupPath); err != nil {
 			return err
@@ -49,7 +50,12 @@ func placeIn(cgroupPath string, memMiB uint32) func(pid int) error {
 		if err != nil {
 			return err
 		}
-		return cg.AddProc(pid)
+		for _, pid := range pids {
+			if err := cg.AddProc(pid); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 }
 

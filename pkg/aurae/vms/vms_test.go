@@ -24,6 +24,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if _, ok := os.LookupEnv(hypervisor.VirtiofsdEnv); ok {
+		hypervisor.RunVirtiofsd()
+	}
 	if dir := os.Getenv("AURAE_VMS_TEST_OWNER"); dir != "" {
 		ownerMain(dir)
 		return

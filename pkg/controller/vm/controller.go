@@ -8,7 +8,7 @@
 //	host auraed   PodService pod (network POD): the pinned netns CNI sets
 //	              up and the pod cgroup; no container runs in it
 //	              VmService VM in that netns: tap0 mirrored with CNI's eth0
-//	              by tc (as Kata does), <dir>/shared shared by virtio-9p
+//	              by tc (as Kata does), <dir>/shared shared by virtio-fs
 //	guest auraed  PodService pod (network NODE: the guest is the pod's
 //	              network), the containers, their conmon and logs
 //
@@ -264,6 +264,9 @@ func (c *Controller) CreatePod(ctx context.Context, spec controller.PodSpec) (_ 
 	if err := os.MkdirAll(sharedDir(dir), 0o700); err != nil {
 		return controller.Pod{}, err
 	}
+	if err := makeSharedMount(sharedDir(dir)); err != nil {
+		return controller.Pod{}, err
+	}
 	rec := record{VMID: vmID(id), Pod: guestPodSpec(spec)}
 	if err := writeJSON(filepath.Join(dir, "pod.json"), rec); err != nil {
 		return controller.Pod{}, err
@@ -297,7 +300,7 @@ func (c *Controller) CreatePod(ctx context.Context, spec controller.PodSpec) (_ 
 	}
 	c.setGuest(p, g)
 	tDial := time.Now()
-	if err := g.run(ctx, "mount-shared", "mkdir -p "+guestShared+" && mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 "+shareTag+" "+guestShared); err != nil {
+	if err := g.run(ctx, "mount-shared", "mkdir -p "+guestShared+" && mount -t virtiofs "+shareTag+" "+guestShared); err != nil {
 		return controller.Pod{}, fmt.Errorf("mount the shared dir in the guest: %w", err)
 	}
 	if _, err := g.pods.CreatePod(ctx, rec.Pod); err != nil {

@@ -129,3 +129,18 @@ func unmountBeneath(root, path string) error {
 	defer unix.Close(fd)
 	return unix.Unmount("/proc/self/fd/"+fmt.Sprint(fd), unix.MNT_DETACH)
 }
+
+// makeSharedMount bind-mounts dir on itself as a shared mount, so that
+// what is mounted below it later reaches the guest: virtiofsd serves the
+// dir from a mount namespace of its own, a slave of this one. RemovePod's
+// unmountUnder takes it away with the rest.
+func makeSharedMount(dir string) error {
+	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %s: %w", dir, err)
+	}
+	if err := unix.Mount("", dir, "", unix.MS_SHARED, ""); err != nil {
+		_ = unix.Unmount(dir, unix.MNT_DETACH)
+		return fmt.Errorf("make %s shared: %w", dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,173 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/test/testimage"
+)
+
+// TestCRIVMHostileGuest: root in a privileged container of a VM pod (a
+// container escape inside the VM, as Kata assumes one) gains nothing on
+// the host through the pod's share:
+//   - a set-user-ID or set-group-ID file, a device node, or a write into a
+//     read-only volume is refused, in the rootfs as in a volume, and
+//     nothing of the kind appears on the host;
+//   - mounting the share itself and swapping every mount target below it
+//     for a symlink to a host dir, in a loop while the host starts
+//     containers with volumes, never puts a mount on that host dir.
+func TestCRIVMHostileGuest(t *testing.T) {
+	requireVMImage(t)
+	c := startCRI(t)
+	ctx := t.Context()
+	image := c.pushBusybox(t, "e2e/busybox:vm-hostile", testimage.Options{})
+
+	victim := t.TempDir() // what the guest aims its symlinks at
+	if err := os.WriteFile(filepath.Join(victim, "marker"), []byte("host"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rw, ro := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(ro, "file"), []byte("ro"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pod := c.podConfig(t, "hostile")
+	pod.Linux.SecurityContext = &runtimeapi.LinuxSandboxSecurityContext{Privileged: true}
+	podID, err := c.Runtime.RunPodSandbox(ctx, pod, "aurae-vm")
+	if err != nil {
+		t.Fatalf("run vm pod: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = c.Runtime.StopPodSandbox(ctx, podID)
+		_ = c.Runtime.RemovePodSandbox(ctx, podID)
+	})
+	mounts := []*runtimeapi.Mount{{ContainerPath: "/vol", HostPath: rw}, {ContainerPath: "/ro", HostPath: ro, Readonly: true}}
+
+	// The attacker: the share mounted again, and every target below it
+	// that is not there yet made a symlink to the victim dir, forever.
+	attack := fmt.Sprintf(`mkdir -p /mnt/share && mount -t virtiofs aurae-shared /mnt/share || exit 17
+while :; do
+  for d in /mnt/share/c/*; do
+    [ -d "$d" ] && [ ! -L "$d" ] || continue
+    for n in rootfs log vol ro extra; do
+      [ -e "$d/$n" ] || [ -L "$d/$n" ] || ln -s %s "$d/$n" 2>/dev/null
+    done
+  done
+done`, victim)
+	cfg := containerConfig("attacker", image, "sh", "-c", attack)
+	cfg.Mounts = mounts
+	cfg.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{Privileged: true}}
+	attacker := runContainer(t, c, podID, pod, cfg)
+	waitContainerState(t, c, attacker, runtimeapi.ContainerState_CONTAINER_RUNNING)
+
+	probe := `cd /vol
+touch s; if chmod 4755 s; then echo vol-setuid-made; fi
+touch g; if chmod 2755 g; then echo vol-setgid-made; fi
+if mknod null c 1 3; then echo vol-chardev-made; fi
+if mknod loop b 7 0; then echo vol-blockdev-made; fi
+if echo x > /ro/new; then echo ro-written; fi
+if echo x >> /ro/file; then echo ro-appended; fi
+cp /bin/busybox /bb-setuid; if chmod u+s /bb-setuid; then echo rootfs-setuid-made; fi
+if mknod /dev-in-rootfs c 1 3; then echo rootfs-chardev-made; fi
+chmod 0755 s && echo done`
+	out, stderr, err := c.Runtime.ExecSync(ctx, attacker, []string{"sh", "-c", probe}, 60*time.Second)
+	if err != nil {
+		t.Fatalf("probe: %v (%s)", err, stderr)
+	}
+	if got := strings.TrimSpace(string(out)); got != "done" {
+		t.Errorf("the guest made privileged files or wrote a read-only volume:\n%s\nstderr: %s", got, stderr)
+	}
+
+	// The host starts containers with volumes while the attacker swaps
+	// their targets: each is made or refused, never mounted on the victim.
+	made, refused := 0, 0
+	for i := range 6 {
+		cfg := containerConfig(fmt.Sprintf("victim%d", i), image, "sleep", "300")
+		cfg.Mounts = mounts
+		id, err := c.Runtime.CreateContainer(ctx, podID, cfg, pod)
+		if err == nil {
+			err = c.Runtime.StartContainer(ctx, id)
+		}
+		if err != nil {
+			refused++
+			t.Logf("container %d refused under the attack: %v", i, err)
+			continue
+		}
+		made++
+	}
+	t.Logf("under the symlink attack: %d containers made, %d refused", made, refused)
+	if st, err := c.Runtime.ContainerStatus(ctx, attacker, false); err != nil || st.GetStatus().GetState() != runtimeapi.ContainerState_CONTAINER_RUNNING {
+		t.Fatalf("the attacker stopped (exit 17: the share could not be mounted): %v %v", st.GetStatus(), err)
+	}
+
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(mi), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && (f[4] == victim || strings.HasPrefix(f[4], victim+"/")) {
+			t.Errorf("a mount on the host dir the guest aimed at: %s", l)
+		}
+	}
+	if ents, _ := os.ReadDir(victim); len(ents) != 1 {
+		t.Errorf("the host dir the guest aimed at changed: %v", ents)
+	}
+	// Nothing privileged on the host, in the volume or in any rootfs.
+	for _, n := range []string{"null", "loop"} {
+		if _, err := os.Lstat(filepath.Join(rw, n)); err == nil {
+			t.Errorf("device node %s made in the host's volume", n)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(ro, "new")); err == nil {
+		t.Error("a file was written into the read-only volume")
+	}
+	if b, _ := os.ReadFile(filepath.Join(ro, "file")); string(b) != "ro" {
+		t.Errorf("the read-only volume's file changed: %q", b)
+	}
+	checked := 0
+	_ = filepath.Walk(c.StateDir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil || fi.IsDir() {
+			return nil
+		}
+		var st unix.Stat_t
+		if unix.Lstat(p, &st) != nil {
+			return nil
+		}
+		if strings.HasSuffix(p, "/bb-setuid") || strings.HasSuffix(p, "/dev-in-rootfs") {
+			checked++
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFCHR || st.Mode&unix.S_IFMT == unix.S_IFBLK {
+			t.Errorf("device node on the host: %s", p)
+		}
+		if strings.HasSuffix(p, "/bb-setuid") && st.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
+			t.Errorf("set-user-ID file on the host: %s (mode %o)", p, st.Mode)
+		}
+		return nil
+	})
+	if checked == 0 {
+		t.Error("the probe's rootfs files were not found on the host: the test looks in the wrong place")
+	}
+	for _, n := range []string{"s", "g"} {
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(rw, n), &st); err != nil || st.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
+			t.Errorf("volume file %s on the host: mode %o, %v", n, st.Mode, err)
+		}
+	}
+
+	if err := c.Runtime.StopPodSandbox(ctx, podID); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	if err := c.Runtime.RemovePodSandbox(ctx, podID); err != nil {
+		t.Fatalf("remove: %v", err)
+	}
+	mi, _ = os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mi), filepath.Join(c.StateDir, "vmpods")) {
+		t.Errorf("mounts left under %s", filepath.Join(c.StateDir, "vmpods"))
+	}
+}
