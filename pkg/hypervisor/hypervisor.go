@@ -118,6 +118,10 @@ type VMConfig struct {
 	NICs []NIC
 	// Shares are host directories shared into the guest with virtio-fs.
 	Shares []Share
+	// UID and GID, when UID is not 0, are who the hypervisor runs as: it
+	// gets the VM's dir and inherits every file it needs (see
+	// qemu_files.go). A user of its own per VM, never a host user.
+	UID, GID uint32
 	// Accel: AccelAuto probes (cached per kernel).
 	Accel Accel
 	// BootTimeout bounds the wait for the guest's first console output (or

@@ -17,11 +17,11 @@ func TestArgsNICsAndShares(t *testing.T) {
 		Shares: []Share{{Tag: "aurae-shared", Path: "/s,1"}, {Tag: "ro", Path: "/r", ReadOnly: true}}}, AccelTCG)
 	line := strings.Join(args, " ")
 	for _, want := range []string{
-		"-netdev tap,id=net0,ifname=tap0,script=no,downscript=no -device virtio-net-pci,netdev=net0,mac=4a:1b:2c:3d:4e:5f",
+		"-netdev tap,id=net0,fd=5,vhost=off -device virtio-net-pci,netdev=net0,mac=4a:1b:2c:3d:4e:5f",
 		"-M q35,memory-backend=mem ",
 		"-object memory-backend-memfd,id=mem,size=64M,share=on ",
-		"-chardev socket,id=fs0,path=/d/fs0.sock -device vhost-user-fs-pci,queue-size=1024,chardev=fs0,tag=aurae-shared",
-		"-chardev socket,id=fs1,path=/d/fs1.sock -device vhost-user-fs-pci,queue-size=1024,chardev=fs1,tag=ro",
+		"-chardev socket,id=fs0,path=/proc/self/fd/3/fs0.sock -device vhost-user-fs-pci,queue-size=1024,chardev=fs0,tag=aurae-shared",
+		"-chardev socket,id=fs1,path=/proc/self/fd/3/fs1.sock -device vhost-user-fs-pci,queue-size=1024,chardev=fs1,tag=ro",
 	} {
 		if !strings.Contains(line, want) {
 			t.Errorf("command line lacks %q:\n%s", want, line)

@@ -113,10 +113,11 @@ func kernelCmdline(args []string) string {
 	return strings.Join(out, " ")
 }
 
-// args is QEMU's command line for cfg under accel a.
+// args is QEMU's command line for cfg under accel a, with the files of
+// layoutFor(cfg) inherited (see qemu_files.go).
 func (q *QEMU) args(cfg VMConfig, a Accel) []string {
 	m := machineFor(a)
-	dir := cfg.Dir
+	l := layoutFor(cfg)
 	mem := strconv.FormatUint(uint64(cfg.MemMiB), 10) + "M"
 	machineOpt := m.name
 	if len(cfg.Shares) > 0 {
@@ -138,29 +139,31 @@ func (q *QEMU) args(cfg VMConfig, a Accel) []string {
 		// and its console goes to a file.
 		"-display", "none",
 		"-no-reboot",
-		"-chardev", "file,id=console,path=" + qemuOpt(filepath.Join(dir, ConsoleLogName)),
+		"-chardev", "file,id=console,path=" + inDir(ConsoleLogName),
 		"-serial", "chardev:console",
-		"-kernel", cfg.Kernel,
+		"-kernel", fdPath(l.kernel),
 	}
 	if len(cfg.Shares) > 0 {
 		args = append(args, "-object", "memory-backend-memfd,id=mem,size="+mem+",share=on")
 	}
-	if cfg.Initrd != "" {
-		args = append(args, "-initrd", cfg.Initrd)
+	if l.initrd != 0 {
+		args = append(args, "-initrd", fdPath(l.initrd))
 	}
 	args = append(args, "-append", kernelCmdline(cfg.KernelArgs))
 	args = append(args,
 		"-device", "virtio-serial"+m.virtio,
-		"-chardev", "socket,id=aurae,path="+qemuOpt(filepath.Join(dir, AuraeSocketName))+",server=on,wait=off",
+		"-chardev", "socket,id=aurae,path="+inDir(AuraeSocketName)+",server=on,wait=off",
 		"-device", "virtserialport,chardev=aurae,name="+AuraePortName,
 	)
-	for _, d := range cfg.Drives {
+	for i, d := range cfg.Drives {
 		ro := "off"
 		if d.ReadOnly {
 			ro = "on"
 		}
+		set := strconv.Itoa(i + 1)
 		args = append(args,
-			"-drive", "if=none,id=drive-"+d.ID+",file="+qemuOpt(d.Path)+",format=raw,readonly="+ro,
+			"-add-fd", "fd="+strconv.Itoa(l.drives[i])+",set="+set,
+			"-drive", "if=none,id=drive-"+d.ID+",file=/dev/fdset/"+set+",format=raw,readonly="+ro,
 			"-device", "virtio-blk"+m.virtio+",drive=drive-"+d.ID+",serial="+d.ID,
 		)
 	}
@@ -171,7 +174,7 @@ func (q *QEMU) args(cfg VMConfig, a Accel) []string {
 			dev += ",mac=" + n.MAC
 		}
 		args = append(args,
-			"-netdev", "tap,id="+id+",ifname="+qemuOpt(n.Tap)+",script=no,downscript=no",
+			"-netdev", "tap,id="+id+",fd="+strconv.Itoa(l.taps[i])+",vhost=off",
 			"-device", dev,
 		)
 	}
@@ -181,15 +184,13 @@ func (q *QEMU) args(cfg VMConfig, a Accel) []string {
 		// needs the guest's memory shared with it.
 		id := "fs" + strconv.Itoa(i)
 		args = append(args,
-			"-chardev", "socket,id="+id+",path="+qemuOpt(filepath.Join(dir, fmt.Sprintf(virtiofsdSocket, i))),
+			"-chardev", "socket,id="+id+",path="+inDir(fmt.Sprintf(virtiofsdSocket, i)),
 			"-device", "vhost-user-fs"+m.virtio+",queue-size=1024,chardev="+id+",tag="+qemuOpt(cfg.Shares[i].Tag),
 		)
 	}
-	args = append(args,
-		"-qmp", "unix:"+qemuOpt(filepath.Join(dir, ControlSocketName))+",server=on,wait=off",
-		"-pidfile", filepath.Join(dir, PidFileName),
-	)
-	return args
+	// No -pidfile: QEMU resolves its path, which needs search permission
+	// on the dir's parents; boot writes it.
+	return append(args, "-qmp", "unix:"+inDir(ControlSocketName)+",server=on,wait=off")
 }
 
 // errBootTimeout marks a boot that did not get through in time (retried).
@@ -258,14 +259,28 @@ func (q *QEMU) boot(ctx context.Context, bin string, cfg VMConfig, a Accel) (_ *
 		}
 		helpers = append(helpers, pid)
 	}
+	if cfg.UID != 0 {
+		if err := giveDir(dir, len(cfg.Shares), cfg.UID, cfg.GID); err != nil {
+			return nil, err
+		}
+	}
+	files, err := openFiles(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll(files)
 	// A detached child in its own session, not tied to ctx: the VM outlives
 	// this call and this process. Its stderr goes to hypervisor.log.
 	cmd := exec.Command(bin, q.args(cfg, a)...)
 	cmd.Stdin = nil
 	cmd.Stdout = logf
 	cmd.Stderr = logf
-	cmd.Dir = dir
+	cmd.Dir = "/"
+	cmd.ExtraFiles = files
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if cfg.UID != 0 {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: cfg.UID, Gid: cfg.GID, Groups: kvmGroups(a)}
+	}
 	if err := startIn(cfg.NetNSPath, cmd); err != nil {
 		return nil, fmt.Errorf("run %s: %w", bin, err)
 	}
@@ -279,6 +294,14 @@ func (q *QEMU) boot(ctx context.Context, bin string, cfg VMConfig, a Accel) (_ *
 		return nil, fmt.Errorf("qemu exited at once: %s", tail(filepath.Join(dir, LogFileName)))
 	}
 	p := &Proc{Pid: pid, StartTime: st, ControlSocket: filepath.Join(dir, ControlSocketName), Accel: a}
+	if err := os.WriteFile(filepath.Join(dir, PidFileName), []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+		retErr = err // the deferred kill below is not set up yet
+		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), exitWait)
+		_ = killProc(kctx, pid, st, exitWait)
+		cancel()
+		<-exited
+		return nil, err
+	}
 	defer func() {
 		if retErr != nil {
 			kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), exitWait)
@@ -399,11 +422,17 @@ func (q *QEMU) Adopt(ctx context.Context, pid int, controlSocket string) (*Proc,
 	if err != nil {
 		return nil, fmt.Errorf("qemu pid %d: %w", pid, errdefs.ErrNotFound)
 	}
+	// Its QMP socket is in its inherited dir (or, started before QEMU
+	// ran unprivileged, at the socket's path).
 	want := "unix:" + qemuOpt(controlSocket) + ","
+	inherited := false
+	if dir, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, dirFD)); err == nil && dir == filepath.Dir(controlSocket) {
+		inherited = true
+	}
 	found := false
 	accel := AccelTCG
 	for i, a := range argv {
-		if i > 0 && argv[i-1] == "-qmp" && strings.HasPrefix(a, want) {
+		if i > 0 && argv[i-1] == "-qmp" && (strings.HasPrefix(a, want) || (inherited && strings.HasPrefix(a, "unix:"+inDir(ControlSocketName)+","))) {
 			found = true
 		}
 		if i > 0 && argv[i-1] == "-accel" {

@@ -37,16 +37,17 @@ func TestArgsTCG(t *testing.T) {
 	line := strings.Join(args, " ")
 	for _, want := range []string{
 		"-M q35", "-accel tcg,tb-size=32", "-cpu max", "-m 128M", "-smp 2", "-nodefaults", "-no-user-config", "-display none", "-no-reboot",
-		"-kernel /k/vmlinux", "-initrd /k/initrd",
+		// Everything through inherited files (qemu_files.go): 3 the dir,
+		// 4 the kernel, 5 the initrd, then the drives.
+		"-kernel /proc/self/fd/4", "-initrd /proc/self/fd/5",
 		"-device virtio-serial-pci",
-		"-chardev socket,id=aurae,path=/run/x,,y/aurae.sock,server=on,wait=off",
+		"-chardev socket,id=aurae,path=/proc/self/fd/3/aurae.sock,server=on,wait=off",
 		"-device virtserialport,chardev=aurae,name=aurae.0",
-		"-drive if=none,id=drive-root,file=/img/root.raw,format=raw,readonly=on",
+		"-add-fd fd=6,set=1 -drive if=none,id=drive-root,file=/dev/fdset/1,format=raw,readonly=on",
 		"-device virtio-blk-pci,drive=drive-root,serial=root",
-		"-drive if=none,id=drive-mount0,file=/img/d,,1.raw,format=raw,readonly=off",
-		"-qmp unix:/run/x,,y/qmp.sock,server=on,wait=off",
-		"-pidfile /run/x,y/hypervisor.pid",
-		"-chardev file,id=console,path=/run/x,,y/console.log -serial chardev:console",
+		"-add-fd fd=7,set=2 -drive if=none,id=drive-mount0,file=/dev/fdset/2,format=raw,readonly=off",
+		"-qmp unix:/proc/self/fd/3/qmp.sock,server=on,wait=off",
+		"-chardev file,id=console,path=/proc/self/fd/3/console.log -serial chardev:console",
 	} {
 		if !strings.Contains(line, want) {
 			t.Errorf("command line lacks %q:\n%s", want, line)

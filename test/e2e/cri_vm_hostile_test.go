@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -47,6 +49,7 @@ func TestCRIVMHostileGuest(t *testing.T) {
 		_ = c.Runtime.StopPodSandbox(ctx, podID)
 		_ = c.Runtime.RemovePodSandbox(ctx, podID)
 	})
+	checkVMProcesses(t, podID)
 	mounts := []*runtimeapi.Mount{{ContainerPath: "/vol", HostPath: rw}, {ContainerPath: "/ro", HostPath: ro, Readonly: true}}
 
 	// The attacker: the share mounted again, and every target below it
@@ -170,4 +173,84 @@ chmod 0755 s && echo done`
 	if strings.Contains(string(mi), filepath.Join(c.StateDir, "vmpods")) {
 		t.Errorf("mounts left under %s", filepath.Join(c.StateDir, "vmpods"))
 	}
+}
+
+// checkVMProcesses: the pod's QEMU runs as a user of its own (not root)
+// in the pod's cgroup; its virtiofsd is in the pod's cgroup too, without
+// CAP_MKNOD, CAP_FSETID and CAP_SETFCAP, under a seccomp filter.
+func checkVMProcesses(t *testing.T, podID string) {
+	t.Helper()
+	pids := qemuPids("aurae-vm-pod-" + podID[:16])
+	if len(pids) != 1 {
+		t.Fatalf("qemu of the vm pod: pids %v", pids)
+	}
+	st := procStatus(t, pids[0])
+	if uid := strings.Fields(st["Uid"]); len(uid) != 4 || slices.Contains(uid, "0") {
+		t.Errorf("qemu runs as uids %v, want a user of its own", uid)
+	}
+	if cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pids[0])); !strings.Contains(string(cg), podID) {
+		t.Errorf("qemu is not in the pod's cgroup:\n%s", cg)
+	}
+	var fsd []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil {
+			continue
+		}
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if strings.Contains(string(b), "virtiofsd") && strings.Contains(string(b), "pod-"+podID[:16]) {
+			fsd = append(fsd, pid)
+		}
+	}
+	// virtiofsd's namespace sandbox forks: the parent only waits for the
+	// child, which serves the guest.
+	if len(fsd) == 0 || len(fsd) > 2 {
+		t.Fatalf("virtiofsd of the vm pod: pids %v", fsd)
+	}
+	serving := 0
+	for _, pid := range fsd {
+		st := procStatus(t, pid)
+		if st["Seccomp"] != "2" {
+			t.Errorf("virtiofsd %d runs without a seccomp filter (Seccomp: %s)", pid, st["Seccomp"])
+		}
+		if cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid)); !strings.Contains(string(cg), podID) {
+			t.Errorf("virtiofsd %d is not in the pod's cgroup:\n%s", pid, cg)
+		}
+		if len(fsd) == 1 || slices.Contains(fsd, atoi(st["PPid"])) {
+			serving = pid
+			var capEff uint64
+			if _, err := fmt.Sscanf(st["CapEff"], "%x", &capEff); err != nil {
+				t.Fatalf("virtiofsd CapEff %q: %v", st["CapEff"], err)
+			}
+			for name, bit := range map[string]uint{"CAP_MKNOD": 27, "CAP_FSETID": 4, "CAP_SETFCAP": 31} {
+				if capEff&(1<<bit) != 0 {
+					t.Errorf("virtiofsd %d has %s (CapEff %s)", pid, name, st["CapEff"])
+				}
+			}
+		}
+	}
+	if serving == 0 {
+		t.Errorf("no serving virtiofsd among %v", fsd)
+	}
+}
+
+func atoi(s string) int {
+	n, _ := strconv.Atoi(s)
+	return n
+}
+
+func procStatus(t *testing.T, pid int) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok {
+			out[k] = strings.TrimSpace(v)
+		}
+	}
+	return out
 }

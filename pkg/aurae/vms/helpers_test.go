@@ -166,8 +166,13 @@ func hypervisorsOf(dir string) []int {
 		if err != nil || pid == os.Getpid() {
 			continue
 		}
+		// A hypervisor inherits its VM's dir as fd 3 (see the
+		// hypervisor package's qemu_files.go).
 		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !bytes.Contains(b, []byte(dir)) || !bytes.Contains(b, []byte("-qmp")) {
+		if err != nil || !bytes.Contains(b, []byte("-qmp")) {
+			continue
+		}
+		if d, err := os.Readlink(filepath.Join("/proc", e.Name(), "fd", "3")); err != nil || (d != dir && !strings.HasPrefix(d, dir+"/")) {
 			continue
 		}
 		if st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); err == nil {

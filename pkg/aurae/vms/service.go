@@ -56,8 +56,19 @@ type Config struct {
 	// StopTimeout is how long Stop waits for the guest to power down after
 	// the ACPI power button before it quits the hypervisor. Default 10 s.
 	StopTimeout time.Duration
-	Logger      *slog.Logger
+	// UIDBase and UIDCount are the ids a VM's hypervisor runs as: each VM
+	// gets a user and group of its own, UIDBase+n, that no host user has.
+	// Default 2147418112 (0x7fff0000), 65536 of them.
+	UIDBase, UIDCount uint32
+	Logger            *slog.Logger
 }
+
+// The default range of hypervisor users: far above the ranges the kubelet
+// hands to user-namespaced pods (65536 each, from 65536 up).
+const (
+	defaultUIDBase  = 0x7fff0000
+	defaultUIDCount = 65536
+)
 
 var _ vmsv0.VmServiceServer = (*Service)(nil)
 
@@ -100,6 +111,12 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.UIDBase == 0 {
+		cfg.UIDBase, cfg.UIDCount = defaultUIDBase, defaultUIDCount
+	}
+	if cfg.UIDCount == 0 || uint64(cfg.UIDBase)+uint64(cfg.UIDCount) > 1<<32-1 {
+		return nil, fmt.Errorf("vms: hypervisor users %d+%d: out of range: %w", cfg.UIDBase, cfg.UIDCount, errdefs.ErrInvalidArgument)
 	}
 	accel, err := hypervisor.ParseAccel(cfg.Accelerator)
 	if err != nil {

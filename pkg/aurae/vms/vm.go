@@ -2,8 +2,11 @@ package vms
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
+
+	"github.com/containerd/errdefs"
 
 	vmsv0 "github.com/aurae-runtime/aurae-cri/api/vms/v0"
 	"github.com/aurae-runtime/aurae-cri/pkg/hypervisor"
@@ -45,9 +48,12 @@ type vmStatus struct {
 	StartTime uint64        `json:"start_time,omitempty"`
 	Accel     string        `json:"accel,omitempty"`
 	Warning   string        `json:"warning,omitempty"`
-	CreatedAt time.Time     `json:"created_at"`
-	StartedAt time.Time     `json:"started_at,omitzero"`
-	StoppedAt time.Time     `json:"stopped_at,omitzero"`
+	// UID is the user (and group) its hypervisor runs as, kept for its
+	// life.
+	UID       uint32    `json:"uid,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	StartedAt time.Time `json:"started_at,omitzero"`
+	StoppedAt time.Time `json:"stopped_at,omitzero"`
 }
 
 func (v *vm) status() vmStatus {
@@ -143,4 +149,34 @@ func bounded(ctx context.Context, d time.Duration) (context.Context, context.Can
 		return context.WithCancel(ctx)
 	}
 	return context.WithTimeout(ctx, d)
+}
+
+// hypervisorUser gives v a user of its own for its hypervisor, once: the
+// lowest of the range no other VM has.
+func (s *Service) hypervisorUser(v *vm) (uint32, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	v.mu.Lock()
+	uid := v.st.UID
+	v.mu.Unlock()
+	if uid != 0 {
+		return uid, nil
+	}
+	used := map[uint32]bool{}
+	for _, o := range s.vms {
+		if o != v {
+			used[o.status().UID] = true
+		}
+	}
+	for n := range s.cfg.UIDCount {
+		if uid := s.cfg.UIDBase + n; !used[uid] {
+			v.mu.Lock()
+			v.st.UID = uid
+			st := v.st
+			v.mu.Unlock()
+			s.persist(v, st)
+			return uid, nil
+		}
+	}
+	return 0, fmt.Errorf("all %d hypervisor users are taken: %w", s.cfg.UIDCount, errdefs.ErrResourceExhausted)
 }

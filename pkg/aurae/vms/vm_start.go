@@ -40,6 +40,10 @@ func (s *Service) start(ctx context.Context, id string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("start vm %q: %w", id, err)
 	}
+	if cfg.UID, err = s.hypervisorUser(v); err != nil {
+		return "", fmt.Errorf("start vm %q: %w", id, err)
+	}
+	cfg.GID = cfg.UID
 	// A boot takes seconds under TCG; bound it even when the caller does
 	// not: two boots, the KVM probe, and some slack.
 	bctx, cancel := bounded(ctx, 2*s.cfg.BootTimeout+time.Minute)
@@ -53,7 +57,7 @@ func (s *Service) start(ctx context.Context, id string) (string, error) {
 		s.log.WarnContext(ctx, "vm runs without hardware acceleration", "vm", id, "accel", p.Accel, "warning", p.Warning)
 	}
 	s.setRunning(v, p, p.Warning)
-	s.log.InfoContext(ctx, "vm started", "vm", id, "hypervisor", s.hv.Name(), "pid", p.Pid, "accel", p.Accel, "boot", time.Since(t0).Round(time.Millisecond).String())
+	s.log.InfoContext(ctx, "vm started", "vm", id, "hypervisor", s.hv.Name(), "pid", p.Pid, "uid", cfg.UID, "accel", p.Accel, "boot", time.Since(t0).Round(time.Millisecond).String())
 	return auraedAddress(v.dir), nil
 }
 

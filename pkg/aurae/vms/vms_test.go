@@ -195,7 +195,16 @@ func bootCheck(t *testing.T, s *Service, g guest, id, addr string) {
 	t.Logf("hypervisor pid %d, RSS %d MiB", p.Pid, p.RSSKiB()>>10)
 	if g.image {
 		t0 := time.Now()
-		c, err := client.Dial(ctx, addr)
+		// The guest's auraed answers once its kernel booted, seconds
+		// after the first console output under a loaded TCG: redial.
+		var c *client.Client
+		for {
+			c, err = client.Dial(ctx, addr)
+			if err == nil || ctx.Err() != nil {
+				break
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
 		if err != nil {
 			t.Fatalf("dial the guest auraed at %s: %v", addr, err)
 		}
