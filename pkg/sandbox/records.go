@@ -97,20 +97,24 @@ func safeName(id string) bool {
 	return id != "" && id == filepath.Base(id) && id[0] != '.' && !strings.ContainsRune(id, 0)
 }
 
-// makeRecordDirs makes the records directories, 0700.
+// makeRecordDirs makes the records directories, 0700; one that is a
+// symlink (or not a directory) is an error.
 func makeRecordDirs(dir string) error {
-	for _, k := range []recordKind{recordSandbox, recordContainer} {
-		d := filepath.Join(dir, recordsDir, k.dir())
-		if err := os.MkdirAll(d, 0o700); err != nil {
+	root := filepath.Join(dir, recordsDir)
+	for _, d := range []string{root, filepath.Join(root, recordSandbox.dir()), filepath.Join(root, recordContainer.dir())} {
+		if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return err
 		}
 		if fi, err := os.Lstat(d); err != nil {
 			return err
 		} else if !fi.IsDir() {
-			return fmt.Errorf("%s is not a directory", d)
+			return fmt.Errorf("%s is not a directory (%s)", d, fi.Mode().Type())
 		}
 	}
-	return syncDir(filepath.Join(dir, recordsDir))
+	if err := syncDir(root); err != nil {
+		return err
+	}
+	return syncDir(dir)
 }
 
 func (s *Store) recordPath(k recordKind, id string) string {
