@@ -74,7 +74,7 @@ func (r *Runtime) rebuild() {
 			continue
 		}
 		pods[sb.ID] = sb
-		log.Info("pod rebuilt from its on-disk record", "state", sb.Status.State, "runtime_handler", sb.RuntimeHandler,
+		log.Info("pod rebuilt from its on-disk record", "state", sb.Status.State.String(), "runtime_handler", sb.RuntimeHandler,
 			"netns", sb.Status.NetNSPath, "network_up", sb.Status.NetworkUp)
 	}
 	ctrs := 0
@@ -97,7 +97,7 @@ func (r *Runtime) rebuild() {
 			continue
 		}
 		ctrs++
-		log.Info("container rebuilt from its on-disk record", "state", c.Status.State, "image", c.ImageRef)
+		log.Info("container rebuilt from its on-disk record", "state", c.Status.State.String(), "image", c.ImageRef)
 	}
 	r.log.Warn("state rebuilt from on-disk records", "pods", len(pods), "containers", ctrs, "refused", refused,
 		"moved_aside", r.store.MovedAside())
