@@ -2,7 +2,6 @@ package cri
 
 import (
 	"context"
-	"encoding/hex"
 	"log/slog"
 	"sort"
 
@@ -238,10 +237,4 @@ func (r *Runtime) unknownPod(handlers []string, id string) {
 
 // validID tells an id newID made from anything else: recovery builds paths
 // from the ids it reads back.
-func validID(id string) bool {
-	if len(id) != 64 {
-		return false
-	}
-	_, err := hex.DecodeString(id)
-	return err == nil
-}
+func validID(id string) bool { return sandbox.ValidID(id) }

@@ -33,7 +33,12 @@ const (
 // their real exit status, and a container whose status cannot be had is
 // UNKNOWN (the kubelet then stops and removes it): an error about one
 // object never stops the daemon.
+//
+// A store that started empty (its file unreadable or missing) is first
+// rebuilt from the on-disk records of the pods and containers
+// (rebuildOrSync).
 func (r *Runtime) Recover(ctx context.Context) error {
+	r.rebuildOrSync()
 	r.recoverIntents(ctx)
 	handlers := map[controller.Controller][]string{}
 	for handler, ctrl := range r.cfg.Controllers {

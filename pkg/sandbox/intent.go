@@ -99,6 +99,14 @@ func (s *Store) DeleteIntent(id string) error {
 		return fmt.Errorf("delete intent %q: %w", id, err)
 	}
 	delete(s.intents, id)
+	// A crash between the record of a new object and the commit that
+	// stores it leaves the record of an object undone since.
+	if _, ok := s.sandboxes[id]; !ok {
+		s.dropRecord(recordSandbox, id)
+	}
+	if _, ok := s.containers[id]; !ok {
+		s.dropRecord(recordContainer, id)
+	}
 	return nil
 }
 

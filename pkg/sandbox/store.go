@@ -32,9 +32,13 @@ import (
 // A file that cannot be read is moved aside (see Open).
 type Store struct {
 	db *bolt.DB
+	// dir is the store's directory: the file and the on-disk records.
+	dir string
 	// movedAside is where an unreadable file was moved at Open ("" when
 	// the file was read).
 	movedAside string
+	// fresh: Open made the file (it was missing, or moved aside).
+	fresh bool
 
 	mu         sync.RWMutex
 	sandboxes  map[string]*Sandbox
@@ -64,16 +68,22 @@ const dbFile = "cri.db"
 // A file that bbolt cannot open (torn, not a bbolt file, a newer version)
 // or whose records cannot be read is renamed to cri.db.corrupt-<time> and
 // an empty store is started in its place, with an error log saying so: the
-// daemon must come back, and Recover rebuilds what it can from the
-// controllers (MovedAside tells it). A file locked by another process is
+// daemon must come back, and recovery rebuilds the store from the on-disk
+// records (Fresh and MovedAside tell it; see records.go). A file locked by another process is
 // an error: another aurae-cri is using it.
 func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
+	if err := makeRecordDirs(dir); err != nil {
+		return nil, fmt.Errorf("records: %w", err)
+	}
 	path := filepath.Join(dir, dbFile)
+	_, serr := os.Stat(path)
+	missing := errors.Is(serr, fs.ErrNotExist)
 	s, err := openFile(path)
 	if err == nil {
+		s.fresh = missing
 		return s, nil
 	}
 	if !unreadable(err) {
@@ -83,19 +93,24 @@ func Open(dir string) (*Store, error) {
 	if rerr := os.Rename(path, aside); rerr != nil {
 		return nil, fmt.Errorf("%w (and moving it aside failed: %w)", err, rerr)
 	}
-	slog.Error("state file unreadable: moved aside, starting with an empty store; recovery rebuilds what it can from the runtimes",
+	slog.Error("state file unreadable: moved aside, starting with an empty store; recovery rebuilds it from the on-disk records",
 		"file", path, "moved_to", aside, "error", err)
 	s, err = openFile(path)
 	if err != nil {
 		return nil, err
 	}
-	s.movedAside = aside
+	s.movedAside, s.fresh = aside, true
 	return s, nil
 }
 
 // MovedAside is where Open moved an unreadable state file ("" when it read
 // the file): the store started empty and knows nothing of what ran.
 func (s *Store) MovedAside() string { return s.movedAside }
+
+// Fresh tells that Open made the state file: it was missing, or
+// unreadable and moved aside (MovedAside). The store started empty;
+// recovery rebuilds it from the on-disk records (ReadRecords).
+func (s *Store) Fresh() bool { return s.fresh }
 
 // errUnreadable marks a file bbolt opened but whose content is unusable.
 var errUnreadable = errors.New("unreadable state file")
@@ -130,7 +145,7 @@ func openFile(path string) (s *Store, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	s = &Store{db: db, sandboxes: map[string]*Sandbox{}, containers: map[string]*Container{},
+	s = &Store{db: db, dir: filepath.Dir(path), sandboxes: map[string]*Sandbox{}, containers: map[string]*Container{},
 		intents: map[string]*Intent{}, names: map[string]string{}}
 	if err := s.load(); err != nil {
 		_ = db.Close()
@@ -269,7 +284,12 @@ func (s *Store) AddSandbox(sb *Sandbox) error {
 	if _, ok := s.sandboxes[sb.ID]; ok {
 		return fmt.Errorf("sandbox %q: %w", sb.ID, errdefs.ErrAlreadyExists)
 	}
+	// The record first: an object the file holds always has one.
+	if err := s.writeRecord(recordSandbox, sb.ID, sb, cfg); err != nil {
+		return err
+	}
 	if err := s.putDone(bucketSandboxes, sb.ID, sb, cfg, true); err != nil {
+		s.dropRecord(recordSandbox, sb.ID)
 		return fmt.Errorf("persist sandbox %q: %w", sb.ID, err)
 	}
 	s.sandboxes[sb.ID] = sb
@@ -289,7 +309,12 @@ func (s *Store) AddContainer(c *Container) error {
 	if _, ok := s.containers[c.ID]; ok {
 		return fmt.Errorf("container %q: %w", c.ID, errdefs.ErrAlreadyExists)
 	}
+	// The record first: an object the file holds always has one.
+	if err := s.writeRecord(recordContainer, c.ID, c, cfg); err != nil {
+		return err
+	}
 	if err := s.putDone(bucketContainers, c.ID, c, cfg, true); err != nil {
+		s.dropRecord(recordContainer, c.ID)
 		return fmt.Errorf("persist container %q: %w", c.ID, err)
 	}
 	s.containers[c.ID] = c
@@ -402,6 +427,9 @@ func (s *Store) UpdateSandbox(id string, f func(SandboxStatus) (SandboxStatus, e
 	if err := s.put(bucketSandboxes, sb.ID, &sb, cfg); err != nil {
 		return sb, fmt.Errorf("persist sandbox %q: %w", sb.ID, err)
 	}
+	if old := s.sandboxes[full].Status; old.State != st.State || old.NetworkUp != st.NetworkUp {
+		s.rewriteRecord(recordSandbox, sb.ID, &sb, cfg)
+	}
 	s.sandboxes[full] = &sb
 	return sb, nil
 }
@@ -430,6 +458,9 @@ func (s *Store) UpdateContainer(id string, f func(ContainerStatus) (ContainerSta
 	if err := s.put(bucketContainers, c.ID, &c, cfg); err != nil {
 		return c, fmt.Errorf("persist container %q: %w", c.ID, err)
 	}
+	if s.containers[full].Status.State != st.State {
+		s.rewriteRecord(recordContainer, c.ID, &c, cfg)
+	}
 	s.containers[full] = &c
 	return c, nil
 }
@@ -445,6 +476,7 @@ func (s *Store) DeleteSandbox(id string) error {
 	if err := s.del(bucketSandboxes, id); err != nil {
 		return err
 	}
+	s.dropRecord(recordSandbox, id)
 	delete(s.sandboxes, id)
 	if s.names[sb.Name] == id {
 		delete(s.names, sb.Name)
@@ -463,6 +495,7 @@ func (s *Store) DeleteContainer(id string) error {
 	if err := s.del(bucketContainers, id); err != nil {
 		return err
 	}
+	s.dropRecord(recordContainer, id)
 	delete(s.containers, id)
 	if s.names[c.Name] == id {
 		delete(s.names, c.Name)
@@ -494,6 +527,7 @@ func (s *Store) UpdateSpec(id string, spec []byte, resources *runtimeapi.LinuxCo
 	if err := s.put(bucketContainers, c.ID, &c, b); err != nil {
 		return fmt.Errorf("persist container %q: %w", c.ID, err)
 	}
+	s.rewriteRecord(recordContainer, c.ID, &c, b)
 	s.containers[full] = &c
 	return nil
 }

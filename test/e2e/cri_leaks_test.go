@@ -83,7 +83,8 @@ func (c *CRI) auraedSocket(apart *Auraed) string {
 
 // footprint takes stock of what aurae-cri (with its auraed: embedded when
 // apart is nil) made on the machine: mounts under the state dirs, rootfs
-// and auraed's pod and container dirs, host-local addresses, iptables
+// and auraed's pod and container dirs, aurae-cri's on-disk records of its
+// pods and containers, host-local addresses, iptables
 // rules of the test's CNI network, cgroups under the cgroup root(s),
 // processes (conmon, holders, containers' and exec'd processes, stray
 // containerds), veths on the bridge, the pods and containers auraed holds
@@ -113,6 +114,7 @@ func (c *CRI) footprint(t testing.TB, apart *Auraed, ctrd *containerd.Client, id
 	ast := c.auraedStateDir(apart)
 	for _, dir := range []string{
 		filepath.Join(c.StateDir, "containers"),
+		filepath.Join(c.StateDir, "records", "pods"), filepath.Join(c.StateDir, "records", "containers"),
 		filepath.Join(ast, "pods", "pods"), filepath.Join(ast, "pods", "containers"),
 		filepath.Join(ast, "pods", "attach"), filepath.Join(ast, "pods", "runc"), filepath.Join(ast, "pods", "exits"),
 	} {
