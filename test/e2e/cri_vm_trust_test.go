@@ -251,18 +251,25 @@ func TestCRIVMGuestMemoryExhaustion(t *testing.T) {
 // memoryCgroupOf is the v1 memory cgroup directory of a process.
 func memoryCgroupOf(t *testing.T, pid int) string {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	dir, err := memoryCgroupDir(pid)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return dir
+}
+
+func memoryCgroupDir(pid int) (string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return "", err
 	}
 	for _, l := range strings.Split(string(b), "\n") {
 		parts := strings.SplitN(l, ":", 3)
 		if len(parts) == 3 && slices.Contains(strings.Split(parts[1], ","), "memory") {
-			return filepath.Join("/sys/fs/cgroup/memory", parts[2])
+			return filepath.Join("/sys/fs/cgroup/memory", parts[2]), nil
 		}
 	}
-	t.Fatalf("no memory cgroup for pid %d in:\n%s", pid, b)
-	return ""
+	return "", fmt.Errorf("no memory cgroup for pid %d in:\n%s", pid, b)
 }
 
 func readCgroupInt(t *testing.T, dir, file string) int64 {
