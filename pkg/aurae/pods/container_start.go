@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
@@ -81,9 +82,9 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 	// Reserve the id before any side effect; a failure releases it.
 	c := &container{id: id, podID: podID, res: true, done: make(chan struct{})}
 	s.mu.Lock()
-	if _, ok := s.ctrs[id]; ok {
+	if old, ok := s.ctrs[id]; ok {
 		s.mu.Unlock()
-		return nil, fmt.Errorf("container %q: %w", id, errdefs.ErrAlreadyExists)
+		return s.finishStart(ctx, old, podID, spec)
 	}
 	s.ctrs[id] = c
 	s.mu.Unlock()
@@ -148,15 +149,12 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 	if !ok {
 		return nil, fmt.Errorf("create container %q: its monitor (pid %d) is gone", id, mon.conmonPid)
 	}
-	startedAt := time.Now().UnixNano()
-	if _, err := s.runRuntime(ctx, "start", id); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("start container %q: %w", id, err)
+	if s.beforeRuntimeStart != nil {
+		s.beforeRuntimeStart(id)
 	}
-	rec.State, rec.StartedAt = stateRunning, startedAt
-	if err := s.store.put(bucketContainers, id, rec); err != nil {
+	if rec, err = s.runStart(ctx, id, rec); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("persist container %q: %w", id, err)
+		return nil, err
 	}
 	c.mu.Lock()
 	c.rec, c.res = rec, false
@@ -165,6 +163,58 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 	s.watch(c, fd)
 	log.Info("container started", "pid", rec.Pid, "cgroup", rec.CgroupPath)
 	return &podsv0.StartResponse{ContainerId: id, Pid: int32(rec.Pid), CgroupPath: rec.CgroupPath}, nil
+}
+
+// finishStart answers a Start of a container auraed already has. One that
+// a restart of auraed found created but never started (auraed died between
+// the runtime's create and start) and that is asked for with the same spec
+// is started now: the retry of the Start that the crash cut short. Any
+// other is AlreadyExists. The caller holds the pod's lock.
+func (s *Service) finishStart(ctx context.Context, c *container, podID string, spec *specs.Spec) (*podsv0.StartResponse, error) {
+	exists := fmt.Errorf("container %q: %w", c.id, errdefs.ErrAlreadyExists)
+	want, err := json.Marshal(spec)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if c.res || c.podID != podID || c.rec.State != stateCreated || isDone(c.done) {
+		c.mu.Unlock()
+		return nil, exists
+	}
+	c.res = true
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.res = false
+		c.mu.Unlock()
+	}()
+	if have, err := os.ReadFile(filepath.Join(s.bundleDir(c.id), "config.json")); err != nil || string(have) != string(want) {
+		return nil, exists
+	}
+	rec, err := s.runStart(ctx, c.id, c.record())
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.rec = rec
+	c.mu.Unlock()
+	s.events.publish(podsv0.ContainerEventType_CONTAINER_EVENT_TYPE_STARTED, statusOf(rec))
+	s.log.Info("container started (its start was cut short by a restart)", "pod", podID, "container", c.id, "pid", rec.Pid)
+	return &podsv0.StartResponse{ContainerId: c.id, Pid: int32(rec.Pid), CgroupPath: rec.CgroupPath}, nil
+}
+
+// runStart runs the runtime's start of a created container and records it
+// running.
+func (s *Service) runStart(ctx context.Context, id string, rec ctrRecord) (ctrRecord, error) {
+	startedAt := time.Now().UnixNano()
+	if _, err := s.runRuntime(ctx, "start", id); err != nil {
+		return rec, fmt.Errorf("start container %q: %w", id, err)
+	}
+	rec.State, rec.StartedAt = stateRunning, startedAt
+	if err := s.store.put(bucketContainers, id, rec); err != nil {
+		return rec, fmt.Errorf("persist container %q: %w", id, err)
+	}
+	return rec, nil
 }
 
 // runRuntime runs the OCI runtime with auraed's --root, bounded.

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -590,6 +591,48 @@ func TestRecoverInterrupted(t *testing.T) {
 	}
 	if st := e.status("c"); st.GetState() != podsv0.ContainerState_CONTAINER_STATE_RUNNING || st.GetStartedAt() == 0 {
 		t.Errorf("container recorded as created but running: %v", st)
+	}
+}
+
+// TestStartCutBeforeRuntimeStart: auraed dies between the runtime's create
+// and start of a container; after the restart the container is created,
+// not started. The retried Start with the same spec starts it; one with
+// another spec is AlreadyExists.
+func TestStartCutBeforeRuntimeStart(t *testing.T) {
+	e := newEnv(t)
+	e.allocate(&podsv0.Pod{Id: "cut"})
+	req := &podsv0.StartRequest{PodId: "cut", Container: e.forPod("cut", e.container("c", spec(t, nil, "sleep", "1000")))}
+	e.svc.beforeRuntimeStart = func(string) { runtime.Goexit() } // auraed "dies": nothing after runs
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = e.svc.Start(context.Background(), req)
+	}()
+	<-done
+	if err := e.svc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.svc = e.newService()
+	if st := e.status("c"); st.GetState() != podsv0.ContainerState_CONTAINER_STATE_CREATED {
+		t.Fatalf("a container cut before its start, after a restart: %v", st)
+	}
+	other := &podsv0.StartRequest{PodId: "cut", Container: e.forPod("cut", e.container("c", spec(t, nil, "sleep", "2000")))}
+	if _, err := e.svc.Start(context.Background(), other); status.Code(err) != codes.AlreadyExists {
+		t.Errorf("a Start of the created container with another spec: %v, want AlreadyExists", err)
+	}
+	resp, err := e.svc.Start(context.Background(), req)
+	if err != nil {
+		t.Fatalf("the retried Start: %v", err)
+	}
+	st := e.status("c")
+	if st.GetState() != podsv0.ContainerState_CONTAINER_STATE_RUNNING || st.GetPid() != resp.GetPid() || st.GetStartedAt() == 0 {
+		t.Fatalf("after the retried Start: %v (pid answered %d)", st, resp.GetPid())
+	}
+	if got := e.mustExec("c", "echo", "started"); got != "started\n" {
+		t.Errorf("exec in the finished container: %q", got)
+	}
+	if _, err := e.svc.Start(context.Background(), req); status.Code(err) != codes.AlreadyExists {
+		t.Errorf("a Start of the running container: %v, want AlreadyExists", err)
 	}
 }
 

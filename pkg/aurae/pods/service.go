@@ -83,6 +83,10 @@ type Service struct {
 	mu   sync.RWMutex
 	pods map[string]*pod
 	ctrs map[string]*container
+
+	// beforeRuntimeStart, set by tests only, runs in Start between the
+	// runtime's create and start: where a crash leaves a container created.
+	beforeRuntimeStart func(id string)
 }
 
 // NewService opens the state and reconciles it with the machine: pods whose
