@@ -26,17 +26,20 @@ type podStartResults struct {
 }
 
 var (
-	podStartOnce  sync.Once
-	podStartAurae podStartResults
-	podStartCtrd  podStartResults
-	podStartErr   error
+	podStartOnce    sync.Once
+	podStartAurae   podStartResults
+	podStartNoFsync podStartResults
+	podStartCtrd    podStartResults
+	podStartErr     error
 )
 
 // BenchmarkPodStart measures pod start latency with the image present —
 // RunPodSandbox + CreateContainer + StartContainer until the container runs —
 // for 30 pods one after another and 10 at once, on aurae-cri and, in the same
-// run, on containerd's own CRI plugin (Debian's containerd), and reports the
-// p50/p99 of both and the ratio of the p50s. The scenario runs once per
+// run, on an aurae-cri whose state is not fsynced (the test-only knob
+// AURAE_CRI_TEST_NO_FSYNC: what the fsyncs cost) and on containerd's own CRI
+// plugin (Debian's containerd), and reports the p50/p99 of each and the
+// ratio of the p50s of aurae-cri and containerd. The scenario runs once per
 // `go test` run, whatever b.N is; later rounds report the same figures.
 func BenchmarkPodStart(b *testing.B) {
 	podStartOnce.Do(func() { podStartErr = measurePodStarts(b) })
@@ -49,6 +52,8 @@ func BenchmarkPodStart(b *testing.B) {
 	}
 	report("aurae-seq", podStartAurae.sequential)
 	report("aurae-par", podStartAurae.concurrent)
+	report("aurae-nofsync-seq", podStartNoFsync.sequential)
+	report("aurae-nofsync-par", podStartNoFsync.concurrent)
 	report("containerd-seq", podStartCtrd.sequential)
 	report("containerd-par", podStartCtrd.concurrent)
 	b.ReportMetric(ms(percentile(podStartAurae.sequential, 0.5))/ms(percentile(podStartCtrd.sequential, 0.5)), "seq-p50-ratio")
@@ -61,6 +66,11 @@ func measurePodStarts(b *testing.B) error {
 	var err error
 	if podStartAurae, err = podStarts(b, c.Runtime, image, c.LogDir); err != nil {
 		return fmt.Errorf("aurae-cri: %w", err)
+	}
+	nosync := startCRIWith(b, []string{"AURAE_CRI_TEST_NO_FSYNC=1"})
+	imageNoSync := nosync.pushBusybox(b, "bench/busybox:1", testimage.Options{})
+	if podStartNoFsync, err = podStarts(b, nosync.Runtime, imageNoSync, nosync.LogDir); err != nil {
+		return fmt.Errorf("aurae-cri without fsync: %w", err)
 	}
 	ctrd := startContainerdCRI(b, c.Registry)
 	if _, err := ctrd.Images.PullImage(b.Context(), &runtimeapi.ImageSpec{Image: image}, nil, nil); err != nil {
