@@ -21,19 +21,7 @@ func BenchmarkReadsDuringCommits(b *testing.B) {
 	}
 	defer func() { _ = s.Close() }()
 	const n = 110
-	for i := range n {
-		sb := &Sandbox{ID: fmt.Sprintf("p%03d", i), Name: fmt.Sprintf("p%03d_ns_uid_0", i), CreatedAt: time.Now(),
-			Config: &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "p", Namespace: "ns", Uid: "uid"}},
-			Status: SandboxStatus{State: runtimeapi.PodSandboxState_SANDBOX_READY}}
-		c := &Container{ID: fmt.Sprintf("c%03d", i), SandboxID: sb.ID, Name: fmt.Sprintf("c_p%03d_ns_uid_0", i), CreatedAt: time.Now(),
-			Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "c"}},
-			Status: ContainerStatus{State: runtimeapi.ContainerState_CONTAINER_RUNNING}}
-		for _, err := range []error{s.ReserveName(sb.Name, sb.ID), s.AddSandbox(sb), s.ReserveName(c.Name, c.ID), s.AddContainer(c)} {
-			if err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
+	addPods(b, s, n)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var commits []time.Duration
@@ -81,5 +69,39 @@ func BenchmarkReadsDuringCommits(b *testing.B) {
 	if len(commits) > 0 {
 		b.ReportMetric(pct(commits, 0.50), "commit-p50-ms")
 		b.ReportMetric(pct(commits, 0.99), "commit-p99-ms")
+	}
+}
+
+// BenchmarkList measures what ListContainers and ListPodSandbox take from
+// the store with 110 pods of one container: a copy of each, oldest first.
+func BenchmarkList(b *testing.B) {
+	s, err := OpenWith(b.TempDir(), Options{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	addPods(b, s, 110)
+	for b.Loop() {
+		if len(s.Containers()) != 110 || len(s.Sandboxes()) != 110 {
+			b.Fatal("short list")
+		}
+	}
+}
+
+// addPods stores n running pods of one running container each.
+func addPods(b *testing.B, s *Store, n int) {
+	b.Helper()
+	for i := range n {
+		sb := &Sandbox{ID: fmt.Sprintf("p%03d", i), Name: fmt.Sprintf("p%03d_ns_uid_0", i), CreatedAt: time.Now(),
+			Config: &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "p", Namespace: "ns", Uid: "uid"}},
+			Status: SandboxStatus{State: runtimeapi.PodSandboxState_SANDBOX_READY}}
+		c := &Container{ID: fmt.Sprintf("c%03d", i), SandboxID: sb.ID, Name: fmt.Sprintf("c_p%03d_ns_uid_0", i), CreatedAt: time.Now(),
+			Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "c"}},
+			Status: ContainerStatus{State: runtimeapi.ContainerState_CONTAINER_RUNNING}}
+		for _, err := range []error{s.ReserveName(sb.Name, sb.ID), s.AddSandbox(sb), s.ReserveName(c.Name, c.ID), s.AddContainer(c)} {
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
 	}
 }
