@@ -35,6 +35,10 @@ import (
 
 const shutdownGrace = 5 * time.Second
 
+// noFsyncEnv, set to "1", opens the state without fsync: a test-only knob
+// for the benchmark that measures what the fsyncs cost.
+const noFsyncEnv = "AURAE_CRI_TEST_NO_FSYNC"
+
 func main() {
 	// The embedded auraed re-executes this binary as its helpers (cell init,
 	// pod holder, tty exec shim): in those roles it never gets past this
@@ -75,7 +79,12 @@ func run(cfg config) error {
 	// server and the monitors stop, then the clients (images, containerd,
 	// auraed) close, then the embedded auraed drains and closes, and the
 	// store closes last.
-	store, err := sandbox.Open(cfg.StateDir)
+	var storeOpts sandbox.Options
+	if os.Getenv(noFsyncEnv) == "1" {
+		storeOpts.NoSync = true
+		logger.Warn("the state is not fsynced ("+noFsyncEnv+"=1): a power loss can lose or tear it; for measurements only", "state_dir", cfg.StateDir)
+	}
+	store, err := sandbox.OpenWith(cfg.StateDir, storeOpts)
 	if err != nil {
 		return err
 	}

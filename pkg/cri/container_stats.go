@@ -23,7 +23,7 @@ func (r *Runtime) ContainerStats(ctx context.Context, req *runtimeapi.ContainerS
 	if c.Status.State == runtimeapi.ContainerState_CONTAINER_RUNNING {
 		figures = r.collectStats(ctx, []sandbox.Container{c})
 	}
-	return &runtimeapi.ContainerStatsResponse{Stats: r.containerStats(c, figures)}, nil
+	return &runtimeapi.ContainerStatsResponse{Stats: r.containerStats(c, figures, upperDirs())}, nil
 }
 
 // ListContainerStats implements RuntimeService.ListContainerStats for the
@@ -56,23 +56,26 @@ func (r *Runtime) ListContainerStats(ctx context.Context, req *runtimeapi.ListCo
 	r.pruneStats()
 	figures := r.collectStats(ctx, cs)
 	resp := &runtimeapi.ListContainerStatsResponse{}
+	uppers := upperDirs()
 	for _, c := range cs {
-		resp.Stats = append(resp.Stats, r.containerStats(c, figures))
+		resp.Stats = append(resp.Stats, r.containerStats(c, figures, uppers))
 	}
 	return resp, nil
 }
 
 // containerStats is a container's stats from its figures (none for a
 // container whose runtime never answered: attributes without numbers, so
-// that one wedged pod does not fail the kubelet's whole poll).
-func (r *Runtime) containerStats(c sandbox.Container, figures map[string]controller.Stats) *runtimeapi.ContainerStats {
+// that one wedged pod does not fail the kubelet's whole poll); its
+// writable layer's usage is that of its rootfs's upper dir (uppers, from
+// upperDirs).
+func (r *Runtime) containerStats(c sandbox.Container, figures map[string]controller.Stats, uppers map[string]string) *runtimeapi.ContainerStats {
 	st := &runtimeapi.ContainerStats{Attributes: &runtimeapi.ContainerAttributes{
 		Id: c.ID, Metadata: c.Config.GetMetadata(), Labels: c.Config.GetLabels(), Annotations: c.Config.GetAnnotations(),
 	}}
 	now := time.Now().UnixNano()
 	st.WritableLayer = &runtimeapi.FilesystemUsage{
 		Timestamp: now, FsId: &runtimeapi.FilesystemIdentifier{Mountpoint: r.rootfsDir(c.ID)},
-		UsedBytes: &runtimeapi.UInt64Value{Value: dirUsage(r.upperDir(c.ID))}, InodesUsed: &runtimeapi.UInt64Value{},
+		UsedBytes: &runtimeapi.UInt64Value{Value: dirUsage(uppers[r.rootfsDir(c.ID)])}, InodesUsed: &runtimeapi.UInt64Value{},
 	}
 	s, ok := figures[c.ID]
 	if !ok {

@@ -32,6 +32,8 @@ type fakeController struct {
 	subs        []chan controller.ContainerEvent
 	// quiet: exits publish no event (a lost event stream).
 	quiet bool
+	// eventsErr fails Events (no stream at all: no resync either).
+	eventsErr error
 	// wedged containers: their status and stats calls block until the
 	// channel is closed or the call's context ends (a SIGSTOPped monitor, a
 	// stopped VM guest).
@@ -40,6 +42,19 @@ type fakeController struct {
 	listErr error
 	// statsCalls counts ContainerStats calls per container.
 	statsCalls map[string]int
+	// held containers: their status calls block until the test releases
+	// them, whatever the call's context (a call that nothing ends).
+	held map[string]*heldStatus
+}
+
+// heldStatus is a held container's status calls: entered is signalled
+// at each call's start; pending and most count the calls in flight, now
+// and at most at once.
+type heldStatus struct {
+	release       chan struct{}
+	entered       chan struct{}
+	calls         int
+	pending, most int
 }
 
 var _ controller.Controller = (*fakeController)(nil)
@@ -49,7 +64,53 @@ func newFakeController() *fakeController {
 		pods: map[string]controller.PodSpec{}, started: map[string]*controller.Network{},
 		containers: map[string]*controller.ContainerState{}, prepared: map[string]controller.ContainerFiles{},
 		wedged: map[string]chan struct{}{}, statsCalls: map[string]int{},
+		held: map[string]*heldStatus{},
 	}
+}
+
+// hold makes a container's status calls block until the returned release
+// is called; they ignore their context.
+func (f *fakeController) hold(id string) (h *heldStatus, release func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	h = &heldStatus{release: make(chan struct{}), entered: make(chan struct{}, 16)}
+	f.held[id] = h
+	return h, sync.OnceFunc(func() {
+		f.mu.Lock()
+		delete(f.held, id)
+		f.mu.Unlock()
+		close(h.release)
+	})
+}
+
+// holding reports a held container's status calls: in all, in flight,
+// and most in flight at once.
+func (f *fakeController) holding(h *heldStatus) (calls, pending, most int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return h.calls, h.pending, h.most
+}
+
+// waitHeld blocks while id is held, counting the call.
+func (f *fakeController) waitHeld(id string) {
+	f.mu.Lock()
+	h := f.held[id]
+	if h == nil {
+		f.mu.Unlock()
+		return
+	}
+	h.calls++
+	h.pending++
+	h.most = max(h.most, h.pending)
+	f.mu.Unlock()
+	select {
+	case h.entered <- struct{}{}:
+	default:
+	}
+	<-h.release
+	f.mu.Lock()
+	h.pending--
+	f.mu.Unlock()
 }
 
 // wedge makes a container's status and stats calls block until unwedge.
@@ -179,6 +240,10 @@ func (f *fakeController) exit(id string, code int32, reason string) {
 func (f *fakeController) Events(ctx context.Context) (<-chan controller.ContainerEvent, error) {
 	ch := make(chan controller.ContainerEvent, 16)
 	f.mu.Lock()
+	if f.eventsErr != nil {
+		defer f.mu.Unlock()
+		return nil, f.eventsErr
+	}
 	f.subs = append(f.subs, ch)
 	f.mu.Unlock()
 	context.AfterFunc(ctx, func() { f.dropEvents() })
@@ -204,6 +269,7 @@ func (f *fakeController) RemoveContainer(_ context.Context, _, id string) error 
 }
 
 func (f *fakeController) ContainerStatus(ctx context.Context, id string) (controller.ContainerState, error) {
+	f.waitHeld(id)
 	if err := f.block(ctx, id); err != nil {
 		return controller.ContainerState{}, err
 	}

@@ -184,3 +184,59 @@ func TestExitSeenBesideAWedgedPod(t *testing.T) {
 		}
 	}
 }
+
+// TestPollNotHeldByAWedgedPod: a poll round does not wait for a status
+// call that does not return (c0's, which the fake holds whatever its
+// deadline): later rounds skip c0, whose call is still in flight, and see
+// the exit of c1, which no event reports; c0 is never asked twice at once.
+func TestPollNotHeldByAWedgedPod(t *testing.T) {
+	f := newFixture(t, false)
+	f.ctrl.mu.Lock()
+	f.ctrl.eventsErr = errFake // no events, no resync: only the poll asks
+	f.ctrl.mu.Unlock()
+	if err := f.rt.Recover(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	defer f.rt.Close()
+	f.startContainers(t, 3)
+	held, release := f.ctrl.hold("c0")
+	defer release()
+	<-held.entered // a poll round has asked c0, and waits on it
+	f.ctrl.exit("c1", 3, "")
+	deadline := time.Now().Add(30 * time.Second) // not a latency bound: the old poll never got here
+	for {
+		st, err := f.rt.ContainerStatus(t.Context(), &runtimeapi.ContainerStatusRequest{ContainerId: "c1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.GetStatus().GetState() == runtimeapi.ContainerState_CONTAINER_EXITED {
+			if st.GetStatus().GetExitCode() != 3 {
+				t.Fatalf("c1 exited with %d, want 3", st.GetStatus().GetExitCode())
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the exit of c1 is not seen while a poll round waits on c0")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if calls, pending, most := f.ctrl.holding(held); calls != 1 || pending != 1 || most != 1 {
+		t.Fatalf("c0: %d status calls, %d pending, at most %d at once; want the one call in flight", calls, pending, most)
+	}
+	release()
+	// Once c0 answers, the poll asks it again, one call at a time.
+	f.ctrl.exit("c0", 5, "")
+	for {
+		st, err := f.rt.ContainerStatus(t.Context(), &runtimeapi.ContainerStatusRequest{ContainerId: "c0"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.GetStatus().GetState() == runtimeapi.ContainerState_CONTAINER_EXITED {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the exit of c0 is not seen once its call returned")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -104,13 +104,16 @@ func (r *Runtime) recoverController(ctx context.Context, ctrl controller.Control
 
 // checkExits asks the controller (only) of every running or unknown
 // container (of ctrl's pods, when ctrl is not nil) whether it exited, in
-// parallel, each call under its own deadline. A container whose check is
-// still in flight from an earlier round (a wedged pod) is not asked again.
-// At recovery, a running container whose status cannot be had becomes
-// UNKNOWN; an unknown one that answers again gets its state back.
+// parallel (at most fanoutLimit calls in flight), each call under its own
+// deadline. Each container has at most one check in flight: one whose
+// check from an earlier round is still pending (a wedged pod) is skipped.
+// At recovery checkExits waits for its checks, and a running container
+// whose status cannot be had becomes UNKNOWN; otherwise (the poll, the
+// resync after a resubscription) it does not wait: a round is never held
+// by a wedged pod, so the next one sees the other containers' exits on
+// time. An unknown container that answers again gets its state back.
 func (r *Runtime) checkExits(ctx context.Context, only controller.Controller, recovering bool) {
-	var g errgroup.Group
-	g.SetLimit(fanoutLimit)
+	var wg sync.WaitGroup
 	for _, c := range r.store.Containers() {
 		// At recovery, a created one too: a StartContainer cut short by a
 		// crash may have started it.
@@ -125,13 +128,21 @@ func (r *Runtime) checkExits(ctx context.Context, only controller.Controller, re
 		if !r.checking.begin(c.ID) {
 			continue
 		}
-		g.Go(func() error {
+		wg.Add(1)
+		r.bg.Go(func() {
+			defer wg.Done()
 			defer r.checking.end(c.ID)
+			release, err := r.checking.slot(ctx)
+			if err != nil {
+				return // shutting down
+			}
+			defer release()
 			r.checkExit(ctx, ctrl, c, recovering)
-			return nil
 		})
 	}
-	_ = g.Wait()
+	if recovering {
+		wg.Wait()
+	}
 }
 
 func (r *Runtime) checkExit(ctx context.Context, ctrl controller.Controller, c sandbox.Container, recovering bool) {
@@ -220,10 +231,12 @@ func (r *Runtime) setUnknown(id string, unknown bool) {
 	}
 }
 
-// inflight is a set of ids with a call in flight.
+// inflight is a set of ids with a call in flight, and the slots that
+// bound how many calls are in flight at once.
 type inflight struct {
-	mu  sync.Mutex
-	ids map[string]bool
+	mu    sync.Mutex
+	ids   map[string]bool
+	slots chan struct{}
 }
 
 // begin adds id, or answers false when it is there already.
@@ -244,4 +257,21 @@ func (f *inflight) end(id string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.ids, id)
+}
+
+// slot waits for one of fanoutLimit slots, or for ctx to end; release
+// gives it back.
+func (f *inflight) slot(ctx context.Context) (release func(), err error) {
+	f.mu.Lock()
+	if f.slots == nil {
+		f.slots = make(chan struct{}, fanoutLimit)
+	}
+	slots := f.slots
+	f.mu.Unlock()
+	select {
+	case slots <- struct{}{}:
+		return func() { <-slots }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }

@@ -63,6 +63,7 @@ func (r *Runtime) sandboxStats(ctx context.Context, sbs []sandbox.Sandbox) []*ru
 	}
 	figures := r.collectStats(ctx, wanted)
 	out := make([]*runtimeapi.PodSandboxStats, 0, len(sbs))
+	uppers := upperDirs()
 	for _, sb := range sbs {
 		st := &runtimeapi.PodSandboxStats{
 			Attributes: &runtimeapi.PodSandboxAttributes{
@@ -74,7 +75,7 @@ func (r *Runtime) sandboxStats(ctx context.Context, sbs []sandbox.Sandbox) []*ru
 		var ts time.Time
 		n := 0
 		for _, c := range byPod[sb.ID] {
-			st.Linux.Containers = append(st.Linux.Containers, r.containerStats(c, figures))
+			st.Linux.Containers = append(st.Linux.Containers, r.containerStats(c, figures, uppers))
 			if s, ok := figures[c.ID]; ok {
 				cpu, mem, n = cpu+s.CPUUsageNanos, mem+s.MemoryWorkingSetBytes, n+1
 				ts = latest(ts, s)

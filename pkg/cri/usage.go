@@ -2,35 +2,46 @@ package cri
 
 import (
 	"bufio"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 )
 
-// upperDir is the writable layer of a container's overlay rootfs, read from
-// the mount table ("" when the rootfs is not an overlay).
-func (r *Runtime) upperDir(containerID string) string {
+// upperDirs maps the mount point of each overlay mount of the mount table
+// to its upper dir (a container rootfs's writable layer). A stats request
+// reads the table once for all its containers: it holds a mount or more
+// per pod, so a read per container made a request quadratic in the pods.
+func upperDirs() map[string]string {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
-		return ""
+		return nil
 	}
 	defer f.Close()
-	target := r.rootfsDir(containerID)
-	sc := bufio.NewScanner(f)
+	return parseUpperDirs(f)
+}
+
+func parseUpperDirs(mountinfo io.Reader) map[string]string {
+	out := map[string]string{}
+	sc := bufio.NewScanner(mountinfo)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 10 || fields[4] != target {
+		line := sc.Text()
+		if !strings.Contains(line, "upperdir=") {
+			continue
+		}
+		fields := strings.Fields(line)
+		if len(fields) < 10 {
 			continue
 		}
 		for _, o := range strings.Split(fields[len(fields)-1], ",") {
 			if v, ok := strings.CutPrefix(o, "upperdir="); ok {
-				return v
+				out[fields[4]] = v
 			}
 		}
 	}
-	return ""
+	return out
 }
 
 // dirUsage is the bytes of the regular files under dir.

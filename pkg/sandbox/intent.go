@@ -79,26 +79,24 @@ func (s *Store) PutIntent(in Intent) error {
 			return err
 		}
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.change()()
 	if err := s.put(bucketIntents, in.ID, &in, cfg); err != nil {
 		return fmt.Errorf("persist intent %s %q: %w", in.Kind, in.ID, err)
 	}
-	s.intents[in.ID] = &in
+	s.apply(func() { s.intents[in.ID] = &in })
 	return nil
 }
 
 // DeleteIntent forgets an intent whose work is undone.
 func (s *Store) DeleteIntent(id string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.change()()
 	if _, ok := s.intents[id]; !ok {
 		return nil
 	}
 	if err := s.del(bucketIntents, id); err != nil {
 		return fmt.Errorf("delete intent %q: %w", id, err)
 	}
-	delete(s.intents, id)
+	s.apply(func() { delete(s.intents, id) })
 	// A crash between the record of a new object and the commit that
 	// stores it leaves the record of an object undone since.
 	if _, ok := s.sandboxes[id]; !ok {

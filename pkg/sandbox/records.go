@@ -142,7 +142,7 @@ func (s *Store) writeRecord(k recordKind, id string, obj any, cfg []byte) error 
 		return fmt.Errorf("record of %s %s: %w", k, id, err)
 	}
 	_, err = f.Write(b)
-	if err == nil {
+	if err == nil && !s.noSync {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -155,7 +155,7 @@ func (s *Store) writeRecord(k recordKind, id string, obj any, cfg []byte) error 
 		_ = os.Remove(tmp)
 		return fmt.Errorf("record of %s %s: %w", k, id, err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := s.syncDir(dir); err != nil {
 		return fmt.Errorf("record of %s %s: %w", k, id, err)
 	}
 	return nil
@@ -173,7 +173,7 @@ func (s *Store) removeRecord(k recordKind, id string) error {
 		}
 		return fmt.Errorf("remove record of %s %s: %w", k, id, err)
 	}
-	return syncDir(filepath.Dir(path))
+	return s.syncDir(filepath.Dir(path))
 }
 
 // dropRecord removes a record after the commit that forgot its object:
@@ -192,6 +192,14 @@ func (s *Store) rewriteRecord(k recordKind, id string, obj any, cfg []byte) {
 	if err := s.writeRecord(k, id, obj, cfg); err != nil {
 		slog.Warn("on-disk record not updated: it keeps the previous state", string(k), id, "error", err)
 	}
+}
+
+// syncDir fsyncs dir, unless the store is opened with NoSync.
+func (s *Store) syncDir(dir string) error {
+	if s.noSync {
+		return nil
+	}
+	return syncDir(dir)
 }
 
 func syncDir(dir string) error {
@@ -339,8 +347,7 @@ func (s *Store) RestoreSandbox(sb Sandbox) error {
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.change()()
 	if err := s.restorable(sb.ID, sb.Name); err != nil {
 		return err
 	}
@@ -350,8 +357,10 @@ func (s *Store) RestoreSandbox(sb Sandbox) error {
 	if err := s.put(bucketSandboxes, sb.ID, &sb, cfg); err != nil {
 		return fmt.Errorf("persist sandbox %q: %w", sb.ID, err)
 	}
-	s.sandboxes[sb.ID] = &sb
-	s.names[sb.Name] = sb.ID
+	s.apply(func() {
+		s.sandboxes[sb.ID] = &sb
+		s.names[sb.Name] = sb.ID
+	})
 	return nil
 }
 
@@ -362,8 +371,7 @@ func (s *Store) RestoreContainer(c Container) error {
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.change()()
 	if err := s.restorable(c.ID, c.Name); err != nil {
 		return err
 	}
@@ -373,8 +381,10 @@ func (s *Store) RestoreContainer(c Container) error {
 	if err := s.put(bucketContainers, c.ID, &c, cfg); err != nil {
 		return fmt.Errorf("persist container %q: %w", c.ID, err)
 	}
-	s.containers[c.ID] = &c
-	s.names[c.Name] = c.ID
+	s.apply(func() {
+		s.containers[c.ID] = &c
+		s.names[c.Name] = c.ID
+	})
 	return nil
 }
 
@@ -398,8 +408,7 @@ func (s *Store) restorable(id, name string) error {
 // record, or a record refused earlier), and so is the temporary file of
 // a write cut short. It returns the paths written and removed.
 func (s *Store) SyncRecords() (written, removed []string, err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.change()()
 	for _, k := range []recordKind{recordSandbox, recordContainer} {
 		dir := filepath.Join(s.dir, recordsDir, k.dir())
 		entries, err := os.ReadDir(dir)
@@ -424,7 +433,7 @@ func (s *Store) SyncRecords() (written, removed []string, err error) {
 			removed = append(removed, path)
 		}
 		if len(removed) > 0 {
-			if err := syncDir(dir); err != nil {
+			if err := s.syncDir(dir); err != nil {
 				return written, removed, err
 			}
 		}

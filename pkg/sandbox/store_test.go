@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -111,5 +112,80 @@ func TestEventsDoNotBlock(t *testing.T) {
 	}
 	if len(ch) != cap(ch) {
 		t.Fatalf("subscriber got %d of its %d buffer", len(ch), cap(ch))
+	}
+}
+
+// TestReadsDoNotWaitForAChange: while a change is in progress (here held
+// inside its Update function; in production, in bbolt's fsync and the
+// record's), reads answer; a second change waits for the first.
+func TestReadsDoNotWaitForAChange(t *testing.T) {
+	s, err := OpenWith(t.TempDir(), Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	sb := &Sandbox{ID: "p1", Name: "p_ns_uid_0", CreatedAt: time.Now(), Config: &runtimeapi.PodSandboxConfig{},
+		Status: SandboxStatus{State: runtimeapi.PodSandboxState_SANDBOX_READY}}
+	c := &Container{ID: "c1", SandboxID: "p1", Name: "c_p_ns_uid_0", CreatedAt: time.Now(), Config: &runtimeapi.ContainerConfig{},
+		Status: ContainerStatus{State: runtimeapi.ContainerState_CONTAINER_CREATED}}
+	for _, err := range []error{s.ReserveName(sb.Name, sb.ID), s.AddSandbox(sb), s.ReserveName(c.Name, c.ID), s.AddContainer(c)} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	inside, release := make(chan struct{}), make(chan struct{})
+	updated := make(chan error, 1)
+	go func() {
+		_, err := s.UpdateContainer("c1", func(st ContainerStatus) (ContainerStatus, error) {
+			close(inside)
+			<-release
+			st.State = runtimeapi.ContainerState_CONTAINER_RUNNING
+			return st, nil
+		})
+		updated <- err
+	}()
+	<-inside
+	second := make(chan error, 1)
+	go func() {
+		_, err := s.UpdateSandbox("p1", func(st SandboxStatus) (SandboxStatus, error) { return st, nil })
+		second <- err
+	}()
+	read := make(chan error, 1)
+	go func() {
+		got, err := s.Container("c1")
+		if err == nil && got.Status.State != runtimeapi.ContainerState_CONTAINER_CREATED {
+			err = fmt.Errorf("read the uncommitted state %v", got.Status.State)
+		}
+		if err == nil && (len(s.Containers()) != 1 || len(s.Sandboxes()) != 1 || len(s.Intents()) != 0) {
+			err = errors.New("lists during a change")
+		}
+		if _, ok := s.NameHolder(c.Name); !ok && err == nil {
+			err = errors.New("name not held during a change")
+		}
+		read <- err
+	}()
+	select {
+	case err := <-read:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second): // not a latency bound: a read that waits for the change never returns
+		close(release)
+		t.Fatal("reads wait for a change in progress")
+	}
+	select {
+	case err := <-second:
+		t.Fatalf("a second change did not wait for the first: %v", err)
+	default:
+	}
+	close(release)
+	if err := <-updated; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-second; err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Container("c1"); err != nil || got.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
+		t.Fatalf("after the change: %v %v", got.Status.State, err)
 	}
 }

@@ -131,7 +131,21 @@ func TestCRIWedgedPod(t *testing.T) {
 	go func() { _ = c.Runtime.StopContainer(stopCtx, wedged, 20) }()
 	time.Sleep(500 * time.Millisecond)
 
-	const bound = 3 * time.Second
+	calls := func() { answersWithAWedgedPod(t, c, 3*time.Second, 2, []string{wedged, quitter}, idW) }
+	calls()
+	exitSeenWithAWedgedPod(t, c, quitter, 5, calls)
+	cancelStop()
+	cont()
+	removePods(t, c, idW, idO)
+}
+
+// answersWithAWedgedPod checks that ListPodSandbox, ListContainers,
+// ContainerStatus (of each of containers), PodSandboxStatus (of pod),
+// ListContainerStats and ListPodSandboxStats (pods pods) each return
+// within bound.
+func answersWithAWedgedPod(t *testing.T, c *CRI, bound time.Duration, pods int, containers []string, pod string) {
+	t.Helper()
+	ctx := t.Context()
 	check := func(what string, f func(ctx context.Context) error) {
 		t.Helper()
 		cctx, cancel := context.WithTimeout(ctx, bound+2*time.Second)
@@ -144,53 +158,77 @@ func TestCRIWedgedPod(t *testing.T) {
 			t.Fatalf("%s took %v with a wedged pod", what, took)
 		}
 	}
-	calls := func() {
-		check("ListPodSandbox", func(ctx context.Context) error { _, err := c.Runtime.ListPodSandbox(ctx, nil); return err })
-		check("ListContainers", func(ctx context.Context) error { _, err := c.Runtime.ListContainers(ctx, nil); return err })
-		check("ContainerStatus (wedged)", func(ctx context.Context) error { _, err := c.Runtime.ContainerStatus(ctx, wedged, false); return err })
-		check("ContainerStatus (other)", func(ctx context.Context) error { _, err := c.Runtime.ContainerStatus(ctx, quitter, false); return err })
-		check("PodSandboxStatus", func(ctx context.Context) error { _, err := c.Runtime.PodSandboxStatus(ctx, idW, false); return err })
-		check("ListContainerStats", func(ctx context.Context) error {
-			stats, err := c.Runtime.ListContainerStats(ctx, nil)
-			if err == nil && len(stats) == 0 {
-				err = fmt.Errorf("no stats")
-			}
-			return err
-		})
-		check("ListPodSandboxStats", func(ctx context.Context) error {
-			stats, err := c.Runtime.ListPodSandboxStats(ctx, nil)
-			if err == nil && len(stats) != 2 {
-				err = fmt.Errorf("%d pod stats, want 2", len(stats))
-			}
-			return err
-		})
+	check("ListPodSandbox", func(ctx context.Context) error { _, err := c.Runtime.ListPodSandbox(ctx, nil); return err })
+	check("ListContainers", func(ctx context.Context) error { _, err := c.Runtime.ListContainers(ctx, nil); return err })
+	for _, id := range containers {
+		check("ContainerStatus "+id, func(ctx context.Context) error { _, err := c.Runtime.ContainerStatus(ctx, id, false); return err })
 	}
-	calls()
-	if _, _, err := c.Runtime.ExecSync(ctx, quitter, []string{"touch", "/tmp/go"}, 5*time.Second); err != nil {
+	check("PodSandboxStatus", func(ctx context.Context) error { _, err := c.Runtime.PodSandboxStatus(ctx, pod, false); return err })
+	check("ListContainerStats", func(ctx context.Context) error {
+		stats, err := c.Runtime.ListContainerStats(ctx, nil)
+		if err == nil && len(stats) == 0 {
+			err = fmt.Errorf("no stats")
+		}
+		return err
+	})
+	check("ListPodSandboxStats", func(ctx context.Context) error {
+		stats, err := c.Runtime.ListPodSandboxStats(ctx, nil)
+		if err == nil && len(stats) != pods {
+			err = fmt.Errorf("%d pod stats, want %d", len(stats), pods)
+		}
+		return err
+	})
+}
+
+// exitSeenWithAWedgedPod tells container id (which loops until /tmp/go
+// exists) to exit, and waits (running calls between looks) until its
+// status is EXITED with code.
+func exitSeenWithAWedgedPod(t *testing.T, c *CRI, id string, code int32, calls func()) {
+	t.Helper()
+	ctx := t.Context()
+	if _, _, err := c.Runtime.ExecSync(ctx, id, []string{"touch", "/tmp/go"}, 5*time.Second); err != nil {
 		t.Fatalf("exec in the other pod: %v", err)
 	}
 	exited := time.Now()
 	deadline := exited.Add(10 * time.Second)
 	for {
 		calls()
-		st, err := c.Runtime.ContainerStatus(ctx, quitter, false)
+		st, err := c.Runtime.ContainerStatus(ctx, id, false)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if st.GetStatus().GetState() == runtimeapi.ContainerState_CONTAINER_EXITED {
-			if st.GetStatus().GetExitCode() != 5 {
-				t.Fatalf("quitter exited with %d, want 5", st.GetStatus().GetExitCode())
+			if st.GetStatus().GetExitCode() != code {
+				t.Fatalf("%s exited with %d, want %d", id, st.GetStatus().GetExitCode(), code)
 			}
 			t.Logf("the other container's exit seen %v after it was told to exit", time.Since(exited))
-			break
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("the exit of the other container is not seen while a pod is wedged")
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	cancelStop()
-	cont()
+}
+
+// removePods stops and removes pods, and checks that none is left.
+func removePods(t *testing.T, c *CRI, pods ...string) {
+	t.Helper()
+	ctx := t.Context()
+	for _, id := range pods {
+		if err := c.Runtime.StopPodSandbox(ctx, id); err != nil {
+			t.Fatalf("stop pod %s: %v", id, err)
+		}
+		if err := c.Runtime.RemovePodSandbox(ctx, id); err != nil {
+			t.Fatalf("remove pod %s: %v", id, err)
+		}
+	}
+	if left, err := c.Runtime.ListPodSandbox(ctx, nil); err != nil || len(left) != 0 {
+		t.Fatalf("pods left after removal: %v %v", left, err)
+	}
+	if left, err := c.Runtime.ListContainers(ctx, nil); err != nil || len(left) != 0 {
+		t.Fatalf("containers left after removal: %v %v", left, err)
+	}
 }
 
 // slowBridge is a CNI bin dir whose bridge plugin, on ADD, sets the

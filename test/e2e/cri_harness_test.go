@@ -36,6 +36,12 @@ type CRI struct {
 // startCRI starts aurae-cri on sockets and state of the test's own.
 func startCRI(t testing.TB, args ...string) *CRI {
 	t.Helper()
+	return startCRIWith(t, nil, args...)
+}
+
+// startCRIWith is startCRI with env added to aurae-cri's environment.
+func startCRIWith(t testing.TB, env []string, args ...string) *CRI {
+	t.Helper()
 	requireRoot(t)
 	bin, ok := binaries["aurae-cri"]
 	if !ok {
@@ -74,6 +80,7 @@ func startCRI(t testing.TB, args ...string) *CRI {
 		StateDir:   filepath.Join(tmp, "state"),
 		CgroupRoot: "aurae-e2e-" + randomHex(t, 6),
 		t:          t,
+		env:        env,
 		logs:       &syncBuffer{},
 	}
 	c.Auraed = a

@@ -120,6 +120,8 @@ type Auraed struct {
 
 	t    testing.TB
 	args []string
+	// env is added to the daemon's environment (the test's).
+	env  []string
 	logs *syncBuffer
 
 	mu     sync.Mutex
@@ -176,6 +178,9 @@ func startAuraed(t testing.TB, args ...string) *Auraed {
 func (a *Auraed) start(t testing.TB) {
 	t.Helper()
 	cmd := exec.Command(a.args[0], a.args[1:]...)
+	if len(a.env) > 0 {
+		cmd.Env = append(os.Environ(), a.env...)
+	}
 	cmd.Stderr = a.logs
 	cmd.Stdout = a.logs
 	// Its own process group: a ^C of `go test` reaches the daemon only

@@ -116,7 +116,9 @@ func serverFault(c codes.Code) bool {
 	return false
 }
 
-// isRead tells methods that change nothing: they are logged at Debug.
+// isRead tells methods that change nothing: they are logged at Debug
+// (a kubelet asks for the status and stats of every container every few
+// seconds; those are not events worth a line each).
 func isRead(fullMethod string) bool {
 	name := fullMethod[strings.LastIndexByte(fullMethod, '/')+1:]
 	for _, prefix := range []string{"Get", "List", "Discover", "Status", "Stats", "Watch", "Version", "Info"} {
@@ -124,5 +126,11 @@ func isRead(fullMethod string) bool {
 			return true
 		}
 	}
-	return false
+	// ContainerStatus, PodSandboxStats, ImageFsInfo, ContainerEvents, …
+	for _, suffix := range []string{"Status", "Stats", "FsInfo", "Metrics", "Descriptors", "Events"} {
+		if strings.HasSuffix(name, suffix) {
+			return true
+		}
+	}
+	return name == "RuntimeConfig"
 }

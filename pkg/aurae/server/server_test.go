@@ -183,6 +183,21 @@ func TestIsRead(t *testing.T) {
 		"/aurae.observe.v0.ObserveService/GetAuraeDaemonLogStream":  true,
 		"/aurae.vms.v0.VmService/Stop":                              false,
 		"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": false,
+		"/runtime.v1.RuntimeService/ContainerStatus":                true,
+		"/runtime.v1.RuntimeService/PodSandboxStatus":               true,
+		"/runtime.v1.RuntimeService/ListContainerStats":             true,
+		"/runtime.v1.RuntimeService/PodSandboxStats":                true,
+		"/runtime.v1.RuntimeService/RuntimeConfig":                  true,
+		"/runtime.v1.RuntimeService/UpdateRuntimeConfig":            false,
+		"/runtime.v1.RuntimeService/ListPodSandboxMetrics":          true,
+		"/runtime.v1.ImageService/ImageStatus":                      true,
+		"/runtime.v1.ImageService/ImageFsInfo":                      true,
+		"/runtime.v1.ImageService/PullImage":                        false,
+		"/aurae.runtime.pod.v0.PodService/ContainerStatus":          true,
+		"/aurae.runtime.pod.v0.PodService/ContainerStats":           true,
+		"/aurae.runtime.pod.v0.PodService/ContainerEvents":          true,
+		"/aurae.runtime.pod.v0.PodService/StopContainer":            false,
+		"/aurae.runtime.pod.v0.PodService/ExecSync":                 false,
 	} {
 		if got := isRead(m); got != want {
 			t.Errorf("isRead(%s) = %v, want %v", m, got, want)
