@@ -51,6 +51,9 @@ type config struct {
 	// CDISpecDirs are the directories of CDI specs (comma-separated; later
 	// ones win); empty refuses CDI devices.
 	CDISpecDirs string `toml:"cdi-spec-dirs"`
+	// PidsLimit is every container's pids cgroup limit (CRI-O's
+	// pids_limit; the CRI has no per-container field); 0: none.
+	PidsLimit int64 `toml:"pids-limit"`
 
 	level slog.Level
 }
@@ -96,6 +99,7 @@ func parseConfig(args []string) (config, error) {
 	fs.UintVar(&cfg.VMMaxMemMiB, "vm-max-memory-mib", cfg.VMMaxMemMiB, "most memory a VM pod's VM may have, overhead included (MiB; 0: no bound)")
 	fs.StringVar(&cfg.VMAllowedAnnotations, "vm-allowed-annotations", cfg.VMAllowedAnnotations, "Kata sizing annotations VM pods may use, comma-separated ("+vm.AnnotationVCPUs+", "+vm.AnnotationMemMiB+"); none by default")
 	fs.StringVar(&cfg.CDISpecDirs, "cdi-spec-dirs", cfg.CDISpecDirs, "directories of CDI specs, comma-separated (later ones win); empty refuses CDI devices")
+	fs.Int64Var(&cfg.PidsLimit, "pids-limit", cfg.PidsLimit, "pids cgroup limit of every container (as CRI-O's pids_limit); 0: none")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -160,6 +164,8 @@ func parseConfig(args []string) (config, error) {
 				cfg.VMAllowedAnnotations = explicit.VMAllowedAnnotations
 			case "cdi-spec-dirs":
 				cfg.CDISpecDirs = explicit.CDISpecDirs
+			case "pids-limit":
+				cfg.PidsLimit = explicit.PidsLimit
 			}
 		})
 	}
@@ -182,6 +188,9 @@ func parseConfig(args []string) (config, error) {
 	}
 	if _, err := ocispec.SplitCDISpecDirs(cfg.CDISpecDirs); err != nil {
 		return cfg, fmt.Errorf("cdi-spec-dirs: %w", err)
+	}
+	if cfg.PidsLimit < 0 {
+		return cfg, fmt.Errorf("pids-limit must be 0 (none) or more, got %d", cfg.PidsLimit)
 	}
 	return cfg, nil
 }

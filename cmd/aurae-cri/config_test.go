@@ -46,6 +46,8 @@ func TestConfigRefusesBadValues(t *testing.T) {
 		{"extra-arg"},
 		{"--vm-allowed-annotations", "io.katacontainers.config.hypervisor.path"},
 		{"--cdi-spec-dirs", "/etc/cdi,cdi"},
+		{"--pids-limit", "-1"},
+		{"--pids-limit", "many"},
 	} {
 		if _, err := parseConfig(args); err == nil {
 			t.Errorf("%q accepted", args)
@@ -82,5 +84,21 @@ func TestCDISpecDirs(t *testing.T) {
 	cfg, err = parseConfig([]string{"--config", file, "--cdi-spec-dirs", ""})
 	if err != nil || cfg.CDISpecDirs != "" {
 		t.Fatalf("flag did not win over the file: %q %v", cfg.CDISpecDirs, err)
+	}
+}
+
+func TestPidsLimit(t *testing.T) {
+	if cfg, _ := parseConfig(nil); cfg.PidsLimit != 0 {
+		t.Fatalf("default %d, want 0 (none)", cfg.PidsLimit)
+	}
+	file := filepath.Join(t.TempDir(), "aurae-cri.toml")
+	if err := os.WriteFile(file, []byte("pids-limit = 1024\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err := parseConfig([]string{"--config", file}); err != nil || cfg.PidsLimit != 1024 {
+		t.Fatalf("from the file: %d %v", cfg.PidsLimit, err)
+	}
+	if cfg, err := parseConfig([]string{"--config", file, "--pids-limit", "64"}); err != nil || cfg.PidsLimit != 64 {
+		t.Fatalf("the flag over the file: %d %v", cfg.PidsLimit, err)
 	}
 }

@@ -156,6 +156,7 @@ func run(cfg config) error {
 		RuntimeName:    "aurae-cri",
 		RuntimeVersion: version.Version,
 		CDI:            cdi,
+		PidsLimit:      cfg.PidsLimit,
 		Fault:          faultHook(logger),
 	})
 	if err != nil {

@@ -177,6 +177,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		AllCapabilities: r.capabilities,
 		Host:            r.host,
 		CDI:             r.cfg.CDI,
+		PidsLimit:       r.cfg.PidsLimit,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("spec of %q: %w", name, err)

@@ -63,6 +63,8 @@ type Config struct {
 	Host *ocispec.HostFeatures
 	// CDI resolves the CDI devices containers ask for; nil refuses them.
 	CDI ocispec.CDI
+	// PidsLimit is every container's pids cgroup limit; 0: none.
+	PidsLimit int64
 	// Fault, when set, is called at each fault point (FaultPoints) for
 	// fault injection tests; nil in production.
 	Fault func(point string)

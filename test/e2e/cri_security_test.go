@@ -276,3 +276,27 @@ func waitFile(t *testing.T, path string) {
 	}
 	t.Fatalf("%s never appeared", path)
 }
+
+// TestCRIPidsLimit: with --pids-limit every container's pids cgroup has
+// that limit, and a container cannot run more processes than it allows.
+func TestCRIPidsLimit(t *testing.T) {
+	c := startCRI(t, "--pids-limit", "16")
+	ctx := t.Context()
+	image := c.pushBusybox(t, "e2e/busybox:pids", testimage.Options{})
+	pod := c.podConfig(t, "pids")
+	podID, err := c.Runtime.RunPodSandbox(ctx, pod, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := runContainer(t, c, podID, pod, containerConfig("limited", image, "sleep", "3000"))
+	waitContainerState(t, c, id, runtimeapi.ContainerState_CONTAINER_RUNNING)
+	out, _, err := c.Runtime.ExecSync(ctx, id, []string{"cat", "/sys/fs/cgroup/pids/pids.max"}, 30*time.Second)
+	if err != nil || strings.TrimSpace(string(out)) != "16" {
+		t.Fatalf("pids.max in the container: %q %v, want 16", out, err)
+	}
+	// 30 sleeps in the background: the fork past the limit fails.
+	out, errOut, err := c.Runtime.ExecSync(ctx, id, []string{"sh", "-c", "n=0; while [ $n -lt 30 ]; do sleep 100 </dev/null >/dev/null 2>&1 & n=$((n+1)); done"}, 30*time.Second)
+	if msg := string(out) + string(errOut); !strings.Contains(msg, "fork") {
+		t.Errorf("30 processes under a limit of 16: %q %v, want a failed fork", msg, err)
+	}
+}
