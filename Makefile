@@ -14,8 +14,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/aurae-runtime/aurae-cri/pkg/version.Version=$(VERSION)
 
-# libseccomp-dev, pkg-config and gcc build the pinned runc (hack/runc).
-APT_PACKAGES := protobuf-compiler runc conmon containerd busybox-static iproute2 libseccomp-dev pkg-config gcc libc6-dev
+# libseccomp-dev, pkg-config and gcc build the pinned runc (hack/runc);
+# libprotobuf-dev has the well-known .proto files (google/protobuf/empty.proto).
+APT_PACKAGES := protobuf-compiler libprotobuf-dev runc conmon containerd busybox-static iproute2 libseccomp-dev pkg-config gcc libc6-dev
 # apt_install installs the Debian packages of $(1) that are missing (apt-get
 # update only then), so that deps stays quick and idempotent.
 define apt_install

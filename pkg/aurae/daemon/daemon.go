@@ -15,9 +15,12 @@ import (
 	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
 	discoveryv0 "github.com/aurae-runtime/aurae-cri/api/discovery/v0"
 	observev0 "github.com/aurae-runtime/aurae-cri/api/observe/v0"
+	osapi "github.com/aurae-runtime/aurae-cri/api/os"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cells"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/discovery"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/observe"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/osinfo"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/pods"
 )
 
 // Config configures the services.
@@ -32,6 +35,10 @@ type Config struct {
 	// pods.MinRuntimeVersion instead of refusing to.
 	AllowOldOCIRuntime bool
 	Logger             *slog.Logger
+	// Node configures os.OSService: this node's name, its peers and how
+	// to reach them, the node's CRI runtime. Logger and StopGracePeriod
+	// are taken from above.
+	Node osinfo.Config
 	// Logs feeds GetAuraeDaemonLogStream; nil serves an empty stream.
 	Logs *observe.LogBroadcaster
 }
@@ -41,6 +48,8 @@ type Daemon struct {
 	hub   *observe.Hub
 	logs  *observe.LogBroadcaster
 	cells *cells.Service
+	pods  *pods.Service
+	node  osinfo.Config
 	extra []func(*grpc.Server)
 	close []func() error
 }
@@ -53,7 +62,8 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 	if cfg.Logs == nil {
 		cfg.Logs = observe.NewLogBroadcaster(cfg.Logger.Handler())
 	}
-	d := &Daemon{hub: observe.NewHub(observe.HubConfig{}), logs: cfg.Logs}
+	d := &Daemon{hub: observe.NewHub(observe.HubConfig{}), logs: cfg.Logs, node: cfg.Node}
+	d.node.Logger, d.node.StopGracePeriod = cfg.Logger, cfg.StopGracePeriod
 	var err error
 	d.cells, err = cells.NewService(ctx, cells.Config{
 		StateDir:        cfg.StateDir,
@@ -79,6 +89,9 @@ func (d *Daemon) Register(s *grpc.Server) {
 	cellsv0.RegisterCellServiceServer(s, d.cells)
 	discoveryv0.RegisterDiscoveryServiceServer(s, discovery.NewService())
 	observev0.RegisterObserveServiceServer(s, observe.NewService(d.hub, d.logs))
+	node := d.node
+	node.Cells, node.Pods = d.cells, d.pods
+	osapi.RegisterOSServiceServer(s, osinfo.New(node))
 	for _, r := range d.extra {
 		r(s)
 	}
