@@ -334,10 +334,17 @@ func TestOSContainersStatsRestart(t *testing.T) {
 	}
 }
 
-// TestOSNodesFanOut runs three auraed on loopback with mutual TLS, peers
-// of each other, stops the third, and calls Processes on the first for all
-// three: two nodes' processes and an error for the third, in one answer.
-func TestOSNodesFanOut(t *testing.T) {
+// nodes are three auraed on loopback with mutual TLS: a, with b and c as
+// its peers; c is stopped.
+type nodes struct {
+	a, b *Auraed
+	ca   *testpki.CA
+	// client: a certificate for calling a over TCP.
+	client testpki.Pair
+}
+
+func startNodes(t *testing.T) nodes {
+	t.Helper()
 	requireRoot(t)
 	dir := t.TempDir()
 	ca := testpki.NewCA(t, dir, "aurae")
@@ -352,7 +359,14 @@ func TestOSNodesFanOut(t *testing.T) {
 	a := startAuraed(t, append(tlsArgs, "--node-name", "a",
 		"--peer", "b="+b.TCPAddr(), "--peer", "c="+cAddr,
 		"--peer-cert", peer.CertFile, "--peer-key", peer.KeyFile, "--peer-ca", ca.CertFile)...)
+	return nodes{a: a, b: b, ca: ca, client: ca.Client("operator")}
+}
 
+// TestOSNodesFanOut calls Processes on a for a, b and c (stopped): two
+// nodes' processes and an error for the third, in one answer.
+func TestOSNodesFanOut(t *testing.T) {
+	n := startNodes(t)
+	a, b := n.a, n.b
 	ctx := client.WithNodes(testContext(t), "a", "b", "c")
 	resp, err := a.Client().OS.Processes(ctx, &emptypb.Empty{})
 	if err != nil {

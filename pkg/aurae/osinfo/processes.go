@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -35,6 +36,7 @@ func (s *Service) processes(context.Context, *emptypb.Empty) (*osapi.ProcessesRe
 			procs = append(procs, p)
 		}
 	}
+	sort.Slice(procs, func(i, j int) bool { return procs[i].GetPid() < procs[j].GetPid() })
 	return &osapi.ProcessesResponse{Messages: []*osapi.Process{{Metadata: s.meta(), Processes: procs}}}, nil
 }
 
