@@ -14,10 +14,14 @@ import (
 
 	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
 	discoveryv0 "github.com/aurae-runtime/aurae-cri/api/discovery/v0"
+	observeapi "github.com/aurae-runtime/aurae-cri/api/observe"
 	observev0 "github.com/aurae-runtime/aurae-cri/api/observe/v0"
 	osapi "github.com/aurae-runtime/aurae-cri/api/os"
+	runtimeapi "github.com/aurae-runtime/aurae-cri/api/runtime"
+	runtimecellv0 "github.com/aurae-runtime/aurae-cri/api/runtime/cell/v0"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cells"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/discovery"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/legacy"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/observe"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/osinfo"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/pods"
@@ -92,6 +96,10 @@ func (d *Daemon) Register(s *grpc.Server) {
 	node := d.node
 	node.Cells, node.Pods = d.cells, d.pods
 	osapi.RegisterOSServiceServer(s, osinfo.New(node))
+	// The earlier generations of the API, over the same cells.
+	runtimecellv0.RegisterCellServiceServer(s, legacy.NewCellV0(d.cells))
+	observeapi.RegisterObserveServer(s, legacy.NewObserve(d.cells))
+	runtimeapi.RegisterCoreServer(s, legacy.NewCore(d.cells, d.hub))
 	for _, r := range d.extra {
 		r(s)
 	}
