@@ -1,7 +1,7 @@
 // Command aer is the command-line client of auraed: `aer RESOURCE VERB
-// [ARGS] [FLAGS]` for cells, pods, vms, discovery, observe and os (the
-// node service), in the manner of kubectl and crictl. Tables by default,
-// `-o json` for the messages themselves. Exit status: 0 done, 1 the call
+// [ARGS] [FLAGS]` for cells, pods, vms, discovery, observe, os (the node
+// service) and schedule, in the manner of kubectl and crictl. Tables by
+// default, `-o json` for the messages themselves. Exit status: 0 done, 1 the call
 // (or, for a call to several nodes, one node) failed, 2 bad usage.
 package main
 
@@ -84,7 +84,7 @@ type resource struct {
 	commands    []command
 }
 
-var resources = []resource{cellsResource, podsResource, vmsResource, discoveryResource, observeResource, osResource}
+var resources = []resource{cellsResource, podsResource, vmsResource, discoveryResource, observeResource, osResource, scheduleResource}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

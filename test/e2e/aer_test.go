@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // aer runs the aer binary with args and returns its stdout, stderr and
@@ -180,5 +181,30 @@ func TestAerNodes(t *testing.T) {
 	// The nodes that answer: exit 0.
 	if out := mustAer(t, "--config", cfg, "os", "memory", "--nodes", "a,b"); row(out, "a") == nil || row(out, "b") == nil {
 		t.Fatalf("aer os memory --nodes a,b:\n%s", out)
+	}
+}
+
+func TestAerSchedule(t *testing.T) {
+	a := startAuraed(t)
+	addr := "--address=unix://" + a.Socket
+	mustAer(t, addr, "schedule", "enable", "ticker", "sleep 1000", "--comment", "e2e")
+	if out := mustAer(t, addr, "schedule", "list"); row(out, "ticker", "enabled", "sleep", "1000") == nil {
+		t.Fatalf("aer schedule list:\n%s", out)
+	}
+	// It runs, in its cell.
+	deadline := time.Now().Add(30 * time.Second)
+	for row(mustAer(t, addr, "cells", "list"), "schedule-ticker", "main") == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the scheduled executable does not run")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	mustAer(t, addr, "schedule", "disable", "ticker")
+	if out := mustAer(t, addr, "schedule", "list"); row(out, "ticker", "disabled") == nil {
+		t.Fatalf("aer schedule list after disable:\n%s", out)
+	}
+	mustAer(t, addr, "schedule", "destroy", "ticker")
+	if _, errOut, code := aer(t, addr, "schedule", "destroy", "ticker"); code != 1 || !strings.Contains(errOut, "not found") {
+		t.Fatalf("aer schedule destroy of a forgotten executable: exit %d, stderr %q", code, errOut)
 	}
 }

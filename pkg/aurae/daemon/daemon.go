@@ -19,6 +19,7 @@ import (
 	osapi "github.com/aurae-runtime/aurae-cri/api/os"
 	runtimeapi "github.com/aurae-runtime/aurae-cri/api/runtime"
 	runtimecellv0 "github.com/aurae-runtime/aurae-cri/api/runtime/cell/v0"
+	scheduleapi "github.com/aurae-runtime/aurae-cri/api/schedule"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cells"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/discovery"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/legacy"
@@ -53,6 +54,7 @@ type Daemon struct {
 	logs  *observe.LogBroadcaster
 	cells *cells.Service
 	pods  *pods.Service
+	sched *legacy.Scheduler
 	node  osinfo.Config
 	extra []func(*grpc.Server)
 	close []func() error
@@ -80,6 +82,12 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 		return nil, fmt.Errorf("start cell service: %w", err)
 	}
 	d.close = append(d.close, d.cells.Close)
+	// Enabled scheduled executables start now, in cells.
+	if d.sched, err = legacy.NewScheduler(d.cells, cfg.StateDir, cfg.Logger); err != nil {
+		_ = d.Close()
+		return nil, err
+	}
+	d.close = append(d.close, d.sched.Close)
 	if err := d.addPods(ctx, cfg); err != nil {
 		_ = d.Close()
 		return nil, err
@@ -100,6 +108,9 @@ func (d *Daemon) Register(s *grpc.Server) {
 	runtimecellv0.RegisterCellServiceServer(s, legacy.NewCellV0(d.cells))
 	observeapi.RegisterObserveServer(s, legacy.NewObserve(d.cells))
 	runtimeapi.RegisterCoreServer(s, legacy.NewCore(d.cells, d.hub))
+	schedule, scheduleExecutable := d.sched.Services()
+	scheduleapi.RegisterScheduleServer(s, schedule)
+	scheduleapi.RegisterScheduleExecutableServer(s, scheduleExecutable)
 	for _, r := range d.extra {
 		r(s)
 	}

@@ -1,8 +1,9 @@
 // Package legacy serves the earlier generations of the Aurae API as thin
-// adapters over today's services: aurae.runtime.cell.v0.CellService over
-// the cells, observe.Observe/Status, runtime.Core's RunExecutable over a
-// throwaway cell. Each translates its messages and calls the current
-// implementation; none keeps state of its own.
+// adapters over today's cells: aurae.runtime.cell.v0.CellService,
+// observe.Observe/Status, runtime.Core's RunExecutable (a throwaway cell)
+// and schedule.* (a cell per scheduled executable). Each translates its
+// messages and calls the cells; only the scheduler keeps state of its own
+// (which executables are scheduled).
 package legacy
 
 import (

@@ -2,9 +2,9 @@ package osinfo
 
 import (
 	"context"
-	"errors"
 
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 
 	commonapi "github.com/aurae-runtime/aurae-cri/api/common"
 	osapi "github.com/aurae-runtime/aurae-cri/api/os"
@@ -31,7 +31,8 @@ func (s *Service) stats(ctx context.Context, req *osapi.StatsRequest) (*osapi.St
 				continue
 			}
 			st, err := s.cfg.Pods.ContainerStats(ctx, &podsv0.ContainerStatsRequest{ContainerId: info.GetId()})
-			if errors.Is(err, errdefs.ErrNotFound) {
+			// The PodService answers gRPC statuses.
+			if errdefs.IsNotFound(errgrpc.ToNative(err)) {
 				continue // removed meanwhile
 			}
 			if err != nil {
