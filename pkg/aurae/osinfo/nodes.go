@@ -47,10 +47,10 @@ func nodesOf(ctx context.Context) []string {
 type peerCall[Req, Resp proto.Message] func(osapi.OSServiceClient, context.Context, Req, ...grpc.CallOption) (Resp, error)
 
 // fanOut answers req on this node when the call names no nodes, else on
-// each node named (this one, or a peer), one at a time in parallel, each
-// bounded by NodeTimeout, and merges the answers: every node's messages
-// with metadata.hostname set to the node's name, and for a node that failed
-// one message whose metadata.error says why.
+// each node named (this one, or a peer) in parallel, each bounded by
+// NodeTimeout, and merges the answers: every node's messages with
+// metadata.hostname set to the node's name, and for a node that failed one
+// message whose metadata.error says why.
 func fanOut[Req, Resp proto.Message](ctx context.Context, s *Service, req Req, local func(context.Context, Req) (Resp, error), remote peerCall[Req, Resp]) (Resp, error) {
 	nodes := nodesOf(ctx)
 	if len(nodes) == 0 {
