@@ -51,6 +51,7 @@ type config struct {
 	peerKey         string
 	peerCA          string
 	criEndpoint     string
+	vmImageDir      string
 }
 
 // peerFlag is the repeatable --peer name=address.
@@ -120,6 +121,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.peerKey, "peer-key", "", "key (PEM) of --peer-cert")
 	fs.StringVar(&cfg.peerCA, "peer-ca", "", "CA bundle (PEM) the --peer nodes' server certificates chain to")
 	fs.StringVar(&cfg.criEndpoint, "cri-endpoint", "", "the node's CRI runtime (unix:///path), for the os service's driver CRI; empty refuses that driver")
+	fs.StringVar(&cfg.vmImageDir, "vm-image-dir", "/var/lib/aurae/vm", "guest image (vmlinux, initramfs.cpio.gz of make vm-image) that runtime.Core's RunVirtualMachine boots")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -189,6 +191,7 @@ func run(cfg config) error {
 		AllowOldOCIRuntime: cfg.allowOldRuntime,
 		Logger:             logger,
 		Logs:               logs,
+		VMImageDir:         cfg.vmImageDir,
 		Node: osinfo.Config{
 			NodeName:    cfg.nodeName,
 			Peers:       cfg.peers,

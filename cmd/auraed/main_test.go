@@ -53,6 +53,9 @@ func TestParsePeerFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if d, _ := parseFlags(nil); d.vmImageDir != "/var/lib/aurae/vm" || d.nodeName != "" || len(d.peers) != 0 || d.criEndpoint != "" {
+		t.Errorf("node defaults = %+v", d)
+	}
 	if cfg.nodeName != "a" || len(cfg.peers) != 2 || cfg.peers["b"] != "127.0.0.1:1" || cfg.peers["c"] != "tcp://[::1]:2" || cfg.criEndpoint != "unix:///run/cri.sock" {
 		t.Fatalf("got %+v", cfg)
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/observe"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/osinfo"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/pods"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/vms"
 )
 
 // Config configures the services.
@@ -44,6 +45,9 @@ type Config struct {
 	// to reach them, the node's CRI runtime. Logger and StopGracePeriod
 	// are taken from above.
 	Node osinfo.Config
+	// VMImageDir holds the guest image (vmlinux, initramfs.cpio.gz) that
+	// runtime.Core's RunVirtualMachine boots.
+	VMImageDir string
 	// Logs feeds GetAuraeDaemonLogStream; nil serves an empty stream.
 	Logs *observe.LogBroadcaster
 }
@@ -55,6 +59,8 @@ type Daemon struct {
 	cells *cells.Service
 	pods  *pods.Service
 	sched *legacy.Scheduler
+	vms   *vms.Service // nil when VmService is not served
+	vmImg string
 	node  osinfo.Config
 	extra []func(*grpc.Server)
 	close []func() error
@@ -68,7 +74,7 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 	if cfg.Logs == nil {
 		cfg.Logs = observe.NewLogBroadcaster(cfg.Logger.Handler())
 	}
-	d := &Daemon{hub: observe.NewHub(observe.HubConfig{}), logs: cfg.Logs, node: cfg.Node}
+	d := &Daemon{hub: observe.NewHub(observe.HubConfig{}), logs: cfg.Logs, node: cfg.Node, vmImg: cfg.VMImageDir}
 	d.node.Logger, d.node.StopGracePeriod = cfg.Logger, cfg.StopGracePeriod
 	var err error
 	d.cells, err = cells.NewService(ctx, cells.Config{
@@ -107,7 +113,11 @@ func (d *Daemon) Register(s *grpc.Server) {
 	// The earlier generations of the API, over the same cells.
 	runtimecellv0.RegisterCellServiceServer(s, legacy.NewCellV0(d.cells))
 	observeapi.RegisterObserveServer(s, legacy.NewObserve(d.cells))
-	runtimeapi.RegisterCoreServer(s, legacy.NewCore(d.cells, d.hub))
+	core := legacy.NewCore(d.cells, d.hub)
+	if d.vms != nil {
+		core.WithVMs(d.vms, d.vmImg)
+	}
+	runtimeapi.RegisterCoreServer(s, core)
 	schedule, scheduleExecutable := d.sched.Services()
 	scheduleapi.RegisterScheduleServer(s, schedule)
 	scheduleapi.RegisterScheduleExecutableServer(s, scheduleExecutable)

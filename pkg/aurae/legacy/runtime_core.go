@@ -48,6 +48,9 @@ type Core struct {
 	runtimeapi.UnimplementedCoreServer
 	cells  Runner
 	output Output
+	// vms and vmImageDir: see WithVMs.
+	vms        VMs
+	vmImageDir string
 }
 
 // NewCore returns the service over the cells and their output.
