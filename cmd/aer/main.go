@@ -270,6 +270,7 @@ func topUsage(w io.Writer, fs *flag.FlagSet) {
 	printLine(w, "\n`aer RESOURCE --help` lists its verbs, `aer RESOURCE VERB --help` their flags.")
 	printLine(w, "Exit status: 0 done, 1 the call (or one node of it) failed, 2 bad usage.")
 	printLine(w, "\nFlags:")
+	fs.SetOutput(w)
 	fs.PrintDefaults()
 }
 
@@ -285,5 +286,6 @@ func resourceUsage(w io.Writer, r *resource) {
 func commandUsage(w io.Writer, name string, c *command, fs *flag.FlagSet) {
 	use := strings.Join(strings.Fields(name+" "+strings.TrimPrefix(c.use, verb(c))+" [FLAGS]"), " ")
 	printf(w, "Usage: %s\n\n%s\n\nFlags:\n", use, c.short)
+	fs.SetOutput(w)
 	fs.PrintDefaults()
 }

@@ -91,7 +91,9 @@ func TestUsageExitCodes(t *testing.T) {
 		out  string // on stdout
 		err  string // on stderr
 	}{
-		{[]string{"--help"}, exitOK, "Resources:", ""},
+		{[]string{"--help"}, exitOK, "-address", ""},
+		{[]string{"discovery", "--help"}, exitOK, "-timeout duration", ""},
+		{[]string{"os", "processes", "--help"}, exitOK, "-nodes string", ""},
 		{nil, exitUsage, "", "Usage: aer"},
 		{[]string{"nope"}, exitUsage, "", `unknown resource "nope"`},
 		{[]string{"cells"}, exitUsage, "", "Verbs:"},
