@@ -80,3 +80,52 @@ func TestLegacyRunVirtualMachine(t *testing.T) {
 		t.Fatalf("the VM's auraed: %v, %v", d, err)
 	}
 }
+
+// TestLegacySpawn boots a nested instance through runtime.Core/Spawn; its
+// auraed answers; once it exits (stopped through the VmService) auraed
+// removes it.
+func TestLegacySpawn(t *testing.T) {
+	requireVMImage(t)
+	a := startAuraed(t, "--vm-image-dir", vmImageDir)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	resp, err := runtimeapi.NewCoreClient(a.Client().Conn).Spawn(ctx, &runtimeapi.SpawnRequest{})
+	if err != nil {
+		t.Fatalf("Spawn: %v", err)
+	}
+	id := resp.GetVmId()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := a.Client().Vms.Free(ctx, &vmsv0.VmServiceFreeRequest{VmId: id}); err != nil && status.Code(err) != codes.NotFound {
+			t.Errorf("free the VM: %v", err)
+		}
+	})
+	if !strings.HasPrefix(id, "spawn-") || resp.GetAuraedAddress() == "" {
+		t.Fatalf("Spawn = %v", resp)
+	}
+	var c *client.Client
+	for {
+		c, err = client.Dial(ctx, resp.GetAuraedAddress())
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("dial the spawned auraed: %v", err)
+	}
+	_, err = c.Discovery.Discover(ctx, &discoveryv0.DiscoverRequest{})
+	_ = c.Close()
+	if err != nil {
+		t.Fatalf("the spawned auraed: %v", err)
+	}
+	if _, err := a.Client().Vms.Stop(ctx, &vmsv0.VmServiceStopRequest{VmId: id}); err != nil {
+		t.Fatalf("stop the spawned VM: %v", err)
+	}
+	waitLogRecord(t, a, "spawned instance exited and was removed", 1)
+	list, err := a.Client().Vms.List(ctx, &vmsv0.VmServiceListRequest{})
+	if err != nil || len(list.GetMachines()) != 0 {
+		t.Fatalf("VMs after the spawned one exited: %v, %v", list, err)
+	}
+}

@@ -60,7 +60,7 @@ type Daemon struct {
 	pods  *pods.Service
 	sched *legacy.Scheduler
 	vms   *vms.Service // nil when VmService is not served
-	vmImg string
+	core  *legacy.Core
 	node  osinfo.Config
 	extra []func(*grpc.Server)
 	close []func() error
@@ -74,7 +74,7 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 	if cfg.Logs == nil {
 		cfg.Logs = observe.NewLogBroadcaster(cfg.Logger.Handler())
 	}
-	d := &Daemon{hub: observe.NewHub(observe.HubConfig{}), logs: cfg.Logs, node: cfg.Node, vmImg: cfg.VMImageDir}
+	d := &Daemon{hub: observe.NewHub(observe.HubConfig{}), logs: cfg.Logs, node: cfg.Node}
 	d.node.Logger, d.node.StopGracePeriod = cfg.Logger, cfg.StopGracePeriod
 	var err error
 	d.cells, err = cells.NewService(ctx, cells.Config{
@@ -99,6 +99,11 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	d.addVMs(ctx, cfg)
+	d.core = legacy.NewCore(d.cells, d.hub)
+	if d.vms != nil {
+		d.core.WithVMs(ctx, d.vms, cfg.VMImageDir, cfg.Logger)
+	}
+	d.close = append(d.close, d.core.Close)
 	return d, nil
 }
 
@@ -113,11 +118,7 @@ func (d *Daemon) Register(s *grpc.Server) {
 	// The earlier generations of the API, over the same cells.
 	runtimecellv0.RegisterCellServiceServer(s, legacy.NewCellV0(d.cells))
 	observeapi.RegisterObserveServer(s, legacy.NewObserve(d.cells))
-	core := legacy.NewCore(d.cells, d.hub)
-	if d.vms != nil {
-		core.WithVMs(d.vms, d.vmImg)
-	}
-	runtimeapi.RegisterCoreServer(s, core)
+	runtimeapi.RegisterCoreServer(s, d.core)
 	schedule, scheduleExecutable := d.sched.Services()
 	scheduleapi.RegisterScheduleServer(s, schedule)
 	scheduleapi.RegisterScheduleExecutableServer(s, scheduleExecutable)

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,9 +49,13 @@ type Core struct {
 	runtimeapi.UnimplementedCoreServer
 	cells  Runner
 	output Output
-	// vms and vmImageDir: see WithVMs.
-	vms        VMs
-	vmImageDir string
+	// vms, vmImageDir and what reaps spawned VMs: see WithVMs.
+	vms         VMs
+	vmImageDir  string
+	log         *slog.Logger
+	reapCtx     context.Context
+	stopReaping context.CancelFunc
+	reaping     sync.WaitGroup
 }
 
 // NewCore returns the service over the cells and their output.
