@@ -186,6 +186,10 @@ func TestDriverCRIWithoutEndpoint(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "kubelet") {
 		t.Fatalf("Restart with driver CRI = %v, want a refusal", err)
 	}
+	_, err = s.Restart(t.Context(), &osapi.RestartRequest{Id: "web/sleeper"})
+	if err == nil || !strings.Contains(err.Error(), "only pod containers") {
+		t.Fatalf("Restart of a cell executable = %v, want a refusal", err)
+	}
 }
 
 func TestDmesgReadsRecords(t *testing.T) {

@@ -3,6 +3,7 @@ package osinfo
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/containerd/errdefs"
 
@@ -23,6 +24,10 @@ func (s *Service) restart(ctx context.Context, req *osapi.RestartRequest) (*osap
 	id := req.GetId()
 	if id == "" {
 		return nil, fmt.Errorf("restart: container id is empty: %w", errdefs.ErrInvalidArgument)
+	}
+	if req.GetNamespace() == NamespaceCells || strings.Contains(id, "/") {
+		// Their credentials are not recorded: a restart could not keep them.
+		return nil, fmt.Errorf("restart of cell executable %q: only pod containers are restarted; stop and start it through the CellService: %w", id, errdefs.ErrFailedPrecondition)
 	}
 	// The namespace, when given, must be the container's.
 	if ns := req.GetNamespace(); ns != "" {
