@@ -14,8 +14,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/aurae-runtime/aurae-cri/pkg/version.Version=$(VERSION)
 
-# libseccomp-dev, pkg-config and gcc build the pinned runc (hack/runc).
-APT_PACKAGES := protobuf-compiler runc conmon containerd busybox-static iproute2 libseccomp-dev pkg-config gcc libc6-dev
+# libseccomp-dev, pkg-config and gcc build the pinned runc (hack/runc);
+# libprotobuf-dev has the well-known .proto files (google/protobuf/empty.proto).
+APT_PACKAGES := protobuf-compiler libprotobuf-dev runc conmon containerd busybox-static iproute2 libseccomp-dev pkg-config gcc libc6-dev
 # apt_install installs the Debian packages of $(1) that are missing (apt-get
 # update only then), so that deps stays quick and idempotent.
 define apt_install
@@ -98,9 +99,10 @@ $(BIN)/.golangci-lint-$(GOLANGCI_LINT_VERSION):
 	GOBIN=$(BIN) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	@touch $@
 
-## build: bin/auraed (and bin/aurae-cri once cmd/aurae-cri exists)
+## build: bin/auraed, bin/aer (its command-line client) and bin/aurae-cri
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/auraed ./cmd/auraed
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aer ./cmd/aer
 	@if [ -d cmd/aurae-cri ]; then \
 	  echo '$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aurae-cri ./cmd/aurae-cri'; \
 	  $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aurae-cri ./cmd/aurae-cri; \
@@ -174,7 +176,7 @@ lint: $(BIN)/.golangci-lint-$(GOLANGCI_LINT_VERSION)
 	$(BIN)/golangci-lint run --allow-parallel-runners ./...
 
 clean:
-	rm -f $(BIN)/auraed $(BIN)/aurae-cri
+	rm -f $(BIN)/auraed $(BIN)/aer $(BIN)/aurae-cri
 
 ## vm-deps: Debian packages for the guest image and its boot test (QEMU, kernel source and tools)
 VM_APT_PACKAGES := qemu-system-x86 cpio linux-source-6.1 flex bison bc libelf-dev libssl-dev build-essential xz-utils busybox-static runc conmon

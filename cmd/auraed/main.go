@@ -1,5 +1,6 @@
 // Command auraed is the Aurae daemon: it serves the Aurae API (cells,
-// discovery, observe) on a unix socket and, with mutual TLS, on TCP.
+// pods, VMs, discovery, observe, the os node service) on a unix socket
+// and, with mutual TLS, on TCP.
 package main
 
 import (
@@ -11,6 +12,8 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -19,6 +22,7 @@ import (
 
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/daemon"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/observe"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/osinfo"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/pods"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/roles"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/server"
@@ -41,6 +45,40 @@ type config struct {
 	cgroupRoot      string
 	ociRuntime      string
 	allowOldRuntime bool
+	nodeName        string
+	peers           peerFlag
+	peerCert        string
+	peerKey         string
+	peerCA          string
+	criEndpoint     string
+	vmImageDir      string
+}
+
+// peerFlag is the repeatable --peer name=address.
+type peerFlag map[string]string
+
+func (p peerFlag) String() string {
+	var out []string
+	for name, addr := range p {
+		out = append(out, name+"="+addr)
+	}
+	sort.Strings(out)
+	return strings.Join(out, ",")
+}
+
+func (p peerFlag) Set(v string) error {
+	name, addr, ok := strings.Cut(v, "=")
+	if !ok || name == "" || addr == "" {
+		return fmt.Errorf("%q: want name=host:port", v)
+	}
+	if _, _, err := net.SplitHostPort(strings.TrimPrefix(addr, "tcp://")); err != nil {
+		return fmt.Errorf("%q: %w", v, err)
+	}
+	if _, dup := p[name]; dup {
+		return fmt.Errorf("peer %q given twice", name)
+	}
+	p[name] = addr
+	return nil
 }
 
 func main() {
@@ -64,7 +102,7 @@ func main() {
 }
 
 func parseFlags(args []string) (config, error) {
-	var cfg config
+	cfg := config{peers: peerFlag{}}
 	fs := flag.NewFlagSet("auraed", flag.ContinueOnError)
 	fs.StringVar(&cfg.socket, "socket", "/run/aurae/aurae.sock", "unix socket to serve the Aurae API on (mode 0600)")
 	fs.StringVar(&cfg.stateDir, "state-dir", "/var/lib/aurae", "directory of auraed's state")
@@ -77,6 +115,13 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.cgroupRoot, "cgroup-root", "aurae", "cgroup under which cells are created")
 	fs.StringVar(&cfg.ociRuntime, "oci-runtime", pods.DefaultRuntime(), "OCI runtime binary of pods (default: the runc make deps pins at "+pods.PinnedRuntime+" when installed, else runc on PATH)")
 	fs.BoolVar(&cfg.allowOldRuntime, "allow-old-oci-runtime", false, "start even when --oci-runtime is older than "+pods.MinRuntimeVersion.String())
+	fs.StringVar(&cfg.nodeName, "node-name", "", "this node's name in the os service's `nodes` and answers (default: the host name)")
+	fs.Var(cfg.peers, "peer", "a node the os service forwards calls naming it to, as name=host:port of its --listen (repeatable; needs --peer-cert, --peer-key and --peer-ca)")
+	fs.StringVar(&cfg.peerCert, "peer-cert", "", "client certificate (PEM) presented to --peer nodes")
+	fs.StringVar(&cfg.peerKey, "peer-key", "", "key (PEM) of --peer-cert")
+	fs.StringVar(&cfg.peerCA, "peer-ca", "", "CA bundle (PEM) the --peer nodes' server certificates chain to")
+	fs.StringVar(&cfg.criEndpoint, "cri-endpoint", "", "the node's CRI runtime (unix:///path), for the os service's driver CRI; empty refuses that driver")
+	fs.StringVar(&cfg.vmImageDir, "vm-image-dir", "/var/lib/aurae/vm", "guest image (vmlinux, initramfs.cpio.gz of make vm-image) that runtime.Core's RunVirtualMachine boots")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -96,6 +141,10 @@ func parseFlags(args []string) (config, error) {
 		return cfg, errors.New("--socket must not be empty")
 	case cfg.ociRuntime == "":
 		return cfg, errors.New("--oci-runtime must not be empty")
+	case len(cfg.peers) > 0 && (cfg.peerCert == "" || cfg.peerKey == "" || cfg.peerCA == ""):
+		return cfg, errors.New("--peer is reached only with mutual TLS: give --peer-cert, --peer-key and --peer-ca")
+	case cfg.criEndpoint != "" && !strings.HasPrefix(cfg.criEndpoint, "unix:///"):
+		return cfg, errors.New("--cri-endpoint must be unix:///path")
 	case cfg.stopGracePeriod <= 0:
 		return cfg, errors.New("--stop-grace-period must be positive")
 	}
@@ -142,6 +191,15 @@ func run(cfg config) error {
 		AllowOldOCIRuntime: cfg.allowOldRuntime,
 		Logger:             logger,
 		Logs:               logs,
+		VMImageDir:         cfg.vmImageDir,
+		Node: osinfo.Config{
+			NodeName:    cfg.nodeName,
+			Peers:       cfg.peers,
+			PeerCert:    cfg.peerCert,
+			PeerKey:     cfg.peerKey,
+			PeerCA:      cfg.peerCA,
+			CRIEndpoint: cfg.criEndpoint,
+		},
 	})
 	if err != nil {
 		_ = unixLis.Close()

@@ -46,3 +46,31 @@ func TestParseFlags(t *testing.T) {
 		}
 	}
 }
+
+func TestParsePeerFlags(t *testing.T) {
+	cfg, err := parseFlags([]string{"--node-name", "a", "--peer", "b=127.0.0.1:1", "--peer", "c=tcp://[::1]:2",
+		"--peer-cert", "c", "--peer-key", "k", "--peer-ca", "ca", "--cri-endpoint", "unix:///run/cri.sock"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := parseFlags(nil); d.vmImageDir != "/var/lib/aurae/vm" || d.nodeName != "" || len(d.peers) != 0 || d.criEndpoint != "" {
+		t.Errorf("node defaults = %+v", d)
+	}
+	if cfg.nodeName != "a" || len(cfg.peers) != 2 || cfg.peers["b"] != "127.0.0.1:1" || cfg.peers["c"] != "tcp://[::1]:2" || cfg.criEndpoint != "unix:///run/cri.sock" {
+		t.Fatalf("got %+v", cfg)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--peer", "b=127.0.0.1:1"}, "--peer-cert"},
+		{[]string{"--peer", "b"}, "name=host:port"},
+		{[]string{"--peer", "b=nohost"}, "missing port"},
+		{[]string{"--peer", "b=h:1", "--peer", "b=h:2"}, "twice"},
+		{[]string{"--cri-endpoint", "/run/cri.sock"}, "unix:///"},
+	} {
+		if _, err := parseFlags(tc.args); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("parseFlags(%q) = %v, want an error about %s", tc.args, err, tc.want)
+		}
+	}
+}

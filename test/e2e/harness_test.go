@@ -253,6 +253,16 @@ func (a *Auraed) Client() *client.Client {
 	return a.client
 }
 
+// Pid is the pid of the running daemon.
+func (a *Auraed) Pid() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cmd == nil {
+		a.t.Fatal("auraed is not running")
+	}
+	return a.cmd.Process.Pid
+}
+
 // Logs returns everything auraed wrote to stderr, over all its runs.
 func (a *Auraed) Logs() string {
 	return a.logs.String()

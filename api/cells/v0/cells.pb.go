@@ -631,8 +631,11 @@ type Cell struct {
 	IsolateProcess bool `protobuf:"varint,10,opt,name=isolate_process,json=isolateProcess,proto3" json:"isolate_process,omitempty"`
 	// Unshare the network namespace; only the loopback interface, up.
 	IsolateNetwork bool `protobuf:"varint,11,opt,name=isolate_network,json=isolateNetwork,proto3" json:"isolate_network,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Unshare the cgroup namespace: the cell's processes see the cell's cgroup
+	// as the root of the hierarchies (/proc/self/cgroup shows "/").
+	IsolateCgroup bool `protobuf:"varint,12,opt,name=isolate_cgroup,json=isolateCgroup,proto3" json:"isolate_cgroup,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Cell) Reset() {
@@ -703,6 +706,13 @@ func (x *Cell) GetIsolateProcess() bool {
 func (x *Cell) GetIsolateNetwork() bool {
 	if x != nil {
 		return x.IsolateNetwork
+	}
+	return false
+}
+
+func (x *Cell) GetIsolateCgroup() bool {
+	if x != nil {
+		return x.IsolateCgroup
 	}
 	return false
 }
@@ -1113,7 +1123,7 @@ const file_cells_v0_cells_proto_rawDesc = "" +
 	"\rCellGraphNode\x12(\n" +
 	"\x04cell\x18\x01 \x01(\v2\x14.aurae.cells.v0.CellR\x04cell\x129\n" +
 	"\bchildren\x18\x02 \x03(\v2\x1d.aurae.cells.v0.CellGraphNodeR\bchildren\x12B\n" +
-	"\vexecutables\x18\x03 \x03(\v2 .aurae.cells.v0.ExecutableStatusR\vexecutables\"\x91\x02\n" +
+	"\vexecutables\x18\x03 \x03(\v2 .aurae.cells.v0.ExecutableStatusR\vexecutables\"\xb8\x02\n" +
 	"\x04Cell\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12/\n" +
 	"\x03cpu\x18\x02 \x01(\v2\x1d.aurae.cells.v0.CpuControllerR\x03cpu\x128\n" +
@@ -1121,7 +1131,8 @@ const file_cells_v0_cells_proto_rawDesc = "" +
 	"\x06memory\x18\x04 \x01(\v2 .aurae.cells.v0.MemoryControllerR\x06memory\x12'\n" +
 	"\x0fisolate_process\x18\n" +
 	" \x01(\bR\x0eisolateProcess\x12'\n" +
-	"\x0fisolate_network\x18\v \x01(\bR\x0eisolateNetwork\"b\n" +
+	"\x0fisolate_network\x18\v \x01(\bR\x0eisolateNetwork\x12%\n" +
+	"\x0eisolate_cgroup\x18\f \x01(\bR\risolateCgroup\"b\n" +
 	"\n" +
 	"Executable\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +

@@ -34,16 +34,18 @@ type initProc struct {
 	done  chan struct{}
 }
 
-// ownsProcessNS and ownsNetworkNS tell which namespaces the cell's init made.
+// ownsProcessNS, ownsNetworkNS and ownsCgroupNS tell which namespaces the
+// cell's init made.
 func (c *cell) ownsProcessNS() bool { return c.spec.GetIsolateProcess() }
 func (c *cell) ownsNetworkNS() bool { return c.spec.GetIsolateNetwork() }
-func (c *cell) needsInit() bool     { return c.ownsProcessNS() || c.ownsNetworkNS() }
+func (c *cell) ownsCgroupNS() bool  { return c.spec.GetIsolateCgroup() }
+func (c *cell) needsInit() bool     { return c.ownsProcessNS() || c.ownsNetworkNS() || c.ownsCgroupNS() }
 
 // namespaces are the namespace files an executable of the cell joins: for
 // each kind, the init's of the nearest cell (itself or an ancestor) that
 // isolates that kind; none (auraed's own) when no cell does.
 type namespaces struct {
-	join []string // ipc, uts, net, mnt
+	join []string // ipc, uts, net, cgroup, mnt
 	pid  string
 }
 

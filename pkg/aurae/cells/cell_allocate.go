@@ -137,7 +137,7 @@ func (s *Service) release(name string) {
 // child, of its parent c) joins. nil c means the host's.
 func (s *Service) namespacesOf(c *cell) (namespaces, error) {
 	var ns namespaces
-	var proc, net *cell
+	var proc, net, cgns *cell
 	for x := c; x != nil; x = s.parentOf(x) {
 		if proc == nil && x.ownsProcessNS() {
 			proc = x
@@ -145,8 +145,11 @@ func (s *Service) namespacesOf(c *cell) (namespaces, error) {
 		if net == nil && x.ownsNetworkNS() {
 			net = x
 		}
+		if cgns == nil && x.ownsCgroupNS() {
+			cgns = x
+		}
 	}
-	for _, owner := range []*cell{proc, net} {
+	for _, owner := range []*cell{proc, net, cgns} {
 		if owner != nil && (owner.init == nil || isDone(owner.init.done)) {
 			return ns, fmt.Errorf("%w: %w", errInitLost(owner.name), errPrecondition)
 		}
@@ -158,6 +161,9 @@ func (s *Service) namespacesOf(c *cell) (namespaces, error) {
 	}
 	if net != nil {
 		ns.join = append(ns.join, nsPath(net.init.pid, "net"))
+	}
+	if cgns != nil {
+		ns.join = append(ns.join, nsPath(cgns.init.pid, "cgroup"))
 	}
 	// The mount namespace last: once joined, /proc is the cell's.
 	if proc != nil {
@@ -198,6 +204,11 @@ func (s *Service) startInit(ctx context.Context, c *cell, ns namespaces) (*initP
 	if c.ownsNetworkNS() {
 		flags = append(flags, "network")
 		unshare |= unix.CLONE_NEWNET
+	}
+	if c.ownsCgroupNS() {
+		// Unshared after nsexec placed the init in the cell's cgroup:
+		// that cgroup is the namespace's root.
+		unshare |= unix.CLONE_NEWCGROUP
 	}
 	readyR, readyW, err := os.Pipe()
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
 )
@@ -94,5 +95,40 @@ func TestNestedCells(t *testing.T) {
 	}
 	if l := listing(t, s); l != "" {
 		t.Fatalf("cells left: %s", l)
+	}
+}
+
+// TestCgroupNamespace: a cell that isolates only its cgroup namespace has
+// an init, and its executables see the cell's cgroup as the root while
+// they are in it on the host.
+func TestCgroupNamespace(t *testing.T) {
+	s := newTestService(t)
+	allocate(t, s, &cellsv0.Cell{Name: "cgns", IsolateCgroup: true})
+	dir := t.TempDir()
+	pid := startExec(t, s, "cgns", "probe", "sh -c 'cat /proc/self/cgroup > "+dir+"/cgroup; exec sleep 100'")
+	var inside string
+	for i := 0; i < 200 && inside == ""; i++ {
+		b, _ := os.ReadFile(filepath.Join(dir, "cgroup"))
+		inside = strings.TrimSpace(string(b))
+		if inside == "" {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	for _, line := range strings.Split(inside, "\n") {
+		if parts := strings.SplitN(line, ":", 3); len(parts) != 3 || parts[2] != "/" {
+			t.Errorf("inside the cell, /proc/self/cgroup has %q; want every hierarchy at /", line)
+		}
+	}
+	host, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(host), "/cgns") {
+		t.Errorf("from the host the probe is in %q, want the cell's cgroup", host)
+	}
+	self, _ := os.Readlink("/proc/self/ns/cgroup")
+	theirs, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/cgroup", pid))
+	if theirs == "" || theirs == self {
+		t.Errorf("cgroup namespace of the probe %q, the test's %q: want its own", theirs, self)
 	}
 }

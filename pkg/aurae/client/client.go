@@ -19,10 +19,13 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 
 	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
 	discoveryv0 "github.com/aurae-runtime/aurae-cri/api/discovery/v0"
 	observev0 "github.com/aurae-runtime/aurae-cri/api/observe/v0"
+	osapi "github.com/aurae-runtime/aurae-cri/api/os"
+	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	vmsv0 "github.com/aurae-runtime/aurae-cri/api/vms/v0"
 )
 
@@ -34,7 +37,18 @@ type Client struct {
 	Cells     cellsv0.CellServiceClient
 	Discovery discoveryv0.DiscoveryServiceClient
 	Observe   observev0.ObserveServiceClient
+	Pods      podsv0.PodServiceClient
 	Vms       vmsv0.VmServiceClient
+	// OS is the node service (os.OSService); WithNodes sends a call to
+	// several nodes.
+	OS osapi.OSServiceClient
+}
+
+// WithNodes names the nodes an os.OSService call is for (the gRPC metadata
+// "nodes"): the auraed called answers for each of them, itself and its
+// peers, one message per node.
+func WithNodes(ctx context.Context, nodes ...string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "nodes", strings.Join(nodes, ","))
 }
 
 // reconnectBackoff paces the attempts to reconnect to auraed.
@@ -130,7 +144,9 @@ func Dial(ctx context.Context, address string, opts ...Option) (*Client, error) 
 		Cells:     cellsv0.NewCellServiceClient(conn),
 		Discovery: discoveryv0.NewDiscoveryServiceClient(conn),
 		Observe:   observev0.NewObserveServiceClient(conn),
+		Pods:      podsv0.NewPodServiceClient(conn),
 		Vms:       vmsv0.NewVmServiceClient(conn),
+		OS:        osapi.NewOSServiceClient(conn),
 	}, nil
 }
 

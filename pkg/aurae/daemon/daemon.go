@@ -14,10 +14,19 @@ import (
 
 	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
 	discoveryv0 "github.com/aurae-runtime/aurae-cri/api/discovery/v0"
+	observeapi "github.com/aurae-runtime/aurae-cri/api/observe"
 	observev0 "github.com/aurae-runtime/aurae-cri/api/observe/v0"
+	osapi "github.com/aurae-runtime/aurae-cri/api/os"
+	runtimeapi "github.com/aurae-runtime/aurae-cri/api/runtime"
+	runtimecellv0 "github.com/aurae-runtime/aurae-cri/api/runtime/cell/v0"
+	scheduleapi "github.com/aurae-runtime/aurae-cri/api/schedule"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cells"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/discovery"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/legacy"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/observe"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/osinfo"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/pods"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/vms"
 )
 
 // Config configures the services.
@@ -32,6 +41,13 @@ type Config struct {
 	// pods.MinRuntimeVersion instead of refusing to.
 	AllowOldOCIRuntime bool
 	Logger             *slog.Logger
+	// Node configures os.OSService: this node's name, its peers and how
+	// to reach them, the node's CRI runtime. Logger and StopGracePeriod
+	// are taken from above.
+	Node osinfo.Config
+	// VMImageDir holds the guest image (vmlinux, initramfs.cpio.gz) that
+	// runtime.Core's RunVirtualMachine boots.
+	VMImageDir string
 	// Logs feeds GetAuraeDaemonLogStream; nil serves an empty stream.
 	Logs *observe.LogBroadcaster
 }
@@ -41,6 +57,11 @@ type Daemon struct {
 	hub   *observe.Hub
 	logs  *observe.LogBroadcaster
 	cells *cells.Service
+	pods  *pods.Service
+	sched *legacy.Scheduler
+	vms   *vms.Service // nil when VmService is not served
+	core  *legacy.Core
+	node  osinfo.Config
 	extra []func(*grpc.Server)
 	close []func() error
 }
@@ -53,7 +74,8 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 	if cfg.Logs == nil {
 		cfg.Logs = observe.NewLogBroadcaster(cfg.Logger.Handler())
 	}
-	d := &Daemon{hub: observe.NewHub(observe.HubConfig{}), logs: cfg.Logs}
+	d := &Daemon{hub: observe.NewHub(observe.HubConfig{}), logs: cfg.Logs, node: cfg.Node}
+	d.node.Logger, d.node.StopGracePeriod = cfg.Logger, cfg.StopGracePeriod
 	var err error
 	d.cells, err = cells.NewService(ctx, cells.Config{
 		StateDir:        cfg.StateDir,
@@ -66,11 +88,22 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 		return nil, fmt.Errorf("start cell service: %w", err)
 	}
 	d.close = append(d.close, d.cells.Close)
+	// Enabled scheduled executables start now, in cells.
+	if d.sched, err = legacy.NewScheduler(d.cells, cfg.StateDir, cfg.Logger); err != nil {
+		_ = d.Close()
+		return nil, err
+	}
+	d.close = append(d.close, d.sched.Close)
 	if err := d.addPods(ctx, cfg); err != nil {
 		_ = d.Close()
 		return nil, err
 	}
 	d.addVMs(ctx, cfg)
+	d.core = legacy.NewCore(d.cells, d.hub)
+	if d.vms != nil {
+		d.core.WithVMs(ctx, d.vms, cfg.VMImageDir, cfg.Logger)
+	}
+	d.close = append(d.close, d.core.Close)
 	return d, nil
 }
 
@@ -79,6 +112,16 @@ func (d *Daemon) Register(s *grpc.Server) {
 	cellsv0.RegisterCellServiceServer(s, d.cells)
 	discoveryv0.RegisterDiscoveryServiceServer(s, discovery.NewService())
 	observev0.RegisterObserveServiceServer(s, observe.NewService(d.hub, d.logs))
+	node := d.node
+	node.Cells, node.Pods = d.cells, d.pods
+	osapi.RegisterOSServiceServer(s, osinfo.New(node))
+	// The earlier generations of the API, over the same cells.
+	runtimecellv0.RegisterCellServiceServer(s, legacy.NewCellV0(d.cells))
+	observeapi.RegisterObserveServer(s, legacy.NewObserve(d.cells))
+	runtimeapi.RegisterCoreServer(s, d.core)
+	schedule, scheduleExecutable := d.sched.Services()
+	scheduleapi.RegisterScheduleServer(s, schedule)
+	scheduleapi.RegisterScheduleExecutableServer(s, scheduleExecutable)
 	for _, r := range d.extra {
 		r(s)
 	}

@@ -27,6 +27,7 @@ func (d *Daemon) addPods(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("start pod service: %w", err)
 	}
+	d.pods = svc
 	d.close = append(d.close, svc.Close)
 	d.extra = append(d.extra, func(s *grpc.Server) { podsv0.RegisterPodServiceServer(s, svc) })
 	return nil

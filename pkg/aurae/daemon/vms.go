@@ -20,6 +20,7 @@ func (d *Daemon) addVMs(ctx context.Context, cfg Config) {
 		cfg.Logger.Error("VmService not served", "error", err)
 		return
 	}
+	d.vms = svc
 	d.close = append(d.close, svc.Close)
 	d.extra = append(d.extra, func(s *grpc.Server) { vmsv0.RegisterVmServiceServer(s, svc) })
 }

@@ -1,6 +1,9 @@
 package observe
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 
 	"google.golang.org/grpc"
@@ -33,17 +36,35 @@ func (s *service) GetSubProcessStream(req *observev0.GetSubProcessStreamRequest,
 	if int64(int(pid)) != pid {
 		return status.Errorf(codes.InvalidArgument, "process_id %d out of range", pid)
 	}
-	p := s.hub.lookup(int(pid))
-	if p == nil {
+	err := s.hub.Follow(stream.Context(), int(pid), req.GetChannelType(), func(line string, at int64) error {
+		return stream.Send(&observev0.LogItem{Channel: channel, Line: line, Timestamp: at})
+	})
+	if errors.Is(err, errNoOutput) {
 		return status.Errorf(codes.NotFound, "no output of process %d is kept", pid)
 	}
-	ctx := stream.Context()
-	rg := p.ring(req.GetChannelType())
+	if err != nil && stream.Context().Err() != nil {
+		return streamEnded(stream.Context())
+	}
+	return err
+}
+
+// errNoOutput: the hub keeps no output of the process.
+var errNoOutput = errors.New("no output of the process is kept")
+
+// Follow passes the buffered lines of one output stream of a process to
+// send (with their Unix-nanosecond times), then its new lines, and returns
+// once that stream hit EOF and every line was passed, or ctx ended.
+func (h *Hub) Follow(ctx context.Context, pid int, ch observev0.LogChannelType, send func(line string, at int64) error) error {
+	p := h.lookup(pid)
+	if p == nil {
+		return fmt.Errorf("process %d: %w", pid, errNoOutput)
+	}
+	rg := p.ring(ch)
 	var lost uint64
 	defer func() {
 		if lost > 0 {
 			slog.Warn("process output subscriber fell behind the ring and lost lines",
-				"pid", pid, "channel", channel, "lost", lost)
+				"pid", pid, "channel", ch.String(), "lost", lost)
 		}
 	}()
 	for cursor := rg.oldest(); ; {
@@ -51,7 +72,7 @@ func (s *service) GetSubProcessStream(req *observev0.GetSubProcessStreamRequest,
 		cursor = res.next
 		lost += res.dropped
 		for _, e := range res.lines {
-			if err := stream.Send(&observev0.LogItem{Channel: channel, Line: e.text, Timestamp: e.at}); err != nil {
+			if err := send(e.text, e.at); err != nil {
 				return err
 			}
 		}
@@ -63,7 +84,7 @@ func (s *service) GetSubProcessStream(req *observev0.GetSubProcessStreamRequest,
 		}
 		select {
 		case <-ctx.Done():
-			return streamEnded(ctx)
+			return ctx.Err()
 		case <-res.wait:
 		}
 	}

@@ -24,11 +24,14 @@ type container struct {
 
 // ctrRecord is what the state file keeps of a container.
 type ctrRecord struct {
-	ID          string `json:"id"`
-	PodID       string `json:"pod_id"`
-	LogPath     string `json:"log_path,omitempty"`
-	CgroupPath  string `json:"cgroup_path"`
-	OwnPID      bool   `json:"own_pid,omitempty"`
+	ID         string `json:"id"`
+	PodID      string `json:"pod_id"`
+	LogPath    string `json:"log_path,omitempty"`
+	CgroupPath string `json:"cgroup_path"`
+	OwnPID     bool   `json:"own_pid,omitempty"`
+	// Stdin: the monitor keeps the container's stdin open (Restart
+	// starts it again so).
+	Stdin       bool   `json:"stdin,omitempty"`
 	State       int32  `json:"state"`
 	Pid         int    `json:"pid,omitempty"`
 	ConmonPid   int    `json:"conmon_pid,omitempty"`

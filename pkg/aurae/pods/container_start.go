@@ -129,8 +129,8 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 	}
 	rec := ctrRecord{
 		ID: id, PodID: podID, LogPath: req.GetLogPath(), CgroupPath: p.paths.GetCgroupPath() + "/" + id,
-		OwnPID: ownPIDNamespace(spec),
-		State:  stateCreated, CreatedAt: time.Now().UnixNano(),
+		OwnPID: ownPIDNamespace(spec), Stdin: req.GetStdin(),
+		State: stateCreated, CreatedAt: time.Now().UnixNano(),
 	}
 	if err := s.store.put(bucketContainers, id, rec); err != nil {
 		return nil, fmt.Errorf("persist container %q: %w", id, err)
