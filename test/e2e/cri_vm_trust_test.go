@@ -32,16 +32,8 @@ import (
 // neither is adopted: the CRI lists exactly what it made, the native
 // container's status is still its own, and the claims are logged as ignored.
 func TestCRIVMGuestClaimsForeignContainers(t *testing.T) {
-	requireVMImage(t)
-	c := startCRI(t)
+	c, image, vmPod, vmPodID := startVMPod(t, "vmtrust")
 	ctx := t.Context()
-	image := c.pushBusybox(t, "e2e/busybox:vmtrust", testimage.Options{})
-
-	vmPod := c.podConfig(t, "vmtrust")
-	vmPodID, err := c.Runtime.RunPodSandbox(ctx, vmPod, "aurae-vm")
-	if err != nil {
-		t.Fatalf("run vm pod: %v", err)
-	}
 	mine := runContainer(t, c, vmPodID, vmPod, containerConfig("mine", image, "sleep", "3000"))
 	waitContainerState(t, c, mine, runtimeapi.ContainerState_CONTAINER_RUNNING)
 
@@ -164,6 +156,21 @@ func TestCRIVMGuestClaimsForeignContainers(t *testing.T) {
 	}
 }
 
+// startVMPod starts an aurae-cri with a busybox image and runs a VM pod
+// (handler aurae-vm) named name in it.
+func startVMPod(t *testing.T, name string) (c *CRI, image string, pod *runtimeapi.PodSandboxConfig, podID string) {
+	t.Helper()
+	requireVMImage(t)
+	c = startCRI(t)
+	image = c.pushBusybox(t, "e2e/busybox:"+name, testimage.Options{})
+	pod = c.podConfig(t, name)
+	podID, err := c.Runtime.RunPodSandbox(t.Context(), pod, "aurae-vm")
+	if err != nil {
+		t.Fatalf("run vm pod: %v", err)
+	}
+	return c, image, pod, podID
+}
+
 // findVMSocket is the guest auraed's socket of the VM named vm under dir.
 func findVMSocket(t *testing.T, dir, vm string) string {
 	t.Helper()
@@ -185,16 +192,8 @@ func findVMSocket(t *testing.T, dir, vm string) string {
 // cgroup's limit on the host (never OOM-killed there, same pid), the pod
 // stays ready and its other container answers.
 func TestCRIVMGuestMemoryExhaustion(t *testing.T) {
-	requireVMImage(t)
-	c := startCRI(t)
+	c, image, pod, podID := startVMPod(t, "vmoom")
 	ctx := t.Context()
-	image := c.pushBusybox(t, "e2e/busybox:vmoom", testimage.Options{})
-
-	pod := c.podConfig(t, "vmoom")
-	podID, err := c.Runtime.RunPodSandbox(ctx, pod, "aurae-vm")
-	if err != nil {
-		t.Fatalf("run vm pod: %v", err)
-	}
 	qemu := qemuPids("aurae-vm-pod-" + podID[:16])
 	if len(qemu) != 1 {
 		t.Fatalf("qemu of the vm pod: pids %v", qemu)

@@ -11,8 +11,6 @@ import (
 	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
-
-	"github.com/aurae-runtime/aurae-cri/test/testimage"
 )
 
 // TestCRIWedgedVMPod SIGSTOPs a VM pod's QEMU and virtiofsd (a guest that
@@ -22,16 +20,8 @@ import (
 // container of a native pod is seen. Once the VM runs again, both pods
 // stop and are removed, leaving no QEMU or virtiofsd.
 func TestCRIWedgedVMPod(t *testing.T) {
-	requireVMImage(t)
-	c := startCRI(t)
+	c, image, podV, idV := startVMPod(t, "wedged-vm")
 	ctx := t.Context()
-	image := c.pushBusybox(t, "e2e/busybox:wedged-vm", testimage.Options{})
-
-	podV := c.podConfig(t, "wedged-vm")
-	idV, err := c.Runtime.RunPodSandbox(ctx, podV, "aurae-vm")
-	if err != nil {
-		t.Fatalf("run vm pod: %v", err)
-	}
 	inVM := runContainer(t, c, idV, podV, containerConfig("sleeper", image, "sleep", "300"))
 	podO := c.podConfig(t, "other")
 	idO, err := c.Runtime.RunPodSandbox(ctx, podO, "")
