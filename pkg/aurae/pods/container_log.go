@@ -108,7 +108,7 @@ func (s *Service) followLog(stream grpc.BidiStreamingServer[podsv0.ContainerLogR
 	// Growth of the file wakes the sender; without inotify it polls.
 	wake := make(chan struct{}, 1)
 	if w, err := fsnotify.NewWatcher(); err == nil {
-		defer w.Close()
+		defer func() { _ = w.Close() }()
 		if err := w.Add(path); err == nil {
 			go func() {
 				for {

@@ -76,6 +76,7 @@ type logPos struct {
 // logWriter writes one container's CRI log file from its guest's stream.
 type logWriter struct {
 	id      string
+	pod     string // set by the controller
 	recPath string
 	open    openLogFunc
 	log     *slog.Logger
