@@ -87,7 +87,7 @@ func startCRI(t testing.TB, args ...string) *CRI {
 		"--cni-conf-dir", confDir,
 		"--cni-bin-dir", "/opt/cni/bin",
 		"--log-level", "debug",
-	}, args...)
+	}, append(vmImageArgs(), args...)...)
 	a.ready = c.waitReady
 	t.Cleanup(func() {
 		c.removeAll(t)
