@@ -151,11 +151,13 @@ func (s *Service) followLog(stream grpc.BidiStreamingServer[podsv0.ContainerLogR
 			return fmt.Errorf("container %q: read log: %w", id, err)
 		}
 		if n > 0 {
+			// Counted as sent first: the client may confirm it as soon
+			// as it is on the wire.
+			sent.Store(off + int64(n))
 			if err := stream.Send(&podsv0.ContainerLogResponse{Offset: uint64(off), Data: buf[:n]}); err != nil {
 				return err
 			}
 			off += int64(n)
-			sent.Store(off)
 			continue
 		}
 		if done {

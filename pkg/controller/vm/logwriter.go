@@ -202,7 +202,7 @@ func (w *logWriter) run(ctx context.Context) {
 			wait = logRetryMin
 		}
 		lvl := slog.LevelDebug
-		if progressed || errdefs.IsInvalidArgument(err) {
+		if progressed || errdefs.IsInvalidArgument(err) || errdefs.IsOutOfRange(err) {
 			lvl = slog.LevelWarn
 		}
 		w.log.Log(ctx, lvl, "container log stream lost; following again", "offset", w.pos.Offset, "retry_in", wait.String(), "error", err)
