@@ -23,7 +23,8 @@ import (
 //   - a set-user-ID or set-group-ID file, a device node, or a write into a
 //     read-only volume is refused, in the rootfs as in a volume, and
 //     nothing of the kind appears on the host;
-//   - mounting the share itself and swapping every mount target below it
+//   - reaching the share through the guest's init (the pod is in the
+//     guest's pid namespace) and swapping every mount target below it
 //     for a symlink to a host dir, in a loop while the host starts
 //     containers with volumes, never puts a mount on that host dir (the
 //     attacker is checked to see the share's root and the targets in it,
@@ -46,7 +47,11 @@ func TestCRIVMHostileGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	pod := c.podConfig(t, "hostile")
-	pod.Linux.SecurityContext = &runtimeapi.LinuxSandboxSecurityContext{Privileged: true}
+	// Privileged and in the guest's pid namespace: the attacker reaches
+	// the guest's own mounts through its init (/proc/1/root), as root in
+	// the guest would.
+	pod.Linux.SecurityContext = &runtimeapi.LinuxSandboxSecurityContext{Privileged: true,
+		NamespaceOptions: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_NODE}}
 	podID, err := c.Runtime.RunPodSandbox(ctx, pod, "aurae-vm")
 	if err != nil {
 		t.Fatalf("run vm pod: %v", err)
@@ -58,18 +63,22 @@ func TestCRIVMHostileGuest(t *testing.T) {
 	checkVMProcesses(t, podID)
 	mounts := []*runtimeapi.Mount{{ContainerPath: "/vol", HostPath: rw}, {ContainerPath: "/ro", HostPath: ro, Readonly: true}}
 
-	// The attacker: the share mounted again (what it sees noted in
-	// /tmp/seen), a file written everywhere it can, and every target
+	// The attacker: the share as the guest mounted it (what it sees noted
+	// in /tmp/seen), a file written everywhere it can, and every target
 	// below a container's dir that is not there yet (rootfs, m<i> for
 	// the mount sources, log where the log dir used to be) made a
 	// symlink to the victim dir, forever; each planted one noted in
-	// /tmp/planted.
-	attack := fmt.Sprintf(`mkdir -p /mnt/share && mount -t virtiofs aurae-shared /mnt/share || exit 17
-{ echo "root:"; ls -a /mnt/share; for d in /mnt/share/c/*; do echo "$d:"; ls -a "$d"; done; } > /tmp/seen 2>&1
-for d in /mnt/share /mnt/share/c /mnt/share/c/* /mnt/share/c/*/*; do echo pwned > "$d/pwned.log" 2>/dev/null; done
+	// /tmp/planted. Not a mount of its own of the virtiofs tag: with
+	// announce_submounts the guest kernel hands a new mount the
+	// superblock of the last submount it crossed (a volume's), not the
+	// share's root, and the attack would find no target.
+	attack := fmt.Sprintf(`S=/proc/1/root/run/aurae/shared
+[ -d $S/c ] || exit 17
+{ echo "root:"; ls -a $S; for d in $S/c/*; do echo "$d:"; ls -a "$d"; done; } > /tmp/seen 2>&1
+for d in $S $S/c $S/c/* $S/c/*/*; do echo pwned > "$d/pwned.log" 2>/dev/null; done
 : > /tmp/planted
 while :; do
-  for d in /mnt/share/c/*; do
+  for d in $S/c/*; do
     [ -d "$d" ] && [ ! -L "$d" ] || continue
     for n in rootfs m0 m1 m2 log; do
       [ -e "$d/$n" ] || [ -L "$d/$n" ] || { ln -s %s "$d/$n" 2>/dev/null && echo "$d/$n" >> /tmp/planted; }
@@ -88,15 +97,15 @@ done`, victim)
 	for i := 0; ; i++ {
 		out, _, err := c.Runtime.ExecSync(ctx, attacker, []string{"sh", "-c", "cat /tmp/seen && echo planted $(wc -l < /tmp/planted)"}, 60*time.Second)
 		seen = string(out)
-		if err == nil && strings.Contains(seen, "/mnt/share/c/"+attacker[:16]+":") && !strings.Contains(seen, "planted 0") {
+		if err == nil && strings.Contains(seen, "/shared/c/"+attacker[:16]+":") && !strings.Contains(seen, "planted 0") {
 			break
 		}
-		if i == 300 {
+		if i == 100 {
 			t.Fatalf("the attacker does not see the share's root and its targets (the attack would prove nothing): %v\n%s", err, seen)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	own := seen[strings.Index(seen, "/mnt/share/c/"+attacker[:16]+":"):]
+	own := seen[strings.Index(seen, "/shared/c/"+attacker[:16]+":"):]
 	for _, n := range []string{"rootfs", "m0", "m1"} {
 		if !strings.Contains(own, "\n"+n+"\n") {
 			t.Fatalf("the attacker does not see the target %s of its own container:\n%s", n, seen)
@@ -141,7 +150,7 @@ chmod 0755 s && echo done`
 	planted, _, _ := c.Runtime.ExecSync(ctx, attacker, []string{"cat", "/tmp/planted"}, 60*time.Second)
 	t.Logf("under the symlink attack: %d containers made, %d refused; symlinks planted:\n%s", made, refused, planted)
 	if st, err := c.Runtime.ContainerStatus(ctx, attacker, false); err != nil || st.GetStatus().GetState() != runtimeapi.ContainerState_CONTAINER_RUNNING {
-		t.Fatalf("the attacker stopped (exit 17: the share could not be mounted): %v %v", st.GetStatus(), err)
+		t.Fatalf("the attacker stopped (exit 17: it found no share): %v %v", st.GetStatus(), err)
 	}
 
 	mi, err := os.ReadFile("/proc/self/mountinfo")
