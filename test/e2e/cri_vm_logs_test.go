@@ -210,6 +210,22 @@ echo "end $i"`
 		}
 	}
 
+	// What the host writer said (reopen, resume after the restart, lost
+	// streams): none of it an error.
+	resumed := false
+	for _, r := range c.Records() {
+		if msg, _ := r["msg"].(string); strings.Contains(msg, "container log") {
+			t.Logf("%s: %s offset=%v size=%v recorded=%v %v", r["level"], msg, r["offset"], r["size"], r["recorded"], r["error"])
+			resumed = resumed || msg == "container log resumed"
+			if r["level"] == "ERROR" {
+				t.Errorf("log writer error: %v", r)
+			}
+		}
+	}
+	if !resumed {
+		t.Error("the log writer was not resumed after the restart")
+	}
+
 	// Removing the container stops its writer and drops its record.
 	if err := c.Runtime.RemoveContainer(ctx, ctr); err != nil {
 		t.Fatal(err)

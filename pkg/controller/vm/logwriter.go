@@ -110,6 +110,7 @@ func newLogWriter(id, path, recPath string, open openLogFunc, log *slog.Logger) 
 	}
 	var rec logPos
 	err := readJSON(recPath, &rec)
+	resumed := err == nil
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		rec = logPos{Path: path}
@@ -129,6 +130,9 @@ func newLogWriter(id, path, recPath string, open openLogFunc, log *slog.Logger) 
 	if err := w.persist(); err != nil {
 		w.f.Close()
 		return nil, err
+	}
+	if resumed {
+		w.log.Info("container log resumed", "path", w.pos.Path, "offset", w.pos.Offset, "size", w.pos.Size, "eof", w.pos.EOF)
 	}
 	return w, nil
 }
@@ -450,6 +454,7 @@ func (w *logWriter) resume() error {
 	switch {
 	case st.Size > p.Size:
 		// Written after the record: the guest sends it again.
+		w.log.Info("container log cut back to its record", "size", st.Size, "recorded", p.Size)
 		if err := f.Truncate(p.Size); err != nil {
 			f.Close()
 			return fmt.Errorf("log of %s: cut back to %d: %w", w.id, p.Size, err)
