@@ -206,7 +206,9 @@ func (w *logWriter) run(ctx context.Context) {
 			wait = logRetryMin
 		}
 		lvl := slog.LevelDebug
-		if progressed || errdefs.IsInvalidArgument(err) || errdefs.IsOutOfRange(err) {
+		// A guest image older than ContainerLog answers NotImplemented:
+		// said loudly, as a hostile answer is.
+		if progressed || errdefs.IsInvalidArgument(err) || errdefs.IsOutOfRange(err) || errdefs.IsNotImplemented(err) {
 			lvl = slog.LevelWarn
 		}
 		w.log.Log(ctx, lvl, "container log stream lost; following again", "offset", w.pos.Offset, "retry_in", wait.String(), "error", err)
