@@ -132,9 +132,12 @@ func run(cfg config) error {
 	}
 	host := native.New(aurae.Conn)
 	controllers := map[string]controller.Controller{"": host, "runc": host}
-	if err := addVMController(controllers, cfg, aurae.Conn, logger); err != nil {
+	closeVM, err := addVMController(controllers, cfg, aurae.Conn, logger)
+	if err != nil {
 		return err
 	}
+	// After the CRI server drained: no ReopenContainerLog is in flight.
+	defer closeVM()
 	cdiDirs, err := ocispec.SplitCDISpecDirs(cfg.CDISpecDirs)
 	if err != nil {
 		return err

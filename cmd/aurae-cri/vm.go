@@ -14,16 +14,18 @@ import (
 
 // addVMController serves VM pods (handlers aurae-vm and kata) when the
 // guest image exists; without it they are not listed, and Status says so
-// by their absence.
-func addVMController(ctrls map[string]controller.Controller, cfg config, host grpc.ClientConnInterface, logger *slog.Logger) error {
+// by their absence. The function it returns stops the controller's log
+// writers.
+func addVMController(ctrls map[string]controller.Controller, cfg config, host grpc.ClientConnInterface, logger *slog.Logger) (func(), error) {
+	none := func() {}
 	for _, f := range []string{cfg.VMKernel, cfg.VMInitramfs} {
 		if _, err := os.Stat(f); err != nil {
 			logger.Info("VM pods not served: no guest image (make vm-image)", "missing", f)
-			return nil
+			return none, nil
 		}
 	}
 	if want := filepath.Join(filepath.Dir(cfg.VMKernel), "initramfs.cpio.gz"); filepath.Clean(cfg.VMInitramfs) != want {
-		return fmt.Errorf("--vm-initramfs %s: auraed's VmService boots the initramfs beside the kernel (%s)", cfg.VMInitramfs, want)
+		return none, fmt.Errorf("--vm-initramfs %s: auraed's VmService boots the initramfs beside the kernel (%s)", cfg.VMInitramfs, want)
 	}
 	c, err := vm.New(vm.Config{
 		Host:        host,
@@ -39,10 +41,10 @@ func addVMController(ctrls map[string]controller.Controller, cfg config, host gr
 		Logger: logger.With("component", "vm"),
 	})
 	if err != nil {
-		return err
+		return none, err
 	}
 	for _, h := range vm.Handlers {
 		ctrls[h] = c
 	}
-	return nil
+	return func() { _ = c.Close() }, nil
 }

@@ -194,7 +194,11 @@ type Container struct {
 	// controller's facts.
 	Spec []byte
 	// LogPath is the log file on the host, as given to PrepareContainer.
-	LogPath    string
+	LogPath string
+	// LogStream: the runtime keeps the log in a file of its own, which the
+	// caller follows (PodService.ContainerLog) and writes at LogPath
+	// itself; the runtime is then not given LogPath (a VM pod's guest).
+	LogStream  bool
 	Tty, Stdin bool
 }
 

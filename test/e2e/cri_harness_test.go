@@ -94,7 +94,7 @@ func startCRIWith(t testing.TB, env []string, args ...string) *CRI {
 		"--cni-conf-dir", confDir,
 		"--cni-bin-dir", "/opt/cni/bin",
 		"--log-level", "debug",
-	}, args...)
+	}, append(vmImageArgs(), args...)...)
 	a.ready = c.waitReady
 	t.Cleanup(func() {
 		c.removeAll(t)

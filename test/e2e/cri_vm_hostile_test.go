@@ -22,9 +22,15 @@ import (
 //   - a set-user-ID or set-group-ID file, a device node, or a write into a
 //     read-only volume is refused, in the rootfs as in a volume, and
 //     nothing of the kind appears on the host;
-//   - mounting the share itself and swapping every mount target below it
+//   - reaching the share through the guest's init (the pod is in the
+//     guest's pid namespace) and swapping every mount target below it
 //     for a symlink to a host dir, in a loop while the host starts
-//     containers with volumes, never puts a mount on that host dir.
+//     containers with volumes, never puts a mount on that host dir (the
+//     attacker is checked to see the share's root and the targets in it,
+//     so that the attack is real);
+//   - no file the guest writes appears in the kubelet's log directory:
+//     the log dir is not shared, and what is there is the host writer's
+//     CRI log files only.
 func TestCRIVMHostileGuest(t *testing.T) {
 	requireVMImage(t)
 	c := startCRI(t)
@@ -40,7 +46,11 @@ func TestCRIVMHostileGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	pod := c.podConfig(t, "hostile")
-	pod.Linux.SecurityContext = &runtimeapi.LinuxSandboxSecurityContext{Privileged: true}
+	// Privileged and in the guest's pid namespace: the attacker reaches
+	// the guest's own mounts through its init (/proc/1/root), as root in
+	// the guest would.
+	pod.Linux.SecurityContext = &runtimeapi.LinuxSandboxSecurityContext{Privileged: true,
+		NamespaceOptions: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_NODE}}
 	podID, err := c.Runtime.RunPodSandbox(ctx, pod, "aurae-vm")
 	if err != nil {
 		t.Fatalf("run vm pod: %v", err)
@@ -52,14 +62,25 @@ func TestCRIVMHostileGuest(t *testing.T) {
 	checkVMProcesses(t, podID)
 	mounts := []*runtimeapi.Mount{{ContainerPath: "/vol", HostPath: rw}, {ContainerPath: "/ro", HostPath: ro, Readonly: true}}
 
-	// The attacker: the share mounted again, and every target below it
-	// that is not there yet made a symlink to the victim dir, forever.
-	attack := fmt.Sprintf(`mkdir -p /mnt/share && mount -t virtiofs aurae-shared /mnt/share || exit 17
+	// The attacker: the share as the guest mounted it (what it sees noted
+	// in /tmp/seen), a file written everywhere it can, and every target
+	// below a container's dir that is not there yet (rootfs, m<i> for
+	// the mount sources, log where the log dir used to be) made a
+	// symlink to the victim dir, forever; each planted one noted in
+	// /tmp/planted. Not a mount of its own of the virtiofs tag: with
+	// announce_submounts the guest kernel hands a new mount the
+	// superblock of the last submount it crossed (a volume's), not the
+	// share's root, and the attack would find no target.
+	attack := fmt.Sprintf(`S=/proc/1/root/run/aurae/shared
+[ -d $S/c ] || exit 17
+{ echo "root:"; ls -a $S; for d in $S/c/*; do echo "$d:"; ls -a "$d"; done; } > /tmp/seen 2>&1
+for d in $S $S/c $S/c/* $S/c/*/*; do echo pwned > "$d/pwned.log" 2>/dev/null; done
+: > /tmp/planted
 while :; do
-  for d in /mnt/share/c/*; do
+  for d in $S/c/*; do
     [ -d "$d" ] && [ ! -L "$d" ] || continue
-    for n in rootfs log vol ro extra; do
-      [ -e "$d/$n" ] || [ -L "$d/$n" ] || ln -s %s "$d/$n" 2>/dev/null
+    for n in rootfs m0 m1 m2 log; do
+      [ -e "$d/$n" ] || [ -L "$d/$n" ] || { ln -s %s "$d/$n" 2>/dev/null && echo "$d/$n" >> /tmp/planted; }
     done
   done
 done`, victim)
@@ -68,6 +89,27 @@ done`, victim)
 	cfg.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{Privileged: true}}
 	attacker := runContainer(t, c, podID, pod, cfg)
 	waitContainerState(t, c, attacker, runtimeapi.ContainerState_CONTAINER_RUNNING)
+	// The attacker sees the share's root: its own container's dir with
+	// the targets the host mounted there (rootfs, m0, m1), and plants
+	// symlinks.
+	var seen string
+	for i := 0; ; i++ {
+		out, _, err := c.Runtime.ExecSync(ctx, attacker, []string{"sh", "-c", "cat /tmp/seen && echo planted $(wc -l < /tmp/planted)"}, 60*time.Second)
+		seen = string(out)
+		if err == nil && strings.Contains(seen, "/shared/c/"+attacker[:16]+":") && !strings.Contains(seen, "planted 0") {
+			break
+		}
+		if i == 100 {
+			t.Fatalf("the attacker does not see the share's root and its targets (the attack would prove nothing): %v\n%s", err, seen)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	own := seen[strings.Index(seen, "/shared/c/"+attacker[:16]+":"):]
+	for _, n := range []string{"rootfs", "m0", "m1"} {
+		if !strings.Contains(own, "\n"+n+"\n") {
+			t.Fatalf("the attacker does not see the target %s of its own container:\n%s", n, seen)
+		}
+	}
 
 	probe := `cd /vol
 touch s; if chmod 4755 s; then echo vol-setuid-made; fi
@@ -104,9 +146,10 @@ chmod 0755 s && echo done`
 		}
 		made++
 	}
-	t.Logf("under the symlink attack: %d containers made, %d refused", made, refused)
+	planted, _, _ := c.Runtime.ExecSync(ctx, attacker, []string{"cat", "/tmp/planted"}, 60*time.Second)
+	t.Logf("under the symlink attack: %d containers made, %d refused; symlinks planted:\n%s", made, refused, planted)
 	if st, err := c.Runtime.ContainerStatus(ctx, attacker, false); err != nil || st.GetStatus().GetState() != runtimeapi.ContainerState_CONTAINER_RUNNING {
-		t.Fatalf("the attacker stopped (exit 17: the share could not be mounted): %v %v", st.GetStatus(), err)
+		t.Fatalf("the attacker stopped (exit 17: it found no share): %v %v", st.GetStatus(), err)
 	}
 
 	mi, err := os.ReadFile("/proc/self/mountinfo")
@@ -133,6 +176,7 @@ chmod 0755 s && echo done`
 	if b, _ := os.ReadFile(filepath.Join(ro, "file")); string(b) != "ro" {
 		t.Errorf("the read-only volume's file changed: %q", b)
 	}
+	checkLogDir(t, pod.GetLogDirectory(), 7)
 	checked := 0
 	_ = filepath.Walk(c.StateDir, func(p string, fi os.FileInfo, err error) error {
 		if err != nil || fi.IsDir() {
@@ -253,4 +297,47 @@ func procStatus(t *testing.T, pid int) map[string]string {
 		}
 	}
 	return out
+}
+
+// checkLogDir: the kubelet's log dir of a VM pod holds only what the host
+// writer made: directories and regular files, each file a container's log
+// (at most n: the attacker and the six victims) of whole CRI lines,
+// nothing the guest wrote (pwned.log, a symlink, a device).
+func checkLogDir(t *testing.T, dir string, n int) {
+	t.Helper()
+	files := 0
+	err := filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		switch {
+		case fi.IsDir():
+			return nil
+		case !fi.Mode().IsRegular():
+			t.Errorf("the log dir holds %s, mode %v: not the host writer's", p, fi.Mode())
+			return nil
+		}
+		files++
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		// (The attacker's own error messages name pwned.log: as CRI lines
+		// of its log, through the host writer.)
+		if !strings.HasSuffix(p, ".log") || strings.Contains(filepath.Base(p), "pwned") {
+			t.Errorf("the log dir holds %s (%.100q): not the host writer's", p, b)
+		}
+		for _, l := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
+			if l != "" && !criLogLine.MatchString(l) {
+				t.Errorf("%s: not a CRI line: %.100q", p, l)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("walk the log dir: %v", err)
+	}
+	if files == 0 || files > n {
+		t.Errorf("the log dir %s holds %d files, want 1 to %d", dir, files, n)
+	}
 }

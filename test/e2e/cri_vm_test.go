@@ -21,7 +21,25 @@ import (
 	"github.com/aurae-runtime/aurae-cri/test/testimage"
 )
 
-const vmImageDir = "/var/lib/aurae/vm"
+// vmImageDir is the guest image the VM pods of these tests boot:
+// AURAE_E2E_VM_IMAGE_DIR (an image built into a dir of its own, e.g. by
+// hack/vm-image/build.sh DIR from a branch that changes the guest), else
+// the default of make vm-image and aurae-cri.
+var vmImageDir = func() string {
+	if d := os.Getenv("AURAE_E2E_VM_IMAGE_DIR"); d != "" {
+		return d
+	}
+	return "/var/lib/aurae/vm"
+}()
+
+// vmImageArgs are aurae-cri's flags for a guest image other than its
+// default.
+func vmImageArgs() []string {
+	if vmImageDir == "/var/lib/aurae/vm" {
+		return nil
+	}
+	return []string{"--vm-kernel", filepath.Join(vmImageDir, "vmlinux"), "--vm-initramfs", filepath.Join(vmImageDir, "initramfs.cpio.gz")}
+}
 
 // requireVMImage skips when the guest image or QEMU is missing (fails
 // under CI=true, where make test built and installed them).

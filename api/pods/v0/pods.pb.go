@@ -842,6 +842,11 @@ type Container struct {
 	// Refused when set (InvalidArgument): the spec mounts the pod's files
 	// itself (AllocateResponse's resolv_conf_path, hostname_path, hosts_path).
 	MountPodFiles bool `protobuf:"varint,7,opt,name=mount_pod_files,json=mountPodFiles,proto3" json:"mount_pod_files,omitempty"`
+	// The monitor writes the CRI-format log into a file private to auraed
+	// (log_path must then be empty), which ContainerLog streams to a client
+	// that writes the log where it wants it (a VM pod's host). The part the
+	// client confirms is dropped from that file.
+	LogStream     bool `protobuf:"varint,8,opt,name=log_stream,json=logStream,proto3" json:"log_stream,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -921,6 +926,13 @@ func (x *Container) GetStdin() bool {
 func (x *Container) GetMountPodFiles() bool {
 	if x != nil {
 		return x.MountPodFiles
+	}
+	return false
+}
+
+func (x *Container) GetLogStream() bool {
+	if x != nil {
+		return x.LogStream
 	}
 	return false
 }
@@ -3065,6 +3077,209 @@ func (x *PortForwardResponse) GetData() []byte {
 	return nil
 }
 
+type ContainerLogStart struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	// Where in the log to start: at most what was written so far, at least
+	// the last persisted offset confirmed.
+	Offset        uint64 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContainerLogStart) Reset() {
+	*x = ContainerLogStart{}
+	mi := &file_pods_v0_pods_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContainerLogStart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContainerLogStart) ProtoMessage() {}
+
+func (x *ContainerLogStart) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContainerLogStart.ProtoReflect.Descriptor instead.
+func (*ContainerLogStart) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *ContainerLogStart) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *ContainerLogStart) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+type ContainerLogRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Request:
+	//
+	//	*ContainerLogRequest_Start
+	//	*ContainerLogRequest_Persisted
+	Request       isContainerLogRequest_Request `protobuf_oneof:"request"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContainerLogRequest) Reset() {
+	*x = ContainerLogRequest{}
+	mi := &file_pods_v0_pods_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContainerLogRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContainerLogRequest) ProtoMessage() {}
+
+func (x *ContainerLogRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContainerLogRequest.ProtoReflect.Descriptor instead.
+func (*ContainerLogRequest) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *ContainerLogRequest) GetRequest() isContainerLogRequest_Request {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *ContainerLogRequest) GetStart() *ContainerLogStart {
+	if x != nil {
+		if x, ok := x.Request.(*ContainerLogRequest_Start); ok {
+			return x.Start
+		}
+	}
+	return nil
+}
+
+func (x *ContainerLogRequest) GetPersisted() uint64 {
+	if x != nil {
+		if x, ok := x.Request.(*ContainerLogRequest_Persisted); ok {
+			return x.Persisted
+		}
+	}
+	return 0
+}
+
+type isContainerLogRequest_Request interface {
+	isContainerLogRequest_Request()
+}
+
+type ContainerLogRequest_Start struct {
+	// First message, and only then.
+	Start *ContainerLogStart `protobuf:"bytes,1,opt,name=start,proto3,oneof"`
+}
+
+type ContainerLogRequest_Persisted struct {
+	// The client has persisted the log up to this offset (at most what it
+	// was sent; never less than what it confirmed before).
+	Persisted uint64 `protobuf:"varint,2,opt,name=persisted,proto3,oneof"`
+}
+
+func (*ContainerLogRequest_Start) isContainerLogRequest_Request() {}
+
+func (*ContainerLogRequest_Persisted) isContainerLogRequest_Request() {}
+
+type ContainerLogResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The offset in the log of data's first byte: where the previous answer
+	// ended (the start offset for the first one).
+	Offset uint64 `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
+	// At most 64 KiB.
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// The log is complete: nothing follows data.
+	Eof           bool `protobuf:"varint,3,opt,name=eof,proto3" json:"eof,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContainerLogResponse) Reset() {
+	*x = ContainerLogResponse{}
+	mi := &file_pods_v0_pods_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContainerLogResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContainerLogResponse) ProtoMessage() {}
+
+func (x *ContainerLogResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContainerLogResponse.ProtoReflect.Descriptor instead.
+func (*ContainerLogResponse) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ContainerLogResponse) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *ContainerLogResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *ContainerLogResponse) GetEof() bool {
+	if x != nil {
+		return x.Eof
+	}
+	return false
+}
+
 var File_pods_v0_pods_proto protoreflect.FileDescriptor
 
 const file_pods_v0_pods_proto_rawDesc = "" +
@@ -3133,7 +3348,7 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\tcgroup_v2\x18\n" +
 	" \x01(\bR\bcgroupV2\x12)\n" +
 	"\x11oom_score_adj_min\x18\v \x01(\x05R\x0eoomScoreAdjMin\x12.\n" +
-	"\x13user_namespace_path\x18\f \x01(\tR\x11userNamespacePath\"\xc2\x01\n" +
+	"\x13user_namespace_path\x18\f \x01(\tR\x11userNamespacePath\"\xe1\x01\n" +
 	"\tContainer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\boci_spec\x18\x02 \x01(\fR\aociSpec\x12\x1f\n" +
@@ -3142,7 +3357,9 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\blog_path\x18\x04 \x01(\tR\alogPath\x12\x10\n" +
 	"\x03tty\x18\x05 \x01(\bR\x03tty\x12\x14\n" +
 	"\x05stdin\x18\x06 \x01(\bR\x05stdin\x12&\n" +
-	"\x0fmount_pod_files\x18\a \x01(\bR\rmountPodFiles\"d\n" +
+	"\x0fmount_pod_files\x18\a \x01(\bR\rmountPodFiles\x12\x1d\n" +
+	"\n" +
+	"log_stream\x18\b \x01(\bR\tlogStream\"d\n" +
 	"\fStartRequest\x12\x15\n" +
 	"\x06pod_id\x18\x01 \x01(\tR\x05podId\x12=\n" +
 	"\tcontainer\x18\x02 \x01(\v2\x1f.aurae.runtime.pod.v0.ContainerR\tcontainer\"e\n" +
@@ -3278,7 +3495,18 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"closeWriteB\t\n" +
 	"\arequest\")\n" +
 	"\x13PortForwardResponse\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data*^\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"N\n" +
+	"\x11ContainerLogStart\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x04R\x06offset\"\x81\x01\n" +
+	"\x13ContainerLogRequest\x12?\n" +
+	"\x05start\x18\x01 \x01(\v2'.aurae.runtime.pod.v0.ContainerLogStartH\x00R\x05start\x12\x1e\n" +
+	"\tpersisted\x18\x02 \x01(\x04H\x00R\tpersistedB\t\n" +
+	"\arequest\"T\n" +
+	"\x14ContainerLogResponse\x12\x16\n" +
+	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x10\n" +
+	"\x03eof\x18\x03 \x01(\bR\x03eof*^\n" +
 	"\rNamespaceMode\x12\x16\n" +
 	"\x12NAMESPACE_MODE_POD\x10\x00\x12\x1c\n" +
 	"\x18NAMESPACE_MODE_CONTAINER\x10\x01\x12\x17\n" +
@@ -3292,7 +3520,7 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	" CONTAINER_EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cCONTAINER_EVENT_TYPE_STARTED\x10\x01\x12\x1f\n" +
 	"\x1bCONTAINER_EVENT_TYPE_EXITED\x10\x02\x12 \n" +
-	"\x1cCONTAINER_EVENT_TYPE_REMOVED\x10\x032\xfa\v\n" +
+	"\x1cCONTAINER_EVENT_TYPE_REMOVED\x10\x032\xe7\f\n" +
 	"\n" +
 	"PodService\x12[\n" +
 	"\bAllocate\x12%.aurae.runtime.pod.v0.AllocateRequest\x1a&.aurae.runtime.pod.v0.AllocateResponse\"\x00\x12R\n" +
@@ -3309,7 +3537,8 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\x04Exec\x12!.aurae.runtime.pod.v0.ExecRequest\x1a\".aurae.runtime.pod.v0.ExecResponse\"\x00(\x010\x01\x12Y\n" +
 	"\x06Attach\x12#.aurae.runtime.pod.v0.AttachRequest\x1a$.aurae.runtime.pod.v0.AttachResponse\"\x00(\x010\x01\x12i\n" +
 	"\x0fContainerEvents\x12,.aurae.runtime.pod.v0.ContainerEventsRequest\x1a$.aurae.runtime.pod.v0.ContainerEvent\"\x000\x01\x12h\n" +
-	"\vPortForward\x12(.aurae.runtime.pod.v0.PortForwardRequest\x1a).aurae.runtime.pod.v0.PortForwardResponse\"\x00(\x010\x01B7Z5github.com/aurae-runtime/aurae-cri/api/pods/v0;podsv0b\x06proto3"
+	"\vPortForward\x12(.aurae.runtime.pod.v0.PortForwardRequest\x1a).aurae.runtime.pod.v0.PortForwardResponse\"\x00(\x010\x01\x12k\n" +
+	"\fContainerLog\x12).aurae.runtime.pod.v0.ContainerLogRequest\x1a*.aurae.runtime.pod.v0.ContainerLogResponse\"\x00(\x010\x01B7Z5github.com/aurae-runtime/aurae-cri/api/pods/v0;podsv0b\x06proto3"
 
 var (
 	file_pods_v0_pods_proto_rawDescOnce sync.Once
@@ -3324,7 +3553,7 @@ func file_pods_v0_pods_proto_rawDescGZIP() []byte {
 }
 
 var file_pods_v0_pods_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_pods_v0_pods_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_pods_v0_pods_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_pods_v0_pods_proto_goTypes = []any{
 	(NamespaceMode)(0),                       // 0: aurae.runtime.pod.v0.NamespaceMode
 	(ContainerState)(0),                      // 1: aurae.runtime.pod.v0.ContainerState
@@ -3373,9 +3602,12 @@ var file_pods_v0_pods_proto_goTypes = []any{
 	(*PortForwardStart)(nil),                 // 44: aurae.runtime.pod.v0.PortForwardStart
 	(*PortForwardRequest)(nil),               // 45: aurae.runtime.pod.v0.PortForwardRequest
 	(*PortForwardResponse)(nil),              // 46: aurae.runtime.pod.v0.PortForwardResponse
-	nil,                                      // 47: aurae.runtime.pod.v0.Pod.SysctlsEntry
-	nil,                                      // 48: aurae.runtime.pod.v0.Pod.LabelsEntry
-	nil,                                      // 49: aurae.runtime.pod.v0.Pod.AnnotationsEntry
+	(*ContainerLogStart)(nil),                // 47: aurae.runtime.pod.v0.ContainerLogStart
+	(*ContainerLogRequest)(nil),              // 48: aurae.runtime.pod.v0.ContainerLogRequest
+	(*ContainerLogResponse)(nil),             // 49: aurae.runtime.pod.v0.ContainerLogResponse
+	nil,                                      // 50: aurae.runtime.pod.v0.Pod.SysctlsEntry
+	nil,                                      // 51: aurae.runtime.pod.v0.Pod.LabelsEntry
+	nil,                                      // 52: aurae.runtime.pod.v0.Pod.AnnotationsEntry
 }
 var file_pods_v0_pods_proto_depIdxs = []int32{
 	0,  // 0: aurae.runtime.pod.v0.NamespaceOptions.network:type_name -> aurae.runtime.pod.v0.NamespaceMode
@@ -3383,9 +3615,9 @@ var file_pods_v0_pods_proto_depIdxs = []int32{
 	0,  // 2: aurae.runtime.pod.v0.NamespaceOptions.ipc:type_name -> aurae.runtime.pod.v0.NamespaceMode
 	4,  // 3: aurae.runtime.pod.v0.Pod.dns:type_name -> aurae.runtime.pod.v0.DNSConfig
 	3,  // 4: aurae.runtime.pod.v0.Pod.namespaces:type_name -> aurae.runtime.pod.v0.NamespaceOptions
-	47, // 5: aurae.runtime.pod.v0.Pod.sysctls:type_name -> aurae.runtime.pod.v0.Pod.SysctlsEntry
-	48, // 6: aurae.runtime.pod.v0.Pod.labels:type_name -> aurae.runtime.pod.v0.Pod.LabelsEntry
-	49, // 7: aurae.runtime.pod.v0.Pod.annotations:type_name -> aurae.runtime.pod.v0.Pod.AnnotationsEntry
+	50, // 5: aurae.runtime.pod.v0.Pod.sysctls:type_name -> aurae.runtime.pod.v0.Pod.SysctlsEntry
+	51, // 6: aurae.runtime.pod.v0.Pod.labels:type_name -> aurae.runtime.pod.v0.Pod.LabelsEntry
+	52, // 7: aurae.runtime.pod.v0.Pod.annotations:type_name -> aurae.runtime.pod.v0.Pod.AnnotationsEntry
 	8,  // 8: aurae.runtime.pod.v0.Pod.resources:type_name -> aurae.runtime.pod.v0.PodResources
 	6,  // 9: aurae.runtime.pod.v0.Pod.user_namespace:type_name -> aurae.runtime.pod.v0.UserNamespace
 	7,  // 10: aurae.runtime.pod.v0.UserNamespace.uid_mappings:type_name -> aurae.runtime.pod.v0.IDMapping
@@ -3407,41 +3639,44 @@ var file_pods_v0_pods_proto_depIdxs = []int32{
 	2,  // 26: aurae.runtime.pod.v0.ContainerEvent.type:type_name -> aurae.runtime.pod.v0.ContainerEventType
 	18, // 27: aurae.runtime.pod.v0.ContainerEvent.status:type_name -> aurae.runtime.pod.v0.ContainerStatus
 	44, // 28: aurae.runtime.pod.v0.PortForwardRequest.start:type_name -> aurae.runtime.pod.v0.PortForwardStart
-	9,  // 29: aurae.runtime.pod.v0.PodService.Allocate:input_type -> aurae.runtime.pod.v0.AllocateRequest
-	12, // 30: aurae.runtime.pod.v0.PodService.Start:input_type -> aurae.runtime.pod.v0.StartRequest
-	14, // 31: aurae.runtime.pod.v0.PodService.Stop:input_type -> aurae.runtime.pod.v0.StopRequest
-	16, // 32: aurae.runtime.pod.v0.PodService.Free:input_type -> aurae.runtime.pod.v0.FreeRequest
-	19, // 33: aurae.runtime.pod.v0.PodService.ContainerStatus:input_type -> aurae.runtime.pod.v0.ContainerStatusRequest
-	21, // 34: aurae.runtime.pod.v0.PodService.ExecSync:input_type -> aurae.runtime.pod.v0.ExecSyncRequest
-	23, // 35: aurae.runtime.pod.v0.PodService.ContainerStats:input_type -> aurae.runtime.pod.v0.ContainerStatsRequest
-	25, // 36: aurae.runtime.pod.v0.PodService.RemoveContainer:input_type -> aurae.runtime.pod.v0.RemoveContainerRequest
-	27, // 37: aurae.runtime.pod.v0.PodService.ListPods:input_type -> aurae.runtime.pod.v0.ListPodsRequest
-	30, // 38: aurae.runtime.pod.v0.PodService.UpdateContainerResources:input_type -> aurae.runtime.pod.v0.UpdateContainerResourcesRequest
-	32, // 39: aurae.runtime.pod.v0.PodService.ReopenContainerLog:input_type -> aurae.runtime.pod.v0.ReopenContainerLogRequest
-	36, // 40: aurae.runtime.pod.v0.PodService.Exec:input_type -> aurae.runtime.pod.v0.ExecRequest
-	40, // 41: aurae.runtime.pod.v0.PodService.Attach:input_type -> aurae.runtime.pod.v0.AttachRequest
-	42, // 42: aurae.runtime.pod.v0.PodService.ContainerEvents:input_type -> aurae.runtime.pod.v0.ContainerEventsRequest
-	45, // 43: aurae.runtime.pod.v0.PodService.PortForward:input_type -> aurae.runtime.pod.v0.PortForwardRequest
-	10, // 44: aurae.runtime.pod.v0.PodService.Allocate:output_type -> aurae.runtime.pod.v0.AllocateResponse
-	13, // 45: aurae.runtime.pod.v0.PodService.Start:output_type -> aurae.runtime.pod.v0.StartResponse
-	15, // 46: aurae.runtime.pod.v0.PodService.Stop:output_type -> aurae.runtime.pod.v0.StopResponse
-	17, // 47: aurae.runtime.pod.v0.PodService.Free:output_type -> aurae.runtime.pod.v0.FreeResponse
-	20, // 48: aurae.runtime.pod.v0.PodService.ContainerStatus:output_type -> aurae.runtime.pod.v0.ContainerStatusResponse
-	22, // 49: aurae.runtime.pod.v0.PodService.ExecSync:output_type -> aurae.runtime.pod.v0.ExecSyncResponse
-	24, // 50: aurae.runtime.pod.v0.PodService.ContainerStats:output_type -> aurae.runtime.pod.v0.ContainerStatsResponse
-	26, // 51: aurae.runtime.pod.v0.PodService.RemoveContainer:output_type -> aurae.runtime.pod.v0.RemoveContainerResponse
-	29, // 52: aurae.runtime.pod.v0.PodService.ListPods:output_type -> aurae.runtime.pod.v0.ListPodsResponse
-	31, // 53: aurae.runtime.pod.v0.PodService.UpdateContainerResources:output_type -> aurae.runtime.pod.v0.UpdateContainerResourcesResponse
-	33, // 54: aurae.runtime.pod.v0.PodService.ReopenContainerLog:output_type -> aurae.runtime.pod.v0.ReopenContainerLogResponse
-	38, // 55: aurae.runtime.pod.v0.PodService.Exec:output_type -> aurae.runtime.pod.v0.ExecResponse
-	41, // 56: aurae.runtime.pod.v0.PodService.Attach:output_type -> aurae.runtime.pod.v0.AttachResponse
-	43, // 57: aurae.runtime.pod.v0.PodService.ContainerEvents:output_type -> aurae.runtime.pod.v0.ContainerEvent
-	46, // 58: aurae.runtime.pod.v0.PodService.PortForward:output_type -> aurae.runtime.pod.v0.PortForwardResponse
-	44, // [44:59] is the sub-list for method output_type
-	29, // [29:44] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	47, // 29: aurae.runtime.pod.v0.ContainerLogRequest.start:type_name -> aurae.runtime.pod.v0.ContainerLogStart
+	9,  // 30: aurae.runtime.pod.v0.PodService.Allocate:input_type -> aurae.runtime.pod.v0.AllocateRequest
+	12, // 31: aurae.runtime.pod.v0.PodService.Start:input_type -> aurae.runtime.pod.v0.StartRequest
+	14, // 32: aurae.runtime.pod.v0.PodService.Stop:input_type -> aurae.runtime.pod.v0.StopRequest
+	16, // 33: aurae.runtime.pod.v0.PodService.Free:input_type -> aurae.runtime.pod.v0.FreeRequest
+	19, // 34: aurae.runtime.pod.v0.PodService.ContainerStatus:input_type -> aurae.runtime.pod.v0.ContainerStatusRequest
+	21, // 35: aurae.runtime.pod.v0.PodService.ExecSync:input_type -> aurae.runtime.pod.v0.ExecSyncRequest
+	23, // 36: aurae.runtime.pod.v0.PodService.ContainerStats:input_type -> aurae.runtime.pod.v0.ContainerStatsRequest
+	25, // 37: aurae.runtime.pod.v0.PodService.RemoveContainer:input_type -> aurae.runtime.pod.v0.RemoveContainerRequest
+	27, // 38: aurae.runtime.pod.v0.PodService.ListPods:input_type -> aurae.runtime.pod.v0.ListPodsRequest
+	30, // 39: aurae.runtime.pod.v0.PodService.UpdateContainerResources:input_type -> aurae.runtime.pod.v0.UpdateContainerResourcesRequest
+	32, // 40: aurae.runtime.pod.v0.PodService.ReopenContainerLog:input_type -> aurae.runtime.pod.v0.ReopenContainerLogRequest
+	36, // 41: aurae.runtime.pod.v0.PodService.Exec:input_type -> aurae.runtime.pod.v0.ExecRequest
+	40, // 42: aurae.runtime.pod.v0.PodService.Attach:input_type -> aurae.runtime.pod.v0.AttachRequest
+	42, // 43: aurae.runtime.pod.v0.PodService.ContainerEvents:input_type -> aurae.runtime.pod.v0.ContainerEventsRequest
+	45, // 44: aurae.runtime.pod.v0.PodService.PortForward:input_type -> aurae.runtime.pod.v0.PortForwardRequest
+	48, // 45: aurae.runtime.pod.v0.PodService.ContainerLog:input_type -> aurae.runtime.pod.v0.ContainerLogRequest
+	10, // 46: aurae.runtime.pod.v0.PodService.Allocate:output_type -> aurae.runtime.pod.v0.AllocateResponse
+	13, // 47: aurae.runtime.pod.v0.PodService.Start:output_type -> aurae.runtime.pod.v0.StartResponse
+	15, // 48: aurae.runtime.pod.v0.PodService.Stop:output_type -> aurae.runtime.pod.v0.StopResponse
+	17, // 49: aurae.runtime.pod.v0.PodService.Free:output_type -> aurae.runtime.pod.v0.FreeResponse
+	20, // 50: aurae.runtime.pod.v0.PodService.ContainerStatus:output_type -> aurae.runtime.pod.v0.ContainerStatusResponse
+	22, // 51: aurae.runtime.pod.v0.PodService.ExecSync:output_type -> aurae.runtime.pod.v0.ExecSyncResponse
+	24, // 52: aurae.runtime.pod.v0.PodService.ContainerStats:output_type -> aurae.runtime.pod.v0.ContainerStatsResponse
+	26, // 53: aurae.runtime.pod.v0.PodService.RemoveContainer:output_type -> aurae.runtime.pod.v0.RemoveContainerResponse
+	29, // 54: aurae.runtime.pod.v0.PodService.ListPods:output_type -> aurae.runtime.pod.v0.ListPodsResponse
+	31, // 55: aurae.runtime.pod.v0.PodService.UpdateContainerResources:output_type -> aurae.runtime.pod.v0.UpdateContainerResourcesResponse
+	33, // 56: aurae.runtime.pod.v0.PodService.ReopenContainerLog:output_type -> aurae.runtime.pod.v0.ReopenContainerLogResponse
+	38, // 57: aurae.runtime.pod.v0.PodService.Exec:output_type -> aurae.runtime.pod.v0.ExecResponse
+	41, // 58: aurae.runtime.pod.v0.PodService.Attach:output_type -> aurae.runtime.pod.v0.AttachResponse
+	43, // 59: aurae.runtime.pod.v0.PodService.ContainerEvents:output_type -> aurae.runtime.pod.v0.ContainerEvent
+	46, // 60: aurae.runtime.pod.v0.PodService.PortForward:output_type -> aurae.runtime.pod.v0.PortForwardResponse
+	49, // 61: aurae.runtime.pod.v0.PodService.ContainerLog:output_type -> aurae.runtime.pod.v0.ContainerLogResponse
+	46, // [46:62] is the sub-list for method output_type
+	30, // [30:46] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_pods_v0_pods_proto_init() }
@@ -3475,13 +3710,17 @@ func file_pods_v0_pods_proto_init() {
 		(*PortForwardRequest_Data)(nil),
 		(*PortForwardRequest_CloseWrite)(nil),
 	}
+	file_pods_v0_pods_proto_msgTypes[45].OneofWrappers = []any{
+		(*ContainerLogRequest_Start)(nil),
+		(*ContainerLogRequest_Persisted)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pods_v0_pods_proto_rawDesc), len(file_pods_v0_pods_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   47,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

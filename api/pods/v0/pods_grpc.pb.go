@@ -40,6 +40,7 @@ const (
 	PodService_Attach_FullMethodName                   = "/aurae.runtime.pod.v0.PodService/Attach"
 	PodService_ContainerEvents_FullMethodName          = "/aurae.runtime.pod.v0.PodService/ContainerEvents"
 	PodService_PortForward_FullMethodName              = "/aurae.runtime.pod.v0.PodService/PortForward"
+	PodService_ContainerLog_FullMethodName             = "/aurae.runtime.pod.v0.PodService/ContainerLog"
 )
 
 // PodServiceClient is the client API for PodService service.
@@ -96,6 +97,15 @@ type PodServiceClient interface {
 	// more to send, close_write; the answers are the data the pod's side
 	// sends. The stream ends when the pod's side closes its end.
 	PortForward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PortForwardRequest, PortForwardResponse], error)
+	// Follow the log of a container started with log_stream: the first
+	// request is a ContainerLogStart with the offset to send from; the answers
+	// are the log's bytes from there, in order, in chunks of at most 64 KiB.
+	// Later requests say how far the client has persisted the log: auraed
+	// drops what lies before (punches it out of its file), so such an offset
+	// can no longer be asked for (OutOfRange). Once the container has exited,
+	// its monitor is gone and every byte was sent, a last answer has eof.
+	// Containers without log_stream are refused (FailedPrecondition).
+	ContainerLog(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ContainerLogRequest, ContainerLogResponse], error)
 }
 
 type podServiceClient struct {
@@ -274,6 +284,19 @@ func (c *podServiceClient) PortForward(ctx context.Context, opts ...grpc.CallOpt
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PodService_PortForwardClient = grpc.BidiStreamingClient[PortForwardRequest, PortForwardResponse]
 
+func (c *podServiceClient) ContainerLog(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ContainerLogRequest, ContainerLogResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &PodService_ServiceDesc.Streams[4], PodService_ContainerLog_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ContainerLogRequest, ContainerLogResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PodService_ContainerLogClient = grpc.BidiStreamingClient[ContainerLogRequest, ContainerLogResponse]
+
 // PodServiceServer is the server API for PodService service.
 // All implementations must embed UnimplementedPodServiceServer
 // for forward compatibility.
@@ -328,6 +351,15 @@ type PodServiceServer interface {
 	// more to send, close_write; the answers are the data the pod's side
 	// sends. The stream ends when the pod's side closes its end.
 	PortForward(grpc.BidiStreamingServer[PortForwardRequest, PortForwardResponse]) error
+	// Follow the log of a container started with log_stream: the first
+	// request is a ContainerLogStart with the offset to send from; the answers
+	// are the log's bytes from there, in order, in chunks of at most 64 KiB.
+	// Later requests say how far the client has persisted the log: auraed
+	// drops what lies before (punches it out of its file), so such an offset
+	// can no longer be asked for (OutOfRange). Once the container has exited,
+	// its monitor is gone and every byte was sent, a last answer has eof.
+	// Containers without log_stream are refused (FailedPrecondition).
+	ContainerLog(grpc.BidiStreamingServer[ContainerLogRequest, ContainerLogResponse]) error
 	mustEmbedUnimplementedPodServiceServer()
 }
 
@@ -382,6 +414,9 @@ func (UnimplementedPodServiceServer) ContainerEvents(*ContainerEventsRequest, gr
 }
 func (UnimplementedPodServiceServer) PortForward(grpc.BidiStreamingServer[PortForwardRequest, PortForwardResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method PortForward not implemented")
+}
+func (UnimplementedPodServiceServer) ContainerLog(grpc.BidiStreamingServer[ContainerLogRequest, ContainerLogResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method ContainerLog not implemented")
 }
 func (UnimplementedPodServiceServer) mustEmbedUnimplementedPodServiceServer() {}
 func (UnimplementedPodServiceServer) testEmbeddedByValue()                    {}
@@ -634,6 +669,13 @@ func _PodService_PortForward_Handler(srv interface{}, stream grpc.ServerStream) 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PodService_PortForwardServer = grpc.BidiStreamingServer[PortForwardRequest, PortForwardResponse]
 
+func _PodService_ContainerLog_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(PodServiceServer).ContainerLog(&grpc.GenericServerStream[ContainerLogRequest, ContainerLogResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PodService_ContainerLogServer = grpc.BidiStreamingServer[ContainerLogRequest, ContainerLogResponse]
+
 // PodService_ServiceDesc is the grpc.ServiceDesc for PodService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -707,6 +749,12 @@ var PodService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "PortForward",
 			Handler:       _PodService_PortForward_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "ContainerLog",
+			Handler:       _PodService_ContainerLog_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},

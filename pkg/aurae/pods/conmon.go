@@ -42,7 +42,7 @@ func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Cont
 	bundle := s.bundleDir(id)
 	logPath := req.GetLogPath()
 	if logPath == "" {
-		logPath = filepath.Join(bundle, "container.log")
+		logPath = s.streamLogPath(id)
 	} else if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
 		return nil, fmt.Errorf("log dir: %w", err)
 	}

@@ -20,6 +20,10 @@ type container struct {
 	done chan struct{}
 	// res: the id is reserved by a Start still in progress.
 	res bool
+	// follower is the ContainerLog stream of a log_stream container;
+	// logDropped is how much of its log file was punched out.
+	follower   *logFollower
+	logDropped int64
 }
 
 // ctrRecord is what the state file keeps of a container.
@@ -27,6 +31,7 @@ type ctrRecord struct {
 	ID         string `json:"id"`
 	PodID      string `json:"pod_id"`
 	LogPath    string `json:"log_path,omitempty"`
+	LogStream  bool   `json:"log_stream,omitempty"`
 	CgroupPath string `json:"cgroup_path"`
 	OwnPID     bool   `json:"own_pid,omitempty"`
 	// Stdin: the monitor keeps the container's stdin open (Restart

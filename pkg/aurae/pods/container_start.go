@@ -46,6 +46,9 @@ func validContainer(podID string, c *podsv0.Container) error {
 		}
 	}
 	if c.GetLogPath() != "" {
+		if c.GetLogStream() {
+			return fmt.Errorf("container %q: log_path and log_stream exclude each other: %w", c.GetId(), errdefs.ErrInvalidArgument)
+		}
 		if err := validPath("log path", c.GetLogPath()); err != nil {
 			return err
 		}
@@ -128,7 +131,7 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 		return nil, fmt.Errorf("container %q: %w", id, err)
 	}
 	rec := ctrRecord{
-		ID: id, PodID: podID, LogPath: req.GetLogPath(), CgroupPath: p.paths.GetCgroupPath() + "/" + id,
+		ID: id, PodID: podID, LogPath: req.GetLogPath(), LogStream: req.GetLogStream(), CgroupPath: p.paths.GetCgroupPath() + "/" + id,
 		OwnPID: ownPIDNamespace(spec), Stdin: req.GetStdin(),
 		State: stateCreated, CreatedAt: time.Now().UnixNano(),
 	}

@@ -113,6 +113,9 @@ func (s *Service) reopenLog(id string) error {
 	if isDone(c.done) {
 		return fmt.Errorf("reopen log of %q: container is not running: %w", id, errdefs.ErrFailedPrecondition)
 	}
+	if c.record().LogStream {
+		return fmt.Errorf("reopen log of %q: its log is streamed (ContainerLog); the client reopens its own file: %w", id, errdefs.ErrFailedPrecondition)
+	}
 	logPath := c.record().LogPath
 	if logPath == "" {
 		logPath = filepath.Join(s.bundleDir(id), "container.log")

@@ -43,6 +43,10 @@ func WithClient(pods podsv0.PodServiceClient) *Controller {
 	return &Controller{pods: pods, known: map[string]*podsv0.PodStatus{}}
 }
 
+// PodService is the client the controller calls, for the calls that are
+// not the controller's (a VM pod's log stream).
+func (c *Controller) PodService() podsv0.PodServiceClient { return c.pods }
+
 // CreatePod allocates the pod: its cgroup and pinned namespaces.
 func (c *Controller) CreatePod(ctx context.Context, spec controller.PodSpec) (controller.Pod, error) {
 	pod := PodMessage(spec)
@@ -254,9 +258,11 @@ func (c *Controller) pidNamespaceOf(ctx context.Context, podID, target string) (
 }
 
 func (c *Controller) StartContainer(ctx context.Context, podID string, ctr controller.Container) (controller.Started, error) {
-	resp, err := c.pods.Start(ctx, &podsv0.StartRequest{PodId: podID, Container: &podsv0.Container{
-		Id: ctr.ID, OciSpec: ctr.Spec, LogPath: ctr.LogPath, Tty: ctr.Tty, Stdin: ctr.Stdin,
-	}})
+	msg := &podsv0.Container{Id: ctr.ID, OciSpec: ctr.Spec, LogPath: ctr.LogPath, Tty: ctr.Tty, Stdin: ctr.Stdin}
+	if ctr.LogStream {
+		msg.LogPath, msg.LogStream = "", true
+	}
+	resp, err := c.pods.Start(ctx, &podsv0.StartRequest{PodId: podID, Container: msg})
 	if err != nil {
 		return controller.Started{}, err
 	}

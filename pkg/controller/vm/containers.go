@@ -29,10 +29,11 @@ func containerDir(podDir, cid string) (host, inGuest string) {
 	return filepath.Join(sharedDir(podDir), rel), filepath.Join(guestShared, rel)
 }
 
-// PrepareContainer shares the container's rootfs, log dir and the sources
-// of its bind mounts into the VM (bind mounts under the pod's shared dir,
-// which the guest sees under /run/aurae/shared) and answers the guest
-// pod's facts with the guest's paths of them.
+// PrepareContainer shares the container's rootfs and the sources of its
+// bind mounts into the VM (bind mounts under the pod's shared dir, which
+// the guest sees under /run/aurae/shared) and answers the guest pod's
+// facts with the guest's paths of them. The log dir is not shared: the
+// host writes the log (StartContainer).
 func (c *Controller) PrepareContainer(ctx context.Context, podID string, files controller.ContainerFiles) (_ ocispec.PodFacts, retErr error) {
 	p, err := c.pod(podID)
 	if err != nil {
@@ -65,14 +66,6 @@ func (c *Controller) PrepareContainer(ctx context.Context, podID string, files c
 	if err := shareInto(shared, filepath.Join(rel, "rootfs"), files.Rootfs, false); err != nil {
 		return ocispec.PodFacts{}, fmt.Errorf("share rootfs: %w", err)
 	}
-	if lp := files.LogPath; lp != "" {
-		if err := os.MkdirAll(filepath.Dir(lp), 0o755); err != nil {
-			return ocispec.PodFacts{}, err
-		}
-		if err := shareInto(shared, filepath.Join(rel, "log"), filepath.Dir(lp), false); err != nil {
-			return ocispec.PodFacts{}, fmt.Errorf("share log dir: %w", err)
-		}
-	}
 	// One share per source, read-only unless a mount of it is writable.
 	readonly := map[string]bool{}
 	var order []string
@@ -104,9 +97,10 @@ func (c *Controller) PrepareContainer(ctx context.Context, podID string, files c
 	return facts, nil
 }
 
-// StartContainer starts the prepared container in the guest pod; its log
-// file is the guest's view of the shared log dir.
-func (c *Controller) StartContainer(ctx context.Context, podID string, ctr controller.Container) (controller.Started, error) {
+// StartContainer starts the prepared container in the guest pod, its log
+// kept by the guest (log_stream) and written at LogPath by a writer on the
+// host, whose record and file are made first.
+func (c *Controller) StartContainer(ctx context.Context, podID string, ctr controller.Container) (_ controller.Started, retErr error) {
 	p, err := c.pod(podID)
 	if err != nil {
 		return controller.Started{}, err
@@ -117,11 +111,23 @@ func (c *Controller) StartContainer(ctx context.Context, podID string, ctr contr
 	if g == nil {
 		return controller.Started{}, fmt.Errorf("vm pod %s: the VM is not running: %w", podID, errdefs.ErrFailedPrecondition)
 	}
+	var w *logWriter
 	if ctr.LogPath != "" {
-		_, guestDir := containerDir(p.dir, ctr.ID)
-		ctr.LogPath = filepath.Join(guestDir, "log", filepath.Base(ctr.LogPath))
+		if w, err = c.prepareLogWriter(p, ctr.ID, ctr.LogPath); err != nil {
+			return controller.Started{}, fmt.Errorf("container %s: %w", ctr.ID, err)
+		}
+		ctr.LogPath, ctr.LogStream = "", true
 	}
 	started, err := g.pods.StartContainer(ctx, podID, ctr)
+	if w != nil {
+		// A start the guest has already (a retry after a crash of
+		// aurae-cri) streams its log too.
+		if err == nil || errdefs.IsAlreadyExists(err) {
+			c.startLogWriter(podID, ctr.ID, w)
+		} else if rerr := c.dropLogWriter(p, ctr.ID, w); rerr != nil {
+			c.log.Warn("undo container log writer", "pod", podID, "container", ctr.ID, "error", rerr)
+		}
+	}
 	if err != nil {
 		return controller.Started{}, err
 	}
@@ -222,6 +228,9 @@ func (c *Controller) RemoveContainer(ctx context.Context, podID, cid string) err
 		}
 	}
 	if p != nil {
+		if err := c.removeLogWriter(p, cid); err != nil {
+			return err
+		}
 		hostDir, _ := containerDir(p.dir, cid)
 		if err := unmountUnder(p.dir, hostDir); err != nil {
 			return err
@@ -306,14 +315,6 @@ func (c *Controller) UpdateContainerResources(ctx context.Context, cid string, r
 		return err
 	}
 	return g.UpdateContainerResources(ctx, cid, resources)
-}
-
-func (c *Controller) ReopenContainerLog(ctx context.Context, cid string) error {
-	g, _, err := c.guestOf(cid)
-	if err != nil {
-		return err
-	}
-	return g.ReopenContainerLog(ctx, cid)
 }
 
 func (c *Controller) Exec(ctx context.Context, cid string, argv []string, sio controller.StreamIO) (int32, error) {

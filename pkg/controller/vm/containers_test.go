@@ -3,6 +3,7 @@ package vm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -28,7 +29,36 @@ type fakePods struct {
 	podsv0.PodServiceClient
 	started *podsv0.StartRequest
 	removed []string
+	// log is the guest's log of the containers, when there is one.
+	log *fakeGuestLog
 }
+
+func (f *fakePods) ContainerLog(ctx context.Context, _ ...grpc.CallOption) (grpc.BidiStreamingClient[podsv0.ContainerLogRequest, podsv0.ContainerLogResponse], error) {
+	if f.log == nil {
+		return nil, fmt.Errorf("no log: %w", errdefs.ErrUnavailable)
+	}
+	return &fakeLogClient{ctx: ctx, g: f.log}, nil
+}
+
+// fakeLogClient is the gRPC side of a fakeGuestLog stream: the start
+// request opens it.
+type fakeLogClient struct {
+	grpc.ClientStream
+	ctx context.Context
+	g   *fakeGuestLog
+	s   logStream
+}
+
+func (c *fakeLogClient) Send(r *podsv0.ContainerLogRequest) error {
+	if st := r.GetStart(); st != nil {
+		s, err := c.g.open(c.ctx, st.GetContainerId(), st.GetOffset())
+		c.s = s
+		return err
+	}
+	return c.s.Send(r)
+}
+
+func (c *fakeLogClient) Recv() (*podsv0.ContainerLogResponse, error) { return c.s.Recv() }
 
 func (f *fakePods) ListPods(context.Context, *podsv0.ListPodsRequest, ...grpc.CallOption) (*podsv0.ListPodsResponse, error) {
 	return &podsv0.ListPodsResponse{Pods: []*podsv0.PodStatus{{
@@ -62,7 +92,8 @@ func (f *fakePods) RemoveContainer(_ context.Context, req *podsv0.RemoveContaine
 // dir and a volume into the VM, and the guest pod's facts make, through
 // ocispec, a spec with the guest's paths only (rootfs, volume, pod files,
 // namespaces, cgroup, OOM floor, the PID target's namespace); StartContainer
-// points the log at the shared dir; RemoveContainer undoes the mounts.
+// has the guest stream the log and the host write it (the log dir is not
+// shared); RemoveContainer undoes the mounts and stops the log writer.
 func TestVMFactsMakeTheGuestSpec(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (bind mounts)")
@@ -78,8 +109,9 @@ func TestVMFactsMakeTheGuestSpec(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(rootfs, "marker"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	fake := &fakePods{}
-	c := &Controller{cfg: Config{StateDir: filepath.Join(tmp, "vmpods")}, log: slog.Default(), pods: map[string]*vmPod{}, ctrs: map[string]string{}}
+	fake := &fakePods{log: newFakeGuestLog(100)}
+	c := &Controller{cfg: Config{StateDir: filepath.Join(tmp, "vmpods")}, log: slog.Default(), pods: map[string]*vmPod{}, ctrs: map[string]string{}, writers: map[string]*logWriter{}}
+	t.Cleanup(func() { _ = c.Close() })
 	dir := c.podDir("pod1")
 	if err := os.MkdirAll(sharedDir(dir), 0o700); err != nil {
 		t.Fatal(err)
@@ -87,7 +119,11 @@ func TestVMFactsMakeTheGuestSpec(t *testing.T) {
 	c.pods["pod1"] = &vmPod{id: "pod1", dir: dir, guest: &guest{pods: native.WithClient(fake)}}
 	t.Cleanup(func() { _ = unmountUnder(tmp, tmp) })
 
+	// The CRI makes the log dir (containerLogPath).
 	logPath := filepath.Join(tmp, "logs", "ctr", "0.log")
+	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	cid := "0123456789abcdef0123"
 	facts, err := c.PrepareContainer(t.Context(), "pod1", controller.ContainerFiles{
 		ID: cid, Rootfs: rootfs, LogPath: logPath, Mounts: []controller.Mount{{Source: volume, Readonly: true}}, PIDTarget: "target",
@@ -142,14 +178,32 @@ func TestVMFactsMakeTheGuestSpec(t *testing.T) {
 	if _, err := c.StartContainer(t.Context(), "pod1", controller.Container{ID: cid, Spec: []byte("{}"), LogPath: logPath}); err != nil {
 		t.Fatal(err)
 	}
-	if got := fake.started.GetContainer(); got.GetLogPath() != guestDir+"/log/0.log" {
-		t.Fatalf("container %v", got)
+	if got := fake.started.GetContainer(); got.GetLogPath() != "" || !got.GetLogStream() {
+		t.Fatalf("container %v: want its log streamed, no log path", got)
 	}
 	hostDir := filepath.Join(dir, "shared", "c", "0123456789abcdef")
-	for _, f := range []string{"rootfs/marker", "m0", "log"} {
+	for _, f := range []string{"rootfs/marker", "m0"} {
 		if _, err := os.Stat(filepath.Join(hostDir, f)); err != nil {
 			t.Fatalf("not shared: %v", err)
 		}
+	}
+	if _, err := os.Stat(filepath.Join(hostDir, "log")); !os.IsNotExist(err) {
+		t.Errorf("the log dir is shared: %v", err)
+	}
+	// The host writes what the guest's stream says, and reopens on
+	// rotation.
+	fake.log.write(criLines(0, 3), false)
+	waitFile(t, logPath, criLines(0, 3))
+	if err := os.Rename(logPath, logPath+".1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ReopenContainerLog(t.Context(), cid); err != nil {
+		t.Fatal(err)
+	}
+	fake.log.write(criLines(3, 5), true)
+	waitFile(t, logPath, criLines(3, 5))
+	if err := c.ReopenContainerLog(t.Context(), "nobody"); !errdefs.IsNotFound(err) {
+		t.Errorf("reopen of an unknown container: %v, want NotFound", err)
 	}
 	// The host side of a read-only volume is read-only too (the guest
 	// cannot write through the share), and no share is suid or dev.
@@ -177,6 +231,12 @@ func TestVMFactsMakeTheGuestSpec(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(rootfs, "marker")); err != nil {
 		t.Fatalf("the rootfs itself was touched: %v", err)
+	}
+	if _, err := os.Stat(logRecPath(dir, cid)); !os.IsNotExist(err) {
+		t.Errorf("log position record left: %v", err)
+	}
+	if c.writers[cid] != nil {
+		t.Error("log writer left running")
 	}
 }
 

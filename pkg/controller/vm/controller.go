@@ -10,10 +10,14 @@
 //	              VmService VM in that netns: tap0 mirrored with CNI's eth0
 //	              by tc (as Kata does), <dir>/shared shared by virtio-fs
 //	guest auraed  PodService pod (network NODE: the guest is the pod's
-//	              network), the containers, their conmon and logs
+//	              network), the containers, their conmon and a log file
+//	              private to the guest per container
 //
-// Container rootfs mounts and log directories are bind-mounted under the
-// shared dir, so the guest sees them at /run/aurae/shared/…
+// Container rootfs mounts and volume sources are bind-mounted under the
+// shared dir, so the guest sees them at /run/aurae/shared/…; the kubelet's
+// log directories are not: a writer per container on the host follows the
+// guest's log (PodService.ContainerLog) and writes the CRI log file
+// (logwriter.go).
 package vm
 
 import (
@@ -97,6 +101,10 @@ type Controller struct {
 	events fanout.Hub[controller.ContainerEvent]
 	// recMu serializes the writes of pods' records.
 	recMu sync.Mutex
+	// writers are the containers' host-side log writers (under mu);
+	// closed: Close ran, no writer starts.
+	writers map[string]*logWriter
+	closed  bool
 }
 
 var _ controller.Controller = (*Controller)(nil)
@@ -122,16 +130,18 @@ func New(cfg Config) (*Controller, error) {
 		return nil, fmt.Errorf("vm controller: %w", err)
 	}
 	return &Controller{
-		cfg:  cfg,
-		log:  cfg.Logger,
-		host: native.New(cfg.Host),
-		vms:  vmsv0.NewVmServiceClient(cfg.Host),
-		pods: map[string]*vmPod{},
-		ctrs: map[string]string{},
+		cfg:     cfg,
+		log:     cfg.Logger,
+		host:    native.New(cfg.Host),
+		vms:     vmsv0.NewVmServiceClient(cfg.Host),
+		pods:    map[string]*vmPod{},
+		ctrs:    map[string]string{},
+		writers: map[string]*logWriter{},
 	}, nil
 }
 
-// record is what survives an aurae-cri restart, in <dir>/pod.json.
+// record is what survives an aurae-cri restart, in <dir>/pod.json; beside
+// it, logs/<container>.json are the log writers' positions.
 type record struct {
 	VMID string `json:"vm_id"`
 	// Pod is the guest pod's spec.
@@ -357,6 +367,7 @@ func (c *Controller) RemovePod(ctx context.Context, podID string) error {
 }
 
 func (c *Controller) removePod(ctx context.Context, podID string) error {
+	c.stopLogWriters(podID, "")
 	var errs []error
 	if err := c.stopVM(ctx, podID); err != nil {
 		errs = append(errs, err)
@@ -473,6 +484,9 @@ func (c *Controller) adopt(ctx context.Context, id string, addr map[string]strin
 			out.Containers = append(out.Containers, cs)
 		}
 		c.mu.Unlock()
+		for _, cs := range out.Containers {
+			c.resumeLogWriter(p, cs.ID)
+		}
 		return &out, nil
 	}
 	return nil, nil
