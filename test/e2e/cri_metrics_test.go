@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -90,7 +91,7 @@ func TestCRIMetrics(t *testing.T) {
 	if st, _ := runToExit(t, c, podID, pod, containerConfig("done", img, "true")); st.GetReason() != "Completed" {
 		t.Fatalf("status %v, want Completed", st)
 	}
-	oom := containerConfig("oom", img, "tail", "/dev/zero")
+	oom := containerConfig("oom", img, "busybox", "tail", "/dev/zero")
 	oom.Linux.Resources = &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 32 << 20}
 	if st, _ := runToExit(t, c, podID, pod, oom); st.GetReason() != "OOMKilled" {
 		t.Fatalf("status %v, want OOMKilled", st)
@@ -143,8 +144,11 @@ func TestCRIMetrics(t *testing.T) {
 		t.Errorf("RunPodSandbox errors counted: %v", m)
 	}
 	if h := sample(families, "aurae_cri_grpc_request_duration_seconds", run).GetHistogram(); h != nil {
-		if b := h.GetBucket(); len(b) == 0 || b[0].GetUpperBound() != 0.001 || b[len(b)-1].GetUpperBound() != 120 {
-			t.Errorf("latency buckets %v, want 1 ms … 2 min", b)
+		// The text format adds the +Inf bucket.
+		if b := h.GetBucket(); len(b) < 2 || b[0].GetUpperBound() != 0.001 || b[len(b)-2].GetUpperBound() != 120 || !math.IsInf(b[len(b)-1].GetUpperBound(), 1) {
+			t.Errorf("latency buckets %v, want 1 ms … 2 min, +Inf", b)
+		} else if b[len(b)-1].GetCumulativeCount() != 2 {
+			t.Errorf("+Inf bucket counts %d, want 2", b[len(b)-1].GetCumulativeCount())
 		}
 	}
 	pulls := value("aurae_cri_grpc_requests_total", map[string]string{"service": "runtime.v1.ImageService", "method": "PullImage"})
