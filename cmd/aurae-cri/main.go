@@ -138,7 +138,7 @@ func run(cfg config) error {
 	}
 	host := native.New(aurae.Conn)
 	controllers := map[string]controller.Controller{"": host, "runc": host}
-	closeVM, err := addVMController(controllers, cfg, aurae.Conn, logger)
+	closeVM, err := addVMController(controllers, cfg, aurae.Conn, logger, obs)
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,7 @@ type CRI struct {
 	recovered      *prometheus.GaugeVec
 	markedUnknown  prometheus.Counter
 	auraeReconnect prometheus.Counter
+	guestReconnect prometheus.Counter
 }
 
 // NewCRI makes aurae-cri's event metrics and registers them on reg.
@@ -68,9 +69,13 @@ func NewCRI(reg prometheus.Registerer) *CRI {
 			Namespace: ns, Name: "aurae_reconnects_total",
 			Help: "Times the connection to auraed became ready again after it had been ready before.",
 		}),
+		guestReconnect: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "vm_guest_reconnects_total",
+			Help: "Times the connection to a VM pod's guest auraed became ready again after it had been ready before.",
+		}),
 	}
 	reg.MustRegister(m.exits, m.oomKills, m.pulls, m.pullBytes, m.pullDuration, m.cniFailures,
-		m.recoverySecs, m.recovered, m.markedUnknown, m.auraeReconnect)
+		m.recoverySecs, m.recovered, m.markedUnknown, m.auraeReconnect, m.guestReconnect)
 	for _, r := range []string{"success", "failure"} {
 		m.pulls.WithLabelValues(r)
 	}
@@ -141,5 +146,12 @@ func (m *CRI) MarkedUnknown() {
 func (m *CRI) AuraeReconnected() {
 	if m != nil {
 		m.auraeReconnect.Inc()
+	}
+}
+
+// GuestReconnected counts a reconnection to a VM guest's auraed.
+func (m *CRI) GuestReconnected() {
+	if m != nil {
+		m.guestReconnect.Inc()
 	}
 }

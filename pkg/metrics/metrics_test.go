@@ -126,6 +126,7 @@ func TestCRI(t *testing.T) {
 	m.Recovered(2, 3, 4)
 	m.MarkedUnknown()
 	m.AuraeReconnected()
+	m.GuestReconnected()
 	want := `
 # HELP aurae_cri_container_exits_total Container exits recorded, by runtime handler and reason (Completed, Error, OOMKilled, StartError, Unknown, Other).
 # TYPE aurae_cri_container_exits_total counter
@@ -156,11 +157,14 @@ aurae_cri_containers_marked_unknown_total 1
 # HELP aurae_cri_aurae_reconnects_total Times the connection to auraed became ready again after it had been ready before.
 # TYPE aurae_cri_aurae_reconnects_total counter
 aurae_cri_aurae_reconnects_total 1
+# HELP aurae_cri_vm_guest_reconnects_total Times the connection to a VM pod's guest auraed became ready again after it had been ready before.
+# TYPE aurae_cri_vm_guest_reconnects_total counter
+aurae_cri_vm_guest_reconnects_total 1
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want),
 		"aurae_cri_container_exits_total", "aurae_cri_container_oom_kills_total", "aurae_cri_image_pulls_total",
 		"aurae_cri_image_pull_bytes_total", "aurae_cri_cni_failures_total", "aurae_cri_recovered_objects",
-		"aurae_cri_containers_marked_unknown_total", "aurae_cri_aurae_reconnects_total"); err != nil {
+		"aurae_cri_containers_marked_unknown_total", "aurae_cri_aurae_reconnects_total", "aurae_cri_vm_guest_reconnects_total"); err != nil {
 		t.Error(err)
 	}
 	if n := testutil.CollectAndCount(m.pullDuration); n != 1 {
@@ -177,6 +181,7 @@ aurae_cri_aurae_reconnects_total 1
 	none.Recovered(1, 1, 1)
 	none.MarkedUnknown()
 	none.AuraeReconnected()
+	none.GuestReconnected()
 }
 
 func TestCounts(t *testing.T) {
