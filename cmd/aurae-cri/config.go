@@ -14,6 +14,7 @@ import (
 
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/pods"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller/vm"
+	"github.com/aurae-runtime/aurae-cri/pkg/metrics"
 	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
 )
 
@@ -54,6 +55,9 @@ type config struct {
 	// PidsLimit is every container's pids cgroup limit (CRI-O's
 	// pids_limit; the CRI has no per-container field); 0: none.
 	PidsLimit int64 `toml:"pids-limit"`
+	// MetricsAddress serves /metrics (Prometheus) on host:port; empty:
+	// off. Plain HTTP, so loopback addresses only.
+	MetricsAddress string `toml:"metrics-address"`
 
 	level slog.Level
 }
@@ -100,6 +104,7 @@ func parseConfig(args []string) (config, error) {
 	fs.StringVar(&cfg.VMAllowedAnnotations, "vm-allowed-annotations", cfg.VMAllowedAnnotations, "Kata sizing annotations VM pods may use, comma-separated ("+vm.AnnotationVCPUs+", "+vm.AnnotationMemMiB+"); none by default")
 	fs.StringVar(&cfg.CDISpecDirs, "cdi-spec-dirs", cfg.CDISpecDirs, "directories of CDI specs, comma-separated (later ones win); empty refuses CDI devices")
 	fs.Int64Var(&cfg.PidsLimit, "pids-limit", cfg.PidsLimit, "pids cgroup limit of every container (as CRI-O's pids_limit); 0: none")
+	fs.StringVar(&cfg.MetricsAddress, "metrics-address", cfg.MetricsAddress, "host:port to serve Prometheus metrics on at /metrics, in plain HTTP: loopback addresses only (e.g. 127.0.0.1:9898); empty: off")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -166,6 +171,8 @@ func parseConfig(args []string) (config, error) {
 				cfg.CDISpecDirs = explicit.CDISpecDirs
 			case "pids-limit":
 				cfg.PidsLimit = explicit.PidsLimit
+			case "metrics-address":
+				cfg.MetricsAddress = explicit.MetricsAddress
 			}
 		})
 	}
@@ -188,6 +195,13 @@ func parseConfig(args []string) (config, error) {
 	}
 	if _, err := ocispec.SplitCDISpecDirs(cfg.CDISpecDirs); err != nil {
 		return cfg, fmt.Errorf("cdi-spec-dirs: %w", err)
+	}
+	if cfg.MetricsAddress != "" {
+		// aurae-cri serves its API on a unix socket only: it has no TLS
+		// configuration to serve metrics with elsewhere.
+		if err := metrics.CheckAddress(cfg.MetricsAddress, false); err != nil {
+			return cfg, fmt.Errorf("metrics-address: %w", err)
+		}
 	}
 	if cfg.PidsLimit < 0 {
 		return cfg, fmt.Errorf("pids-limit must be 0 (none) or more, got %d", cfg.PidsLimit)

@@ -1,9 +1,13 @@
 package main
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/metrics"
 )
 
 func TestConfigFileAndFlags(t *testing.T) {
@@ -100,5 +104,27 @@ func TestPidsLimit(t *testing.T) {
 	}
 	if cfg, err := parseConfig([]string{"--config", file, "--pids-limit", "64"}); err != nil || cfg.PidsLimit != 64 {
 		t.Fatalf("the flag over the file: %d %v", cfg.PidsLimit, err)
+	}
+}
+
+func TestMetricsAddress(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1:9898", "[::1]:0", "localhost:9898"} {
+		cfg, err := parseConfig([]string{"--metrics-address", addr})
+		if err != nil || cfg.MetricsAddress != addr {
+			t.Errorf("--metrics-address %s: %q, %v", addr, cfg.MetricsAddress, err)
+		}
+	}
+	// aurae-cri has no TLS: any other address is refused, saying why.
+	for _, addr := range []string{"0.0.0.0:9898", ":9898", "192.0.2.1:9898", "node.example:9898"} {
+		_, err := parseConfig([]string{"--metrics-address", addr})
+		if !errors.Is(err, metrics.ErrNotLoopback) || !strings.Contains(err.Error(), "loopback") {
+			t.Errorf("--metrics-address %s: %v, want ErrNotLoopback", addr, err)
+		}
+	}
+	if _, err := parseConfig([]string{"--metrics-address", "9898"}); err == nil {
+		t.Error("--metrics-address without a port accepted")
+	}
+	if cfg, err := parseConfig(nil); err != nil || cfg.MetricsAddress != "" {
+		t.Errorf("metrics on by default: %q, %v", cfg.MetricsAddress, err)
 	}
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/aurae-runtime/aurae-cri/pkg/controller/native"
 	"github.com/aurae-runtime/aurae-cri/pkg/cri"
 	"github.com/aurae-runtime/aurae-cri/pkg/image"
+	"github.com/aurae-runtime/aurae-cri/pkg/metrics"
 	"github.com/aurae-runtime/aurae-cri/pkg/netcni"
 	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
@@ -90,9 +91,10 @@ func run(cfg config) error {
 	}
 	defer func() { _ = store.Close() }()
 
+	obs := newObservability(cfg)
 	auraeAddr := cfg.AuraeAddress
 	if auraeAddr == "" {
-		embedded, addr, err := startEmbeddedAuraed(ctx, cfg, logger)
+		embedded, addr, err := startEmbeddedAuraed(ctx, cfg, logger, obs)
 		if err != nil {
 			return err
 		}
@@ -105,6 +107,9 @@ func run(cfg config) error {
 		return fmt.Errorf("connect to auraed at %s: %w", auraeAddr, err)
 	}
 	defer func() { _ = aurae.Close() }()
+	if obs.cri != nil {
+		go metrics.WatchReconnects(ctx, aurae.Conn, obs.cri.AuraeReconnected)
+	}
 
 	ctrd, err := containerdproc.Ensure(ctx, containerdproc.Config{
 		Address: cfg.ContainerdAddress, StateDir: cfg.StateDir, Logger: logger,
@@ -115,6 +120,7 @@ func run(cfg config) error {
 	defer func() { _ = ctrd.Close() }()
 	images, err := image.New(ctx, image.Options{
 		Address: ctrd.Address(), Namespace: cfg.ImageNamespace, RegistryConfigDir: cfg.RegistryConfigDir, Logger: logger,
+		Metrics: obs.cri,
 	})
 	if err != nil {
 		return fmt.Errorf("image service: %w", err)
@@ -132,7 +138,7 @@ func run(cfg config) error {
 	}
 	host := native.New(aurae.Conn)
 	controllers := map[string]controller.Controller{"": host, "runc": host}
-	closeVM, err := addVMController(controllers, cfg, aurae.Conn, logger)
+	closeVM, err := addVMController(controllers, cfg, aurae.Conn, logger, obs)
 	if err != nil {
 		return err
 	}
@@ -152,7 +158,7 @@ func run(cfg config) error {
 		RootDir:        cfg.StateDir,
 		Controllers:    controllers,
 		Images:         images,
-		Network:        cri.CNI{Manager: cni},
+		Network:        cri.CNI{Manager: cni, Metrics: obs.cri},
 		Store:          store,
 		CgroupParent:   cfg.CgroupParent,
 		Logger:         logger,
@@ -161,6 +167,7 @@ func run(cfg config) error {
 		CDI:            cdi,
 		PidsLimit:      cfg.PidsLimit,
 		Fault:          faultHook(logger),
+		Metrics:        obs.cri,
 	})
 	if err != nil {
 		return err
@@ -173,7 +180,15 @@ func run(cfg config) error {
 	}
 	defer func() { _ = streams.Close() }()
 
-	srv := server.New(logger)
+	if obs.reg != nil {
+		obs.reg.MustRegister(rt.StateCollectors()...)
+		ms, err := metrics.Serve(cfg.MetricsAddress, nil, obs.reg, logger)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = ms.Close() }()
+	}
+	srv := server.NewObserved(logger, obs.criGRPC)
 	runtimeapi.RegisterRuntimeServiceServer(srv, rt)
 	runtimeapi.RegisterImageServiceServer(srv, images)
 	defer server.Shutdown(logger, shutdownGrace, srv)
@@ -202,7 +217,7 @@ type embeddedAuraed struct {
 
 // startEmbeddedAuraed serves the Aurae API in this process, on a socket in
 // the state dir that only root can reach.
-func startEmbeddedAuraed(ctx context.Context, cfg config, logger *slog.Logger) (*embeddedAuraed, string, error) {
+func startEmbeddedAuraed(ctx context.Context, cfg config, logger *slog.Logger, obs observability) (*embeddedAuraed, string, error) {
 	dir := filepath.Join(cfg.StateDir, "auraed")
 	d, err := daemon.New(ctx, daemon.Config{
 		StateDir:           dir,
@@ -220,8 +235,11 @@ func startEmbeddedAuraed(ctx context.Context, cfg config, logger *slog.Logger) (
 		_ = d.Close()
 		return nil, "", err
 	}
-	s := server.New(logger.With("component", "auraed"))
+	s := server.NewObserved(logger.With("component", "auraed"), obs.auraedGRPC)
 	d.Register(s)
+	if obs.reg != nil {
+		obs.reg.MustRegister(d.Collectors()...)
+	}
 	go func() {
 		if err := s.Serve(lis); err != nil && !errors.Is(err, net.ErrClosed) {
 			logger.Error("embedded auraed stopped serving", "error", err)

@@ -16,7 +16,7 @@ import (
 // guest image exists; without it they are not listed, and Status says so
 // by their absence. The function it returns stops the controller's log
 // writers.
-func addVMController(ctrls map[string]controller.Controller, cfg config, host grpc.ClientConnInterface, logger *slog.Logger) (func(), error) {
+func addVMController(ctrls map[string]controller.Controller, cfg config, host grpc.ClientConnInterface, logger *slog.Logger, obs observability) (func(), error) {
 	none := func() {}
 	for _, f := range []string{cfg.VMKernel, cfg.VMInitramfs} {
 		if _, err := os.Stat(f); err != nil {
@@ -27,7 +27,7 @@ func addVMController(ctrls map[string]controller.Controller, cfg config, host gr
 	if want := filepath.Join(filepath.Dir(cfg.VMKernel), "initramfs.cpio.gz"); filepath.Clean(cfg.VMInitramfs) != want {
 		return none, fmt.Errorf("--vm-initramfs %s: auraed's VmService boots the initramfs beside the kernel (%s)", cfg.VMInitramfs, want)
 	}
-	c, err := vm.New(vm.Config{
+	vcfg := vm.Config{
 		Host:        host,
 		Kernel:      cfg.VMKernel,
 		Initramfs:   cfg.VMInitramfs,
@@ -39,7 +39,11 @@ func addVMController(ctrls map[string]controller.Controller, cfg config, host gr
 			return a
 		}(),
 		Logger: logger.With("component", "vm"),
-	})
+	}
+	if obs.cri != nil {
+		vcfg.GuestReconnected = obs.cri.GuestReconnected
+	}
+	c, err := vm.New(vcfg)
 	if err != nil {
 		return none, err
 	}

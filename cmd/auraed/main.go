@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -26,6 +28,7 @@ import (
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/pods"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/roles"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/server"
+	"github.com/aurae-runtime/aurae-cri/pkg/metrics"
 	"github.com/aurae-runtime/aurae-cri/pkg/version"
 )
 
@@ -52,6 +55,7 @@ type config struct {
 	peerCA          string
 	criEndpoint     string
 	vmImageDir      string
+	metricsAddress  string
 }
 
 // peerFlag is the repeatable --peer name=address.
@@ -122,6 +126,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.peerCA, "peer-ca", "", "CA bundle (PEM) the --peer nodes' server certificates chain to")
 	fs.StringVar(&cfg.criEndpoint, "cri-endpoint", "", "the node's CRI runtime (unix:///path), for the os service's driver CRI; empty refuses that driver")
 	fs.StringVar(&cfg.vmImageDir, "vm-image-dir", "/var/lib/aurae/vm", "guest image (vmlinux, initramfs.cpio.gz of make vm-image) that runtime.Core's RunVirtualMachine boots")
+	fs.StringVar(&cfg.metricsAddress, "metrics-address", "", "host:port to serve Prometheus metrics on at /metrics; plain HTTP on a loopback address, else with the mutual TLS of --listen (--tls-cert, --tls-key, --client-ca); empty: off")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -147,6 +152,11 @@ func parseFlags(args []string) (config, error) {
 		return cfg, errors.New("--cri-endpoint must be unix:///path")
 	case cfg.stopGracePeriod <= 0:
 		return cfg, errors.New("--stop-grace-period must be positive")
+	}
+	if cfg.metricsAddress != "" {
+		if err := metrics.CheckAddress(cfg.metricsAddress, cfg.listen != ""); err != nil {
+			return cfg, fmt.Errorf("--metrics-address: %w", err)
+		}
 	}
 	return cfg, nil
 }
@@ -213,12 +223,27 @@ func run(cfg config) error {
 			logger.Error("close services", "error", err)
 		}
 	}()
+	var obs *metrics.GRPC
+	if cfg.metricsAddress != "" {
+		reg := metrics.NewRegistry()
+		obs = metrics.NewGRPC(reg, metrics.AuraedNamespace)
+		reg.MustRegister(d.Collectors()...)
+		ms, err := serveMetrics(cfg, reg, logger)
+		if err != nil {
+			_ = unixLis.Close()
+			if tcpLis != nil {
+				_ = tcpLis.Close()
+			}
+			return err
+		}
+		defer func() { _ = ms.Close() }()
+	}
 	register := d.Register
-	servers := []*grpc.Server{server.New(logger)}
+	servers := []*grpc.Server{server.NewObserved(logger, obs)}
 	register(servers[0])
 	listeners := []net.Listener{unixLis}
 	if tcpLis != nil {
-		s := server.New(logger, tcpCreds)
+		s := server.NewObserved(logger, obs, tcpCreds)
 		register(s)
 		servers = append(servers, s)
 		listeners = append(listeners, tcpLis)
@@ -246,4 +271,18 @@ func run(cfg config) error {
 	server.Shutdown(logger, shutdownGrace, servers...)
 	logger.Info("auraed stopped")
 	return runErr
+}
+
+// serveMetrics serves reg at --metrics-address: in plain HTTP on a
+// loopback address, else with the mutual TLS of --listen (parseFlags
+// refused a non-loopback address without it).
+func serveMetrics(cfg config, reg *prometheus.Registry, logger *slog.Logger) (*metrics.Server, error) {
+	var tlsCfg *tls.Config
+	if metrics.CheckAddress(cfg.metricsAddress, false) != nil {
+		var err error
+		if tlsCfg, err = server.TLSConfig(cfg.tlsCert, cfg.tlsKey, cfg.clientCA); err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+	}
+	return metrics.Serve(cfg.metricsAddress, tlsCfg, reg, logger)
 }

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/pods"
+	"github.com/aurae-runtime/aurae-cri/pkg/metrics"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -72,5 +74,29 @@ func TestParsePeerFlags(t *testing.T) {
 		if _, err := parseFlags(tc.args); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("parseFlags(%q) = %v, want an error about %s", tc.args, err, tc.want)
 		}
+	}
+}
+
+func TestMetricsAddressFlag(t *testing.T) {
+	for _, args := range [][]string{
+		{"--metrics-address", "127.0.0.1:9899"},
+		{"--metrics-address", "[::1]:0"},
+		// Elsewhere with the mutual TLS of --listen.
+		{"--metrics-address", "0.0.0.0:9899", "--listen", "0.0.0.0:0", "--tls-cert", "c", "--tls-key", "k", "--client-ca", "ca"},
+	} {
+		cfg, err := parseFlags(args)
+		if err != nil || cfg.metricsAddress != args[1] {
+			t.Errorf("parseFlags(%q) = %q, %v", args, cfg.metricsAddress, err)
+		}
+	}
+	// Without TLS, a non-loopback address is refused at start, saying why.
+	for _, addr := range []string{"0.0.0.0:9899", ":9899", "192.0.2.1:9899"} {
+		_, err := parseFlags([]string{"--metrics-address", addr})
+		if !errors.Is(err, metrics.ErrNotLoopback) || !strings.Contains(err.Error(), "--metrics-address") {
+			t.Errorf("--metrics-address %s without TLS: %v, want ErrNotLoopback", addr, err)
+		}
+	}
+	if cfg, err := parseFlags(nil); err != nil || cfg.metricsAddress != "" {
+		t.Errorf("metrics on by default: %q, %v", cfg.metricsAddress, err)
 	}
 }

@@ -69,6 +69,8 @@ func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 			return st, nil
 		}); uerr != nil {
 			r.log.Error("record start failure", "container", c.ID, "error", uerr)
+		} else {
+			r.cfg.Metrics.ContainerExited(handlerName(sb.RuntimeHandler), "StartError")
 		}
 		return nil, fmt.Errorf("start container %s: %w", c.ID, err)
 	}

@@ -83,7 +83,7 @@ func (r *Runtime) stopContainer(ctx context.Context, id string, timeout time.Dur
 // (unknown when it has none), and publishes the stop event once.
 func (r *Runtime) recordExit(id, podID string, st *controller.ContainerState) {
 	changed := false
-	_, err := r.store.UpdateContainer(id, func(cur sandbox.ContainerStatus) (sandbox.ContainerStatus, error) {
+	c, err := r.store.UpdateContainer(id, func(cur sandbox.ContainerStatus) (sandbox.ContainerStatus, error) {
 		if cur.State == runtimeapi.ContainerState_CONTAINER_EXITED {
 			return cur, nil
 		}
@@ -116,6 +116,7 @@ func (r *Runtime) recordExit(id, podID string, st *controller.ContainerState) {
 		return
 	}
 	if changed {
+		r.cfg.Metrics.ContainerExited(r.handlerLabel(podID), c.Status.Reason)
 		r.publish(id, podID, runtimeapi.ContainerEventType_CONTAINER_STOPPED_EVENT)
 	}
 }

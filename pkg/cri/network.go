@@ -5,12 +5,15 @@ import (
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/aurae-runtime/aurae-cri/pkg/metrics"
 	"github.com/aurae-runtime/aurae-cri/pkg/netcni"
 )
 
 // CNI is the Network of pods on the node's CNI config.
 type CNI struct {
 	Manager *netcni.Manager
+	// Metrics counts the failed setups and teardowns; nil counts nothing.
+	Metrics *metrics.CRI
 }
 
 var _ Network = CNI{}
@@ -22,6 +25,7 @@ func (n CNI) Ready() error { return n.Manager.Status() }
 func (n CNI) Setup(ctx context.Context, podID, netnsPath string, pod *runtimeapi.PodSandboxConfig) ([]string, error) {
 	res, err := n.Manager.Setup(ctx, podID, netnsPath, cniOptions(podID, pod))
 	if err != nil {
+		n.Metrics.CNIFailed("setup")
 		return nil, err
 	}
 	ips := make([]string, 0, len(res.IPs))
@@ -33,7 +37,11 @@ func (n CNI) Setup(ctx context.Context, podID, netnsPath string, pod *runtimeapi
 
 // Teardown detaches the pod; it is idempotent.
 func (n CNI) Teardown(ctx context.Context, podID, netnsPath string, pod *runtimeapi.PodSandboxConfig) error {
-	return n.Manager.Teardown(ctx, podID, netnsPath, cniOptions(podID, pod))
+	err := n.Manager.Teardown(ctx, podID, netnsPath, cniOptions(podID, pod))
+	if err != nil {
+		n.Metrics.CNIFailed("teardown")
+	}
+	return err
 }
 
 // cniOptions passes the pod's identity as the CNI_ARGS the kubelet's

@@ -38,6 +38,7 @@ const (
 // rebuilt from the on-disk records of the pods and containers
 // (rebuildOrSync).
 func (r *Runtime) Recover(ctx context.Context) error {
+	start := time.Now()
 	r.rebuildOrSync()
 	r.recoverIntents(ctx)
 	handlers := map[controller.Controller][]string{}
@@ -58,7 +59,9 @@ func (r *Runtime) Recover(ctx context.Context) error {
 	}
 	r.checkExits(ctx, nil, true)
 	r.ready.Store(true)
-	r.log.Info("recovered", "pods", len(r.store.Sandboxes()), "containers", len(r.store.Containers()))
+	pods, containers := len(r.store.Sandboxes()), len(r.store.Containers())
+	r.cfg.Metrics.Recovered(time.Since(start).Seconds(), pods, containers)
+	r.log.Info("recovered", "pods", pods, "containers", containers, "took", time.Since(start).Round(time.Millisecond))
 	mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	r.stopMonitor = cancel
 	r.bg.Go(func() { r.monitor(mctx) })
@@ -220,12 +223,16 @@ func (r *Runtime) setUnknown(id string, unknown bool) {
 	if !unknown {
 		from, to = to, from
 	}
+	changed := false
 	_, err := r.store.UpdateContainer(id, func(st sandbox.ContainerStatus) (sandbox.ContainerStatus, error) {
 		if st.State == from {
-			st.State = to
+			st.State, changed = to, true
 		}
 		return st, nil
 	})
+	if err == nil && changed && unknown {
+		r.cfg.Metrics.MarkedUnknown()
+	}
 	if err != nil && !errdefs.IsNotFound(err) {
 		r.log.Error("record container state", "container", id, "state", to, "error", err)
 	}

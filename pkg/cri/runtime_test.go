@@ -15,6 +15,7 @@ import (
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/errmap"
 	"github.com/aurae-runtime/aurae-cri/pkg/image"
+	"github.com/aurae-runtime/aurae-cri/pkg/metrics"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 )
 
@@ -27,6 +28,8 @@ type fixture struct {
 	net     *fakeNetwork
 	store   *sandbox.Store
 	dir     string
+	// metrics, when set before runtime is called, is the Runtime's.
+	metrics *metrics.CRI
 }
 
 func newFixture(t *testing.T, recover bool) *fixture {
@@ -53,7 +56,7 @@ func (f *fixture) runtime(t *testing.T) *Runtime {
 	rt, err := NewRuntime(Config{
 		RootDir: f.dir, Controllers: map[string]controller.Controller{"": f.ctrl}, Images: image.NewFake(t.TempDir()),
 		Network: f.net, Store: f.store, MonitorInterval: cmp.Or(f.monitor, 10*time.Millisecond),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: f.metrics,
 	})
 	if err != nil {
 		t.Fatal(err)

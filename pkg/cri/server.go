@@ -18,6 +18,7 @@ import (
 
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/image"
+	"github.com/aurae-runtime/aurae-cri/pkg/metrics"
 	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 )
@@ -65,6 +66,9 @@ type Config struct {
 	CDI ocispec.CDI
 	// PidsLimit is every container's pids cgroup limit; 0: none.
 	PidsLimit int64
+	// Metrics counts container exits and OOM kills, recoveries and the
+	// containers they mark UNKNOWN; nil counts nothing.
+	Metrics *metrics.CRI
 	// Fault, when set, is called at each fault point (FaultPoints) for
 	// fault injection tests; nil in production.
 	Fault func(point string)

@@ -35,9 +35,17 @@ func (s *Service) PullImage(ctx context.Context, r *runtimeapi.PullImageRequest)
 // Pull pulls ref with the given credentials (nil for anonymous) and returns
 // the image id.
 func (s *Service) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error) {
+	start := time.Now()
+	id, size, err := s.pull(ctx, ref, auth)
+	s.metrics.ImagePulled(time.Since(start).Seconds(), size, err != nil)
+	return id, err
+}
+
+// pull is Pull, which also returns the size of the image pulled.
+func (s *Service) pull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, int64, error) {
 	named, err := NormalizeRef(ref)
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
 	name := named.String()
 	ctx, cancel := context.WithTimeout(ctx, s.pullTO)
@@ -47,7 +55,7 @@ func (s *Service) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 
 	unlock, err := s.pulls.lock(ctx, name)
 	if err != nil {
-		return "", fmt.Errorf("pull image %q: wait for another pull: %w", name, err)
+		return "", 0, fmt.Errorf("pull image %q: wait for another pull: %w", name, err)
 	}
 	defer unlock()
 
@@ -66,11 +74,11 @@ func (s *Service) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 	if err != nil {
 		err = fmt.Errorf("pull image %q: %w", name, classifyPullError(err))
 		log.WarnContext(ctx, "pull failed", "error", err)
-		return "", err
+		return "", 0, err
 	}
 	cfg, err := img.Config(ctx)
 	if err != nil {
-		return "", fmt.Errorf("pull image %q: config descriptor: %w", name, err)
+		return "", 0, fmt.Errorf("pull image %q: config descriptor: %w", name, err)
 	}
 	id := cfg.Digest.String()
 
@@ -83,12 +91,12 @@ func (s *Service) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 			continue
 		}
 		if err := s.putRecord(ctx, rn, img.Target(), labels); err != nil {
-			return "", fmt.Errorf("pull image %q: record %q: %w", name, rn, err)
+			return "", 0, fmt.Errorf("pull image %q: record %q: %w", name, rn, err)
 		}
 	}
 	size, _ := img.Size(ctx)
 	log.InfoContext(ctx, "pulled image", "id", id, "repo_digest", repoDigest, "size", size, "took", time.Since(start).Round(time.Millisecond))
-	return id, nil
+	return id, size, nil
 }
 
 // repoDigestAndTag returns the "name@digest" and "name:tag" references of

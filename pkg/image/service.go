@@ -23,6 +23,8 @@ import (
 	clog "github.com/containerd/log"
 	"github.com/containerd/platforms"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/metrics"
 )
 
 // Defaults for the zero values of Options.
@@ -65,6 +67,8 @@ type Options struct {
 	CallTimeout time.Duration
 	// Logger receives the service's logs (slog.Default when nil).
 	Logger *slog.Logger
+	// Metrics counts the pulls; nil counts nothing.
+	Metrics *metrics.CRI
 }
 
 // Service implements runtimeapi.ImageServiceServer on containerd.
@@ -79,6 +83,7 @@ type Service struct {
 	pullTO      time.Duration
 	callTO      time.Duration
 	logger      *slog.Logger
+	metrics     *metrics.CRI
 	platform    platforms.MatchComparer
 
 	// snapshotRoot is the snapshotter's directory, reported by ImageFsInfo.
@@ -113,6 +118,7 @@ func New(ctx context.Context, opts Options) (*Service, error) {
 		pullTO:      opts.PullTimeout,
 		callTO:      opts.CallTimeout,
 		logger:      opts.Logger,
+		metrics:     opts.Metrics,
 		platform:    platforms.Default(),
 		meta:        map[string]imageMeta{},
 		usage:       map[string]snapshotUsage{},

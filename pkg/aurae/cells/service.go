@@ -147,3 +147,10 @@ func (s *Service) List(ctx context.Context, _ *cellsv0.CellServiceListRequest) (
 	}
 	return resp, nil
 }
+
+// Count is how many cells exist (nested ones included), from memory.
+func (s *Service) Count() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.cells)
+}

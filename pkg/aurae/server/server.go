@@ -34,9 +34,22 @@ const (
 // waits for the handlers of the calls it cancels (Shutdown bounds that);
 // opts are added after them (credentials, other limits).
 func New(logger *slog.Logger, opts ...grpc.ServerOption) *grpc.Server {
+	return NewObserved(logger, nil, opts...)
+}
+
+// Observer is told of each call the interceptors see: Begin at its start,
+// and the function it returns at its end with the call's final code (the
+// one the client gets, after errmap). *metrics.GRPC is one.
+type Observer interface {
+	Begin(fullMethod string) (end func(codes.Code))
+}
+
+// NewObserved is New whose interceptors also tell obs (nil: no one) of
+// each call.
+func NewObserved(logger *slog.Logger, obs Observer, opts ...grpc.ServerOption) *grpc.Server {
 	all := append([]grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(UnaryInterceptor(logger)),
-		grpc.ChainStreamInterceptor(StreamInterceptor(logger)),
+		grpc.ChainUnaryInterceptor(ObservedUnaryInterceptor(logger, obs)),
+		grpc.ChainStreamInterceptor(ObservedStreamInterceptor(logger, obs)),
 		grpc.MaxSendMsgSize(MaxSendMsgSize),
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
 		grpc.WaitForHandlers(true),
@@ -48,8 +61,15 @@ func New(logger *slog.Logger, opts ...grpc.ServerOption) *grpc.Server {
 // panic into codes.Internal and any error that is not a gRPC status into one
 // (through errmap, the single place where errors become codes).
 func UnaryInterceptor(logger *slog.Logger) grpc.UnaryServerInterceptor {
+	return ObservedUnaryInterceptor(logger, nil)
+}
+
+// ObservedUnaryInterceptor is UnaryInterceptor that also tells obs (nil:
+// no one) of each call.
+func ObservedUnaryInterceptor(logger *slog.Logger, obs Observer) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
 		start := time.Now()
+		end := begin(obs, info.FullMethod)
 		defer func() {
 			if r := recover(); r != nil {
 				err = recovered(ctx, logger, info.FullMethod, r)
@@ -57,6 +77,7 @@ func UnaryInterceptor(logger *slog.Logger) grpc.UnaryServerInterceptor {
 			}
 			err = errmap.ToGRPC(err)
 			logCall(ctx, logger, info.FullMethod, start, err)
+			end(status.Code(err))
 		}()
 		return handler(ctx, req)
 	}
@@ -65,18 +86,33 @@ func UnaryInterceptor(logger *slog.Logger) grpc.UnaryServerInterceptor {
 // StreamInterceptor is UnaryInterceptor for streaming calls; the call is
 // logged when the stream ends.
 func StreamInterceptor(logger *slog.Logger) grpc.StreamServerInterceptor {
+	return ObservedStreamInterceptor(logger, nil)
+}
+
+// ObservedStreamInterceptor is StreamInterceptor that also tells obs (nil:
+// no one) of each call.
+func ObservedStreamInterceptor(logger *slog.Logger, obs Observer) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 		start := time.Now()
 		ctx := ss.Context()
+		end := begin(obs, info.FullMethod)
 		defer func() {
 			if r := recover(); r != nil {
 				err = recovered(ctx, logger, info.FullMethod, r)
 			}
 			err = errmap.ToGRPC(err)
 			logCall(ctx, logger, info.FullMethod, start, err)
+			end(status.Code(err))
 		}()
 		return handler(srv, ss)
 	}
+}
+
+func begin(obs Observer, method string) func(codes.Code) {
+	if obs == nil {
+		return func(codes.Code) {}
+	}
+	return obs.Begin(method)
 }
 
 func recovered(ctx context.Context, logger *slog.Logger, method string, r any) error {

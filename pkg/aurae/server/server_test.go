@@ -271,3 +271,52 @@ func TestTLSConfigErrors(t *testing.T) {
 		t.Error("a missing key was accepted")
 	}
 }
+
+// recordingObserver records the calls it is told of, as "method code".
+type recordingObserver struct {
+	mu       sync.Mutex
+	begun    int
+	finished []string
+}
+
+func (o *recordingObserver) Begin(method string) func(codes.Code) {
+	o.mu.Lock()
+	o.begun++
+	o.mu.Unlock()
+	return func(c codes.Code) {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		o.finished = append(o.finished, method+" "+c.String())
+	}
+}
+
+// The observer gets the code the client gets: after errmap, and Internal
+// for a panic, for unary and streaming calls.
+func TestObserverSeesFinalCodes(t *testing.T) {
+	obs := &recordingObserver{}
+	fake := &fakeDiscovery{}
+	srv := NewObserved(slog.New(slog.DiscardHandler), obs)
+	discoveryv0.RegisterDiscoveryServiceServer(srv, fake)
+	observev0.RegisterObserveServiceServer(srv, panickingObserve{})
+	c := start(t, srv)
+	ctx := context.Background()
+	for _, mode := range []string{"", "notfound", "panic"} {
+		fake.mode = mode
+		_, _ = c.Discovery.Discover(ctx, &discoveryv0.DiscoverRequest{})
+	}
+	stream, err := c.Observe.GetAuraeDaemonLogStream(ctx, &observev0.GetAuraeDaemonLogStreamRequest{})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.Internal {
+		t.Fatalf("stream panic became %v, want Internal", err)
+	}
+	discover := "/aurae.discovery.v0.DiscoveryService/Discover"
+	want := []string{discover + " OK", discover + " NotFound", discover + " Internal",
+		"/aurae.observe.v0.ObserveService/GetAuraeDaemonLogStream Internal"}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if fmt.Sprint(obs.finished) != fmt.Sprint(want) || obs.begun != len(want) {
+		t.Fatalf("observed %d calls begun, ended %v; want %d, %v", obs.begun, obs.finished, len(want), want)
+	}
+}

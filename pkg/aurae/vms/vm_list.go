@@ -23,3 +23,21 @@ func (s *Service) list() []*vmsv0.VmSummary {
 	}
 	return out
 }
+
+// StateCounts is how many VMs are in each state, from memory (for the
+// metrics: a wedged VM never blocks it).
+func (s *Service) StateCounts() map[vmsv0.VmState]int {
+	s.mu.RLock()
+	vms := make([]*vm, 0, len(s.vms))
+	for _, v := range s.vms {
+		if !v.reserved {
+			vms = append(vms, v)
+		}
+	}
+	s.mu.RUnlock()
+	out := map[vmsv0.VmState]int{}
+	for _, v := range vms {
+		out[v.status().State]++
+	}
+	return out
+}

@@ -83,6 +83,9 @@ type Config struct {
 	// BootTimeout bounds the wait for the guest auraed (default 2 min).
 	BootTimeout time.Duration
 	Logger      *slog.Logger
+	// GuestReconnected, when set, is called each time the connection to
+	// a guest auraed becomes ready again after it had been (metrics).
+	GuestReconnected func()
 }
 
 // Controller implements controller.Controller for VM pods.

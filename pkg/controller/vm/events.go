@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
+	"github.com/aurae-runtime/aurae-cri/pkg/metrics"
 )
 
 // eventBuffer is how far a subscriber may lag behind before it is dropped.
@@ -25,6 +26,9 @@ func (c *Controller) setGuest(p *vmPod, g *guest) {
 	c.mu.Unlock()
 	if g.ctx != nil {
 		go c.follow(g)
+		if c.cfg.GuestReconnected != nil && g.Conn != nil {
+			go metrics.WatchReconnects(g.ctx, g.Conn, c.cfg.GuestReconnected)
+		}
 	}
 }
 
