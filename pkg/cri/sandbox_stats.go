@@ -24,13 +24,19 @@ func (r *Runtime) PodSandboxStats(ctx context.Context, req *runtimeapi.PodSandbo
 }
 
 // ListPodSandboxStats implements RuntimeService.ListPodSandboxStats for the
-// pods matching the filter: as ListContainerStats, the controllers are
-// asked in parallel, and a wedged pod answers its last known figures.
+// pods matching the filter.
 func (r *Runtime) ListPodSandboxStats(ctx context.Context, req *runtimeapi.ListPodSandboxStatsRequest) (*runtimeapi.ListPodSandboxStatsResponse, error) {
 	if err := r.checkReady(); err != nil {
 		return nil, err
 	}
-	f := req.GetFilter()
+	return &runtimeapi.ListPodSandboxStatsResponse{Stats: r.listPodSandboxStats(ctx, req.GetFilter())}, nil
+}
+
+// listPodSandboxStats are the stats of the pods matching f (all for nil):
+// what ListPodSandboxStats and StreamPodSandboxStats answer. As for
+// container stats, the controllers are asked in parallel, and a wedged pod
+// answers its last known figures.
+func (r *Runtime) listPodSandboxStats(ctx context.Context, f *runtimeapi.PodSandboxStatsFilter) []*runtimeapi.PodSandboxStats {
 	var sbs []sandbox.Sandbox
 	for _, sb := range r.store.Sandboxes() {
 		if f != nil {
@@ -44,7 +50,7 @@ func (r *Runtime) ListPodSandboxStats(ctx context.Context, req *runtimeapi.ListP
 		sbs = append(sbs, sb)
 	}
 	r.pruneStats()
-	return &runtimeapi.ListPodSandboxStatsResponse{Stats: r.sandboxStats(ctx, sbs)}, nil
+	return r.sandboxStats(ctx, sbs)
 }
 
 // sandboxStats are the stats of pods: each with its running containers'
