@@ -57,16 +57,7 @@ func (r *Runtime) listPodSandboxStats(ctx context.Context, f *runtimeapi.PodSand
 // stats, and as the pod's CPU and memory their sums (the pod's containers
 // are all there is in its cgroup but their monitors).
 func (r *Runtime) sandboxStats(ctx context.Context, sbs []sandbox.Sandbox) []*runtimeapi.PodSandboxStats {
-	byPod := map[string][]sandbox.Container{}
-	for _, c := range r.store.Containers() {
-		if c.Status.State == runtimeapi.ContainerState_CONTAINER_RUNNING {
-			byPod[c.SandboxID] = append(byPod[c.SandboxID], c)
-		}
-	}
-	var wanted []sandbox.Container
-	for _, sb := range sbs {
-		wanted = append(wanted, byPod[sb.ID]...)
-	}
+	byPod, wanted := r.runningByPod(sbs)
 	figures := r.collectStats(ctx, wanted)
 	out := make([]*runtimeapi.PodSandboxStats, 0, len(sbs))
 	uppers := upperDirs()
@@ -94,6 +85,22 @@ func (r *Runtime) sandboxStats(ctx context.Context, sbs []sandbox.Sandbox) []*ru
 		out = append(out, st)
 	}
 	return out
+}
+
+// runningByPod are the running containers of each pod of sbs, and all of
+// them (whose figures a stats request wants).
+func (r *Runtime) runningByPod(sbs []sandbox.Sandbox) (map[string][]sandbox.Container, []sandbox.Container) {
+	byPod := map[string][]sandbox.Container{}
+	for _, c := range r.store.Containers() {
+		if c.Status.State == runtimeapi.ContainerState_CONTAINER_RUNNING {
+			byPod[c.SandboxID] = append(byPod[c.SandboxID], c)
+		}
+	}
+	var wanted []sandbox.Container
+	for _, sb := range sbs {
+		wanted = append(wanted, byPod[sb.ID]...)
+	}
+	return byPod, wanted
 }
 
 func latest(t time.Time, s controller.Stats) time.Time {
