@@ -89,6 +89,10 @@ func (r *Runtime) containerStats(c sandbox.Container, figures map[string]control
 	}
 	ts := s.Timestamp.UnixNano()
 	st.Cpu = &runtimeapi.CpuUsage{Timestamp: ts, UsageCoreNanoSeconds: &runtimeapi.UInt64Value{Value: s.CPUUsageNanos}}
-	st.Memory = &runtimeapi.MemoryUsage{Timestamp: ts, WorkingSetBytes: &runtimeapi.UInt64Value{Value: s.MemoryWorkingSetBytes}}
+	st.Memory = &runtimeapi.MemoryUsage{
+		Timestamp: ts, WorkingSetBytes: &runtimeapi.UInt64Value{Value: s.MemoryWorkingSetBytes},
+		UsageBytes: &runtimeapi.UInt64Value{Value: s.MemoryUsageBytes}, RssBytes: &runtimeapi.UInt64Value{Value: s.MemoryRSSBytes},
+		PageFaults: &runtimeapi.UInt64Value{Value: s.MemoryPgfault}, MajorPageFaults: &runtimeapi.UInt64Value{Value: s.MemoryPgmajfault},
+	}
 	return st
 }

@@ -131,21 +131,16 @@ func (r *Runtime) listPodSandboxMetrics(ctx context.Context) []*runtimeapi.PodSa
 	for _, sb := range sbs {
 		pm := &runtimeapi.PodSandboxMetrics{PodSandboxId: sb.ID}
 		md := sb.Config.GetMetadata()
-		var net *controller.Stats
 		for _, c := range byPod[sb.ID] {
 			cm := &runtimeapi.ContainerMetrics{ContainerId: c.ID}
 			labels := []string{c.Config.GetMetadata().GetName(), c.ID, c.ImageName, c.Name, md.GetNamespace(), md.GetName()}
 			s, ok := figures[c.ID]
-			if ok && net == nil && len(s.Interfaces) > 0 {
-				net = &s
-			}
 			cm.Metrics = r.containerMetrics(c, labels, s, ok, now, uppers)
 			pm.ContainerMetrics = append(pm.ContainerMetrics, cm)
 		}
-		hostNet := sb.Config.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtimeapi.NamespaceMode_NODE
-		if net != nil && !hostNet {
+		if net, ok := podNetwork(sb, byPod[sb.ID], figures); ok {
 			labels := []string{"", sb.ID, "", sb.Name, md.GetNamespace(), md.GetName()}
-			pm.Metrics = networkMetrics(labels, *net)
+			pm.Metrics = networkMetrics(labels, net)
 		}
 		out = append(out, pm)
 	}

@@ -205,3 +205,39 @@ func (f *fixture) startContainersIn(t *testing.T, podID string, ids ...string) {
 		}
 	}
 }
+
+// TestPodStatsNetworkAndProcesses: PodSandboxStats carries the pod's
+// interfaces (eth0 the default) and its containers' process count; a pod
+// on the node's network has no network stats.
+func TestPodStatsNetworkAndProcesses(t *testing.T) {
+	f := newFixture(t, true)
+	pods := f.bigPods(t, 1, 10)
+	f.startContainersIn(t, pods[0], "second")
+	st, err := f.rt.PodSandboxStats(t.Context(), &runtimeapi.PodSandboxStatsRequest{PodSandboxId: pods[0]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := st.GetStats().GetLinux()
+	if d := l.GetNetwork().GetDefaultInterface(); d.GetName() != "eth0" || d.GetRxBytes().GetValue() != 100 || d.GetTxBytes().GetValue() != 7 {
+		t.Fatalf("pod network %v, want eth0 with the controller's counters", l.GetNetwork())
+	}
+	if n := l.GetProcess().GetProcessCount().GetValue(); n != 2 {
+		t.Fatalf("process count %d, want 2 (a process in each of 2 containers)", n)
+	}
+
+	cfg := podConfig("hostnet")
+	cfg.Linux = &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
+		NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE}}}
+	pod, err := f.rt.RunPodSandbox(t.Context(), &runtimeapi.RunPodSandboxRequest{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.startContainersIn(t, pod.GetPodSandboxId(), "h0")
+	st, err = f.rt.PodSandboxStats(t.Context(), &runtimeapi.PodSandboxStatsRequest{PodSandboxId: pod.GetPodSandboxId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.GetStats().GetLinux().GetNetwork() != nil || st.GetStats().GetLinux().GetCpu() == nil {
+		t.Fatalf("host-network pod stats %v, want cpu and no network", st.GetStats().GetLinux())
+	}
+}

@@ -38,6 +38,7 @@ func metricOf(ms []*runtimeapi.PodSandboxMetrics, podID, name, last string) (uin
 // and 1 MiB sent from one pod to another (the server pod's eth0 transmit
 // and the client pod's receive counters grow by it); the descriptors
 // describe every metric given, with as many label keys as values;
+// PodSandboxStats has the server's eth0 counters and process count;
 // StreamPodSandboxMetrics answers the same pods.
 func TestCRIPodMetrics(t *testing.T) {
 	c := startCRI(t)
@@ -116,6 +117,16 @@ func TestCRIPodMetrics(t *testing.T) {
 		if tx-tx0 >= 1<<20 && rx-rx0 >= 1<<20 && busyCPU >= 1 {
 			t.Logf("server tx +%d, client rx +%d, busy container %d s of CPU (pod's first: %d)", tx-tx0, rx-rx0, busyCPU, cpu)
 			checkDescribed(t, c, ms)
+			ps, err := c.Runtime.PodSandboxStats(ctx, srvID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := ps.GetLinux().GetNetwork().GetDefaultInterface(); d.GetName() != "eth0" || d.GetTxBytes().GetValue() < tx0+1<<20 {
+				t.Fatalf("server pod's stats network %v, want eth0 with 1 MiB more sent than %d", ps.GetLinux().GetNetwork(), tx0)
+			}
+			if n := ps.GetLinux().GetProcess().GetProcessCount().GetValue(); n < 2 {
+				t.Fatalf("server pod's process count %d, want httpd's and the busy loop's", n)
+			}
 			break
 		}
 		if ctx.Err() != nil {
