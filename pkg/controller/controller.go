@@ -241,6 +241,25 @@ type Stats struct {
 	Timestamp             time.Time
 	CPUUsageNanos         uint64
 	MemoryWorkingSetBytes uint64
+	// The rest feeds the CRI's cAdvisor-compatible metrics; zero where the
+	// runtime does not count it.
+	CPUUserNanos, CPUSystemNanos                             uint64
+	CPUPeriods, CPUThrottledPeriods, CPUThrottledNanos       uint64
+	MemoryUsageBytes, MemoryMaxUsageBytes, MemoryCacheBytes  uint64
+	MemoryRSSBytes, MemorySwapBytes, MemoryMappedFileBytes   uint64
+	MemoryKernelBytes, MemoryFailcnt                         uint64
+	MemoryPgfault, MemoryPgmajfault, OOMEvents               uint64
+	Processes, Threads, ThreadsMax, FileDescriptors, Sockets uint64
+	// Interfaces are those of the container's network namespace (its
+	// pod's) but loopback.
+	Interfaces []InterfaceStats
+}
+
+// InterfaceStats are a network interface's counters.
+type InterfaceStats struct {
+	Name                                    string
+	RxBytes, RxPackets, RxErrors, RxDropped uint64
+	TxBytes, TxPackets, TxErrors, TxDropped uint64
 }
 
 // TerminalSize is a terminal's columns and rows.

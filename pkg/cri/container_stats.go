@@ -27,14 +27,20 @@ func (r *Runtime) ContainerStats(ctx context.Context, req *runtimeapi.ContainerS
 }
 
 // ListContainerStats implements RuntimeService.ListContainerStats for the
-// running containers matching the filter. The controllers are asked in
-// parallel, each call with its own deadline; a container whose pod does
-// not answer in time has its last known figures.
+// running containers matching the filter.
 func (r *Runtime) ListContainerStats(ctx context.Context, req *runtimeapi.ListContainerStatsRequest) (*runtimeapi.ListContainerStatsResponse, error) {
 	if err := r.checkReady(); err != nil {
 		return nil, err
 	}
-	f := req.GetFilter()
+	return &runtimeapi.ListContainerStatsResponse{Stats: r.listContainerStats(ctx, req.GetFilter())}, nil
+}
+
+// listContainerStats are the stats of the running containers matching f
+// (all for nil): what ListContainerStats and StreamContainerStats answer.
+// The controllers are asked in parallel, each call with its own deadline;
+// a container whose pod does not answer in time has its last known
+// figures.
+func (r *Runtime) listContainerStats(ctx context.Context, f *runtimeapi.ContainerStatsFilter) []*runtimeapi.ContainerStats {
 	var cs []sandbox.Container
 	for _, c := range r.store.Containers() {
 		if c.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
@@ -55,12 +61,12 @@ func (r *Runtime) ListContainerStats(ctx context.Context, req *runtimeapi.ListCo
 	}
 	r.pruneStats()
 	figures := r.collectStats(ctx, cs)
-	resp := &runtimeapi.ListContainerStatsResponse{}
+	out := make([]*runtimeapi.ContainerStats, 0, len(cs))
 	uppers := upperDirs()
 	for _, c := range cs {
-		resp.Stats = append(resp.Stats, r.containerStats(c, figures, uppers))
+		out = append(out, r.containerStats(c, figures, uppers))
 	}
-	return resp, nil
+	return out
 }
 
 // containerStats is a container's stats from its figures (none for a
@@ -83,6 +89,10 @@ func (r *Runtime) containerStats(c sandbox.Container, figures map[string]control
 	}
 	ts := s.Timestamp.UnixNano()
 	st.Cpu = &runtimeapi.CpuUsage{Timestamp: ts, UsageCoreNanoSeconds: &runtimeapi.UInt64Value{Value: s.CPUUsageNanos}}
-	st.Memory = &runtimeapi.MemoryUsage{Timestamp: ts, WorkingSetBytes: &runtimeapi.UInt64Value{Value: s.MemoryWorkingSetBytes}}
+	st.Memory = &runtimeapi.MemoryUsage{
+		Timestamp: ts, WorkingSetBytes: &runtimeapi.UInt64Value{Value: s.MemoryWorkingSetBytes},
+		UsageBytes: &runtimeapi.UInt64Value{Value: s.MemoryUsageBytes}, RssBytes: &runtimeapi.UInt64Value{Value: s.MemoryRSSBytes},
+		PageFaults: &runtimeapi.UInt64Value{Value: s.MemoryPgfault}, MajorPageFaults: &runtimeapi.UInt64Value{Value: s.MemoryPgmajfault},
+	}
 	return st
 }

@@ -67,8 +67,13 @@ func (r *Runtime) ListContainers(_ context.Context, req *runtimeapi.ListContaine
 	if err := r.checkReady(); err != nil {
 		return nil, err
 	}
-	f := req.GetFilter()
-	resp := &runtimeapi.ListContainersResponse{}
+	return &runtimeapi.ListContainersResponse{Containers: r.listContainers(req.GetFilter())}, nil
+}
+
+// listContainers are the containers matching f (all for nil), from
+// memory: what ListContainers and StreamContainers answer.
+func (r *Runtime) listContainers(f *runtimeapi.ContainerFilter) []*runtimeapi.Container {
+	var out []*runtimeapi.Container
 	for _, c := range r.store.Containers() {
 		if f != nil {
 			if f.GetId() != "" && !hasIDPrefix(c.ID, f.GetId()) {
@@ -84,14 +89,14 @@ func (r *Runtime) ListContainers(_ context.Context, req *runtimeapi.ListContaine
 				continue
 			}
 		}
-		resp.Containers = append(resp.Containers, &runtimeapi.Container{
+		out = append(out, &runtimeapi.Container{
 			Id: c.ID, PodSandboxId: c.SandboxID, Metadata: c.Config.GetMetadata(),
 			Image: &runtimeapi.ImageSpec{Image: c.ImageName}, ImageRef: c.ImageID, ImageId: c.ImageID,
 			State: c.Status.State, CreatedAt: c.CreatedAt.UnixNano(),
 			Labels: c.Config.GetLabels(), Annotations: c.Config.GetAnnotations(),
 		})
 	}
-	return resp, nil
+	return out
 }
 
 // containerUser is the user the container's first process starts as: the

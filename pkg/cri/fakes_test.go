@@ -294,7 +294,8 @@ func (f *fakeController) ContainerStats(ctx context.Context, id string) (control
 	if err := f.block(ctx, id); err != nil {
 		return controller.Stats{}, err
 	}
-	return controller.Stats{CPUUsageNanos: uint64(n), MemoryWorkingSetBytes: 2}, nil
+	return controller.Stats{CPUUsageNanos: uint64(n), MemoryWorkingSetBytes: 2, Processes: 1, Threads: 3,
+		Interfaces: []controller.InterfaceStats{{Name: "eth0", RxBytes: uint64(100 * n), TxBytes: 7}}}, nil
 }
 
 func (f *fakeController) ListPods(context.Context) ([]controller.PodState, error) {

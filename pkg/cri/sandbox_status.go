@@ -63,8 +63,13 @@ func (r *Runtime) ListPodSandbox(_ context.Context, req *runtimeapi.ListPodSandb
 	if err := r.checkReady(); err != nil {
 		return nil, err
 	}
-	f := req.GetFilter()
-	resp := &runtimeapi.ListPodSandboxResponse{}
+	return &runtimeapi.ListPodSandboxResponse{Items: r.listPodSandboxes(req.GetFilter())}, nil
+}
+
+// listPodSandboxes are the pods matching f (all for nil), from memory:
+// what ListPodSandbox and StreamPodSandboxes answer.
+func (r *Runtime) listPodSandboxes(f *runtimeapi.PodSandboxFilter) []*runtimeapi.PodSandbox {
+	var out []*runtimeapi.PodSandbox
 	for _, sb := range r.store.Sandboxes() {
 		if f != nil {
 			if f.GetId() != "" && !hasIDPrefix(sb.ID, f.GetId()) {
@@ -77,12 +82,12 @@ func (r *Runtime) ListPodSandbox(_ context.Context, req *runtimeapi.ListPodSandb
 				continue
 			}
 		}
-		resp.Items = append(resp.Items, &runtimeapi.PodSandbox{
+		out = append(out, &runtimeapi.PodSandbox{
 			Id: sb.ID, Metadata: sb.Config.GetMetadata(), State: sb.Status.State, CreatedAt: sb.CreatedAt.UnixNano(),
 			Labels: sb.Config.GetLabels(), Annotations: sb.Config.GetAnnotations(), RuntimeHandler: sb.RuntimeHandler,
 		})
 	}
-	return resp, nil
+	return out
 }
 
 func hasIDPrefix(id, prefix string) bool { return len(prefix) <= len(id) && id[:len(prefix)] == prefix }

@@ -276,6 +276,9 @@ var mustPass = []struct{ context, leaf string }{
 	{"UserNamespaces", "runtime should fail if container ID 0 is not mapped"},
 	{"UserNamespaces", "runtime should fail with NamespaceMode_CONTAINER"},
 	{"UserNamespaces", "runtime should fail with NamespaceMode_TARGET"},
+	// Skipped when ListMetricDescriptors answers Unimplemented.
+	{"runtime should support metrics operations", "runtime should support returning metrics descriptors [Conformance]"},
+	{"runtime should support metrics operations", "runtime should support listing pod sandbox metrics [Conformance]"},
 }
 
 func tail(b []byte, n int) []byte {

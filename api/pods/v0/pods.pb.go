@@ -1625,8 +1625,38 @@ type ContainerStatsResponse struct {
 	Timestamp             int64  `protobuf:"varint,2,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
 	CpuUsageNanos         uint64 `protobuf:"varint,3,opt,name=cpu_usage_nanos,json=cpuUsageNanos,proto3" json:"cpu_usage_nanos,omitempty"`
 	MemoryWorkingSetBytes uint64 `protobuf:"varint,4,opt,name=memory_working_set_bytes,json=memoryWorkingSetBytes,proto3" json:"memory_working_set_bytes,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// The rest is for the CRI's cAdvisor-compatible metrics (zero where the
+	// cgroup version or the kernel does not count it).
+	CpuUserNanos   uint64 `protobuf:"varint,5,opt,name=cpu_user_nanos,json=cpuUserNanos,proto3" json:"cpu_user_nanos,omitempty"`
+	CpuSystemNanos uint64 `protobuf:"varint,6,opt,name=cpu_system_nanos,json=cpuSystemNanos,proto3" json:"cpu_system_nanos,omitempty"`
+	// CFS bandwidth: enforcement periods elapsed, throttled, time throttled.
+	CpuPeriods            uint64 `protobuf:"varint,7,opt,name=cpu_periods,json=cpuPeriods,proto3" json:"cpu_periods,omitempty"`
+	CpuThrottledPeriods   uint64 `protobuf:"varint,8,opt,name=cpu_throttled_periods,json=cpuThrottledPeriods,proto3" json:"cpu_throttled_periods,omitempty"`
+	CpuThrottledNanos     uint64 `protobuf:"varint,9,opt,name=cpu_throttled_nanos,json=cpuThrottledNanos,proto3" json:"cpu_throttled_nanos,omitempty"`
+	MemoryUsageBytes      uint64 `protobuf:"varint,10,opt,name=memory_usage_bytes,json=memoryUsageBytes,proto3" json:"memory_usage_bytes,omitempty"`
+	MemoryMaxUsageBytes   uint64 `protobuf:"varint,11,opt,name=memory_max_usage_bytes,json=memoryMaxUsageBytes,proto3" json:"memory_max_usage_bytes,omitempty"`
+	MemoryCacheBytes      uint64 `protobuf:"varint,12,opt,name=memory_cache_bytes,json=memoryCacheBytes,proto3" json:"memory_cache_bytes,omitempty"`
+	MemoryRssBytes        uint64 `protobuf:"varint,13,opt,name=memory_rss_bytes,json=memoryRssBytes,proto3" json:"memory_rss_bytes,omitempty"`
+	MemorySwapBytes       uint64 `protobuf:"varint,14,opt,name=memory_swap_bytes,json=memorySwapBytes,proto3" json:"memory_swap_bytes,omitempty"`
+	MemoryMappedFileBytes uint64 `protobuf:"varint,15,opt,name=memory_mapped_file_bytes,json=memoryMappedFileBytes,proto3" json:"memory_mapped_file_bytes,omitempty"`
+	MemoryKernelBytes     uint64 `protobuf:"varint,16,opt,name=memory_kernel_bytes,json=memoryKernelBytes,proto3" json:"memory_kernel_bytes,omitempty"`
+	// Times the memory limit was hit (v1 memory.failcnt, v2 events "max").
+	MemoryFailcnt    uint64 `protobuf:"varint,17,opt,name=memory_failcnt,json=memoryFailcnt,proto3" json:"memory_failcnt,omitempty"`
+	MemoryPgfault    uint64 `protobuf:"varint,18,opt,name=memory_pgfault,json=memoryPgfault,proto3" json:"memory_pgfault,omitempty"`
+	MemoryPgmajfault uint64 `protobuf:"varint,19,opt,name=memory_pgmajfault,json=memoryPgmajfault,proto3" json:"memory_pgmajfault,omitempty"`
+	OomEvents        uint64 `protobuf:"varint,20,opt,name=oom_events,json=oomEvents,proto3" json:"oom_events,omitempty"`
+	// Of the processes in the container's cgroup.
+	Processes uint64 `protobuf:"varint,21,opt,name=processes,proto3" json:"processes,omitempty"`
+	Threads   uint64 `protobuf:"varint,22,opt,name=threads,proto3" json:"threads,omitempty"`
+	// The pids limit (0: none).
+	ThreadsMax      uint64 `protobuf:"varint,23,opt,name=threads_max,json=threadsMax,proto3" json:"threads_max,omitempty"`
+	FileDescriptors uint64 `protobuf:"varint,24,opt,name=file_descriptors,json=fileDescriptors,proto3" json:"file_descriptors,omitempty"`
+	Sockets         uint64 `protobuf:"varint,25,opt,name=sockets,proto3" json:"sockets,omitempty"`
+	// The interfaces of the container's network namespace (the pod's), but
+	// loopback.
+	Interfaces    []*InterfaceStats `protobuf:"bytes,26,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ContainerStatsResponse) Reset() {
@@ -1687,6 +1717,269 @@ func (x *ContainerStatsResponse) GetMemoryWorkingSetBytes() uint64 {
 	return 0
 }
 
+func (x *ContainerStatsResponse) GetCpuUserNanos() uint64 {
+	if x != nil {
+		return x.CpuUserNanos
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetCpuSystemNanos() uint64 {
+	if x != nil {
+		return x.CpuSystemNanos
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetCpuPeriods() uint64 {
+	if x != nil {
+		return x.CpuPeriods
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetCpuThrottledPeriods() uint64 {
+	if x != nil {
+		return x.CpuThrottledPeriods
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetCpuThrottledNanos() uint64 {
+	if x != nil {
+		return x.CpuThrottledNanos
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetMemoryUsageBytes() uint64 {
+	if x != nil {
+		return x.MemoryUsageBytes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetMemoryMaxUsageBytes() uint64 {
+	if x != nil {
+		return x.MemoryMaxUsageBytes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetMemoryCacheBytes() uint64 {
+	if x != nil {
+		return x.MemoryCacheBytes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetMemoryRssBytes() uint64 {
+	if x != nil {
+		return x.MemoryRssBytes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetMemorySwapBytes() uint64 {
+	if x != nil {
+		return x.MemorySwapBytes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetMemoryMappedFileBytes() uint64 {
+	if x != nil {
+		return x.MemoryMappedFileBytes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetMemoryKernelBytes() uint64 {
+	if x != nil {
+		return x.MemoryKernelBytes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetMemoryFailcnt() uint64 {
+	if x != nil {
+		return x.MemoryFailcnt
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetMemoryPgfault() uint64 {
+	if x != nil {
+		return x.MemoryPgfault
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetMemoryPgmajfault() uint64 {
+	if x != nil {
+		return x.MemoryPgmajfault
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetOomEvents() uint64 {
+	if x != nil {
+		return x.OomEvents
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetProcesses() uint64 {
+	if x != nil {
+		return x.Processes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetThreads() uint64 {
+	if x != nil {
+		return x.Threads
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetThreadsMax() uint64 {
+	if x != nil {
+		return x.ThreadsMax
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetFileDescriptors() uint64 {
+	if x != nil {
+		return x.FileDescriptors
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetSockets() uint64 {
+	if x != nil {
+		return x.Sockets
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetInterfaces() []*InterfaceStats {
+	if x != nil {
+		return x.Interfaces
+	}
+	return nil
+}
+
+// InterfaceStats are a network interface's counters.
+type InterfaceStats struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	RxBytes       uint64                 `protobuf:"varint,2,opt,name=rx_bytes,json=rxBytes,proto3" json:"rx_bytes,omitempty"`
+	RxPackets     uint64                 `protobuf:"varint,3,opt,name=rx_packets,json=rxPackets,proto3" json:"rx_packets,omitempty"`
+	RxErrors      uint64                 `protobuf:"varint,4,opt,name=rx_errors,json=rxErrors,proto3" json:"rx_errors,omitempty"`
+	RxDropped     uint64                 `protobuf:"varint,5,opt,name=rx_dropped,json=rxDropped,proto3" json:"rx_dropped,omitempty"`
+	TxBytes       uint64                 `protobuf:"varint,6,opt,name=tx_bytes,json=txBytes,proto3" json:"tx_bytes,omitempty"`
+	TxPackets     uint64                 `protobuf:"varint,7,opt,name=tx_packets,json=txPackets,proto3" json:"tx_packets,omitempty"`
+	TxErrors      uint64                 `protobuf:"varint,8,opt,name=tx_errors,json=txErrors,proto3" json:"tx_errors,omitempty"`
+	TxDropped     uint64                 `protobuf:"varint,9,opt,name=tx_dropped,json=txDropped,proto3" json:"tx_dropped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InterfaceStats) Reset() {
+	*x = InterfaceStats{}
+	mi := &file_pods_v0_pods_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InterfaceStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InterfaceStats) ProtoMessage() {}
+
+func (x *InterfaceStats) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InterfaceStats.ProtoReflect.Descriptor instead.
+func (*InterfaceStats) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *InterfaceStats) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *InterfaceStats) GetRxBytes() uint64 {
+	if x != nil {
+		return x.RxBytes
+	}
+	return 0
+}
+
+func (x *InterfaceStats) GetRxPackets() uint64 {
+	if x != nil {
+		return x.RxPackets
+	}
+	return 0
+}
+
+func (x *InterfaceStats) GetRxErrors() uint64 {
+	if x != nil {
+		return x.RxErrors
+	}
+	return 0
+}
+
+func (x *InterfaceStats) GetRxDropped() uint64 {
+	if x != nil {
+		return x.RxDropped
+	}
+	return 0
+}
+
+func (x *InterfaceStats) GetTxBytes() uint64 {
+	if x != nil {
+		return x.TxBytes
+	}
+	return 0
+}
+
+func (x *InterfaceStats) GetTxPackets() uint64 {
+	if x != nil {
+		return x.TxPackets
+	}
+	return 0
+}
+
+func (x *InterfaceStats) GetTxErrors() uint64 {
+	if x != nil {
+		return x.TxErrors
+	}
+	return 0
+}
+
+func (x *InterfaceStats) GetTxDropped() uint64 {
+	if x != nil {
+		return x.TxDropped
+	}
+	return 0
+}
+
 type RemoveContainerRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
@@ -1696,7 +1989,7 @@ type RemoveContainerRequest struct {
 
 func (x *RemoveContainerRequest) Reset() {
 	*x = RemoveContainerRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[22]
+	mi := &file_pods_v0_pods_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1708,7 +2001,7 @@ func (x *RemoveContainerRequest) String() string {
 func (*RemoveContainerRequest) ProtoMessage() {}
 
 func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[22]
+	mi := &file_pods_v0_pods_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1721,7 +2014,7 @@ func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveContainerRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{22}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RemoveContainerRequest) GetContainerId() string {
@@ -1739,7 +2032,7 @@ type RemoveContainerResponse struct {
 
 func (x *RemoveContainerResponse) Reset() {
 	*x = RemoveContainerResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[23]
+	mi := &file_pods_v0_pods_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1751,7 +2044,7 @@ func (x *RemoveContainerResponse) String() string {
 func (*RemoveContainerResponse) ProtoMessage() {}
 
 func (x *RemoveContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[23]
+	mi := &file_pods_v0_pods_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1764,7 +2057,7 @@ func (x *RemoveContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerResponse.ProtoReflect.Descriptor instead.
 func (*RemoveContainerResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{23}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{24}
 }
 
 type ListPodsRequest struct {
@@ -1781,7 +2074,7 @@ type ListPodsRequest struct {
 
 func (x *ListPodsRequest) Reset() {
 	*x = ListPodsRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[24]
+	mi := &file_pods_v0_pods_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1793,7 +2086,7 @@ func (x *ListPodsRequest) String() string {
 func (*ListPodsRequest) ProtoMessage() {}
 
 func (x *ListPodsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[24]
+	mi := &file_pods_v0_pods_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1806,7 +2099,7 @@ func (x *ListPodsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPodsRequest.ProtoReflect.Descriptor instead.
 func (*ListPodsRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{24}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListPodsRequest) GetPageSize() int32 {
@@ -1835,7 +2128,7 @@ type PodStatus struct {
 
 func (x *PodStatus) Reset() {
 	*x = PodStatus{}
-	mi := &file_pods_v0_pods_proto_msgTypes[25]
+	mi := &file_pods_v0_pods_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1847,7 +2140,7 @@ func (x *PodStatus) String() string {
 func (*PodStatus) ProtoMessage() {}
 
 func (x *PodStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[25]
+	mi := &file_pods_v0_pods_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1860,7 +2153,7 @@ func (x *PodStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PodStatus.ProtoReflect.Descriptor instead.
 func (*PodStatus) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{25}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PodStatus) GetPod() *Pod {
@@ -1902,7 +2195,7 @@ type ListPodsResponse struct {
 
 func (x *ListPodsResponse) Reset() {
 	*x = ListPodsResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[26]
+	mi := &file_pods_v0_pods_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1914,7 +2207,7 @@ func (x *ListPodsResponse) String() string {
 func (*ListPodsResponse) ProtoMessage() {}
 
 func (x *ListPodsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[26]
+	mi := &file_pods_v0_pods_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1927,7 +2220,7 @@ func (x *ListPodsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPodsResponse.ProtoReflect.Descriptor instead.
 func (*ListPodsResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{26}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListPodsResponse) GetPods() []*PodStatus {
@@ -1955,7 +2248,7 @@ type UpdateContainerResourcesRequest struct {
 
 func (x *UpdateContainerResourcesRequest) Reset() {
 	*x = UpdateContainerResourcesRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[27]
+	mi := &file_pods_v0_pods_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1967,7 +2260,7 @@ func (x *UpdateContainerResourcesRequest) String() string {
 func (*UpdateContainerResourcesRequest) ProtoMessage() {}
 
 func (x *UpdateContainerResourcesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[27]
+	mi := &file_pods_v0_pods_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1980,7 +2273,7 @@ func (x *UpdateContainerResourcesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerResourcesRequest.ProtoReflect.Descriptor instead.
 func (*UpdateContainerResourcesRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{27}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *UpdateContainerResourcesRequest) GetContainerId() string {
@@ -2005,7 +2298,7 @@ type UpdateContainerResourcesResponse struct {
 
 func (x *UpdateContainerResourcesResponse) Reset() {
 	*x = UpdateContainerResourcesResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[28]
+	mi := &file_pods_v0_pods_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2017,7 +2310,7 @@ func (x *UpdateContainerResourcesResponse) String() string {
 func (*UpdateContainerResourcesResponse) ProtoMessage() {}
 
 func (x *UpdateContainerResourcesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[28]
+	mi := &file_pods_v0_pods_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2030,7 +2323,7 @@ func (x *UpdateContainerResourcesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerResourcesResponse.ProtoReflect.Descriptor instead.
 func (*UpdateContainerResourcesResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{28}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{29}
 }
 
 type ReopenContainerLogRequest struct {
@@ -2042,7 +2335,7 @@ type ReopenContainerLogRequest struct {
 
 func (x *ReopenContainerLogRequest) Reset() {
 	*x = ReopenContainerLogRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[29]
+	mi := &file_pods_v0_pods_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2054,7 +2347,7 @@ func (x *ReopenContainerLogRequest) String() string {
 func (*ReopenContainerLogRequest) ProtoMessage() {}
 
 func (x *ReopenContainerLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[29]
+	mi := &file_pods_v0_pods_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2067,7 +2360,7 @@ func (x *ReopenContainerLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReopenContainerLogRequest.ProtoReflect.Descriptor instead.
 func (*ReopenContainerLogRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{29}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReopenContainerLogRequest) GetContainerId() string {
@@ -2085,7 +2378,7 @@ type ReopenContainerLogResponse struct {
 
 func (x *ReopenContainerLogResponse) Reset() {
 	*x = ReopenContainerLogResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[30]
+	mi := &file_pods_v0_pods_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2097,7 +2390,7 @@ func (x *ReopenContainerLogResponse) String() string {
 func (*ReopenContainerLogResponse) ProtoMessage() {}
 
 func (x *ReopenContainerLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[30]
+	mi := &file_pods_v0_pods_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2110,7 +2403,7 @@ func (x *ReopenContainerLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReopenContainerLogResponse.ProtoReflect.Descriptor instead.
 func (*ReopenContainerLogResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{30}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{31}
 }
 
 // Rows and columns of a terminal.
@@ -2124,7 +2417,7 @@ type TerminalSize struct {
 
 func (x *TerminalSize) Reset() {
 	*x = TerminalSize{}
-	mi := &file_pods_v0_pods_proto_msgTypes[31]
+	mi := &file_pods_v0_pods_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2136,7 +2429,7 @@ func (x *TerminalSize) String() string {
 func (*TerminalSize) ProtoMessage() {}
 
 func (x *TerminalSize) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[31]
+	mi := &file_pods_v0_pods_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2149,7 +2442,7 @@ func (x *TerminalSize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TerminalSize.ProtoReflect.Descriptor instead.
 func (*TerminalSize) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{31}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *TerminalSize) GetWidth() uint32 {
@@ -2182,7 +2475,7 @@ type ExecStart struct {
 
 func (x *ExecStart) Reset() {
 	*x = ExecStart{}
-	mi := &file_pods_v0_pods_proto_msgTypes[32]
+	mi := &file_pods_v0_pods_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2194,7 +2487,7 @@ func (x *ExecStart) String() string {
 func (*ExecStart) ProtoMessage() {}
 
 func (x *ExecStart) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[32]
+	mi := &file_pods_v0_pods_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2207,7 +2500,7 @@ func (x *ExecStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
 func (*ExecStart) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{32}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ExecStart) GetContainerId() string {
@@ -2260,7 +2553,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[33]
+	mi := &file_pods_v0_pods_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2272,7 +2565,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[33]
+	mi := &file_pods_v0_pods_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2285,7 +2578,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{33}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ExecRequest) GetRequest() isExecRequest_Request {
@@ -2370,7 +2663,7 @@ type ExecExit struct {
 
 func (x *ExecExit) Reset() {
 	*x = ExecExit{}
-	mi := &file_pods_v0_pods_proto_msgTypes[34]
+	mi := &file_pods_v0_pods_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2382,7 +2675,7 @@ func (x *ExecExit) String() string {
 func (*ExecExit) ProtoMessage() {}
 
 func (x *ExecExit) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[34]
+	mi := &file_pods_v0_pods_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2395,7 +2688,7 @@ func (x *ExecExit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecExit.ProtoReflect.Descriptor instead.
 func (*ExecExit) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{34}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ExecExit) GetExitCode() int32 {
@@ -2419,7 +2712,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[35]
+	mi := &file_pods_v0_pods_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2431,7 +2724,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[35]
+	mi := &file_pods_v0_pods_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2444,7 +2737,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{35}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ExecResponse) GetResponse() isExecResponse_Response {
@@ -2520,7 +2813,7 @@ type AttachStart struct {
 
 func (x *AttachStart) Reset() {
 	*x = AttachStart{}
-	mi := &file_pods_v0_pods_proto_msgTypes[36]
+	mi := &file_pods_v0_pods_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2532,7 +2825,7 @@ func (x *AttachStart) String() string {
 func (*AttachStart) ProtoMessage() {}
 
 func (x *AttachStart) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[36]
+	mi := &file_pods_v0_pods_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2545,7 +2838,7 @@ func (x *AttachStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachStart.ProtoReflect.Descriptor instead.
 func (*AttachStart) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{36}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *AttachStart) GetContainerId() string {
@@ -2598,7 +2891,7 @@ type AttachRequest struct {
 
 func (x *AttachRequest) Reset() {
 	*x = AttachRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[37]
+	mi := &file_pods_v0_pods_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2610,7 +2903,7 @@ func (x *AttachRequest) String() string {
 func (*AttachRequest) ProtoMessage() {}
 
 func (x *AttachRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[37]
+	mi := &file_pods_v0_pods_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2623,7 +2916,7 @@ func (x *AttachRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachRequest.ProtoReflect.Descriptor instead.
 func (*AttachRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{37}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *AttachRequest) GetRequest() isAttachRequest_Request {
@@ -2713,7 +3006,7 @@ type AttachResponse struct {
 
 func (x *AttachResponse) Reset() {
 	*x = AttachResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[38]
+	mi := &file_pods_v0_pods_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2725,7 +3018,7 @@ func (x *AttachResponse) String() string {
 func (*AttachResponse) ProtoMessage() {}
 
 func (x *AttachResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[38]
+	mi := &file_pods_v0_pods_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2738,7 +3031,7 @@ func (x *AttachResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachResponse.ProtoReflect.Descriptor instead.
 func (*AttachResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{38}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *AttachResponse) GetResponse() isAttachResponse_Response {
@@ -2790,7 +3083,7 @@ type ContainerEventsRequest struct {
 
 func (x *ContainerEventsRequest) Reset() {
 	*x = ContainerEventsRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[39]
+	mi := &file_pods_v0_pods_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2802,7 +3095,7 @@ func (x *ContainerEventsRequest) String() string {
 func (*ContainerEventsRequest) ProtoMessage() {}
 
 func (x *ContainerEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[39]
+	mi := &file_pods_v0_pods_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2815,7 +3108,7 @@ func (x *ContainerEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerEventsRequest.ProtoReflect.Descriptor instead.
 func (*ContainerEventsRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{39}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{40}
 }
 
 type ContainerEvent struct {
@@ -2831,7 +3124,7 @@ type ContainerEvent struct {
 
 func (x *ContainerEvent) Reset() {
 	*x = ContainerEvent{}
-	mi := &file_pods_v0_pods_proto_msgTypes[40]
+	mi := &file_pods_v0_pods_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2843,7 +3136,7 @@ func (x *ContainerEvent) String() string {
 func (*ContainerEvent) ProtoMessage() {}
 
 func (x *ContainerEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[40]
+	mi := &file_pods_v0_pods_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2856,7 +3149,7 @@ func (x *ContainerEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerEvent.ProtoReflect.Descriptor instead.
 func (*ContainerEvent) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{40}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ContainerEvent) GetType() ContainerEventType {
@@ -2891,7 +3184,7 @@ type PortForwardStart struct {
 
 func (x *PortForwardStart) Reset() {
 	*x = PortForwardStart{}
-	mi := &file_pods_v0_pods_proto_msgTypes[41]
+	mi := &file_pods_v0_pods_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2903,7 +3196,7 @@ func (x *PortForwardStart) String() string {
 func (*PortForwardStart) ProtoMessage() {}
 
 func (x *PortForwardStart) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[41]
+	mi := &file_pods_v0_pods_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2916,7 +3209,7 @@ func (x *PortForwardStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortForwardStart.ProtoReflect.Descriptor instead.
 func (*PortForwardStart) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{41}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PortForwardStart) GetPodId() string {
@@ -2947,7 +3240,7 @@ type PortForwardRequest struct {
 
 func (x *PortForwardRequest) Reset() {
 	*x = PortForwardRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[42]
+	mi := &file_pods_v0_pods_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2959,7 +3252,7 @@ func (x *PortForwardRequest) String() string {
 func (*PortForwardRequest) ProtoMessage() {}
 
 func (x *PortForwardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[42]
+	mi := &file_pods_v0_pods_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2972,7 +3265,7 @@ func (x *PortForwardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortForwardRequest.ProtoReflect.Descriptor instead.
 func (*PortForwardRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{42}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PortForwardRequest) GetRequest() isPortForwardRequest_Request {
@@ -3042,7 +3335,7 @@ type PortForwardResponse struct {
 
 func (x *PortForwardResponse) Reset() {
 	*x = PortForwardResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[43]
+	mi := &file_pods_v0_pods_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3054,7 +3347,7 @@ func (x *PortForwardResponse) String() string {
 func (*PortForwardResponse) ProtoMessage() {}
 
 func (x *PortForwardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[43]
+	mi := &file_pods_v0_pods_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3067,7 +3360,7 @@ func (x *PortForwardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortForwardResponse.ProtoReflect.Descriptor instead.
 func (*PortForwardResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{43}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *PortForwardResponse) GetData() []byte {
@@ -3089,7 +3382,7 @@ type ContainerLogStart struct {
 
 func (x *ContainerLogStart) Reset() {
 	*x = ContainerLogStart{}
-	mi := &file_pods_v0_pods_proto_msgTypes[44]
+	mi := &file_pods_v0_pods_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3101,7 +3394,7 @@ func (x *ContainerLogStart) String() string {
 func (*ContainerLogStart) ProtoMessage() {}
 
 func (x *ContainerLogStart) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[44]
+	mi := &file_pods_v0_pods_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3114,7 +3407,7 @@ func (x *ContainerLogStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerLogStart.ProtoReflect.Descriptor instead.
 func (*ContainerLogStart) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{44}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ContainerLogStart) GetContainerId() string {
@@ -3144,7 +3437,7 @@ type ContainerLogRequest struct {
 
 func (x *ContainerLogRequest) Reset() {
 	*x = ContainerLogRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[45]
+	mi := &file_pods_v0_pods_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3156,7 +3449,7 @@ func (x *ContainerLogRequest) String() string {
 func (*ContainerLogRequest) ProtoMessage() {}
 
 func (x *ContainerLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[45]
+	mi := &file_pods_v0_pods_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3169,7 +3462,7 @@ func (x *ContainerLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerLogRequest.ProtoReflect.Descriptor instead.
 func (*ContainerLogRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{45}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ContainerLogRequest) GetRequest() isContainerLogRequest_Request {
@@ -3231,7 +3524,7 @@ type ContainerLogResponse struct {
 
 func (x *ContainerLogResponse) Reset() {
 	*x = ContainerLogResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[46]
+	mi := &file_pods_v0_pods_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3243,7 +3536,7 @@ func (x *ContainerLogResponse) String() string {
 func (*ContainerLogResponse) ProtoMessage() {}
 
 func (x *ContainerLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[46]
+	mi := &file_pods_v0_pods_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3256,7 +3549,7 @@ func (x *ContainerLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerLogResponse.ProtoReflect.Descriptor instead.
 func (*ContainerLogResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{46}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ContainerLogResponse) GetOffset() uint64 {
@@ -3407,12 +3700,54 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\x06stderr\x18\x02 \x01(\fR\x06stderr\x12\x1b\n" +
 	"\texit_code\x18\x03 \x01(\x05R\bexitCode\":\n" +
 	"\x15ContainerStatsRequest\x12!\n" +
-	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"\xba\x01\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"\xdd\b\n" +
 	"\x16ContainerStatsResponse\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x1c\n" +
 	"\ttimestamp\x18\x02 \x01(\x03R\ttimestamp\x12&\n" +
 	"\x0fcpu_usage_nanos\x18\x03 \x01(\x04R\rcpuUsageNanos\x127\n" +
-	"\x18memory_working_set_bytes\x18\x04 \x01(\x04R\x15memoryWorkingSetBytes\";\n" +
+	"\x18memory_working_set_bytes\x18\x04 \x01(\x04R\x15memoryWorkingSetBytes\x12$\n" +
+	"\x0ecpu_user_nanos\x18\x05 \x01(\x04R\fcpuUserNanos\x12(\n" +
+	"\x10cpu_system_nanos\x18\x06 \x01(\x04R\x0ecpuSystemNanos\x12\x1f\n" +
+	"\vcpu_periods\x18\a \x01(\x04R\n" +
+	"cpuPeriods\x122\n" +
+	"\x15cpu_throttled_periods\x18\b \x01(\x04R\x13cpuThrottledPeriods\x12.\n" +
+	"\x13cpu_throttled_nanos\x18\t \x01(\x04R\x11cpuThrottledNanos\x12,\n" +
+	"\x12memory_usage_bytes\x18\n" +
+	" \x01(\x04R\x10memoryUsageBytes\x123\n" +
+	"\x16memory_max_usage_bytes\x18\v \x01(\x04R\x13memoryMaxUsageBytes\x12,\n" +
+	"\x12memory_cache_bytes\x18\f \x01(\x04R\x10memoryCacheBytes\x12(\n" +
+	"\x10memory_rss_bytes\x18\r \x01(\x04R\x0ememoryRssBytes\x12*\n" +
+	"\x11memory_swap_bytes\x18\x0e \x01(\x04R\x0fmemorySwapBytes\x127\n" +
+	"\x18memory_mapped_file_bytes\x18\x0f \x01(\x04R\x15memoryMappedFileBytes\x12.\n" +
+	"\x13memory_kernel_bytes\x18\x10 \x01(\x04R\x11memoryKernelBytes\x12%\n" +
+	"\x0ememory_failcnt\x18\x11 \x01(\x04R\rmemoryFailcnt\x12%\n" +
+	"\x0ememory_pgfault\x18\x12 \x01(\x04R\rmemoryPgfault\x12+\n" +
+	"\x11memory_pgmajfault\x18\x13 \x01(\x04R\x10memoryPgmajfault\x12\x1d\n" +
+	"\n" +
+	"oom_events\x18\x14 \x01(\x04R\toomEvents\x12\x1c\n" +
+	"\tprocesses\x18\x15 \x01(\x04R\tprocesses\x12\x18\n" +
+	"\athreads\x18\x16 \x01(\x04R\athreads\x12\x1f\n" +
+	"\vthreads_max\x18\x17 \x01(\x04R\n" +
+	"threadsMax\x12)\n" +
+	"\x10file_descriptors\x18\x18 \x01(\x04R\x0ffileDescriptors\x12\x18\n" +
+	"\asockets\x18\x19 \x01(\x04R\asockets\x12D\n" +
+	"\n" +
+	"interfaces\x18\x1a \x03(\v2$.aurae.runtime.pod.v0.InterfaceStatsR\n" +
+	"interfaces\"\x90\x02\n" +
+	"\x0eInterfaceStats\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
+	"\brx_bytes\x18\x02 \x01(\x04R\arxBytes\x12\x1d\n" +
+	"\n" +
+	"rx_packets\x18\x03 \x01(\x04R\trxPackets\x12\x1b\n" +
+	"\trx_errors\x18\x04 \x01(\x04R\brxErrors\x12\x1d\n" +
+	"\n" +
+	"rx_dropped\x18\x05 \x01(\x04R\trxDropped\x12\x19\n" +
+	"\btx_bytes\x18\x06 \x01(\x04R\atxBytes\x12\x1d\n" +
+	"\n" +
+	"tx_packets\x18\a \x01(\x04R\ttxPackets\x12\x1b\n" +
+	"\ttx_errors\x18\b \x01(\x04R\btxErrors\x12\x1d\n" +
+	"\n" +
+	"tx_dropped\x18\t \x01(\x04R\ttxDropped\";\n" +
 	"\x16RemoveContainerRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"\x19\n" +
 	"\x17RemoveContainerResponse\"M\n" +
@@ -3553,7 +3888,7 @@ func file_pods_v0_pods_proto_rawDescGZIP() []byte {
 }
 
 var file_pods_v0_pods_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_pods_v0_pods_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
+var file_pods_v0_pods_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_pods_v0_pods_proto_goTypes = []any{
 	(NamespaceMode)(0),                       // 0: aurae.runtime.pod.v0.NamespaceMode
 	(ContainerState)(0),                      // 1: aurae.runtime.pod.v0.ContainerState
@@ -3580,34 +3915,35 @@ var file_pods_v0_pods_proto_goTypes = []any{
 	(*ExecSyncResponse)(nil),                 // 22: aurae.runtime.pod.v0.ExecSyncResponse
 	(*ContainerStatsRequest)(nil),            // 23: aurae.runtime.pod.v0.ContainerStatsRequest
 	(*ContainerStatsResponse)(nil),           // 24: aurae.runtime.pod.v0.ContainerStatsResponse
-	(*RemoveContainerRequest)(nil),           // 25: aurae.runtime.pod.v0.RemoveContainerRequest
-	(*RemoveContainerResponse)(nil),          // 26: aurae.runtime.pod.v0.RemoveContainerResponse
-	(*ListPodsRequest)(nil),                  // 27: aurae.runtime.pod.v0.ListPodsRequest
-	(*PodStatus)(nil),                        // 28: aurae.runtime.pod.v0.PodStatus
-	(*ListPodsResponse)(nil),                 // 29: aurae.runtime.pod.v0.ListPodsResponse
-	(*UpdateContainerResourcesRequest)(nil),  // 30: aurae.runtime.pod.v0.UpdateContainerResourcesRequest
-	(*UpdateContainerResourcesResponse)(nil), // 31: aurae.runtime.pod.v0.UpdateContainerResourcesResponse
-	(*ReopenContainerLogRequest)(nil),        // 32: aurae.runtime.pod.v0.ReopenContainerLogRequest
-	(*ReopenContainerLogResponse)(nil),       // 33: aurae.runtime.pod.v0.ReopenContainerLogResponse
-	(*TerminalSize)(nil),                     // 34: aurae.runtime.pod.v0.TerminalSize
-	(*ExecStart)(nil),                        // 35: aurae.runtime.pod.v0.ExecStart
-	(*ExecRequest)(nil),                      // 36: aurae.runtime.pod.v0.ExecRequest
-	(*ExecExit)(nil),                         // 37: aurae.runtime.pod.v0.ExecExit
-	(*ExecResponse)(nil),                     // 38: aurae.runtime.pod.v0.ExecResponse
-	(*AttachStart)(nil),                      // 39: aurae.runtime.pod.v0.AttachStart
-	(*AttachRequest)(nil),                    // 40: aurae.runtime.pod.v0.AttachRequest
-	(*AttachResponse)(nil),                   // 41: aurae.runtime.pod.v0.AttachResponse
-	(*ContainerEventsRequest)(nil),           // 42: aurae.runtime.pod.v0.ContainerEventsRequest
-	(*ContainerEvent)(nil),                   // 43: aurae.runtime.pod.v0.ContainerEvent
-	(*PortForwardStart)(nil),                 // 44: aurae.runtime.pod.v0.PortForwardStart
-	(*PortForwardRequest)(nil),               // 45: aurae.runtime.pod.v0.PortForwardRequest
-	(*PortForwardResponse)(nil),              // 46: aurae.runtime.pod.v0.PortForwardResponse
-	(*ContainerLogStart)(nil),                // 47: aurae.runtime.pod.v0.ContainerLogStart
-	(*ContainerLogRequest)(nil),              // 48: aurae.runtime.pod.v0.ContainerLogRequest
-	(*ContainerLogResponse)(nil),             // 49: aurae.runtime.pod.v0.ContainerLogResponse
-	nil,                                      // 50: aurae.runtime.pod.v0.Pod.SysctlsEntry
-	nil,                                      // 51: aurae.runtime.pod.v0.Pod.LabelsEntry
-	nil,                                      // 52: aurae.runtime.pod.v0.Pod.AnnotationsEntry
+	(*InterfaceStats)(nil),                   // 25: aurae.runtime.pod.v0.InterfaceStats
+	(*RemoveContainerRequest)(nil),           // 26: aurae.runtime.pod.v0.RemoveContainerRequest
+	(*RemoveContainerResponse)(nil),          // 27: aurae.runtime.pod.v0.RemoveContainerResponse
+	(*ListPodsRequest)(nil),                  // 28: aurae.runtime.pod.v0.ListPodsRequest
+	(*PodStatus)(nil),                        // 29: aurae.runtime.pod.v0.PodStatus
+	(*ListPodsResponse)(nil),                 // 30: aurae.runtime.pod.v0.ListPodsResponse
+	(*UpdateContainerResourcesRequest)(nil),  // 31: aurae.runtime.pod.v0.UpdateContainerResourcesRequest
+	(*UpdateContainerResourcesResponse)(nil), // 32: aurae.runtime.pod.v0.UpdateContainerResourcesResponse
+	(*ReopenContainerLogRequest)(nil),        // 33: aurae.runtime.pod.v0.ReopenContainerLogRequest
+	(*ReopenContainerLogResponse)(nil),       // 34: aurae.runtime.pod.v0.ReopenContainerLogResponse
+	(*TerminalSize)(nil),                     // 35: aurae.runtime.pod.v0.TerminalSize
+	(*ExecStart)(nil),                        // 36: aurae.runtime.pod.v0.ExecStart
+	(*ExecRequest)(nil),                      // 37: aurae.runtime.pod.v0.ExecRequest
+	(*ExecExit)(nil),                         // 38: aurae.runtime.pod.v0.ExecExit
+	(*ExecResponse)(nil),                     // 39: aurae.runtime.pod.v0.ExecResponse
+	(*AttachStart)(nil),                      // 40: aurae.runtime.pod.v0.AttachStart
+	(*AttachRequest)(nil),                    // 41: aurae.runtime.pod.v0.AttachRequest
+	(*AttachResponse)(nil),                   // 42: aurae.runtime.pod.v0.AttachResponse
+	(*ContainerEventsRequest)(nil),           // 43: aurae.runtime.pod.v0.ContainerEventsRequest
+	(*ContainerEvent)(nil),                   // 44: aurae.runtime.pod.v0.ContainerEvent
+	(*PortForwardStart)(nil),                 // 45: aurae.runtime.pod.v0.PortForwardStart
+	(*PortForwardRequest)(nil),               // 46: aurae.runtime.pod.v0.PortForwardRequest
+	(*PortForwardResponse)(nil),              // 47: aurae.runtime.pod.v0.PortForwardResponse
+	(*ContainerLogStart)(nil),                // 48: aurae.runtime.pod.v0.ContainerLogStart
+	(*ContainerLogRequest)(nil),              // 49: aurae.runtime.pod.v0.ContainerLogRequest
+	(*ContainerLogResponse)(nil),             // 50: aurae.runtime.pod.v0.ContainerLogResponse
+	nil,                                      // 51: aurae.runtime.pod.v0.Pod.SysctlsEntry
+	nil,                                      // 52: aurae.runtime.pod.v0.Pod.LabelsEntry
+	nil,                                      // 53: aurae.runtime.pod.v0.Pod.AnnotationsEntry
 }
 var file_pods_v0_pods_proto_depIdxs = []int32{
 	0,  // 0: aurae.runtime.pod.v0.NamespaceOptions.network:type_name -> aurae.runtime.pod.v0.NamespaceMode
@@ -3615,9 +3951,9 @@ var file_pods_v0_pods_proto_depIdxs = []int32{
 	0,  // 2: aurae.runtime.pod.v0.NamespaceOptions.ipc:type_name -> aurae.runtime.pod.v0.NamespaceMode
 	4,  // 3: aurae.runtime.pod.v0.Pod.dns:type_name -> aurae.runtime.pod.v0.DNSConfig
 	3,  // 4: aurae.runtime.pod.v0.Pod.namespaces:type_name -> aurae.runtime.pod.v0.NamespaceOptions
-	50, // 5: aurae.runtime.pod.v0.Pod.sysctls:type_name -> aurae.runtime.pod.v0.Pod.SysctlsEntry
-	51, // 6: aurae.runtime.pod.v0.Pod.labels:type_name -> aurae.runtime.pod.v0.Pod.LabelsEntry
-	52, // 7: aurae.runtime.pod.v0.Pod.annotations:type_name -> aurae.runtime.pod.v0.Pod.AnnotationsEntry
+	51, // 5: aurae.runtime.pod.v0.Pod.sysctls:type_name -> aurae.runtime.pod.v0.Pod.SysctlsEntry
+	52, // 6: aurae.runtime.pod.v0.Pod.labels:type_name -> aurae.runtime.pod.v0.Pod.LabelsEntry
+	53, // 7: aurae.runtime.pod.v0.Pod.annotations:type_name -> aurae.runtime.pod.v0.Pod.AnnotationsEntry
 	8,  // 8: aurae.runtime.pod.v0.Pod.resources:type_name -> aurae.runtime.pod.v0.PodResources
 	6,  // 9: aurae.runtime.pod.v0.Pod.user_namespace:type_name -> aurae.runtime.pod.v0.UserNamespace
 	7,  // 10: aurae.runtime.pod.v0.UserNamespace.uid_mappings:type_name -> aurae.runtime.pod.v0.IDMapping
@@ -3626,57 +3962,58 @@ var file_pods_v0_pods_proto_depIdxs = []int32{
 	11, // 13: aurae.runtime.pod.v0.StartRequest.container:type_name -> aurae.runtime.pod.v0.Container
 	1,  // 14: aurae.runtime.pod.v0.ContainerStatus.state:type_name -> aurae.runtime.pod.v0.ContainerState
 	18, // 15: aurae.runtime.pod.v0.ContainerStatusResponse.status:type_name -> aurae.runtime.pod.v0.ContainerStatus
-	5,  // 16: aurae.runtime.pod.v0.PodStatus.pod:type_name -> aurae.runtime.pod.v0.Pod
-	10, // 17: aurae.runtime.pod.v0.PodStatus.paths:type_name -> aurae.runtime.pod.v0.AllocateResponse
-	18, // 18: aurae.runtime.pod.v0.PodStatus.containers:type_name -> aurae.runtime.pod.v0.ContainerStatus
-	28, // 19: aurae.runtime.pod.v0.ListPodsResponse.pods:type_name -> aurae.runtime.pod.v0.PodStatus
-	34, // 20: aurae.runtime.pod.v0.ExecStart.size:type_name -> aurae.runtime.pod.v0.TerminalSize
-	35, // 21: aurae.runtime.pod.v0.ExecRequest.start:type_name -> aurae.runtime.pod.v0.ExecStart
-	34, // 22: aurae.runtime.pod.v0.ExecRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
-	37, // 23: aurae.runtime.pod.v0.ExecResponse.exit:type_name -> aurae.runtime.pod.v0.ExecExit
-	39, // 24: aurae.runtime.pod.v0.AttachRequest.start:type_name -> aurae.runtime.pod.v0.AttachStart
-	34, // 25: aurae.runtime.pod.v0.AttachRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
-	2,  // 26: aurae.runtime.pod.v0.ContainerEvent.type:type_name -> aurae.runtime.pod.v0.ContainerEventType
-	18, // 27: aurae.runtime.pod.v0.ContainerEvent.status:type_name -> aurae.runtime.pod.v0.ContainerStatus
-	44, // 28: aurae.runtime.pod.v0.PortForwardRequest.start:type_name -> aurae.runtime.pod.v0.PortForwardStart
-	47, // 29: aurae.runtime.pod.v0.ContainerLogRequest.start:type_name -> aurae.runtime.pod.v0.ContainerLogStart
-	9,  // 30: aurae.runtime.pod.v0.PodService.Allocate:input_type -> aurae.runtime.pod.v0.AllocateRequest
-	12, // 31: aurae.runtime.pod.v0.PodService.Start:input_type -> aurae.runtime.pod.v0.StartRequest
-	14, // 32: aurae.runtime.pod.v0.PodService.Stop:input_type -> aurae.runtime.pod.v0.StopRequest
-	16, // 33: aurae.runtime.pod.v0.PodService.Free:input_type -> aurae.runtime.pod.v0.FreeRequest
-	19, // 34: aurae.runtime.pod.v0.PodService.ContainerStatus:input_type -> aurae.runtime.pod.v0.ContainerStatusRequest
-	21, // 35: aurae.runtime.pod.v0.PodService.ExecSync:input_type -> aurae.runtime.pod.v0.ExecSyncRequest
-	23, // 36: aurae.runtime.pod.v0.PodService.ContainerStats:input_type -> aurae.runtime.pod.v0.ContainerStatsRequest
-	25, // 37: aurae.runtime.pod.v0.PodService.RemoveContainer:input_type -> aurae.runtime.pod.v0.RemoveContainerRequest
-	27, // 38: aurae.runtime.pod.v0.PodService.ListPods:input_type -> aurae.runtime.pod.v0.ListPodsRequest
-	30, // 39: aurae.runtime.pod.v0.PodService.UpdateContainerResources:input_type -> aurae.runtime.pod.v0.UpdateContainerResourcesRequest
-	32, // 40: aurae.runtime.pod.v0.PodService.ReopenContainerLog:input_type -> aurae.runtime.pod.v0.ReopenContainerLogRequest
-	36, // 41: aurae.runtime.pod.v0.PodService.Exec:input_type -> aurae.runtime.pod.v0.ExecRequest
-	40, // 42: aurae.runtime.pod.v0.PodService.Attach:input_type -> aurae.runtime.pod.v0.AttachRequest
-	42, // 43: aurae.runtime.pod.v0.PodService.ContainerEvents:input_type -> aurae.runtime.pod.v0.ContainerEventsRequest
-	45, // 44: aurae.runtime.pod.v0.PodService.PortForward:input_type -> aurae.runtime.pod.v0.PortForwardRequest
-	48, // 45: aurae.runtime.pod.v0.PodService.ContainerLog:input_type -> aurae.runtime.pod.v0.ContainerLogRequest
-	10, // 46: aurae.runtime.pod.v0.PodService.Allocate:output_type -> aurae.runtime.pod.v0.AllocateResponse
-	13, // 47: aurae.runtime.pod.v0.PodService.Start:output_type -> aurae.runtime.pod.v0.StartResponse
-	15, // 48: aurae.runtime.pod.v0.PodService.Stop:output_type -> aurae.runtime.pod.v0.StopResponse
-	17, // 49: aurae.runtime.pod.v0.PodService.Free:output_type -> aurae.runtime.pod.v0.FreeResponse
-	20, // 50: aurae.runtime.pod.v0.PodService.ContainerStatus:output_type -> aurae.runtime.pod.v0.ContainerStatusResponse
-	22, // 51: aurae.runtime.pod.v0.PodService.ExecSync:output_type -> aurae.runtime.pod.v0.ExecSyncResponse
-	24, // 52: aurae.runtime.pod.v0.PodService.ContainerStats:output_type -> aurae.runtime.pod.v0.ContainerStatsResponse
-	26, // 53: aurae.runtime.pod.v0.PodService.RemoveContainer:output_type -> aurae.runtime.pod.v0.RemoveContainerResponse
-	29, // 54: aurae.runtime.pod.v0.PodService.ListPods:output_type -> aurae.runtime.pod.v0.ListPodsResponse
-	31, // 55: aurae.runtime.pod.v0.PodService.UpdateContainerResources:output_type -> aurae.runtime.pod.v0.UpdateContainerResourcesResponse
-	33, // 56: aurae.runtime.pod.v0.PodService.ReopenContainerLog:output_type -> aurae.runtime.pod.v0.ReopenContainerLogResponse
-	38, // 57: aurae.runtime.pod.v0.PodService.Exec:output_type -> aurae.runtime.pod.v0.ExecResponse
-	41, // 58: aurae.runtime.pod.v0.PodService.Attach:output_type -> aurae.runtime.pod.v0.AttachResponse
-	43, // 59: aurae.runtime.pod.v0.PodService.ContainerEvents:output_type -> aurae.runtime.pod.v0.ContainerEvent
-	46, // 60: aurae.runtime.pod.v0.PodService.PortForward:output_type -> aurae.runtime.pod.v0.PortForwardResponse
-	49, // 61: aurae.runtime.pod.v0.PodService.ContainerLog:output_type -> aurae.runtime.pod.v0.ContainerLogResponse
-	46, // [46:62] is the sub-list for method output_type
-	30, // [30:46] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	25, // 16: aurae.runtime.pod.v0.ContainerStatsResponse.interfaces:type_name -> aurae.runtime.pod.v0.InterfaceStats
+	5,  // 17: aurae.runtime.pod.v0.PodStatus.pod:type_name -> aurae.runtime.pod.v0.Pod
+	10, // 18: aurae.runtime.pod.v0.PodStatus.paths:type_name -> aurae.runtime.pod.v0.AllocateResponse
+	18, // 19: aurae.runtime.pod.v0.PodStatus.containers:type_name -> aurae.runtime.pod.v0.ContainerStatus
+	29, // 20: aurae.runtime.pod.v0.ListPodsResponse.pods:type_name -> aurae.runtime.pod.v0.PodStatus
+	35, // 21: aurae.runtime.pod.v0.ExecStart.size:type_name -> aurae.runtime.pod.v0.TerminalSize
+	36, // 22: aurae.runtime.pod.v0.ExecRequest.start:type_name -> aurae.runtime.pod.v0.ExecStart
+	35, // 23: aurae.runtime.pod.v0.ExecRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
+	38, // 24: aurae.runtime.pod.v0.ExecResponse.exit:type_name -> aurae.runtime.pod.v0.ExecExit
+	40, // 25: aurae.runtime.pod.v0.AttachRequest.start:type_name -> aurae.runtime.pod.v0.AttachStart
+	35, // 26: aurae.runtime.pod.v0.AttachRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
+	2,  // 27: aurae.runtime.pod.v0.ContainerEvent.type:type_name -> aurae.runtime.pod.v0.ContainerEventType
+	18, // 28: aurae.runtime.pod.v0.ContainerEvent.status:type_name -> aurae.runtime.pod.v0.ContainerStatus
+	45, // 29: aurae.runtime.pod.v0.PortForwardRequest.start:type_name -> aurae.runtime.pod.v0.PortForwardStart
+	48, // 30: aurae.runtime.pod.v0.ContainerLogRequest.start:type_name -> aurae.runtime.pod.v0.ContainerLogStart
+	9,  // 31: aurae.runtime.pod.v0.PodService.Allocate:input_type -> aurae.runtime.pod.v0.AllocateRequest
+	12, // 32: aurae.runtime.pod.v0.PodService.Start:input_type -> aurae.runtime.pod.v0.StartRequest
+	14, // 33: aurae.runtime.pod.v0.PodService.Stop:input_type -> aurae.runtime.pod.v0.StopRequest
+	16, // 34: aurae.runtime.pod.v0.PodService.Free:input_type -> aurae.runtime.pod.v0.FreeRequest
+	19, // 35: aurae.runtime.pod.v0.PodService.ContainerStatus:input_type -> aurae.runtime.pod.v0.ContainerStatusRequest
+	21, // 36: aurae.runtime.pod.v0.PodService.ExecSync:input_type -> aurae.runtime.pod.v0.ExecSyncRequest
+	23, // 37: aurae.runtime.pod.v0.PodService.ContainerStats:input_type -> aurae.runtime.pod.v0.ContainerStatsRequest
+	26, // 38: aurae.runtime.pod.v0.PodService.RemoveContainer:input_type -> aurae.runtime.pod.v0.RemoveContainerRequest
+	28, // 39: aurae.runtime.pod.v0.PodService.ListPods:input_type -> aurae.runtime.pod.v0.ListPodsRequest
+	31, // 40: aurae.runtime.pod.v0.PodService.UpdateContainerResources:input_type -> aurae.runtime.pod.v0.UpdateContainerResourcesRequest
+	33, // 41: aurae.runtime.pod.v0.PodService.ReopenContainerLog:input_type -> aurae.runtime.pod.v0.ReopenContainerLogRequest
+	37, // 42: aurae.runtime.pod.v0.PodService.Exec:input_type -> aurae.runtime.pod.v0.ExecRequest
+	41, // 43: aurae.runtime.pod.v0.PodService.Attach:input_type -> aurae.runtime.pod.v0.AttachRequest
+	43, // 44: aurae.runtime.pod.v0.PodService.ContainerEvents:input_type -> aurae.runtime.pod.v0.ContainerEventsRequest
+	46, // 45: aurae.runtime.pod.v0.PodService.PortForward:input_type -> aurae.runtime.pod.v0.PortForwardRequest
+	49, // 46: aurae.runtime.pod.v0.PodService.ContainerLog:input_type -> aurae.runtime.pod.v0.ContainerLogRequest
+	10, // 47: aurae.runtime.pod.v0.PodService.Allocate:output_type -> aurae.runtime.pod.v0.AllocateResponse
+	13, // 48: aurae.runtime.pod.v0.PodService.Start:output_type -> aurae.runtime.pod.v0.StartResponse
+	15, // 49: aurae.runtime.pod.v0.PodService.Stop:output_type -> aurae.runtime.pod.v0.StopResponse
+	17, // 50: aurae.runtime.pod.v0.PodService.Free:output_type -> aurae.runtime.pod.v0.FreeResponse
+	20, // 51: aurae.runtime.pod.v0.PodService.ContainerStatus:output_type -> aurae.runtime.pod.v0.ContainerStatusResponse
+	22, // 52: aurae.runtime.pod.v0.PodService.ExecSync:output_type -> aurae.runtime.pod.v0.ExecSyncResponse
+	24, // 53: aurae.runtime.pod.v0.PodService.ContainerStats:output_type -> aurae.runtime.pod.v0.ContainerStatsResponse
+	27, // 54: aurae.runtime.pod.v0.PodService.RemoveContainer:output_type -> aurae.runtime.pod.v0.RemoveContainerResponse
+	30, // 55: aurae.runtime.pod.v0.PodService.ListPods:output_type -> aurae.runtime.pod.v0.ListPodsResponse
+	32, // 56: aurae.runtime.pod.v0.PodService.UpdateContainerResources:output_type -> aurae.runtime.pod.v0.UpdateContainerResourcesResponse
+	34, // 57: aurae.runtime.pod.v0.PodService.ReopenContainerLog:output_type -> aurae.runtime.pod.v0.ReopenContainerLogResponse
+	39, // 58: aurae.runtime.pod.v0.PodService.Exec:output_type -> aurae.runtime.pod.v0.ExecResponse
+	42, // 59: aurae.runtime.pod.v0.PodService.Attach:output_type -> aurae.runtime.pod.v0.AttachResponse
+	44, // 60: aurae.runtime.pod.v0.PodService.ContainerEvents:output_type -> aurae.runtime.pod.v0.ContainerEvent
+	47, // 61: aurae.runtime.pod.v0.PodService.PortForward:output_type -> aurae.runtime.pod.v0.PortForwardResponse
+	50, // 62: aurae.runtime.pod.v0.PodService.ContainerLog:output_type -> aurae.runtime.pod.v0.ContainerLogResponse
+	47, // [47:63] is the sub-list for method output_type
+	31, // [31:47] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_pods_v0_pods_proto_init() }
@@ -3684,33 +4021,33 @@ func file_pods_v0_pods_proto_init() {
 	if File_pods_v0_pods_proto != nil {
 		return
 	}
-	file_pods_v0_pods_proto_msgTypes[33].OneofWrappers = []any{
+	file_pods_v0_pods_proto_msgTypes[34].OneofWrappers = []any{
 		(*ExecRequest_Start)(nil),
 		(*ExecRequest_Stdin)(nil),
 		(*ExecRequest_Resize)(nil),
 		(*ExecRequest_CloseStdin)(nil),
 	}
-	file_pods_v0_pods_proto_msgTypes[35].OneofWrappers = []any{
+	file_pods_v0_pods_proto_msgTypes[36].OneofWrappers = []any{
 		(*ExecResponse_Stdout)(nil),
 		(*ExecResponse_Stderr)(nil),
 		(*ExecResponse_Exit)(nil),
 	}
-	file_pods_v0_pods_proto_msgTypes[37].OneofWrappers = []any{
+	file_pods_v0_pods_proto_msgTypes[38].OneofWrappers = []any{
 		(*AttachRequest_Start)(nil),
 		(*AttachRequest_Stdin)(nil),
 		(*AttachRequest_Resize)(nil),
 		(*AttachRequest_CloseStdin)(nil),
 	}
-	file_pods_v0_pods_proto_msgTypes[38].OneofWrappers = []any{
+	file_pods_v0_pods_proto_msgTypes[39].OneofWrappers = []any{
 		(*AttachResponse_Stdout)(nil),
 		(*AttachResponse_Stderr)(nil),
 	}
-	file_pods_v0_pods_proto_msgTypes[42].OneofWrappers = []any{
+	file_pods_v0_pods_proto_msgTypes[43].OneofWrappers = []any{
 		(*PortForwardRequest_Start)(nil),
 		(*PortForwardRequest_Data)(nil),
 		(*PortForwardRequest_CloseWrite)(nil),
 	}
-	file_pods_v0_pods_proto_msgTypes[45].OneofWrappers = []any{
+	file_pods_v0_pods_proto_msgTypes[46].OneofWrappers = []any{
 		(*ContainerLogRequest_Start)(nil),
 		(*ContainerLogRequest_Persisted)(nil),
 	}
@@ -3720,7 +4057,7 @@ func file_pods_v0_pods_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pods_v0_pods_proto_rawDesc), len(file_pods_v0_pods_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   50,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

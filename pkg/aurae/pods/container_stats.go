@@ -13,7 +13,8 @@ import (
 )
 
 // stats reads the container's cgroup: CPU time and the memory working set
-// (usage minus inactive file pages, as cadvisor and the kubelet count it).
+// (usage minus inactive file pages, as cadvisor and the kubelet count it),
+// and what the CRI's metrics need besides (addMetrics).
 // A container whose cgroup is gone reports zeros.
 func (s *Service) stats(_ context.Context, id string) (*podsv0.ContainerStatsResponse, error) {
 	if err := validID("container", id); err != nil {
@@ -23,7 +24,8 @@ func (s *Service) stats(_ context.Context, id string) (*podsv0.ContainerStatsRes
 	if err != nil {
 		return nil, err
 	}
-	path := c.record().CgroupPath
+	rec := c.record()
+	path := rec.CgroupPath
 	resp := &podsv0.ContainerStatsResponse{ContainerId: id, Timestamp: time.Now().UnixNano()}
 	if !cgroup.Exists(path) {
 		return resp, nil
@@ -40,6 +42,7 @@ func (s *Service) stats(_ context.Context, id string) (*podsv0.ContainerStatsRes
 		return nil, fmt.Errorf("stats of %q: %w", id, err)
 	}
 	resp.MemoryWorkingSetBytes = ws
+	addMetrics(resp, path, rec.Pid)
 	return resp, nil
 }
 

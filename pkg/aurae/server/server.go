@@ -157,7 +157,9 @@ func serverFault(c codes.Code) bool {
 // seconds; those are not events worth a line each).
 func isRead(fullMethod string) bool {
 	name := fullMethod[strings.LastIndexByte(fullMethod, '/')+1:]
-	for _, prefix := range []string{"Get", "List", "Discover", "Status", "Stats", "Watch", "Version", "Info"} {
+	// Stream*: the CRI's streamed lists (KEP-5825), which the kubelet's
+	// relist calls every second in place of List*.
+	for _, prefix := range []string{"Get", "List", "Stream", "Discover", "Status", "Stats", "Watch", "Version", "Info"} {
 		if strings.HasPrefix(name, prefix) {
 			return true
 		}

@@ -323,7 +323,23 @@ func (c *Controller) ContainerStats(ctx context.Context, id string) (controller.
 	if err != nil {
 		return controller.Stats{}, err
 	}
-	st := controller.Stats{CPUUsageNanos: resp.GetCpuUsageNanos(), MemoryWorkingSetBytes: resp.GetMemoryWorkingSetBytes()}
+	st := controller.Stats{
+		CPUUsageNanos: resp.GetCpuUsageNanos(), MemoryWorkingSetBytes: resp.GetMemoryWorkingSetBytes(),
+		CPUUserNanos: resp.GetCpuUserNanos(), CPUSystemNanos: resp.GetCpuSystemNanos(),
+		CPUPeriods: resp.GetCpuPeriods(), CPUThrottledPeriods: resp.GetCpuThrottledPeriods(), CPUThrottledNanos: resp.GetCpuThrottledNanos(),
+		MemoryUsageBytes: resp.GetMemoryUsageBytes(), MemoryMaxUsageBytes: resp.GetMemoryMaxUsageBytes(), MemoryCacheBytes: resp.GetMemoryCacheBytes(),
+		MemoryRSSBytes: resp.GetMemoryRssBytes(), MemorySwapBytes: resp.GetMemorySwapBytes(), MemoryMappedFileBytes: resp.GetMemoryMappedFileBytes(),
+		MemoryKernelBytes: resp.GetMemoryKernelBytes(), MemoryFailcnt: resp.GetMemoryFailcnt(),
+		MemoryPgfault: resp.GetMemoryPgfault(), MemoryPgmajfault: resp.GetMemoryPgmajfault(), OOMEvents: resp.GetOomEvents(),
+		Processes: resp.GetProcesses(), Threads: resp.GetThreads(), ThreadsMax: resp.GetThreadsMax(),
+		FileDescriptors: resp.GetFileDescriptors(), Sockets: resp.GetSockets(),
+	}
+	for _, i := range resp.GetInterfaces() {
+		st.Interfaces = append(st.Interfaces, controller.InterfaceStats{
+			Name: i.GetName(), RxBytes: i.GetRxBytes(), RxPackets: i.GetRxPackets(), RxErrors: i.GetRxErrors(), RxDropped: i.GetRxDropped(),
+			TxBytes: i.GetTxBytes(), TxPackets: i.GetTxPackets(), TxErrors: i.GetTxErrors(), TxDropped: i.GetTxDropped(),
+		})
+	}
 	if ts := resp.GetTimestamp(); ts > 0 {
 		st.Timestamp = time.Unix(0, ts)
 	}
