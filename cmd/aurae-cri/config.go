@@ -16,6 +16,7 @@ import (
 	"github.com/aurae-runtime/aurae-cri/pkg/controller/vm"
 	"github.com/aurae-runtime/aurae-cri/pkg/metrics"
 	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
+	"github.com/aurae-runtime/aurae-cri/pkg/tracing"
 )
 
 // config is aurae-cri's configuration: flags, or a TOML file whose keys are
@@ -58,6 +59,9 @@ type config struct {
 	// MetricsAddress serves /metrics (Prometheus) on host:port; empty:
 	// off. Plain HTTP, so loopback addresses only.
 	MetricsAddress string `toml:"metrics-address"`
+	// OTLPEndpoint receives the spans of aurae-cri's and the embedded
+	// auraed's calls (OTLP over gRPC, host:port on loopback); empty: none.
+	OTLPEndpoint string `toml:"otlp-endpoint"`
 
 	level slog.Level
 }
@@ -103,6 +107,7 @@ func parseConfig(args []string) (config, error) {
 	fs.UintVar(&cfg.VMMaxMemMiB, "vm-max-memory-mib", cfg.VMMaxMemMiB, "most memory a VM pod's VM may have, overhead included (MiB; 0: no bound)")
 	fs.StringVar(&cfg.VMAllowedAnnotations, "vm-allowed-annotations", cfg.VMAllowedAnnotations, "Kata sizing annotations VM pods may use, comma-separated ("+vm.AnnotationVCPUs+", "+vm.AnnotationMemMiB+"); none by default")
 	fs.StringVar(&cfg.CDISpecDirs, "cdi-spec-dirs", cfg.CDISpecDirs, "directories of CDI specs, comma-separated (later ones win); empty refuses CDI devices")
+	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", cfg.OTLPEndpoint, "OpenTelemetry collector (OTLP over gRPC, host:port on a loopback address) to send the spans of CRI and Aurae calls to; empty: none")
 	fs.Int64Var(&cfg.PidsLimit, "pids-limit", cfg.PidsLimit, "pids cgroup limit of every container (as CRI-O's pids_limit); 0: none")
 	fs.StringVar(&cfg.MetricsAddress, "metrics-address", cfg.MetricsAddress, "host:port to serve Prometheus metrics on at /metrics, in plain HTTP: loopback addresses only (e.g. 127.0.0.1:9898); empty: off")
 	if err := fs.Parse(args); err != nil {
@@ -171,6 +176,8 @@ func parseConfig(args []string) (config, error) {
 				cfg.CDISpecDirs = explicit.CDISpecDirs
 			case "pids-limit":
 				cfg.PidsLimit = explicit.PidsLimit
+			case "otlp-endpoint":
+				cfg.OTLPEndpoint = explicit.OTLPEndpoint
 			case "metrics-address":
 				cfg.MetricsAddress = explicit.MetricsAddress
 			}
@@ -202,6 +209,9 @@ func parseConfig(args []string) (config, error) {
 		if err := metrics.CheckAddress(cfg.MetricsAddress, false); err != nil {
 			return cfg, fmt.Errorf("metrics-address: %w", err)
 		}
+	}
+	if err := tracing.CheckEndpoint(cfg.OTLPEndpoint); err != nil {
+		return cfg, fmt.Errorf("otlp-endpoint: %w", err)
 	}
 	if cfg.PidsLimit < 0 {
 		return cfg, fmt.Errorf("pids-limit must be 0 (none) or more, got %d", cfg.PidsLimit)

@@ -51,6 +51,8 @@ func TestConfigRefusesBadValues(t *testing.T) {
 		{"--vm-allowed-annotations", "io.katacontainers.config.hypervisor.path"},
 		{"--cdi-spec-dirs", "/etc/cdi,cdi"},
 		{"--pids-limit", "-1"},
+		{"--otlp-endpoint", "10.0.0.1:4317"},
+		{"--otlp-endpoint", "collector"},
 		{"--pids-limit", "many"},
 	} {
 		if _, err := parseConfig(args); err == nil {

@@ -31,6 +31,7 @@ import (
 	"github.com/aurae-runtime/aurae-cri/pkg/netcni"
 	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
+	"github.com/aurae-runtime/aurae-cri/pkg/tracing"
 	"github.com/aurae-runtime/aurae-cri/pkg/version"
 )
 
@@ -64,6 +65,11 @@ func run(cfg config) error {
 	slog.SetDefault(logger)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	stopTracing, err := tracing.Setup(ctx, cfg.OTLPEndpoint, "aurae-cri", version.Version)
+	if err != nil {
+		return err
+	}
+	defer tracing.Flush(stopTracing, logger)
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}

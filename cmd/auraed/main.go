@@ -29,6 +29,7 @@ import (
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/roles"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/server"
 	"github.com/aurae-runtime/aurae-cri/pkg/metrics"
+	"github.com/aurae-runtime/aurae-cri/pkg/tracing"
 	"github.com/aurae-runtime/aurae-cri/pkg/version"
 )
 
@@ -56,6 +57,7 @@ type config struct {
 	criEndpoint     string
 	vmImageDir      string
 	metricsAddress  string
+	otlpEndpoint    string
 }
 
 // peerFlag is the repeatable --peer name=address.
@@ -127,6 +129,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.criEndpoint, "cri-endpoint", "", "the node's CRI runtime (unix:///path), for the os service's driver CRI; empty refuses that driver")
 	fs.StringVar(&cfg.vmImageDir, "vm-image-dir", "/var/lib/aurae/vm", "guest image (vmlinux, initramfs.cpio.gz of make vm-image) that runtime.Core's RunVirtualMachine boots")
 	fs.StringVar(&cfg.metricsAddress, "metrics-address", "", "host:port to serve Prometheus metrics on at /metrics; plain HTTP on a loopback address, else with the mutual TLS of --listen (--tls-cert, --tls-key, --client-ca); empty: off")
+	fs.StringVar(&cfg.otlpEndpoint, "otlp-endpoint", "", "OpenTelemetry collector (OTLP over gRPC, host:port on a loopback address) to send the spans of Aurae calls to; empty: none")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -158,6 +161,9 @@ func parseFlags(args []string) (config, error) {
 			return cfg, fmt.Errorf("--metrics-address: %w", err)
 		}
 	}
+	if err := tracing.CheckEndpoint(cfg.otlpEndpoint); err != nil {
+		return cfg, fmt.Errorf("--otlp-endpoint: %w", err)
+	}
 	return cfg, nil
 }
 
@@ -168,6 +174,11 @@ func run(cfg config) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	stopTracing, err := tracing.Setup(ctx, cfg.otlpEndpoint, "auraed", version.Version)
+	if err != nil {
+		return err
+	}
+	defer tracing.Flush(stopTracing, logger)
 
 	if err := os.MkdirAll(cfg.stateDir, 0o700); err != nil {
 		return fmt.Errorf("create state dir: %w", err)

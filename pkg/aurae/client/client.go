@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/connectivity"
@@ -125,6 +126,8 @@ func Dial(ctx context.Context, address string, opts ...Option) (*Client, error) 
 		// grows to two minutes between attempts, all of them failing every
 		// call at once (Unavailable).
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnectBackoff, MinConnectTimeout: 5 * time.Second}),
+		// A span per call, and the trace context to auraed (pkg/tracing).
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler()),
 	}, o.dialOpts...)
 	if network == "unix" {
 		// The socket path is no host name; TLS over a unix socket then

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -53,6 +54,8 @@ func NewObserved(logger *slog.Logger, obs Observer, opts ...grpc.ServerOption) *
 		grpc.MaxSendMsgSize(MaxSendMsgSize),
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
 		grpc.WaitForHandlers(true),
+		// A span per call, continuing the caller's trace (pkg/tracing).
+		grpc.StatsHandler(otelgrpc.NewServerHandler()),
 	}, opts...)
 	return grpc.NewServer(all...)
 }
