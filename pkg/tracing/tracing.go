@@ -1,8 +1,9 @@
 // Package tracing exports OpenTelemetry spans of the daemons' gRPC calls
 // over OTLP. Every server and client the daemons make (pkg/aurae/server,
 // pkg/aurae/client) creates spans and carries the W3C trace context (the
-// traceparent header) to the next hop: aurae-cri → auraed → a VM's guest
-// auraed. Spans leave the process only when Setup is given an endpoint.
+// traceparent header) to the next hop, whether or not its process exports:
+// aurae-cri → auraed → a VM's guest auraed. Spans leave the process only
+// when Setup is given an endpoint.
 package tracing
 
 import (
@@ -15,16 +16,9 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
-	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
-
-func init() {
-	// The context is carried whether or not this process exports: a
-	// guest auraed continues the host's trace.
-	otel.SetTextMapPropagator(propagation.TraceContext{})
-}
 
 // CheckEndpoint refuses an OTLP endpoint that is not host:port on a
 // loopback address: spans go out as plain gRPC, so only to a collector on

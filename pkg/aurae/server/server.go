@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -55,7 +56,7 @@ func NewObserved(logger *slog.Logger, obs Observer, opts ...grpc.ServerOption) *
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
 		grpc.WaitForHandlers(true),
 		// A span per call, continuing the caller's trace (pkg/tracing).
-		grpc.StatsHandler(otelgrpc.NewServerHandler()),
+		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithPropagators(propagation.TraceContext{}))),
 	}, opts...)
 	return grpc.NewServer(all...)
 }
