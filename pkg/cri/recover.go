@@ -40,6 +40,7 @@ const (
 func (r *Runtime) Recover(ctx context.Context) error {
 	r.rebuildOrSync()
 	r.recoverIntents(ctx)
+	r.recoverImageVolumes(ctx)
 	handlers := map[controller.Controller][]string{}
 	for handler, ctrl := range r.cfg.Controllers {
 		handlers[ctrl] = append(handlers[ctrl], handler)
