@@ -147,11 +147,13 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	r.fault(FaultContainerRootfs)
 	if len(vols) > 0 {
 		defer func() {
-			if retErr != nil && !r.releaseImageVolumes(context.WithoutCancel(ctx), intent.ImageVolumes, id) {
-				undone = false
+			if retErr != nil {
+				ctx, cancel := cleanupContext()
+				defer cancel()
+				undone = r.releaseImageVolumes(ctx, intent.ImageVolumes, id) && undone
 			}
 		}()
-		if err := r.acquireImageVolumes(callCtx, vols, imgMounts); err != nil {
+		if err := r.acquireImageVolumes(callCtx, id, vols, imgMounts); err != nil {
 			return nil, err
 		}
 		r.fault(FaultContainerImageVolumes)

@@ -130,7 +130,7 @@ func volumeKeys(vols []sandbox.ImageVolume) []string {
 // already) and resolves each one's source (its image_sub_path). The
 // caller recorded the keys in the container's intent first; on an error
 // it releases them.
-func (r *Runtime) acquireImageVolumes(ctx context.Context, vols []sandbox.ImageVolume, mounts []imageMount) error {
+func (r *Runtime) acquireImageVolumes(ctx context.Context, id string, vols []sandbox.ImageVolume, mounts []imageMount) error {
 	for _, key := range volumeKeys(vols) {
 		var imageID string
 		for _, v := range vols {
@@ -138,7 +138,7 @@ func (r *Runtime) acquireImageVolumes(ctx context.Context, vols []sandbox.ImageV
 				imageID = v.ImageID
 			}
 		}
-		if err := r.mountImageVolume(ctx, key, imageID); err != nil {
+		if err := r.mountImageVolume(ctx, key, imageID, id); err != nil {
 			return err
 		}
 	}
@@ -153,8 +153,9 @@ func (r *Runtime) acquireImageVolumes(ctx context.Context, vols []sandbox.ImageV
 }
 
 // mountImageVolume prepares the view of imageID and mounts it read-only
-// at its dir, under the key's lock; a mounted one is left as it is.
-func (r *Runtime) mountImageVolume(ctx context.Context, key, imageID string) error {
+// at its dir, under the key's lock, for container user ("" at recovery); a
+// mounted one is left as it is.
+func (r *Runtime) mountImageVolume(ctx context.Context, key, imageID, user string) error {
 	dir := r.imageVolumeDir(key)
 	if dir == "" {
 		return fmt.Errorf("image volume key %q: %w", key, errInvalid)
@@ -173,7 +174,7 @@ func (r *Runtime) mountImageVolume(ctx context.Context, key, imageID string) err
 	if err := mountReadonly(ms, dir); err != nil {
 		return fmt.Errorf("image volume of %s: %w", imageID, err)
 	}
-	r.log.Info("image volume mounted", "image_id", imageID, "snapshot", key, "dir", dir)
+	r.log.Info("image volume mounted", "container", user, "image_id", imageID, "snapshot", key, "dir", dir)
 	return nil
 }
 
@@ -230,7 +231,7 @@ func (r *Runtime) releaseImageVolume(ctx context.Context, key, except string) er
 	if err := r.cfg.Images.RemoveImageVolume(callCtx, key); err != nil && !errdefs.IsNotFound(err) {
 		return err
 	}
-	r.log.Info("image volume released", "snapshot", key, "last_user", except)
+	r.log.Info("image volume released", "container", except, "snapshot", key, "dir", dir)
 	return nil
 }
 
@@ -271,7 +272,7 @@ func (r *Runtime) recoverImageVolumes(ctx context.Context) {
 		if imageID == "" {
 			continue // named by an intent only: its container was not made
 		}
-		if err := r.mountImageVolume(ctx, key, imageID); err != nil {
+		if err := r.mountImageVolume(ctx, key, imageID, ""); err != nil {
 			r.log.Error("recover image volumes: mount a volume in use", "snapshot", key, "error", err)
 		}
 	}

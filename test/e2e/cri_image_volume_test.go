@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	containerd "github.com/containerd/containerd/v2/client"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -169,5 +171,64 @@ func TestCRIImageVolumes(t *testing.T) {
 	}
 	if left := footprint().unowned(nil, 0); len(left) > 0 {
 		t.Errorf("left on the machine:\n  %s", strings.Join(left, "\n  "))
+	}
+}
+
+// TestCRIVMImageVolume mounts an image volume, whole and by sub path, into
+// a container of a VM pod: it reaches the guest through the pod's share,
+// read-only, and goes with the container.
+func TestCRIVMImageVolume(t *testing.T) {
+	requireVMImage(t)
+	c := startCRI(t)
+	ctx := t.Context()
+	busybox := c.pushBusybox(t, "e2e/busybox:vm", testimage.Options{})
+	vol := c.pushBusybox(t, "e2e/volume:vm", testimage.Options{Files: map[string]string{"/data/hello.txt": "hello from the image\n"}})
+	st, err := c.Images.ImageStatus(ctx, &runtimeapi.ImageSpec{Image: vol}, false)
+	if err != nil || st.GetImage() == nil {
+		t.Fatalf("volume image status: %v %v", st, err)
+	}
+	volHex := strings.TrimPrefix(st.GetImage().GetId(), "sha256:")
+	pod := c.podConfig(t, "vmimgvol")
+	podID, err := c.Runtime.RunPodSandbox(ctx, pod, "aurae-vm")
+	if err != nil {
+		t.Fatalf("run vm pod: %v", err)
+	}
+	cfg := containerConfig("reader", busybox, "sleep", "300")
+	cfg.Mounts = []*runtimeapi.Mount{
+		{ContainerPath: "/iv", Readonly: true, Image: &runtimeapi.ImageSpec{Image: vol}},
+		{ContainerPath: "/ivd", Readonly: true, ImageSubPath: "data", Image: &runtimeapi.ImageSpec{Image: vol}},
+	}
+	id := runContainer(t, c, podID, pod, cfg)
+	for _, tc := range []struct {
+		argv []string
+		fail bool
+	}{
+		{argv: []string{"ls", "/iv/bin/sh"}},
+		{argv: []string{"cat", "/ivd/hello.txt"}},
+		{argv: []string{"ls", "/ivd/data"}, fail: true},
+		{argv: []string{"touch", "/iv/x"}, fail: true},
+		{argv: []string{"touch", "/ivd/x"}, fail: true},
+	} {
+		out, errOut, err := c.Runtime.ExecSync(ctx, id, tc.argv, 60*time.Second)
+		if (err != nil) != tc.fail {
+			t.Errorf("%v in the VM pod: err %v (want failure: %v): %s%s", tc.argv, err, tc.fail, out, errOut)
+		}
+	}
+	footprint := func() []string {
+		ctrd, err := containerd.New(filepath.Join(c.StateDir, "containerd", "containerd.sock"), containerd.WithTimeout(10*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = ctrd.Close() }()
+		return c.footprint(t, nil, ctrd, nil).of(volHex)
+	}
+	if held := footprint(); len(held) < 3 {
+		t.Fatalf("the image volume's footprint (mount, view, lease) is %q", held)
+	}
+	if err := c.Runtime.RemovePodSandbox(ctx, podID); err != nil {
+		t.Fatal(err)
+	}
+	if left := footprint(); len(left) > 0 {
+		t.Fatalf("left of the image volume after its VM pod went:\n  %s", strings.Join(left, "\n  "))
 	}
 }
