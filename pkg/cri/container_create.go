@@ -153,7 +153,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 				undone = r.releaseImageVolumes(ctx, intent.ImageVolumes, id) && undone
 			}
 		}()
-		if err := r.acquireImageVolumes(callCtx, id, vols, imgMounts); err != nil {
+		if err := r.acquireImageVolumes(callCtx, id, vols, imgMounts, rootfsIDMapOf(sb)); err != nil {
 			return nil, err
 		}
 		r.fault(FaultContainerImageVolumes)

@@ -130,7 +130,8 @@ func volumeKeys(vols []sandbox.ImageVolume) []string {
 // already) and resolves each one's source (its image_sub_path). The
 // caller recorded the keys in the container's intent first; on an error
 // it releases them.
-func (r *Runtime) acquireImageVolumes(ctx context.Context, id string, vols []sandbox.ImageVolume, mounts []imageMount) error {
+func (r *Runtime) acquireImageVolumes(ctx context.Context, id string, vols []sandbox.ImageVolume, mounts []imageMount, idmap *rootfsIDMap) error {
+	roots := map[string]string{}
 	for _, key := range volumeKeys(vols) {
 		var imageID string
 		for _, v := range vols {
@@ -138,12 +139,23 @@ func (r *Runtime) acquireImageVolumes(ctx context.Context, id string, vols []san
 				imageID = v.ImageID
 			}
 		}
-		if err := r.mountImageVolume(ctx, key, imageID, id); err != nil {
+		ms, err := r.mountImageVolume(ctx, key, imageID, id)
+		if err != nil {
 			return err
+		}
+		roots[key] = r.imageVolumeDir(key)
+		if idmap != nil {
+			// The pod's user namespace: a copy of the container's own,
+			// its layers id-mapped.
+			dir := r.imageVolumeCopyDir(key, id)
+			if err := mountIDMappedVolume(ms, dir, idmap); err != nil {
+				return fmt.Errorf("image volume of %s: %w", imageID, err)
+			}
+			roots[key] = dir
 		}
 	}
 	for i := range vols {
-		src, err := resolveSubPath(r.imageVolumeDir(vols[i].Key), mounts[i].subPath)
+		src, err := resolveSubPath(roots[vols[i].Key], mounts[i].subPath)
 		if err != nil {
 			return fmt.Errorf("image volume at %q: image %q: %w", mounts[i].containerPath, mounts[i].ref, err)
 		}
@@ -155,26 +167,58 @@ func (r *Runtime) acquireImageVolumes(ctx context.Context, id string, vols []san
 // mountImageVolume prepares the view of imageID and mounts it read-only
 // at its dir, under the key's lock, for container user ("" at recovery); a
 // mounted one is left as it is.
-func (r *Runtime) mountImageVolume(ctx context.Context, key, imageID, user string) error {
+func (r *Runtime) mountImageVolume(ctx context.Context, key, imageID, user string) ([]image.Mount, error) {
 	dir := r.imageVolumeDir(key)
 	if dir == "" {
-		return fmt.Errorf("image volume key %q: %w", key, errInvalid)
+		return nil, fmt.Errorf("image volume key %q: %w", key, errInvalid)
 	}
 	unlock := r.volumes.lock(key)
 	defer unlock()
 	ms, err := r.cfg.Images.PrepareImageVolume(ctx, imageID)
 	if err != nil {
-		return fmt.Errorf("image volume of %s: %w", imageID, err)
+		return nil, fmt.Errorf("image volume of %s: %w", imageID, err)
 	}
 	if mounted, err := isMountPoint(dir); err != nil {
-		return err
+		return nil, err
 	} else if mounted {
-		return nil
+		return ms, nil
 	}
 	if err := mountReadonly(ms, dir); err != nil {
-		return fmt.Errorf("image volume of %s: %w", imageID, err)
+		return nil, fmt.Errorf("image volume of %s: %w", imageID, err)
 	}
 	r.log.Info("image volume mounted", "container", user, "image_id", imageID, "snapshot", key, "dir", dir)
+	return ms, nil
+}
+
+// imageVolumeCopyDir is where the id-mapped copy of a volume is mounted
+// for a container of a pod with a user namespace: <volume dir>.<id>.
+func (r *Runtime) imageVolumeCopyDir(key, id string) string {
+	return r.imageVolumeDir(key) + "." + id
+}
+
+// mountIDMappedVolume mounts a view's mount at dir with its layers
+// id-mapped with the pod's user namespace, as the rootfs is (runc cannot
+// id-map a bind of the shared overlay mount: overlayfs refuses
+// MOUNT_ATTR_IDMAP on Debian 12's 6.1), read-only: an overlay of lower
+// dirs only, or a read-only bind.
+func mountIDMappedVolume(ms []image.Mount, dir string, idmap *rootfsIDMap) error {
+	if len(ms) != 1 {
+		return fmt.Errorf("image volume: want one mount, got %d", len(ms))
+	}
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		return err
+	}
+	if mounted, err := isMountPoint(dir); err != nil || mounted {
+		return err
+	}
+	m := ms[0]
+	if !slices.Contains(m.Options, "ro") && m.Type != "overlay" {
+		m.Options = append(slices.Clone(m.Options), "ro")
+	}
+	if err := mountIDMappedRootfs(m, dir, idmap); err != nil {
+		_ = os.Remove(dir)
+		return err
+	}
 	return nil
 }
 
@@ -219,6 +263,11 @@ func (r *Runtime) releaseImageVolume(ctx context.Context, key, except string) er
 	}
 	unlock := r.volumes.lock(key)
 	defer unlock()
+	if except != "" {
+		if err := unmountImageVolume(r.imageVolumeCopyDir(key, except)); err != nil {
+			return err
+		}
+	}
 	if n := r.imageVolumeUsers(key, except); n > 0 {
 		r.log.Debug("image volume still in use", "snapshot", key, "users", n)
 		return nil
@@ -248,6 +297,10 @@ func (r *Runtime) recoverImageVolumes(ctx context.Context) {
 	}
 	if ents, err := os.ReadDir(r.imageVolumesDir()); err == nil {
 		for _, e := range ents {
+			if hex, id, ok := strings.Cut(e.Name(), "."); ok {
+				r.recoverImageVolumeCopy(image.ImageVolumeKey(digest.Canonical.String()+":"+hex), id)
+				continue
+			}
 			key := image.ImageVolumeKey(digest.Canonical.String() + ":" + e.Name())
 			if r.imageVolumeDir(key) != "" && !slices.Contains(keys, key) {
 				keys = append(keys, key)
@@ -272,9 +325,28 @@ func (r *Runtime) recoverImageVolumes(ctx context.Context) {
 		if imageID == "" {
 			continue // named by an intent only: its container was not made
 		}
-		if err := r.mountImageVolume(ctx, key, imageID, ""); err != nil {
+		if _, err := r.mountImageVolume(ctx, key, imageID, ""); err != nil {
 			r.log.Error("recover image volumes: mount a volume in use", "snapshot", key, "error", err)
 		}
+	}
+}
+
+// recoverImageVolumeCopy unmounts the id-mapped copy of a volume for a
+// container that no longer uses it (gone, being removed, or its creation
+// undone).
+func (r *Runtime) recoverImageVolumeCopy(key, id string) {
+	if r.imageVolumeDir(key) == "" || !validID(id) {
+		r.log.Warn("recover image volumes: a dir of an unknown kind: left alone", "dir", filepath.Join(r.imageVolumesDir(), path.Base(key)+"."+id))
+		return
+	}
+	if c, err := r.store.Container(id); err == nil && !c.Status.Removing {
+		return
+	}
+	if in, ok := r.store.Intent(id); ok && slices.Contains(in.ImageVolumes, key) {
+		return
+	}
+	if err := unmountImageVolume(r.imageVolumeCopyDir(key, id)); err != nil {
+		r.log.Error("recover image volumes: unmount a container's copy; retried at the next start", "container", id, "snapshot", key, "error", err)
 	}
 }
 

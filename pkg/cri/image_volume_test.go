@@ -202,7 +202,7 @@ func TestRecoverReleasesImageVolumeWithoutUser(t *testing.T) {
 	f := volumeFixture(t)
 	// A volume made by a run whose records are gone (no container, no
 	// intent names it): released at the next start.
-	if err := f.rt.mountImageVolume(t.Context(), image.ImageVolumeKey(volumeImageID), volumeImageID, ""); err != nil {
+	if _, err := f.rt.mountImageVolume(t.Context(), image.ImageVolumeKey(volumeImageID), volumeImageID, ""); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = unmountImageVolume(f.volumeDir()) })

@@ -92,7 +92,8 @@ type Input struct {
 	CDI CDI
 	// ImageVolumes are the host sources of the request's image mounts
 	// (Mount.image), by clean container path: the image's read-only
-	// mount, or its image_sub_path below it, resolved by the caller.
+	// mount, or its image_sub_path below it, resolved by the caller; in a
+	// pod with a user namespace, already id-mapped with it.
 	ImageVolumes map[string]string
 }
 

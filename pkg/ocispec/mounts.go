@@ -120,8 +120,14 @@ func setMounts(in Input, s *specs.Spec) error {
 		// In the pod's user namespace, the host's files would belong to
 		// no one; id-mapped, the host's ids 0.. are the pod's (its root
 		// owns what host root owns), as containerd and CRI-O map volumes.
+		// An image volume's source is id-mapped already (its layers, as
+		// the rootfs's: overlayfs itself cannot be).
+		imageSources := map[string]bool{}
+		for _, src := range in.ImageVolumes {
+			imageSources[src] = true
+		}
 		for i := range mounts {
-			if mounts[i].Type == "bind" {
+			if mounts[i].Type == "bind" && !imageSources[mounts[i].Source] {
 				mounts[i].UIDMappings = in.Pod.UIDMappings
 				mounts[i].GIDMappings = in.Pod.GIDMappings
 			}

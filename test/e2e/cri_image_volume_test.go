@@ -232,3 +232,66 @@ func TestCRIVMImageVolume(t *testing.T) {
 		t.Fatalf("left of the image volume after its VM pod went:\n  %s", strings.Join(left, "\n  "))
 	}
 }
+
+// TestCRIUserNamespaceImageVolume mounts an image volume into a container
+// of a pod with a user namespace: id-mapped like every bind mount of such
+// a pod, the image's files are the pod root's, and still read-only.
+func TestCRIUserNamespaceImageVolume(t *testing.T) {
+	c := startCRI(t)
+	ctx := t.Context()
+	busybox := c.pushBusybox(t, "e2e/busybox:userns", testimage.Options{})
+	vol := c.pushBusybox(t, "e2e/volume:userns", testimage.Options{Files: map[string]string{"/data/hello.txt": "hello from the image\n"}})
+	st, err := c.Images.ImageStatus(ctx, &runtimeapi.ImageSpec{Image: vol}, false)
+	if err != nil || st.GetImage() == nil {
+		t.Fatalf("volume image status: %v %v", st, err)
+	}
+	volHex := strings.TrimPrefix(st.GetImage().GetId(), "sha256:")
+	mapping := []*runtimeapi.IDMapping{{ContainerId: 0, HostId: 3 * 65536, Length: 65536}}
+	userns := &runtimeapi.NamespaceOption{UsernsOptions: &runtimeapi.UserNamespace{Mode: runtimeapi.NamespaceMode_POD, Uids: mapping, Gids: mapping}}
+	pod := c.podConfig(t, "usernsimgvol")
+	pod.Linux.SecurityContext = &runtimeapi.LinuxSandboxSecurityContext{NamespaceOptions: userns}
+	podID, err := c.Runtime.RunPodSandbox(ctx, pod, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := secConfig("app", busybox, &runtimeapi.LinuxContainerSecurityContext{NamespaceOptions: userns})
+	cfg.Mounts = []*runtimeapi.Mount{{ContainerPath: "/iv", Readonly: true, ImageSubPath: "data", Image: &runtimeapi.ImageSpec{Image: vol}}}
+	id := runContainer(t, c, podID, pod, cfg)
+	if got := execOut(t, c, id, "cat", "/iv/hello.txt"); got != "hello from the image" {
+		t.Errorf("the image volume's file: %q", got)
+	}
+	if f := strings.Fields(execOut(t, c, id, "ls", "-n", "/iv/hello.txt")); len(f) < 4 || f[2] != "0" || f[3] != "0" {
+		t.Errorf("owner of the image volume's file in the pod: %q", f)
+	}
+	if out, _, err := c.Runtime.ExecSync(ctx, id, []string{"touch", "/iv/x"}, 30*time.Second); err == nil {
+		t.Errorf("wrote into the image volume: %s", out)
+	}
+	// The container's id-mapped copy is a mount of its own, beside the
+	// volume's; both survive a kill -9 and go with the pod.
+	mounts := func() []string {
+		var out []string
+		for _, s := range c.footprint(t, nil, nil, nil).of(volHex) {
+			if strings.HasPrefix(s, "mount: ") {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	if got := mounts(); len(got) != 2 || !strings.Contains(got[0]+got[1], "."+id) {
+		t.Fatalf("image volume mounts %q, want the volume's and the container's copy", got)
+	}
+	c.Kill9()
+	c.Restart(t)
+	if got := mounts(); len(got) != 2 {
+		t.Fatalf("image volume mounts after a kill -9 and restart %q", got)
+	}
+	if got := execOut(t, c, id, "cat", "/iv/hello.txt"); got != "hello from the image" {
+		t.Errorf("the image volume's file after the restart: %q", got)
+	}
+	if err := c.Runtime.RemovePodSandbox(ctx, podID); err != nil {
+		t.Fatal(err)
+	}
+	if got := mounts(); len(got) > 0 {
+		t.Fatalf("left of the image volume after the pod went: %q", got)
+	}
+}
