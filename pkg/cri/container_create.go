@@ -52,9 +52,15 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	if _, err := containerLogPath(sb.Config.GetLogDirectory(), logRel, false); err != nil {
 		return nil, err
 	}
+	imgMounts, err := imageMounts(cfg)
+	if err != nil {
+		return nil, err
+	}
 	for _, m := range cfg.GetMounts() {
-		if err := checkAbsolute("mount host path", m.GetHostPath()); err != nil {
-			return nil, err
+		if m.GetImage().GetImage() == "" {
+			if err := checkAbsolute("mount host path", m.GetHostPath()); err != nil {
+				return nil, err
+			}
 		}
 		if err := checkAbsolute("mount container path", m.GetContainerPath()); err != nil {
 			return nil, err
@@ -95,6 +101,10 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	if err != nil {
 		return nil, fmt.Errorf("image %q: %w", cfg.GetImage().GetImage(), err)
 	}
+	vols, err := r.resolveImageVolumes(callCtx, imgMounts, log)
+	if err != nil {
+		return nil, err
+	}
 	ctrl, err := r.controller(sb.RuntimeHandler)
 	if err != nil {
 		return nil, err
@@ -104,7 +114,8 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	// container completes it.
 	rootfs := r.rootfsDir(id)
 	intent := sandbox.Intent{Kind: sandbox.IntentContainer, ID: id, PodID: sb.ID, Name: name, RuntimeHandler: sb.RuntimeHandler,
-		CreatedAt: time.Now(), Rootfs: true, Snapshot: image.RootfsKey(id), Lease: image.RootfsLease(id), RootfsDir: rootfs}
+		CreatedAt: time.Now(), Rootfs: true, Snapshot: image.RootfsKey(id), Lease: image.RootfsLease(id), RootfsDir: rootfs,
+		ImageVolumes: volumeKeys(vols)}
 	if err := r.store.PutIntent(intent); err != nil {
 		return nil, err
 	}
@@ -134,6 +145,23 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		}
 	}()
 	r.fault(FaultContainerRootfs)
+	if len(vols) > 0 {
+		defer func() {
+			if retErr != nil {
+				ctx, cancel := cleanupContext()
+				defer cancel()
+				undone = r.releaseImageVolumes(ctx, intent.ImageVolumes, id) && undone
+			}
+		}()
+		if err := r.acquireImageVolumes(callCtx, id, vols, imgMounts, rootfsIDMapOf(sb)); err != nil {
+			return nil, err
+		}
+		r.fault(FaultContainerImageVolumes)
+	}
+	imageSources := make(map[string]string, len(vols))
+	for _, v := range vols {
+		imageSources[v.ContainerPath] = v.Source
+	}
 
 	logPath, err := containerLogPath(sb.Config.GetLogDirectory(), logRel, true)
 	if err != nil {
@@ -141,7 +169,11 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	}
 	files := controller.ContainerFiles{ID: id, Rootfs: rootfs, LogPath: logPath}
 	for _, m := range cfg.GetMounts() {
-		files.Mounts = append(files.Mounts, controller.Mount{Source: filepath.Clean(m.GetHostPath()), Readonly: m.GetReadonly()})
+		src := filepath.Clean(m.GetHostPath())
+		if m.GetImage().GetImage() != "" {
+			src = imageSources[filepath.Clean(m.GetContainerPath())]
+		}
+		files.Mounts = append(files.Mounts, controller.Mount{Source: src, Readonly: m.GetReadonly()})
 	}
 	if nso := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions(); nso.GetPid() == runtimeapi.NamespaceMode_TARGET {
 		if files.PIDTarget, err = r.pidTarget(sb.ID, nso.GetTargetId()); err != nil {
@@ -178,6 +210,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		Host:            r.host,
 		CDI:             r.cfg.CDI,
 		PidsLimit:       r.cfg.PidsLimit,
+		ImageVolumes:    imageSources,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("spec of %q: %w", name, err)
@@ -193,7 +226,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	c := &sandbox.Container{
 		ID: id, SandboxID: sb.ID, Name: name, Config: cfg,
 		ImageRef: cfg.GetImage().GetImage(), ImageID: img.ID, ImageName: imageName(img.RepoTags, img.RepoDigests, img.ID),
-		LogPath: logPath, Spec: specJSON, StopSignal: stopSignal, CreatedAt: time.Now(),
+		LogPath: logPath, Spec: specJSON, StopSignal: stopSignal, ImageVolumes: vols, CreatedAt: time.Now(),
 		Status: sandbox.ContainerStatus{State: runtimeapi.ContainerState_CONTAINER_CREATED},
 	}
 	if err := r.store.AddContainer(c); err != nil {

@@ -68,6 +68,9 @@ func (r *Runtime) removeContainer(ctx context.Context, id string) error {
 	if err := r.cfg.Images.RemoveRootfs(callCtx, c.ID); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("remove rootfs of %s: %w", c.ID, err)
 	}
+	if !r.releaseImageVolumes(ctx, volumeKeys(c.ImageVolumes), c.ID) {
+		return fmt.Errorf("remove container %s: release its image volumes: %w", c.ID, errdefs.ErrUnavailable)
+	}
 	if err := r.store.DeleteContainer(c.ID); err != nil {
 		return err
 	}

@@ -3,8 +3,10 @@ package cri
 import (
 	"context"
 	"encoding/json"
+	"path"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
@@ -47,7 +49,7 @@ func containerStatus(c sandbox.Container) *runtimeapi.ContainerStatus {
 		Message:     c.Status.Message,
 		Labels:      c.Config.GetLabels(),
 		Annotations: c.Config.GetAnnotations(),
-		Mounts:      c.Config.GetMounts(),
+		Mounts:      containerMounts(c),
 		LogPath:     c.LogPath,
 		Resources:   &runtimeapi.ContainerResources{Linux: c.Config.GetLinux().GetResources()},
 		User:        containerUser(c.Spec),
@@ -115,4 +117,30 @@ func containerUser(spec []byte) *runtimeapi.ContainerUser {
 		u.SupplementalGroups = append(u.SupplementalGroups, int64(g))
 	}
 	return &runtimeapi.ContainerUser{Linux: u}
+}
+
+// containerMounts are the container's mounts as requested, each image
+// volume's with the id of its image in image_ref (the digest the kubelet
+// reports for the volume).
+func containerMounts(c sandbox.Container) []*runtimeapi.Mount {
+	mounts := c.Config.GetMounts()
+	if len(c.ImageVolumes) == 0 {
+		return mounts
+	}
+	out := make([]*runtimeapi.Mount, len(mounts))
+	for i, m := range mounts {
+		out[i] = m
+		if m.GetImage().GetImage() == "" {
+			continue
+		}
+		for _, v := range c.ImageVolumes {
+			if v.ContainerPath == path.Clean(m.GetContainerPath()) {
+				m = proto.Clone(m).(*runtimeapi.Mount)
+				m.Image.ImageRef = v.ImageID
+				out[i] = m
+				break
+			}
+		}
+	}
+	return out
 }

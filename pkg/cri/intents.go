@@ -25,6 +25,9 @@ const (
 	// FaultContainerRootfs: the container's rootfs snapshot is prepared and
 	// mounted; the controller knows nothing of it.
 	FaultContainerRootfs = "container-rootfs"
+	// FaultContainerImageVolumes: the container's image volumes are
+	// prepared and mounted; the container is not stored.
+	FaultContainerImageVolumes = "container-image-volumes"
 	// FaultContainerPrepared: the controller prepared the container, not
 	// yet stored.
 	FaultContainerPrepared = "container-prepared"
@@ -39,7 +42,7 @@ const (
 // FaultPoints are every fault point, in the order a pod's life meets them.
 var FaultPoints = []string{
 	FaultPodCreated, FaultPodNetwork, FaultPodStarted, FaultContainerRootfs,
-	FaultContainerPrepared, FaultContainerRemoving, FaultPodRemoving,
+	FaultContainerImageVolumes, FaultContainerPrepared, FaultContainerRemoving, FaultPodRemoving,
 }
 
 // fault calls the test hook, if any, at a fault point.
@@ -173,6 +176,10 @@ func (r *Runtime) undoContainerIntent(ctx context.Context, in sandbox.Intent) {
 	}
 	if in.Rootfs && !r.undoRootfs(in.ID, log) {
 		log.Error("undo container rootfs: kept for the next start")
+		return
+	}
+	if !r.releaseImageVolumes(ctx, in.ImageVolumes, in.ID) {
+		log.Error("undo container image volumes: kept for the next start")
 		return
 	}
 	if err := r.store.DeleteIntent(in.ID); err != nil {

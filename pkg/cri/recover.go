@@ -41,6 +41,7 @@ func (r *Runtime) Recover(ctx context.Context) error {
 	start := time.Now()
 	r.rebuildOrSync()
 	r.recoverIntents(ctx)
+	r.recoverImageVolumes(ctx)
 	handlers := map[controller.Controller][]string{}
 	for handler, ctrl := range r.cfg.Controllers {
 		handlers[ctrl] = append(handlers[ctrl], handler)

@@ -28,6 +28,13 @@ type Images interface {
 	Resolve(ctx context.Context, refOrID string) (image.Image, error)
 	PrepareRootfs(ctx context.Context, containerID, imageRef string) ([]image.Mount, error)
 	RemoveRootfs(ctx context.Context, containerID string) error
+	// Pull pulls an image (the image of an image volume that is absent).
+	Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error)
+	// PrepareImageVolume makes (or finds) the read-only view of an image;
+	// RemoveImageVolume removes it by key; ImageVolumes lists the keys.
+	PrepareImageVolume(ctx context.Context, imageID string) ([]image.Mount, error)
+	RemoveImageVolume(ctx context.Context, key string) error
+	ImageVolumes(ctx context.Context) ([]string, error)
 }
 
 // Network sets up and tears down pod networks (CNI).
@@ -87,6 +94,8 @@ type Runtime struct {
 	podCIDR atomic.Value
 	pods    objectLocks
 	ctrs    objectLocks
+	// volumes serialises the use and release of one image volume (by key).
+	volumes objectLocks
 	// capabilities are aurae-cri's own: what privileged containers get.
 	capabilities []string
 	// host is Config.Host, probed when nil.

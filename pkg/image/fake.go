@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/identifiers"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // Images is what the container code uses of the image service. *Service
@@ -19,6 +20,10 @@ type Images interface {
 	PrepareRootfs(ctx context.Context, containerID, imageRef string) ([]Mount, error)
 	RootfsMounts(ctx context.Context, containerID string) ([]Mount, error)
 	RemoveRootfs(ctx context.Context, containerID string) error
+	Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error)
+	PrepareImageVolume(ctx context.Context, imageID string) ([]Mount, error)
+	RemoveImageVolume(ctx context.Context, key string) error
+	ImageVolumes(ctx context.Context) ([]string, error)
 }
 
 var (
@@ -35,11 +40,15 @@ type Fake struct {
 	mu     sync.Mutex
 	images map[string]Image  // by id
 	rootfs map[string]string // container id → image id
+	// volumes are the prepared image volumes (keys); pulls counts Pull
+	// calls that found their image.
+	volumes map[string]bool
+	pulls   int
 }
 
 // NewFake returns an empty Fake whose rootfs mounts bind rootfsSource.
 func NewFake(rootfsSource string) *Fake {
-	return &Fake{RootfsSource: rootfsSource, images: map[string]Image{}, rootfs: map[string]string{}}
+	return &Fake{RootfsSource: rootfsSource, images: map[string]Image{}, rootfs: map[string]string{}, volumes: map[string]bool{}}
 }
 
 // Add makes img resolvable by its id, its repo tags and repo digests (each
@@ -156,4 +165,75 @@ func (f *Fake) Rootfs(containerID string) (imageID string, ok bool) {
 
 func (f *Fake) mounts() []Mount {
 	return []Mount{{Type: "bind", Source: f.RootfsSource, Options: []string{"rbind", "rw"}}}
+}
+
+// Pull "pulls" an image the Fake holds (added with Add): it answers its id
+// and counts the pull; any other ref is not found in the registry.
+func (f *Fake) Pull(ctx context.Context, ref string, _ *runtimeapi.AuthConfig) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	img, ok := f.find(ref)
+	if !ok {
+		return "", fmt.Errorf("pull image %q: %w", ref, errdefs.ErrNotFound)
+	}
+	f.pulls++
+	return img.ID, nil
+}
+
+// Pulls is how many Pull calls found their image.
+func (f *Fake) Pulls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.pulls
+}
+
+// Remove forgets an added image (its volumes and rootfs stay).
+func (f *Fake) Remove(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.images, id)
+}
+
+// PrepareImageVolume records the image volume of an added image; its mount
+// is a read-only bind of RootfsSource.
+func (f *Fake) PrepareImageVolume(ctx context.Context, imageID string) ([]Mount, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.images[imageID]; !ok {
+		return nil, fmt.Errorf("image volume of %s: %w", imageID, errdefs.ErrNotFound)
+	}
+	f.volumes[ImageVolumeKey(imageID)] = true
+	return []Mount{{Type: "bind", Source: f.RootfsSource, Options: []string{"rbind", "ro"}}}, nil
+}
+
+// RemoveImageVolume forgets an image volume; an absent one is fine.
+func (f *Fake) RemoveImageVolume(ctx context.Context, key string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.volumes, key)
+	return nil
+}
+
+// ImageVolumes lists the prepared image volumes.
+func (f *Fake) ImageVolumes(ctx context.Context) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	keys := make([]string, 0, len(f.volumes))
+	for k := range f.volumes {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys, nil
 }

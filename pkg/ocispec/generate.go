@@ -90,6 +90,11 @@ type Input struct {
 	// CDI resolves the CDI devices the container asks for (cdi_devices and
 	// cdi.k8s.io/ annotations); nil refuses them.
 	CDI CDI
+	// ImageVolumes are the host sources of the request's image mounts
+	// (Mount.image), by clean container path: the image's read-only
+	// mount, or its image_sub_path below it, resolved by the caller; in a
+	// pod with a user namespace, already id-mapped with it.
+	ImageVolumes map[string]string
 }
 
 // Generate returns the OCI runtime spec of the container in. Errors that

@@ -50,7 +50,7 @@ func setMounts(in Input, s *specs.Spec) error {
 	requested := make(map[string]bool, len(in.Config.GetMounts()))
 	var own []specs.Mount
 	for _, m := range in.Config.GetMounts() {
-		om, err := criMount(m, in.Host.RecursiveReadOnly)
+		om, err := criMount(m, in.Host.RecursiveReadOnly, in.ImageVolumes)
 		if err != nil {
 			return err
 		}
@@ -61,9 +61,9 @@ func setMounts(in Input, s *specs.Spec) error {
 			}
 		}
 		if in.Pod.MountSources != nil {
-			src, ok := in.Pod.MountSources[m.GetHostPath()]
+			src, ok := in.Pod.MountSources[om.Source]
 			if !ok {
-				return invalid("mount at %q: host path %q is not shared with the pod", om.Destination, m.GetHostPath())
+				return invalid("mount at %q: host path %q is not shared with the pod", om.Destination, om.Source)
 			}
 			om.Source = src
 		}
@@ -120,8 +120,14 @@ func setMounts(in Input, s *specs.Spec) error {
 		// In the pod's user namespace, the host's files would belong to
 		// no one; id-mapped, the host's ids 0.. are the pod's (its root
 		// owns what host root owns), as containerd and CRI-O map volumes.
+		// An image volume's source is id-mapped already (its layers, as
+		// the rootfs's: overlayfs itself cannot be).
+		imageSources := map[string]bool{}
+		for _, src := range in.ImageVolumes {
+			imageSources[src] = true
+		}
 		for i := range mounts {
-			if mounts[i].Type == "bind" {
+			if mounts[i].Type == "bind" && !imageSources[mounts[i].Source] {
 				mounts[i].UIDMappings = in.Pod.UIDMappings
 				mounts[i].GIDMappings = in.Pod.GIDMappings
 			}
@@ -134,14 +140,26 @@ func setMounts(in Input, s *specs.Spec) error {
 // criMount validates a mount of the request and turns it into a bind mount.
 // A recursive read-only mount (runc's "rro", which needs mount_setattr(2):
 // rro says whether the host has it) must be read-only and private, as the
-// CRI requires.
-func criMount(m *runtimeapi.Mount, rro bool) (specs.Mount, error) {
+// CRI requires. An image volume (Mount.image) is mounted from its host
+// source in images (by container path): always read-only, as the CRI
+// says of image mounts.
+func criMount(m *runtimeapi.Mount, rro bool, images map[string]string) (specs.Mount, error) {
 	dst, src := m.GetContainerPath(), m.GetHostPath()
-	if m.GetImage().GetImage() != "" {
-		return specs.Mount{}, unsupported("mount at %q: image volumes are not supported", dst)
-	}
 	if err := validContainerPath(dst); err != nil {
 		return specs.Mount{}, invalid("mount of %q: %w", src, err)
+	}
+	if m.GetImage().GetImage() != "" {
+		if src != "" {
+			return specs.Mount{}, invalid("mount at %q: host_path %q and image %q are exclusive", dst, src, m.GetImage().GetImage())
+		}
+		if !m.GetReadonly() {
+			return specs.Mount{}, invalid("mount at %q: image volume %q must be read-only", dst, m.GetImage().GetImage())
+		}
+		if src = images[path.Clean(dst)]; src == "" {
+			return specs.Mount{}, invalid("mount at %q: image volume %q was not prepared", dst, m.GetImage().GetImage())
+		}
+	} else if m.GetImageSubPath() != "" {
+		return specs.Mount{}, invalid("mount at %q: image_sub_path %q without an image", dst, m.GetImageSubPath())
 	}
 	if src == "" || !path.IsAbs(src) {
 		return specs.Mount{}, invalid("mount at %q: host path %q is not absolute", dst, src)
@@ -175,8 +193,19 @@ func criMount(m *runtimeapi.Mount, rro bool) (specs.Mount, error) {
 	if m.GetRecursiveReadOnly() {
 		om.Options = append(om.Options, "rro")
 	}
+	for _, o := range m.GetMountOptions() {
+		if !slices.Contains(mountOptions, o) {
+			return specs.Mount{}, invalid("mount at %q: mount option %q is not supported (only %s)", dst, o, strings.Join(mountOptions, ", "))
+		}
+		if !slices.Contains(om.Options, o) {
+			om.Options = append(om.Options, o)
+		}
+	}
 	return om, nil
 }
+
+// mountOptions are the Mount.mount_options a bind mount may take.
+var mountOptions = []string{"noexec", "nosuid", "nodev", "noatime", "nodiratime", "relatime", "strictatime"}
 
 // bindMount is a recursive bind mount, which runc makes for a file source
 // as well as for a directory.

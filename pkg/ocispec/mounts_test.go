@@ -178,6 +178,7 @@ func TestContainerMounts(t *testing.T) {
 		want            []string // mount lines of the request's mounts, in order
 		wantPropagation string
 		noRRO           bool // the host lacks mount_setattr
+		images          map[string]string
 		wantErr         error
 	}{
 		{
@@ -234,13 +235,21 @@ func TestContainerMounts(t *testing.T) {
 		{name: "recursive read-only without readonly", mounts: []*runtimeapi.Mount{{ContainerPath: "/a", HostPath: "/h", RecursiveReadOnly: true}}, wantErr: errdefs.ErrInvalidArgument},
 		{name: "recursive read-only, host to container", mounts: []*runtimeapi.Mount{{ContainerPath: "/a", HostPath: "/h", Readonly: true, RecursiveReadOnly: true, Propagation: slave}}, wantErr: errdefs.ErrInvalidArgument},
 		{name: "recursive read-only, bidirectional", mounts: []*runtimeapi.Mount{{ContainerPath: "/a", HostPath: "/h", Readonly: true, RecursiveReadOnly: true, Propagation: shared}}, wantErr: errdefs.ErrInvalidArgument},
-		{name: "image volume", mounts: []*runtimeapi.Mount{{ContainerPath: "/a", Image: &runtimeapi.ImageSpec{Image: "x"}}}, wantErr: errdefs.ErrNotImplemented},
+		{name: "image volume", images: map[string]string{"/a": "/iv/x"}, mounts: []*runtimeapi.Mount{{ContainerPath: "/a/", Readonly: true, Image: &runtimeapi.ImageSpec{Image: "x"}}}, want: []string{"/a bind /iv/x rbind,rprivate,ro"}},
+		{name: "image volume, noexec", images: map[string]string{"/a": "/iv/x"}, mounts: []*runtimeapi.Mount{{ContainerPath: "/a", Readonly: true, Image: &runtimeapi.ImageSpec{Image: "x"}, MountOptions: []string{"noexec", "nodev"}}}, want: []string{"/a bind /iv/x rbind,rprivate,ro,noexec,nodev"}},
+		{name: "image volume not read-only", images: map[string]string{"/a": "/iv/x"}, mounts: []*runtimeapi.Mount{{ContainerPath: "/a", Image: &runtimeapi.ImageSpec{Image: "x"}}}, wantErr: errdefs.ErrInvalidArgument},
+		{name: "image volume with a host path", images: map[string]string{"/a": "/iv/x"}, mounts: []*runtimeapi.Mount{{ContainerPath: "/a", HostPath: "/h", Readonly: true, Image: &runtimeapi.ImageSpec{Image: "x"}}}, wantErr: errdefs.ErrInvalidArgument},
+		{name: "image volume not prepared", mounts: []*runtimeapi.Mount{{ContainerPath: "/a", Readonly: true, Image: &runtimeapi.ImageSpec{Image: "x"}}}, wantErr: errdefs.ErrInvalidArgument},
+		{name: "image sub path without an image", mounts: []*runtimeapi.Mount{{ContainerPath: "/a", HostPath: "/h", ImageSubPath: "etc"}}, wantErr: errdefs.ErrInvalidArgument},
+		{name: "unknown mount option", mounts: []*runtimeapi.Mount{{ContainerPath: "/a", HostPath: "/h", MountOptions: []string{"suid"}}}, wantErr: errdefs.ErrInvalidArgument},
+		{name: "noexec host mount", mounts: []*runtimeapi.Mount{{ContainerPath: "/a", HostPath: "/h", MountOptions: []string{"noexec"}}}, want: []string{"/a bind /h rbind,rprivate,rw,noexec"}},
 		{name: "id-mapped", mounts: []*runtimeapi.Mount{{ContainerPath: "/a", HostPath: "/h", UidMappings: []*runtimeapi.IDMapping{{Length: 1}}}}, wantErr: errdefs.ErrNotImplemented},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			in := testInput()
 			in.Config.Mounts = tc.mounts
+			in.ImageVolumes = tc.images
 			in.Host.RecursiveReadOnly = !tc.noRRO
 			s, err := Generate(in)
 			if !checkErr(t, err, tc.wantErr) {

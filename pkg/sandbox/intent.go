@@ -61,6 +61,9 @@ type Intent struct {
 	// ControllerContainer: the pod's controller was asked to prepare the
 	// container.
 	ControllerContainer bool `json:"controller_container,omitempty"`
+	// ImageVolumes are the keys of the image volumes the container may
+	// have begun to use: it counts as their user until the intent goes.
+	ImageVolumes []string `json:"image_volumes,omitempty"`
 }
 
 var bucketIntents = []byte("intents")

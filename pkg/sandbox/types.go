@@ -71,9 +71,22 @@ type Container struct {
 	Spec []byte `json:"spec"`
 	// StopSignal is the signal that stops it ("SIGQUIT"), resolved at
 	// creation from its config, else its image; "" is SIGTERM.
-	StopSignal string          `json:"stop_signal,omitempty"`
-	CreatedAt  time.Time       `json:"created_at"`
-	Status     ContainerStatus `json:"status"`
+	StopSignal string `json:"stop_signal,omitempty"`
+	// ImageVolumes are the image volumes it mounts (Mount.image): it is
+	// one of their users until its removal.
+	ImageVolumes []ImageVolume   `json:"image_volumes,omitempty"`
+	CreatedAt    time.Time       `json:"created_at"`
+	Status       ContainerStatus `json:"status"`
+}
+
+// ImageVolume is an image mounted into a container (a Mount.image): the
+// view snapshot Key of image ImageID, mounted at ContainerPath from
+// Source (the view's host mount, or the image_sub_path below it).
+type ImageVolume struct {
+	ContainerPath string `json:"container_path"`
+	ImageID       string `json:"image_id"`
+	Key           string `json:"key"`
+	Source        string `json:"source"`
 }
 
 // ContainerStatus is what changes in a container's life.

@@ -110,6 +110,9 @@ func (l *lane) step(ctx context.Context, c *CRI, image string, retry bool) error
 	case stepCreateLong:
 		cfg := containerConfig("long", image, "sh", "-c", `trap "exit 42" TERM; while :; do sleep 0.1; done`)
 		cfg.Metadata.Attempt = l.restarts
+		// Its image as an image volume too: shared by the lanes' long
+		// containers, released with the last of them.
+		cfg.Mounts = []*runtimeapi.Mount{{ContainerPath: "/iv", Readonly: true, ImageSubPath: "bin", Image: &runtimeapi.ImageSpec{Image: image}}}
 		l.long, err = rt.CreateContainer(ctx, l.podID, cfg, l.pod)
 	case stepStartLong, stepStartShort:
 		id := l.long
@@ -408,6 +411,15 @@ func (r *faultRun) check(plan faultPlan) {
 	listed := map[string]bool{}
 	for _, ct := range ctrs {
 		owned[ct.GetId()], listed[ct.GetId()] = true, true
+		// An image volume is owned (keyed by its image's hex) while a
+		// listed container mounts it.
+		if st, err := c.Runtime.ContainerStatus(ctx, ct.GetId(), false); err == nil {
+			for _, m := range st.GetStatus().GetMounts() {
+				if ref := m.GetImage().GetImageRef(); ref != "" {
+					owned[strings.TrimPrefix(ref, "sha256:")] = true
+				}
+			}
+		}
 		want, ok := wantCtrs[ct.GetId()]
 		if !ok {
 			problems = append(problems, fmt.Sprintf("container %s (%s) listed, never confirmed or removed", ct.GetId(), ct.GetMetadata().GetName()))
@@ -481,7 +493,7 @@ func (r *faultRun) plan() faultPlan {
 // stepPoints are the fault points each step passes.
 var stepPoints = map[lifeStep][]string{
 	stepRunPod:      {cri.FaultPodCreated, cri.FaultPodNetwork, cri.FaultPodStarted},
-	stepCreateLong:  {cri.FaultContainerRootfs, cri.FaultContainerPrepared},
+	stepCreateLong:  {cri.FaultContainerRootfs, cri.FaultContainerImageVolumes, cri.FaultContainerPrepared},
 	stepCreateShort: {cri.FaultContainerRootfs, cri.FaultContainerPrepared},
 	stepRemoveShort: {cri.FaultContainerRemoving},
 	stepRemovePod:   {cri.FaultContainerRemoving, cri.FaultPodRemoving},

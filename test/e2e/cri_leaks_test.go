@@ -89,7 +89,8 @@ func (c *CRI) auraedSocket(apart *Auraed) string {
 // processes (conmon, holders, containers' and exec'd processes, stray
 // containerds), veths on the bridge, the pods and containers auraed holds
 // (when it answers), and rootfs snapshots and leases (when ctrd is not
-// nil). Leases are keyed by the id whose RootfsLease they are among ids.
+// nil). Leases are keyed by the id whose RootfsLease they are among ids;
+// image volumes (their mount, view and lease) by the hex of their image's id.
 func (c *CRI) footprint(t testing.TB, apart *Auraed, ctrd *containerd.Client, ids map[string]bool) *footprint {
 	t.Helper()
 	f := &footprint{}
@@ -299,6 +300,9 @@ func (c *CRI) rootfsRecords(t testing.TB, f *footprint, ctrd *containerd.Client,
 		if id, ok := strings.CutPrefix(info.Name, image.RootfsKey("")); ok {
 			f.add(id, "snapshot "+info.Name)
 		}
+		if image.IsImageVolumeKey(info.Name) {
+			f.add(filepath.Base(info.Name), "image volume snapshot "+info.Name)
+		}
 		return nil
 	})
 	if err != nil {
@@ -316,6 +320,11 @@ func (c *CRI) rootfsRecords(t testing.TB, f *footprint, ctrd *containerd.Client,
 		byLease[image.RootfsLease(id)] = id
 	}
 	for _, l := range ls {
+		if imageID, ok := l.Labels[image.LabelImageVolume]; ok {
+			// Keyed by the hex of the image's id, as its mount.
+			f.add(strings.TrimPrefix(imageID, "sha256:"), "image volume lease "+l.ID)
+			continue
+		}
 		if !strings.HasPrefix(l.ID, image.RootfsLease("")[:len("aurae-cri.rootfs.")]) {
 			continue
 		}
