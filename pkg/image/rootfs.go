@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/mount"
@@ -57,26 +58,15 @@ func (s *Service) PrepareRootfs(ctx context.Context, containerID, imageRef strin
 	}
 
 	labels := map[string]string{LabelContainerID: containerID}
-	lm := s.client.LeasesService()
-	lease, err := lm.Create(ctx, leases.WithID(RootfsLease(containerID)), leases.WithLabels(labels))
-	createdLease := err == nil
-	if errdefs.IsAlreadyExists(err) {
-		lease, err = leases.Lease{ID: RootfsLease(containerID)}, nil
-	}
+	lease, undoLease, err := s.ensureLease(ctx, RootfsLease(containerID), labels)
 	if err != nil {
 		return nil, fmt.Errorf("prepare rootfs of %q: lease: %w", containerID, err)
 	}
-	if createdLease {
-		defer func() {
-			if retErr != nil {
-				dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), s.callTO)
-				defer dcancel()
-				if err := lm.Delete(dctx, lease, leases.SynchronousDelete); err != nil && !errdefs.IsNotFound(err) {
-					log.WarnContext(ctx, "undo rootfs lease", "error", err)
-				}
-			}
-		}()
-	}
+	defer func() {
+		if retErr != nil {
+			undoLease(log, "undo rootfs lease")
+		}
+	}()
 
 	sn := s.client.SnapshotService(s.snapshotter)
 	key := RootfsKey(containerID)
@@ -164,4 +154,30 @@ func fromContainerdMounts(ms []mount.Mount) []Mount {
 		out[i] = Mount{Type: m.Type, Source: m.Source, Options: append([]string(nil), m.Options...)}
 	}
 	return out
+}
+
+// ensureLease makes the lease id with labels, or finds it made. undo
+// deletes it when this call made it (nothing otherwise), under a fresh
+// context, logging a failure as msg.
+func (s *Service) ensureLease(ctx context.Context, id string, labels map[string]string) (_ leases.Lease, undo func(log *slog.Logger, msg string), _ error) {
+	lm := s.client.LeasesService()
+	lease, err := lm.Create(ctx, leases.WithID(id), leases.WithLabels(labels))
+	created := err == nil
+	if errdefs.IsAlreadyExists(err) {
+		lease, err = leases.Lease{ID: id}, nil
+	}
+	if err != nil {
+		return leases.Lease{}, nil, err
+	}
+	undo = func(log *slog.Logger, msg string) {
+		if !created {
+			return
+		}
+		dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), s.callTO)
+		defer dcancel()
+		if err := lm.Delete(dctx, lease, leases.SynchronousDelete); err != nil && !errdefs.IsNotFound(err) {
+			log.WarnContext(ctx, msg, "error", err)
+		}
+	}
+	return lease, undo, nil
 }

@@ -62,24 +62,15 @@ func (s *Service) PrepareImageVolume(ctx context.Context, imageID string) (_ []M
 		return nil, fmt.Errorf("image volume of %s: %w", imageID, err)
 	}
 	labels := map[string]string{LabelImageVolume: imageID}
-	lm := s.client.LeasesService()
-	lease := leases.Lease{ID: ImageVolumeLease(key)}
-	_, err = lm.Create(ctx, leases.WithID(lease.ID), leases.WithLabels(labels))
-	createdLease := err == nil
-	if err != nil && !errdefs.IsAlreadyExists(err) {
+	lease, undoLease, err := s.ensureLease(ctx, ImageVolumeLease(key), labels)
+	if err != nil {
 		return nil, fmt.Errorf("image volume of %s: lease: %w", imageID, err)
 	}
-	if createdLease {
-		defer func() {
-			if retErr != nil {
-				dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), s.callTO)
-				defer dcancel()
-				if err := lm.Delete(dctx, lease, leases.SynchronousDelete); err != nil && !errdefs.IsNotFound(err) {
-					log.WarnContext(ctx, "undo image volume lease", "error", err)
-				}
-			}
-		}()
-	}
+	defer func() {
+		if retErr != nil {
+			undoLease(log, "undo image volume lease")
+		}
+	}()
 	sn := s.client.SnapshotService(s.snapshotter)
 	mounts, err := sn.View(leases.WithLease(ctx, lease.ID), key, img.ChainID, snapshots.WithLabels(labels))
 	if errdefs.IsAlreadyExists(err) {
