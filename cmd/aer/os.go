@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	commonapi "github.com/aurae-runtime/aurae-cri/api/common"
@@ -62,6 +63,19 @@ func (a *app) nodeErrors(mds ...*commonapi.Metadata) error {
 	return nil
 }
 
+// emitNodes prints resp (emit) and then fails, naming them, for the nodes
+// whose message carries an error.
+func emitNodes[M interface{ GetMetadata() *commonapi.Metadata }](a *app, resp proto.Message, msgs []M, header []string, rows func() [][]string) error {
+	if err := a.emit(resp, header, rows); err != nil {
+		return err
+	}
+	mds := make([]*commonapi.Metadata, 0, len(msgs))
+	for _, m := range msgs {
+		mds = append(mds, m.GetMetadata())
+	}
+	return a.nodeErrors(mds...)
+}
+
 func osContainers(fs *flag.FlagSet) func(context.Context, *app, []string) error {
 	withNodes, driver := nodeFlag(fs), driverFlag(fs)
 	namespace := fs.String("namespace", "", "only this namespace (a Kubernetes namespace, aurae or cells)")
@@ -74,8 +88,7 @@ func osContainers(fs *flag.FlagSet) func(context.Context, *app, []string) error 
 		if err != nil {
 			return err
 		}
-		var mds []*commonapi.Metadata
-		err = a.emit(resp, []string{"NODE", "NAMESPACE", "ID", "NAME", "IMAGE", "PID", "STATUS", "POD"}, func() [][]string {
+		return emitNodes(a, resp, resp.GetMessages(), []string{"NODE", "NAMESPACE", "ID", "NAME", "IMAGE", "PID", "STATUS", "POD"}, func() [][]string {
 			var rows [][]string
 			for _, m := range resp.GetMessages() {
 				for _, c := range m.GetContainers() {
@@ -85,13 +98,6 @@ func osContainers(fs *flag.FlagSet) func(context.Context, *app, []string) error 
 			}
 			return rows
 		})
-		for _, m := range resp.GetMessages() {
-			mds = append(mds, m.GetMetadata())
-		}
-		if err != nil {
-			return err
-		}
-		return a.nodeErrors(mds...)
 	}
 }
 
@@ -133,8 +139,7 @@ func osMemory(fs *flag.FlagSet) func(context.Context, *app, []string) error {
 		if err != nil {
 			return err
 		}
-		var mds []*commonapi.Metadata
-		err = a.emit(resp, []string{"NODE", "TOTAL (MiB)", "FREE", "AVAILABLE", "BUFFERS", "CACHED", "SWAP TOTAL", "SWAP FREE"}, func() [][]string {
+		return emitNodes(a, resp, resp.GetMessages(), []string{"NODE", "TOTAL (MiB)", "FREE", "AVAILABLE", "BUFFERS", "CACHED", "SWAP TOTAL", "SWAP FREE"}, func() [][]string {
 			var rows [][]string
 			for _, m := range resp.GetMessages() {
 				if m.GetMetadata().GetError() != "" {
@@ -146,13 +151,6 @@ func osMemory(fs *flag.FlagSet) func(context.Context, *app, []string) error {
 			}
 			return rows
 		})
-		for _, m := range resp.GetMessages() {
-			mds = append(mds, m.GetMetadata())
-		}
-		if err != nil {
-			return err
-		}
-		return a.nodeErrors(mds...)
 	}
 }
 
@@ -163,8 +161,7 @@ func osProcesses(fs *flag.FlagSet) func(context.Context, *app, []string) error {
 		if err != nil {
 			return err
 		}
-		var mds []*commonapi.Metadata
-		err = a.emit(resp, []string{"NODE", "PID", "PPID", "STATE", "THREADS", "CPU (s)", "VIRT (MiB)", "RES (MiB)", "COMMAND"}, func() [][]string {
+		return emitNodes(a, resp, resp.GetMessages(), []string{"NODE", "PID", "PPID", "STATE", "THREADS", "CPU (s)", "VIRT (MiB)", "RES (MiB)", "COMMAND"}, func() [][]string {
 			var rows [][]string
 			for _, m := range resp.GetMessages() {
 				for _, p := range m.GetProcesses() {
@@ -178,13 +175,6 @@ func osProcesses(fs *flag.FlagSet) func(context.Context, *app, []string) error {
 			}
 			return rows
 		})
-		for _, m := range resp.GetMessages() {
-			mds = append(mds, m.GetMetadata())
-		}
-		if err != nil {
-			return err
-		}
-		return a.nodeErrors(mds...)
 	}
 }
 
@@ -200,8 +190,7 @@ func osRestart(fs *flag.FlagSet) func(context.Context, *app, []string) error {
 		if err != nil {
 			return err
 		}
-		var mds []*commonapi.Metadata
-		err = a.emit(resp, []string{"NODE", "RESTARTED"}, func() [][]string {
+		return emitNodes(a, resp, resp.GetMessages(), []string{"NODE", "RESTARTED"}, func() [][]string {
 			var rows [][]string
 			for _, m := range resp.GetMessages() {
 				if m.GetMetadata().GetError() == "" {
@@ -210,13 +199,6 @@ func osRestart(fs *flag.FlagSet) func(context.Context, *app, []string) error {
 			}
 			return rows
 		})
-		for _, m := range resp.GetMessages() {
-			mds = append(mds, m.GetMetadata())
-		}
-		if err != nil {
-			return err
-		}
-		return a.nodeErrors(mds...)
 	}
 }
 
@@ -232,8 +214,7 @@ func osStats(fs *flag.FlagSet) func(context.Context, *app, []string) error {
 		if err != nil {
 			return err
 		}
-		var mds []*commonapi.Metadata
-		err = a.emit(resp, []string{"NODE", "NAMESPACE", "ID", "NAME", "POD", "MEMORY (bytes)", "CPU (ns)"}, func() [][]string {
+		return emitNodes(a, resp, resp.GetMessages(), []string{"NODE", "NAMESPACE", "ID", "NAME", "POD", "MEMORY (bytes)", "CPU (ns)"}, func() [][]string {
 			var rows [][]string
 			for _, m := range resp.GetMessages() {
 				for _, s := range m.GetStats() {
@@ -243,12 +224,5 @@ func osStats(fs *flag.FlagSet) func(context.Context, *app, []string) error {
 			}
 			return rows
 		})
-		for _, m := range resp.GetMessages() {
-			mds = append(mds, m.GetMetadata())
-		}
-		if err != nil {
-			return err
-		}
-		return a.nodeErrors(mds...)
 	}
 }
