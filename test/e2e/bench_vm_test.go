@@ -5,10 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path"
-	"path/filepath"
 	"sort"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -98,9 +95,13 @@ func measureVMPodStarts(b *testing.B) ([]time.Duration, int, error) {
 		if len(qemu) != 1 {
 			return nil, 0, fmt.Errorf("vm pod %s: QEMUs %v", id, qemu)
 		}
-		procs, err := cgroupProcs(qemu[0])
+		dir, err := memoryCgroupDir(qemu[0])
 		if err != nil {
 			return nil, 0, err
+		}
+		procs := cgroupPids(dir)
+		if len(procs) == 0 {
+			return nil, 0, fmt.Errorf("vm pod %s: no processes in %s", id, dir)
 		}
 		sum := 0
 		for _, pid := range procs {
@@ -112,25 +113,6 @@ func measureVMPodStarts(b *testing.B) ([]time.Duration, int, error) {
 	b.Logf("vm pod starts %v; host PSS KiB per VM pod (QEMU + virtiofsd) %v", starts, pss)
 	logVMStartPhases(b, c)
 	return starts, pss[len(pss)/2], nil
-}
-
-// cgroupProcs are the processes of the v1 memory cgroup that pid is in.
-func cgroupProcs(pid int) ([]int, error) {
-	dir, err := memoryCgroupDir(pid)
-	if err != nil {
-		return nil, err
-	}
-	list, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
-	if err != nil {
-		return nil, err
-	}
-	var pids []int
-	for _, f := range strings.Fields(string(list)) {
-		if p, err := strconv.Atoi(f); err == nil {
-			pids = append(pids, p)
-		}
-	}
-	return pids, nil
 }
 
 // logVMStartPhases logs the medians of where a VM pod's start goes, from
