@@ -15,13 +15,23 @@ import (
 
 // ProcStat is what /proc/<pid>/stat says of a process that matters here.
 type ProcStat struct {
+	Pid int
+	// Comm is the command name (field 2), without its parentheses.
+	Comm string
 	// State is the one-letter state (R, S, D, Z, X, …).
 	State byte
 	// PPid is the parent's pid (field 4).
 	PPid int
+	// UTime and STime are the user and system CPU times in clock ticks
+	// (fields 14 and 15); Threads is field 20.
+	UTime, STime uint64
+	Threads      int
 	// StartTime is the start time in clock ticks since boot (field 22): with
 	// the pid it names one process, even after the pid is reused.
 	StartTime uint64
+	// VSize is the virtual memory size in bytes (field 23), RSSPages the
+	// resident set in pages (field 24).
+	VSize, RSSPages uint64
 }
 
 // Exited reports whether the process has ended (a zombie or dead).
@@ -33,26 +43,47 @@ func Stat(pid int) (ProcStat, error) {
 	if err != nil {
 		return ProcStat{}, err
 	}
-	// The command name (field 2) may hold spaces and parentheses: fields
-	// are counted from the last ')'.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return ProcStat{}, fmt.Errorf("/proc/%d/stat: malformed", pid)
-	}
-	fields := bytes.Fields(b[i+1:])
-	// fields[0] is field 3 (state); field 22 is fields[19].
-	if len(fields) < 20 || len(fields[0]) != 1 {
-		return ProcStat{}, fmt.Errorf("/proc/%d/stat: malformed", pid)
-	}
-	start, err := strconv.ParseUint(string(fields[19]), 10, 64)
+	st, err := ParseStat(b)
 	if err != nil {
 		return ProcStat{}, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 	}
-	ppid, err := strconv.Atoi(string(fields[1]))
-	if err != nil {
-		return ProcStat{}, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	return st, nil
+}
+
+// ParseStat parses the text of a /proc/<pid>/stat.
+func ParseStat(b []byte) (ProcStat, error) {
+	// The command name (field 2) may hold spaces and parentheses: it runs
+	// from the first '(' to the last ')', and fields are counted from there.
+	open, end := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
+	if open < 0 || end < open {
+		return ProcStat{}, errors.New("malformed")
 	}
-	return ProcStat{State: fields[0][0], PPid: ppid, StartTime: start}, nil
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b[:open])))
+	if err != nil {
+		return ProcStat{}, fmt.Errorf("pid: %w", err)
+	}
+	fields := bytes.Fields(b[end+1:])
+	// fields[0] is field 3 (state); field n is fields[n-3].
+	if len(fields) < 22 || len(fields[0]) != 1 {
+		return ProcStat{}, errors.New("malformed")
+	}
+	start, err := strconv.ParseUint(string(fields[22-3]), 10, 64)
+	if err != nil {
+		return ProcStat{}, fmt.Errorf("field 22: %w", err)
+	}
+	num := make(map[int]uint64, 6)
+	for _, n := range []int{4, 14, 15, 20, 23, 24} {
+		v, err := strconv.ParseInt(string(fields[n-3]), 10, 64)
+		if err != nil {
+			return ProcStat{}, fmt.Errorf("field %d: %w", n, err)
+		}
+		num[n] = uint64(max(v, 0))
+	}
+	return ProcStat{
+		Pid: pid, Comm: string(b[open+1 : end]), State: fields[0][0], PPid: int(num[4]),
+		UTime: num[14], STime: num[15], Threads: int(num[20]),
+		StartTime: start, VSize: num[23], RSSPages: num[24],
+	}, nil
 }
 
 // StartTime is the process's start time in clock ticks since boot.

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	osapi "github.com/aurae-runtime/aurae-cri/api/os"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 )
 
 // clockTicks is the unit of /proc/<pid>/stat's times: USER_HZ, 100 on
@@ -61,38 +62,20 @@ func readProcess(pid int, pageSize uint64) (*osapi.ProcessInfo, error) {
 	return p, nil
 }
 
-// parseStat parses /proc/<pid>/stat ("pid (comm) state ppid ..."; comm
-// may hold spaces and parentheses, so it ends at the last ')').
+// parseStat maps /proc/<pid>/stat onto a ProcessInfo.
 func parseStat(b []byte, pageSize uint64) (*osapi.ProcessInfo, error) {
-	open, end := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
-	if open < 0 || end < open {
-		return nil, fmt.Errorf("malformed %q", b)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b[:open])))
+	st, err := linux.ParseStat(b)
 	if err != nil {
 		return nil, err
 	}
-	// f[0] is field 3 (state) of proc(5).
-	f := strings.Fields(string(b[end+1:]))
-	if len(f) < 22 {
-		return nil, fmt.Errorf("%d fields, want at least 24", len(f)+2)
-	}
-	nums := make(map[int]uint64)
-	for _, i := range []int{4, 14, 15, 20, 23, 24} {
-		v, err := strconv.ParseInt(f[i-3], 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("field %d: %w", i, err)
-		}
-		nums[i] = uint64(max(v, 0))
-	}
 	return &osapi.ProcessInfo{
-		Pid:            int32(pid),
-		Ppid:           int32(nums[4]),
-		State:          f[0],
-		Threads:        int32(nums[20]),
-		CpuTime:        float64(nums[14]+nums[15]) / clockTicks,
-		VirtualMemory:  nums[23],
-		ResidentMemory: nums[24] * pageSize,
-		Command:        string(b[open+1 : end]),
+		Pid:            int32(st.Pid),
+		Ppid:           int32(st.PPid),
+		State:          string(st.State),
+		Threads:        int32(st.Threads),
+		CpuTime:        float64(st.UTime+st.STime) / clockTicks,
+		VirtualMemory:  st.VSize,
+		ResidentMemory: st.RSSPages * pageSize,
+		Command:        st.Comm,
 	}, nil
 }
