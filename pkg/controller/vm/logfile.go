@@ -75,7 +75,18 @@ func openLogFile(path string, create bool) (*os.File, fileID, error) {
 		return nil, fileID{}, fmt.Errorf("log directory: %w", err)
 	}
 	defer unix.Close(dir)
-	how := unix.OpenHow{
+	fd, err := unix.Openat2(dir, filepath.Base(path), appendHow(create))
+	if err != nil {
+		return nil, fileID{}, fmt.Errorf("open %s: %w", path, err)
+	}
+	return checkLogFile(fd, path)
+}
+
+// appendHow opens a log file for appending, right below its directory, with
+// no symlink or magic link followed and without blocking on a fifo; create
+// makes it (0640) when missing.
+func appendHow(create bool) *unix.OpenHow {
+	how := &unix.OpenHow{
 		Flags:   unix.O_WRONLY | unix.O_APPEND | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_CLOEXEC,
 		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
 	}
@@ -83,11 +94,7 @@ func openLogFile(path string, create bool) (*os.File, fileID, error) {
 		how.Flags |= unix.O_CREAT
 		how.Mode = 0o640
 	}
-	fd, err := unix.Openat2(dir, filepath.Base(path), &how)
-	if err != nil {
-		return nil, fileID{}, fmt.Errorf("open %s: %w", path, err)
-	}
-	return checkLogFile(fd, path)
+	return how
 }
 
 func checkLogFile(fd int, path string) (*os.File, fileID, error) {
@@ -121,10 +128,7 @@ func findInode(dir string, dev, ino uint64) (*os.File, fileID, bool) {
 			st.Mode&unix.S_IFMT != unix.S_IFREG || uint64(st.Dev) != dev || st.Ino != ino {
 			continue
 		}
-		fd, err := unix.Openat2(int(d.Fd()), name, &unix.OpenHow{
-			Flags:   unix.O_WRONLY | unix.O_APPEND | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_CLOEXEC,
-			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
-		})
+		fd, err := unix.Openat2(int(d.Fd()), name, appendHow(false))
 		if err != nil {
 			return nil, fileID{}, false
 		}
