@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
@@ -58,6 +59,8 @@ type config struct {
 	vmImageDir      string
 	metricsAddress  string
 	otlpEndpoint    string
+	containerd      string
+	registryConfig  string
 }
 
 // peerFlag is the repeatable --peer name=address.
@@ -130,6 +133,8 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.vmImageDir, "vm-image-dir", "/var/lib/aurae/vm", "guest image (vmlinux, initramfs.cpio.gz of make vm-image) that runtime.Core's RunVirtualMachine boots")
 	fs.StringVar(&cfg.metricsAddress, "metrics-address", "", "host:port to serve Prometheus metrics on at /metrics; plain HTTP on a loopback address, else with the mutual TLS of --listen (--tls-cert, --tls-key, --client-ca); empty: off")
 	fs.StringVar(&cfg.otlpEndpoint, "otlp-endpoint", "", "OpenTelemetry collector (OTLP over gRPC, host:port on a loopback address) to send the spans of Aurae calls to; empty: none")
+	fs.StringVar(&cfg.containerd, "containerd-address", "/run/containerd/containerd.sock", "containerd that runtime.Core's RunCell pulls images through; when none answers there, auraed starts its own under --state-dir on first use")
+	fs.StringVar(&cfg.registryConfig, "registry-config-dir", "", "registry hosts for RunCell's pulls (containerd's hosts.toml layout: <dir>/<host>/hosts.toml); empty: HTTPS, plain HTTP for loopback registries")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -155,6 +160,8 @@ func parseFlags(args []string) (config, error) {
 		return cfg, errors.New("--cri-endpoint must be unix:///path")
 	case cfg.stopGracePeriod <= 0:
 		return cfg, errors.New("--stop-grace-period must be positive")
+	case cfg.registryConfig != "" && !filepath.IsAbs(cfg.registryConfig):
+		return cfg, errors.New("--registry-config-dir must be an absolute path")
 	}
 	if cfg.metricsAddress != "" {
 		if err := metrics.CheckAddress(cfg.metricsAddress, cfg.listen != ""); err != nil {
@@ -213,6 +220,7 @@ func run(cfg config) error {
 		Logger:             logger,
 		Logs:               logs,
 		VMImageDir:         cfg.vmImageDir,
+		Images:             daemon.ImagesConfig{ContainerdAddress: cfg.containerd, RegistryConfigDir: cfg.registryConfig},
 		Node: osinfo.Config{
 			NodeName:    cfg.nodeName,
 			Peers:       cfg.peers,

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"time"
 
 	"google.golang.org/grpc"
@@ -50,6 +51,8 @@ type Config struct {
 	VMImageDir string
 	// Logs feeds GetAuraeDaemonLogStream; nil serves an empty stream.
 	Logs *observe.LogBroadcaster
+	// Images says where runtime.Core's RunCell pulls images.
+	Images ImagesConfig
 }
 
 // Daemon is the set of Aurae services with their state.
@@ -61,6 +64,7 @@ type Daemon struct {
 	sched *legacy.Scheduler
 	vms   *vms.Service // nil when VmService is not served
 	core  *legacy.Core
+	imgs  *images
 	node  osinfo.Config
 	extra []func(*grpc.Server)
 	close []func() error
@@ -94,6 +98,8 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	d.close = append(d.close, d.sched.Close)
+	d.imgs = &images{cfg: cfg.Images, dir: cfg.StateDir, log: cfg.Logger.With("component", "image")}
+	d.close = append(d.close, d.imgs.Close)
 	if err := d.addPods(ctx, cfg); err != nil {
 		_ = d.Close()
 		return nil, err
@@ -104,6 +110,7 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 		d.core.WithVMs(ctx, d.vms, cfg.VMImageDir, cfg.Logger)
 	}
 	d.close = append(d.close, d.core.Close)
+	d.core.WithCells(ctx, d.pods, d.imgs.open, filepath.Join(cfg.StateDir, "runcell"), cfg.Logger)
 	return d, nil
 }
 

@@ -23,6 +23,13 @@ func (d *Daemon) addPods(ctx context.Context, cfg Config) error {
 		Runtime:         cfg.OCIRuntime,
 		AllowOldRuntime: cfg.AllowOldOCIRuntime,
 		Logger:          cfg.Logger,
+		// A pod RunCell made leaves its rootfs snapshots to release.
+		Freed: func(ctx context.Context, podID string) error {
+			if d.core == nil {
+				return nil
+			}
+			return d.core.CellFreed(ctx, podID)
+		},
 	})
 	if err != nil {
 		return fmt.Errorf("start pod service: %w", err)

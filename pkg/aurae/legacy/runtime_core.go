@@ -19,6 +19,7 @@ import (
 	observev0 "github.com/aurae-runtime/aurae-cri/api/observe/v0"
 	runtimeapi "github.com/aurae-runtime/aurae-cri/api/runtime"
 	"github.com/aurae-runtime/aurae-cri/pkg/errmap"
+	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
 )
 
 const (
@@ -56,6 +57,10 @@ type Core struct {
 	reapCtx     context.Context
 	stopReaping context.CancelFunc
 	reaping     sync.WaitGroup
+	// cellStore, capabilities and host serve RunCell: see WithCells.
+	cellStore    *cellStore
+	capabilities []string
+	host         ocispec.HostFeatures
 }
 
 // NewCore returns the service over the cells and their output.

@@ -58,6 +58,12 @@ type Config struct {
 	// Conmon is the monitor binary (default "conmon").
 	Conmon string
 	Logger *slog.Logger
+	// Freed, when set, is called after every successful Free, before it
+	// answers (also for an unknown pod, so that a retry finishes what
+	// failed): what others made for the pod (runtime.Core's rootfs
+	// snapshots of a RunCell pod) is released there. Its error fails the
+	// Free.
+	Freed func(ctx context.Context, podID string) error
 }
 
 var _ podsv0.PodServiceServer = (*Service)(nil)
@@ -229,6 +235,11 @@ func (s *Service) Free(ctx context.Context, req *podsv0.FreeRequest) (*podsv0.Fr
 	}
 	if err := s.free(ctx, req.GetPodId()); err != nil {
 		return nil, errmap.ToGRPC(err)
+	}
+	if s.cfg.Freed != nil {
+		if err := s.cfg.Freed(ctx, req.GetPodId()); err != nil {
+			return nil, errmap.ToGRPC(fmt.Errorf("free pod %q: %w", req.GetPodId(), err))
+		}
 	}
 	return &podsv0.FreeResponse{}, nil
 }
