@@ -202,4 +202,3 @@ func cgroupExists(path string) bool {
 	}
 	return false
 }
-
