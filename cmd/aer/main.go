@@ -84,7 +84,7 @@ type resource struct {
 	commands    []command
 }
 
-var resources = []resource{cellsResource, podsResource, vmsResource, discoveryResource, observeResource, osResource, scheduleResource}
+var resources = []resource{cellsResource, podsResource, vmsResource, discoveryResource, observeResource, osResource, scheduleResource, runtimeResource}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

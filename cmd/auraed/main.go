@@ -220,6 +220,7 @@ func run(cfg config) error {
 		Logger:             logger,
 		Logs:               logs,
 		VMImageDir:         cfg.vmImageDir,
+		SelfAddress:        "unix://" + cfg.socket,
 		Images:             daemon.ImagesConfig{ContainerdAddress: cfg.containerd, RegistryConfigDir: cfg.registryConfig},
 		Node: osinfo.Config{
 			NodeName:    cfg.nodeName,

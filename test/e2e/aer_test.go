@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/aurae-runtime/aurae-cri/test/testimage"
 )
 
 // aer runs the aer binary with args and returns its stdout, stderr and
@@ -206,5 +208,36 @@ func TestAerSchedule(t *testing.T) {
 	mustAer(t, addr, "schedule", "destroy", "ticker")
 	if _, errOut, code := aer(t, addr, "schedule", "destroy", "ticker"); code != 1 || !strings.Contains(errOut, "not found") {
 		t.Fatalf("aer schedule destroy of a forgotten executable: exit %d, stderr %q", code, errOut)
+	}
+}
+
+// TestAerRuntime drives runtime.Core through aer: an executable's output
+// and exit status, a cell of an image from a registry (listed, then
+// freed), a malformed pod argument.
+func TestAerRuntime(t *testing.T) {
+	a, reg := startImageAuraed(t)
+	addr := "--address=unix://" + a.Socket
+	out, errOut, code := aer(t, addr, "runtime", "run", "greet", "echo hi aer")
+	if code != 0 || out != "hi aer\n" || errOut != "" {
+		t.Fatalf("aer runtime run echo: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	out, errOut, code = aer(t, addr, "runtime", "run", "fail", "sh -c 'echo bad >&2; exit 3'")
+	if code != 3 || out != "" || errOut != "bad\n" {
+		t.Fatalf("aer runtime run of a failing command: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	ref := reg.Push(t, "e2e/aer:1", testimage.MustBusybox(t, testimage.Options{Cmd: []string{"sleep", "600"}}))
+	out = mustAer(t, addr, "--timeout=2m", "runtime", "cell", "web", "app="+ref)
+	if r := row(out, "web", "app"); len(r) < 4 || r[3] != "active" {
+		t.Fatalf("aer runtime cell:\n%s", out)
+	}
+	if out := mustAer(t, addr, "pods", "list"); !strings.Contains(out, "web.app") {
+		t.Fatalf("aer pods list after runtime cell:\n%s", out)
+	}
+	mustAer(t, addr, "pods", "free", "web")
+	if _, err := os.Stat(filepath.Join(a.StateDir, "runcell", "web")); !os.IsNotExist(err) {
+		t.Fatalf("the cell's dir after aer pods free: %v", err)
+	}
+	if _, errOut, code := aer(t, addr, "runtime", "pod", "p", "no-cell"); code != 2 || !strings.Contains(errOut, "want CELL/[NAME=]IMAGE") {
+		t.Fatalf("aer runtime pod with a bad argument: exit %d, stderr %q", code, errOut)
 	}
 }

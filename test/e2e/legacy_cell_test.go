@@ -18,6 +18,7 @@ import (
 	metaapi "github.com/aurae-runtime/aurae-cri/api/meta"
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	runtimeapi "github.com/aurae-runtime/aurae-cri/api/runtime"
+	vmsv0 "github.com/aurae-runtime/aurae-cri/api/vms/v0"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/daemon"
 	"github.com/aurae-runtime/aurae-cri/pkg/image"
 	"github.com/aurae-runtime/aurae-cri/test/testimage"
@@ -201,4 +202,135 @@ func cgroupExists(path string) bool {
 		}
 	}
 	return false
+}
+
+// TestLegacyRunPodRefusals: without a guest image RunPod answers
+// FailedPrecondition naming what is missing; a bad request names its
+// field; neither leaves anything.
+func TestLegacyRunPodRefusals(t *testing.T) {
+	empty := t.TempDir()
+	a, reg := startImageAuraed(t, "--vm-image-dir", empty)
+	ctx := testContext(t)
+	core := runtimeapi.NewCoreClient(a.Client().Conn)
+	cell := &runtimeapi.Cell{Meta: &metaapi.AuraeMeta{Name: "web"}, Containers: []*runtimeapi.Container{{Image: reg.Ref("e2e/cell:1")}}}
+	_, err := core.RunPod(ctx, &runtimeapi.Pod{Meta: &metaapi.AuraeMeta{Name: "vmpod"}, Cells: []*runtimeapi.Cell{cell}})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), empty+"/vmlinux is missing") {
+		t.Fatalf("RunPod without a guest image = %v, want FailedPrecondition naming %s/vmlinux", err, empty)
+	}
+	for _, tc := range []struct {
+		pod  *runtimeapi.Pod
+		says string
+	}{
+		{&runtimeapi.Pod{Meta: &metaapi.AuraeMeta{Name: "vmpod"}}, "pod.cells is empty"},
+		{&runtimeapi.Pod{Cells: []*runtimeapi.Cell{cell}}, "pod.meta.name"},
+		{&runtimeapi.Pod{Meta: &metaapi.AuraeMeta{Name: "vmpod"}, Cells: []*runtimeapi.Cell{cell, cell}}, "pod.cells[1].meta.name \"web\" given twice"},
+		{&runtimeapi.Pod{Meta: &metaapi.AuraeMeta{Name: "vmpod"}, Cells: []*runtimeapi.Cell{{Meta: &metaapi.AuraeMeta{Name: "web"}}}}, "pod.cells[0]: cell \"web\": cell.containers is empty"},
+	} {
+		if _, err := core.RunPod(ctx, tc.pod); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.says) {
+			t.Errorf("RunPod(%v) = %v, want InvalidArgument saying %q", tc.pod, err, tc.says)
+		}
+	}
+	if ents, err := os.ReadDir(filepath.Join(a.StateDir, "runcell")); len(ents) != 0 {
+		t.Errorf("records left: %v %v", ents, err)
+	}
+}
+
+// TestLegacyRunPod boots a VM through runtime.Core/RunPod and runs a
+// cell's container in it from an image the host pulled: its output
+// reaches its log on the host; freeing the pod removes the VM, the
+// rootfs mount, snapshot and lease and the records.
+func TestLegacyRunPod(t *testing.T) {
+	requireVMImage(t)
+	a, reg := startImageAuraed(t, "--vm-image-dir", vmImageDir)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ref := reg.Push(t, "e2e/cell:1", testimage.MustBusybox(t, testimage.Options{
+		Cmd: []string{"sh", "-c", "echo hello from $(hostname); exec sleep 600"},
+	}))
+	core := runtimeapi.NewCoreClient(a.Client().Conn)
+	pods := a.Client().Pods
+	freed := false
+	t.Cleanup(func() {
+		if !freed {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			_, _ = pods.Free(ctx, &podsv0.FreeRequest{PodId: "vmpod"})
+		}
+	})
+	resp, err := core.RunPod(ctx, &runtimeapi.Pod{
+		Meta: &metaapi.AuraeMeta{Name: "vmpod"},
+		Cells: []*runtimeapi.Cell{{
+			Meta:       &metaapi.AuraeMeta{Name: "web"},
+			Containers: []*runtimeapi.Container{{Meta: &metaapi.AuraeMeta{Name: "app"}, Image: ref}},
+		}},
+	})
+	if err != nil {
+		t.Fatalf("RunPod: %v", err)
+	}
+	logPath := filepath.Join(a.StateDir, "runcell", "vmpod", "web.app.log")
+	cs := resp.GetCellStatus()
+	if resp.GetStatus() != metaapi.Status_STATUS_ACTIVE || resp.GetSpawnResponse().GetVmId() != "pod-vmpod" ||
+		cs.GetMeta().GetName() != "web" || len(cs.GetContainerStatuses()) != 1 ||
+		cs.GetContainerStatuses()[0].GetMeta().GetMessage() != "id vmpod.web.app, log "+logPath {
+		t.Fatalf("RunPod = %v", resp)
+	}
+	vms, err := a.Client().Vms.List(ctx, &vmsv0.VmServiceListRequest{})
+	if err != nil || len(vms.GetMachines()) != 1 || vms.GetMachines()[0].GetId() != "pod-vmpod" {
+		t.Fatalf("VMs: %v %v", vms, err)
+	}
+	// The guest's output reaches the host's log (a writer follows it).
+	logCtx, logCancel := context.WithTimeout(ctx, time.Minute)
+	defer logCancel()
+	for {
+		b, _ := os.ReadFile(logPath)
+		if strings.Contains(string(b), " stdout F hello from vmpod\n") {
+			break
+		}
+		if logCtx.Err() != nil {
+			_, serr := os.Stat(logPath)
+			ents, _ := os.ReadDir(filepath.Dir(logPath))
+			var names []string
+			for _, e := range ents {
+				names = append(names, e.Name())
+			}
+			_, _ = pods.Free(ctx, &podsv0.FreeRequest{PodId: "vmpod"})
+			after, _ := os.ReadFile(filepath.Join(a.StateDir, "runcell", "vmpod", "web.app.log"))
+			t.Fatalf("log %s (%v; dir %v):\n%s\nafter free:\n%s", logPath, serr, names, b, after)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	rootfs := filepath.Join(a.StateDir, "runcell", "vmpod", "web.app", "rootfs")
+	if !mounted(t, rootfs) {
+		t.Errorf("rootfs %s not mounted", rootfs)
+	}
+	ctrd := imageClient(t, a)
+	nctx := namespaces.WithNamespace(ctx, daemon.ImageNamespace)
+	if _, err := ctrd.SnapshotService(image.DefaultSnapshotter).Stat(nctx, image.RootfsKey("vmpod.web.app")); err != nil {
+		t.Errorf("rootfs snapshot: %v", err)
+	}
+
+	if _, err := pods.Free(ctx, &podsv0.FreeRequest{PodId: "vmpod"}); err != nil {
+		t.Fatal(err)
+	}
+	freed = true
+	if vms, err := a.Client().Vms.List(ctx, &vmsv0.VmServiceListRequest{}); err != nil || len(vms.GetMachines()) != 0 {
+		t.Errorf("VMs after Free: %v %v", vms, err)
+	}
+	if mounted(t, rootfs) {
+		t.Errorf("rootfs %s still mounted", rootfs)
+	}
+	if _, err := ctrd.SnapshotService(image.DefaultSnapshotter).Stat(nctx, image.RootfsKey("vmpod.web.app")); !errdefs.IsNotFound(err) {
+		t.Errorf("rootfs snapshot after Free: %v", err)
+	}
+	if ls, err := ctrd.LeasesService().List(nctx, "id=="+image.RootfsLease("vmpod.web.app")); err != nil || len(ls) != 0 {
+		t.Errorf("leases after Free: %v %v", ls, err)
+	}
+	for _, d := range []string{"runcell/vmpod", "runpod/vmpod"} {
+		if _, err := os.Stat(filepath.Join(a.StateDir, d)); !os.IsNotExist(err) {
+			t.Errorf("%s left: %v", d, err)
+		}
+	}
+	if pids := qemuPids(a.StateDir); len(pids) != 0 {
+		t.Errorf("QEMU still runs: %v", pids)
+	}
 }

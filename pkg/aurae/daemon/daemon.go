@@ -51,8 +51,11 @@ type Config struct {
 	VMImageDir string
 	// Logs feeds GetAuraeDaemonLogStream; nil serves an empty stream.
 	Logs *observe.LogBroadcaster
-	// Images says where runtime.Core's RunCell pulls images.
+	// Images says where runtime.Core's RunCell and RunPod pull images.
 	Images ImagesConfig
+	// SelfAddress is where this auraed serves (unix:///path): RunPod's VM
+	// pods are run through it, by the VM pod controller. "" runs none.
+	SelfAddress string
 }
 
 // Daemon is the set of Aurae services with their state.
@@ -66,6 +69,7 @@ type Daemon struct {
 	core  *legacy.Core
 	imgs  *images
 	node  osinfo.Config
+	os    *osinfo.Service
 	extra []func(*grpc.Server)
 	close []func() error
 }
@@ -111,6 +115,12 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 	}
 	d.close = append(d.close, d.core.Close)
 	d.core.WithCells(ctx, d.pods, d.imgs.open, filepath.Join(cfg.StateDir, "runcell"), cfg.Logger)
+	if d.vms != nil && cfg.SelfAddress != "" {
+		vp := &vmPods{self: cfg.SelfAddress, imageDir: cfg.VMImageDir, stateDir: filepath.Join(cfg.StateDir, "runpod"), log: cfg.Logger.With("component", "vm")}
+		// Closed after Core: its recovery may be opening it.
+		d.close = append(d.close[:len(d.close)-1], vp.Close, d.core.Close)
+		d.core.WithPods(ctx, vp.open)
+	}
 	return d, nil
 }
 
@@ -119,9 +129,14 @@ func (d *Daemon) Register(s *grpc.Server) {
 	cellsv0.RegisterCellServiceServer(s, d.cells)
 	discoveryv0.RegisterDiscoveryServiceServer(s, discovery.NewService())
 	observev0.RegisterObserveServiceServer(s, observe.NewService(d.hub, d.logs))
-	node := d.node
-	node.Cells, node.Pods = d.cells, d.pods
-	osapi.RegisterOSServiceServer(s, osinfo.New(node))
+	if d.os == nil {
+		// One os service for every server: one connection per peer.
+		node := d.node
+		node.Cells, node.Pods = d.cells, d.pods
+		d.os = osinfo.New(node)
+		d.close = append(d.close, d.os.Close)
+	}
+	osapi.RegisterOSServiceServer(s, d.os)
 	// The earlier generations of the API, over the same cells.
 	runtimecellv0.RegisterCellServiceServer(s, legacy.NewCellV0(d.cells))
 	observeapi.RegisterObserveServer(s, legacy.NewObserve(d.cells))

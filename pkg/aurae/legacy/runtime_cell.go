@@ -49,7 +49,7 @@ func (s *Core) WithCells(ctx context.Context, pods Pods, images OpenImages, dir 
 	}
 	s.cellStore = &cellStore{dir: dir, pods: pods, images: images, log: log}
 	s.capabilities, s.host = caps, ocispec.ProbeHost()
-	s.cellStore.recover(ctx)
+	s.cellStore.recover(ctx, "")
 	return s
 }
 
@@ -194,31 +194,7 @@ func (s *Core) startCellContainer(ctx context.Context, imgs ImageStore, cell str
 		return 0, err
 	}
 	facts.RootfsPath = rootfs
-	spec, err := ocispec.Generate(ocispec.Input{
-		ID:        c.ID,
-		SandboxID: cell,
-		ImageName: ref,
-		Config: &criapi.ContainerConfig{
-			Metadata: &criapi.ContainerMetadata{Name: c.Name},
-			Image:    &criapi.ImageSpec{Image: ref},
-			Linux: &criapi.LinuxContainerConfig{SecurityContext: &criapi.LinuxContainerSecurityContext{
-				Seccomp: &criapi.SecurityProfile{ProfileType: criapi.SecurityProfile_RuntimeDefault},
-			}},
-		},
-		Sandbox: &criapi.PodSandboxConfig{
-			Metadata: &criapi.PodSandboxMetadata{Name: cell, Namespace: cellNamespace, Uid: cell},
-			Hostname: cell,
-			Linux:    &criapi.LinuxPodSandboxConfig{},
-		},
-		Image:           img.Config,
-		Pod:             facts,
-		AllCapabilities: s.capabilities,
-		Host:            s.host,
-	})
-	if err != nil {
-		return 0, fmt.Errorf("spec: %w", err)
-	}
-	b, err := json.Marshal(spec)
+	b, err := s.containerSpec(c, cell, ref, img, facts, rootfs)
 	if err != nil {
 		return 0, err
 	}
@@ -244,4 +220,36 @@ func mountRootfs(ms []image.Mount, dir string) error {
 		return fmt.Errorf("mount rootfs at %s: %w", dir, err)
 	}
 	return nil
+}
+
+// containerSpec is the OCI spec of a RunCell or RunPod container, written
+// by pkg/ocispec: the image's entrypoint, cmd, env, user and workdir, the
+// default capabilities and seccomp profile, in the pod of facts.
+func (s *Core) containerSpec(c cellContainer, pod, ref string, img image.Image, facts ocispec.PodFacts, rootfsHere string) ([]byte, error) {
+	spec, err := ocispec.Generate(ocispec.Input{
+		ID:        c.ID,
+		SandboxID: pod,
+		ImageName: ref,
+		Config: &criapi.ContainerConfig{
+			Metadata: &criapi.ContainerMetadata{Name: c.Name},
+			Image:    &criapi.ImageSpec{Image: ref},
+			Linux: &criapi.LinuxContainerConfig{SecurityContext: &criapi.LinuxContainerSecurityContext{
+				Seccomp: &criapi.SecurityProfile{ProfileType: criapi.SecurityProfile_RuntimeDefault},
+			}},
+		},
+		Sandbox: &criapi.PodSandboxConfig{
+			Metadata: &criapi.PodSandboxMetadata{Name: pod, Namespace: cellNamespace, Uid: pod},
+			Hostname: pod,
+			Linux:    &criapi.LinuxPodSandboxConfig{},
+		},
+		Image:           img.Config,
+		Pod:             facts,
+		RootfsHere:      rootfsHere,
+		AllCapabilities: s.capabilities,
+		Host:            s.host,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("spec: %w", err)
+	}
+	return json.Marshal(spec)
 }

@@ -45,6 +45,9 @@ type OpenImages func(ctx context.Context) (ImageStore, error)
 // frees only a pod that carries it.
 const labelCell = "io.aurae.runtime.cell"
 
+// kindPod marks the record of a RunPod VM pod.
+const kindPod = "pod"
+
 // Record states.
 const (
 	cellCreating = "creating"
@@ -56,7 +59,9 @@ const (
 // cell's name, labelled), and per container its rootfs snapshot, mounted
 // at <dir>/<cell>/<name>/rootfs.
 type cellRecord struct {
-	Cell       string          `json:"cell"`
+	Cell string `json:"cell"`
+	// Kind is kindPod for RunPod's VM pods ("" for RunCell's).
+	Kind       string          `json:"kind,omitempty"`
 	State      string          `json:"state"`
 	Containers []cellContainer `json:"containers"`
 }
@@ -72,10 +77,13 @@ type cellStore struct {
 	dir    string
 	pods   Pods
 	images OpenImages
+	// vmPods opens the VM pod controller (RunPod's); nil without one.
+	vmPods OpenVMPods
 	log    *slog.Logger
-	// mu serializes record changes and releases (a Free's release can
-	// race a RunCell's undo of the same cell).
-	mu sync.Mutex
+	// mu serializes record writes and guards releasing: the cells being
+	// released.
+	mu        sync.Mutex
+	releasing map[string]bool
 }
 
 func (c *cellStore) cellDir(cell string) string { return filepath.Join(c.dir, cell) }
@@ -176,8 +184,24 @@ func (c *cellStore) release(ctx context.Context, cell string) error {
 	if !validName(cell) {
 		return nil // not a cell RunCell could have made
 	}
+	// One release of a cell at a time; a release that frees the cell's
+	// host pod is called again by the PodService's Freed hook (nested):
+	// that call leaves it to the first.
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	if c.releasing[cell] {
+		c.mu.Unlock()
+		return nil
+	}
+	if c.releasing == nil {
+		c.releasing = map[string]bool{}
+	}
+	c.releasing[cell] = true
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.releasing, cell)
+		c.mu.Unlock()
+	}()
 	rec, ok, err := c.read(cell)
 	if err != nil || !ok {
 		if _, serr := os.Stat(c.cellDir(cell)); err == nil && serr == nil {
@@ -185,6 +209,20 @@ func (c *cellStore) release(ctx context.Context, cell string) error {
 			return os.RemoveAll(c.cellDir(cell))
 		}
 		return err
+	}
+	if rec.Kind == kindPod {
+		// The VM, its shared dir and the host pod go first: they hold
+		// the rootfs mounts.
+		if c.vmPods == nil {
+			return fmt.Errorf("release vm pod %q: this auraed serves no VM pods: %w", cell, errdefs.ErrFailedPrecondition)
+		}
+		ctl, err := c.vmPods(ctx)
+		if err != nil {
+			return fmt.Errorf("release vm pod %q: %w", cell, err)
+		}
+		if err := ctl.RemovePod(ctx, cell); err != nil {
+			return fmt.Errorf("release vm pod %q: %w", cell, err)
+		}
 	}
 	var imgs ImageStore
 	for _, ctr := range rec.Containers {
@@ -224,7 +262,7 @@ const recoverTimeout = time.Minute
 // creation is undone (its pod freed when it carries the cell's label,
 // its snapshots released); a running cell whose pod is gone (freed while
 // the release could not finish) is released.
-func (c *cellStore) recover(ctx context.Context) {
+func (c *cellStore) recover(ctx context.Context, kind string) {
 	entries, err := os.ReadDir(c.dir)
 	if errors.Is(err, os.ErrNotExist) || (err == nil && len(entries) == 0) {
 		return
@@ -247,6 +285,9 @@ func (c *cellStore) recover(ctx context.Context) {
 		if err != nil {
 			c.log.ErrorContext(ctx, "recover RunCell cell", "cell", cell, "error", err)
 			continue
+		}
+		if ok && rec.Kind != kind {
+			continue // the other pass's
 		}
 		if ok && rec.State == cellRunning && pods[cell] {
 			continue
@@ -287,4 +328,15 @@ func (c *cellStore) ourPods(ctx context.Context) (map[string]bool, error) {
 		}
 	}
 	return nil, errors.New("list pods: too many pages")
+}
+
+// hasKind tells whether a record of kind is in the store.
+func (c *cellStore) hasKind(kind string) bool {
+	entries, _ := os.ReadDir(c.dir)
+	for _, e := range entries {
+		if rec, ok, err := c.read(e.Name()); err == nil && ok && rec.Kind == kind {
+			return true
+		}
+	}
+	return false
 }

@@ -131,13 +131,8 @@ func (s *Core) bootVM(ctx context.Context, id string) (_ string, retErr error) {
 	if s.vms == nil {
 		return "", fmt.Errorf("virtual machine %q: auraed serves no VmService (see its log for why): %w", id, errdefs.ErrFailedPrecondition)
 	}
-	for _, f := range []string{"vmlinux", "initramfs.cpio.gz"} {
-		p := filepath.Join(s.vmImageDir, f)
-		if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
-			return "", fmt.Errorf("virtual machine %q: no guest image: %s is missing (make vm-image, or auraed --vm-image-dir): %w", id, p, errdefs.ErrFailedPrecondition)
-		} else if err != nil {
-			return "", fmt.Errorf("virtual machine %q: guest image: %w", id, err)
-		}
+	if err := checkGuestImage(s.vmImageDir); err != nil {
+		return "", fmt.Errorf("virtual machine %q: %w", id, err)
 	}
 	m := &vmsv0.VirtualMachine{Id: id, VcpuCount: runVMVCPUs, MemSizeMb: runVMMemMiB, KernelImgPath: filepath.Join(s.vmImageDir, "vmlinux")}
 	if _, err := s.vms.Create(ctx, &vmsv0.VmServiceCreateRequest{Machine: m}); err != nil {
@@ -155,4 +150,17 @@ func (s *Core) bootVM(ctx context.Context, id string) (_ string, retErr error) {
 		return "", err
 	}
 	return started.GetAuraedAddress(), nil
+}
+
+// checkGuestImage says what of the guest image is missing from dir.
+func checkGuestImage(dir string) error {
+	for _, f := range []string{"vmlinux", "initramfs.cpio.gz"} {
+		p := filepath.Join(dir, f)
+		if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("no guest image: %s is missing (make vm-image, or auraed --vm-image-dir): %w", p, errdefs.ErrFailedPrecondition)
+		} else if err != nil {
+			return fmt.Errorf("guest image: %w", err)
+		}
+	}
+	return nil
 }

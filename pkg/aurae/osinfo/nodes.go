@@ -3,12 +3,10 @@ package osinfo
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"strings"
 	"sync"
 
-	"github.com/containerd/errdefs"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
@@ -16,7 +14,6 @@ import (
 
 	commonapi "github.com/aurae-runtime/aurae-cri/api/common"
 	osapi "github.com/aurae-runtime/aurae-cri/api/os"
-	"github.com/aurae-runtime/aurae-cri/pkg/aurae/client"
 )
 
 // NodesKey is the gRPC metadata key naming the nodes a call is for (as in
@@ -69,12 +66,11 @@ func fanOut[Req, Resp proto.Message](ctx context.Context, s *Service, req Req, l
 				answers[i], errs[i] = local(ctx, req)
 				return
 			}
-			c, err := s.dialPeer(ctx, node)
+			c, err := s.conn(ctx, node)
 			if err != nil {
 				errs[i] = err
 				return
 			}
-			defer func() { _ = c.Close() }()
 			answers[i], errs[i] = remote(osapi.NewOSServiceClient(c.Conn), ctx, req)
 		}()
 	}
@@ -104,18 +100,6 @@ func fanOut[Req, Resp proto.Message](ctx context.Context, s *Service, req Req, l
 // setMetadata sets m's metadata field.
 func setMetadata(m protoreflect.Message, md *commonapi.Metadata) {
 	m.Set(m.Descriptor().Fields().ByName("metadata"), protoreflect.ValueOfMessage(md.ProtoReflect()))
-}
-
-// dialPeer connects to the named peer with mutual TLS.
-func (s *Service) dialPeer(ctx context.Context, node string) (*client.Client, error) {
-	addr, ok := s.cfg.Peers[node]
-	if !ok {
-		return nil, fmt.Errorf("unknown node %q: not this node (%s) and no --peer names it: %w", node, s.cfg.NodeName, errdefs.ErrNotFound)
-	}
-	if !strings.Contains(addr, "://") {
-		addr = "tcp://" + addr
-	}
-	return client.Dial(ctx, addr, client.WithTLS(s.cfg.PeerCert, s.cfg.PeerKey, s.cfg.PeerCA))
 }
 
 // fanOutDmesg streams this node's kernel log, or, when the call names
@@ -176,12 +160,11 @@ func (s *Service) dmesgOn(ctx context.Context, node string, req *osapi.DmesgRequ
 		return readKmsg(ctx, req, send)
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.NodeTimeout)
-	c, err := s.dialPeer(dctx, node)
+	c, err := s.conn(dctx, node)
 	cancel()
 	if err != nil {
 		return err
 	}
-	defer func() { _ = c.Close() }()
 	stream, err := osapi.NewOSServiceClient(c.Conn).Dmesg(ctx, req)
 	if err != nil {
 		return err

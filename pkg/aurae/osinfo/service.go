@@ -57,8 +57,9 @@ type Config struct {
 // Service implements osapi.OSServiceServer.
 type Service struct {
 	osapi.UnimplementedOSServiceServer
-	cfg Config
-	log *slog.Logger
+	cfg   Config
+	log   *slog.Logger
+	peers peers
 }
 
 var _ osapi.OSServiceServer = (*Service)(nil)
