@@ -283,19 +283,12 @@ func TestLegacyRunPod(t *testing.T) {
 	defer logCancel()
 	for {
 		b, _ := os.ReadFile(logPath)
-		if strings.Contains(string(b), " stdout F hello from vmpod\n") {
+		// The guest's containers have the VM's hostname (its id).
+		if strings.Contains(string(b), " stdout F hello from pod-vmpod\n") {
 			break
 		}
 		if logCtx.Err() != nil {
-			_, serr := os.Stat(logPath)
-			ents, _ := os.ReadDir(filepath.Dir(logPath))
-			var names []string
-			for _, e := range ents {
-				names = append(names, e.Name())
-			}
-			_, _ = pods.Free(ctx, &podsv0.FreeRequest{PodId: "vmpod"})
-			after, _ := os.ReadFile(filepath.Join(a.StateDir, "runcell", "vmpod", "web.app.log"))
-			t.Fatalf("log %s (%v; dir %v):\n%s\nafter free:\n%s", logPath, serr, names, b, after)
+			t.Fatalf("log %s:\n%s", logPath, b)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
