@@ -327,3 +327,66 @@ func TestLegacyRunPod(t *testing.T) {
 		t.Errorf("QEMU still runs: %v", pids)
 	}
 }
+
+// TestLegacyRunCellKill9: RunCell's cells survive a kill -9 of auraed; a
+// cell whose record says its creation was cut short (as when auraed dies
+// between starting its containers and recording it running) is undone at
+// the next start: its pod freed, its mount, snapshot and lease removed.
+func TestLegacyRunCellKill9(t *testing.T) {
+	a, reg := startImageAuraed(t)
+	ctx := testContext(t)
+	ref := reg.Push(t, "e2e/sleep:1", testimage.MustBusybox(t, testimage.Options{Cmd: []string{"sleep", "600"}}))
+	core := runtimeapi.NewCoreClient(a.Client().Conn)
+	for _, name := range []string{"keep", "cut"} {
+		if _, err := core.RunCell(ctx, &runtimeapi.Cell{Meta: &metaapi.AuraeMeta{Name: name}, Containers: []*runtimeapi.Container{{Meta: &metaapi.AuraeMeta{Name: "app"}, Image: ref}}}); err != nil {
+			t.Fatalf("RunCell %s: %v", name, err)
+		}
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			_, _ = a.Client().Pods.Free(ctx, &podsv0.FreeRequest{PodId: name})
+		})
+	}
+	before, err := a.Client().Pods.ContainerStatus(ctx, &podsv0.ContainerStatusRequest{ContainerId: "keep.app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Kill9()
+	recPath := filepath.Join(a.StateDir, "runcell", "cut", "record.json")
+	b, err := os.ReadFile(recPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(recPath, []byte(strings.Replace(string(b), `"state":"running"`, `"state":"creating"`, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.start(t)
+
+	after, err := a.Client().Pods.ContainerStatus(ctx, &podsv0.ContainerStatusRequest{ContainerId: "keep.app"})
+	if err != nil || after.GetStatus().GetState() != podsv0.ContainerState_CONTAINER_STATE_RUNNING || after.GetStatus().GetPid() != before.GetStatus().GetPid() {
+		t.Fatalf("keep.app after the restart: %v, %v (before: %v)", after, err, before)
+	}
+	if _, err := a.Client().Pods.ContainerStatus(ctx, &podsv0.ContainerStatusRequest{ContainerId: "cut.app"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("cut.app after the restart: %v, want NotFound", err)
+	}
+	ctrd := imageClient(t, a)
+	nctx := namespaces.WithNamespace(ctx, daemon.ImageNamespace)
+	if _, err := ctrd.SnapshotService(image.DefaultSnapshotter).Stat(nctx, image.RootfsKey("cut.app")); !errdefs.IsNotFound(err) {
+		t.Errorf("cut.app's snapshot: %v, want gone", err)
+	}
+	if ls, err := ctrd.LeasesService().List(nctx, "id=="+image.RootfsLease("cut.app")); err != nil || len(ls) != 0 {
+		t.Errorf("cut.app's lease: %v %v", ls, err)
+	}
+	if mounted(t, filepath.Join(a.StateDir, "runcell", "cut", "app", "rootfs")) {
+		t.Error("cut.app's rootfs is still mounted")
+	}
+	if _, err := os.Stat(filepath.Join(a.StateDir, "runcell", "cut")); !os.IsNotExist(err) {
+		t.Errorf("cut's dir: %v", err)
+	}
+	if _, err := a.Client().Pods.Free(ctx, &podsv0.FreeRequest{PodId: "keep"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctrd.SnapshotService(image.DefaultSnapshotter).Stat(nctx, image.RootfsKey("keep.app")); !errdefs.IsNotFound(err) {
+		t.Errorf("keep.app's snapshot after Free: %v", err)
+	}
+}
