@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 )
 
 // Resources are the limits Set puts on an existing cgroup, as a whole: a
@@ -108,7 +110,7 @@ func (w writer) check(r Resources) error {
 			return fmt.Errorf("hugepage limits: %w (no hugetlb hierarchy is mounted)", ErrUnsupported)
 		}
 		for _, size := range slices.Sorted(maps.Keys(r.Hugepages)) {
-			if !validPageSize(size) {
+			if !linux.ValidPageSize(size) {
 				return fmt.Errorf("hugepage size %q is not a size such as 2MB or 1GB: %w", size, ErrUnsupported)
 			}
 			if w.unified && !exists(w.hugetlbFile(size)) {
@@ -132,17 +134,6 @@ func (w writer) check(r Resources) error {
 		}
 	}
 	return nil
-}
-
-// validPageSize: a number and KB, MB or GB, as runc names hugetlb files.
-func validPageSize(s string) bool {
-	for _, unit := range []string{"KB", "MB", "GB"} {
-		if n, ok := strings.CutSuffix(s, unit); ok {
-			v, err := strconv.ParseUint(n, 10, 32)
-			return err == nil && v > 0 && strconv.FormatUint(v, 10) == n
-		}
-	}
-	return false
 }
 
 // ValidUnifiedKey accepts the name of a controller's interface file

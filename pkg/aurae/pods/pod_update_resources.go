@@ -5,14 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 	"github.com/aurae-runtime/aurae-cri/pkg/errmap"
 )
@@ -173,30 +172,10 @@ func PodCgroupResources(lr *specs.LinuxResources) (cgroup.Resources, error) {
 	return out, nil
 }
 
-// cpuList checks a cpuset list ("0-3,6", ascending); "" is none.
+// cpuList checks a cpuset list ("0-3,6"); "" is none.
 func cpuList(what, s string) (string, error) {
-	if s == "" {
-		return "", nil
-	}
-	bad := fmt.Errorf("cpuset %s %q is not a list such as 0-3,6 (ascending, below %d): %w", what, s, maxCPU, errdefs.ErrInvalidArgument)
-	if len(s) > 1024 {
-		return "", bad
-	}
-	prev := -1
-	for _, part := range strings.Split(s, ",") {
-		lo, hi, isRange := strings.Cut(part, "-")
-		if !isRange {
-			hi = lo
-		}
-		a, errA := strconv.Atoi(lo)
-		b, errB := strconv.Atoi(hi)
-		if errA != nil || errB != nil || a <= prev || b < a || b >= maxCPU || strings.HasPrefix(lo, "+") || strings.HasPrefix(hi, "+") {
-			return "", bad
-		}
-		prev = b
+	if s != "" && !linux.ValidCPUList(s) {
+		return "", fmt.Errorf("cpuset %s %q is not a list such as 0-3,6 (ascending, below %d): %w", what, s, linux.MaxCPUNumber, errdefs.ErrInvalidArgument)
 	}
 	return s, nil
 }
-
-// maxCPU bounds the cpu and node numbers of a cpuset (NR_CPUS at most).
-const maxCPU = 8192
