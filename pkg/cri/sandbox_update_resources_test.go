@@ -107,8 +107,10 @@ func TestUpdatePodSandboxResourcesRefuses(t *testing.T) {
 		"swap below memory": {res(func(r *runtimeapi.LinuxContainerResources) { r.MemorySwapLimitInBytes = 1 << 20 }), errdefs.IsInvalidArgument},
 		"oom score":         {res(func(r *runtimeapi.LinuxContainerResources) { r.OomScoreAdj = 100 }), errdefs.IsInvalidArgument},
 		"bad cpuset":        {res(func(r *runtimeapi.LinuxContainerResources) { r.CpusetCpus = "1-0" }), errdefs.IsInvalidArgument},
-		"bad page size":     {res(func(r *runtimeapi.LinuxContainerResources) { r.HugepageLimits = []*runtimeapi.HugepageLimit{{PageSize: "../2MB"}} }), errdefs.IsInvalidArgument},
-		"core cgroup file":  {res(func(r *runtimeapi.LinuxContainerResources) { r.Unified = map[string]string{"cgroup.kill": "1"} }), errdefs.IsInvalidArgument},
+		"bad page size": {res(func(r *runtimeapi.LinuxContainerResources) {
+			r.HugepageLimits = []*runtimeapi.HugepageLimit{{PageSize: "../2MB"}}
+		}), errdefs.IsInvalidArgument},
+		"core cgroup file": {res(func(r *runtimeapi.LinuxContainerResources) { r.Unified = map[string]string{"cgroup.kill": "1"} }), errdefs.IsInvalidArgument},
 		"bad overhead": {&runtimeapi.UpdatePodSandboxResourcesRequest{PodSandboxId: id,
 			Overhead: &runtimeapi.LinuxContainerResources{CpuPeriod: -1}}, errdefs.IsInvalidArgument},
 	} {
