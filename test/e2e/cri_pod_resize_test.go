@@ -206,3 +206,110 @@ func cgroupV1Memory() bool {
 	_, err := os.Stat("/sys/fs/cgroup/memory/memory.limit_in_bytes")
 	return err == nil
 }
+
+// TestCRIVMPodResize resizes a VM pod in place within the VM it booted
+// with: the host's pod cgroup (the hypervisor's parent) gets the CPU
+// limits of resources plus overhead, the guest's pod cell the resources
+// (read inside the guest by a privileged container, which sees the
+// guest's cgroup tree); the VM's ".vm" memory limit does not move; what
+// would need the VM to grow (memory above the guest's, CPUs above its
+// vcpus) or what it has not (hugepages) is refused and nothing changes.
+// A kill -9 of aurae-cri keeps all of it.
+func TestCRIVMPodResize(t *testing.T) {
+	requireVMImage(t)
+	if !cgroupV1Memory() {
+		t.Fatal("this test reads the host's cgroup v1 limits (the machine's kind); no /sys/fs/cgroup/memory")
+	}
+	c := startCRI(t)
+	ctx := t.Context()
+	image := c.pushBusybox(t, "e2e/busybox:vm", testimage.Options{})
+	pod := c.podConfig(t, "vmresize")
+	// 1 CPU and 128 MiB: a VM of 2 vcpus (at most the host's CPUs) and
+	// 256+128 MiB.
+	pod.Linux.Resources = &runtimeapi.LinuxContainerResources{CpuQuota: 100000, CpuPeriod: 100000, MemoryLimitInBytes: 128 << 20}
+	pod.Linux.SecurityContext = &runtimeapi.LinuxSandboxSecurityContext{Privileged: true}
+	podID, err := c.Runtime.RunPodSandbox(ctx, pod, "aurae-vm")
+	if err != nil {
+		t.Fatalf("run vm pod: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = c.Runtime.StopPodSandbox(ctx, podID)
+		_ = c.Runtime.RemovePodSandbox(ctx, podID)
+	})
+	cfg := containerConfig("reader", image, "sleep", "600")
+	cfg.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{Privileged: true}}
+	reader := runContainer(t, c, podID, pod, cfg)
+	waitContainerState(t, c, reader, runtimeapi.ContainerState_CONTAINER_RUNNING)
+	// The guest's pod cell: the parent of the container's cgroup.
+	guestLimits := func() string {
+		t.Helper()
+		out, stderr, err := c.Runtime.ExecSync(ctx, reader, []string{"sh", "-c",
+			`d=/sys/fs/cgroup$(dirname $(cut -d: -f3 /proc/self/cgroup)); echo $(cat $d/memory.max) $(cat $d/cpu.max) $(cat $d/cpu.weight)`}, 60*time.Second)
+		if err != nil {
+			t.Fatalf("read the guest's pod cell: %v %s", err, stderr)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	if got := guestLimits(); got != "max max 100000 100" {
+		t.Fatalf("guest pod cell before the resize: %q", got)
+	}
+	cg := podCgroupPath(t, c, podID)
+	vmLimit := func() string {
+		b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", cg, ".vm", "memory.limit_in_bytes"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	vmBefore := vmLimit()
+
+	overhead := &runtimeapi.LinuxContainerResources{CpuShares: 128, CpuQuota: 10000, CpuPeriod: 100000, MemoryLimitInBytes: 64 << 20}
+	resources := &runtimeapi.LinuxContainerResources{CpuShares: 512, CpuQuota: 100000, CpuPeriod: 100000, MemoryLimitInBytes: 200 << 20}
+	if _, err := c.Runtime.UpdatePodSandboxResources(ctx, &runtimeapi.UpdatePodSandboxResourcesRequest{
+		PodSandboxId: podID, Overhead: overhead, Resources: resources}); err != nil {
+		t.Fatal(err)
+	}
+	// Host: CPU of resources plus overhead on the hypervisor's parent, its
+	// memory bounded by the .vm leaf alone.
+	host := readPodLimits(t, cg)
+	if host.shares != "640" || host.quota != "110000" || host.period != "100000" || host.memory != "9223372036854771712" {
+		t.Errorf("host pod cgroup after the resize: %+v", host)
+	}
+	if got := vmLimit(); got != vmBefore {
+		t.Errorf("the .vm memory limit moved from %s to %s: the VM did not grow", vmBefore, got)
+	}
+	// Guest: the resources (weight of 512 shares is 20).
+	want := "209715200 100000 100000 20"
+	if got := guestLimits(); got != want {
+		t.Fatalf("guest pod cell after the resize: %q, want %q", got, want)
+	}
+
+	for name, tc := range map[string]struct {
+		res   *runtimeapi.LinuxContainerResources
+		field string
+	}{
+		"memory above the VM's": {&runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 1 << 30}, "memory limit"},
+		"CPUs above its vcpus":  {&runtimeapi.LinuxContainerResources{CpuQuota: 1600000, CpuPeriod: 100000}, "vcpus"},
+		"hugepages":             {&runtimeapi.LinuxContainerResources{HugepageLimits: []*runtimeapi.HugepageLimit{{PageSize: "2MB", Limit: 2 << 20}}}, "hugepage"},
+	} {
+		_, err := c.Runtime.UpdatePodSandboxResources(ctx, &runtimeapi.UpdatePodSandboxResourcesRequest{PodSandboxId: podID, Resources: tc.res})
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), tc.field) {
+			t.Errorf("%s: %v, want FailedPrecondition naming %s", name, err, tc.field)
+		}
+	}
+	if got := guestLimits(); got != want {
+		t.Fatalf("guest pod cell after refused resizes: %q, want %q", got, want)
+	}
+	if got := readPodLimits(t, cg); got != host {
+		t.Fatalf("host pod cgroup after refused resizes: %+v, want %+v", got, host)
+	}
+
+	c.Kill9()
+	c.Restart(t)
+	if got := podResourcesReported(t, c, podID); got.GetMemoryLimitInBytes() != 200<<20 {
+		t.Fatalf("status after kill -9 reports %v", got)
+	}
+	if got := guestLimits(); got != want {
+		t.Fatalf("guest pod cell after kill -9: %q, want %q", got, want)
+	}
+}
