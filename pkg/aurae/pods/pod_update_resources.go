@@ -135,6 +135,7 @@ func PodCgroupResources(lr *specs.LinuxResources) (cgroup.Resources, error) {
 		}
 	}
 	if m := lr.Memory; m != nil {
+		//nolint:staticcheck // Kernel is deprecated: refused here, never applied.
 		if m.Reservation != nil || m.Kernel != nil || m.KernelTCP != nil || m.Swappiness != nil || m.DisableOOMKiller != nil || m.UseHierarchy != nil || m.CheckBeforeUpdate != nil {
 			return out, invalid("memory: only limit and swap can be set on a pod")
 		}
