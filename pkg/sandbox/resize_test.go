@@ -42,7 +42,7 @@ func TestCommitResize(t *testing.T) {
 		t.Fatal(err)
 	}
 	s = reopen(t, s, dir)
-	defer s.Close()
+	defer func() { _ = s.Close() }()
 	if left := s.Intents(); len(left) != 0 {
 		t.Fatalf("intents after the commit: %+v", left)
 	}
