@@ -60,6 +60,11 @@ type Controller interface {
 	ContainerStats(ctx context.Context, containerID string) (Stats, error)
 	// UpdateContainerResources changes a running container's limits.
 	UpdateContainerResources(ctx context.Context, containerID string, res *specs.LinuxResources) error
+	// UpdatePodResources gives a ready pod the pod-level resources of an
+	// in-place resize, as a whole (what is not asked for is lifted). What
+	// the pod's kind cannot give (a VM that would have to grow) is refused
+	// with FailedPrecondition, before anything changes.
+	UpdatePodResources(ctx context.Context, podID string, res PodResources) error
 	// ReopenContainerLog makes the container's monitor reopen its log file.
 	ReopenContainerLog(ctx context.Context, containerID string) error
 	// Exec runs argv in a running container with its stdio streamed until

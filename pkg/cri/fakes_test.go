@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"time"
 
@@ -45,6 +46,11 @@ type fakeController struct {
 	// held containers: their status calls block until the test releases
 	// them, whatever the call's context (a call that nothing ends).
 	held map[string]*heldStatus
+	// resized are the pod resources each pod was given, in order;
+	// resizeErr fails the next resizeFailures resizes (every one when 0).
+	resized        map[string][]controller.PodResources
+	resizeErr      error
+	resizeFailures int
 }
 
 // heldStatus is a held container's status calls: entered is signalled
@@ -315,6 +321,34 @@ func (f *fakeController) UpdateContainerResources(context.Context, string, *spec
 	return nil
 }
 func (f *fakeController) ReopenContainerLog(context.Context, string) error { return nil }
+
+func (f *fakeController) UpdatePodResources(_ context.Context, podID string, res controller.PodResources) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.pods[podID]; !ok {
+		return fmt.Errorf("pod %s: %w", podID, errdefs.ErrNotFound)
+	}
+	if err := f.resizeErr; err != nil {
+		if f.resizeFailures > 0 {
+			if f.resizeFailures--; f.resizeFailures == 0 {
+				f.resizeErr = nil
+			}
+		}
+		return err
+	}
+	if f.resized == nil {
+		f.resized = map[string][]controller.PodResources{}
+	}
+	f.resized[podID] = append(f.resized[podID], res)
+	return nil
+}
+
+// resizes are the resources a pod was given, in order.
+func (f *fakeController) resizes(podID string) []controller.PodResources {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.resized[podID])
+}
 
 // PortForward of the fake answers "port <n>" and closes.
 func (f *fakeController) PortForward(_ context.Context, podID string, port int32, stream io.ReadWriteCloser) error {

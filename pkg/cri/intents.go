@@ -37,9 +37,17 @@ const (
 	// FaultPodRemoving: RemovePodSandbox removed the pod's containers; the
 	// pod and its record are still there.
 	FaultPodRemoving = "pod-removing"
+	// FaultPodResizeRecorded: UpdatePodSandboxResources recorded its
+	// intent; the pod is not resized yet.
+	FaultPodResizeRecorded = "pod-resize-recorded"
+	// FaultPodResized: the controller resized the pod; the store does not
+	// record it yet.
+	FaultPodResized = "pod-resized"
 )
 
-// FaultPoints are every fault point, in the order a pod's life meets them.
+// FaultPoints are every fault point of a pod's life, in the order it
+// meets them (the resize's, FaultPodResizeRecorded and FaultPodResized,
+// are met only by a resize, and driven by its own test).
 var FaultPoints = []string{
 	FaultPodCreated, FaultPodNetwork, FaultPodStarted, FaultContainerRootfs,
 	FaultContainerImageVolumes, FaultContainerPrepared, FaultContainerRemoving, FaultPodRemoving,
@@ -130,6 +138,9 @@ func (r *Runtime) recoverIntents(ctx context.Context) {
 			r.undoContainerIntent(ctx, in)
 		case sandbox.IntentSandbox:
 			r.undoPodIntent(ctx, in)
+		case sandbox.IntentResize:
+			// Finished once the controllers know their pods again
+			// (recoverResizes).
 		default:
 			r.log.Error("intent of an unknown kind: kept", "kind", in.Kind, "id", in.ID)
 		}

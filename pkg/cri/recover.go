@@ -58,6 +58,7 @@ func (r *Runtime) Recover(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("recover: %w", err)
 	}
+	r.recoverResizes(ctx)
 	r.checkExits(ctx, nil, true)
 	r.ready.Store(true)
 	pods, containers := len(r.store.Sandboxes()), len(r.store.Containers())

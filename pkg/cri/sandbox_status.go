@@ -24,6 +24,11 @@ func (r *Runtime) PodSandboxStatus(_ context.Context, req *runtimeapi.PodSandbox
 			"name": sb.Name, "runtimeHandler": sb.RuntimeHandler, "netNamespacePath": sb.Status.NetNSPath,
 			"cgroupPath": sb.Status.CgroupPath, "networkUp": sb.Status.NetworkUp, "config": sb.Config,
 		}
+		if sb.Status.ResourcesApplied {
+			// What the last UpdatePodSandboxResources applied (also in
+			// config, beside what the pod was created with otherwise).
+			info["podResources"] = map[string]any{"overhead": sb.Config.GetLinux().GetOverhead(), "resources": sb.Config.GetLinux().GetResources()}
+		}
 		if sb.Status.CleanupError != "" {
 			info["cleanupError"] = sb.Status.CleanupError
 		}

@@ -17,6 +17,11 @@ type IntentKind string
 const (
 	IntentSandbox   IntentKind = "sandbox"
 	IntentContainer IntentKind = "container"
+	// IntentResize is an UpdatePodSandboxResources in progress on pod ID:
+	// Config.Linux.Overhead and Config.Linux.Resources are what it applies.
+	// Unlike the others it is finished, not undone, at recovery: the pod
+	// exists and the kubelet was told nothing.
+	IntentResize IntentKind = "resize"
 )
 
 // IntentCreating is the state of every Intent: the object is being made.

@@ -42,6 +42,11 @@ type SandboxStatus struct {
 	// Removing is set once RemovePodSandbox began (REMOVING), before its
 	// first side effect: recovery finishes the removal of a pod left so.
 	Removing bool `json:"removing,omitempty"`
+	// ResourcesApplied: Config.Linux.Overhead and Config.Linux.Resources
+	// are what the last UpdatePodSandboxResources applied to the pod; until
+	// the first, the pod's cgroup has no pod-level limits of aurae-cri's
+	// (those of its creation only sized a VM).
+	ResourcesApplied bool `json:"resources_applied,omitempty"`
 	// CleanupError is why the last stop could not finish (its network or
 	// its runtime's stop failed): the pod is NOTREADY, the error is in its
 	// verbose status, and a later StopPodSandbox or RemovePodSandbox

@@ -2326,6 +2326,98 @@ func (*UpdateContainerResourcesResponse) Descriptor() ([]byte, []int) {
 	return file_pods_v0_pods_proto_rawDescGZIP(), []int{29}
 }
 
+type UpdatePodResourcesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	PodId string                 `protobuf:"bytes,1,opt,name=pod_id,json=podId,proto3" json:"pod_id,omitempty"`
+	// An OCI LinuxResources as JSON: cpu (shares, quota, period, cpus,
+	// mems), memory (limit, swap), hugepage_limits and unified. A field left
+	// out lifts the pod's limit of that kind (quota -1 and memory limit -1 as
+	// well); devices, pids, block I/O, rdma and network are refused.
+	LinuxResources []byte `protobuf:"bytes,2,opt,name=linux_resources,json=linuxResources,proto3" json:"linux_resources,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *UpdatePodResourcesRequest) Reset() {
+	*x = UpdatePodResourcesRequest{}
+	mi := &file_pods_v0_pods_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdatePodResourcesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdatePodResourcesRequest) ProtoMessage() {}
+
+func (x *UpdatePodResourcesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdatePodResourcesRequest.ProtoReflect.Descriptor instead.
+func (*UpdatePodResourcesRequest) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *UpdatePodResourcesRequest) GetPodId() string {
+	if x != nil {
+		return x.PodId
+	}
+	return ""
+}
+
+func (x *UpdatePodResourcesRequest) GetLinuxResources() []byte {
+	if x != nil {
+		return x.LinuxResources
+	}
+	return nil
+}
+
+type UpdatePodResourcesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdatePodResourcesResponse) Reset() {
+	*x = UpdatePodResourcesResponse{}
+	mi := &file_pods_v0_pods_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdatePodResourcesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdatePodResourcesResponse) ProtoMessage() {}
+
+func (x *UpdatePodResourcesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdatePodResourcesResponse.ProtoReflect.Descriptor instead.
+func (*UpdatePodResourcesResponse) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{31}
+}
+
 type ReopenContainerLogRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
@@ -2335,7 +2427,7 @@ type ReopenContainerLogRequest struct {
 
 func (x *ReopenContainerLogRequest) Reset() {
 	*x = ReopenContainerLogRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[30]
+	mi := &file_pods_v0_pods_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2347,7 +2439,7 @@ func (x *ReopenContainerLogRequest) String() string {
 func (*ReopenContainerLogRequest) ProtoMessage() {}
 
 func (x *ReopenContainerLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[30]
+	mi := &file_pods_v0_pods_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2360,7 +2452,7 @@ func (x *ReopenContainerLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReopenContainerLogRequest.ProtoReflect.Descriptor instead.
 func (*ReopenContainerLogRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{30}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReopenContainerLogRequest) GetContainerId() string {
@@ -2378,7 +2470,7 @@ type ReopenContainerLogResponse struct {
 
 func (x *ReopenContainerLogResponse) Reset() {
 	*x = ReopenContainerLogResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[31]
+	mi := &file_pods_v0_pods_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2390,7 +2482,7 @@ func (x *ReopenContainerLogResponse) String() string {
 func (*ReopenContainerLogResponse) ProtoMessage() {}
 
 func (x *ReopenContainerLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[31]
+	mi := &file_pods_v0_pods_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2403,7 +2495,7 @@ func (x *ReopenContainerLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReopenContainerLogResponse.ProtoReflect.Descriptor instead.
 func (*ReopenContainerLogResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{31}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{33}
 }
 
 // Rows and columns of a terminal.
@@ -2417,7 +2509,7 @@ type TerminalSize struct {
 
 func (x *TerminalSize) Reset() {
 	*x = TerminalSize{}
-	mi := &file_pods_v0_pods_proto_msgTypes[32]
+	mi := &file_pods_v0_pods_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2429,7 +2521,7 @@ func (x *TerminalSize) String() string {
 func (*TerminalSize) ProtoMessage() {}
 
 func (x *TerminalSize) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[32]
+	mi := &file_pods_v0_pods_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2442,7 +2534,7 @@ func (x *TerminalSize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TerminalSize.ProtoReflect.Descriptor instead.
 func (*TerminalSize) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{32}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *TerminalSize) GetWidth() uint32 {
@@ -2475,7 +2567,7 @@ type ExecStart struct {
 
 func (x *ExecStart) Reset() {
 	*x = ExecStart{}
-	mi := &file_pods_v0_pods_proto_msgTypes[33]
+	mi := &file_pods_v0_pods_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2487,7 +2579,7 @@ func (x *ExecStart) String() string {
 func (*ExecStart) ProtoMessage() {}
 
 func (x *ExecStart) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[33]
+	mi := &file_pods_v0_pods_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2500,7 +2592,7 @@ func (x *ExecStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
 func (*ExecStart) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{33}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ExecStart) GetContainerId() string {
@@ -2553,7 +2645,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[34]
+	mi := &file_pods_v0_pods_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2565,7 +2657,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[34]
+	mi := &file_pods_v0_pods_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2578,7 +2670,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{34}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ExecRequest) GetRequest() isExecRequest_Request {
@@ -2663,7 +2755,7 @@ type ExecExit struct {
 
 func (x *ExecExit) Reset() {
 	*x = ExecExit{}
-	mi := &file_pods_v0_pods_proto_msgTypes[35]
+	mi := &file_pods_v0_pods_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2675,7 +2767,7 @@ func (x *ExecExit) String() string {
 func (*ExecExit) ProtoMessage() {}
 
 func (x *ExecExit) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[35]
+	mi := &file_pods_v0_pods_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2688,7 +2780,7 @@ func (x *ExecExit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecExit.ProtoReflect.Descriptor instead.
 func (*ExecExit) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{35}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ExecExit) GetExitCode() int32 {
@@ -2712,7 +2804,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[36]
+	mi := &file_pods_v0_pods_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2724,7 +2816,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[36]
+	mi := &file_pods_v0_pods_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2737,7 +2829,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{36}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ExecResponse) GetResponse() isExecResponse_Response {
@@ -2813,7 +2905,7 @@ type AttachStart struct {
 
 func (x *AttachStart) Reset() {
 	*x = AttachStart{}
-	mi := &file_pods_v0_pods_proto_msgTypes[37]
+	mi := &file_pods_v0_pods_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2825,7 +2917,7 @@ func (x *AttachStart) String() string {
 func (*AttachStart) ProtoMessage() {}
 
 func (x *AttachStart) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[37]
+	mi := &file_pods_v0_pods_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2838,7 +2930,7 @@ func (x *AttachStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachStart.ProtoReflect.Descriptor instead.
 func (*AttachStart) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{37}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *AttachStart) GetContainerId() string {
@@ -2891,7 +2983,7 @@ type AttachRequest struct {
 
 func (x *AttachRequest) Reset() {
 	*x = AttachRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[38]
+	mi := &file_pods_v0_pods_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2903,7 +2995,7 @@ func (x *AttachRequest) String() string {
 func (*AttachRequest) ProtoMessage() {}
 
 func (x *AttachRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[38]
+	mi := &file_pods_v0_pods_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2916,7 +3008,7 @@ func (x *AttachRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachRequest.ProtoReflect.Descriptor instead.
 func (*AttachRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{38}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *AttachRequest) GetRequest() isAttachRequest_Request {
@@ -3006,7 +3098,7 @@ type AttachResponse struct {
 
 func (x *AttachResponse) Reset() {
 	*x = AttachResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[39]
+	mi := &file_pods_v0_pods_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3018,7 +3110,7 @@ func (x *AttachResponse) String() string {
 func (*AttachResponse) ProtoMessage() {}
 
 func (x *AttachResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[39]
+	mi := &file_pods_v0_pods_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3031,7 +3123,7 @@ func (x *AttachResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachResponse.ProtoReflect.Descriptor instead.
 func (*AttachResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{39}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *AttachResponse) GetResponse() isAttachResponse_Response {
@@ -3083,7 +3175,7 @@ type ContainerEventsRequest struct {
 
 func (x *ContainerEventsRequest) Reset() {
 	*x = ContainerEventsRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[40]
+	mi := &file_pods_v0_pods_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3095,7 +3187,7 @@ func (x *ContainerEventsRequest) String() string {
 func (*ContainerEventsRequest) ProtoMessage() {}
 
 func (x *ContainerEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[40]
+	mi := &file_pods_v0_pods_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3108,7 +3200,7 @@ func (x *ContainerEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerEventsRequest.ProtoReflect.Descriptor instead.
 func (*ContainerEventsRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{40}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{42}
 }
 
 type ContainerEvent struct {
@@ -3124,7 +3216,7 @@ type ContainerEvent struct {
 
 func (x *ContainerEvent) Reset() {
 	*x = ContainerEvent{}
-	mi := &file_pods_v0_pods_proto_msgTypes[41]
+	mi := &file_pods_v0_pods_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3136,7 +3228,7 @@ func (x *ContainerEvent) String() string {
 func (*ContainerEvent) ProtoMessage() {}
 
 func (x *ContainerEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[41]
+	mi := &file_pods_v0_pods_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3149,7 +3241,7 @@ func (x *ContainerEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerEvent.ProtoReflect.Descriptor instead.
 func (*ContainerEvent) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{41}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ContainerEvent) GetType() ContainerEventType {
@@ -3184,7 +3276,7 @@ type PortForwardStart struct {
 
 func (x *PortForwardStart) Reset() {
 	*x = PortForwardStart{}
-	mi := &file_pods_v0_pods_proto_msgTypes[42]
+	mi := &file_pods_v0_pods_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3196,7 +3288,7 @@ func (x *PortForwardStart) String() string {
 func (*PortForwardStart) ProtoMessage() {}
 
 func (x *PortForwardStart) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[42]
+	mi := &file_pods_v0_pods_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3209,7 +3301,7 @@ func (x *PortForwardStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortForwardStart.ProtoReflect.Descriptor instead.
 func (*PortForwardStart) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{42}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *PortForwardStart) GetPodId() string {
@@ -3240,7 +3332,7 @@ type PortForwardRequest struct {
 
 func (x *PortForwardRequest) Reset() {
 	*x = PortForwardRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[43]
+	mi := &file_pods_v0_pods_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3252,7 +3344,7 @@ func (x *PortForwardRequest) String() string {
 func (*PortForwardRequest) ProtoMessage() {}
 
 func (x *PortForwardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[43]
+	mi := &file_pods_v0_pods_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3265,7 +3357,7 @@ func (x *PortForwardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortForwardRequest.ProtoReflect.Descriptor instead.
 func (*PortForwardRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{43}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *PortForwardRequest) GetRequest() isPortForwardRequest_Request {
@@ -3335,7 +3427,7 @@ type PortForwardResponse struct {
 
 func (x *PortForwardResponse) Reset() {
 	*x = PortForwardResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[44]
+	mi := &file_pods_v0_pods_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3347,7 +3439,7 @@ func (x *PortForwardResponse) String() string {
 func (*PortForwardResponse) ProtoMessage() {}
 
 func (x *PortForwardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[44]
+	mi := &file_pods_v0_pods_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3360,7 +3452,7 @@ func (x *PortForwardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortForwardResponse.ProtoReflect.Descriptor instead.
 func (*PortForwardResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{44}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *PortForwardResponse) GetData() []byte {
@@ -3382,7 +3474,7 @@ type ContainerLogStart struct {
 
 func (x *ContainerLogStart) Reset() {
 	*x = ContainerLogStart{}
-	mi := &file_pods_v0_pods_proto_msgTypes[45]
+	mi := &file_pods_v0_pods_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3394,7 +3486,7 @@ func (x *ContainerLogStart) String() string {
 func (*ContainerLogStart) ProtoMessage() {}
 
 func (x *ContainerLogStart) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[45]
+	mi := &file_pods_v0_pods_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3407,7 +3499,7 @@ func (x *ContainerLogStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerLogStart.ProtoReflect.Descriptor instead.
 func (*ContainerLogStart) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{45}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ContainerLogStart) GetContainerId() string {
@@ -3437,7 +3529,7 @@ type ContainerLogRequest struct {
 
 func (x *ContainerLogRequest) Reset() {
 	*x = ContainerLogRequest{}
-	mi := &file_pods_v0_pods_proto_msgTypes[46]
+	mi := &file_pods_v0_pods_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3449,7 +3541,7 @@ func (x *ContainerLogRequest) String() string {
 func (*ContainerLogRequest) ProtoMessage() {}
 
 func (x *ContainerLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[46]
+	mi := &file_pods_v0_pods_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3462,7 +3554,7 @@ func (x *ContainerLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerLogRequest.ProtoReflect.Descriptor instead.
 func (*ContainerLogRequest) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{46}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ContainerLogRequest) GetRequest() isContainerLogRequest_Request {
@@ -3524,7 +3616,7 @@ type ContainerLogResponse struct {
 
 func (x *ContainerLogResponse) Reset() {
 	*x = ContainerLogResponse{}
-	mi := &file_pods_v0_pods_proto_msgTypes[47]
+	mi := &file_pods_v0_pods_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3536,7 +3628,7 @@ func (x *ContainerLogResponse) String() string {
 func (*ContainerLogResponse) ProtoMessage() {}
 
 func (x *ContainerLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pods_v0_pods_proto_msgTypes[47]
+	mi := &file_pods_v0_pods_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3549,7 +3641,7 @@ func (x *ContainerLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerLogResponse.ProtoReflect.Descriptor instead.
 func (*ContainerLogResponse) Descriptor() ([]byte, []int) {
-	return file_pods_v0_pods_proto_rawDescGZIP(), []int{47}
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ContainerLogResponse) GetOffset() uint64 {
@@ -3769,7 +3861,11 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\x1fUpdateContainerResourcesRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12'\n" +
 	"\x0flinux_resources\x18\x02 \x01(\fR\x0elinuxResources\"\"\n" +
-	" UpdateContainerResourcesResponse\">\n" +
+	" UpdateContainerResourcesResponse\"[\n" +
+	"\x19UpdatePodResourcesRequest\x12\x15\n" +
+	"\x06pod_id\x18\x01 \x01(\tR\x05podId\x12'\n" +
+	"\x0flinux_resources\x18\x02 \x01(\fR\x0elinuxResources\"\x1c\n" +
+	"\x1aUpdatePodResourcesResponse\">\n" +
 	"\x19ReopenContainerLogRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"\x1c\n" +
 	"\x1aReopenContainerLogResponse\"<\n" +
@@ -3855,7 +3951,7 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	" CONTAINER_EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cCONTAINER_EVENT_TYPE_STARTED\x10\x01\x12\x1f\n" +
 	"\x1bCONTAINER_EVENT_TYPE_EXITED\x10\x02\x12 \n" +
-	"\x1cCONTAINER_EVENT_TYPE_REMOVED\x10\x032\xe7\f\n" +
+	"\x1cCONTAINER_EVENT_TYPE_REMOVED\x10\x032\xe2\r\n" +
 	"\n" +
 	"PodService\x12[\n" +
 	"\bAllocate\x12%.aurae.runtime.pod.v0.AllocateRequest\x1a&.aurae.runtime.pod.v0.AllocateResponse\"\x00\x12R\n" +
@@ -3868,6 +3964,7 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\x0fRemoveContainer\x12,.aurae.runtime.pod.v0.RemoveContainerRequest\x1a-.aurae.runtime.pod.v0.RemoveContainerResponse\"\x00\x12[\n" +
 	"\bListPods\x12%.aurae.runtime.pod.v0.ListPodsRequest\x1a&.aurae.runtime.pod.v0.ListPodsResponse\"\x00\x12\x8b\x01\n" +
 	"\x18UpdateContainerResources\x125.aurae.runtime.pod.v0.UpdateContainerResourcesRequest\x1a6.aurae.runtime.pod.v0.UpdateContainerResourcesResponse\"\x00\x12y\n" +
+	"\x12UpdatePodResources\x12/.aurae.runtime.pod.v0.UpdatePodResourcesRequest\x1a0.aurae.runtime.pod.v0.UpdatePodResourcesResponse\"\x00\x12y\n" +
 	"\x12ReopenContainerLog\x12/.aurae.runtime.pod.v0.ReopenContainerLogRequest\x1a0.aurae.runtime.pod.v0.ReopenContainerLogResponse\"\x00\x12S\n" +
 	"\x04Exec\x12!.aurae.runtime.pod.v0.ExecRequest\x1a\".aurae.runtime.pod.v0.ExecResponse\"\x00(\x010\x01\x12Y\n" +
 	"\x06Attach\x12#.aurae.runtime.pod.v0.AttachRequest\x1a$.aurae.runtime.pod.v0.AttachResponse\"\x00(\x010\x01\x12i\n" +
@@ -3888,7 +3985,7 @@ func file_pods_v0_pods_proto_rawDescGZIP() []byte {
 }
 
 var file_pods_v0_pods_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_pods_v0_pods_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
+var file_pods_v0_pods_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_pods_v0_pods_proto_goTypes = []any{
 	(NamespaceMode)(0),                       // 0: aurae.runtime.pod.v0.NamespaceMode
 	(ContainerState)(0),                      // 1: aurae.runtime.pod.v0.ContainerState
@@ -3923,27 +4020,29 @@ var file_pods_v0_pods_proto_goTypes = []any{
 	(*ListPodsResponse)(nil),                 // 30: aurae.runtime.pod.v0.ListPodsResponse
 	(*UpdateContainerResourcesRequest)(nil),  // 31: aurae.runtime.pod.v0.UpdateContainerResourcesRequest
 	(*UpdateContainerResourcesResponse)(nil), // 32: aurae.runtime.pod.v0.UpdateContainerResourcesResponse
-	(*ReopenContainerLogRequest)(nil),        // 33: aurae.runtime.pod.v0.ReopenContainerLogRequest
-	(*ReopenContainerLogResponse)(nil),       // 34: aurae.runtime.pod.v0.ReopenContainerLogResponse
-	(*TerminalSize)(nil),                     // 35: aurae.runtime.pod.v0.TerminalSize
-	(*ExecStart)(nil),                        // 36: aurae.runtime.pod.v0.ExecStart
-	(*ExecRequest)(nil),                      // 37: aurae.runtime.pod.v0.ExecRequest
-	(*ExecExit)(nil),                         // 38: aurae.runtime.pod.v0.ExecExit
-	(*ExecResponse)(nil),                     // 39: aurae.runtime.pod.v0.ExecResponse
-	(*AttachStart)(nil),                      // 40: aurae.runtime.pod.v0.AttachStart
-	(*AttachRequest)(nil),                    // 41: aurae.runtime.pod.v0.AttachRequest
-	(*AttachResponse)(nil),                   // 42: aurae.runtime.pod.v0.AttachResponse
-	(*ContainerEventsRequest)(nil),           // 43: aurae.runtime.pod.v0.ContainerEventsRequest
-	(*ContainerEvent)(nil),                   // 44: aurae.runtime.pod.v0.ContainerEvent
-	(*PortForwardStart)(nil),                 // 45: aurae.runtime.pod.v0.PortForwardStart
-	(*PortForwardRequest)(nil),               // 46: aurae.runtime.pod.v0.PortForwardRequest
-	(*PortForwardResponse)(nil),              // 47: aurae.runtime.pod.v0.PortForwardResponse
-	(*ContainerLogStart)(nil),                // 48: aurae.runtime.pod.v0.ContainerLogStart
-	(*ContainerLogRequest)(nil),              // 49: aurae.runtime.pod.v0.ContainerLogRequest
-	(*ContainerLogResponse)(nil),             // 50: aurae.runtime.pod.v0.ContainerLogResponse
-	nil,                                      // 51: aurae.runtime.pod.v0.Pod.SysctlsEntry
-	nil,                                      // 52: aurae.runtime.pod.v0.Pod.LabelsEntry
-	nil,                                      // 53: aurae.runtime.pod.v0.Pod.AnnotationsEntry
+	(*UpdatePodResourcesRequest)(nil),        // 33: aurae.runtime.pod.v0.UpdatePodResourcesRequest
+	(*UpdatePodResourcesResponse)(nil),       // 34: aurae.runtime.pod.v0.UpdatePodResourcesResponse
+	(*ReopenContainerLogRequest)(nil),        // 35: aurae.runtime.pod.v0.ReopenContainerLogRequest
+	(*ReopenContainerLogResponse)(nil),       // 36: aurae.runtime.pod.v0.ReopenContainerLogResponse
+	(*TerminalSize)(nil),                     // 37: aurae.runtime.pod.v0.TerminalSize
+	(*ExecStart)(nil),                        // 38: aurae.runtime.pod.v0.ExecStart
+	(*ExecRequest)(nil),                      // 39: aurae.runtime.pod.v0.ExecRequest
+	(*ExecExit)(nil),                         // 40: aurae.runtime.pod.v0.ExecExit
+	(*ExecResponse)(nil),                     // 41: aurae.runtime.pod.v0.ExecResponse
+	(*AttachStart)(nil),                      // 42: aurae.runtime.pod.v0.AttachStart
+	(*AttachRequest)(nil),                    // 43: aurae.runtime.pod.v0.AttachRequest
+	(*AttachResponse)(nil),                   // 44: aurae.runtime.pod.v0.AttachResponse
+	(*ContainerEventsRequest)(nil),           // 45: aurae.runtime.pod.v0.ContainerEventsRequest
+	(*ContainerEvent)(nil),                   // 46: aurae.runtime.pod.v0.ContainerEvent
+	(*PortForwardStart)(nil),                 // 47: aurae.runtime.pod.v0.PortForwardStart
+	(*PortForwardRequest)(nil),               // 48: aurae.runtime.pod.v0.PortForwardRequest
+	(*PortForwardResponse)(nil),              // 49: aurae.runtime.pod.v0.PortForwardResponse
+	(*ContainerLogStart)(nil),                // 50: aurae.runtime.pod.v0.ContainerLogStart
+	(*ContainerLogRequest)(nil),              // 51: aurae.runtime.pod.v0.ContainerLogRequest
+	(*ContainerLogResponse)(nil),             // 52: aurae.runtime.pod.v0.ContainerLogResponse
+	nil,                                      // 53: aurae.runtime.pod.v0.Pod.SysctlsEntry
+	nil,                                      // 54: aurae.runtime.pod.v0.Pod.LabelsEntry
+	nil,                                      // 55: aurae.runtime.pod.v0.Pod.AnnotationsEntry
 }
 var file_pods_v0_pods_proto_depIdxs = []int32{
 	0,  // 0: aurae.runtime.pod.v0.NamespaceOptions.network:type_name -> aurae.runtime.pod.v0.NamespaceMode
@@ -3951,9 +4050,9 @@ var file_pods_v0_pods_proto_depIdxs = []int32{
 	0,  // 2: aurae.runtime.pod.v0.NamespaceOptions.ipc:type_name -> aurae.runtime.pod.v0.NamespaceMode
 	4,  // 3: aurae.runtime.pod.v0.Pod.dns:type_name -> aurae.runtime.pod.v0.DNSConfig
 	3,  // 4: aurae.runtime.pod.v0.Pod.namespaces:type_name -> aurae.runtime.pod.v0.NamespaceOptions
-	51, // 5: aurae.runtime.pod.v0.Pod.sysctls:type_name -> aurae.runtime.pod.v0.Pod.SysctlsEntry
-	52, // 6: aurae.runtime.pod.v0.Pod.labels:type_name -> aurae.runtime.pod.v0.Pod.LabelsEntry
-	53, // 7: aurae.runtime.pod.v0.Pod.annotations:type_name -> aurae.runtime.pod.v0.Pod.AnnotationsEntry
+	53, // 5: aurae.runtime.pod.v0.Pod.sysctls:type_name -> aurae.runtime.pod.v0.Pod.SysctlsEntry
+	54, // 6: aurae.runtime.pod.v0.Pod.labels:type_name -> aurae.runtime.pod.v0.Pod.LabelsEntry
+	55, // 7: aurae.runtime.pod.v0.Pod.annotations:type_name -> aurae.runtime.pod.v0.Pod.AnnotationsEntry
 	8,  // 8: aurae.runtime.pod.v0.Pod.resources:type_name -> aurae.runtime.pod.v0.PodResources
 	6,  // 9: aurae.runtime.pod.v0.Pod.user_namespace:type_name -> aurae.runtime.pod.v0.UserNamespace
 	7,  // 10: aurae.runtime.pod.v0.UserNamespace.uid_mappings:type_name -> aurae.runtime.pod.v0.IDMapping
@@ -3967,16 +4066,16 @@ var file_pods_v0_pods_proto_depIdxs = []int32{
 	10, // 18: aurae.runtime.pod.v0.PodStatus.paths:type_name -> aurae.runtime.pod.v0.AllocateResponse
 	18, // 19: aurae.runtime.pod.v0.PodStatus.containers:type_name -> aurae.runtime.pod.v0.ContainerStatus
 	29, // 20: aurae.runtime.pod.v0.ListPodsResponse.pods:type_name -> aurae.runtime.pod.v0.PodStatus
-	35, // 21: aurae.runtime.pod.v0.ExecStart.size:type_name -> aurae.runtime.pod.v0.TerminalSize
-	36, // 22: aurae.runtime.pod.v0.ExecRequest.start:type_name -> aurae.runtime.pod.v0.ExecStart
-	35, // 23: aurae.runtime.pod.v0.ExecRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
-	38, // 24: aurae.runtime.pod.v0.ExecResponse.exit:type_name -> aurae.runtime.pod.v0.ExecExit
-	40, // 25: aurae.runtime.pod.v0.AttachRequest.start:type_name -> aurae.runtime.pod.v0.AttachStart
-	35, // 26: aurae.runtime.pod.v0.AttachRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
+	37, // 21: aurae.runtime.pod.v0.ExecStart.size:type_name -> aurae.runtime.pod.v0.TerminalSize
+	38, // 22: aurae.runtime.pod.v0.ExecRequest.start:type_name -> aurae.runtime.pod.v0.ExecStart
+	37, // 23: aurae.runtime.pod.v0.ExecRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
+	40, // 24: aurae.runtime.pod.v0.ExecResponse.exit:type_name -> aurae.runtime.pod.v0.ExecExit
+	42, // 25: aurae.runtime.pod.v0.AttachRequest.start:type_name -> aurae.runtime.pod.v0.AttachStart
+	37, // 26: aurae.runtime.pod.v0.AttachRequest.resize:type_name -> aurae.runtime.pod.v0.TerminalSize
 	2,  // 27: aurae.runtime.pod.v0.ContainerEvent.type:type_name -> aurae.runtime.pod.v0.ContainerEventType
 	18, // 28: aurae.runtime.pod.v0.ContainerEvent.status:type_name -> aurae.runtime.pod.v0.ContainerStatus
-	45, // 29: aurae.runtime.pod.v0.PortForwardRequest.start:type_name -> aurae.runtime.pod.v0.PortForwardStart
-	48, // 30: aurae.runtime.pod.v0.ContainerLogRequest.start:type_name -> aurae.runtime.pod.v0.ContainerLogStart
+	47, // 29: aurae.runtime.pod.v0.PortForwardRequest.start:type_name -> aurae.runtime.pod.v0.PortForwardStart
+	50, // 30: aurae.runtime.pod.v0.ContainerLogRequest.start:type_name -> aurae.runtime.pod.v0.ContainerLogStart
 	9,  // 31: aurae.runtime.pod.v0.PodService.Allocate:input_type -> aurae.runtime.pod.v0.AllocateRequest
 	12, // 32: aurae.runtime.pod.v0.PodService.Start:input_type -> aurae.runtime.pod.v0.StartRequest
 	14, // 33: aurae.runtime.pod.v0.PodService.Stop:input_type -> aurae.runtime.pod.v0.StopRequest
@@ -3987,30 +4086,32 @@ var file_pods_v0_pods_proto_depIdxs = []int32{
 	26, // 38: aurae.runtime.pod.v0.PodService.RemoveContainer:input_type -> aurae.runtime.pod.v0.RemoveContainerRequest
 	28, // 39: aurae.runtime.pod.v0.PodService.ListPods:input_type -> aurae.runtime.pod.v0.ListPodsRequest
 	31, // 40: aurae.runtime.pod.v0.PodService.UpdateContainerResources:input_type -> aurae.runtime.pod.v0.UpdateContainerResourcesRequest
-	33, // 41: aurae.runtime.pod.v0.PodService.ReopenContainerLog:input_type -> aurae.runtime.pod.v0.ReopenContainerLogRequest
-	37, // 42: aurae.runtime.pod.v0.PodService.Exec:input_type -> aurae.runtime.pod.v0.ExecRequest
-	41, // 43: aurae.runtime.pod.v0.PodService.Attach:input_type -> aurae.runtime.pod.v0.AttachRequest
-	43, // 44: aurae.runtime.pod.v0.PodService.ContainerEvents:input_type -> aurae.runtime.pod.v0.ContainerEventsRequest
-	46, // 45: aurae.runtime.pod.v0.PodService.PortForward:input_type -> aurae.runtime.pod.v0.PortForwardRequest
-	49, // 46: aurae.runtime.pod.v0.PodService.ContainerLog:input_type -> aurae.runtime.pod.v0.ContainerLogRequest
-	10, // 47: aurae.runtime.pod.v0.PodService.Allocate:output_type -> aurae.runtime.pod.v0.AllocateResponse
-	13, // 48: aurae.runtime.pod.v0.PodService.Start:output_type -> aurae.runtime.pod.v0.StartResponse
-	15, // 49: aurae.runtime.pod.v0.PodService.Stop:output_type -> aurae.runtime.pod.v0.StopResponse
-	17, // 50: aurae.runtime.pod.v0.PodService.Free:output_type -> aurae.runtime.pod.v0.FreeResponse
-	20, // 51: aurae.runtime.pod.v0.PodService.ContainerStatus:output_type -> aurae.runtime.pod.v0.ContainerStatusResponse
-	22, // 52: aurae.runtime.pod.v0.PodService.ExecSync:output_type -> aurae.runtime.pod.v0.ExecSyncResponse
-	24, // 53: aurae.runtime.pod.v0.PodService.ContainerStats:output_type -> aurae.runtime.pod.v0.ContainerStatsResponse
-	27, // 54: aurae.runtime.pod.v0.PodService.RemoveContainer:output_type -> aurae.runtime.pod.v0.RemoveContainerResponse
-	30, // 55: aurae.runtime.pod.v0.PodService.ListPods:output_type -> aurae.runtime.pod.v0.ListPodsResponse
-	32, // 56: aurae.runtime.pod.v0.PodService.UpdateContainerResources:output_type -> aurae.runtime.pod.v0.UpdateContainerResourcesResponse
-	34, // 57: aurae.runtime.pod.v0.PodService.ReopenContainerLog:output_type -> aurae.runtime.pod.v0.ReopenContainerLogResponse
-	39, // 58: aurae.runtime.pod.v0.PodService.Exec:output_type -> aurae.runtime.pod.v0.ExecResponse
-	42, // 59: aurae.runtime.pod.v0.PodService.Attach:output_type -> aurae.runtime.pod.v0.AttachResponse
-	44, // 60: aurae.runtime.pod.v0.PodService.ContainerEvents:output_type -> aurae.runtime.pod.v0.ContainerEvent
-	47, // 61: aurae.runtime.pod.v0.PodService.PortForward:output_type -> aurae.runtime.pod.v0.PortForwardResponse
-	50, // 62: aurae.runtime.pod.v0.PodService.ContainerLog:output_type -> aurae.runtime.pod.v0.ContainerLogResponse
-	47, // [47:63] is the sub-list for method output_type
-	31, // [31:47] is the sub-list for method input_type
+	33, // 41: aurae.runtime.pod.v0.PodService.UpdatePodResources:input_type -> aurae.runtime.pod.v0.UpdatePodResourcesRequest
+	35, // 42: aurae.runtime.pod.v0.PodService.ReopenContainerLog:input_type -> aurae.runtime.pod.v0.ReopenContainerLogRequest
+	39, // 43: aurae.runtime.pod.v0.PodService.Exec:input_type -> aurae.runtime.pod.v0.ExecRequest
+	43, // 44: aurae.runtime.pod.v0.PodService.Attach:input_type -> aurae.runtime.pod.v0.AttachRequest
+	45, // 45: aurae.runtime.pod.v0.PodService.ContainerEvents:input_type -> aurae.runtime.pod.v0.ContainerEventsRequest
+	48, // 46: aurae.runtime.pod.v0.PodService.PortForward:input_type -> aurae.runtime.pod.v0.PortForwardRequest
+	51, // 47: aurae.runtime.pod.v0.PodService.ContainerLog:input_type -> aurae.runtime.pod.v0.ContainerLogRequest
+	10, // 48: aurae.runtime.pod.v0.PodService.Allocate:output_type -> aurae.runtime.pod.v0.AllocateResponse
+	13, // 49: aurae.runtime.pod.v0.PodService.Start:output_type -> aurae.runtime.pod.v0.StartResponse
+	15, // 50: aurae.runtime.pod.v0.PodService.Stop:output_type -> aurae.runtime.pod.v0.StopResponse
+	17, // 51: aurae.runtime.pod.v0.PodService.Free:output_type -> aurae.runtime.pod.v0.FreeResponse
+	20, // 52: aurae.runtime.pod.v0.PodService.ContainerStatus:output_type -> aurae.runtime.pod.v0.ContainerStatusResponse
+	22, // 53: aurae.runtime.pod.v0.PodService.ExecSync:output_type -> aurae.runtime.pod.v0.ExecSyncResponse
+	24, // 54: aurae.runtime.pod.v0.PodService.ContainerStats:output_type -> aurae.runtime.pod.v0.ContainerStatsResponse
+	27, // 55: aurae.runtime.pod.v0.PodService.RemoveContainer:output_type -> aurae.runtime.pod.v0.RemoveContainerResponse
+	30, // 56: aurae.runtime.pod.v0.PodService.ListPods:output_type -> aurae.runtime.pod.v0.ListPodsResponse
+	32, // 57: aurae.runtime.pod.v0.PodService.UpdateContainerResources:output_type -> aurae.runtime.pod.v0.UpdateContainerResourcesResponse
+	34, // 58: aurae.runtime.pod.v0.PodService.UpdatePodResources:output_type -> aurae.runtime.pod.v0.UpdatePodResourcesResponse
+	36, // 59: aurae.runtime.pod.v0.PodService.ReopenContainerLog:output_type -> aurae.runtime.pod.v0.ReopenContainerLogResponse
+	41, // 60: aurae.runtime.pod.v0.PodService.Exec:output_type -> aurae.runtime.pod.v0.ExecResponse
+	44, // 61: aurae.runtime.pod.v0.PodService.Attach:output_type -> aurae.runtime.pod.v0.AttachResponse
+	46, // 62: aurae.runtime.pod.v0.PodService.ContainerEvents:output_type -> aurae.runtime.pod.v0.ContainerEvent
+	49, // 63: aurae.runtime.pod.v0.PodService.PortForward:output_type -> aurae.runtime.pod.v0.PortForwardResponse
+	52, // 64: aurae.runtime.pod.v0.PodService.ContainerLog:output_type -> aurae.runtime.pod.v0.ContainerLogResponse
+	48, // [48:65] is the sub-list for method output_type
+	31, // [31:48] is the sub-list for method input_type
 	31, // [31:31] is the sub-list for extension type_name
 	31, // [31:31] is the sub-list for extension extendee
 	0,  // [0:31] is the sub-list for field type_name
@@ -4021,33 +4122,33 @@ func file_pods_v0_pods_proto_init() {
 	if File_pods_v0_pods_proto != nil {
 		return
 	}
-	file_pods_v0_pods_proto_msgTypes[34].OneofWrappers = []any{
+	file_pods_v0_pods_proto_msgTypes[36].OneofWrappers = []any{
 		(*ExecRequest_Start)(nil),
 		(*ExecRequest_Stdin)(nil),
 		(*ExecRequest_Resize)(nil),
 		(*ExecRequest_CloseStdin)(nil),
 	}
-	file_pods_v0_pods_proto_msgTypes[36].OneofWrappers = []any{
+	file_pods_v0_pods_proto_msgTypes[38].OneofWrappers = []any{
 		(*ExecResponse_Stdout)(nil),
 		(*ExecResponse_Stderr)(nil),
 		(*ExecResponse_Exit)(nil),
 	}
-	file_pods_v0_pods_proto_msgTypes[38].OneofWrappers = []any{
+	file_pods_v0_pods_proto_msgTypes[40].OneofWrappers = []any{
 		(*AttachRequest_Start)(nil),
 		(*AttachRequest_Stdin)(nil),
 		(*AttachRequest_Resize)(nil),
 		(*AttachRequest_CloseStdin)(nil),
 	}
-	file_pods_v0_pods_proto_msgTypes[39].OneofWrappers = []any{
+	file_pods_v0_pods_proto_msgTypes[41].OneofWrappers = []any{
 		(*AttachResponse_Stdout)(nil),
 		(*AttachResponse_Stderr)(nil),
 	}
-	file_pods_v0_pods_proto_msgTypes[43].OneofWrappers = []any{
+	file_pods_v0_pods_proto_msgTypes[45].OneofWrappers = []any{
 		(*PortForwardRequest_Start)(nil),
 		(*PortForwardRequest_Data)(nil),
 		(*PortForwardRequest_CloseWrite)(nil),
 	}
-	file_pods_v0_pods_proto_msgTypes[46].OneofWrappers = []any{
+	file_pods_v0_pods_proto_msgTypes[48].OneofWrappers = []any{
 		(*ContainerLogRequest_Start)(nil),
 		(*ContainerLogRequest_Persisted)(nil),
 	}
@@ -4057,7 +4158,7 @@ func file_pods_v0_pods_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pods_v0_pods_proto_rawDesc), len(file_pods_v0_pods_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   51,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

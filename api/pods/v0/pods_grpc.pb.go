@@ -35,6 +35,7 @@ const (
 	PodService_RemoveContainer_FullMethodName          = "/aurae.runtime.pod.v0.PodService/RemoveContainer"
 	PodService_ListPods_FullMethodName                 = "/aurae.runtime.pod.v0.PodService/ListPods"
 	PodService_UpdateContainerResources_FullMethodName = "/aurae.runtime.pod.v0.PodService/UpdateContainerResources"
+	PodService_UpdatePodResources_FullMethodName       = "/aurae.runtime.pod.v0.PodService/UpdatePodResources"
 	PodService_ReopenContainerLog_FullMethodName       = "/aurae.runtime.pod.v0.PodService/ReopenContainerLog"
 	PodService_Exec_FullMethodName                     = "/aurae.runtime.pod.v0.PodService/Exec"
 	PodService_Attach_FullMethodName                   = "/aurae.runtime.pod.v0.PodService/Attach"
@@ -76,6 +77,11 @@ type PodServiceClient interface {
 	ListPods(ctx context.Context, in *ListPodsRequest, opts ...grpc.CallOption) (*ListPodsResponse, error)
 	// Change the resources of a running container (runtime update).
 	UpdateContainerResources(ctx context.Context, in *UpdateContainerResourcesRequest, opts ...grpc.CallOption) (*UpdateContainerResourcesResponse, error)
+	// Change the limits of a pod's cgroup (in-place pod resize): the whole
+	// new set, not a change to the old one. What the host cannot apply
+	// (hugepage limits without the hugetlb controller, unified keys off
+	// cgroup v2) is refused, nothing is left out.
+	UpdatePodResources(ctx context.Context, in *UpdatePodResourcesRequest, opts ...grpc.CallOption) (*UpdatePodResourcesResponse, error)
 	// Make the container's monitor reopen its log file (after the kubelet
 	// rotated it).
 	ReopenContainerLog(ctx context.Context, in *ReopenContainerLogRequest, opts ...grpc.CallOption) (*ReopenContainerLogResponse, error)
@@ -216,6 +222,16 @@ func (c *podServiceClient) UpdateContainerResources(ctx context.Context, in *Upd
 	return out, nil
 }
 
+func (c *podServiceClient) UpdatePodResources(ctx context.Context, in *UpdatePodResourcesRequest, opts ...grpc.CallOption) (*UpdatePodResourcesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdatePodResourcesResponse)
+	err := c.cc.Invoke(ctx, PodService_UpdatePodResources_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *podServiceClient) ReopenContainerLog(ctx context.Context, in *ReopenContainerLogRequest, opts ...grpc.CallOption) (*ReopenContainerLogResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ReopenContainerLogResponse)
@@ -330,6 +346,11 @@ type PodServiceServer interface {
 	ListPods(context.Context, *ListPodsRequest) (*ListPodsResponse, error)
 	// Change the resources of a running container (runtime update).
 	UpdateContainerResources(context.Context, *UpdateContainerResourcesRequest) (*UpdateContainerResourcesResponse, error)
+	// Change the limits of a pod's cgroup (in-place pod resize): the whole
+	// new set, not a change to the old one. What the host cannot apply
+	// (hugepage limits without the hugetlb controller, unified keys off
+	// cgroup v2) is refused, nothing is left out.
+	UpdatePodResources(context.Context, *UpdatePodResourcesRequest) (*UpdatePodResourcesResponse, error)
 	// Make the container's monitor reopen its log file (after the kubelet
 	// rotated it).
 	ReopenContainerLog(context.Context, *ReopenContainerLogRequest) (*ReopenContainerLogResponse, error)
@@ -399,6 +420,9 @@ func (UnimplementedPodServiceServer) ListPods(context.Context, *ListPodsRequest)
 }
 func (UnimplementedPodServiceServer) UpdateContainerResources(context.Context, *UpdateContainerResourcesRequest) (*UpdateContainerResourcesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method UpdateContainerResources not implemented")
+}
+func (UnimplementedPodServiceServer) UpdatePodResources(context.Context, *UpdatePodResourcesRequest) (*UpdatePodResourcesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdatePodResources not implemented")
 }
 func (UnimplementedPodServiceServer) ReopenContainerLog(context.Context, *ReopenContainerLogRequest) (*ReopenContainerLogResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ReopenContainerLog not implemented")
@@ -619,6 +643,24 @@ func _PodService_UpdateContainerResources_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PodService_UpdatePodResources_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdatePodResourcesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PodServiceServer).UpdatePodResources(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PodService_UpdatePodResources_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PodServiceServer).UpdatePodResources(ctx, req.(*UpdatePodResourcesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _PodService_ReopenContainerLog_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ReopenContainerLogRequest)
 	if err := dec(in); err != nil {
@@ -722,6 +764,10 @@ var PodService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UpdateContainerResources",
 			Handler:    _PodService_UpdateContainerResources_Handler,
+		},
+		{
+			MethodName: "UpdatePodResources",
+			Handler:    _PodService_UpdatePodResources_Handler,
 		},
 		{
 			MethodName: "ReopenContainerLog",

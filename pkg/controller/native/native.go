@@ -360,6 +360,26 @@ func (c *Controller) UpdateContainerResources(ctx context.Context, id string, re
 	return err
 }
 
+// UpdatePodResources gives the pod's cgroup, which holds the whole pod,
+// its resources plus its overhead.
+func (c *Controller) UpdatePodResources(ctx context.Context, podID string, res controller.PodResources) error {
+	total, err := res.Total()
+	if err != nil {
+		return err
+	}
+	return c.SetPodResources(ctx, podID, total.OCI())
+}
+
+// SetPodResources sets the limits of the pod's cgroup, as a whole.
+func (c *Controller) SetPodResources(ctx context.Context, podID string, res *specs.LinuxResources) error {
+	b, err := json.Marshal(res)
+	if err != nil {
+		return err
+	}
+	_, err = c.pods.UpdatePodResources(ctx, &podsv0.UpdatePodResourcesRequest{PodId: podID, LinuxResources: b})
+	return err
+}
+
 // Events follows PodService.ContainerEvents. It returns once auraed has
 // the subscription in place (the stream's header), so that nothing that
 // happens afterwards is missed.
