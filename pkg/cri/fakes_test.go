@@ -316,6 +316,10 @@ func (f *fakeController) UpdateContainerResources(context.Context, string, *spec
 }
 func (f *fakeController) ReopenContainerLog(context.Context, string) error { return nil }
 
+func (f *fakeController) CheckpointContainer(context.Context, string, string, bool) error {
+	return fmt.Errorf("fake controller: %w", errdefs.ErrFailedPrecondition)
+}
+
 // PortForward of the fake answers "port <n>" and closes.
 func (f *fakeController) PortForward(_ context.Context, podID string, port int32, stream io.ReadWriteCloser) error {
 	defer stream.Close()

@@ -57,6 +57,9 @@ type Config struct {
 	AllowOldRuntime bool
 	// Conmon is the monitor binary (default "conmon").
 	Conmon string
+	// CRIU is the CRIU binary the OCI runtime uses for checkpoints and
+	// restores (default PinnedCRIU).
+	CRIU string
 	Logger *slog.Logger
 }
 
@@ -71,6 +74,7 @@ type Service struct {
 	store    *store
 	runtime  string // absolute path
 	conmon   string // absolute path
+	criu     criuState
 	closed   atomic.Bool
 	closing  int           // an eventfd, signalled by Close to stop watchers
 	closedCh chan struct{} // closed by Close
