@@ -59,7 +59,7 @@ type Config struct {
 	Conmon string
 	// CRIU is the CRIU binary the OCI runtime uses for checkpoints and
 	// restores (default PinnedCRIU).
-	CRIU string
+	CRIU   string
 	Logger *slog.Logger
 }
 
