@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 
 	metadata "github.com/checkpoint-restore/checkpointctl/lib"
 	"golang.org/x/sys/unix"
@@ -242,5 +241,3 @@ func writeRootfsDiff(ctx context.Context, rootfs, work string) error {
 	return os.WriteFile(filepath.Join(work, metadata.DeletedFilesFile), b, 0o600)
 }
 
-// errnoIs reports whether err is the errno e.
-func errnoIs(err error, e syscall.Errno) bool { return errors.Is(err, e) }
