@@ -29,11 +29,11 @@ const (
 	criuCheckTimeout  = 30 * time.Second
 )
 
-// criuState remembers a successful `criu check` (it does not change while
-// auraed runs); a failure is asked again next time.
+// criuState remembers the binary that passed `criu check` (the answer does
+// not change while auraed runs); a failure is asked again next time.
 type criuState struct {
-	mu sync.Mutex
-	ok bool
+	mu     sync.Mutex
+	okPath string
 }
 
 // CheckpointContainer implements PodService.CheckpointContainer.
@@ -112,10 +112,10 @@ func (s *Service) checkpoint(ctx context.Context, req *podsv0.CheckpointContaine
 func (s *Service) criuUsable(ctx context.Context) error {
 	s.criu.mu.Lock()
 	defer s.criu.mu.Unlock()
-	if s.criu.ok {
+	bin := s.criuPath()
+	if s.criu.okPath == bin {
 		return nil
 	}
-	bin := s.criuPath()
 	if fi, err := os.Stat(bin); err != nil || !fi.Mode().IsRegular() {
 		return fmt.Errorf("CRIU is not installed at %s (make deps builds it): %w", bin, errdefs.ErrFailedPrecondition)
 	}
@@ -128,7 +128,7 @@ func (s *Service) criuUsable(ctx context.Context) error {
 		}
 		return fmt.Errorf("CRIU cannot run here (criu check: %v): %s: %w", err, strings.TrimSpace(string(out)), errdefs.ErrFailedPrecondition)
 	}
-	s.criu.ok = true
+	s.criu.okPath = bin
 	return nil
 }
 
