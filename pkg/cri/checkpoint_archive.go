@@ -42,7 +42,7 @@ func checkpointLocation(loc string) (string, error) {
 	}
 	fd, err := openDirNoSymlinks(filepath.Dir(loc))
 	if err != nil {
-		return "", fmt.Errorf("checkpoint location %q: its directory: %v: %w", loc, err, errInvalid)
+		return "", fmt.Errorf("checkpoint location %q: its directory: %s: %w", loc, err.Error(), errInvalid)
 	}
 	defer unix.Close(fd)
 	var st unix.Stat_t
@@ -240,4 +240,3 @@ func writeRootfsDiff(ctx context.Context, rootfs, work string) error {
 	}
 	return os.WriteFile(filepath.Join(work, metadata.DeletedFilesFile), b, 0o600)
 }
-

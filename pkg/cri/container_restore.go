@@ -35,7 +35,9 @@ type checkpointSource struct {
 	config metadata.ContainerConfig
 }
 
-func (s *checkpointSource) imagesDir() string { return filepath.Join(s.dir, metadata.CheckpointDirectory) }
+func (s *checkpointSource) imagesDir() string {
+	return filepath.Join(s.dir, metadata.CheckpointDirectory)
+}
 
 // openCheckpoint checks and extracts the archive at path into a fresh work
 // directory: only directories and regular files, at local paths, within
@@ -48,7 +50,7 @@ func (r *Runtime) openCheckpoint(ctx context.Context, path string) (_ *checkpoin
 		Flags: unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOFOLLOW, Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("checkpoint archive %q: %v: %w", path, err, errInvalid)
+		return nil, fmt.Errorf("checkpoint archive %q: %s: %w", path, err.Error(), errInvalid)
 	}
 	f := os.NewFile(uintptr(fd), path)
 	defer f.Close()
@@ -73,7 +75,7 @@ func (r *Runtime) openCheckpoint(ctx context.Context, path string) (_ *checkpoin
 	}
 	src := &checkpointSource{dir: dir}
 	if err := readJSONBounded(filepath.Join(dir, metadata.ConfigDumpFile), &src.config); err != nil {
-		return nil, fmt.Errorf("checkpoint archive %q: %s: %v: %w", path, metadata.ConfigDumpFile, err, errInvalid)
+		return nil, fmt.Errorf("checkpoint archive %q: %s: %s: %w", path, metadata.ConfigDumpFile, err.Error(), errInvalid)
 	}
 	if src.config.RootfsImageRef == "" {
 		return nil, fmt.Errorf("checkpoint archive %q: %s names no rootfs image: %w", path, metadata.ConfigDumpFile, errInvalid)
@@ -101,7 +103,7 @@ func extractCheckpoint(ctx context.Context, r io.Reader, dir string) error {
 	if err != nil {
 		return err
 	}
-	defer root.Close()
+	defer func() { _ = root.Close() }()
 	tr := tar.NewReader(r)
 	var total int64
 	for n := 0; ; n++ {
@@ -113,7 +115,7 @@ func extractCheckpoint(ctx context.Context, r io.Reader, dir string) error {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("not a valid tar: %v: %w", err, errInvalid)
+			return fmt.Errorf("not a valid tar: %s: %w", err.Error(), errInvalid)
 		}
 		if n >= maxCheckpointEntries {
 			return fmt.Errorf("more than %d entries: %w", maxCheckpointEntries, errInvalid)
@@ -125,7 +127,7 @@ func extractCheckpoint(ctx context.Context, r io.Reader, dir string) error {
 		switch hdr.Typeflag {
 		case tar.TypeDir:
 			if err := root.MkdirAll(name, 0o700); err != nil {
-				return fmt.Errorf("entry %q: %v: %w", hdr.Name, err, errInvalid)
+				return fmt.Errorf("entry %q: %s: %w", hdr.Name, err.Error(), errInvalid)
 			}
 		case tar.TypeReg:
 			total += hdr.Size
@@ -134,12 +136,12 @@ func extractCheckpoint(ctx context.Context, r io.Reader, dir string) error {
 			}
 			if d := filepath.Dir(name); d != "." {
 				if err := root.MkdirAll(d, 0o700); err != nil {
-					return fmt.Errorf("entry %q: %v: %w", hdr.Name, err, errInvalid)
+					return fmt.Errorf("entry %q: %s: %w", hdr.Name, err.Error(), errInvalid)
 				}
 			}
 			out, err := root.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 			if err != nil {
-				return fmt.Errorf("entry %q: %v: %w", hdr.Name, err, errInvalid)
+				return fmt.Errorf("entry %q: %s: %w", hdr.Name, err.Error(), errInvalid)
 			}
 			_, err = io.Copy(out, io.LimitReader(tr, hdr.Size))
 			if cerr := out.Close(); err == nil {
@@ -163,7 +165,7 @@ func applyRootfsDiff(ctx context.Context, rootfs, ckpt string) error {
 	if err != nil {
 		return err
 	}
-	defer root.Close()
+	defer func() { _ = root.Close() }()
 	if f, err := os.Open(filepath.Join(ckpt, metadata.RootFsDiffTar)); err == nil {
 		defer f.Close()
 		if err := applyDiffTar(ctx, root, f); err != nil {
@@ -174,7 +176,7 @@ func applyRootfsDiff(ctx context.Context, rootfs, ckpt string) error {
 	}
 	var deleted []string
 	if err := readJSONBounded(filepath.Join(ckpt, metadata.DeletedFilesFile), &deleted); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%s: %v: %w", metadata.DeletedFilesFile, err, errInvalid)
+		return fmt.Errorf("%s: %s: %w", metadata.DeletedFilesFile, err.Error(), errInvalid)
 	}
 	for _, p := range deleted {
 		rel := strings.TrimPrefix(filepath.Clean("/"+p), "/")
@@ -199,7 +201,7 @@ func applyDiffTar(ctx context.Context, root *os.Root, r io.Reader) error {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("not a valid tar: %v: %w", err, errInvalid)
+			return fmt.Errorf("not a valid tar: %s: %w", err.Error(), errInvalid)
 		}
 		if n >= maxCheckpointEntries {
 			return fmt.Errorf("more than %d entries: %w", maxCheckpointEntries, errInvalid)

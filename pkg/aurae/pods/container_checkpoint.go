@@ -126,7 +126,7 @@ func (s *Service) criuUsable(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return fmt.Errorf("criu check: %w", ctx.Err())
 		}
-		return fmt.Errorf("CRIU cannot run here (criu check: %v): %s: %w", err, strings.TrimSpace(string(out)), errdefs.ErrFailedPrecondition)
+		return fmt.Errorf("CRIU cannot run here (criu check: %s): %s: %w", err.Error(), strings.TrimSpace(string(out)), errdefs.ErrFailedPrecondition)
 	}
 	s.criu.okPath = bin
 	return nil
