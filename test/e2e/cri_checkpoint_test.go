@@ -98,8 +98,12 @@ func TestCRICheckpointRestore(t *testing.T) {
 
 	archive := filepath.Join(dir, "counter.tar")
 	before = lastCount(t, st.GetLogPath())
+	t0 := time.Now()
 	if err := c.Runtime.CheckpointContainer(ctx, &runtimeapi.CheckpointContainerRequest{ContainerId: id, Location: archive, Timeout: 300}); err != nil {
 		t.Fatalf("checkpoint: %v", err)
+	}
+	if fi, err := os.Stat(archive); err == nil {
+		t.Logf("checkpoint took %v, archive %d bytes", time.Since(t0), fi.Size())
 	}
 	checkpointWorkDirsEmpty(t, c.StateDir)
 	names := tarNames(t, archive)
@@ -121,13 +125,16 @@ func TestCRICheckpointRestore(t *testing.T) {
 	// Restored into a new container (its own name and log): it goes on
 	// from the counter in memory, not from zero.
 	rcfg := containerConfig("counter-restored", archive, "sh", "-c", counterScript)
+	t0 = time.Now()
 	rid := runContainer(t, c, podID, pod, rcfg)
+	t.Logf("create + restore took %v", time.Since(t0))
 	rst := waitContainerState(t, c, rid, runtimeapi.ContainerState_CONTAINER_RUNNING)
 	first := waitLog(t, rst.GetLogPath(), 2)[0]
 	n, err := strconv.Atoi(first[strings.LastIndex(first, " ")+1:])
 	if err != nil {
 		t.Fatalf("restored log line %q: %v", first, err)
 	}
+	t.Logf("counter at %d before the checkpoint, restored counter goes on at %d", before, n)
 	if n <= before {
 		t.Fatalf("restored counter starts at %d, want more than %d (the count before the checkpoint)", n, before)
 	}
