@@ -40,6 +40,11 @@ GOLANGCI_LINT_VERSION := v2.15.0
 # auraed and aurae-cri take RUNC by default (pods.PinnedRuntime).
 RUNC_VERSION := v1.4.4
 RUNC := /opt/aurae/bin/runc
+# CRIU for CheckpointContainer and restores, built from Debian trixie's source
+# package by `make criu` (Debian 12's 3.17.1 cannot dump on current kernels).
+# auraed hands it to runc (pods.PinnedCRIU).
+CRIU_VERSION := 4.1.1
+CRIU := /opt/aurae/bin/criu
 
 # go test -timeout applies per package; sized for 2 cores with -race.
 TEST_TIMEOUT ?= 20m
@@ -47,10 +52,10 @@ BENCH_TIMEOUT ?= 30m
 # Extra flags for `make run`, e.g. RUN_ARGS='--log-level debug'.
 RUN_ARGS ?=
 
-.PHONY: deps apt tools cni runc cri-tools critest build run run-auraed test fuzz kubelet bench proto check-proto lint clean
+.PHONY: deps apt tools cni runc criu cri-tools critest build run run-auraed test fuzz kubelet bench proto check-proto lint clean
 
-## deps: install what is missing (Debian packages, pinned Go tools into ./bin, CNI plugins, runc, crictl/critest)
-deps: apt tools cni runc cri-tools
+## deps: install what is missing (Debian packages, pinned Go tools into ./bin, CNI plugins, runc, criu, crictl/critest)
+deps: apt tools cni runc criu cri-tools
 
 ## cri-tools: crictl (into ./bin) and critest of the cri-tools version pinned in hack/critest/go.mod, built into a cache
 cri-tools:
@@ -62,6 +67,11 @@ cri-tools:
 runc: apt
 	@start=$$(date +%s); $(SUDO) env PATH="$(PATH)" hack/runc/build.sh $(RUNC_VERSION) $(RUNC); \
 	echo "runc: $(RUNC) is $(RUNC_VERSION) ($$(( $$(date +%s) - start ))s)"
+
+## criu: the pinned CRIU (CRIU_VERSION) built from Debian trixie's verified source package into CRIU (skipped when it answers that version)
+criu: apt
+	@start=$$(date +%s); $(SUDO) hack/criu/build.sh $(CRIU_VERSION) $(CRIU); \
+	echo "criu: $(CRIU) is $(CRIU_VERSION) ($$(( $$(date +%s) - start ))s)"
 
 ## cni: the standard CNI plugins (built from containernetworking/plugins) into /opt/cni/bin
 cni:

@@ -65,6 +65,11 @@ type Controller interface {
 	// the pod's kind cannot give (a VM that would have to grow) is refused
 	// with FailedPrecondition, before anything changes.
 	UpdatePodResources(ctx context.Context, podID string, res PodResources) error
+	// CheckpointContainer dumps a running container with CRIU into
+	// imageDir (a directory it makes; absent on failure), bounded by ctx;
+	// leaveRunning keeps it running. FailedPrecondition where the
+	// controller or the machine cannot checkpoint (and says why).
+	CheckpointContainer(ctx context.Context, containerID, imageDir string, leaveRunning bool) error
 	// ReopenContainerLog makes the container's monitor reopen its log file.
 	ReopenContainerLog(ctx context.Context, containerID string) error
 	// Exec runs argv in a running container with its stdio streamed until
@@ -205,6 +210,10 @@ type Container struct {
 	// itself; the runtime is then not given LogPath (a VM pod's guest).
 	LogStream  bool
 	Tty, Stdin bool
+	// RestoreFrom, when set, is a directory of CRIU images (as
+	// CheckpointContainer wrote them): the container's process is restored
+	// from them instead of started from the spec.
+	RestoreFrom string
 }
 
 // Started is a container that StartContainer started.

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	metadata "github.com/checkpoint-restore/checkpointctl/lib"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
@@ -97,9 +98,28 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 
 	callCtx, cancel := bounded(ctx, podCallTimeout)
 	defer cancel()
-	img, err := r.cfg.Images.Resolve(callCtx, cfg.GetImage().GetImage())
+	imageRef := cfg.GetImage().GetImage()
+	var ckpt *checkpointSource
+	if isCheckpointImage(imageRef) {
+		// A checkpoint archive, as CRI-O takes it: the new container runs
+		// the image the checkpointed one ran, with its rootfs changes, and
+		// is restored from its CRIU images at start.
+		if slices.Contains(vm.Handlers, sb.RuntimeHandler) {
+			return nil, fmt.Errorf("restore of checkpoint %s into pod %s of VM handler %q: %w", imageRef, sb.ID, sb.RuntimeHandler, errPrecondition)
+		}
+		if ckpt, err = r.openCheckpoint(callCtx, imageRef); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err := os.RemoveAll(ckpt.dir); err != nil {
+				log.Warn("remove checkpoint work dir", "path", ckpt.dir, "error", err)
+			}
+		}()
+		imageRef = ckpt.config.RootfsImageRef
+	}
+	img, err := r.cfg.Images.Resolve(callCtx, imageRef)
 	if err != nil {
-		return nil, fmt.Errorf("image %q: %w", cfg.GetImage().GetImage(), err)
+		return nil, fmt.Errorf("image %q: %w", imageRef, err)
 	}
 	vols, err := r.resolveImageVolumes(callCtx, imgMounts, log)
 	if err != nil {
@@ -145,6 +165,17 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		}
 	}()
 	r.fault(FaultContainerRootfs)
+	restoreFrom := ""
+	if ckpt != nil {
+		if err := applyRootfsDiff(callCtx, rootfs, ckpt.dir); err != nil {
+			return nil, fmt.Errorf("checkpoint %s: %w", cfg.GetImage().GetImage(), err)
+		}
+		// Beside the rootfs mount point: removed with it.
+		restoreFrom = filepath.Join(filepath.Dir(rootfs), metadata.CheckpointDirectory)
+		if err := os.Rename(ckpt.imagesDir(), restoreFrom); err != nil {
+			return nil, fmt.Errorf("checkpoint %s: %w", cfg.GetImage().GetImage(), err)
+		}
+	}
 	if len(vols) > 0 {
 		defer func() {
 			if retErr != nil {
@@ -225,7 +256,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	}
 	c := &sandbox.Container{
 		ID: id, SandboxID: sb.ID, Name: name, Config: cfg,
-		ImageRef: cfg.GetImage().GetImage(), ImageID: img.ID, ImageName: imageName(img.RepoTags, img.RepoDigests, img.ID),
+		ImageRef: imageRef, ImageID: img.ID, RestoreFrom: restoreFrom, ImageName: imageName(img.RepoTags, img.RepoDigests, img.ID),
 		LogPath: logPath, Spec: specJSON, StopSignal: stopSignal, ImageVolumes: vols, CreatedAt: time.Now(),
 		Status: sandbox.ContainerStatus{State: runtimeapi.ContainerState_CONTAINER_CREATED},
 	}

@@ -45,6 +45,7 @@ func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 	startedAt := time.Now()
 	started, err := ctrl.StartContainer(callCtx, sb.ID, controller.Container{
 		ID: c.ID, Spec: c.Spec, LogPath: c.LogPath, Tty: c.Config.GetTty(), Stdin: c.Config.GetStdin(),
+		RestoreFrom: c.RestoreFrom,
 	})
 	if errdefs.IsAlreadyExists(err) {
 		// The controller has it started: a start that a crash of

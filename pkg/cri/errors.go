@@ -3,6 +3,7 @@ package cri
 import "github.com/containerd/errdefs"
 
 var (
-	errInvalid      = errdefs.ErrInvalidArgument
-	errPrecondition = errdefs.ErrFailedPrecondition
+	errInvalid       = errdefs.ErrInvalidArgument
+	errPrecondition  = errdefs.ErrFailedPrecondition
+	errAlreadyExists = errdefs.ErrAlreadyExists
 )

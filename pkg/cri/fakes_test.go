@@ -350,6 +350,10 @@ func (f *fakeController) resizes(podID string) []controller.PodResources {
 	return slices.Clone(f.resized[podID])
 }
 
+func (f *fakeController) CheckpointContainer(context.Context, string, string, bool) error {
+	return fmt.Errorf("fake controller: %w", errdefs.ErrFailedPrecondition)
+}
+
 // PortForward of the fake answers "port <n>" and closes.
 func (f *fakeController) PortForward(_ context.Context, podID string, port int32, stream io.ReadWriteCloser) error {
 	defer stream.Close()

@@ -41,6 +41,9 @@ func (r *Runtime) Recover(ctx context.Context) error {
 	start := time.Now()
 	r.rebuildOrSync()
 	r.recoverIntents(ctx)
+	if err := r.cleanCheckpointWorkDirs(); err != nil {
+		r.log.Warn("remove checkpoint work dirs", "error", err)
+	}
 	r.recoverImageVolumes(ctx)
 	handlers := map[controller.Controller][]string{}
 	for handler, ctrl := range r.cfg.Controllers {

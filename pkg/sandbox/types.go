@@ -74,6 +74,9 @@ type Container struct {
 	LogPath   string `json:"log_path,omitempty"`
 	// Spec is the OCI runtime spec (JSON) the container is started with.
 	Spec []byte `json:"spec"`
+	// RestoreFrom is the directory of CRIU images the container is
+	// restored from at start (CreateContainer named a checkpoint archive).
+	RestoreFrom string `json:"restore_from,omitempty"`
 	// StopSignal is the signal that stops it ("SIGQUIT"), resolved at
 	// creation from its config, else its image; "" is SIGTERM.
 	StopSignal string `json:"stop_signal,omitempty"`

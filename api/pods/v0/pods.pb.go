@@ -846,9 +846,14 @@ type Container struct {
 	// (log_path must then be empty), which ContainerLog streams to a client
 	// that writes the log where it wants it (a VM pod's host). The part the
 	// client confirms is dropped from that file.
-	LogStream     bool `protobuf:"varint,8,opt,name=log_stream,json=logStream,proto3" json:"log_stream,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LogStream bool `protobuf:"varint,8,opt,name=log_stream,json=logStream,proto3" json:"log_stream,omitempty"`
+	// When set, the container's process is not started from the spec but
+	// restored by the OCI runtime from the CRIU images in this directory (as
+	// CheckpointContainer wrote them), into the container the spec describes
+	// (its rootfs must hold what the checkpointed one held).
+	RestoreImagePath string `protobuf:"bytes,9,opt,name=restore_image_path,json=restoreImagePath,proto3" json:"restore_image_path,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Container) Reset() {
@@ -935,6 +940,13 @@ func (x *Container) GetLogStream() bool {
 		return x.LogStream
 	}
 	return false
+}
+
+func (x *Container) GetRestoreImagePath() string {
+	if x != nil {
+		return x.RestoreImagePath
+	}
+	return ""
 }
 
 type StartRequest struct {
@@ -3665,6 +3677,105 @@ func (x *ContainerLogResponse) GetEof() bool {
 	return false
 }
 
+type CheckpointContainerRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	// Absolute path of a directory that does not exist yet and whose parent
+	// does: auraed makes it and writes the CRIU images into it.
+	ImagePath string `protobuf:"bytes,2,opt,name=image_path,json=imagePath,proto3" json:"image_path,omitempty"`
+	// The container keeps running after the dump; otherwise the dump stops it.
+	LeaveRunning  bool `protobuf:"varint,3,opt,name=leave_running,json=leaveRunning,proto3" json:"leave_running,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointContainerRequest) Reset() {
+	*x = CheckpointContainerRequest{}
+	mi := &file_pods_v0_pods_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointContainerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointContainerRequest) ProtoMessage() {}
+
+func (x *CheckpointContainerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointContainerRequest.ProtoReflect.Descriptor instead.
+func (*CheckpointContainerRequest) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *CheckpointContainerRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *CheckpointContainerRequest) GetImagePath() string {
+	if x != nil {
+		return x.ImagePath
+	}
+	return ""
+}
+
+func (x *CheckpointContainerRequest) GetLeaveRunning() bool {
+	if x != nil {
+		return x.LeaveRunning
+	}
+	return false
+}
+
+type CheckpointContainerResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointContainerResponse) Reset() {
+	*x = CheckpointContainerResponse{}
+	mi := &file_pods_v0_pods_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointContainerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointContainerResponse) ProtoMessage() {}
+
+func (x *CheckpointContainerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pods_v0_pods_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointContainerResponse.ProtoReflect.Descriptor instead.
+func (*CheckpointContainerResponse) Descriptor() ([]byte, []int) {
+	return file_pods_v0_pods_proto_rawDescGZIP(), []int{51}
+}
+
 var File_pods_v0_pods_proto protoreflect.FileDescriptor
 
 const file_pods_v0_pods_proto_rawDesc = "" +
@@ -3733,7 +3844,7 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\tcgroup_v2\x18\n" +
 	" \x01(\bR\bcgroupV2\x12)\n" +
 	"\x11oom_score_adj_min\x18\v \x01(\x05R\x0eoomScoreAdjMin\x12.\n" +
-	"\x13user_namespace_path\x18\f \x01(\tR\x11userNamespacePath\"\xe1\x01\n" +
+	"\x13user_namespace_path\x18\f \x01(\tR\x11userNamespacePath\"\x8f\x02\n" +
 	"\tContainer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\boci_spec\x18\x02 \x01(\fR\aociSpec\x12\x1f\n" +
@@ -3744,7 +3855,8 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\x05stdin\x18\x06 \x01(\bR\x05stdin\x12&\n" +
 	"\x0fmount_pod_files\x18\a \x01(\bR\rmountPodFiles\x12\x1d\n" +
 	"\n" +
-	"log_stream\x18\b \x01(\bR\tlogStream\"d\n" +
+	"log_stream\x18\b \x01(\bR\tlogStream\x12,\n" +
+	"\x12restore_image_path\x18\t \x01(\tR\x10restoreImagePath\"d\n" +
 	"\fStartRequest\x12\x15\n" +
 	"\x06pod_id\x18\x01 \x01(\tR\x05podId\x12=\n" +
 	"\tcontainer\x18\x02 \x01(\v2\x1f.aurae.runtime.pod.v0.ContainerR\tcontainer\"e\n" +
@@ -3937,7 +4049,13 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\x14ContainerLogResponse\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x10\n" +
-	"\x03eof\x18\x03 \x01(\bR\x03eof*^\n" +
+	"\x03eof\x18\x03 \x01(\bR\x03eof\"\x83\x01\n" +
+	"\x1aCheckpointContainerRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x1d\n" +
+	"\n" +
+	"image_path\x18\x02 \x01(\tR\timagePath\x12#\n" +
+	"\rleave_running\x18\x03 \x01(\bR\fleaveRunning\"\x1d\n" +
+	"\x1bCheckpointContainerResponse*^\n" +
 	"\rNamespaceMode\x12\x16\n" +
 	"\x12NAMESPACE_MODE_POD\x10\x00\x12\x1c\n" +
 	"\x18NAMESPACE_MODE_CONTAINER\x10\x01\x12\x17\n" +
@@ -3951,7 +4069,7 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	" CONTAINER_EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cCONTAINER_EVENT_TYPE_STARTED\x10\x01\x12\x1f\n" +
 	"\x1bCONTAINER_EVENT_TYPE_EXITED\x10\x02\x12 \n" +
-	"\x1cCONTAINER_EVENT_TYPE_REMOVED\x10\x032\xe2\r\n" +
+	"\x1cCONTAINER_EVENT_TYPE_REMOVED\x10\x032\xe0\x0e\n" +
 	"\n" +
 	"PodService\x12[\n" +
 	"\bAllocate\x12%.aurae.runtime.pod.v0.AllocateRequest\x1a&.aurae.runtime.pod.v0.AllocateResponse\"\x00\x12R\n" +
@@ -3970,7 +4088,8 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\x06Attach\x12#.aurae.runtime.pod.v0.AttachRequest\x1a$.aurae.runtime.pod.v0.AttachResponse\"\x00(\x010\x01\x12i\n" +
 	"\x0fContainerEvents\x12,.aurae.runtime.pod.v0.ContainerEventsRequest\x1a$.aurae.runtime.pod.v0.ContainerEvent\"\x000\x01\x12h\n" +
 	"\vPortForward\x12(.aurae.runtime.pod.v0.PortForwardRequest\x1a).aurae.runtime.pod.v0.PortForwardResponse\"\x00(\x010\x01\x12k\n" +
-	"\fContainerLog\x12).aurae.runtime.pod.v0.ContainerLogRequest\x1a*.aurae.runtime.pod.v0.ContainerLogResponse\"\x00(\x010\x01B7Z5github.com/aurae-runtime/aurae-cri/api/pods/v0;podsv0b\x06proto3"
+	"\fContainerLog\x12).aurae.runtime.pod.v0.ContainerLogRequest\x1a*.aurae.runtime.pod.v0.ContainerLogResponse\"\x00(\x010\x01\x12|\n" +
+	"\x13CheckpointContainer\x120.aurae.runtime.pod.v0.CheckpointContainerRequest\x1a1.aurae.runtime.pod.v0.CheckpointContainerResponse\"\x00B7Z5github.com/aurae-runtime/aurae-cri/api/pods/v0;podsv0b\x06proto3"
 
 var (
 	file_pods_v0_pods_proto_rawDescOnce sync.Once
@@ -3985,7 +4104,7 @@ func file_pods_v0_pods_proto_rawDescGZIP() []byte {
 }
 
 var file_pods_v0_pods_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_pods_v0_pods_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_pods_v0_pods_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_pods_v0_pods_proto_goTypes = []any{
 	(NamespaceMode)(0),                       // 0: aurae.runtime.pod.v0.NamespaceMode
 	(ContainerState)(0),                      // 1: aurae.runtime.pod.v0.ContainerState
@@ -4040,9 +4159,11 @@ var file_pods_v0_pods_proto_goTypes = []any{
 	(*ContainerLogStart)(nil),                // 50: aurae.runtime.pod.v0.ContainerLogStart
 	(*ContainerLogRequest)(nil),              // 51: aurae.runtime.pod.v0.ContainerLogRequest
 	(*ContainerLogResponse)(nil),             // 52: aurae.runtime.pod.v0.ContainerLogResponse
-	nil,                                      // 53: aurae.runtime.pod.v0.Pod.SysctlsEntry
-	nil,                                      // 54: aurae.runtime.pod.v0.Pod.LabelsEntry
-	nil,                                      // 55: aurae.runtime.pod.v0.Pod.AnnotationsEntry
+	(*CheckpointContainerRequest)(nil),       // 53: aurae.runtime.pod.v0.CheckpointContainerRequest
+	(*CheckpointContainerResponse)(nil),      // 54: aurae.runtime.pod.v0.CheckpointContainerResponse
+	nil,                                      // 55: aurae.runtime.pod.v0.Pod.SysctlsEntry
+	nil,                                      // 56: aurae.runtime.pod.v0.Pod.LabelsEntry
+	nil,                                      // 57: aurae.runtime.pod.v0.Pod.AnnotationsEntry
 }
 var file_pods_v0_pods_proto_depIdxs = []int32{
 	0,  // 0: aurae.runtime.pod.v0.NamespaceOptions.network:type_name -> aurae.runtime.pod.v0.NamespaceMode
@@ -4050,9 +4171,9 @@ var file_pods_v0_pods_proto_depIdxs = []int32{
 	0,  // 2: aurae.runtime.pod.v0.NamespaceOptions.ipc:type_name -> aurae.runtime.pod.v0.NamespaceMode
 	4,  // 3: aurae.runtime.pod.v0.Pod.dns:type_name -> aurae.runtime.pod.v0.DNSConfig
 	3,  // 4: aurae.runtime.pod.v0.Pod.namespaces:type_name -> aurae.runtime.pod.v0.NamespaceOptions
-	53, // 5: aurae.runtime.pod.v0.Pod.sysctls:type_name -> aurae.runtime.pod.v0.Pod.SysctlsEntry
-	54, // 6: aurae.runtime.pod.v0.Pod.labels:type_name -> aurae.runtime.pod.v0.Pod.LabelsEntry
-	55, // 7: aurae.runtime.pod.v0.Pod.annotations:type_name -> aurae.runtime.pod.v0.Pod.AnnotationsEntry
+	55, // 5: aurae.runtime.pod.v0.Pod.sysctls:type_name -> aurae.runtime.pod.v0.Pod.SysctlsEntry
+	56, // 6: aurae.runtime.pod.v0.Pod.labels:type_name -> aurae.runtime.pod.v0.Pod.LabelsEntry
+	57, // 7: aurae.runtime.pod.v0.Pod.annotations:type_name -> aurae.runtime.pod.v0.Pod.AnnotationsEntry
 	8,  // 8: aurae.runtime.pod.v0.Pod.resources:type_name -> aurae.runtime.pod.v0.PodResources
 	6,  // 9: aurae.runtime.pod.v0.Pod.user_namespace:type_name -> aurae.runtime.pod.v0.UserNamespace
 	7,  // 10: aurae.runtime.pod.v0.UserNamespace.uid_mappings:type_name -> aurae.runtime.pod.v0.IDMapping
@@ -4093,25 +4214,27 @@ var file_pods_v0_pods_proto_depIdxs = []int32{
 	45, // 45: aurae.runtime.pod.v0.PodService.ContainerEvents:input_type -> aurae.runtime.pod.v0.ContainerEventsRequest
 	48, // 46: aurae.runtime.pod.v0.PodService.PortForward:input_type -> aurae.runtime.pod.v0.PortForwardRequest
 	51, // 47: aurae.runtime.pod.v0.PodService.ContainerLog:input_type -> aurae.runtime.pod.v0.ContainerLogRequest
-	10, // 48: aurae.runtime.pod.v0.PodService.Allocate:output_type -> aurae.runtime.pod.v0.AllocateResponse
-	13, // 49: aurae.runtime.pod.v0.PodService.Start:output_type -> aurae.runtime.pod.v0.StartResponse
-	15, // 50: aurae.runtime.pod.v0.PodService.Stop:output_type -> aurae.runtime.pod.v0.StopResponse
-	17, // 51: aurae.runtime.pod.v0.PodService.Free:output_type -> aurae.runtime.pod.v0.FreeResponse
-	20, // 52: aurae.runtime.pod.v0.PodService.ContainerStatus:output_type -> aurae.runtime.pod.v0.ContainerStatusResponse
-	22, // 53: aurae.runtime.pod.v0.PodService.ExecSync:output_type -> aurae.runtime.pod.v0.ExecSyncResponse
-	24, // 54: aurae.runtime.pod.v0.PodService.ContainerStats:output_type -> aurae.runtime.pod.v0.ContainerStatsResponse
-	27, // 55: aurae.runtime.pod.v0.PodService.RemoveContainer:output_type -> aurae.runtime.pod.v0.RemoveContainerResponse
-	30, // 56: aurae.runtime.pod.v0.PodService.ListPods:output_type -> aurae.runtime.pod.v0.ListPodsResponse
-	32, // 57: aurae.runtime.pod.v0.PodService.UpdateContainerResources:output_type -> aurae.runtime.pod.v0.UpdateContainerResourcesResponse
-	34, // 58: aurae.runtime.pod.v0.PodService.UpdatePodResources:output_type -> aurae.runtime.pod.v0.UpdatePodResourcesResponse
-	36, // 59: aurae.runtime.pod.v0.PodService.ReopenContainerLog:output_type -> aurae.runtime.pod.v0.ReopenContainerLogResponse
-	41, // 60: aurae.runtime.pod.v0.PodService.Exec:output_type -> aurae.runtime.pod.v0.ExecResponse
-	44, // 61: aurae.runtime.pod.v0.PodService.Attach:output_type -> aurae.runtime.pod.v0.AttachResponse
-	46, // 62: aurae.runtime.pod.v0.PodService.ContainerEvents:output_type -> aurae.runtime.pod.v0.ContainerEvent
-	49, // 63: aurae.runtime.pod.v0.PodService.PortForward:output_type -> aurae.runtime.pod.v0.PortForwardResponse
-	52, // 64: aurae.runtime.pod.v0.PodService.ContainerLog:output_type -> aurae.runtime.pod.v0.ContainerLogResponse
-	48, // [48:65] is the sub-list for method output_type
-	31, // [31:48] is the sub-list for method input_type
+	53, // 48: aurae.runtime.pod.v0.PodService.CheckpointContainer:input_type -> aurae.runtime.pod.v0.CheckpointContainerRequest
+	10, // 49: aurae.runtime.pod.v0.PodService.Allocate:output_type -> aurae.runtime.pod.v0.AllocateResponse
+	13, // 50: aurae.runtime.pod.v0.PodService.Start:output_type -> aurae.runtime.pod.v0.StartResponse
+	15, // 51: aurae.runtime.pod.v0.PodService.Stop:output_type -> aurae.runtime.pod.v0.StopResponse
+	17, // 52: aurae.runtime.pod.v0.PodService.Free:output_type -> aurae.runtime.pod.v0.FreeResponse
+	20, // 53: aurae.runtime.pod.v0.PodService.ContainerStatus:output_type -> aurae.runtime.pod.v0.ContainerStatusResponse
+	22, // 54: aurae.runtime.pod.v0.PodService.ExecSync:output_type -> aurae.runtime.pod.v0.ExecSyncResponse
+	24, // 55: aurae.runtime.pod.v0.PodService.ContainerStats:output_type -> aurae.runtime.pod.v0.ContainerStatsResponse
+	27, // 56: aurae.runtime.pod.v0.PodService.RemoveContainer:output_type -> aurae.runtime.pod.v0.RemoveContainerResponse
+	30, // 57: aurae.runtime.pod.v0.PodService.ListPods:output_type -> aurae.runtime.pod.v0.ListPodsResponse
+	32, // 58: aurae.runtime.pod.v0.PodService.UpdateContainerResources:output_type -> aurae.runtime.pod.v0.UpdateContainerResourcesResponse
+	34, // 59: aurae.runtime.pod.v0.PodService.UpdatePodResources:output_type -> aurae.runtime.pod.v0.UpdatePodResourcesResponse
+	36, // 60: aurae.runtime.pod.v0.PodService.ReopenContainerLog:output_type -> aurae.runtime.pod.v0.ReopenContainerLogResponse
+	41, // 61: aurae.runtime.pod.v0.PodService.Exec:output_type -> aurae.runtime.pod.v0.ExecResponse
+	44, // 62: aurae.runtime.pod.v0.PodService.Attach:output_type -> aurae.runtime.pod.v0.AttachResponse
+	46, // 63: aurae.runtime.pod.v0.PodService.ContainerEvents:output_type -> aurae.runtime.pod.v0.ContainerEvent
+	49, // 64: aurae.runtime.pod.v0.PodService.PortForward:output_type -> aurae.runtime.pod.v0.PortForwardResponse
+	52, // 65: aurae.runtime.pod.v0.PodService.ContainerLog:output_type -> aurae.runtime.pod.v0.ContainerLogResponse
+	54, // 66: aurae.runtime.pod.v0.PodService.CheckpointContainer:output_type -> aurae.runtime.pod.v0.CheckpointContainerResponse
+	49, // [49:67] is the sub-list for method output_type
+	31, // [31:49] is the sub-list for method input_type
 	31, // [31:31] is the sub-list for extension type_name
 	31, // [31:31] is the sub-list for extension extendee
 	0,  // [0:31] is the sub-list for field type_name
@@ -4158,7 +4281,7 @@ func file_pods_v0_pods_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pods_v0_pods_proto_rawDesc), len(file_pods_v0_pods_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   53,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -42,6 +42,7 @@ const (
 	PodService_ContainerEvents_FullMethodName          = "/aurae.runtime.pod.v0.PodService/ContainerEvents"
 	PodService_PortForward_FullMethodName              = "/aurae.runtime.pod.v0.PodService/PortForward"
 	PodService_ContainerLog_FullMethodName             = "/aurae.runtime.pod.v0.PodService/ContainerLog"
+	PodService_CheckpointContainer_FullMethodName      = "/aurae.runtime.pod.v0.PodService/CheckpointContainer"
 )
 
 // PodServiceClient is the client API for PodService service.
@@ -112,6 +113,13 @@ type PodServiceClient interface {
 	// its monitor is gone and every byte was sent, a last answer has eof.
 	// Containers without log_stream are refused (FailedPrecondition).
 	ContainerLog(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ContainerLogRequest, ContainerLogResponse], error)
+	// CheckpointContainer dumps a running container with CRIU (through the
+	// OCI runtime's checkpoint) into image_path, bounded by the call's
+	// deadline (DeadlineExceeded, nothing left at image_path). Where CRIU
+	// cannot run here (missing, or `criu check` fails), FailedPrecondition
+	// with CRIU's reason. A container that is not running is
+	// FailedPrecondition.
+	CheckpointContainer(ctx context.Context, in *CheckpointContainerRequest, opts ...grpc.CallOption) (*CheckpointContainerResponse, error)
 }
 
 type podServiceClient struct {
@@ -313,6 +321,16 @@ func (c *podServiceClient) ContainerLog(ctx context.Context, opts ...grpc.CallOp
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PodService_ContainerLogClient = grpc.BidiStreamingClient[ContainerLogRequest, ContainerLogResponse]
 
+func (c *podServiceClient) CheckpointContainer(ctx context.Context, in *CheckpointContainerRequest, opts ...grpc.CallOption) (*CheckpointContainerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckpointContainerResponse)
+	err := c.cc.Invoke(ctx, PodService_CheckpointContainer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PodServiceServer is the server API for PodService service.
 // All implementations must embed UnimplementedPodServiceServer
 // for forward compatibility.
@@ -381,6 +399,13 @@ type PodServiceServer interface {
 	// its monitor is gone and every byte was sent, a last answer has eof.
 	// Containers without log_stream are refused (FailedPrecondition).
 	ContainerLog(grpc.BidiStreamingServer[ContainerLogRequest, ContainerLogResponse]) error
+	// CheckpointContainer dumps a running container with CRIU (through the
+	// OCI runtime's checkpoint) into image_path, bounded by the call's
+	// deadline (DeadlineExceeded, nothing left at image_path). Where CRIU
+	// cannot run here (missing, or `criu check` fails), FailedPrecondition
+	// with CRIU's reason. A container that is not running is
+	// FailedPrecondition.
+	CheckpointContainer(context.Context, *CheckpointContainerRequest) (*CheckpointContainerResponse, error)
 	mustEmbedUnimplementedPodServiceServer()
 }
 
@@ -441,6 +466,9 @@ func (UnimplementedPodServiceServer) PortForward(grpc.BidiStreamingServer[PortFo
 }
 func (UnimplementedPodServiceServer) ContainerLog(grpc.BidiStreamingServer[ContainerLogRequest, ContainerLogResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method ContainerLog not implemented")
+}
+func (UnimplementedPodServiceServer) CheckpointContainer(context.Context, *CheckpointContainerRequest) (*CheckpointContainerResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CheckpointContainer not implemented")
 }
 func (UnimplementedPodServiceServer) mustEmbedUnimplementedPodServiceServer() {}
 func (UnimplementedPodServiceServer) testEmbeddedByValue()                    {}
@@ -718,6 +746,24 @@ func _PodService_ContainerLog_Handler(srv interface{}, stream grpc.ServerStream)
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PodService_ContainerLogServer = grpc.BidiStreamingServer[ContainerLogRequest, ContainerLogResponse]
 
+func _PodService_CheckpointContainer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckpointContainerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PodServiceServer).CheckpointContainer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PodService_CheckpointContainer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PodServiceServer).CheckpointContainer(ctx, req.(*CheckpointContainerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PodService_ServiceDesc is the grpc.ServiceDesc for PodService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -772,6 +818,10 @@ var PodService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReopenContainerLog",
 			Handler:    _PodService_ReopenContainerLog_Handler,
+		},
+		{
+			MethodName: "CheckpointContainer",
+			Handler:    _PodService_CheckpointContainer_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

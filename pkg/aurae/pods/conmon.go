@@ -62,6 +62,14 @@ func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Cont
 		"-l", "k8s-file:" + logPath,
 		"--log-level", "info",
 	}
+	env := os.Environ()
+	if dir := req.GetRestoreImagePath(); dir != "" {
+		// conmon runs `runc restore --detach` instead of create: the
+		// container is running once it answers. runc finds CRIU on PATH.
+		args = append(args, "--restore", dir,
+			"--runtime-opt", "--ext-unix-sk", "--runtime-opt", "--tcp-established", "--runtime-opt", "--file-locks")
+		env = append(withoutPath(env), "PATH="+filepath.Dir(s.criuPath())+":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	}
 	if req.GetTty() {
 		args = append(args, "-t")
 	} else if req.GetStdin() {
@@ -87,7 +95,7 @@ func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Cont
 	defer stderr.Close()
 	cmd := exec.Command(s.conmon, args...)
 	cmd.Dir = bundle
-	cmd.Env = append(os.Environ(), "_OCI_SYNCPIPE=3", "_OCI_STARTPIPE=4")
+	cmd.Env = append(env, "_OCI_SYNCPIPE=3", "_OCI_STARTPIPE=4")
 	cmd.ExtraFiles = []*os.File{syncW, startR}
 	cmd.Stderr = stderr
 	cmd.Stdout = stderr

@@ -53,6 +53,17 @@ func validContainer(podID string, c *podsv0.Container) error {
 			return err
 		}
 	}
+	if d := c.GetRestoreImagePath(); d != "" {
+		if err := validPath("restore image path", d); err != nil {
+			return err
+		}
+		if c.GetTty() {
+			return fmt.Errorf("container %q: restoring a container with a terminal is not supported: %w", c.GetId(), errdefs.ErrInvalidArgument)
+		}
+		if fi, err := os.Lstat(filepath.Join(d, "inventory.img")); err != nil || !fi.Mode().IsRegular() {
+			return fmt.Errorf("container %q: restore image path %s holds no CRIU images: %w", c.GetId(), d, errdefs.ErrInvalidArgument)
+		}
+	}
 	if len(c.GetOciSpec()) == 0 {
 		return fmt.Errorf("container %q: OCI spec is missing: %w", c.GetId(), errdefs.ErrInvalidArgument)
 	}
@@ -152,19 +163,28 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 	if !ok {
 		return nil, fmt.Errorf("create container %q: its monitor (pid %d) is gone", id, mon.conmonPid)
 	}
-	if s.beforeRuntimeStart != nil {
-		s.beforeRuntimeStart(id)
-	}
-	if rec, err = s.runStart(ctx, id, rec); err != nil {
-		unix.Close(fd)
-		return nil, err
+	if req.GetRestoreImagePath() != "" {
+		// runc restore ran under conmon: the container runs already.
+		rec.State, rec.StartedAt = stateRunning, time.Now().UnixNano()
+		if err := s.store.put(bucketContainers, id, rec); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("persist container %q: %w", id, err)
+		}
+	} else {
+		if s.beforeRuntimeStart != nil {
+			s.beforeRuntimeStart(id)
+		}
+		if rec, err = s.runStart(ctx, id, rec); err != nil {
+			unix.Close(fd)
+			return nil, err
+		}
 	}
 	c.mu.Lock()
 	c.rec, c.res = rec, false
 	c.mu.Unlock()
 	s.events.publish(podsv0.ContainerEventType_CONTAINER_EVENT_TYPE_STARTED, statusOf(rec))
 	s.watch(c, fd)
-	log.Info("container started", "pid", rec.Pid, "cgroup", rec.CgroupPath)
+	log.Info("container started", "pid", rec.Pid, "cgroup", rec.CgroupPath, "restored_from", req.GetRestoreImagePath())
 	return &podsv0.StartResponse{ContainerId: id, Pid: int32(rec.Pid), CgroupPath: rec.CgroupPath}, nil
 }
 

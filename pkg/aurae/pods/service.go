@@ -57,6 +57,9 @@ type Config struct {
 	AllowOldRuntime bool
 	// Conmon is the monitor binary (default "conmon").
 	Conmon string
+	// CRIU is the CRIU binary the OCI runtime uses for checkpoints and
+	// restores (default PinnedCRIU).
+	CRIU   string
 	Logger *slog.Logger
 	// Freed, when set, is called after every successful Free, before it
 	// answers (also for an unknown pod, so that a retry finishes what
@@ -77,6 +80,7 @@ type Service struct {
 	store    *store
 	runtime  string // absolute path
 	conmon   string // absolute path
+	criu     criuState
 	closed   atomic.Bool
 	closing  int           // an eventfd, signalled by Close to stop watchers
 	closedCh chan struct{} // closed by Close

@@ -258,7 +258,7 @@ func (c *Controller) pidNamespaceOf(ctx context.Context, podID, target string) (
 }
 
 func (c *Controller) StartContainer(ctx context.Context, podID string, ctr controller.Container) (controller.Started, error) {
-	msg := &podsv0.Container{Id: ctr.ID, OciSpec: ctr.Spec, LogPath: ctr.LogPath, Tty: ctr.Tty, Stdin: ctr.Stdin}
+	msg := &podsv0.Container{Id: ctr.ID, OciSpec: ctr.Spec, LogPath: ctr.LogPath, Tty: ctr.Tty, Stdin: ctr.Stdin, RestoreImagePath: ctr.RestoreFrom}
 	if ctr.LogStream {
 		msg.LogPath, msg.LogStream = "", true
 	}
@@ -344,6 +344,11 @@ func (c *Controller) ContainerStats(ctx context.Context, id string) (controller.
 		st.Timestamp = time.Unix(0, ts)
 	}
 	return st, nil
+}
+
+func (c *Controller) CheckpointContainer(ctx context.Context, id, imageDir string, leaveRunning bool) error {
+	_, err := c.pods.CheckpointContainer(ctx, &podsv0.CheckpointContainerRequest{ContainerId: id, ImagePath: imageDir, LeaveRunning: leaveRunning})
+	return err
 }
 
 func (c *Controller) ReopenContainerLog(ctx context.Context, id string) error {

@@ -350,3 +350,13 @@ func (c *Controller) PortForward(ctx context.Context, podID string, port int32, 
 	}
 	return g.pods.PortForward(ctx, podID, port, stream)
 }
+
+// CheckpointContainer is refused: the container's processes live in the
+// guest, whose auraed would write the CRIU images inside the VM, and a
+// restore would need the same guest kernel and VM layout.
+func (c *Controller) CheckpointContainer(_ context.Context, cid, _ string, _ bool) error {
+	if _, _, err := c.guestOf(cid); err != nil {
+		return err
+	}
+	return fmt.Errorf("container %s runs in a VM pod: checkpoints of VM-isolated containers are not supported (the CRIU images would be made inside the guest): %w", cid, errdefs.ErrFailedPrecondition)
+}

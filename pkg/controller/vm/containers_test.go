@@ -205,6 +205,13 @@ func TestVMFactsMakeTheGuestSpec(t *testing.T) {
 	if err := c.ReopenContainerLog(t.Context(), "nobody"); !errdefs.IsNotFound(err) {
 		t.Errorf("reopen of an unknown container: %v, want NotFound", err)
 	}
+	// Checkpoints of a VM pod's containers are refused, saying why.
+	if err := c.CheckpointContainer(t.Context(), cid, filepath.Join(t.TempDir(), "img"), true); !errdefs.IsFailedPrecondition(err) {
+		t.Errorf("checkpoint of a VM container: %v, want FailedPrecondition", err)
+	}
+	if err := c.CheckpointContainer(t.Context(), "nobody", filepath.Join(t.TempDir(), "img"), true); !errdefs.IsNotFound(err) {
+		t.Errorf("checkpoint of an unknown container: %v, want NotFound", err)
+	}
 	// The host side of a read-only volume is read-only too (the guest
 	// cannot write through the share), and no share is suid or dev.
 	if err := os.WriteFile(filepath.Join(hostDir, "m0", "x"), nil, 0o644); !errors.Is(err, syscall.EROFS) {
