@@ -15,6 +15,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -85,6 +86,8 @@ type NRI struct {
 	// plugins: the rules their adjustments are checked against, and the
 	// validator's refusal.
 	creating map[string]*creation
+	// plugins is how many plugins are connected (the validator included).
+	plugins atomic.Int32
 }
 
 type creation struct {
@@ -111,6 +114,7 @@ func New(cfg Config, state State) (*NRI, error) {
 	n := &NRI{cfg: cfg, log: cfg.Logger.With("component", "nri"), state: state, creating: map[string]*creation{}}
 	opts := []adaptation.Option{
 		adaptation.WithSocketPath(cfg.SocketPath),
+		adaptation.WithMetrics(pluginCount{n}),
 		adaptation.WithBuiltinPlugins(&builtin.BuiltinPlugin{
 			Base: validatorName, Index: "00",
 			Handlers: builtin.BuiltinHandlers{ValidateContainerAdjustment: n.validate},
@@ -412,4 +416,20 @@ func (n *NRI) evict(ctx context.Context, self string, evictions []*api.Container
 // mergeResources sets what NRI's resources set over cur's.
 func mergeResources(cur *specs.LinuxResources, r *api.LinuxResources) *specs.LinuxResources {
 	return ocispec.MergeResources(cur, r.ToOCI())
+}
+
+// Plugins is how many plugins are connected and synchronized, aurae-cri's
+// own validator included.
+func (n *NRI) Plugins() int { return int(n.plugins.Load()) }
+
+// pluginCount follows the number of plugins (NRI's Metrics).
+type pluginCount struct{ n *NRI }
+
+func (pluginCount) RecordPluginInvocation(string, string, error)                               {}
+func (pluginCount) RecordPluginLatency(string, string, time.Duration)                          {}
+func (pluginCount) RecordPluginAdjustments(string, string, *api.ContainerAdjustment, int, int) {}
+func (p pluginCount) UpdatePluginCount(count int) {
+	if old := p.n.plugins.Swap(int32(min(count, 1<<30))); int(old) != count { //nolint:gosec // bounded
+		p.n.log.Info("NRI plugins connected", "plugins", count)
+	}
 }
