@@ -171,7 +171,8 @@ func adjustmentOf(a *api.ContainerAdjustment, by string) *ocispec.Adjustment {
 	}
 	if h := a.Hooks; h != nil {
 		out.Hooks = &specs.Hooks{
-			Prestart: hooksOf(h.Prestart), CreateRuntime: hooksOf(h.CreateRuntime), CreateContainer: hooksOf(h.CreateContainer),
+			Prestart:      hooksOf(h.Prestart), //nolint:staticcheck // deprecated, still a hook runc runs and NRI passes
+			CreateRuntime: hooksOf(h.CreateRuntime), CreateContainer: hooksOf(h.CreateContainer),
 			StartContainer: hooksOf(h.StartContainer), Poststart: hooksOf(h.Poststart), Poststop: hooksOf(h.Poststop),
 		}
 	}

@@ -80,10 +80,8 @@ func applyAdjustment(in Input, s *specs.Spec) error {
 	}
 	maps.Copy(s.Annotations, a.Annotations)
 
-	overrides := make([]string, 0, len(a.RemoveEnv)+len(a.Env))
-	for _, k := range a.RemoveEnv {
-		overrides = append(overrides, k) // a name without "=" removes it
-	}
+	// A name without "=" removes it.
+	overrides := append(make([]string, 0, len(a.RemoveEnv)+len(a.Env)), a.RemoveEnv...)
 	for _, kv := range a.Env {
 		k, _, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {

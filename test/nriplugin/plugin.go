@@ -64,7 +64,7 @@ func Start(ctx context.Context, socket, name, idx string, p *Plugin) error {
 	case <-p.synced:
 		return nil
 	case err := <-p.done:
-		return fmt.Errorf("plugin %s-%s ended before it was synchronized: %v", idx, name, err)
+		return fmt.Errorf("plugin %s-%s ended before it was synchronized: %w", idx, name, err)
 	case <-ctx.Done():
 		s.Stop()
 		return ctx.Err()
