@@ -66,12 +66,12 @@ type config struct {
 	OTLPEndpoint string `toml:"otlp-endpoint"`
 	// EnableNRI serves NRI plugins on NRISocket (github.com/containerd/nri);
 	// the plugin dirs and timeouts are NRI's.
-	EnableNRI              bool          `toml:"enable-nri"`
-	NRISocket              string        `toml:"nri-socket"`
-	NRIPluginDir           string        `toml:"nri-plugin-dir"`
-	NRIPluginConfigDir     string        `toml:"nri-plugin-config-dir"`
-	NRIRegistrationTimeout time.Duration `toml:"nri-plugin-registration-timeout"`
-	NRIRequestTimeout      time.Duration `toml:"nri-plugin-request-timeout"`
+	EnableNRI              bool     `toml:"enable-nri"`
+	NRISocket              string   `toml:"nri-socket"`
+	NRIPluginDir           string   `toml:"nri-plugin-dir"`
+	NRIPluginConfigDir     string   `toml:"nri-plugin-config-dir"`
+	NRIRegistrationTimeout duration `toml:"nri-plugin-registration-timeout"`
+	NRIRequestTimeout      duration `toml:"nri-plugin-request-timeout"`
 
 	level slog.Level
 }
@@ -96,8 +96,8 @@ func parseConfig(args []string) (config, error) {
 		NRISocket:              nri.DefaultSocketPath,
 		NRIPluginDir:           nri.DefaultPluginPath,
 		NRIPluginConfigDir:     nri.DefaultPluginConfigPath,
-		NRIRegistrationTimeout: nri.DefaultRegistrationTimeout,
-		NRIRequestTimeout:      nri.DefaultRequestTimeout,
+		NRIRegistrationTimeout: duration(nri.DefaultRegistrationTimeout),
+		NRIRequestTimeout:      duration(nri.DefaultRequestTimeout),
 	}
 	fs := flag.NewFlagSet("aurae-cri", flag.ContinueOnError)
 	configFile := fs.String("config", "", "TOML file setting the flags below (keys are the flag names)")
@@ -129,8 +129,8 @@ func parseConfig(args []string) (config, error) {
 	fs.StringVar(&cfg.NRISocket, "nri-socket", cfg.NRISocket, "unix socket NRI plugins connect to (mode 0600)")
 	fs.StringVar(&cfg.NRIPluginDir, "nri-plugin-dir", cfg.NRIPluginDir, "NRI plugins aurae-cri starts itself (NRI's pre-installed plugins)")
 	fs.StringVar(&cfg.NRIPluginConfigDir, "nri-plugin-config-dir", cfg.NRIPluginConfigDir, "configs of the plugins in --nri-plugin-dir")
-	fs.DurationVar(&cfg.NRIRegistrationTimeout, "nri-plugin-registration-timeout", cfg.NRIRegistrationTimeout, "how long an NRI plugin may take to register")
-	fs.DurationVar(&cfg.NRIRequestTimeout, "nri-plugin-request-timeout", cfg.NRIRequestTimeout, "how long an NRI plugin may take to answer an event; one that takes longer is disconnected and the pod goes on")
+	fs.Var(&cfg.NRIRegistrationTimeout, "nri-plugin-registration-timeout", "how long an NRI plugin may take to register")
+	fs.Var(&cfg.NRIRequestTimeout, "nri-plugin-request-timeout", "how long an NRI plugin may take to answer an event; one that takes longer is disconnected and the pod goes on")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -276,3 +276,19 @@ func (cfg config) allowedAnnotations() (map[string]bool, error) {
 	}
 	return out, nil
 }
+
+// duration is a time.Duration read as "2s" from flags and from the TOML
+// file.
+type duration time.Duration
+
+func (d *duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = duration(v)
+	return nil
+}
+
+func (d *duration) Set(s string) error { return d.UnmarshalText([]byte(s)) }
+func (d duration) String() string      { return time.Duration(d).String() }

@@ -166,7 +166,7 @@ func run(cfg config) error {
 	if cfg.EnableNRI {
 		if plugins, err = nri.New(nri.Config{
 			SocketPath: cfg.NRISocket, PluginPath: cfg.NRIPluginDir, PluginConfigPath: cfg.NRIPluginConfigDir,
-			RegistrationTimeout: cfg.NRIRegistrationTimeout, RequestTimeout: cfg.NRIRequestTimeout,
+			RegistrationTimeout: time.Duration(cfg.NRIRegistrationTimeout), RequestTimeout: time.Duration(cfg.NRIRequestTimeout),
 			RuntimeName: "aurae-cri", RuntimeVersion: version.Version, VMHandlers: vm.Handlers, Logger: logger,
 		}, store); err != nil {
 			return err
