@@ -171,6 +171,11 @@ func TestCritest(t *testing.T) {
 		"--nri-socket", nriSock,
 		"--nri-plugin-dir", filepath.Join(sockDir, "nri-plugins"),
 		"--nri-plugin-config-dir", filepath.Join(sockDir, "nri-conf"),
+		// A synchronization spec holds its plugin's Synchronize for 2 s:
+		// with NRI's default 2 s request timeout on this slow machine the
+		// plugin would be disconnected (as containerd's would) and the
+		// spec skips.
+		"--nri-plugin-request-timeout", "10s",
 	)
 	cri.Stdout, cri.Stderr = logFile, logFile
 	if err := cri.Start(); err != nil {

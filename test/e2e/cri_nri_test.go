@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -184,4 +185,54 @@ func TestCRINRI(t *testing.T) {
 			t.Error("aurae-cri did not disconnect the hung plugin")
 		}
 	})
+}
+
+// TestCRINRIVMPod: a plugin's adjustments reach the guest's container of
+// a VM pod the same way (an env var and a tmpfs mount), and a host path
+// it asks for there is refused naming the plugin and the field.
+func TestCRINRIVMPod(t *testing.T) {
+	requireVMImage(t)
+	sockDir, err := os.MkdirTemp("", "nri-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(sockDir) })
+	sock := filepath.Join(sockDir, "nri.sock")
+	c := startCRI(t, "--enable-nri", "--nri-socket", sock,
+		"--nri-plugin-dir", filepath.Join(sockDir, "plugins"), "--nri-plugin-config-dir", filepath.Join(sockDir, "conf"))
+	ctx := t.Context()
+	image := c.pushBusybox(t, "e2e/busybox:nri-vm", testimage.Options{})
+	var hostPath atomic.Bool
+	p := &nriplugin.Plugin{
+		Env:    map[string]string{"NRI_E2E": "in-guest"},
+		Mounts: []*api.Mount{{Destination: "/nri-tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"size=1m"}}},
+		Adjust: func(a *api.ContainerAdjustment) {
+			if hostPath.Load() {
+				a.AddMount(&api.Mount{Destination: "/host-etc", Type: "bind", Source: "/etc", Options: []string{"rbind", "ro"}})
+			}
+		},
+	}
+	startNRIPlugin(t, c, sock, "vm", p)
+	pod := c.podConfig(t, "nri-vm")
+	podID, err := c.Runtime.RunPodSandbox(ctx, pod, "aurae-vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = c.Runtime.StopPodSandbox(context.Background(), podID)
+		_ = c.Runtime.RemovePodSandbox(context.Background(), podID)
+	})
+	id := runContainer(t, c, podID, pod, containerConfig("nri-vm-ctr", image, "sleep", "1000"))
+	waitContainerState(t, c, id, runtimeapi.ContainerState_CONTAINER_RUNNING)
+	if got := execOut(t, c, id, "sh", "-c", "echo $NRI_E2E"); got != "in-guest" {
+		t.Errorf("NRI_E2E=%q, want in-guest", got)
+	}
+	if got := execOut(t, c, id, "sh", "-c", "grep ' /nri-tmp ' /proc/mounts | cut -d' ' -f3"); got != "tmpfs" {
+		t.Errorf("/nri-tmp is %q, want a tmpfs", got)
+	}
+	hostPath.Store(true)
+	_, err = c.Runtime.CreateContainer(ctx, podID, containerConfig("nri-vm-host", image, "sleep", "1000"), pod)
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "10-vm") || !strings.Contains(err.Error(), "mounts[/host-etc]") {
+		t.Fatalf("host path in a VM pod from a plugin: %v, want FailedPrecondition naming 10-vm and mounts[/host-etc]", err)
+	}
 }
