@@ -9,12 +9,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/pelletier/go-toml/v2"
 
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/pods"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller/vm"
 	"github.com/aurae-runtime/aurae-cri/pkg/metrics"
+	"github.com/aurae-runtime/aurae-cri/pkg/nri"
 	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
 	"github.com/aurae-runtime/aurae-cri/pkg/tracing"
 )
@@ -62,27 +64,40 @@ type config struct {
 	// OTLPEndpoint receives the spans of aurae-cri's and the embedded
 	// auraed's calls (OTLP over gRPC, host:port on loopback); empty: none.
 	OTLPEndpoint string `toml:"otlp-endpoint"`
+	// EnableNRI serves NRI plugins on NRISocket (github.com/containerd/nri);
+	// the plugin dirs and timeouts are NRI's.
+	EnableNRI              bool     `toml:"enable-nri"`
+	NRISocket              string   `toml:"nri-socket"`
+	NRIPluginDir           string   `toml:"nri-plugin-dir"`
+	NRIPluginConfigDir     string   `toml:"nri-plugin-config-dir"`
+	NRIRegistrationTimeout duration `toml:"nri-plugin-registration-timeout"`
+	NRIRequestTimeout      duration `toml:"nri-plugin-request-timeout"`
 
 	level slog.Level
 }
 
 func parseConfig(args []string) (config, error) {
 	cfg := config{
-		Socket:            "/run/aurae/cri.sock",
-		StateDir:          "/var/lib/aurae-cri",
-		ContainerdAddress: "/run/containerd/containerd.sock",
-		CNIConfDir:        "/etc/cni/net.d",
-		CNIBinDir:         "/opt/cni/bin",
-		StreamAddress:     "127.0.0.1:0",
-		LogLevel:          "info",
-		CgroupRoot:        "aurae",
-		CgroupParent:      "pods",
-		ImageNamespace:    "aurae",
-		OCIRuntime:        pods.DefaultRuntime(),
-		VMKernel:          "/var/lib/aurae/vm/vmlinux",
-		VMInitramfs:       "/var/lib/aurae/vm/initramfs.cpio.gz",
-		VMMaxMemMiB:       8192,
-		CDISpecDirs:       "/etc/cdi,/var/run/cdi",
+		Socket:                 "/run/aurae/cri.sock",
+		StateDir:               "/var/lib/aurae-cri",
+		ContainerdAddress:      "/run/containerd/containerd.sock",
+		CNIConfDir:             "/etc/cni/net.d",
+		CNIBinDir:              "/opt/cni/bin",
+		StreamAddress:          "127.0.0.1:0",
+		LogLevel:               "info",
+		CgroupRoot:             "aurae",
+		CgroupParent:           "pods",
+		ImageNamespace:         "aurae",
+		OCIRuntime:             pods.DefaultRuntime(),
+		VMKernel:               "/var/lib/aurae/vm/vmlinux",
+		VMInitramfs:            "/var/lib/aurae/vm/initramfs.cpio.gz",
+		VMMaxMemMiB:            8192,
+		CDISpecDirs:            "/etc/cdi,/var/run/cdi",
+		NRISocket:              nri.DefaultSocketPath,
+		NRIPluginDir:           nri.DefaultPluginPath,
+		NRIPluginConfigDir:     nri.DefaultPluginConfigPath,
+		NRIRegistrationTimeout: duration(nri.DefaultRegistrationTimeout),
+		NRIRequestTimeout:      duration(nri.DefaultRequestTimeout),
 	}
 	fs := flag.NewFlagSet("aurae-cri", flag.ContinueOnError)
 	configFile := fs.String("config", "", "TOML file setting the flags below (keys are the flag names)")
@@ -110,6 +125,12 @@ func parseConfig(args []string) (config, error) {
 	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", cfg.OTLPEndpoint, "OpenTelemetry collector (OTLP over gRPC, host:port on a loopback address) to send the spans of CRI and Aurae calls to; empty: none")
 	fs.Int64Var(&cfg.PidsLimit, "pids-limit", cfg.PidsLimit, "pids cgroup limit of every container (as CRI-O's pids_limit); 0: none")
 	fs.StringVar(&cfg.MetricsAddress, "metrics-address", cfg.MetricsAddress, "host:port to serve Prometheus metrics on at /metrics, in plain HTTP: loopback addresses only (e.g. 127.0.0.1:9898); empty: off")
+	fs.BoolVar(&cfg.EnableNRI, "enable-nri", cfg.EnableNRI, "serve NRI plugins (Node Resource Interface) on --nri-socket")
+	fs.StringVar(&cfg.NRISocket, "nri-socket", cfg.NRISocket, "unix socket NRI plugins connect to (mode 0600)")
+	fs.StringVar(&cfg.NRIPluginDir, "nri-plugin-dir", cfg.NRIPluginDir, "NRI plugins aurae-cri starts itself (NRI's pre-installed plugins)")
+	fs.StringVar(&cfg.NRIPluginConfigDir, "nri-plugin-config-dir", cfg.NRIPluginConfigDir, "configs of the plugins in --nri-plugin-dir")
+	fs.Var(&cfg.NRIRegistrationTimeout, "nri-plugin-registration-timeout", "how long an NRI plugin may take to register")
+	fs.Var(&cfg.NRIRequestTimeout, "nri-plugin-request-timeout", "how long an NRI plugin may take to answer an event; one that takes longer is disconnected and the pod goes on")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -180,6 +201,18 @@ func parseConfig(args []string) (config, error) {
 				cfg.OTLPEndpoint = explicit.OTLPEndpoint
 			case "metrics-address":
 				cfg.MetricsAddress = explicit.MetricsAddress
+			case "enable-nri":
+				cfg.EnableNRI = explicit.EnableNRI
+			case "nri-socket":
+				cfg.NRISocket = explicit.NRISocket
+			case "nri-plugin-dir":
+				cfg.NRIPluginDir = explicit.NRIPluginDir
+			case "nri-plugin-config-dir":
+				cfg.NRIPluginConfigDir = explicit.NRIPluginConfigDir
+			case "nri-plugin-registration-timeout":
+				cfg.NRIRegistrationTimeout = explicit.NRIRegistrationTimeout
+			case "nri-plugin-request-timeout":
+				cfg.NRIRequestTimeout = explicit.NRIRequestTimeout
 			}
 		})
 	}
@@ -213,6 +246,14 @@ func parseConfig(args []string) (config, error) {
 	if err := tracing.CheckEndpoint(cfg.OTLPEndpoint); err != nil {
 		return cfg, fmt.Errorf("otlp-endpoint: %w", err)
 	}
+	if cfg.EnableNRI {
+		if !filepath.IsAbs(cfg.NRISocket) {
+			return cfg, fmt.Errorf("nri-socket must be an absolute path, got %q", cfg.NRISocket)
+		}
+		if cfg.NRIRegistrationTimeout <= 0 || cfg.NRIRequestTimeout <= 0 {
+			return cfg, errors.New("nri-plugin-registration-timeout and nri-plugin-request-timeout must be positive")
+		}
+	}
 	if cfg.PidsLimit < 0 {
 		return cfg, fmt.Errorf("pids-limit must be 0 (none) or more, got %d", cfg.PidsLimit)
 	}
@@ -235,3 +276,19 @@ func (cfg config) allowedAnnotations() (map[string]bool, error) {
 	}
 	return out, nil
 }
+
+// duration is a time.Duration read as "2s" from flags and from the TOML
+// file.
+type duration time.Duration
+
+func (d *duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = duration(v)
+	return nil
+}
+
+func (d *duration) Set(s string) error { return d.UnmarshalText([]byte(s)) }
+func (d duration) String() string      { return time.Duration(d).String() }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aurae-runtime/aurae-cri/pkg/metrics"
 )
@@ -128,5 +129,34 @@ func TestMetricsAddress(t *testing.T) {
 	}
 	if cfg, err := parseConfig(nil); err != nil || cfg.MetricsAddress != "" {
 		t.Errorf("metrics on by default: %q, %v", cfg.MetricsAddress, err)
+	}
+}
+
+func TestNRIFlags(t *testing.T) {
+	cfg, err := parseConfig(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.EnableNRI || cfg.NRISocket != "/var/run/nri/nri.sock" || cfg.NRIRequestTimeout != duration(2*time.Second) || cfg.NRIRegistrationTimeout != duration(5*time.Second) {
+		t.Errorf("NRI defaults: %+v", cfg)
+	}
+	file := filepath.Join(t.TempDir(), "nri.toml")
+	if err := os.WriteFile(file, []byte("enable-nri = true\nnri-socket = \"/run/x/nri.sock\"\nnri-plugin-request-timeout = \"3s\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err = parseConfig([]string{"--config", file, "--nri-plugin-registration-timeout", "7s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.EnableNRI || cfg.NRISocket != "/run/x/nri.sock" || cfg.NRIRequestTimeout != duration(3*time.Second) || cfg.NRIRegistrationTimeout != duration(7*time.Second) {
+		t.Errorf("NRI from file and flags: %+v", cfg)
+	}
+	for _, args := range [][]string{
+		{"--enable-nri", "--nri-socket", "nri.sock"},
+		{"--enable-nri", "--nri-plugin-request-timeout", "0s"},
+	} {
+		if _, err := parseConfig(args); err == nil {
+			t.Errorf("%v accepted", args)
+		}
 	}
 }

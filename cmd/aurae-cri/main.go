@@ -25,10 +25,12 @@ import (
 	"github.com/aurae-runtime/aurae-cri/pkg/containerdproc"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller/native"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller/vm"
 	"github.com/aurae-runtime/aurae-cri/pkg/cri"
 	"github.com/aurae-runtime/aurae-cri/pkg/image"
 	"github.com/aurae-runtime/aurae-cri/pkg/metrics"
 	"github.com/aurae-runtime/aurae-cri/pkg/netcni"
+	"github.com/aurae-runtime/aurae-cri/pkg/nri"
 	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 	"github.com/aurae-runtime/aurae-cri/pkg/tracing"
@@ -160,6 +162,16 @@ func run(cfg config) error {
 			return err
 		}
 	}
+	var plugins *nri.NRI
+	if cfg.EnableNRI {
+		if plugins, err = nri.New(nri.Config{
+			SocketPath: cfg.NRISocket, PluginPath: cfg.NRIPluginDir, PluginConfigPath: cfg.NRIPluginConfigDir,
+			RegistrationTimeout: time.Duration(cfg.NRIRegistrationTimeout), RequestTimeout: time.Duration(cfg.NRIRequestTimeout),
+			RuntimeName: "aurae-cri", RuntimeVersion: version.Version, VMHandlers: vm.Handlers, Logger: logger,
+		}, store); err != nil {
+			return err
+		}
+	}
 	rt, err := cri.NewRuntime(cri.Config{
 		RootDir:        cfg.StateDir,
 		Controllers:    controllers,
@@ -174,6 +186,7 @@ func run(cfg config) error {
 		PidsLimit:      cfg.PidsLimit,
 		Fault:          faultHook(logger),
 		Metrics:        obs.cri,
+		NRI:            criNRI(plugins),
 	})
 	if err != nil {
 		return err
@@ -203,6 +216,14 @@ func run(cfg config) error {
 	// Calls answer Unavailable until the state is reconciled.
 	if err := rt.Recover(ctx); err != nil {
 		return fmt.Errorf("recover: %w", err)
+	}
+	if plugins != nil {
+		// After recovery: a plugin that connects is synchronized with
+		// the recovered pods and containers.
+		if err := plugins.Start(rt); err != nil {
+			return err
+		}
+		defer plugins.Stop()
 	}
 	logger.Info("aurae-cri serving", "version", version.Version, "socket", cfg.Socket, "aurae", auraeAddr,
 		"containerd", ctrd.Address(), "state_dir", cfg.StateDir, "stream_address", streams.Addr())
@@ -252,4 +273,12 @@ func startEmbeddedAuraed(ctx context.Context, cfg config, logger *slog.Logger, o
 		}
 	}()
 	return &embeddedAuraed{Daemon: d, server: s}, "unix://" + sock, nil
+}
+
+// criNRI is plugins as the runtime's hooks; nil (NRI disabled) is none.
+func criNRI(plugins *nri.NRI) cri.NRI {
+	if plugins == nil {
+		return nil
+	}
+	return plugins
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	metadata "github.com/checkpoint-restore/checkpointctl/lib"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
@@ -226,7 +228,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		}
 	}()
 	r.fault(FaultContainerPrepared)
-	spec, err := ocispec.Generate(ocispec.Input{
+	in := ocispec.Input{
 		ID:              id,
 		SandboxID:       sb.ID,
 		ImageName:       imageName(img.RepoTags, img.RepoDigests, img.ID),
@@ -242,7 +244,8 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		CDI:             r.cfg.CDI,
 		PidsLimit:       r.cfg.PidsLimit,
 		ImageVolumes:    imageSources,
-	})
+	}
+	spec, err := ocispec.Generate(in)
 	if err != nil {
 		return nil, fmt.Errorf("spec of %q: %w", name, err)
 	}
@@ -250,22 +253,57 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	if err != nil {
 		return nil, err
 	}
-	specJSON, err := json.Marshal(spec)
-	if err != nil {
-		return nil, err
-	}
 	c := &sandbox.Container{
 		ID: id, SandboxID: sb.ID, Name: name, Config: cfg,
 		ImageRef: imageRef, ImageID: img.ID, RestoreFrom: restoreFrom, ImageName: imageName(img.RepoTags, img.RepoDigests, img.ID),
-		LogPath: logPath, Spec: specJSON, StopSignal: stopSignal, ImageVolumes: vols, CreatedAt: time.Now(),
+		LogPath: logPath, StopSignal: stopSignal, ImageVolumes: vols, CreatedAt: time.Now(),
 		Status: sandbox.ContainerStatus{State: runtimeapi.ContainerState_CONTAINER_CREATED},
+	}
+	// NRI plugins adjust the container before it is stored (and listed);
+	// their checked adjustment is applied by the one spec writer.
+	unblock := r.nri.BlockSync()
+	defer unblock()
+	if spec, err = r.nriCreate(ctx, sb, c, in, spec, log); err != nil {
+		return nil, fmt.Errorf("create %q: %w", name, err)
+	}
+	defer func() {
+		if retErr != nil {
+			cctx, cancel := cleanupContext()
+			defer cancel()
+			r.nri.RemoveContainer(cctx, sb, *c)
+		}
+	}()
+	if c.Spec, err = json.Marshal(spec); err != nil {
+		return nil, err
 	}
 	if err := r.store.AddContainer(c); err != nil {
 		return nil, err
 	}
+	unblock()
+	nriCtx, nriCancel := bounded(ctx, nriCallTimeout)
+	r.nri.PostCreateContainer(nriCtx, sb, *c)
+	nriCancel()
 	r.publish(c.ID, sb.ID, runtimeapi.ContainerEventType_CONTAINER_CREATED_EVENT)
 	log.Info("container created", "image", img.ID)
 	return &runtimeapi.CreateContainerResponse{ContainerId: id}, nil
+}
+
+// nriCreate asks NRI plugins for their adjustment of the container whose
+// spec from the request is spec, and answers the spec with it applied.
+func (r *Runtime) nriCreate(ctx context.Context, sb sandbox.Sandbox, c *sandbox.Container, in ocispec.Input, spec *specs.Spec, log *slog.Logger) (*specs.Spec, error) {
+	nriCtx, cancel := bounded(ctx, nriCallTimeout)
+	defer cancel()
+	adj, err := r.nri.CreateContainer(nriCtx, sb, *c, spec, in.Pod.OOMScoreAdjMin)
+	if err != nil || adj == nil {
+		return spec, err
+	}
+	in.Adjustment = adj
+	adjusted, err := ocispec.Generate(in)
+	if err != nil {
+		return nil, fmt.Errorf("spec as NRI adjusted it: %w", err)
+	}
+	log.Info("container spec adjusted by NRI", "by", adj.By)
+	return adjusted, nil
 }
 
 func imageName(tags, digests []string, id string) string {

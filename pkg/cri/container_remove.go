@@ -75,6 +75,11 @@ func (r *Runtime) removeContainer(ctx context.Context, id string) error {
 		return err
 	}
 	r.publishGone(c, runtimeapi.ContainerEventType_CONTAINER_DELETED_EVENT)
+	if sb, err := r.store.Sandbox(c.SandboxID); err == nil {
+		nriCtx, cancel := bounded(ctx, nriCallTimeout)
+		r.nri.RemoveContainer(nriCtx, sb, c)
+		cancel()
+	}
 	r.log.Info("container removed", "pod", c.SandboxID, "container", c.ID)
 	return nil
 }

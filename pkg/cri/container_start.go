@@ -40,6 +40,12 @@ func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 	if err != nil {
 		return nil, err
 	}
+	nriCtx, nriCancel := bounded(ctx, nriCallTimeout)
+	err = r.nri.StartContainer(nriCtx, sb, c)
+	nriCancel()
+	if err != nil {
+		return nil, fmt.Errorf("start container %s: %w", c.ID, err)
+	}
 	callCtx, cancel := bounded(ctx, podCallTimeout)
 	defer cancel()
 	startedAt := time.Now()
@@ -88,6 +94,11 @@ func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 		return nil, err
 	}
 	r.publish(c.ID, sb.ID, runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT)
+	if c, err := r.store.Container(c.ID); err == nil {
+		nriCtx, cancel := bounded(ctx, nriCallTimeout)
+		r.nri.PostStartContainer(nriCtx, sb, c)
+		cancel()
+	}
 	r.log.Info("container started", "pod", sb.ID, "container", c.ID, "pid", started.Pid)
 	return &runtimeapi.StartContainerResponse{}, nil
 }

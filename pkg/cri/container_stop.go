@@ -55,6 +55,9 @@ func (r *Runtime) stopContainer(ctx context.Context, id string, timeout time.Dur
 			st.FinishedAt = time.Now()
 			return st, nil
 		})
+		if err == nil {
+			r.nriStopped(c.ID)
+		}
 		return err
 	}
 	ctrl, err := r.controllerOf(c.SandboxID)
@@ -118,6 +121,7 @@ func (r *Runtime) recordExit(id, podID string, st *controller.ContainerState) {
 	if changed {
 		r.cfg.Metrics.ContainerExited(r.handlerLabel(podID), c.Status.Reason)
 		r.publish(id, podID, runtimeapi.ContainerEventType_CONTAINER_STOPPED_EVENT)
+		r.nriStopped(id)
 	}
 }
 

@@ -38,24 +38,23 @@ func (r *Runtime) UpdateContainerResources(ctx context.Context, req *runtimeapi.
 		spec.Linux = &specs.Linux{}
 	}
 	res := mergeResources(spec.Linux.Resources, lr)
-	if c.Status.State == runtimeapi.ContainerState_CONTAINER_RUNNING {
-		ctrl, err := r.controllerOf(c.SandboxID)
-		if err != nil {
-			return nil, err
-		}
-		callCtx, cancel := bounded(ctx, podCallTimeout)
-		defer cancel()
-		if err := ctrl.UpdateContainerResources(callCtx, c.ID, res); err != nil {
-			return nil, fmt.Errorf("update resources of %s: %w", c.ID, err)
-		}
-	}
-	spec.Linux.Resources = res
-	specJSON, err := json.Marshal(&spec)
+	sb, err := r.store.Sandbox(c.SandboxID)
 	if err != nil {
 		return nil, err
 	}
-	if err := r.store.UpdateSpec(c.ID, specJSON, lr); err != nil {
+	nriCtx, nriCancel := bounded(ctx, nriCallTimeout)
+	res, err = r.nri.UpdateContainer(nriCtx, sb, c, res)
+	nriCancel()
+	if err != nil {
+		return nil, fmt.Errorf("update resources of %s: %w", c.ID, err)
+	}
+	if err := r.setResources(ctx, c, &spec, res, lr); err != nil {
 		return nil, err
+	}
+	if c, err := r.store.Container(c.ID); err == nil {
+		nriCtx, cancel := bounded(ctx, nriCallTimeout)
+		r.nri.PostUpdateContainer(nriCtx, sb, c)
+		cancel()
 	}
 	r.log.Info("container resources updated", "pod", c.SandboxID, "container", c.ID)
 	return &runtimeapi.UpdateContainerResourcesResponse{}, nil

@@ -134,6 +134,23 @@ func (r *Runtime) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 	if network != nil {
 		sb.Status.IPs = network.IPs
 	}
+	// NRI plugins see the pod before anyone else can: it is stored (and
+	// listed) once they answered; one that fails fails the pod.
+	unblock := r.nri.BlockSync()
+	defer unblock()
+	nriCtx, nriCancel := bounded(ctx, nriCallTimeout)
+	err = r.nri.RunPodSandbox(nriCtx, *sb)
+	nriCancel()
+	if err != nil {
+		return nil, fmt.Errorf("run pod %q: %w", name, err)
+	}
+	defer func() {
+		if retErr != nil {
+			cctx, cancel := cleanupContext()
+			defer cancel()
+			r.nri.RemovePodSandbox(cctx, *sb)
+		}
+	}()
 	if err := r.store.AddSandbox(sb); err != nil {
 		return nil, err
 	}

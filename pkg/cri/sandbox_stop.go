@@ -39,6 +39,15 @@ func (r *Runtime) stopPod(ctx context.Context, sb sandbox.Sandbox) error {
 			return fmt.Errorf("stop pod %s: %w", sb.ID, err)
 		}
 	}
+	if cur, err := r.store.Sandbox(sb.ID); err == nil && cur.Status.State == runtimeapi.PodSandboxState_SANDBOX_READY {
+		// NRI plugins hear of a pod's stop once, its containers stopped,
+		// the pod still there.
+		nriCtx, cancel := bounded(ctx, nriCallTimeout)
+		if err := r.nri.StopPodSandbox(nriCtx, cur); err != nil {
+			r.log.Warn("NRI StopPodSandbox", "pod", sb.ID, "error", err)
+		}
+		cancel()
+	}
 	err := r.stopPodRuntime(ctx, sb.ID)
 	if _, uerr := r.store.UpdateSandbox(sb.ID, func(st sandbox.SandboxStatus) (sandbox.SandboxStatus, error) {
 		if err == nil {
@@ -152,6 +161,7 @@ func (r *Runtime) removePod(ctx context.Context, sb sandbox.Sandbox) error {
 	if err := ctrl.RemovePod(callCtx, sb.ID); err != nil {
 		return fmt.Errorf("remove pod %s: %w", sb.ID, err)
 	}
+	r.nri.RemovePodSandbox(callCtx, sb)
 	if err := r.store.DeleteSandbox(sb.ID); err != nil {
 		return err
 	}

@@ -76,6 +76,9 @@ type Config struct {
 	// Metrics counts container exits and OOM kills, recoveries and the
 	// containers they mark UNKNOWN; nil counts nothing.
 	Metrics *metrics.CRI
+	// NRI is the Node Resource Interface (pkg/nri) whose hooks the
+	// handlers call; nil: none.
+	NRI NRI
 	// Fault, when set, is called at each fault point (FaultPoints) for
 	// fault injection tests; nil in production.
 	Fault func(point string)
@@ -98,6 +101,8 @@ type Runtime struct {
 	volumes objectLocks
 	// capabilities are aurae-cri's own: what privileged containers get.
 	capabilities []string
+	// nri is Config.NRI, or noNRI.
+	nri NRI
 	// host is Config.Host, probed when nil.
 	host ocispec.HostFeatures
 	// streams serves Exec, Attach and PortForward URLs once started.
@@ -150,7 +155,11 @@ func NewRuntime(cfg Config) (*Runtime, error) {
 			cfg.Logger.Warn("pods with a user namespace (hostUsers: false) are refused: id-mapped container rootfs do not work here", "error", err)
 		}
 	}
-	return &Runtime{cfg: cfg, log: cfg.Logger, store: cfg.Store, events: cfg.Events, capabilities: caps, host: host}, nil
+	nri := cfg.NRI
+	if nri == nil {
+		nri = noNRI{}
+	}
+	return &Runtime{cfg: cfg, log: cfg.Logger, store: cfg.Store, events: cfg.Events, capabilities: caps, host: host, nri: nri}, nil
 }
 
 // Close stops watching the containers (the event followers and the exit

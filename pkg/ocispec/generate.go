@@ -95,6 +95,9 @@ type Input struct {
 	// mount, or its image_sub_path below it, resolved by the caller; in a
 	// pod with a user namespace, already id-mapped with it.
 	ImageVolumes map[string]string
+	// Adjustment is what NRI plugins changed (pkg/nri), applied last; nil
+	// changes nothing.
+	Adjustment *Adjustment
 }
 
 // Generate returns the OCI runtime spec of the container in. Errors that
@@ -161,6 +164,9 @@ func Generate(in Input) (*specs.Spec, error) {
 		return nil, err
 	}
 	s.Annotations = annotations(in)
+	if err := applyAdjustment(in, s); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 

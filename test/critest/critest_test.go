@@ -149,6 +149,7 @@ func TestCritest(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(sockDir, "cri.sock")
+	nriSock := filepath.Join(sockDir, "nri.sock")
 	endpoint := "unix://" + sock
 	stateDir := filepath.Join(tmp, "state")
 	logFile, err := os.Create(filepath.Join(tmp, "aurae-cri.log"))
@@ -164,6 +165,17 @@ func TestCritest(t *testing.T) {
 		"--registry-config-dir", hostsDir,
 		"--cni-conf-dir", confDir,
 		"--cni-bin-dir", "/opt/cni/bin",
+		// NRI on a socket of the run's own: critest's NRI specs connect
+		// their plugin there (-nri-socket below).
+		"--enable-nri",
+		"--nri-socket", nriSock,
+		"--nri-plugin-dir", filepath.Join(sockDir, "nri-plugins"),
+		"--nri-plugin-config-dir", filepath.Join(sockDir, "nri-conf"),
+		// A synchronization spec holds its plugin's Synchronize for 2 s:
+		// with NRI's default 2 s request timeout on this slow machine the
+		// plugin would be disconnected (as containerd's would) and the
+		// spec skips.
+		"--nri-plugin-request-timeout", "10s",
 	)
 	cri.Stdout, cri.Stderr = logFile, logFile
 	if err := cri.Start(); err != nil {
@@ -190,6 +202,7 @@ func TestCritest(t *testing.T) {
 	args := []string{
 		"--runtime-endpoint", endpoint,
 		"--image-endpoint", endpoint,
+		"-nri-socket", nriSock,
 		"--ginkgo.skip", digestSpec,
 		"--ginkgo.json-report", report,
 		"--ginkgo.no-color",
