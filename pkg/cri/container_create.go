@@ -12,6 +12,7 @@ import (
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/aurae-runtime/aurae-cri/internal/timing"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller/vm"
 	"github.com/aurae-runtime/aurae-cri/pkg/image"
@@ -76,6 +77,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		return nil, fmt.Errorf("CDI devices %s in pod %s of VM handler %q: %w",
 			strings.Join(cdiDevices, ", "), sb.ID, sb.RuntimeHandler, errPrecondition)
 	}
+	steps := timing.Start()
 	name := containerName(cfg.GetMetadata(), sb.Config.GetMetadata())
 	id := newID()
 	if err := r.store.ReserveName(name, id); err != nil {
@@ -93,7 +95,9 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		if retErr != nil {
 			r.store.ReleaseName(name, id)
 		}
+		steps.Log(ctx, log, "create container steps", "ok", retErr == nil)
 	}()
+	steps.Done("reserve")
 
 	callCtx, cancel := bounded(ctx, podCallTimeout)
 	defer cancel()
@@ -109,6 +113,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	if err != nil {
 		return nil, err
 	}
+	steps.Done("resolve_image")
 	// The intent (CREATING) is recorded before each side effect, so that
 	// a restart after a crash undoes what this call made; storing the
 	// container completes it.
@@ -119,6 +124,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	if err := r.store.PutIntent(intent); err != nil {
 		return nil, err
 	}
+	steps.Done("intent")
 	undone := true // every undo below succeeded
 	defer func() {
 		if retErr != nil {
@@ -135,6 +141,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		undoRootfs() // a lease or snapshot may be left of it
 		return nil, fmt.Errorf("rootfs of %q: %w", name, err)
 	}
+	steps.Done("prepare_snapshot")
 	if err := mountRootfs(mounts, rootfs, rootfsIDMapOf(sb)); err != nil {
 		undoRootfs()
 		return nil, err
@@ -145,6 +152,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		}
 	}()
 	r.fault(FaultContainerRootfs)
+	steps.Done("mount_rootfs")
 	if len(vols) > 0 {
 		defer func() {
 			if retErr != nil {
@@ -180,10 +188,12 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 			return nil, err
 		}
 	}
+	steps.Done("image_volumes_log_dir")
 	intent.ControllerContainer = true
 	if err := r.store.PutIntent(intent); err != nil {
 		return nil, err
 	}
+	steps.Done("intent_controller")
 	facts, err := ctrl.PrepareContainer(callCtx, sb.ID, files)
 	if err != nil {
 		undone = r.undoPrepareContainer(ctrl, sb.ID, id, log) && undone
@@ -195,6 +205,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		}
 	}()
 	r.fault(FaultContainerPrepared)
+	steps.Done("prepare_container")
 	spec, err := ocispec.Generate(ocispec.Input{
 		ID:              id,
 		SandboxID:       sb.ID,
@@ -223,6 +234,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	if err != nil {
 		return nil, err
 	}
+	steps.Done("spec")
 	c := &sandbox.Container{
 		ID: id, SandboxID: sb.ID, Name: name, Config: cfg,
 		ImageRef: cfg.GetImage().GetImage(), ImageID: img.ID, ImageName: imageName(img.RepoTags, img.RepoDigests, img.ID),
@@ -232,6 +244,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	if err := r.store.AddContainer(c); err != nil {
 		return nil, err
 	}
+	steps.Done("store")
 	r.publish(c.ID, sb.ID, runtimeapi.ContainerEventType_CONTAINER_CREATED_EVENT)
 	log.Info("container created", "image", img.ID)
 	return &runtimeapi.CreateContainerResponse{ContainerId: id}, nil

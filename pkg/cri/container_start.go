@@ -8,12 +8,13 @@ import (
 	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/aurae-runtime/aurae-cri/internal/timing"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 )
 
 // StartContainer implements RuntimeService.StartContainer.
-func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartContainerRequest) (*runtimeapi.StartContainerResponse, error) {
+func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartContainerRequest) (_ *runtimeapi.StartContainerResponse, retErr error) {
 	if err := r.checkReady(); err != nil {
 		return nil, err
 	}
@@ -21,8 +22,13 @@ func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 	if err != nil {
 		return nil, err
 	}
+	steps := timing.Start()
 	unlock := r.lockContainer(c.ID)
 	defer unlock()
+	defer func() {
+		steps.Log(ctx, r.log, "start container steps", "pod", c.SandboxID, "container", c.ID, "ok", retErr == nil)
+	}()
+	steps.Done("lock")
 	if c, err = r.store.Container(c.ID); err != nil {
 		return nil, err
 	}
@@ -46,6 +52,7 @@ func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 	started, err := ctrl.StartContainer(callCtx, sb.ID, controller.Container{
 		ID: c.ID, Spec: c.Spec, LogPath: c.LogPath, Tty: c.Config.GetTty(), Stdin: c.Config.GetStdin(),
 	})
+	steps.Done("controller_start")
 	if errdefs.IsAlreadyExists(err) {
 		// The controller has it started: a start that a crash of
 		// aurae-cri cut short, finished by the controller after our
@@ -86,6 +93,7 @@ func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 	}); err != nil {
 		return nil, err
 	}
+	steps.Done("store")
 	r.publish(c.ID, sb.ID, runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT)
 	r.log.Info("container started", "pod", sb.ID, "container", c.ID, "pid", started.Pid)
 	return &runtimeapi.StartContainerResponse{}, nil

@@ -1,0 +1,104 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aurae-runtime/aurae-cri/test/testimage"
+)
+
+// baselineEnv names an aurae-cri binary to compare this tree's with in
+// BenchmarkNativePodStartSteps (e.g. one built from main).
+const baselineEnv = "AURAE_E2E_BASELINE_CRI"
+
+// BenchmarkNativePodStartSteps measures native pod starts as
+// BenchmarkPodStart does (30 one after another, 10 at once) on this tree's
+// aurae-cri and reports, per step of RunPodSandbox, CreateContainer and
+// StartContainer in both daemons, the median duration from their Debug
+// "steps" lines. With AURAE_E2E_BASELINE_CRI set to another aurae-cri
+// binary, that one starts pods too, the two taking turns pod after pod,
+// and the benchmark reports both p50s and their ratio (this tree's /
+// baseline's): the effect of a change, measured in the same conditions.
+func BenchmarkNativePodStartSteps(b *testing.B) {
+	c := startCRI(b)
+	targets := []startTarget{{rt: c.Runtime, image: c.pushBusybox(b, "bench/busybox:1", testimage.Options{}), logDir: c.LogDir}}
+	if bin := os.Getenv(baselineEnv); bin != "" {
+		base := startCRIBinary(b, bin)
+		targets = append(targets, startTarget{rt: base.Runtime, image: base.pushBusybox(b, "bench/busybox:1", testimage.Options{}), logDir: base.LogDir})
+	}
+	b.ResetTimer()
+	res, err := podStarts(b, targets...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	report := func(prefix string, d []time.Duration) {
+		b.ReportMetric(ms(percentile(d, 0.50)), prefix+"-p50-ms")
+		b.ReportMetric(ms(percentile(d, 0.99)), prefix+"-p99-ms")
+	}
+	report("seq", res[0].sequential)
+	report("par", res[0].concurrent)
+	if len(res) > 1 {
+		report("base-seq", res[1].sequential)
+		report("base-par", res[1].concurrent)
+		b.ReportMetric(ms(percentile(res[0].sequential, 0.5))/ms(percentile(res[1].sequential, 0.5)), "seq-p50-ratio")
+		b.ReportMetric(ms(percentile(res[0].concurrent, 0.5))/ms(percentile(res[1].concurrent, 0.5)), "par-p50-ratio")
+	}
+	steps := stepMedians(c.Records())
+	if len(steps) == 0 {
+		b.Fatal("aurae-cri logged no steps lines at debug level")
+	}
+	names := make([]string, 0, len(steps))
+	for k := range steps {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var sum strings.Builder
+	for _, k := range names {
+		fmt.Fprintf(&sum, "  %-50s %8.2f ms\n", k, steps[k])
+	}
+	b.Logf("median step durations (sequential and concurrent starts together):\n%s", sum.String())
+}
+
+// startCRIBinary is startCRI with another aurae-cri binary.
+func startCRIBinary(t testing.TB, bin string) *CRI {
+	t.Helper()
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("%s: %v", baselineEnv, err)
+	}
+	own := binaries["aurae-cri"]
+	binaries["aurae-cri"] = bin
+	defer func() { binaries["aurae-cri"] = own }()
+	return startCRI(t)
+}
+
+// stepMedians is the median of every step of the "… steps" log records,
+// keyed "<message>/<step>".
+func stepMedians(records []map[string]any) map[string]float64 {
+	all := map[string][]float64{}
+	for _, r := range records {
+		msg, _ := r["msg"].(string)
+		if !strings.HasSuffix(msg, " steps") || r["ok"] != true {
+			continue
+		}
+		if steps, ok := r["ms"].(map[string]any); ok {
+			for k, v := range steps {
+				if f, ok := v.(float64); ok {
+					all[msg+"/"+k] = append(all[msg+"/"+k], f)
+				}
+			}
+		}
+		if f, ok := r["total_ms"].(float64); ok {
+			all[msg+"/total"] = append(all[msg+"/total"], f)
+		}
+	}
+	out := make(map[string]float64, len(all))
+	for k, v := range all {
+		sort.Float64s(v)
+		out[k] = v[len(v)/2]
+	}
+	return out
+}
