@@ -1,12 +1,17 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/aurae-runtime/aurae-cri/test/testimage"
 )
@@ -47,6 +52,7 @@ func BenchmarkNativePodStartSteps(b *testing.B) {
 		b.ReportMetric(ms(percentile(res[0].sequential, 0.5))/ms(percentile(res[1].sequential, 0.5)), "seq-p50-ratio")
 		b.ReportMetric(ms(percentile(res[0].concurrent, 0.5))/ms(percentile(res[1].concurrent, 0.5)), "par-p50-ratio")
 	}
+	b.ReportMetric(monitorPSS(b, c, targets[0]), "conmon-pss-kib")
 	steps := stepMedians(c.Records())
 	if len(steps) == 0 {
 		b.Fatal("aurae-cri logged no steps lines at debug level")
@@ -60,7 +66,8 @@ func BenchmarkNativePodStartSteps(b *testing.B) {
 	for _, k := range names {
 		fmt.Fprintf(&sum, "  %-50s %8.2f ms\n", k, steps[k])
 	}
-	b.Logf("median step durations (sequential and concurrent starts together):\n%s", sum.String())
+	// On stderr: a benchmark's log is cut to a few lines.
+	fmt.Fprintf(os.Stderr, "median step durations (sequential and concurrent starts together):\n%s", sum.String())
 }
 
 // startCRIBinary is startCRI with another aurae-cri binary.
@@ -101,4 +108,70 @@ func stepMedians(records []map[string]any) map[string]float64 {
 		out[k] = v[len(v)/2]
 	}
 	return out
+}
+
+// idlePods is how many idle pods monitorPSS measures.
+const idlePods = 10
+
+// monitorPSS starts idlePods pods of one idle container on t, and returns
+// the median PSS (KiB) of their monitors: the conmon processes of c's
+// state dir.
+func monitorPSS(b *testing.B, c *CRI, t startTarget) float64 {
+	b.Helper()
+	var pods []string
+	defer func() {
+		for _, id := range pods {
+			_ = t.rt.StopPodSandbox(context.Background(), id)
+			if err := t.rt.RemovePodSandbox(context.Background(), id); err != nil {
+				b.Error(err)
+			}
+		}
+	}()
+	for i := range idlePods {
+		name := fmt.Sprintf("idle-%d", i)
+		pod := &runtimeapi.PodSandboxConfig{
+			Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "bench", Uid: randomHex(b, 8)},
+			LogDirectory: filepath.Join(t.logDir, name),
+			Linux:        &runtimeapi.LinuxPodSandboxConfig{},
+		}
+		id, err := t.rt.RunPodSandbox(b.Context(), pod, "")
+		if err != nil {
+			b.Fatal(err)
+		}
+		pods = append(pods, id)
+		ctr, err := t.rt.CreateContainer(b.Context(), id, containerConfig("c", t.image, "sleep", "300"), pod)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := t.rt.StartContainer(b.Context(), ctr); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var pss []float64
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, e := range ents {
+		cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !strings.HasPrefix(string(cmd), "/usr/bin/conmon\x00") || !strings.Contains(string(cmd), c.StateDir) {
+			continue
+		}
+		roll, err := os.ReadFile(filepath.Join("/proc", e.Name(), "smaps_rollup"))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(roll), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "Pss:" {
+				v, _ := strconv.ParseFloat(f[1], 64)
+				pss = append(pss, v)
+			}
+		}
+	}
+	if len(pss) != idlePods {
+		b.Fatalf("found %d monitors of %d idle pods", len(pss), idlePods)
+	}
+	sort.Float64s(pss)
+	fmt.Fprintf(os.Stderr, "conmon PSS of %d idle containers (KiB): %v\n", idlePods, pss)
+	return pss[len(pss)/2]
 }

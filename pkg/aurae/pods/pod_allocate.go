@@ -105,11 +105,7 @@ func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.All
 	}
 	steps.Done("cgroup")
 	if p.ownsNet() || p.ownsIPC() || p.ownsUTS() || p.ownsPID() || p.ownsUser() {
-		infra, err := s.infraCgroupOf(p)
-		if err != nil {
-			return nil, fmt.Errorf("pod %q: %w", id, err)
-		}
-		if err := s.makeNamespaces(p, infra); err != nil {
+		if err := s.makeNamespaces(p); err != nil {
 			return nil, fmt.Errorf("pod %q: %w", id, err)
 		}
 	}
@@ -125,14 +121,40 @@ func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.All
 	return proto.Clone(paths).(*podsv0.AllocateResponse), nil
 }
 
-// makeNamespaces starts a holder in new namespaces, pins them and lets the
-// holder go unless it holds the pod's pid namespace.
-func (s *Service) makeNamespaces(p *pod, cg *cgroup.Cgroup) error {
-	cmd, err := startHolder(holderSpec{
+// makeNamespaces makes the pod's own namespaces and pins them: from a
+// thread of auraed's (namespaces_thread.go), or else from a holder, which
+// it lets go unless it holds the pod's pid namespace.
+func (s *Service) makeNamespaces(p *pod) error {
+	h := holderSpec{
 		net: p.ownsNet(), ipc: p.ownsIPC(), uts: p.ownsUTS(), pid: p.ownsPID(),
 		hostname: p.spec.GetHostname(), sysctls: p.spec.GetSysctls(),
-		place: cg.AddProc, user: p.spec.GetUserNamespace(),
-	})
+		user: p.spec.GetUserNamespace(),
+	}
+	nsDir := filepath.Join(s.podDir(p.spec.GetId()), "ns")
+	if p.threadNamespaces() {
+		pins := map[string]string{}
+		for _, ns := range p.ownedNamespaces() {
+			if ns.on {
+				pins[ns.kind] = filepath.Join(nsDir, ns.kind)
+			}
+		}
+		if err := makeNamespacesInThread(h, pins); err != nil {
+			return err
+		}
+		for _, ns := range p.ownedNamespaces() {
+			if ns.on {
+				*ns.dst = pins[ns.kind]
+			}
+		}
+		return nil
+	}
+	// The holder lives in the pod's infra cgroup.
+	cg, err := s.infraCgroupOf(p)
+	if err != nil {
+		return err
+	}
+	h.place = cg.AddProc
+	cmd, err := startHolder(h)
 	if err != nil {
 		return err
 	}
@@ -141,7 +163,6 @@ func (s *Service) makeNamespaces(p *pod, cg *cgroup.Cgroup) error {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	}
-	nsDir := filepath.Join(s.podDir(p.spec.GetId()), "ns")
 	for _, ns := range p.ownedNamespaces() {
 		if !ns.on {
 			continue
