@@ -161,11 +161,22 @@ func monitorPSS(b *testing.B, c *CRI, t startTarget) float64 {
 		if err != nil {
 			continue
 		}
+		var parts []string
 		for _, line := range strings.Split(string(roll), "\n") {
-			if f := strings.Fields(line); len(f) >= 2 && f[0] == "Pss:" {
+			f := strings.Fields(line)
+			if len(f) < 2 {
+				continue
+			}
+			switch f[0] {
+			case "Pss:":
 				v, _ := strconv.ParseFloat(f[1], 64)
 				pss = append(pss, v)
+			case "Rss:", "Pss_Anon:", "Pss_File:", "Private_Dirty:", "Private_Clean:":
+				parts = append(parts, f[0]+f[1])
 			}
+		}
+		if len(pss) == 1 {
+			fmt.Fprintf(os.Stderr, "a conmon's memory (KiB): %s\n", strings.Join(parts, " "))
 		}
 	}
 	if len(pss) != idlePods {
