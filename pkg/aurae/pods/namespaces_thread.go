@@ -2,6 +2,7 @@ package pods
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -13,11 +14,13 @@ import (
 // process to hold its namespaces: they are made by a thread of auraed's own
 // and pinned by bind mounts, as containerd makes a pod's network namespace,
 // without the holder's exec (auraed's binary started again, moved into the
-// pod's cgroup, confined, then killed). The thread unshares its net, ipc and
-// uts namespaces, sets them up as a holder would (setupHolder: hostname,
-// loopback, sysctls), pins them and is then thrown away: its goroutine
-// exits still locked to it, so the Go runtime ends the thread and no other
-// goroutine ever runs in the pod's namespaces. A user namespace cannot be
+// pod's cgroup, confined, then killed). The thread, locked to its
+// goroutine, unshares its net, ipc and uts namespaces, sets them up as a
+// holder would (setupHolder: hostname, loopback, sysctls), pins them and
+// goes back to its own namespaces before it is unlocked. Should it fail to
+// go back, it stays locked and the goroutine exits: the Go runtime then
+// ends the thread (or, if it is the main thread, parks it for good), so no
+// other goroutine ever runs in the pod's namespaces. A user namespace cannot be
 // unshared by a multi-threaded process, and a pid namespace needs an init:
 // those pods keep the holder.
 
@@ -53,9 +56,24 @@ func makeNamespacesInThread(h holderSpec, pins map[string]string) error {
 	}
 	done := make(chan error, 1)
 	go func() {
-		// Never unlocked: the thread ends with this goroutine.
 		runtime.LockOSThread()
-		done <- func() error {
+		// The thread's own namespaces, to go back to.
+		var own []int
+		defer func() {
+			for _, fd := range own {
+				unix.Close(fd)
+			}
+		}()
+		for _, kind := range flags {
+			fd, err := unix.Open("/proc/thread-self/ns/"+kind, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				runtime.UnlockOSThread()
+				done <- fmt.Errorf("pod namespaces: %w", err)
+				return
+			}
+			own = append(own, fd)
+		}
+		err := func() error {
 			if err := unix.Unshare(clone); err != nil {
 				return fmt.Errorf("pod namespaces: unshare: %w", err)
 			}
@@ -75,6 +93,15 @@ func makeNamespacesInThread(h holderSpec, pins map[string]string) error {
 			}
 			return nil
 		}()
+		for _, fd := range own {
+			if serr := unix.Setns(fd, 0); serr != nil {
+				// Still locked: the thread ends with this goroutine.
+				done <- errors.Join(err, fmt.Errorf("pod namespaces: back to auraed's own: %w", serr))
+				return
+			}
+		}
+		runtime.UnlockOSThread()
+		done <- err
 	}()
 	return <-done
 }

@@ -43,8 +43,16 @@ func TestNamespacesInThread(t *testing.T) {
 	if h, _ := os.Hostname(); h != host {
 		t.Errorf("host name changed to %q", h)
 	}
-	if n, _ := os.Readlink("/proc/thread-self/ns/net"); n != ownNet {
-		t.Errorf("caller's network namespace changed: %s, was %s", n, ownNet)
+	// No thread of this process is left in the pod's namespaces (the
+	// one that made them went back to its own).
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		if n, err := os.Readlink("/proc/self/task/" + task.Name() + "/ns/net"); err == nil && n != ownNet {
+			t.Errorf("thread %s is in network namespace %s, not %s", task.Name(), n, ownNet)
+		}
 	}
 	for kind, p := range pins {
 		var st, own unix.Stat_t
@@ -64,7 +72,16 @@ func TestNamespacesInThread(t *testing.T) {
 	// Inside the pinned namespaces: the hostname, lo up, the sysctl.
 	got := make(chan string, 1)
 	go func() {
-		runtime.LockOSThread() // thrown away with the goroutine
+		runtime.LockOSThread()
+		var own []int
+		for _, k := range []string{"net", "uts"} {
+			fd, err := unix.Open("/proc/thread-self/ns/"+k, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				got <- err.Error()
+				return // locked: the thread goes with the goroutine
+			}
+			own = append(own, fd)
+		}
 		var out []string
 		for _, k := range []string{"net", "uts"} {
 			fd, err := unix.Open(pins[k], unix.O_RDONLY|unix.O_CLOEXEC, 0)
@@ -83,13 +100,17 @@ func TestNamespacesInThread(t *testing.T) {
 		out = append(out, h)
 		b, _ := os.ReadFile("/proc/sys/net/ipv4/ip_unprivileged_port_start")
 		out = append(out, strings.TrimSpace(string(b)))
-		f, _ := os.ReadFile("/sys/class/net/lo/operstate")
-		out = append(out, strings.TrimSpace(string(f)))
+		for _, fd := range own {
+			if err := unix.Setns(fd, 0); err != nil {
+				got <- err.Error()
+				return
+			}
+			unix.Close(fd)
+		}
+		runtime.UnlockOSThread()
 		got <- strings.Join(out, " ")
 	}()
-	// /sys shows the mounter's network namespace: only the first two are
-	// the pod's.
-	if g := strings.Fields(<-got); len(g) < 2 || g[0] != "pod-thread-ns" || g[1] != "80" {
+	if g := strings.Fields(<-got); len(g) != 2 || g[0] != "pod-thread-ns" || g[1] != "80" {
 		t.Errorf("inside the namespaces: %q, want hostname pod-thread-ns and the sysctl 80", g)
 	}
 }
