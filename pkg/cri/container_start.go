@@ -81,10 +81,13 @@ func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 		}
 		return nil, fmt.Errorf("start container %s: %w", c.ID, err)
 	}
+	exitedFirst := false
 	if _, err := r.store.UpdateContainer(c.ID, func(st sandbox.ContainerStatus) (sandbox.ContainerStatus, error) {
 		// The exit of a container that ended at once may have been
-		// recorded already (its controller's event came first).
-		if st.State != runtimeapi.ContainerState_CONTAINER_EXITED {
+		// recorded already (its controller's event came first), and
+		// with it the started event (recordExit).
+		exitedFirst = st.State == runtimeapi.ContainerState_CONTAINER_EXITED
+		if !exitedFirst {
 			st.State = runtimeapi.ContainerState_CONTAINER_RUNNING
 		}
 		st.Pid = started.Pid
@@ -94,7 +97,9 @@ func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 		return nil, err
 	}
 	steps.Done("store")
-	r.publish(c.ID, sb.ID, runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT)
+	if !exitedFirst {
+		r.publish(c.ID, sb.ID, runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT)
+	}
 	r.log.Info("container started", "pod", sb.ID, "container", c.ID, "pid", started.Pid)
 	return &runtimeapi.StartContainerResponse{}, nil
 }
