@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -21,12 +22,12 @@ import (
 const baselineEnv = "AURAE_E2E_BASELINE_CRI"
 
 // BenchmarkNativePodStartSteps measures native pod starts as
-// BenchmarkPodStart does (30 one after another, 10 at once) on this tree's
-// aurae-cri and reports, per step of RunPodSandbox, CreateContainer and
+// BenchmarkPodStart does (30 one after another, 10 at once, and 3 more
+// batches of 10 at once) on this tree's aurae-cri and reports, per step of RunPodSandbox, CreateContainer and
 // StartContainer in both daemons, the median duration from their Debug
 // "steps" lines. With AURAE_E2E_BASELINE_CRI set to another aurae-cri
-// binary, that one starts pods too, the two taking turns pod after pod,
-// and the benchmark reports both p50s and their ratio (this tree's /
+// binary, that one starts pods too, the two taking turns pod after pod
+// (and batch after batch), and the benchmark reports both p50s and their ratio (this tree's /
 // baseline's): the effect of a change, measured in the same conditions.
 func BenchmarkNativePodStartSteps(b *testing.B) {
 	c := startCRI(b)
@@ -43,6 +44,18 @@ func BenchmarkNativePodStartSteps(b *testing.B) {
 	report := func(prefix string, d []time.Duration) {
 		b.ReportMetric(ms(percentile(d, 0.50)), prefix+"-p50-ms")
 		b.ReportMetric(ms(percentile(d, 0.99)), prefix+"-p99-ms")
+	}
+	// podStarts runs one batch of 10 on each target, one after the
+	// other: more batches, taking turns, so that a drifting load weighs
+	// on both alike.
+	for round := range parRounds {
+		for k, t := range targets {
+			d, err := startAtOnce(b, t, fmt.Sprintf("r%d", round))
+			if err != nil {
+				b.Fatal(err)
+			}
+			res[k].concurrent = append(res[k].concurrent, d...)
+		}
 	}
 	report("seq", res[0].sequential)
 	report("par", res[0].concurrent)
@@ -185,4 +198,68 @@ func monitorPSS(b *testing.B, c *CRI, t startTarget) float64 {
 	sort.Float64s(pss)
 	fmt.Fprintf(os.Stderr, "conmon PSS of %d idle containers (KiB): %v\n", idlePods, pss)
 	return pss[len(pss)/2]
+}
+
+// parRounds is how many more batches of benchConcurrentPods pods at once
+// BenchmarkNativePodStartSteps starts on each target, taking turns.
+const parRounds = 3
+
+// startAtOnce starts benchConcurrentPods pods of one container at once on
+// t and returns how long each took to run; it removes them.
+func startAtOnce(b *testing.B, t startTarget, prefix string) ([]time.Duration, error) {
+	ctx := b.Context()
+	type result struct {
+		d     time.Duration
+		podID string
+		err   error
+	}
+	results := make(chan result, benchConcurrentPods)
+	for i := range benchConcurrentPods {
+		go func() {
+			name := fmt.Sprintf("%s-par-%d", prefix, i)
+			pod := &runtimeapi.PodSandboxConfig{
+				Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "bench", Uid: randomHex(b, 8)},
+				Hostname:     name,
+				LogDirectory: filepath.Join(t.logDir, name),
+				Linux:        &runtimeapi.LinuxPodSandboxConfig{},
+			}
+			t0 := time.Now()
+			podID, err := t.rt.RunPodSandbox(ctx, pod, "")
+			if err != nil {
+				results <- result{err: err}
+				return
+			}
+			ctr, err := t.rt.CreateContainer(ctx, podID, containerConfig("c", t.image, "sleep", "300"), pod)
+			if err == nil {
+				err = t.rt.StartContainer(ctx, ctr)
+			}
+			for err == nil {
+				var st *runtimeapi.ContainerStatusResponse
+				if st, err = t.rt.ContainerStatus(ctx, ctr, false); err == nil && st.GetStatus().GetState() == runtimeapi.ContainerState_CONTAINER_RUNNING {
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+			results <- result{d: time.Since(t0), podID: podID, err: err}
+		}()
+	}
+	var ds []time.Duration
+	var errs []error
+	for range benchConcurrentPods {
+		r := <-results
+		if r.podID != "" {
+			cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			_ = t.rt.StopPodSandbox(cctx, r.podID)
+			if err := t.rt.RemovePodSandbox(cctx, r.podID); err != nil {
+				errs = append(errs, err)
+			}
+			cancel()
+		}
+		if r.err != nil {
+			errs = append(errs, r.err)
+			continue
+		}
+		ds = append(ds, r.d)
+	}
+	return ds, errors.Join(errs...)
 }
