@@ -15,6 +15,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/aurae-runtime/aurae-cri/internal/timing"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller/vm"
 	"github.com/aurae-runtime/aurae-cri/pkg/image"
@@ -79,6 +80,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		return nil, fmt.Errorf("CDI devices %s in pod %s of VM handler %q: %w",
 			strings.Join(cdiDevices, ", "), sb.ID, sb.RuntimeHandler, errPrecondition)
 	}
+	steps := timing.Start()
 	name := containerName(cfg.GetMetadata(), sb.Config.GetMetadata())
 	id := newID()
 	if err := r.store.ReserveName(name, id); err != nil {
@@ -96,7 +98,9 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		if retErr != nil {
 			r.store.ReleaseName(name, id)
 		}
+		steps.Log(ctx, log, "create container steps", "ok", retErr == nil)
 	}()
+	steps.Done("reserve")
 
 	callCtx, cancel := bounded(ctx, podCallTimeout)
 	defer cancel()
@@ -131,6 +135,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	if err != nil {
 		return nil, err
 	}
+	steps.Done("resolve_image")
 	// The intent (CREATING) is recorded before each side effect, so that
 	// a restart after a crash undoes what this call made; storing the
 	// container completes it.
@@ -141,6 +146,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	if err := r.store.PutIntent(intent); err != nil {
 		return nil, err
 	}
+	steps.Done("intent")
 	undone := true // every undo below succeeded
 	defer func() {
 		if retErr != nil {
@@ -157,6 +163,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		undoRootfs() // a lease or snapshot may be left of it
 		return nil, fmt.Errorf("rootfs of %q: %w", name, err)
 	}
+	steps.Done("prepare_snapshot")
 	if err := mountRootfs(mounts, rootfs, rootfsIDMapOf(sb)); err != nil {
 		undoRootfs()
 		return nil, err
@@ -178,6 +185,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 			return nil, fmt.Errorf("checkpoint %s: %w", cfg.GetImage().GetImage(), err)
 		}
 	}
+	steps.Done("mount_rootfs")
 	if len(vols) > 0 {
 		defer func() {
 			if retErr != nil {
@@ -213,10 +221,12 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 			return nil, err
 		}
 	}
+	steps.Done("image_volumes_log_dir")
 	intent.ControllerContainer = true
 	if err := r.store.PutIntent(intent); err != nil {
 		return nil, err
 	}
+	steps.Done("intent_controller")
 	facts, err := ctrl.PrepareContainer(callCtx, sb.ID, files)
 	if err != nil {
 		undone = r.undoPrepareContainer(ctrl, sb.ID, id, log) && undone
@@ -228,6 +238,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		}
 	}()
 	r.fault(FaultContainerPrepared)
+	steps.Done("prepare_container")
 	in := ocispec.Input{
 		ID:              id,
 		SandboxID:       sb.ID,
@@ -276,9 +287,11 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	if c.Spec, err = json.Marshal(spec); err != nil {
 		return nil, err
 	}
+	steps.Done("spec")
 	if err := r.store.AddContainer(c); err != nil {
 		return nil, err
 	}
+	steps.Done("store")
 	unblock()
 	nriCtx, nriCancel := bounded(ctx, nriCallTimeout)
 	r.nri.PostCreateContainer(nriCtx, sb, *c)

@@ -8,12 +8,13 @@ import (
 	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/aurae-runtime/aurae-cri/internal/timing"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 )
 
 // StartContainer implements RuntimeService.StartContainer.
-func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartContainerRequest) (*runtimeapi.StartContainerResponse, error) {
+func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartContainerRequest) (_ *runtimeapi.StartContainerResponse, retErr error) {
 	if err := r.checkReady(); err != nil {
 		return nil, err
 	}
@@ -21,8 +22,13 @@ func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 	if err != nil {
 		return nil, err
 	}
+	steps := timing.Start()
 	unlock := r.lockContainer(c.ID)
 	defer unlock()
+	defer func() {
+		steps.Log(ctx, r.log, "start container steps", "pod", c.SandboxID, "container", c.ID, "ok", retErr == nil)
+	}()
+	steps.Done("lock")
 	if c, err = r.store.Container(c.ID); err != nil {
 		return nil, err
 	}
@@ -53,6 +59,7 @@ func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 		ID: c.ID, Spec: c.Spec, LogPath: c.LogPath, Tty: c.Config.GetTty(), Stdin: c.Config.GetStdin(),
 		RestoreFrom: c.RestoreFrom,
 	})
+	steps.Done("controller_start")
 	if errdefs.IsAlreadyExists(err) {
 		// The controller has it started: a start that a crash of
 		// aurae-cri cut short, finished by the controller after our
@@ -81,10 +88,13 @@ func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 		}
 		return nil, fmt.Errorf("start container %s: %w", c.ID, err)
 	}
+	exitedFirst := false
 	if _, err := r.store.UpdateContainer(c.ID, func(st sandbox.ContainerStatus) (sandbox.ContainerStatus, error) {
 		// The exit of a container that ended at once may have been
-		// recorded already (its controller's event came first).
-		if st.State != runtimeapi.ContainerState_CONTAINER_EXITED {
+		// recorded already (its controller's event came first), and
+		// with it the started event (recordExit).
+		exitedFirst = st.State == runtimeapi.ContainerState_CONTAINER_EXITED
+		if !exitedFirst {
 			st.State = runtimeapi.ContainerState_CONTAINER_RUNNING
 		}
 		st.Pid = started.Pid
@@ -93,7 +103,10 @@ func (r *Runtime) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 	}); err != nil {
 		return nil, err
 	}
-	r.publish(c.ID, sb.ID, runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT)
+	steps.Done("store")
+	if !exitedFirst {
+		r.publish(c.ID, sb.ID, runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT)
+	}
 	if c, err := r.store.Container(c.ID); err == nil {
 		nriCtx, cancel := bounded(ctx, nriCallTimeout)
 		r.nri.PostStartContainer(nriCtx, sb, c)

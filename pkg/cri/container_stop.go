@@ -85,12 +85,14 @@ func (r *Runtime) stopContainer(ctx context.Context, id string, timeout time.Dur
 // recordExit marks a container exited with the status its runtime reports
 // (unknown when it has none), and publishes the stop event once.
 func (r *Runtime) recordExit(id, podID string, st *controller.ContainerState) {
-	changed := false
+	changed, wasCreated := false, false
 	c, err := r.store.UpdateContainer(id, func(cur sandbox.ContainerStatus) (sandbox.ContainerStatus, error) {
 		if cur.State == runtimeapi.ContainerState_CONTAINER_EXITED {
 			return cur, nil
 		}
 		changed = true
+		// A container recorded created that its controller started.
+		wasCreated = cur.State == runtimeapi.ContainerState_CONTAINER_CREATED && st != nil && st.State == controller.StateExited && !st.StartedAt.IsZero()
 		cur.State = runtimeapi.ContainerState_CONTAINER_EXITED
 		cur.FinishedAt = time.Now()
 		if st != nil && st.State == controller.StateExited {
@@ -120,6 +122,12 @@ func (r *Runtime) recordExit(id, podID string, st *controller.ContainerState) {
 	}
 	if changed {
 		r.cfg.Metrics.ContainerExited(r.handlerLabel(podID), c.Status.Reason)
+		if wasCreated {
+			// It ran and ended before its StartContainer recorded it
+			// running (a container that exits at once): its start is
+			// told first, and StartContainer does not tell it again.
+			r.publish(id, podID, runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT)
+		}
 		r.publish(id, podID, runtimeapi.ContainerEventType_CONTAINER_STOPPED_EVENT)
 		r.nriStopped(id)
 	}

@@ -41,6 +41,9 @@ type fakeController struct {
 	wedged map[string]chan struct{}
 	// listErr fails ListPods.
 	listErr error
+	// afterStart, when set, runs once StartContainer has the container
+	// running, before it returns (a container that ends at once).
+	afterStart func(id string)
 	// statsCalls counts ContainerStats calls per container.
 	statsCalls map[string]int
 	// held containers: their status calls block until the test releases
@@ -211,6 +214,11 @@ func (f *fakeController) StartContainer(_ context.Context, podID string, c contr
 		return controller.Started{}, fmt.Errorf("container %q: %w", c.ID, errdefs.ErrAlreadyExists)
 	}
 	f.containers[c.ID] = &controller.ContainerState{ID: c.ID, PodID: podID, State: controller.StateRunning, Pid: 42, StartedAt: time.Now()}
+	if hook := f.afterStart; hook != nil {
+		f.mu.Unlock()
+		hook(c.ID)
+		f.mu.Lock()
+	}
 	return controller.Started{Pid: 42}, nil
 }
 

@@ -248,6 +248,50 @@ func TestMonitorRecordsExitsAndPublishes(t *testing.T) {
 	}
 }
 
+// TestExitBeforeStartRecorded: a container that ends before its
+// StartContainer records it running (its exit event came first) is told
+// started, then stopped, once each.
+func TestExitBeforeStartRecorded(t *testing.T) {
+	f := newFixture(t, true)
+	pod, err := f.rt.RunPodSandbox(t.Context(), &runtimeapi.RunPodSandboxRequest{Config: podConfig("q")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &sandbox.Container{ID: "c1", SandboxID: pod.GetPodSandboxId(), Name: "c1_q", Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "c1"}},
+		CreatedAt: time.Now(), Status: sandbox.ContainerStatus{State: runtimeapi.ContainerState_CONTAINER_CREATED}}
+	if err := f.store.AddContainer(c); err != nil {
+		t.Fatal(err)
+	}
+	f.ctrl.mu.Lock()
+	f.ctrl.afterStart = func(id string) {
+		f.ctrl.mu.Lock()
+		st := *f.ctrl.containers[id]
+		f.ctrl.mu.Unlock()
+		st.State, st.ExitCode, st.FinishedAt = controller.StateExited, 0, time.Now()
+		f.rt.recordExit(id, pod.GetPodSandboxId(), &st)
+	}
+	f.ctrl.mu.Unlock()
+	events, cancel := f.rt.events.Subscribe()
+	defer cancel()
+	if _, err := f.rt.StartContainer(t.Context(), &runtimeapi.StartContainerRequest{ContainerId: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []runtimeapi.ContainerEventType{runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT, runtimeapi.ContainerEventType_CONTAINER_STOPPED_EVENT} {
+		if ev := <-events; ev.GetContainerEventType() != want {
+			t.Fatalf("event %v, want %v", ev.GetContainerEventType(), want)
+		}
+	}
+	select {
+	case ev := <-events:
+		t.Fatalf("one event too many: %v", ev.GetContainerEventType())
+	default:
+	}
+	st, err := f.rt.ContainerStatus(t.Context(), &runtimeapi.ContainerStatusRequest{ContainerId: "c1"})
+	if err != nil || st.GetStatus().GetState() != runtimeapi.ContainerState_CONTAINER_EXITED || st.GetStatus().GetReason() != "Completed" {
+		t.Fatalf("status %v %v", st.GetStatus(), err)
+	}
+}
+
 // TestExitsFollowedFromEvents: with the safety-net poll an hour away, an
 // exit reaches the CRI through the controller's events; one that happened
 // while the event stream was lost is found by the resync that follows the

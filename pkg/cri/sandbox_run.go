@@ -7,6 +7,7 @@ import (
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/aurae-runtime/aurae-cri/internal/timing"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 )
@@ -45,6 +46,7 @@ func (r *Runtime) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 	if err != nil {
 		return nil, err
 	}
+	steps := timing.Start()
 	name := sandboxName(cfg.GetMetadata())
 	id := newID()
 	if err := r.store.ReserveName(name, id); err != nil {
@@ -62,9 +64,11 @@ func (r *Runtime) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 		if retErr != nil {
 			r.store.ReleaseName(name, id)
 		}
+		steps.Log(ctx, log, "run pod sandbox steps", "ok", retErr == nil)
 	}()
 	lock := r.lockPod(id)
 	defer lock()
+	steps.Done("reserve")
 
 	// The intent (CREATING) is recorded before each side effect, so that
 	// a restart after a crash undoes what this call made; storing the pod
@@ -74,6 +78,7 @@ func (r *Runtime) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 	if err := r.store.PutIntent(intent); err != nil {
 		return nil, err
 	}
+	steps.Done("intent")
 	undone := true // every undo below succeeded
 	defer func() {
 		if retErr != nil {
@@ -87,6 +92,7 @@ func (r *Runtime) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 		undone = r.undoCreatePod(ctrl, id, log) // it may have made part of the pod
 		return nil, fmt.Errorf("run pod %q: %w", name, err)
 	}
+	steps.Done("create_pod")
 	defer func() {
 		if retErr != nil {
 			undone = r.undoCreatePod(ctrl, id, log) && undone
@@ -100,6 +106,7 @@ func (r *Runtime) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 		if err := r.store.PutIntent(intent); err != nil {
 			return nil, err
 		}
+		steps.Done("intent_network")
 		ips, err := r.cfg.Network.Setup(callCtx, id, pod.NetNSPath, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("set up network of pod %q: %w", name, err)
@@ -115,12 +122,14 @@ func (r *Runtime) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 			}
 		}()
 		network = &controller.Network{NetNSPath: pod.NetNSPath, IPs: ips}
+		steps.Done("cni")
 		r.fault(FaultPodNetwork)
 	}
 	if err := ctrl.StartPod(callCtx, id, network); err != nil {
 		return nil, fmt.Errorf("start pod %q: %w", name, err)
 	}
 	r.fault(FaultPodStarted)
+	steps.Done("start_pod")
 	sb := &sandbox.Sandbox{
 		ID: id, Name: name, Config: cfg, RuntimeHandler: req.GetRuntimeHandler(), CreatedAt: time.Now(),
 		Status: sandbox.SandboxStatus{
@@ -154,6 +163,7 @@ func (r *Runtime) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 	if err := r.store.AddSandbox(sb); err != nil {
 		return nil, err
 	}
+	steps.Done("store")
 	log.Info("pod sandbox ready", "ips", sb.Status.IPs, "host_network", hostNetwork, "runtime_handler", req.GetRuntimeHandler())
 	return &runtimeapi.RunPodSandboxResponse{PodSandboxId: id}, nil
 }

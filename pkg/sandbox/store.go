@@ -478,14 +478,40 @@ func (s *Store) UpdateSandbox(id string, f func(SandboxStatus) (SandboxStatus, e
 	if err != nil {
 		return sb, err
 	}
-	if err := s.put(bucketSandboxes, sb.ID, &sb, cfg); err != nil {
+	old := s.sandboxes[full]
+	rewrite := old.Status.State != st.State || old.Status.NetworkUp != st.NetworkUp
+	if err := s.commitRewriting(rewrite, recordSandbox, sb.ID, &sb, old, cfg, func() error {
+		return s.put(bucketSandboxes, sb.ID, &sb, cfg)
+	}); err != nil {
 		return sb, fmt.Errorf("persist sandbox %q: %w", sb.ID, err)
-	}
-	if old := s.sandboxes[full].Status; old.State != st.State || old.NetworkUp != st.NetworkUp {
-		s.rewriteRecord(recordSandbox, sb.ID, &sb, cfg)
 	}
 	s.apply(func() { s.sandboxes[full] = &sb })
 	return sb, nil
+}
+
+// commitRewriting runs commit and, when rewrite is set, rewrites the
+// object's record at the same time (each waits for its own fsyncs: the
+// two together cost about one of them, not their sum). A record is the
+// copy that survives a lost bbolt file: a crash between the two leaves it
+// a state ahead of the store (or behind, as a crash after the commit did
+// before); it is read only when the bbolt file is lost, and recovery then
+// asks the controller what runs whatever the state says. A failed commit
+// puts the old record back.
+func (s *Store) commitRewriting(rewrite bool, k recordKind, id string, obj, old any, cfg []byte, commit func() error) error {
+	if !rewrite {
+		return commit()
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.rewriteRecord(k, id, obj, cfg)
+	}()
+	err := commit()
+	<-done
+	if err != nil {
+		s.rewriteRecord(k, id, old, cfg)
+	}
+	return err
 }
 
 // UpdateContainer changes a container's status in one transaction.
@@ -508,11 +534,11 @@ func (s *Store) UpdateContainer(id string, f func(ContainerStatus) (ContainerSta
 	if err != nil {
 		return c, err
 	}
-	if err := s.put(bucketContainers, c.ID, &c, cfg); err != nil {
+	old := s.containers[full]
+	if err := s.commitRewriting(old.Status.State != st.State, recordContainer, c.ID, &c, old, cfg, func() error {
+		return s.put(bucketContainers, c.ID, &c, cfg)
+	}); err != nil {
 		return c, fmt.Errorf("persist container %q: %w", c.ID, err)
-	}
-	if s.containers[full].Status.State != st.State {
-		s.rewriteRecord(recordContainer, c.ID, &c, cfg)
 	}
 	s.apply(func() { s.containers[full] = &c })
 	return c, nil

@@ -17,6 +17,7 @@ import (
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"github.com/aurae-runtime/aurae-cri/internal/linux"
+	"github.com/aurae-runtime/aurae-cri/internal/timing"
 )
 
 // monitor is a container created under conmon.
@@ -37,7 +38,7 @@ type syncMsg struct {
 // the container: it writes the CRI-format log and, at exit, the exit file.
 // conmon is moved to the pod's monitor cgroup before it forks (it waits on
 // _OCI_STARTPIPE for that), then daemonizes and outlives auraed.
-func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Container) (_ *monitor, retErr error) {
+func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Container, steps *timing.Steps) (_ *monitor, retErr error) {
 	id := req.GetId()
 	bundle := s.bundleDir(id)
 	logPath := req.GetLogPath()
@@ -50,6 +51,7 @@ func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Cont
 	if err != nil {
 		return nil, fmt.Errorf("monitor cgroup: %w", err)
 	}
+	steps.Done("monitor_cgroup")
 	args := []string{
 		"--api-version", "1",
 		"-c", id, "-u", id, "-n", id,
@@ -106,6 +108,7 @@ func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Cont
 	if err != nil {
 		return nil, fmt.Errorf("start conmon: %w", err)
 	}
+	steps.Done("conmon_exec")
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	kill := func() {
@@ -124,6 +127,7 @@ func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Cont
 		return nil, fmt.Errorf("conmon start pipe: %w", err)
 	}
 	startW.Close()
+	steps.Done("conmon_place")
 
 	// conmon's first process exits once the monitor is forked.
 	timer := time.NewTimer(createTimeout)
@@ -140,6 +144,7 @@ func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Cont
 		kill()
 		return nil, ctx.Err()
 	}
+	steps.Done("conmon_daemonize")
 	conmonPid, err := readPidFile(filepath.Join(bundle, "conmon.pid"))
 	if err != nil {
 		return nil, fmt.Errorf("conmon pid: %w", err)
@@ -172,6 +177,7 @@ func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Cont
 			}
 			return nil, fmt.Errorf("runtime create: %s", msg)
 		}
+		steps.Done("runtime_create")
 		return &monitor{pid: m.Data, conmonPid: conmonPid, conmonStart: conmonStart}, nil
 	case err := <-readErr:
 		return nil, fmt.Errorf("conmon sync pipe: %w: %s", err, tail(filepath.Join(bundle, "conmon.log")))

@@ -64,7 +64,7 @@ func (s *Service) Restart(ctx context.Context, id string, grace time.Duration) (
 		}
 	}
 	rec := c.record()
-	mon, err := s.createWithConmon(ctx, p, &podsv0.Container{Id: id, LogPath: rec.LogPath, LogStream: rec.LogStream, Tty: sp.Process != nil && sp.Process.Terminal, Stdin: rec.Stdin})
+	mon, err := s.createWithConmon(ctx, p, &podsv0.Container{Id: id, LogPath: rec.LogPath, LogStream: rec.LogStream, Tty: sp.Process != nil && sp.Process.Terminal, Stdin: rec.Stdin}, nil)
 	if err != nil {
 		return nil, fmt.Errorf("restart container %q: create: %w", id, err)
 	}

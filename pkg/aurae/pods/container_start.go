@@ -16,6 +16,7 @@ import (
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"github.com/aurae-runtime/aurae-cri/internal/linux"
+	"github.com/aurae-runtime/aurae-cri/internal/timing"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 )
 
@@ -75,6 +76,7 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 		return nil, err
 	}
 	id := req.GetId()
+	steps := timing.Start()
 	p, err := s.lookupPod(podID)
 	if err != nil {
 		return nil, err
@@ -84,9 +86,12 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 		return nil, fmt.Errorf("container %q: %w", id, err)
 	}
 	log := s.log.With("pod", podID, "container", id)
+	steps.Done("check_spec")
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	defer func() { steps.Log(ctx, log, "container start steps", "ok", retErr == nil) }()
+	steps.Done("pod_lock")
 	if p.freed {
 		return nil, fmt.Errorf("pod %q: %w", podID, errdefs.ErrNotFound)
 	}
@@ -141,6 +146,7 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 	if err := os.WriteFile(filepath.Join(bundle, "config.json"), b, 0o600); err != nil {
 		return nil, fmt.Errorf("container %q: %w", id, err)
 	}
+	steps.Done("bundle")
 	rec := ctrRecord{
 		ID: id, PodID: podID, LogPath: req.GetLogPath(), LogStream: req.GetLogStream(), CgroupPath: p.paths.GetCgroupPath() + "/" + id,
 		OwnPID: ownPIDNamespace(spec), Stdin: req.GetStdin(),
@@ -149,7 +155,8 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 	if err := s.store.put(bucketContainers, id, rec); err != nil {
 		return nil, fmt.Errorf("persist container %q: %w", id, err)
 	}
-	mon, err := s.createWithConmon(ctx, p, req)
+	steps.Done("persist_created")
+	mon, err := s.createWithConmon(ctx, p, req, steps)
 	if err != nil {
 		return nil, fmt.Errorf("create container %q: %w", id, err)
 	}
@@ -159,6 +166,7 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 	if err := s.store.put(bucketContainers, id, rec); err != nil {
 		return nil, fmt.Errorf("persist container %q: %w", id, err)
 	}
+	steps.Done("persist_monitor")
 	fd, ok := linux.OpenPidfd(mon.conmonPid, mon.conmonStart)
 	if !ok {
 		return nil, fmt.Errorf("create container %q: its monitor (pid %d) is gone", id, mon.conmonPid)
@@ -174,7 +182,7 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 		if s.beforeRuntimeStart != nil {
 			s.beforeRuntimeStart(id)
 		}
-		if rec, err = s.runStart(ctx, id, rec); err != nil {
+		if rec, err = s.runStart(ctx, id, rec, steps); err != nil {
 			unix.Close(fd)
 			return nil, err
 		}
@@ -214,7 +222,7 @@ func (s *Service) finishStart(ctx context.Context, c *container, podID string, s
 	if have, err := os.ReadFile(filepath.Join(s.bundleDir(c.id), "config.json")); err != nil || string(have) != string(want) {
 		return nil, exists
 	}
-	rec, err := s.runStart(ctx, c.id, c.record())
+	rec, err := s.runStart(ctx, c.id, c.record(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -228,15 +236,17 @@ func (s *Service) finishStart(ctx context.Context, c *container, podID string, s
 
 // runStart runs the runtime's start of a created container and records it
 // running.
-func (s *Service) runStart(ctx context.Context, id string, rec ctrRecord) (ctrRecord, error) {
+func (s *Service) runStart(ctx context.Context, id string, rec ctrRecord, steps *timing.Steps) (ctrRecord, error) {
 	startedAt := time.Now().UnixNano()
 	if _, err := s.runRuntime(ctx, "start", id); err != nil {
 		return rec, fmt.Errorf("start container %q: %w", id, err)
 	}
+	steps.Done("runtime_start")
 	rec.State, rec.StartedAt = stateRunning, startedAt
 	if err := s.store.put(bucketContainers, id, rec); err != nil {
 		return rec, fmt.Errorf("persist container %q: %w", id, err)
 	}
+	steps.Done("persist_running")
 	return rec, nil
 }
 

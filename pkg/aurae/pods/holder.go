@@ -185,12 +185,16 @@ func sysProcIDMaps(ms []*podsv0.IDMapping) []syscall.SysProcIDMap {
 
 // pin bind-mounts /proc/<pid>/ns/<kind> on target, which it creates.
 func pin(pid int, kind, target string) error {
+	return pinFrom(fmt.Sprintf("/proc/%d/ns/%s", pid, kind), kind, target)
+}
+
+// pinFrom bind-mounts the namespace file src on target, which it creates.
+func pinFrom(src, kind, target string) error {
 	f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
 	if err != nil {
 		return fmt.Errorf("pin %s namespace: %w", kind, err)
 	}
 	f.Close()
-	src := fmt.Sprintf("/proc/%d/ns/%s", pid, kind)
 	if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
 		_ = os.Remove(target)
 		return fmt.Errorf("pin %s namespace: bind %s: %w", kind, src, err)

@@ -15,6 +15,7 @@ import (
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"github.com/aurae-runtime/aurae-cri/internal/linux"
+	"github.com/aurae-runtime/aurae-cri/internal/timing"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 )
 
@@ -25,6 +26,8 @@ func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.All
 	spec = proto.Clone(spec).(*podsv0.Pod)
 	id := spec.GetId()
 	log := s.log.With("pod", id)
+	steps := timing.Start()
+	defer func() { steps.Log(ctx, log, "pod allocate steps", "ok", retErr == nil) }()
 
 	// Reserve the id before any side effect; a failure releases it.
 	p := &pod{spec: spec, reserved: true, createdAt: time.Now()}
@@ -68,10 +71,12 @@ func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.All
 	if cgroup.Exists(cgPath) {
 		return nil, fmt.Errorf("pod %q: a cgroup %s that auraed does not know exists: %w", id, cgPath, errdefs.ErrAlreadyExists)
 	}
+	steps.Done("checks")
 	// Recorded first: if auraed dies half-way, recovery undoes the rest.
 	if err := s.persistPod(p, true); err != nil {
 		return nil, err
 	}
+	steps.Done("persist_allocating")
 	defer func() {
 		if retErr != nil {
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -91,24 +96,24 @@ func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.All
 	if err := writePodFiles(spec, paths); err != nil {
 		return nil, fmt.Errorf("pod %q: %w", id, err)
 	}
+	steps.Done("pod_files")
 	if _, err := cgroup.New(cgPath, cgroup.Limits{}); err != nil {
 		if errors.Is(err, os.ErrExist) {
 			return nil, fmt.Errorf("pod %q: %w: %w", id, err, errdefs.ErrAlreadyExists)
 		}
 		return nil, fmt.Errorf("pod %q: %w", id, err)
 	}
+	steps.Done("cgroup")
 	if p.ownsNet() || p.ownsIPC() || p.ownsUTS() || p.ownsPID() || p.ownsUser() {
-		infra, err := s.infraCgroupOf(p)
-		if err != nil {
-			return nil, fmt.Errorf("pod %q: %w", id, err)
-		}
-		if err := s.makeNamespaces(p, infra); err != nil {
+		if err := s.makeNamespaces(p); err != nil {
 			return nil, fmt.Errorf("pod %q: %w", id, err)
 		}
 	}
+	steps.Done("namespaces")
 	if err := s.persistPod(p, false); err != nil {
 		return nil, err
 	}
+	steps.Done("persist_allocated")
 	s.mu.Lock()
 	p.reserved = false
 	s.mu.Unlock()
@@ -116,14 +121,40 @@ func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.All
 	return proto.Clone(paths).(*podsv0.AllocateResponse), nil
 }
 
-// makeNamespaces starts a holder in new namespaces, pins them and lets the
-// holder go unless it holds the pod's pid namespace.
-func (s *Service) makeNamespaces(p *pod, cg *cgroup.Cgroup) error {
-	cmd, err := startHolder(holderSpec{
+// makeNamespaces makes the pod's own namespaces and pins them: from a
+// thread of auraed's (namespaces_thread.go), or else from a holder, which
+// it lets go unless it holds the pod's pid namespace.
+func (s *Service) makeNamespaces(p *pod) error {
+	h := holderSpec{
 		net: p.ownsNet(), ipc: p.ownsIPC(), uts: p.ownsUTS(), pid: p.ownsPID(),
 		hostname: p.spec.GetHostname(), sysctls: p.spec.GetSysctls(),
-		place: cg.AddProc, user: p.spec.GetUserNamespace(),
-	})
+		user: p.spec.GetUserNamespace(),
+	}
+	nsDir := filepath.Join(s.podDir(p.spec.GetId()), "ns")
+	if p.threadNamespaces() {
+		pins := map[string]string{}
+		for _, ns := range p.ownedNamespaces() {
+			if ns.on {
+				pins[ns.kind] = filepath.Join(nsDir, ns.kind)
+			}
+		}
+		if err := makeNamespacesInThread(h, pins); err != nil {
+			return err
+		}
+		for _, ns := range p.ownedNamespaces() {
+			if ns.on {
+				*ns.dst = pins[ns.kind]
+			}
+		}
+		return nil
+	}
+	// The holder lives in the pod's infra cgroup.
+	cg, err := s.infraCgroupOf(p)
+	if err != nil {
+		return err
+	}
+	h.place = cg.AddProc
+	cmd, err := startHolder(h)
 	if err != nil {
 		return err
 	}
@@ -132,7 +163,6 @@ func (s *Service) makeNamespaces(p *pod, cg *cgroup.Cgroup) error {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	}
-	nsDir := filepath.Join(s.podDir(p.spec.GetId()), "ns")
 	for _, ns := range p.ownedNamespaces() {
 		if !ns.on {
 			continue

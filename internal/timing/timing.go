@@ -1,0 +1,66 @@
+// Package timing times the steps of one call, for one Debug line per call
+// that says where its time went.
+package timing
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// Steps are the durations of a call's steps so far. A nil *Steps records
+// nothing.
+type Steps struct {
+	mu          sync.Mutex
+	start, last time.Time
+	attrs       []any
+}
+
+// Start begins timing a call.
+func Start() *Steps {
+	now := time.Now()
+	return &Steps{start: now, last: now}
+}
+
+// Done records the step that ended now: the time since the previous
+// step ended (or since Start).
+func (s *Steps) Done(name string) {
+	if s == nil {
+		return
+	}
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.attrs = append(s.attrs, slog.Float64(name, ms(now.Sub(s.last))))
+	s.last = now
+}
+
+// Since records a step that began at t0 and ended now, without moving the
+// mark Done measures from: a step that overlapped others.
+func (s *Steps) Since(name string, t0 time.Time) {
+	if s == nil {
+		return
+	}
+	d := time.Since(t0)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.attrs = append(s.attrs, slog.Float64(name, ms(d)))
+}
+
+// Log writes one Debug line: msg, args, the steps in milliseconds (group
+// "ms") and the total since Start ("total_ms").
+func (s *Steps) Log(ctx context.Context, log *slog.Logger, msg string, args ...any) {
+	if s == nil || !log.Enabled(ctx, slog.LevelDebug) {
+		return
+	}
+	s.mu.Lock()
+	steps := append([]any(nil), s.attrs...)
+	total := time.Since(s.start)
+	s.mu.Unlock()
+	args = append(args, slog.Group("ms", steps...), slog.Float64("total_ms", ms(total)))
+	log.DebugContext(ctx, msg, args...)
+}
+
+// ms is d in milliseconds, to the microsecond.
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

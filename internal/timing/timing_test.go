@@ -1,0 +1,55 @@
+package timing
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"testing"
+	"time"
+)
+
+func TestStepsLog(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	s := Start()
+	s.Done("first")
+	t0 := time.Now()
+	s.Done("second")
+	s.Since("overlap", t0)
+	s.Log(context.Background(), log, "call steps", "pod", "p1")
+	var line struct {
+		Msg     string             `json:"msg"`
+		Pod     string             `json:"pod"`
+		MS      map[string]float64 `json:"ms"`
+		TotalMS *float64           `json:"total_ms"`
+	}
+	if err := json.Unmarshal(buf.Bytes(), &line); err != nil {
+		t.Fatalf("%v: %s", err, buf.Bytes())
+	}
+	if line.Msg != "call steps" || line.Pod != "p1" || line.TotalMS == nil {
+		t.Fatalf("line %s", buf.Bytes())
+	}
+	for _, k := range []string{"first", "second", "overlap"} {
+		if _, ok := line.MS[k]; !ok {
+			t.Errorf("step %q missing from %s", k, buf.Bytes())
+		}
+	}
+	if bytes.Count(buf.Bytes(), []byte("\n")) != 1 {
+		t.Errorf("want one line, got %s", buf.Bytes())
+	}
+}
+
+func TestStepsQuietAboveDebug(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	s := Start()
+	s.Done("a")
+	s.Log(context.Background(), log, "call steps")
+	var nilSteps *Steps
+	nilSteps.Done("a")
+	nilSteps.Log(context.Background(), log, "call steps")
+	if buf.Len() != 0 {
+		t.Fatalf("logged at info level: %s", buf.Bytes())
+	}
+}
