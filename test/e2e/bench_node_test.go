@@ -25,8 +25,8 @@ var benchNodePods = func() int {
 }()
 
 const (
-	benchExecs    = 200
-	benchStats    = 20
+	benchExecs = 200
+	benchStats = 20
 	// benchNodeWorkload is every container's command: the processes the
 	// memory figures leave out.
 	benchNodeWorkload = "sleep 86400"
