@@ -98,7 +98,6 @@ func startCRIO(b *testing.B, reg *testimage.Registry, binDir string) (*benchRunt
 			"pause_image = " + q(pause),
 			`pause_command = ""`,
 			"signature_policy = " + q(filepath.Join(dir, "policy.json")),
-			"insecure_registries = [" + q(reg.Host) + "]",
 			"[crio.network]",
 			"network_dir = " + q(confDir),
 			`plugin_dirs = ["/opt/cni/bin"]`,
@@ -124,7 +123,9 @@ func startCRIO(b *testing.B, reg *testimage.Registry, binDir string) (*benchRunt
 	if err != nil {
 		return nil, err
 	}
-	cmd = exec.Command(filepath.Join(binDir, "crio"), "--config", filepath.Join(dir, "crio.conf"), "--config-dir", filepath.Join(dir, "crio.conf.d"))
+	cmd = exec.Command(filepath.Join(binDir, "crio"), "--config", filepath.Join(dir, "crio.conf"), "--config-dir", filepath.Join(dir, "crio.conf.d"),
+		// Where the loopback registry is marked insecure (plain HTTP).
+		"--registries-conf", filepath.Join(dir, "registries.conf"))
 	cmd.Env = append(os.Environ(),
 		"CONTAINERS_REGISTRIES_CONF="+filepath.Join(dir, "registries.conf"),
 		"CONTAINERS_STORAGE_CONF="+filepath.Join(dir, "storage.conf"))

@@ -68,7 +68,7 @@ func benchPeers(b *testing.B, c *CRI, image string, workloads ...string) []*benc
 			continue
 		}
 		if _, err := r.im.PullImage(b.Context(), &runtimeapi.ImageSpec{Image: image}, nil, nil); err != nil {
-			b.Logf("peer %s left out: pull %s: %v", r.name, image, err)
+			b.Logf("peer %s left out: pull %s: %v", p.name, image, err)
 			continue
 		}
 		r.key, r.name, r.image = p.key, p.name, image
