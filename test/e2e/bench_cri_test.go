@@ -121,7 +121,7 @@ func podStarts(b *testing.B, targets ...startTarget) ([]podStartResults, error) 
 		mu.Lock()
 		ids[k] = append(ids[k], podID)
 		mu.Unlock()
-		ctr, err := t.rt.CreateContainer(ctx, podID, containerConfig("c", t.image, "sleep", "300"), pod)
+		ctr, err := t.rt.CreateContainer(ctx, podID, benchContainer(t.image, "sleep", "300"), pod)
 		if err != nil {
 			return 0, err
 		}

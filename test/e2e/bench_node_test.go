@@ -169,7 +169,7 @@ func nodeScale(b *testing.B, r *benchRuntime) (nodeResults, error) {
 				return
 			}
 			pods[i] = id
-			ctr, err := r.rt.CreateContainer(ctx, id, containerConfig("c", r.image, "sleep", "86400"), pod)
+			ctr, err := r.rt.CreateContainer(ctx, id, benchContainer(r.image, "sleep", "86400"), pod)
 			if err != nil {
 				errs[i] = fmt.Errorf("create container in %s: %w", name, err)
 				return

@@ -157,3 +157,12 @@ func containerdBenchRuntime(b *testing.B, reg *testimage.Registry, binary string
 		},
 	}, nil
 }
+
+// benchContainer is a container "c" of image running command, with the
+// image as the kubelet names it (CRI-O verifies signatures against the
+// UserSpecifiedImage and refuses a container without one).
+func benchContainer(image string, command ...string) *runtimeapi.ContainerConfig {
+	cfg := containerConfig("c", image, command...)
+	cfg.Image.UserSpecifiedImage = image
+	return cfg
+}

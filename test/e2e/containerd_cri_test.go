@@ -27,15 +27,8 @@ type containerdCRI struct {
 	proc    *kubelet.ContainerdCRI
 }
 
-// startContainerdCRI starts it with a pause image from reg and a CNI bridge
-// network of its own.
-func startContainerdCRI(t testing.TB, reg *testimage.Registry) *containerdCRI {
-	t.Helper()
-	return startContainerdCRIWith(t, reg, kubelet.ContainerdCRIConfig{})
-}
-
-// startContainerdCRIWith is startContainerdCRI with cfg's binary,
-// environment and runc (its sandbox image and CNI are set here).
+// startContainerdCRIWith starts it with cfg's binary, environment and runc,
+// a pause image from reg and a CNI bridge network of its own.
 func startContainerdCRIWith(t testing.TB, reg *testimage.Registry, cfg kubelet.ContainerdCRIConfig) *containerdCRI {
 	t.Helper()
 	requireRoot(t)

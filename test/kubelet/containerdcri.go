@@ -166,6 +166,10 @@ func (c *ContainerdCRI) config(cfg ContainerdCRIConfig) string {
 		"  level = " + q(cfg.LogLevel),
 		"[metrics]",
 		`  address = ""`,
+		// NRI (on by default in containerd 2.x) would listen on the
+		// machine's /var/run/nri/nri.sock.
+		`[plugins."io.containerd.nri.v1.nri"]`,
+		"  disable = true",
 		`[plugins."io.containerd.internal.v1.opt"]`,
 		"  path = " + q(filepath.Join(c.dir, "opt")),
 		cri,
