@@ -160,9 +160,14 @@ func containerdBenchRuntime(b *testing.B, reg *testimage.Registry, binary string
 
 // benchContainer is a container "c" of image running command, with the
 // image as the kubelet names it (CRI-O verifies signatures against the
-// UserSpecifiedImage and refuses a container without one).
+// UserSpecifiedImage and refuses a container without one) and the PID
+// namespace mode of its pod.
 func benchContainer(image string, command ...string) *runtimeapi.ContainerConfig {
 	cfg := containerConfig("c", image, command...)
 	cfg.Image.UserSpecifiedImage = image
+	// As the kubelet sends it for a pod that shares no PID namespace.
+	cfg.Linux.SecurityContext = &runtimeapi.LinuxContainerSecurityContext{
+		NamespaceOptions: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER},
+	}
 	return cfg
 }
