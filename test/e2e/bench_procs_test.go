@@ -131,9 +131,12 @@ func pssKiBOf(pids map[int]*benchProc) int64 {
 
 // usageSampler samples a procSet's CPU and summed RSS every interval until
 // stopped: the peak CPU (cores, over one interval), the CPU time in all and
-// the peak RSS. A process's CPU counts from the first sample that sees it
-// (or from 0 when it appeared after the first sample), and an exited
-// child's time stays counted through its waiting parent's cutime.
+// the peak RSS. A process's CPU is its own time plus its reaped children's
+// (cutime, cstime): counted from the first sample that sees it (from 0 when
+// it appeared after the first sample), less, when a process of the set
+// vanished since the last sample and its parent is still in the set, the
+// total last seen of it (the parent's cutime now holds it). A process that
+// starts and is reaped between two samples counts through its parent.
 type usageSampler struct {
 	set      procSet
 	interval time.Duration
@@ -147,11 +150,7 @@ type usageSampler struct {
 
 func startUsageSampler(set procSet, interval time.Duration) *usageSampler {
 	u := &usageSampler{set: set, interval: interval, stop: make(chan struct{})}
-	first := set.pick(readProcs())
-	last := map[int]int64{}
-	for pid, p := range first {
-		last[pid] = p.cpuTicks
-	}
+	last := set.pick(readProcs())
 	lastAt := time.Now()
 	u.done.Add(1)
 	go func() {
@@ -167,12 +166,23 @@ func startUsageSampler(set procSet, interval time.Duration) *usageSampler {
 			now := set.pick(readProcs())
 			at := time.Now()
 			var ticks, rss int64
-			cur := make(map[int]int64, len(now))
 			for pid, p := range now {
-				cur[pid] = p.cpuTicks
-				ticks += p.cpuTicks - last[pid]
+				prev := int64(0)
+				if l, ok := last[pid]; ok {
+					prev = l.cpuTicks
+				}
+				ticks += p.cpuTicks - prev
 				rss += p.rssKiB
 			}
+			for pid, p := range last {
+				if _, alive := now[pid]; alive {
+					continue
+				}
+				if _, parentIn := now[p.ppid]; parentIn {
+					ticks -= p.cpuTicks
+				}
+			}
+			ticks = max(ticks, 0)
 			// Clock ticks are USER_HZ, 100 on Linux.
 			secs := float64(ticks) / 100
 			u.cpuSeconds += secs
@@ -182,7 +192,7 @@ func startUsageSampler(set procSet, interval time.Duration) *usageSampler {
 			if rss > u.peakRSSKiB {
 				u.peakRSSKiB = rss
 			}
-			last, lastAt = cur, at
+			last, lastAt = now, at
 		}
 	}()
 	return u
