@@ -24,11 +24,12 @@ type containerdCRI struct {
 	Runtime internalapi.RuntimeService
 	Images  internalapi.ImageManagerService
 	LogDir  string
+	proc    *kubelet.ContainerdCRI
 }
 
-// startContainerdCRI starts it with a pause image from reg and a CNI bridge
-// network of its own.
-func startContainerdCRI(t testing.TB, reg *testimage.Registry) *containerdCRI {
+// startContainerdCRIWith starts it with cfg's binary, environment and runc,
+// a pause image from reg and a CNI bridge network of its own.
+func startContainerdCRIWith(t testing.TB, reg *testimage.Registry, cfg kubelet.ContainerdCRIConfig) *containerdCRI {
 	t.Helper()
 	requireRoot(t)
 	bridge := "cb" + randomHex(t, 4)
@@ -41,7 +42,8 @@ func startContainerdCRI(t testing.TB, reg *testimage.Registry) *containerdCRI {
 	}
 	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridge).Run() })
 	pause := reg.Push(t, "bench/pause:1", testimage.MustBusybox(t, testimage.Options{Entrypoint: []string{"/bin/sleep", "2147483647"}}))
-	ctd := kubelet.StartContainerdCRI(t, kubelet.ContainerdCRIConfig{SandboxImage: pause, RegistryConfigDir: reg.HostsDir(t), CNIConfDir: confDir})
+	cfg.SandboxImage, cfg.RegistryConfigDir, cfg.CNIConfDir = pause, reg.HostsDir(t), confDir
+	ctd := kubelet.StartContainerdCRI(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	rt, err := remote.NewRemoteRuntimeServiceBuilder().WithEndpoint(ctd.Endpoint()).WithConnectionTimeout(2 * time.Minute).Build(ctx)
@@ -55,5 +57,5 @@ func startContainerdCRI(t testing.TB, reg *testimage.Registry) *containerdCRI {
 	if _, err := im.PullImage(ctx, &runtimeapi.ImageSpec{Image: pause}, nil, nil); err != nil {
 		t.Fatalf("pull pause image: %v", err)
 	}
-	return &containerdCRI{Runtime: rt, Images: im, LogDir: filepath.Join(tmp, "pods")}
+	return &containerdCRI{Runtime: rt, Images: im, LogDir: filepath.Join(tmp, "pods"), proc: ctd}
 }

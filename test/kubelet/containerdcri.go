@@ -37,6 +37,12 @@ type ContainerdCRIConfig struct {
 	CNIConfDir, CNIBinDir string
 	// LogLevel defaults to "info".
 	LogLevel string
+	// Env is added to containerd's environment, e.g. a PATH that finds
+	// the containerd-shim-runc-v2 of the same build first.
+	Env []string
+	// RuncBinary is the runc the shim runs (the runc options' BinaryName);
+	// empty: runc on the shim's PATH.
+	RuncBinary string
 }
 
 // ContainerdCRI is a containerd with its own CRI plugin enabled, on a
@@ -56,6 +62,9 @@ func (c *ContainerdCRI) Endpoint() string { return "unix://" + c.socket }
 
 // Socket is the containerd socket path.
 func (c *ContainerdCRI) Socket() string { return c.socket }
+
+// Pid is containerd's process id.
+func (c *ContainerdCRI) Pid() int { return c.cmd.Process.Pid }
 
 // Dir holds the config, root, state, socket and log.
 func (c *ContainerdCRI) Dir() string { return c.dir }
@@ -122,6 +131,7 @@ func StartContainerdCRI(t testing.TB, cfg ContainerdCRIConfig) *ContainerdCRI {
 	}
 	c.cmd = exec.Command(bin, "--config", confPath)
 	c.cmd.Stdout, c.cmd.Stderr = logf, logf
+	c.cmd.Env = append(os.Environ(), cfg.Env...)
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := c.cmd.Start(); err != nil {
 		_ = logf.Close()
@@ -156,6 +166,10 @@ func (c *ContainerdCRI) config(cfg ContainerdCRIConfig) string {
 		"  level = " + q(cfg.LogLevel),
 		"[metrics]",
 		`  address = ""`,
+		// NRI (on by default in containerd 2.x) would listen on the
+		// machine's /var/run/nri/nri.sock.
+		`[plugins."io.containerd.nri.v1.nri"]`,
+		"  disable = true",
 		`[plugins."io.containerd.internal.v1.opt"]`,
 		"  path = " + q(filepath.Join(c.dir, "opt")),
 		cri,
@@ -173,6 +187,7 @@ func (c *ContainerdCRI) config(cfg ContainerdCRIConfig) string {
 		`      runtime_type = "io.containerd.runc.v2"`,
 		"      [" + cri[1:len(cri)-1] + `.containerd.runtimes.runc.options]`,
 		"        SystemdCgroup = false",
+		"        BinaryName = " + q(cfg.RuncBinary),
 		// runc's state; the default is /run/containerd/runc.
 		"        Root = " + q(filepath.Join(c.dir, "runc")),
 		"  [" + cri[1:len(cri)-1] + `.cni]`,

@@ -34,6 +34,8 @@ const BusyboxPath = "/bin/busybox"
 var Applets = []string{
 	"sh", "ls", "cat", "echo", "sleep", "id", "env", "pwd", "ip", "wget", "nc",
 	"hostname", "uname", "touch", "mkdir", "head", "dd", "seq", "true", "false",
+	// critest's default container command (BenchmarkCritest).
+	"top",
 }
 
 // DefaultEnv is the Env of an image whose Options leave it empty.
