@@ -16,7 +16,8 @@
 #
 # Env: CG2_E2E_RUN / CG2_CELLS_RUN (the -test.run of each binary),
 #      CG2_TIMEOUT (default 1800 s), CG2_MEMORY (MiB, default 3072),
-#      CG2_CPUS (default 2), RESULTS_DIR (default _output/cgroup2).
+#      CG2_CPUS (default 2), CG2_ACCEL (kvm, tcg or auto: KVM when a probe
+#      boot works), RESULTS_DIR (default _output/cgroup2).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -34,6 +35,8 @@ RESULTS=${RESULTS_DIR:-$REPO/_output/cgroup2}
 # UpdateContainerResources (memory.max), kill -9 of both daemons.
 E2E_RUN=${CG2_E2E_RUN:-'^(TestCellLimitsReadBack|TestMemoryLimitKillsOnOOM|TestRestartKeepsCells|TestCRILifecycle|TestCRIUpdateResourcesAndReopenLog|TestCRIRestartLosesNothing|TestCRIContainerFeatures)$/^(memory_limit_kills_with_OOMKilled)?$'}
 CELLS_RUN=${CG2_CELLS_RUN:-.}
+# go test -timeout of the e2e binary in the guest (a timeout dumps the goroutines).
+TEST_TIMEOUT=${CG2_TEST_TIMEOUT:-25m}
 
 log() { printf 'cgroup2: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
@@ -58,6 +61,7 @@ cleanup() {
 	rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 share=$work/share
 mkdir -p "$share/bin" "$share/cni" "$share/src/e2e" "$share/src/cells" "$share/out"
 
@@ -89,16 +93,29 @@ rc=0
 echo "=== binary cells.test"
 (cd \$s/src/cells && \$s/bin/cells.test -test.v=test2json -test.count=1 -test.timeout=10m -test.run '$CELLS_RUN') || rc=1
 echo "=== binary e2e.test"
-(cd \$s/src/e2e && \$s/bin/e2e.test -test.v=test2json -test.count=1 -test.timeout=25m -test.run '$E2E_RUN') || rc=1
+(cd \$s/src/e2e && \$s/bin/e2e.test -test.v=test2json -test.count=1 -test.timeout=$TEST_TIMEOUT -test.run '$E2E_RUN') || rc=1
 exit \$rc
 EOF
 
-accel="-accel tcg,thread=multi,tb-size=256"
-if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
-	# QEMU falls back to TCG when KVM cannot start here.
-	accel="-accel kvm $accel"
-fi
-log "booting the guest ($(cat "$IMG/kernel.release" 2>/dev/null), ${MEMORY} MiB, $CPUS cpus)"
+# kvm_works boots the kernel under KVM until it panics for want of a root
+# file system: /dev/kvm devices that open but fail later (nested ones: a
+# failed MSR write, a hang) mean TCG.
+kvm_works() {
+	[ -r /dev/kvm ] && [ -w /dev/kvm ] || return 1
+	# A subshell: bash's own report of QEMU aborting goes to /dev/null too.
+	(timeout 60 qemu-system-x86_64 -M q35 -accel kvm -cpu max -m 256 -smp 1 \
+		-nographic -nodefaults -no-reboot -serial "file:$work/kvm-probe.log" \
+		-kernel "$IMG/vmlinuz" -append "console=ttyS0 panic=-1 root=/dev/aurae-kvm-probe" \
+		>/dev/null 2>&1 </dev/null) 2>/dev/null || true
+	grep -q 'Kernel panic' "$work/kvm-probe.log" 2>/dev/null
+}
+case "${CG2_ACCEL:-auto}" in
+kvm) accel="-accel kvm" ;;
+tcg) accel="-accel tcg,thread=multi,tb-size=256" ;;
+auto) if kvm_works; then accel="-accel kvm"; else accel="-accel tcg,thread=multi,tb-size=256"; fi ;;
+*) die "CG2_ACCEL=$CG2_ACCEL: want kvm, tcg or auto" ;;
+esac
+log "booting the guest ($(cat "$IMG/kernel.release" 2>/dev/null), ${MEMORY} MiB, $CPUS cpus, $accel)"
 t1=$SECONDS
 # shellcheck disable=SC2086
 qemu-system-x86_64 -M q35 $accel -cpu max -smp "$CPUS" -m "$MEMORY" \
