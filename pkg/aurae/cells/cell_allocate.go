@@ -262,4 +262,3 @@ func join(xs []string) string {
 	}
 	return out
 }
-
