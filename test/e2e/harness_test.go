@@ -121,8 +121,12 @@ const binDirEnv = "AURAE_E2E_BIN_DIR"
 func prebuiltBinaries(dir string) error {
 	for _, name := range []string{"auraed", "aurae-cri", "aer"} {
 		p := filepath.Join(dir, name)
-		if st, err := os.Stat(p); err != nil || st.Mode()&0o111 == 0 {
-			return fmt.Errorf("%s=%s: no executable %s (%v)", binDirEnv, dir, name, err)
+		st, err := os.Stat(p)
+		if err != nil {
+			return fmt.Errorf("%s=%s: %w", binDirEnv, dir, err)
+		}
+		if st.Mode()&0o111 == 0 {
+			return fmt.Errorf("%s=%s: %s is not executable", binDirEnv, dir, p)
 		}
 		binaries[name] = p
 	}
