@@ -102,11 +102,12 @@ EOF
 # failed MSR write, a hang) mean TCG.
 kvm_works() {
 	[ -r /dev/kvm ] && [ -w /dev/kvm ] || return 1
-	# A subshell: bash's own report of QEMU aborting goes to /dev/null too.
+	# A subshell that does not exec QEMU (the "; true"): its report of
+	# QEMU aborting goes to /dev/null too.
 	(timeout 60 qemu-system-x86_64 -M q35 -accel kvm -cpu max -m 256 -smp 1 \
 		-nographic -nodefaults -no-reboot -serial "file:$work/kvm-probe.log" \
 		-kernel "$IMG/vmlinuz" -append "console=ttyS0 panic=-1 root=/dev/aurae-kvm-probe" \
-		>/dev/null 2>&1 </dev/null) 2>/dev/null || true
+		</dev/null; true) >/dev/null 2>&1
 	grep -q 'Kernel panic' "$work/kvm-probe.log" 2>/dev/null
 }
 case "${CG2_ACCEL:-auto}" in
