@@ -209,3 +209,21 @@ vm-image: vm-deps runc
 	$(SUDO) env PATH="$(PATH)" GO=$(GO) hack/vm-image/build.sh $(VM_IMAGE_DIR)
 
 .PHONY: vm-deps vm-image
+
+## vm-cg2-deps: Debian packages of the cgroup v2 test VM (mmdebstrap, e2fsprogs, QEMU)
+VM_CG2_APT_PACKAGES := mmdebstrap e2fsprogs qemu-system-x86
+vm-cg2-deps:
+	$(call apt_install,$(VM_CG2_APT_PACKAGES))
+
+## vm-cg2-image: the cgroup v2 test VM (Debian 12 rootfs with systemd, Debian's kernel) into VM_CG2_DIR (cached by hash)
+VM_CG2_DIR ?= /var/lib/aurae/vm-cg2
+vm-cg2-image: vm-cg2-deps
+	@start=$$(date +%s); $(SUDO) hack/vm-cg2/build.sh $(VM_CG2_DIR); \
+	echo "vm-cg2-image: $$(( $$(date +%s) - start ))s"
+
+## test-cgroup2: the tests whose paths differ on cgroup v2, in the cgroup v2 test VM (systemd PID 1, cgroup2 only); results in _output/cgroup2
+test-cgroup2: vm-cg2-image runc cni
+	@start=$$(date +%s); rc=0; $(SUDO) env PATH="$(PATH)" GO=$(GO) hack/vm-cg2/run.sh $(VM_CG2_DIR) || rc=$$?; \
+	echo "test-cgroup2: $$(( $$(date +%s) - start ))s"; exit $$rc
+
+.PHONY: vm-cg2-deps vm-cg2-image test-cgroup2

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
@@ -247,7 +249,17 @@ func TestOutputStreamDeliversEveryLine(t *testing.T) {
 func TestRestartKeepsCells(t *testing.T) {
 	a := startAuraed(t)
 	allocateCell(t, a, &cellsv0.Cell{Name: "keep", IsolateProcess: true})
-	allocateCell(t, a, &cellsv0.Cell{Name: "keep/inner", Memory: &cellsv0.MemoryController{Max: proto.Int64(64 << 20)}})
+	inner := &cellsv0.Cell{Name: "keep/inner", Memory: &cellsv0.MemoryController{Max: proto.Int64(64 << 20)}}
+	if cgroup.Unified() {
+		// keep's init lives in keep's cgroup: cgroup v2 gives its children
+		// no controllers, and a limit there is refused, naming the parent.
+		_, err := a.Client().Cells.Allocate(t.Context(), &cellsv0.CellServiceAllocateRequest{Cell: inner})
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), `parent cell "keep"`) {
+			t.Fatalf("limited child of an isolated cell on cgroup v2: %v, want FailedPrecondition naming the parent", err)
+		}
+		inner.Memory = nil
+	}
+	allocateCell(t, a, inner)
 	pid := startIn(t, a, "keep/inner", "sleeper", "sleep 300")
 	a.Kill9()
 	a.Restart(t)

@@ -3,13 +3,13 @@ package e2e
 import (
 	"encoding/json"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 	"github.com/aurae-runtime/aurae-cri/test/testimage"
 )
 
@@ -41,7 +41,10 @@ func TestCRIUpdateResourcesAndReopenLog(t *testing.T) {
 	if err := json.Unmarshal([]byte(resp.GetInfo()["info"]), &info); err != nil || info.RuntimeSpec.Linux.CgroupsPath == "" {
 		t.Fatalf("verbose info without the spec's cgroups path: %v %q", err, resp.GetInfo())
 	}
-	limitFile := filepath.Join("/sys/fs/cgroup/memory", info.RuntimeSpec.Linux.CgroupsPath, "memory.limit_in_bytes")
+	limitFile := cgroup.ControllerFile(info.RuntimeSpec.Linux.CgroupsPath, "memory", "memory.limit_in_bytes")
+	if cgroup.Unified() {
+		limitFile = cgroup.ControllerFile(info.RuntimeSpec.Linux.CgroupsPath, "memory", "memory.max")
+	}
 	readLimit := func() string {
 		b, err := os.ReadFile(limitFile)
 		if err != nil {

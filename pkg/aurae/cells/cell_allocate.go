@@ -82,6 +82,9 @@ func (s *Service) allocate(ctx context.Context, req *cellsv0.CellServiceAllocate
 		if errors.Is(err, os.ErrExist) {
 			return nil, fmt.Errorf("cell %q: a cgroup %s that auraed does not know exists: %w", name, s.cgroupPath(name), errAlreadyExists)
 		}
+		if errors.Is(err, cgroup.ErrParentHasProcesses) {
+			return nil, fmt.Errorf("cell %q: its limits need controllers that its parent cell %q cannot hand down while processes run in it (its init or executables): %w: %w", name, parentName(name), err, errPrecondition)
+		}
 		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ERANGE) {
 			return nil, fmt.Errorf("cell %q: the kernel refused its limits: %w: %w", name, err, errInvalid)
 		}

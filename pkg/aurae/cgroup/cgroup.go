@@ -27,6 +27,11 @@ const Root = "/sys/fs/cgroup"
 // ErrNotExist is returned by Load for a cgroup that is gone.
 var ErrNotExist = errors.New("cgroup does not exist")
 
+// ErrParentHasProcesses is returned on cgroup v2 for a cgroup whose limits
+// need controllers its parent cannot hand down: v2 lets no process live in
+// a cgroup that gives controllers to its children (the kernel's EBUSY).
+var ErrParentHasProcesses = errors.New("cgroup v2 gives no controllers to the children of a cgroup with processes in it")
+
 // ErrUnsupported is returned for a limit the host's cgroup version lacks.
 var ErrUnsupported = errors.New("not supported by this cgroup version")
 
@@ -114,6 +119,9 @@ func New(path string, l Limits) (_ *Cgroup, retErr error) {
 	}()
 	if Unified() {
 		m, err := cgroup2.NewManager(Root, abs(path), v2Resources(l))
+		if errors.Is(err, unix.EBUSY) {
+			return nil, fmt.Errorf("create cgroup %s: %w (%w)", path, ErrParentHasProcesses, err)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("create cgroup %s: %w", path, err)
 		}
