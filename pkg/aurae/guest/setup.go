@@ -68,6 +68,21 @@ func Setup() error {
 	return errors.Join(errs...)
 }
 
+// MountVirtioFS mounts a virtio-fs share at its path (made if missing),
+// unless something is mounted there already.
+func MountVirtioFS(m VirtioFSMount) error {
+	if err := os.MkdirAll(m.Path, 0o755); err != nil {
+		return err
+	}
+	if isMountPoint(m.Path) {
+		return nil
+	}
+	if err := unix.Mount(m.Tag, m.Path, "virtiofs", 0, ""); err != nil {
+		return fmt.Errorf("mount virtiofs %s on %s: %w", m.Tag, m.Path, err)
+	}
+	return nil
+}
+
 // isMountPoint says whether path is on another device than its parent
 // (good enough for the pseudo file systems mounted here; "/" is not asked).
 func isMountPoint(path string) bool {
