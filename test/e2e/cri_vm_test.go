@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -325,7 +326,9 @@ func TestCRIVMPodQEMUKilled(t *testing.T) {
 		t.Fatalf("qemu of the vm pod: pids %v", pids)
 	}
 	argv, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pids[0]))
-	if !bytes.Contains(argv, []byte("\x00-m\x00320M\x00")) || !bytes.Contains(argv, []byte("\x00-smp\x002\x00")) {
+	// -m 320M, or 320M of RAM plus a slot for the root image's pmem device
+	// (-m 320M,slots=1,maxmem=…).
+	if !regexp.MustCompile("\x00-m\x00320M(\x00|,slots=1,maxmem=)").Match(argv) || !bytes.Contains(argv, []byte("\x00-smp\x002\x00")) {
 		t.Errorf("qemu not sized by the pod's resources: %q", bytes.ReplaceAll(argv, []byte{0}, []byte{' '}))
 	}
 	if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
