@@ -199,13 +199,13 @@ clean:
 	rm -f $(BIN)/auraed $(BIN)/aer $(BIN)/aurae-cri
 
 ## vm-deps: Debian packages for the guest image and its boot test (QEMU, kernel source and tools)
-VM_APT_PACKAGES := qemu-system-x86 cpio linux-source-6.1 flex bison bc libelf-dev libssl-dev build-essential xz-utils busybox-static runc conmon
+VM_APT_PACKAGES := qemu-system-x86 cpio lz4 e2fsprogs linux-source-6.1 flex bison bc libelf-dev libssl-dev build-essential xz-utils busybox-static crun conmon
 vm-deps:
 	$(call apt_install,$(VM_APT_PACKAGES))
 
 ## vm-image: guest kernel (vmlinux) and initramfs (static auraed as /init) into VM_IMAGE_DIR (cached)
 VM_IMAGE_DIR ?= /var/lib/aurae/vm
-vm-image: vm-deps runc
+vm-image: vm-deps
 	$(SUDO) env PATH="$(PATH)" GO=$(GO) hack/vm-image/build.sh $(VM_IMAGE_DIR)
 
 .PHONY: vm-deps vm-image

@@ -103,12 +103,23 @@ type VMConfig struct {
 	ID string
 	// Dir is the VM's private directory; it must exist. Socket paths in it
 	// must fit a unix socket address: see CheckDir.
-	Dir        string
-	Kernel     string
-	Initrd     string // optional
-	KernelArgs []string
-	MemMiB     uint32
-	VCPUs      uint32
+	Dir    string
+	Kernel string
+	Initrd string // optional
+	// RootImage, optional, is a read-only ext4 image of the guest's root
+	// (hack/vm-image/build.sh's rootfs.img, the initramfs' tree): where the
+	// machine has PCI (QEMU's q35, under TCG) the guest boots from it
+	// instead of the initramfs, mapped by DAX from a virtio-pmem device, so
+	// that its pages are the host's page cache of the file, one copy for
+	// every VM, instead of an unpacked copy in each guest's memory. Its
+	// size must be a multiple of 2 MiB.
+	RootImage string
+	// rootImageSize is RootImage's size, read from the file opened for
+	// the hypervisor.
+	rootImageSize int64
+	KernelArgs    []string
+	MemMiB        uint32
+	VCPUs         uint32
 	// Drives in order: the first one is the guest's vda.
 	Drives []Drive
 	// NetNSPath, when set, is the network namespace the hypervisor runs in

@@ -94,6 +94,14 @@ func accelOpt(a Accel) string {
 // qemuOpt escapes a value inside a QEMU option list (',' doubles).
 func qemuOpt(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
+// rootImageArgs are the kernel arguments of a boot from the root image: the
+// virtio-pmem device's ext4, read-only, mapped by DAX, its /init as init.
+var rootImageArgs = []string{"root=/dev/pmem0", "rootfstype=ext4", "rootflags=dax=always", "ro", "init=/init"}
+
+// rootImageAlign is what a root image's size must be a multiple of (a
+// memory device's alignment).
+const rootImageAlign = 2 << 20
+
 // kernelCmdline adds what the boot needs to the VM's kernel arguments: the
 // console on the first serial port, and a reboot on panic (QEMU runs with
 // -no-reboot, so a guest that panics ends its VM instead of hanging).
@@ -119,6 +127,11 @@ func (q *QEMU) args(cfg VMConfig, a Accel) []string {
 	m := machineFor(a)
 	l := layoutFor(cfg)
 	mem := strconv.FormatUint(uint64(cfg.MemMiB), 10) + "M"
+	memOpt := mem
+	if l.rootImage != 0 {
+		// The root image is a memory device: it needs a slot above RAM.
+		memOpt += ",slots=1,maxmem=" + strconv.FormatUint(uint64(cfg.MemMiB)+uint64(cfg.rootImageSize>>20), 10) + "M"
+	}
 	machineOpt := m.name
 	if len(cfg.Shares) > 0 {
 		machineOpt += ",memory-backend=mem"
@@ -128,7 +141,7 @@ func (q *QEMU) args(cfg VMConfig, a Accel) []string {
 		"-M", machineOpt,
 		"-accel", accelOpt(a),
 		"-cpu", m.cpu,
-		"-m", mem,
+		"-m", memOpt,
 		"-smp", strconv.FormatUint(uint64(cfg.VCPUs), 10),
 		"-nodefaults", "-no-user-config",
 		// seccomp: no obsolete syscalls, no setuid/setgid, no fork/exec,
@@ -146,11 +159,25 @@ func (q *QEMU) args(cfg VMConfig, a Accel) []string {
 	if len(cfg.Shares) > 0 {
 		args = append(args, "-object", "memory-backend-memfd,id=mem,size="+mem+",share=on")
 	}
-	if l.initrd != 0 {
+	kargs := cfg.KernelArgs
+	switch {
+	case l.rootImage != 0:
+		// Private and read-only: QEMU maps the file, the guest cannot
+		// change it, and every VM shares its page cache.
+		args = append(args,
+			"-object", "memory-backend-file,id=rootimg,mem-path="+fdPath(l.rootImage)+",size="+strconv.FormatInt(cfg.rootImageSize, 10)+",share=off,readonly=on",
+			"-device", "virtio-pmem"+m.virtio+",memdev=rootimg,id=rootpmem",
+		)
+		kargs = append(append([]string{}, rootImageArgs...), kargs...)
+	case l.initrd != 0:
 		args = append(args, "-initrd", fdPath(l.initrd))
 	}
-	args = append(args, "-append", kernelCmdline(cfg.KernelArgs))
+	args = append(args, "-append", kernelCmdline(kargs))
 	args = append(args,
+		// Free page reporting: the guest hands the pages it frees (the
+		// initramfs image once unpacked, exited processes) back, and QEMU
+		// discards them from the host; the balloon is never inflated.
+		"-device", "virtio-balloon"+m.virtio+",free-page-reporting=on",
 		"-device", "virtio-serial"+m.virtio,
 		"-chardev", "socket,id=aurae,path="+inDir(AuraeSocketName)+",server=on,wait=off",
 		"-device", "virtserialport,chardev=aurae,name="+AuraePortName,
@@ -233,6 +260,10 @@ func (q *QEMU) Start(ctx context.Context, cfg VMConfig) (*Proc, error) {
 // is left.
 func (q *QEMU) boot(ctx context.Context, bin string, cfg VMConfig, a Accel) (_ *Proc, retErr error) {
 	dir := cfg.Dir
+	if machineFor(a).virtio != "-pci" {
+		// virtio-pmem is a PCI device: microvm boots the initramfs.
+		cfg.RootImage = ""
+	}
 	for _, n := range []string{ControlSocketName, AuraeSocketName, PidFileName, ConsoleLogName} {
 		if err := os.Remove(filepath.Join(dir, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, err
@@ -269,6 +300,16 @@ func (q *QEMU) boot(ctx context.Context, bin string, cfg VMConfig, a Accel) (_ *
 		return nil, err
 	}
 	defer closeAll(files)
+	if l := layoutFor(cfg); l.rootImage != 0 {
+		fi, err := files[l.rootImage-dirFD].Stat()
+		if err != nil {
+			return nil, fmt.Errorf("root image: %w", err)
+		}
+		if fi.Size() <= 0 || fi.Size()%rootImageAlign != 0 {
+			return nil, fmt.Errorf("root image %s: size %d is not a multiple of 2 MiB: %w", cfg.RootImage, fi.Size(), errdefs.ErrFailedPrecondition)
+		}
+		cfg.rootImageSize = fi.Size()
+	}
 	// A detached child in its own session, not tied to ctx: the VM outlives
 	// this call and this process. Its stderr goes to hypervisor.log.
 	cmd := exec.Command(bin, q.args(cfg, a)...)

@@ -20,12 +20,14 @@ import (
 //	             made below /proc/self/fd/3, which needs no search
 //	             permission on the dir's parents)
 //	4            the kernel
-//	5            the initramfs, when there is one
+//	5            the initramfs, when there is one (and no root image), or
+//	             the root image (read-only, mapped by QEMU)
 //	then         one tap device per NIC (made by auraed in the VM's network
 //	             namespace; it goes when QEMU closes it)
 //	then         one file per drive (QEMU's fd set N+1 for drive N)
 type fdLayout struct {
 	kernel, initrd int // initrd 0: none
+	rootImage      int // 0: none
 	taps, drives   []int
 }
 
@@ -34,7 +36,10 @@ const dirFD = 3
 func layoutFor(cfg VMConfig) fdLayout {
 	l := fdLayout{kernel: dirFD + 1}
 	next := l.kernel + 1
-	if cfg.Initrd != "" {
+	switch {
+	case cfg.RootImage != "":
+		l.rootImage, next = next, next+1
+	case cfg.Initrd != "":
 		l.initrd, next = next, next+1
 	}
 	for range cfg.NICs {
@@ -74,7 +79,12 @@ func openFiles(cfg VMConfig) (_ []*os.File, retErr error) {
 	if err := open(cfg.Kernel, unix.O_RDONLY); err != nil {
 		return nil, fmt.Errorf("kernel: %w", err)
 	}
-	if cfg.Initrd != "" {
+	switch {
+	case cfg.RootImage != "":
+		if err := open(cfg.RootImage, unix.O_RDONLY); err != nil {
+			return nil, fmt.Errorf("root image: %w", err)
+		}
+	case cfg.Initrd != "":
 		if err := open(cfg.Initrd, unix.O_RDONLY); err != nil {
 			return nil, fmt.Errorf("initramfs: %w", err)
 		}

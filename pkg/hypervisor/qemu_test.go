@@ -40,6 +40,7 @@ func TestArgsTCG(t *testing.T) {
 		// Everything through inherited files (qemu_files.go): 3 the dir,
 		// 4 the kernel, 5 the initrd, then the drives.
 		"-kernel /proc/self/fd/4", "-initrd /proc/self/fd/5",
+		"-device virtio-balloon-pci,free-page-reporting=on",
 		"-device virtio-serial-pci",
 		"-chardev socket,id=aurae,path=/proc/self/fd/3/aurae.sock,server=on,wait=off",
 		"-device virtserialport,chardev=aurae,name=aurae.0",
@@ -61,11 +62,39 @@ func TestArgsTCG(t *testing.T) {
 	}
 }
 
+// TestArgsRootImage: a root image replaces the initramfs, as a read-only,
+// private virtio-pmem device above the guest's RAM, booted with DAX.
+func TestArgsRootImage(t *testing.T) {
+	cfg := VMConfig{ID: "v", Dir: "/d", Kernel: "/k", Initrd: "/i", RootImage: "/r.img", rootImageSize: 64 << 20,
+		KernelArgs: []string{"quiet"}, MemMiB: 256, VCPUs: 1, Shares: []Share{{Tag: "s", Path: "/s"}}}
+	args := NewQEMU(Options{}).args(cfg, AccelTCG)
+	line := strings.Join(args, " ")
+	for _, want := range []string{
+		"-m 256M,slots=1,maxmem=320M",
+		"-object memory-backend-file,id=rootimg,mem-path=/proc/self/fd/5,size=67108864,share=off,readonly=on",
+		"-device virtio-pmem-pci,memdev=rootimg,id=rootpmem",
+		"-object memory-backend-memfd,id=mem,size=256M,share=on",
+	} {
+		if !strings.Contains(line, want) {
+			t.Errorf("command line lacks %q:\n%s", want, line)
+		}
+	}
+	if strings.Contains(line, "-initrd") {
+		t.Errorf("-initrd beside a root image: %s", line)
+	}
+	if got := argAfter(args, "-append"); len(got) != 1 || got[0] != "root=/dev/pmem0 rootfstype=ext4 rootflags=dax=always ro init=/init quiet console=ttyS0 panic=-1" {
+		t.Errorf("-append = %q", got)
+	}
+	if l := layoutFor(cfg); l.rootImage != 5 || l.initrd != 0 {
+		t.Errorf("layout %+v: want the root image at fd 5 and no initrd", l)
+	}
+}
+
 func TestArgsKVM(t *testing.T) {
 	args := NewQEMU(Options{}).args(VMConfig{ID: "v", Dir: "/d", Kernel: "/k", MemMiB: 64, VCPUs: 1,
 		KernelArgs: []string{"console=hvc0", "panic=5"}, Drives: []Drive{{ID: "root", Path: "/r"}}}, AccelKVM)
 	line := strings.Join(args, " ")
-	for _, want := range []string{"-M microvm", "-accel kvm", "-cpu host", "-device virtio-serial-device", "-device virtio-blk-device,drive=drive-root"} {
+	for _, want := range []string{"-M microvm", "-accel kvm", "-cpu host", "-device virtio-balloon-device,free-page-reporting=on", "-device virtio-serial-device", "-device virtio-blk-device,drive=drive-root"} {
 		if !strings.Contains(line, want) {
 			t.Errorf("command line lacks %q:\n%s", want, line)
 		}

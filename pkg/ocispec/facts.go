@@ -1,6 +1,11 @@
 package ocispec
 
-import specs "github.com/opencontainers/runtime-spec/specs-go"
+import (
+	"strconv"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
 
 // Namespace says where a container's namespace of one type comes from.
 type Namespace struct {
@@ -47,6 +52,10 @@ type PodFacts struct {
 	ResolvConfPath, HostsPath, HostnamePath, ShmPath string
 	// RootfsPath is where the container's prepared rootfs is: root.path.
 	RootfsPath string
+	// OCIVersion is the runtime-spec version the pod's OCI runtime reads
+	// (its auraed says); the spec's ociVersion is the older of it and the
+	// version this package writes (specs.Version). "": specs.Version.
+	OCIVersion string
 	// MountSources maps the host paths of the request's mounts to where the
 	// runtime sees them (a VM guest sees them under its shared dir); nil
 	// means the same paths. A host path missing from a non-nil map is an
@@ -60,4 +69,42 @@ func (f PodFacts) cgroupsPath(id string) string {
 		return ""
 	}
 	return f.CgroupParent + "/" + id
+}
+
+// ociVersion is the spec's ociVersion for a runtime that reads runtime
+// version rt: rt when it is an older X.Y.Z than specs.Version (Debian 12's
+// crun refuses any other than 1.0), else specs.Version.
+func ociVersion(rt string) string {
+	a, okA := semver(rt)
+	b, okB := semver(specs.Version)
+	if !okA || !okB {
+		return specs.Version
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			if a[i] < b[i] {
+				return rt
+			}
+			return specs.Version
+		}
+	}
+	return specs.Version
+}
+
+// semver reads "X.Y.Z" (a "-suffix" after Z is ignored).
+func semver(v string) ([3]int, bool) {
+	var out [3]int
+	v, _, _ = strings.Cut(v, "-")
+	parts := strings.Split(v, ".")
+	if len(parts) != 3 {
+		return out, false
+	}
+	for i, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 {
+			return out, false
+		}
+		out[i] = n
+	}
+	return out, true
 }

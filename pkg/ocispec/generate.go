@@ -116,7 +116,7 @@ func Generate(in Input) (*specs.Spec, error) {
 	}
 
 	s := &specs.Spec{
-		Version: specs.Version,
+		Version: ociVersion(in.Pod.OCIVersion),
 		Root: &specs.Root{
 			Path:     in.Pod.RootfsPath,
 			Readonly: in.RootfsReadonly || sc.GetReadonlyRootfs(),

@@ -155,6 +155,26 @@ func TestGenerateBasics(t *testing.T) {
 	}
 }
 
+// TestGenerateOCIVersion: the spec's ociVersion is the runtime's when that
+// is older (Debian 12's crun reads 1.0 only), else the one written here.
+func TestGenerateOCIVersion(t *testing.T) {
+	for _, tc := range []struct{ runtime, want string }{
+		{"", specs.Version},
+		{"1.0.0", "1.0.0"},
+		{"1.0.2-dev", "1.0.2-dev"},
+		{"99.0.0", specs.Version},
+		{specs.Version, specs.Version},
+		{"1.0", specs.Version},
+		{"x.y.z", specs.Version},
+	} {
+		in := testInput()
+		in.Pod.OCIVersion = tc.runtime
+		if got := mustGenerate(t, in).Version; got != tc.want {
+			t.Errorf("runtime reads %q: ociVersion %q, want %q", tc.runtime, got, tc.want)
+		}
+	}
+}
+
 func TestGenerateWithoutSandboxConfig(t *testing.T) {
 	in := testInput()
 	in.Sandbox = nil

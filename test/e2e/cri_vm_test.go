@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -325,8 +326,17 @@ func TestCRIVMPodQEMUKilled(t *testing.T) {
 		t.Fatalf("qemu of the vm pod: pids %v", pids)
 	}
 	argv, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pids[0]))
-	if !bytes.Contains(argv, []byte("\x00-m\x00320M\x00")) || !bytes.Contains(argv, []byte("\x00-smp\x002\x00")) {
+	// -m 320M, or 320M of RAM plus a slot for the root image's pmem device
+	// (-m 320M,slots=1,maxmem=…).
+	if !regexp.MustCompile("\x00-m\x00320M(\x00|,slots=1,maxmem=)").Match(argv) || !bytes.Contains(argv, []byte("\x00-smp\x002\x00")) {
 		t.Errorf("qemu not sized by the pod's resources: %q", bytes.ReplaceAll(argv, []byte{0}, []byte{' '}))
+	}
+	// With a root image beside the kernel, the guest boots from it (DAX,
+	// shared page cache) and gets no initramfs.
+	if _, err := os.Stat(filepath.Join(vmImageDir, "rootfs.img")); err == nil {
+		if !bytes.Contains(argv, []byte("\x00virtio-pmem-pci,memdev=rootimg,id=rootpmem\x00")) || bytes.Contains(argv, []byte("\x00-initrd\x00")) {
+			t.Errorf("rootfs.img beside the kernel, but qemu does not boot from it: %q", bytes.ReplaceAll(argv, []byte{0}, []byte{' '}))
+		}
 	}
 	if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
 		t.Fatal(err)

@@ -699,8 +699,12 @@ type AllocateResponse struct {
 	OomScoreAdjMin int32 `protobuf:"varint,11,opt,name=oom_score_adj_min,json=oomScoreAdjMin,proto3" json:"oom_score_adj_min,omitempty"`
 	// The pod's pinned user namespace, when Pod.user_namespace is set.
 	UserNamespacePath string `protobuf:"bytes,12,opt,name=user_namespace_path,json=userNamespacePath,proto3" json:"user_namespace_path,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The runtime-spec version auraed's OCI runtime reads (the "spec:" line
+	// of its --version, e.g. "1.0.0" for Debian 12's crun); empty when it
+	// does not say. A client writes a spec's ociVersion no newer than it.
+	OciVersion    string `protobuf:"bytes,13,opt,name=oci_version,json=ociVersion,proto3" json:"oci_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AllocateResponse) Reset() {
@@ -813,6 +817,13 @@ func (x *AllocateResponse) GetOomScoreAdjMin() int32 {
 func (x *AllocateResponse) GetUserNamespacePath() string {
 	if x != nil {
 		return x.UserNamespacePath
+	}
+	return ""
+}
+
+func (x *AllocateResponse) GetOciVersion() string {
+	if x != nil {
+		return x.OciVersion
 	}
 	return ""
 }
@@ -3828,7 +3839,7 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\tcpu_quota\x18\x02 \x01(\x03R\bcpuQuota\x12,\n" +
 	"\x12memory_limit_bytes\x18\x03 \x01(\x03R\x10memoryLimitBytes\">\n" +
 	"\x0fAllocateRequest\x12+\n" +
-	"\x03pod\x18\x01 \x01(\v2\x19.aurae.runtime.pod.v0.PodR\x03pod\"\xf0\x03\n" +
+	"\x03pod\x18\x01 \x01(\v2\x19.aurae.runtime.pod.v0.PodR\x03pod\"\x91\x04\n" +
 	"\x10AllocateResponse\x12\x15\n" +
 	"\x06pod_id\x18\x01 \x01(\tR\x05podId\x12\x1f\n" +
 	"\vcgroup_path\x18\x02 \x01(\tR\n" +
@@ -3844,7 +3855,9 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\tcgroup_v2\x18\n" +
 	" \x01(\bR\bcgroupV2\x12)\n" +
 	"\x11oom_score_adj_min\x18\v \x01(\x05R\x0eoomScoreAdjMin\x12.\n" +
-	"\x13user_namespace_path\x18\f \x01(\tR\x11userNamespacePath\"\x8f\x02\n" +
+	"\x13user_namespace_path\x18\f \x01(\tR\x11userNamespacePath\x12\x1f\n" +
+	"\voci_version\x18\r \x01(\tR\n" +
+	"ociVersion\"\x8f\x02\n" +
 	"\tContainer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\boci_spec\x18\x02 \x01(\fR\aociSpec\x12\x1f\n" +

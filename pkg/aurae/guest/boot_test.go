@@ -30,7 +30,7 @@ import (
 // may hang early, rarely).
 const bootTimeout = 60 * time.Second
 
-// guestMemory is the guest's RAM (MiB): enough for auraed, runc and a
+// guestMemory is the guest's RAM (MiB): enough for auraed, crun and a
 // container, or AURAE_VM_TEST_MEMORY.
 func guestMemory() string {
 	if m := os.Getenv("AURAE_VM_TEST_MEMORY"); m != "" {
@@ -286,11 +286,12 @@ func TestBootUnderQEMU(t *testing.T) {
 		t.Errorf("cgroup v2 limits in the guest: %q, want %q", got, want)
 	}
 
-	// runc can pivot_root into a container: the guest's root is not rootfs.
-	if out := run(ctx, t, c, "runc", "sh -c '"+runcScript+"'"); !strings.HasSuffix(out, release) {
-		t.Errorf("uname -r in a runc container in the guest: %q, want %q", out, release)
+	// The guest's OCI runtime (crun) can pivot_root into a container: the
+	// guest's root is not rootfs.
+	if out := run(ctx, t, c, "crun", "sh -c '"+crunScript+"'"); !strings.HasSuffix(out, release) {
+		t.Errorf("uname -r in a crun container in the guest: %q, want %q", out, release)
 	}
-	t.Logf("QEMU RSS after boot, four cells and a runc container: %d MiB (guest -m %s)", v.rssKiB()/1024, guestMemory())
+	t.Logf("QEMU RSS after boot, four cells and a crun container: %d MiB (guest -m %s)", v.rssKiB()/1024, guestMemory())
 
 	// The host disconnects and reconnects: the guest re-opens the port.
 	_ = c.Close()
@@ -367,11 +368,11 @@ func TestRestartAndPowerOffBySIGTERM(t *testing.T) {
 	}
 }
 
-// runcScript runs uname -r in a busybox container with runc's default spec.
-const runcScript = `set -e; b=/run/bundle; mkdir -p $b/rootfs/bin $b/rootfs/proc $b/rootfs/dev $b/rootfs/sys;
-cp /bin/busybox $b/rootfs/bin/; ln -s busybox $b/rootfs/bin/uname; cd $b; runc spec;
+// crunScript runs uname -r in a busybox container with crun's default spec.
+const crunScript = `set -e; b=/run/bundle; mkdir -p $b/rootfs/bin $b/rootfs/proc $b/rootfs/dev $b/rootfs/sys;
+cp /bin/busybox $b/rootfs/bin/; ln -s busybox $b/rootfs/bin/uname; cd $b; crun spec;
 sed -i -e "s/\"terminal\": true/\"terminal\": false/" -e "s/\"sh\"/\"uname\", \"-r\"/" config.json;
-runc run --bundle $b t1 2>&1`
+crun run --bundle $b t1 2>&1`
 
 // qmp runs one QMP command without arguments.
 func qmp(path, command string) error {

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path"
 	"strconv"
 	"strings"
 )
@@ -42,6 +43,14 @@ type Config struct {
 	VsockPort uint32
 	// LogLevel: aurae.log_level= (default info).
 	LogLevel slog.Level
+	// VirtioFS are the virtio-fs shares the init mounts before the serving
+	// auraed starts: aurae.virtiofs=<tag>:<absolute path>, repeatable.
+	VirtioFS []VirtioFSMount
+}
+
+// VirtioFSMount is a virtio-fs share (its tag) and where the guest mounts it.
+type VirtioFSMount struct {
+	Tag, Path string
 }
 
 // ReadConfig parses /proc/cmdline (or, before /proc is mounted or outside a
@@ -84,6 +93,11 @@ func ParseCmdline(cmdline string) Config {
 			if n, err := strconv.ParseUint(v, 10, 32); err == nil {
 				c.VsockPort = uint32(n)
 			}
+		case "aurae.virtiofs":
+			tag, dir, ok := strings.Cut(v, ":")
+			if ok && tag != "" && !strings.ContainsAny(tag, "/:") && path.IsAbs(dir) && path.Clean(dir) == dir && dir != "/" {
+				c.VirtioFS = append(c.VirtioFS, VirtioFSMount{Tag: tag, Path: dir})
+			}
 		case "aurae.log_level":
 			var l slog.Level
 			if l.UnmarshalText([]byte(v)) == nil {
@@ -95,6 +109,6 @@ func ParseCmdline(cmdline string) Config {
 }
 
 func (c Config) String() string {
-	return fmt.Sprintf("hostname=%s transport=%s port=%s vsock_port=%d log_level=%s",
-		c.Hostname, c.Transport, c.Port, c.VsockPort, c.LogLevel)
+	return fmt.Sprintf("hostname=%s transport=%s port=%s vsock_port=%d log_level=%s virtiofs=%v",
+		c.Hostname, c.Transport, c.Port, c.VsockPort, c.LogLevel, c.VirtioFS)
 }

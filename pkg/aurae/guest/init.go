@@ -60,6 +60,17 @@ func RunInit() {
 		log.Warn("kernel command line", "error", err)
 	}
 	log = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("component", "guest-init")
+	for _, m := range cfg.VirtioFS {
+		// Before the serving auraed starts, so that the host finds the
+		// share mounted once the guest answers (a shell in a cell to mount
+		// it cost a start of this binary under TCG).
+		start := time.Now()
+		if err := MountVirtioFS(m); err != nil {
+			log.Error("mount virtio-fs share", "tag", m.Tag, "path", m.Path, "error", err)
+			continue
+		}
+		log.Debug("virtio-fs share mounted", "tag", m.Tag, "path", m.Path, "took", time.Since(start).String())
+	}
 	if pid1 {
 		// Under --guest the hostname and lo belong to whoever is PID 1.
 		if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {

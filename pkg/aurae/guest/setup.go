@@ -33,11 +33,24 @@ var guestMounts = []mount{
 	{"cgroup2", "/sys/fs/cgroup", "cgroup2", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "nsdelegate", 0o555},
 }
 
+// writableMounts are mounted where the root is read-only (a boot from the
+// root image, hypervisor.VMConfig.RootImage): what auraed and the pods
+// write outside /run and /tmp.
+var writableMounts = []mount{
+	{"tmpfs", "/var/lib/aurae", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0700", 0o700},
+	{"tmpfs", "/root", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0700", 0o700},
+}
+
 // Setup mounts the guest's file systems (those already mounted are left
 // alone) and makes the /dev links that udev would.
 func Setup() error {
 	var errs []error
-	for _, m := range guestMounts {
+	mounts := guestMounts
+	var st unix.Statfs_t
+	if err := unix.Statfs("/", &st); err == nil && st.Flags&unix.ST_RDONLY != 0 {
+		mounts = append(append([]mount{}, guestMounts...), writableMounts...)
+	}
+	for _, m := range mounts {
 		if err := os.MkdirAll(m.target, m.mode); err != nil {
 			errs = append(errs, err)
 			continue
@@ -66,6 +79,21 @@ func Setup() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// MountVirtioFS mounts a virtio-fs share at its path (made if missing),
+// unless something is mounted there already.
+func MountVirtioFS(m VirtioFSMount) error {
+	if err := os.MkdirAll(m.Path, 0o755); err != nil {
+		return err
+	}
+	if isMountPoint(m.Path) {
+		return nil
+	}
+	if err := unix.Mount(m.Tag, m.Path, "virtiofs", 0, ""); err != nil {
+		return fmt.Errorf("mount virtiofs %s on %s: %w", m.Tag, m.Path, err)
+	}
+	return nil
 }
 
 // isMountPoint says whether path is on another device than its parent

@@ -58,6 +58,7 @@ func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.All
 		HostsPath:      filepath.Join(dir, "hosts"),
 		CgroupV2:       cgroup.Unified(),
 		OomScoreAdjMin: s.oomFloor,
+		OciVersion:     s.specVersion,
 	}
 	p.paths = paths
 	if _, err := os.Stat(dir); err == nil {

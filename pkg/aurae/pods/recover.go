@@ -35,6 +35,7 @@ func (s *Service) recover(ctx context.Context) error {
 			continue
 		}
 		paths.OomScoreAdjMin = s.oomFloor // auraed's own now, which containers started from here on get
+		paths.OciVersion = s.specVersion  // the runtime's now, likewise
 		p := &pod{spec: spec, paths: paths, createdAt: r.CreatedAt, holder: r.Holder}
 		if r.Allocating || !cgroup.Exists(paths.GetCgroupPath()) {
 			// An Allocate cut short, or a pod whose cgroup went (after a

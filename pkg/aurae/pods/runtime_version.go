@@ -111,6 +111,27 @@ type RuntimeCheck struct {
 	Path    string
 	Version RuntimeVersion
 	Raw     string // first line of --version
+	// Spec is the runtime-spec version the runtime reads (its "spec:"
+	// line: "1.3.0" for runc 1.4, "1.0.0" for Debian 12's crun 1.8.1);
+	// "" when it does not say.
+	Spec string
+}
+
+// ParseRuntimeSpecVersion is the runtime-spec version of the "spec: X.Y.Z"
+// line of `<runtime> --version` ("" when there is none or it is not a
+// version).
+func ParseRuntimeSpecVersion(out string) string {
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) != 2 || f[0] != "spec:" {
+			continue
+		}
+		if _, err := parseSemver(f[1]); err != nil {
+			return ""
+		}
+		return f[1]
+	}
+	return ""
 }
 
 // CheckRuntime runs `<path> --version` and refuses a runtime older than
@@ -128,6 +149,7 @@ func CheckRuntime(ctx context.Context, path string, allowOld bool) (RuntimeCheck
 	}
 	v, perr := ParseRuntimeVersion(string(out))
 	rc.Version = v
+	rc.Spec = ParseRuntimeSpecVersion(string(out))
 	switch {
 	case allowOld:
 		return rc, nil
@@ -141,17 +163,18 @@ func CheckRuntime(ctx context.Context, path string, allowOld bool) (RuntimeCheck
 	return rc, nil
 }
 
-// checkRuntime checks the runtime and logs what it found in one line.
-func checkRuntime(ctx context.Context, log *slog.Logger, path string, allowOld bool) error {
+// checkRuntime checks the runtime and logs what it found in one line; it
+// answers the runtime-spec version the runtime reads.
+func checkRuntime(ctx context.Context, log *slog.Logger, path string, allowOld bool) (spec string, _ error) {
 	rc, err := CheckRuntime(ctx, path, allowOld)
 	if err != nil {
-		return err
+		return "", err
 	}
-	attrs := []any{"path", rc.Path, "name", rc.Version.Name, "version", rc.Version.String(), "min_version", MinRuntimeVersion.String()}
+	attrs := []any{"path", rc.Path, "name", rc.Version.Name, "version", rc.Version.String(), "spec", rc.Spec, "min_version", MinRuntimeVersion.String()}
 	if rc.Version.Less(MinRuntimeVersion) {
 		log.WarnContext(ctx, "OCI runtime older than supported, allowed by --allow-old-oci-runtime", append(attrs, "version_line", rc.Raw)...)
-		return nil
+		return rc.Spec, nil
 	}
 	log.InfoContext(ctx, "OCI runtime", attrs...)
-	return nil
+	return rc.Spec, nil
 }

@@ -39,6 +39,20 @@ func TestParseRuntimeVersion(t *testing.T) {
 	}
 }
 
+func TestParseRuntimeSpecVersion(t *testing.T) {
+	for out, want := range map[string]string{
+		"runc version 1.4.4\ncommit: v1.4.4\nspec: 1.3.0\ngo: go1.26.8\n":                           "1.3.0",
+		"crun version 1.8.1\ncommit: f8a096be\nrundir: /run/crun\nspec: 1.0.0\n+SYSTEMD +SECCOMP\n": "1.0.0",
+		"runc version 1.1.5+ds1\ncommit: 1.1.5+ds1-1+deb12u1\nspec: 1.0.2-dev\n":                    "1.0.2-dev",
+		"runc version 1.4.4\n":                  "",
+		"runc version 1.4.4\nspec: something\n": "",
+	} {
+		if got := pods.ParseRuntimeSpecVersion(out); got != want {
+			t.Errorf("%q: %q, want %q", out, got, want)
+		}
+	}
+}
+
 func TestRuntimeVersionLess(t *testing.T) {
 	v := func(s string) pods.RuntimeVersion {
 		t.Helper()

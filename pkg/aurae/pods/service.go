@@ -89,6 +89,8 @@ type Service struct {
 
 	// oomFloor is auraed's own oom_score_adj: no container's may be lower.
 	oomFloor int32
+	// specVersion is the runtime-spec version the OCI runtime reads.
+	specVersion string
 
 	mu   sync.RWMutex
 	pods map[string]*pod
@@ -135,7 +137,8 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 	if cm, err = filepath.Abs(cm); err != nil {
 		return nil, err
 	}
-	if err := checkRuntime(ctx, cfg.Logger, rt, cfg.AllowOldRuntime); err != nil {
+	specVersion, err := checkRuntime(ctx, cfg.Logger, rt, cfg.AllowOldRuntime)
+	if err != nil {
 		return nil, fmt.Errorf("pods: %w", err)
 	}
 	for _, d := range []string{"pods", "containers", "exits", "attach", "runc"} {
@@ -158,7 +161,7 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 		_ = st.close()
 		return nil, fmt.Errorf("pods: own oom_score_adj: %w", err)
 	}
-	s := &Service{cfg: cfg, log: cfg.Logger, store: st, runtime: rt, conmon: cm, closing: closing, closedCh: make(chan struct{}), oomFloor: int32(floor), pods: map[string]*pod{}, ctrs: map[string]*container{}}
+	s := &Service{cfg: cfg, log: cfg.Logger, store: st, runtime: rt, conmon: cm, closing: closing, closedCh: make(chan struct{}), oomFloor: int32(floor), specVersion: specVersion, pods: map[string]*pod{}, ctrs: map[string]*container{}}
 	if err := s.recover(ctx); err != nil {
 		_ = s.Close()
 		return nil, fmt.Errorf("recover pods: %w", err)

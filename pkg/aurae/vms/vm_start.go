@@ -18,6 +18,12 @@ import (
 // initramfsName is the guest initramfs looked for beside a VM's kernel.
 const initramfsName = "initramfs.cpio.gz"
 
+// rootImageName is the guest's root image (the initramfs' tree as a
+// read-only ext4, hack/vm-image/build.sh) looked for beside a VM's kernel:
+// where the hypervisor can, the guest boots from it instead of the
+// initramfs (see hypervisor.VMConfig.RootImage).
+const rootImageName = "rootfs.img"
+
 // start boots a created or stopped VM and returns where its guest auraed
 // answers. Starting a running VM returns its address.
 func (s *Service) start(ctx context.Context, id string) (string, error) {
@@ -93,6 +99,13 @@ func (s *Service) bootConfig(v *vm) (hypervisor.VMConfig, error) {
 		}
 	} else if !fileExists(cfg.Initrd) {
 		return cfg, fmt.Errorf("initramfs %s does not exist: %w", cfg.Initrd, errdefs.ErrFailedPrecondition)
+	}
+	// The root image of the same build: only beside the initramfs of the
+	// kernel's dir (an initramfs from elsewhere is not its tree).
+	if dir := filepath.Dir(cfg.Kernel); filepath.Clean(cfg.Initrd) == filepath.Join(dir, initramfsName) {
+		if p := filepath.Join(dir, rootImageName); fileExists(p) {
+			cfg.RootImage = p
+		}
 	}
 	if rd := m.GetRootDrive(); rd != nil {
 		if err := validFile("root_drive.host_path", rd.GetHostPath()); err != nil {

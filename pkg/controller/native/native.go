@@ -233,6 +233,7 @@ func Facts(pod *podsv0.Pod, paths *podsv0.AllocateResponse) ocispec.PodFacts {
 		ResolvConfPath: paths.GetResolvConfPath(),
 		HostsPath:      paths.GetHostsPath(),
 		HostnamePath:   paths.GetHostnamePath(),
+		OCIVersion:     paths.GetOciVersion(),
 	}
 	if u := pod.GetUserNamespace(); u != nil {
 		f.UserNamespace = paths.GetUserNamespacePath()

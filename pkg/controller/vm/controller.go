@@ -290,11 +290,12 @@ func (c *Controller) CreatePod(ctx context.Context, spec controller.PodSpec) (_ 
 	c.mu.Unlock()
 
 	if _, err := c.vms.Create(ctx, &vmsv0.VmServiceCreateRequest{Machine: &vmsv0.VirtualMachine{
-		Id:                   rec.VMID,
-		VcpuCount:            vcpus,
-		MemSizeMb:            mem,
-		KernelImgPath:        c.cfg.Kernel,
-		KernelArgs:           []string{"quiet"},
+		Id:            rec.VMID,
+		VcpuCount:     vcpus,
+		MemSizeMb:     mem,
+		KernelImgPath: c.cfg.Kernel,
+		// The guest's init mounts the share before its auraed answers.
+		KernelArgs:           []string{"quiet", "aurae.virtiofs=" + shareTag + ":" + guestShared},
 		NetworkNamespacePath: hostPod.NetNSPath,
 		CgroupPath:           hostPod.CgroupPath,
 		NetworkInterfaces:    []*vmsv0.NetworkInterface{{TapName: tapName}},
@@ -313,9 +314,6 @@ func (c *Controller) CreatePod(ctx context.Context, spec controller.PodSpec) (_ 
 	}
 	c.setGuest(p, g)
 	tDial := time.Now()
-	if err := g.run(ctx, "mount-shared", "mkdir -p "+guestShared+" && mount -t virtiofs "+shareTag+" "+guestShared); err != nil {
-		return controller.Pod{}, fmt.Errorf("mount the shared dir in the guest: %w", err)
-	}
 	if _, err := g.pods.CreatePod(ctx, rec.Pod); err != nil {
 		return controller.Pod{}, fmt.Errorf("guest pod: %w", err)
 	}
