@@ -63,9 +63,7 @@ func TestWatchReconnects(t *testing.T) {
 		}
 	}
 	check()
-	if s := conn.GetState(); s != connectivity.Ready {
-		t.Fatalf("state after a call: %v", s)
-	}
+	waitReady(t, conn)
 	var n atomic.Int32
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
@@ -83,5 +81,19 @@ func TestWatchReconnects(t *testing.T) {
 	}
 	if got := n.Load(); got != 1 {
 		t.Errorf("%d reconnects counted, want 1", got)
+	}
+}
+
+// waitReady waits (a minute at most) for conn to be READY: a connection
+// that served a call can still flap under load before it settles.
+func waitReady(t *testing.T, conn *grpc.ClientConn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	for s := conn.GetState(); s != connectivity.Ready; s = conn.GetState() {
+		conn.Connect()
+		if !conn.WaitForStateChange(ctx, s) {
+			t.Fatalf("state after a call: %v, never READY", s)
+		}
 	}
 }
