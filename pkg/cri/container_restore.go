@@ -107,22 +107,12 @@ func extractCheckpoint(ctx context.Context, r io.Reader, dir string) error {
 	tr := tar.NewReader(r)
 	var total int64
 	for n := 0; ; n++ {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		hdr, err := tr.Next()
+		hdr, name, err := nextEntry(ctx, tr, n)
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("not a valid tar: %s: %w", err.Error(), errInvalid)
-		}
-		if n >= maxCheckpointEntries {
-			return fmt.Errorf("more than %d entries: %w", maxCheckpointEntries, errInvalid)
-		}
-		name := strings.TrimSuffix(hdr.Name, "/")
-		if !filepath.IsLocal(name) || filepath.Clean(name) != name {
-			return fmt.Errorf("entry %q is not a local path: %w", hdr.Name, errInvalid)
+			return err
 		}
 		switch hdr.Typeflag {
 		case tar.TypeDir:
@@ -193,22 +183,12 @@ func applyRootfsDiff(ctx context.Context, rootfs, ckpt string) error {
 func applyDiffTar(ctx context.Context, root *os.Root, r io.Reader) error {
 	tr := tar.NewReader(r)
 	for n := 0; ; n++ {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		hdr, err := tr.Next()
+		hdr, name, err := nextEntry(ctx, tr, n)
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("not a valid tar: %s: %w", err.Error(), errInvalid)
-		}
-		if n >= maxCheckpointEntries {
-			return fmt.Errorf("more than %d entries: %w", maxCheckpointEntries, errInvalid)
-		}
-		name := strings.TrimSuffix(hdr.Name, "/")
-		if !filepath.IsLocal(name) || filepath.Clean(name) != name {
-			return fmt.Errorf("entry %q is not a local path: %w", hdr.Name, errInvalid)
+			return err
 		}
 		mode := fs.FileMode(hdr.Mode) & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
 		switch hdr.Typeflag {
@@ -252,4 +232,29 @@ func applyDiffTar(ctx context.Context, root *os.Root, r io.Reader) error {
 			return fmt.Errorf("entry %q: %w", hdr.Name, err)
 		}
 	}
+}
+
+// nextEntry reads the n-th entry of a checkpoint's tar (hostile input):
+// io.EOF at its end; InvalidArgument for a broken tar, too many entries or
+// a name that is not a clean local path, which it answers without its
+// trailing slash.
+func nextEntry(ctx context.Context, tr *tar.Reader, n int) (*tar.Header, string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, "", err
+	}
+	hdr, err := tr.Next()
+	if errors.Is(err, io.EOF) {
+		return nil, "", io.EOF
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("not a valid tar: %s: %w", err.Error(), errInvalid)
+	}
+	if n >= maxCheckpointEntries {
+		return nil, "", fmt.Errorf("more than %d entries: %w", maxCheckpointEntries, errInvalid)
+	}
+	name := strings.TrimSuffix(hdr.Name, "/")
+	if !filepath.IsLocal(name) || filepath.Clean(name) != name {
+		return nil, "", fmt.Errorf("entry %q is not a local path: %w", hdr.Name, errInvalid)
+	}
+	return hdr, name, nil
 }
