@@ -22,6 +22,11 @@ type NRI interface {
 	RunPodSandbox(ctx context.Context, sb sandbox.Sandbox) error
 	StopPodSandbox(ctx context.Context, sb sandbox.Sandbox) error
 	RemovePodSandbox(ctx context.Context, sb sandbox.Sandbox)
+	// UpdatePodSandbox tells plugins of a pod-level resize about to be
+	// applied (overhead and resources nil when the request has none); an
+	// error refuses it. PostUpdatePodSandbox follows a resize applied.
+	UpdatePodSandbox(ctx context.Context, sb sandbox.Sandbox, overhead, resources *runtimeapi.LinuxContainerResources) error
+	PostUpdatePodSandbox(ctx context.Context, sb sandbox.Sandbox)
 	// CreateContainer answers the plugins' checked adjustment of a
 	// container whose spec from the request is spec (nil: none); oomMin
 	// is the pod's lowest oom_score_adj.
@@ -44,10 +49,14 @@ const nriCallTimeout = time.Minute
 // noNRI is NRI disabled.
 type noNRI struct{}
 
-func (noNRI) BlockSync() func()                                                       { return func() {} }
-func (noNRI) RunPodSandbox(context.Context, sandbox.Sandbox) error                    { return nil }
-func (noNRI) StopPodSandbox(context.Context, sandbox.Sandbox) error                   { return nil }
-func (noNRI) RemovePodSandbox(context.Context, sandbox.Sandbox)                       {}
+func (noNRI) BlockSync() func()                                     { return func() {} }
+func (noNRI) RunPodSandbox(context.Context, sandbox.Sandbox) error  { return nil }
+func (noNRI) StopPodSandbox(context.Context, sandbox.Sandbox) error { return nil }
+func (noNRI) RemovePodSandbox(context.Context, sandbox.Sandbox)     {}
+func (noNRI) UpdatePodSandbox(context.Context, sandbox.Sandbox, *runtimeapi.LinuxContainerResources, *runtimeapi.LinuxContainerResources) error {
+	return nil
+}
+func (noNRI) PostUpdatePodSandbox(context.Context, sandbox.Sandbox)                   {}
 func (noNRI) PostCreateContainer(context.Context, sandbox.Sandbox, sandbox.Container) {}
 func (noNRI) StartContainer(context.Context, sandbox.Sandbox, sandbox.Container) error {
 	return nil

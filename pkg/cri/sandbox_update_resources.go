@@ -52,6 +52,13 @@ func (r *Runtime) UpdatePodSandboxResources(ctx context.Context, req *runtimeapi
 		return nil, err
 	}
 	log := r.log.With("pod", sb.ID)
+	// Plugins hear of the resize before anything changes: one may refuse it.
+	nriCtx, nriCancel := bounded(ctx, nriCallTimeout)
+	err = r.nri.UpdatePodSandbox(nriCtx, sb, req.GetOverhead(), req.GetResources())
+	nriCancel()
+	if err != nil {
+		return nil, fmt.Errorf("update resources of pod %s: %w", sb.ID, err)
+	}
 	intent := sandbox.Intent{Kind: sandbox.IntentResize, ID: sb.ID, Name: sb.Name, RuntimeHandler: sb.RuntimeHandler, CreatedAt: time.Now(),
 		Config: &runtimeapi.PodSandboxConfig{Linux: &runtimeapi.LinuxPodSandboxConfig{Overhead: req.GetOverhead(), Resources: req.GetResources()}}}
 	if err := r.store.PutIntent(intent); err != nil {
@@ -65,9 +72,13 @@ func (r *Runtime) UpdatePodSandboxResources(ctx context.Context, req *runtimeapi
 		return nil, fmt.Errorf("update resources of pod %s: %w", sb.ID, err)
 	}
 	r.fault(FaultPodResized)
-	if _, err := r.store.CommitResize(sb.ID, req.GetOverhead(), req.GetResources()); err != nil {
+	resized, err := r.store.CommitResize(sb.ID, req.GetOverhead(), req.GetResources())
+	if err != nil {
 		return nil, err
 	}
+	nriCtx, nriCancel = bounded(ctx, nriCallTimeout)
+	r.nri.PostUpdatePodSandbox(nriCtx, resized)
+	nriCancel()
 	log.Info("pod sandbox resources updated", "runtime_handler", sb.RuntimeHandler,
 		"cpu_shares", res.Resources.CPUShares, "cpu_quota", res.Resources.CPUQuota, "cpu_period", res.Resources.CPUPeriod,
 		"memory_limit", res.Resources.MemoryLimitBytes, "overhead_memory", res.Overhead.MemoryLimitBytes)

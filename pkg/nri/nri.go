@@ -23,6 +23,8 @@ import (
 	"github.com/containerd/nri/pkg/adaptation/builtin"
 	api "github.com/containerd/nri/pkg/api"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/aurae-runtime/aurae-cri/pkg/ocispec"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
@@ -179,6 +181,32 @@ func (n *NRI) RunPodSandbox(ctx context.Context, sb sandbox.Sandbox) error {
 		return fmt.Errorf("NRI RunPodSandbox: %w", err)
 	}
 	return nil
+}
+
+// UpdatePodSandbox tells plugins of a pod about to be resized in place to
+// the pod-level resources and overhead given (nil: none); an error refuses
+// the resize.
+func (n *NRI) UpdatePodSandbox(ctx context.Context, sb sandbox.Sandbox, overhead, resources *runtimeapi.LinuxContainerResources) error {
+	req := &api.UpdatePodSandboxRequest{Pod: podOf(sb)}
+	if overhead != nil {
+		req.OverheadLinuxResources = criResources(overhead)
+	}
+	if resources != nil {
+		req.LinuxResources = criResources(resources)
+	}
+	if _, err := n.adapt.UpdatePodSandbox(ctx, req); err != nil {
+		// The plugin's answer is a ttrpc status: its message, not its
+		// code, is what the kubelet is told.
+		return fmt.Errorf("an NRI plugin refused the resize: %s: %w", status.Convert(err).Message(), errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+// PostUpdatePodSandbox tells plugins of a pod resized in place.
+func (n *NRI) PostUpdatePodSandbox(ctx context.Context, sb sandbox.Sandbox) {
+	if err := n.adapt.PostUpdatePodSandbox(ctx, &api.PostUpdatePodSandboxRequest{Pod: podOf(sb)}); err != nil {
+		n.log.Warn("NRI PostUpdatePodSandbox", "pod", sb.ID, "error", err)
+	}
 }
 
 // StopPodSandbox tells plugins of a pod whose containers are stopped.

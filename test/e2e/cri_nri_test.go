@@ -115,6 +115,11 @@ func TestCRINRI(t *testing.T) {
 	if err := c.Runtime.UpdateContainerResources(ctx, id, &runtimeapi.ContainerResources{Linux: &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 256 << 20}}); err != nil {
 		t.Fatal(err)
 	}
+	// An in-place pod resize: plugins hear of it before and after.
+	if _, err := c.Runtime.UpdatePodSandboxResources(ctx, &runtimeapi.UpdatePodSandboxResourcesRequest{PodSandboxId: podID,
+		Resources: &runtimeapi.LinuxContainerResources{CpuShares: 512, MemoryLimitInBytes: 384 << 20}}); err != nil {
+		t.Fatal(err)
+	}
 	if err := c.Runtime.StopContainer(ctx, id, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +136,8 @@ func TestCRINRI(t *testing.T) {
 	defer cancel()
 	for _, ev := range []struct{ typ, id string }{
 		{"RunPodSandbox", podID}, {"CreateContainer", id}, {"PostCreateContainer", id}, {"StartContainer", id},
-		{"PostStartContainer", id}, {"UpdateContainer", id}, {"PostUpdateContainer", id}, {"StopContainer", id},
+		{"PostStartContainer", id}, {"UpdateContainer", id}, {"PostUpdateContainer", id},
+		{"UpdatePodSandbox", podID}, {"PostUpdatePodSandbox", podID}, {"StopContainer", id},
 		{"RemoveContainer", id}, {"StopPodSandbox", podID}, {"RemovePodSandbox", podID},
 	} {
 		e, err := p.WaitEvent(wctx, ev.typ, ev.id)
@@ -142,7 +148,29 @@ func TestCRINRI(t *testing.T) {
 		if e.ContainerID != "" && e.Name != "nri-ctr" {
 			t.Errorf("%s: container name %q, want nri-ctr", ev.typ, e.Name)
 		}
+		if ev.typ == "UpdatePodSandbox" && e.MemoryLimit != 384<<20 {
+			t.Errorf("UpdatePodSandbox carried a memory limit of %d, want %d", e.MemoryLimit, 384<<20)
+		}
 	}
+
+	t.Run("resize refused", func(t *testing.T) {
+		refuse := &nriplugin.Plugin{RefuseResize: true}
+		startNRIPlugin(t, c, sock, "refuse", refuse)
+		defer refuse.Stop()
+		_, err := c.Runtime.UpdatePodSandboxResources(ctx, &runtimeapi.UpdatePodSandboxResourcesRequest{PodSandboxId: earlyID,
+			Resources: &runtimeapi.LinuxContainerResources{CpuShares: 512, MemoryLimitInBytes: 384 << 20}})
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "refuses every resize") {
+			t.Fatalf("a resize a plugin refuses: %v, want FailedPrecondition with the plugin's reason", err)
+		}
+		if got := podResourcesReported(t, c, earlyID); got != nil {
+			t.Errorf("the refused resize was recorded in the pod's status: %v", got)
+		}
+		for _, e := range refuse.Events() {
+			if e.Type == "PostUpdatePodSandbox" {
+				t.Error("plugins were told of a resize that was refused")
+			}
+		}
+	})
 
 	t.Run("refused", func(t *testing.T) {
 		bad := &nriplugin.Plugin{Adjust: func(a *api.ContainerAdjustment) {

@@ -22,6 +22,9 @@ type Event struct {
 	ContainerID string
 	// Name is the container's (CRI metadata) name, or the pod's.
 	Name string
+	// MemoryLimit is the pod-level memory limit an UpdatePodSandbox event
+	// carried (0: none).
+	MemoryLimit int64
 }
 
 // Plugin records events and adjusts containers; set its fields before
@@ -36,6 +39,9 @@ type Plugin struct {
 	// (its context ends); Hung is closed then.
 	HangRunPodSandbox bool
 	Hung              chan struct{}
+	// RefuseResize makes UpdatePodSandbox fail: the runtime must refuse
+	// the pod's resize.
+	RefuseResize bool
 
 	mu       sync.Mutex
 	events   []Event
@@ -146,6 +152,22 @@ func (p *Plugin) RunPodSandbox(ctx context.Context, pod *api.PodSandbox) error {
 		close(p.Hung)
 		return errors.New("hung until the runtime gave up")
 	}
+	return nil
+}
+
+func (p *Plugin) UpdatePodSandbox(_ context.Context, pod *api.PodSandbox, _, res *api.LinuxResources) error {
+	e := Event{Type: "UpdatePodSandbox", PodID: pod.GetId(), Name: pod.GetName(), MemoryLimit: res.GetMemory().GetLimit().GetValue()}
+	p.mu.Lock()
+	p.events = append(p.events, e)
+	p.mu.Unlock()
+	if p.RefuseResize {
+		return errors.New("this plugin refuses every resize")
+	}
+	return nil
+}
+
+func (p *Plugin) PostUpdatePodSandbox(_ context.Context, pod *api.PodSandbox) error {
+	p.record("PostUpdatePodSandbox", pod, nil)
 	return nil
 }
 
