@@ -287,18 +287,23 @@ func TestRestartKeepsCells(t *testing.T) {
 	}
 }
 
-// leftovers lists what tests of this package left on the machine: cgroups
-// under e2e cgroup roots and processes of test cells.
+// leftovers lists what this run's tests left on the machine: cgroups
+// under its daemons' cgroup roots and processes of its test cells (those
+// in one of its cgroups). Another run beside it has roots of its own.
 func leftovers() []string {
 	var out []string
-	dirs, _ := filepath.Glob(filepath.Join(cgroup.Root, "*", "aurae-e2e-*"))
-	more, _ := filepath.Glob(filepath.Join(cgroup.Root, "aurae-e2e-*"))
+	prefix := cgroupRootPrefix()
+	dirs, _ := filepath.Glob(filepath.Join(cgroup.Root, "*", prefix+"*"))
+	more, _ := filepath.Glob(filepath.Join(cgroup.Root, prefix+"*"))
 	out = append(out, dirs...)
 	out = append(out, more...)
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		b, err := os.ReadFile(p)
-		if err == nil && strings.HasPrefix(string(b), "aurae-cell-init") {
+		if err != nil || !strings.HasPrefix(string(b), "aurae-cell-init") {
+			continue
+		}
+		if cg, err := os.ReadFile(filepath.Join(filepath.Dir(p), "cgroup")); err == nil && strings.Contains(string(cg), prefix) {
 			out = append(out, fmt.Sprintf("%s: %q", p, b))
 		}
 	}

@@ -78,7 +78,7 @@ func startCRIWith(t testing.TB, env []string, args ...string) *CRI {
 	a := &Auraed{
 		Socket:     filepath.Join(sockDir, "cri.sock"),
 		StateDir:   filepath.Join(tmp, "state"),
-		CgroupRoot: "aurae-e2e-" + randomHex(t, 6),
+		CgroupRoot: cgroupRootPrefix() + randomHex(t, 6),
 		t:          t,
 		env:        env,
 		logs:       &syncBuffer{},

@@ -41,6 +41,20 @@ const (
 // for this run; commands missing from cmd/ are not built.
 var binaries = map[string]string{}
 
+// runID marks what this run of the package makes on the machine (its
+// daemons' cgroup roots), so that its leftover check counts its own and
+// not those of another run going on beside it.
+var runID = func() string {
+	b := make([]byte, 4)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}()
+
+// cgroupRootPrefix starts the cgroup root of every daemon this run starts.
+func cgroupRootPrefix() string { return "aurae-e2e-" + runID + "-" }
+
 // skipReason is set when the e2e tests cannot run here.
 var skipReason string
 
@@ -184,7 +198,7 @@ func startAuraed(t testing.TB, args ...string) *Auraed {
 	a := &Auraed{
 		Socket:     filepath.Join(sockDir, "aurae.sock"),
 		StateDir:   filepath.Join(t.TempDir(), "state"),
-		CgroupRoot: "aurae-e2e-" + randomHex(t, 6),
+		CgroupRoot: cgroupRootPrefix() + randomHex(t, 6),
 		t:          t,
 		logs:       &syncBuffer{},
 	}
