@@ -323,27 +323,7 @@ func (c *Cgroup) Delete() error {
 }
 
 // CPUUsage is the CPU time used by the cgroup's processes so far.
-func (c *Cgroup) CPUUsage() (time.Duration, error) {
-	if c.v2 != nil {
-		b, err := os.ReadFile(filepath.Join(Root, c.path, "cpu.stat"))
-		if err != nil {
-			return 0, err
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
-				n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-				return time.Duration(n) * time.Microsecond, err
-			}
-		}
-		return 0, fmt.Errorf("cpu.stat of %s: no usage_usec", c.path)
-	}
-	b, err := os.ReadFile(ControllerFile(c.path, "cpuacct", "cpuacct.usage"))
-	if err != nil {
-		return 0, err
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-	return time.Duration(n), err
-}
+func (c *Cgroup) CPUUsage() (time.Duration, error) { return cpuUsage(c.path, c.v2 != nil) }
 
 // SharesFromWeight converts a cgroup v2 cpu.weight to v1 cpu.shares, the
 // inverse of the conversion runc and the kernel documentation use.
