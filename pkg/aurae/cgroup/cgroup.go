@@ -47,6 +47,11 @@ type Limits struct {
 	MemoryLow  *int64
 	MemoryHigh *int64
 	MemoryMax  *int64
+	// MemoryAccounting enables the v2 memory controller without a memory
+	// limit, for the figures ReadUsage reads (v1 always accounts). Only for
+	// a cgroup whose parent never holds processes: a v2 cgroup that hands
+	// controllers to its children can hold none itself.
+	MemoryAccounting bool
 }
 
 // Unified reports whether limits live in the unified (v2) hierarchy.
@@ -370,7 +375,7 @@ func v2Resources(l Limits) *cgroup2.Resources {
 			r.CPU.Mems = *l.Mems
 		}
 	}
-	if l.MemoryMin != nil || l.MemoryLow != nil || l.MemoryHigh != nil || l.MemoryMax != nil {
+	if l.MemoryMin != nil || l.MemoryLow != nil || l.MemoryHigh != nil || l.MemoryMax != nil || l.MemoryAccounting {
 		r.Memory = &cgroup2.Memory{Min: l.MemoryMin, Low: l.MemoryLow, High: l.MemoryHigh, Max: l.MemoryMax}
 	}
 	return r

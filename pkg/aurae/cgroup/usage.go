@@ -22,7 +22,8 @@ type Usage struct {
 // ReadUsage reads the usage of the cgroup at path (below the hierarchy
 // roots): cpuacct.usage and memory.usage_in_bytes with total_inactive_file
 // on v1, cpu.stat's usage_usec and memory.current with inactive_file on v2.
-// A cgroup that is gone, or goes while it is read, is ErrNotExist.
+// A cgroup that is gone, or goes while it is read, is ErrNotExist; a v2
+// cgroup without the memory controller has a working set of 0.
 func ReadUsage(path string) (Usage, error) {
 	if !Exists(path) {
 		return Usage{}, fmt.Errorf("cgroup %s: %w", path, ErrNotExist)
@@ -32,6 +33,11 @@ func ReadUsage(path string) (Usage, error) {
 		return Usage{}, usageErr(path, err)
 	}
 	ws, err := workingSet(path)
+	if errors.Is(err, fs.ErrNotExist) && Unified() && Exists(path) {
+		// No memory controller of its own (v2 enables it where asked
+		// for): its memory counts in the nearest ancestor's that has one.
+		ws, err = 0, nil
+	}
 	if err != nil {
 		return Usage{}, usageErr(path, err)
 	}
