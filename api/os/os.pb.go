@@ -846,6 +846,11 @@ func (x *StatsResponse) GetMessages() []*Stats {
 	return nil
 }
 
+// A container's figures, read from its cgroup (v1 or v2). A cell's
+// executable runs in its cell's cgroup, which all the cell's executables
+// share: each of them carries the figures of that cell (its own cell, the
+// nested one for an executable of a nested cell), which include the cells
+// nested in it.
 type Stat struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`

@@ -54,7 +54,8 @@ type OSServiceClient interface {
 	Processes(ctx context.Context, in *emptypb.Empty, opts ...grpc.CallOption) (*ProcessesResponse, error)
 	// Stop a container and start it again with the same spec and log.
 	Restart(ctx context.Context, in *RestartRequest, opts ...grpc.CallOption) (*RestartResponse, error)
-	// Memory working set and CPU time of the containers.
+	// Memory working set and CPU time of what Containers lists, under the
+	// same namespace, id, pod_id and name.
 	Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error)
 }
 
@@ -149,7 +150,8 @@ type OSServiceServer interface {
 	Processes(context.Context, *emptypb.Empty) (*ProcessesResponse, error)
 	// Stop a container and start it again with the same spec and log.
 	Restart(context.Context, *RestartRequest) (*RestartResponse, error)
-	// Memory working set and CPU time of the containers.
+	// Memory working set and CPU time of what Containers lists, under the
+	// same namespace, id, pod_id and name.
 	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
 	mustEmbedUnimplementedOSServiceServer()
 }

@@ -20,7 +20,7 @@ var osResource = resource{name: "os", short: "the node service: containers, kern
 	{use: "memory", short: "the node's memory (/proc/meminfo)", setup: osMemory},
 	{use: "processes", short: "the node's processes", setup: osProcesses},
 	{use: "restart ID", short: "stop a container and start it again with the same spec and log", args: 1, setup: osRestart},
-	{use: "stats", short: "memory working set and CPU time of the containers", setup: osStats},
+	{use: "stats", short: "memory working set and CPU time of what containers lists (a cell's executable: its cell's)", setup: osStats},
 }}
 
 // nodeFlag is --nodes: the call goes to each of them through the auraed
@@ -204,7 +204,7 @@ func osRestart(fs *flag.FlagSet) func(context.Context, *app, []string) error {
 
 func osStats(fs *flag.FlagSet) func(context.Context, *app, []string) error {
 	withNodes, driver := nodeFlag(fs), driverFlag(fs)
-	namespace := fs.String("namespace", "", "only this namespace")
+	namespace := fs.String("namespace", "", "only this namespace (a Kubernetes namespace, aurae or cells)")
 	return func(ctx context.Context, a *app, _ []string) error {
 		d, err := driver()
 		if err != nil {

@@ -12,6 +12,7 @@
 # place only once it is complete. Needs libseccomp-dev, pkg-config and a C
 # compiler (make deps installs them).
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/cached-build.sh"
 
 version="${1:?usage: build.sh VERSION [DEST]}"
 dest="${2:-/opt/aurae/bin/runc}"
@@ -22,39 +23,26 @@ answers() {
   [[ -x "$dest" ]] && out="$("$dest" --version 2>/dev/null)" && [[ "${out%%$'\n'*}" == "$want" ]]
 }
 
-if answers; then
-  echo "build.sh: $dest is runc $version" >&2
-  exit 0
-fi
+show() { "$dest" --version; }
 
-mkdir -p "$(dirname "$dest")"
-exec 9>"$dest.lock"
-flock 9
-if answers; then # built by another caller while we waited
-  exit 0
-fi
-
-export PATH="/usr/local/go/bin:$PATH"
-export GOWORK=off GOTOOLCHAIN=local CGO_ENABLED=1 GOFLAGS="-buildvcs=false"
-pkg-config --exists libseccomp || {
-  echo "build.sh: libseccomp not found by pkg-config: apt-get install libseccomp-dev pkg-config" >&2
-  exit 1
+build() {
+  local bin="$1"
+  export PATH="/usr/local/go/bin:$PATH"
+  export GOWORK=off GOTOOLCHAIN=local CGO_ENABLED=1 GOFLAGS="-buildvcs=false"
+  pkg-config --exists libseccomp || {
+    echo "build.sh: libseccomp not found by pkg-config: apt-get install libseccomp-dev pkg-config" >&2
+    exit 1
+  }
+  # runc's main.go embeds its VERSION file; the Makefile adds the git commit,
+  # which a module download has not: the module version stands for it.
+  local gobin
+  gobin="$(dirname "$bin")/gobin"
+  echo "build.sh: building runc $version into $dest" >&2
+  GOBIN="$gobin" go install -trimpath -buildmode=pie -tags "seccomp urfave_cli_no_docs" \
+    -ldflags "-X main.gitCommit=$version" "github.com/opencontainers/runc@$version"
+  chmod 0755 "$gobin/runc"
+  mv "$gobin/runc" "$bin"
 }
 
-# runc's main.go embeds its VERSION file; the Makefile adds the git commit,
-# which a module download has not: the module version stands for it.
-gobin="$(mktemp -d "$(dirname "$dest")/.runc-build.XXXXXX")"
-trap 'rm -rf "$gobin"' EXIT
-start=$SECONDS
-echo "build.sh: building runc $version into $dest" >&2
-GOBIN="$gobin" go install -trimpath -buildmode=pie -tags "seccomp urfave_cli_no_docs" \
-  -ldflags "-X main.gitCommit=$version" "github.com/opencontainers/runc@$version"
-chmod 0755 "$gobin/runc"
-mv -f "$gobin/runc" "$dest"
-echo "build.sh: built runc $version in $((SECONDS - start))s" >&2
-if ! answers; then
-  echo "build.sh: $dest --version does not say '$want':" >&2
-  "$dest" --version >&2 || true
-  exit 1
-fi
-"$dest" --version >&2
+cached_build "$dest" answers build show
+echo "build.sh: $dest is runc $version" >&2

@@ -32,8 +32,9 @@ CPUS=${CG2_CPUS:-2}
 RESULTS=${RESULTS_DIR:-$REPO/_output/cgroup2}
 # What differs on cgroup v2: cell limits in the v2 files, the OOM kill of a
 # cell, cells kept across kill -9; the CRI lifecycle with stats, OOMKilled,
-# UpdateContainerResources (memory.max), kill -9 of both daemons.
-E2E_RUN=${CG2_E2E_RUN:-'^(TestCellLimitsReadBack|TestMemoryLimitKillsOnOOM|TestRestartKeepsCells|TestCRILifecycle|TestCRIUpdateResourcesAndReopenLog|TestCRIRestartLosesNothing|TestCRIContainerFeatures)$/^(memory_limit_kills_with_OOMKilled)?$'}
+# UpdateContainerResources (memory.max), kill -9 of both daemons; os.OSService
+# Stats of cells' executables (cpu.stat, memory.current).
+E2E_RUN=${CG2_E2E_RUN:-'^(TestCellLimitsReadBack|TestMemoryLimitKillsOnOOM|TestRestartKeepsCells|TestCRILifecycle|TestCRIUpdateResourcesAndReopenLog|TestCRIRestartLosesNothing|TestCRIContainerFeatures|TestOSStatsCellExecutables)$/^(memory_limit_kills_with_OOMKilled)?$'}
 CELLS_RUN=${CG2_CELLS_RUN:-.}
 # go test -timeout of the e2e binary in the guest (a timeout dumps the goroutines).
 TEST_TIMEOUT=${CG2_TEST_TIMEOUT:-25m}

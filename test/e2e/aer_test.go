@@ -99,6 +99,14 @@ func TestAerCellsAndDiscovery(t *testing.T) {
 		t.Fatalf("aer -o json os containers:\n%s", out)
 	}
 
+	// os stats: the executable under the same id, name and pod (its
+	// cell), with its cell's memory working set and CPU time.
+	host, _ := os.Hostname()
+	out = mustAer(t, addr, "os", "stats", "--namespace", "cells")
+	if r := row(out, host, "cells", "web/sleeper", "sleeper", "web"); r == nil || len(r) != 7 || r[5] == "0" || row(out, "NODE", "NAMESPACE", "ID", "NAME", "POD") == nil {
+		t.Fatalf("aer os stats lacks web/sleeper with memory:\n%s", out)
+	}
+
 	if out := mustAer(t, addr, "cells", "stop", "web", "sleeper", "--grace", "1s"); row(out, "web/sleeper", pid) == nil {
 		t.Fatalf("aer cells stop:\n%s", out)
 	}

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	cellsv0 "github.com/aurae-runtime/aurae-cri/api/cells/v0"
 	commonapi "github.com/aurae-runtime/aurae-cri/api/common"
 	osapi "github.com/aurae-runtime/aurae-cri/api/os"
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
@@ -402,5 +403,23 @@ func TestOSNodesFanOut(t *testing.T) {
 	own, err := a.Client().OS.Processes(testContext(t), &emptypb.Empty{})
 	if err != nil || len(own.GetMessages()) != 1 || own.GetMessages()[0].GetMetadata().GetHostname() != "a" {
 		t.Fatalf("Processes without nodes = %d messages, %v; want a's own", len(own.GetMessages()), err)
+	}
+
+	// Stats of a cell executable on b, through a.
+	allocateCell(t, b, &cellsv0.Cell{Name: "fan"})
+	startIn(t, b, "fan", "sleeper", "sleep 1000")
+	stats, err := a.Client().OS.Stats(ctx, &osapi.StatsRequest{Namespace: "cells"})
+	if err != nil {
+		t.Fatalf("Stats for three nodes: %v", err)
+	}
+	statsOf := map[string]map[string]*osapi.Stat{}
+	for _, m := range stats.GetMessages() {
+		statsOf[m.GetMetadata().GetHostname()] = map[string]*osapi.Stat{}
+		for _, st := range m.GetStats() {
+			statsOf[m.GetMetadata().GetHostname()][st.GetId()] = st
+		}
+	}
+	if st := statsOf["b"]["fan/sleeper"]; st == nil || st.GetMemoryUsage() == 0 || len(statsOf["a"]) != 0 || len(stats.GetMessages()) != 3 {
+		t.Fatalf("Stats for a, b and c = %v; want b's fan/sleeper with memory, nothing on a", stats.GetMessages())
 	}
 }

@@ -42,6 +42,11 @@ func (s *Service) allocate(ctx context.Context, req *cellsv0.CellServiceAllocate
 	if err != nil {
 		return nil, err
 	}
+	// A top-level cell's memory is accounted on v2 too (Stats reads it):
+	// the cell root above it never holds processes. A nested cell gets
+	// the memory controller only with a memory limit, as enabling it would
+	// forbid processes in its parent cell.
+	limits.MemoryAccounting = parentName(name) == ""
 	spec = proto.Clone(spec).(*cellsv0.Cell)
 
 	// Reserve the name before any side effect; a failure releases it.

@@ -47,6 +47,11 @@ type Limits struct {
 	MemoryLow  *int64
 	MemoryHigh *int64
 	MemoryMax  *int64
+	// MemoryAccounting enables the v2 memory controller without a memory
+	// limit, for the figures ReadUsage reads (v1 always accounts). Only for
+	// a cgroup whose parent never holds processes: a v2 cgroup that hands
+	// controllers to its children can hold none itself.
+	MemoryAccounting bool
 }
 
 // Unified reports whether limits live in the unified (v2) hierarchy.
@@ -323,27 +328,7 @@ func (c *Cgroup) Delete() error {
 }
 
 // CPUUsage is the CPU time used by the cgroup's processes so far.
-func (c *Cgroup) CPUUsage() (time.Duration, error) {
-	if c.v2 != nil {
-		b, err := os.ReadFile(filepath.Join(Root, c.path, "cpu.stat"))
-		if err != nil {
-			return 0, err
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
-				n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-				return time.Duration(n) * time.Microsecond, err
-			}
-		}
-		return 0, fmt.Errorf("cpu.stat of %s: no usage_usec", c.path)
-	}
-	b, err := os.ReadFile(ControllerFile(c.path, "cpuacct", "cpuacct.usage"))
-	if err != nil {
-		return 0, err
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-	return time.Duration(n), err
-}
+func (c *Cgroup) CPUUsage() (time.Duration, error) { return cpuUsage(c.path, c.v2 != nil) }
 
 // SharesFromWeight converts a cgroup v2 cpu.weight to v1 cpu.shares, the
 // inverse of the conversion runc and the kernel documentation use.
@@ -390,7 +375,7 @@ func v2Resources(l Limits) *cgroup2.Resources {
 			r.CPU.Mems = *l.Mems
 		}
 	}
-	if l.MemoryMin != nil || l.MemoryLow != nil || l.MemoryHigh != nil || l.MemoryMax != nil {
+	if l.MemoryMin != nil || l.MemoryLow != nil || l.MemoryHigh != nil || l.MemoryMax != nil || l.MemoryAccounting {
 		r.Memory = &cgroup2.Memory{Min: l.MemoryMin, Low: l.MemoryLow, High: l.MemoryHigh, Max: l.MemoryMax}
 	}
 	return r

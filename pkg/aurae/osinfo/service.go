@@ -17,6 +17,7 @@ import (
 	commonapi "github.com/aurae-runtime/aurae-cri/api/common"
 	osapi "github.com/aurae-runtime/aurae-cri/api/os"
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/pods"
 )
 
@@ -30,6 +31,9 @@ type Pods interface {
 // Cells is what the node service needs of the CellService.
 type Cells interface {
 	List(context.Context, *cellsv0.CellServiceListRequest) (*cellsv0.CellServiceListResponse, error)
+	// Usage is the figures of a cell's cgroup (NotFound for a cell that is
+	// gone).
+	Usage(ctx context.Context, cell string) (cgroup.Usage, error)
 }
 
 // Config configures the service.

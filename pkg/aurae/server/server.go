@@ -132,6 +132,12 @@ func logCall(ctx context.Context, logger *slog.Logger, method string, start time
 		level = slog.LevelError
 	case isRead(method):
 		level = slog.LevelDebug
+	case isProbe(method):
+		// A probe that answers is no event; one that fails may be.
+		level = slog.LevelDebug
+		if code != codes.OK {
+			level = slog.LevelWarn
+		}
 	}
 	if !logger.Enabled(ctx, level) {
 		return
@@ -154,6 +160,14 @@ func serverFault(c codes.Code) bool {
 		return true
 	}
 	return false
+}
+
+// isProbe tells ExecSync, which the kubelet's exec probes call for every
+// probed container every few seconds (the CRI's, and auraed's PodService's
+// that aurae-cri calls for it): Debug when it answers, Warn when it fails.
+// A command's non-zero exit is an answer (the probe's result).
+func isProbe(fullMethod string) bool {
+	return fullMethod[strings.LastIndexByte(fullMethod, '/')+1:] == "ExecSync"
 }
 
 // isRead tells methods that change nothing: they are logged at Debug

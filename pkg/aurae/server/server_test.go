@@ -209,6 +209,36 @@ func TestIsRead(t *testing.T) {
 	}
 }
 
+// TestLogCallLevels: ExecSync, which probes call every few seconds, is
+// logged at Debug when it answers and at Warn or Error when it fails;
+// changes at Info, reads at Debug.
+func TestLogCallLevels(t *testing.T) {
+	for _, tc := range []struct {
+		method string
+		err    error
+		want   string
+	}{
+		{"/runtime.v1.RuntimeService/ExecSync", nil, "DEBUG"},
+		{"/aurae.runtime.pod.v0.PodService/ExecSync", nil, "DEBUG"},
+		{"/runtime.v1.RuntimeService/ExecSync", status.Error(codes.NotFound, "no container"), "WARN"},
+		{"/runtime.v1.RuntimeService/ExecSync", status.Error(codes.DeadlineExceeded, "timeout"), "WARN"},
+		{"/runtime.v1.RuntimeService/ExecSync", status.Error(codes.Internal, "broken"), "ERROR"},
+		{"/runtime.v1.RuntimeService/StopContainer", nil, "INFO"},
+		{"/runtime.v1.RuntimeService/ContainerStatus", nil, "DEBUG"},
+	} {
+		var logs bytes.Buffer
+		logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		logCall(context.Background(), logger, tc.method, time.Now(), tc.err)
+		var r map[string]any
+		if err := json.Unmarshal(logs.Bytes(), &r); err != nil {
+			t.Fatalf("%s: %v in %q", tc.method, err, logs.String())
+		}
+		if r["level"] != tc.want || r["method"] != tc.method {
+			t.Errorf("%s with %v logged %v, want level %s", tc.method, tc.err, r, tc.want)
+		}
+	}
+}
+
 func TestMutualTLS(t *testing.T) {
 	dir := t.TempDir()
 	ca := testpki.NewCA(t, dir, "aurae")
