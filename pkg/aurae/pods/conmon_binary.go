@@ -7,7 +7,7 @@ import (
 )
 
 // PinnedConmon is where `make deps` installs the lean conmon
-// (hack/conmon/build.sh: statically linked, about 40% of the memory of
+// (hack/conmon/build.sh: statically linked, 40% of the private memory of
 // Debian's dynamically linked conmon per container). DefaultConmon takes it
 // when it exists.
 const PinnedConmon = "/opt/aurae/bin/conmon"
