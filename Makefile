@@ -47,9 +47,11 @@ CRIU_VERSION := 4.1.1
 CRIU := /opt/aurae/bin/criu
 # The monitor of every container: conmon built statically by `make conmon`
 # from Debian's verified source package (40% of the private memory of
-# Debian's dynamically linked conmon per container). auraed takes CONMON when it exists (pods.PinnedConmon),
-# else Debian's conmon on PATH. Debian 12's 2.1.6 orig tarball is not
-# served by every mirror: the first of CONMON_SUITES that has the version.
+# Debian's dynamically linked conmon per container). auraed takes CONMON
+# when it exists (pods.PinnedConmon), else Debian's conmon on PATH. Debian
+# 12's 2.1.6 orig tarball is not served by every mirror: the source is that
+# of the first of CONMON_SUITES that has the version and whose mirror
+# serves it.
 CONMON_VERSION := 2.1.13
 CONMON_SUITES := sid trixie bookworm
 CONMON := /opt/aurae/bin/conmon
