@@ -45,6 +45,16 @@ RUNC := /opt/aurae/bin/runc
 # auraed hands it to runc (pods.PinnedCRIU).
 CRIU_VERSION := 4.1.1
 CRIU := /opt/aurae/bin/criu
+# The monitor of every container: conmon built statically by `make conmon`
+# from Debian's verified source package (40% of the private memory of
+# Debian's dynamically linked conmon per container). auraed takes CONMON
+# when it exists (pods.PinnedConmon), else Debian's conmon on PATH. Debian
+# 12's 2.1.6 orig tarball is not served by every mirror: the source is that
+# of the first of CONMON_SUITES that has the version and whose mirror
+# serves it.
+CONMON_VERSION := 2.1.13
+CONMON_SUITES := sid trixie bookworm
+CONMON := /opt/aurae/bin/conmon
 
 # go test -timeout applies per package; sized for 2 cores with -race.
 TEST_TIMEOUT ?= 20m
@@ -54,10 +64,10 @@ BENCH_TIMEOUT ?= 120m
 # Extra flags for `make run`, e.g. RUN_ARGS='--log-level debug'.
 RUN_ARGS ?=
 
-.PHONY: deps apt tools cni runc criu cri-tools critest peers build run run-auraed test fuzz kubelet bench proto check-proto lint clean
+.PHONY: deps apt tools cni runc criu conmon cri-tools critest peers build run run-auraed test fuzz kubelet bench proto check-proto lint clean
 
-## deps: install what is missing (Debian packages, pinned Go tools into ./bin, CNI plugins, runc, criu, crictl/critest)
-deps: apt tools cni runc criu cri-tools
+## deps: install what is missing (Debian packages, pinned Go tools into ./bin, CNI plugins, runc, criu, conmon, crictl/critest)
+deps: apt tools cni runc criu conmon cri-tools
 
 ## cri-tools: crictl (into ./bin) and critest of the cri-tools version pinned in hack/critest/go.mod, built into a cache
 cri-tools:
@@ -74,6 +84,11 @@ runc: apt
 criu: apt
 	@start=$$(date +%s); $(SUDO) hack/criu/build.sh $(CRIU_VERSION) $(CRIU); \
 	echo "criu: $(CRIU) is $(CRIU_VERSION) ($$(( $$(date +%s) - start ))s)"
+
+## conmon: the pinned conmon (CONMON_VERSION) built statically from Debian's verified source package into CONMON (skipped when it answers that version)
+conmon: apt
+	@start=$$(date +%s); $(SUDO) hack/conmon/build.sh $(CONMON_VERSION) $(CONMON) "$(CONMON_SUITES)"; \
+	echo "conmon: $(CONMON) is $(CONMON_VERSION) ($$(( $$(date +%s) - start ))s)"
 
 ## cni: the standard CNI plugins (built from containernetworking/plugins) into /opt/cni/bin
 cni:

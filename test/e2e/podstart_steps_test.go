@@ -167,7 +167,7 @@ func monitorPSS(b *testing.B, c *CRI, t startTarget) float64 {
 	}
 	for _, e := range ents {
 		cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !strings.HasPrefix(string(cmd), "/usr/bin/conmon\x00") || !strings.Contains(string(cmd), c.StateDir) {
+		if err != nil || filepath.Base(strings.SplitN(string(cmd), "\x00", 2)[0]) != "conmon" || !strings.Contains(string(cmd), c.StateDir) {
 			continue
 		}
 		roll, err := os.ReadFile(filepath.Join("/proc", e.Name(), "smaps_rollup"))

@@ -55,7 +55,8 @@ type Config struct {
 	// AllowOldRuntime starts with a runtime older than MinRuntimeVersion
 	// (with a warning) instead of refusing to.
 	AllowOldRuntime bool
-	// Conmon is the monitor binary (default "conmon").
+	// Conmon is the monitor binary (default DefaultConmon(): the pinned
+	// conmon when installed, else "conmon" on PATH).
 	Conmon string
 	// CRIU is the CRIU binary the OCI runtime uses for checkpoints and
 	// restores (default PinnedCRIU).
@@ -117,8 +118,9 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.Runtime == "" {
 		cfg.Runtime = DefaultRuntime()
 	}
-	if cfg.Conmon == "" {
-		cfg.Conmon = "conmon"
+	conmonConfigured := cfg.Conmon != ""
+	if !conmonConfigured {
+		cfg.Conmon = DefaultConmon()
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -137,6 +139,7 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 	if cm, err = filepath.Abs(cm); err != nil {
 		return nil, err
 	}
+	logConmon(ctx, cfg.Logger, conmonConfigured, cm)
 	specVersion, err := checkRuntime(ctx, cfg.Logger, rt, cfg.AllowOldRuntime)
 	if err != nil {
 		return nil, fmt.Errorf("pods: %w", err)
