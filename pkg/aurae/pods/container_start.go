@@ -286,10 +286,20 @@ func notExist(out []byte) bool {
 // missing pieces.
 func (s *Service) cleanupContainer(ctx context.Context, id string, steps *timing.Steps) error {
 	var errs []error
-	if out, err := s.deleteRuntime(ctx, id); err != nil && !notExist(out) {
-		errs = append(errs, err)
+	s.mu.RLock()
+	c := s.ctrs[id]
+	s.mu.RUnlock()
+	gone, err := s.awaitRelease(ctx, c)
+	if err != nil {
+		return err
 	}
-	steps.Done("runtime_delete")
+	steps.Done("await_release")
+	if !gone {
+		if out, err := s.deleteRuntime(ctx, id); err != nil && !notExist(out) {
+			errs = append(errs, err)
+		}
+		steps.Done("runtime_delete")
+	}
 	for _, p := range []string{s.bundleDir(id), s.exitFile(id), s.attachDir(id)} {
 		if err := os.RemoveAll(p); err != nil {
 			errs = append(errs, err)
