@@ -10,9 +10,12 @@ import (
 // kills what is left in its cgroup and removes the cgroup and its state.
 // RemoveContainer then has only auraed's own files and record left to
 // remove. Whatever deletes the runtime's container later (remove, restart,
-// a failed start's undo) waits for the release first; a release cut short
-// by a restart of auraed is done again by the removal (runc's delete of a
-// container it no longer knows succeeds). Called with c.mu held, once.
+// a failed start's undo) waits for the release first, and deletes again
+// unless the release deleted a container runc knew: one cut short by a
+// restart of auraed, one that failed, and one that found no container
+// (runc's delete of a container it does not know fails with "does not
+// exist", and a `runc create` left running by a killed auraed may still
+// make it). Called with c.mu held, once.
 func (s *Service) release(c *container) {
 	if s.closed.Load() {
 		return
@@ -27,8 +30,13 @@ func (s *Service) release(c *container) {
 		defer cancel()
 		t0 := time.Now()
 		out, err := s.deleteRuntime(ctx, c.id)
-		if err != nil && !notExist(out) {
-			s.log.Warn("delete the runtime's container of an exited container (the removal tries again)", "pod", c.podID, "container", c.id, "error", err)
+		if err != nil {
+			// Not there (yet): a start cut short by a crash of auraed
+			// may have left a `runc create` that finishes after this;
+			// the removal deletes again, as it does after a failure.
+			if !notExist(out) {
+				s.log.Warn("delete the runtime's container of an exited container (the removal tries again)", "pod", c.podID, "container", c.id, "error", err)
+			}
 			return
 		}
 		c.mu.Lock()
