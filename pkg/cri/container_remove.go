@@ -8,6 +8,7 @@ import (
 	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/aurae-runtime/aurae-cri/internal/timing"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 )
 
@@ -25,10 +26,12 @@ func (r *Runtime) RemoveContainer(ctx context.Context, req *runtimeapi.RemoveCon
 	return &runtimeapi.RemoveContainerResponse{}, nil
 }
 
-func (r *Runtime) removeContainer(ctx context.Context, id string) error {
+func (r *Runtime) removeContainer(ctx context.Context, id string) (retErr error) {
+	steps := timing.Start()
 	if err := r.stopContainer(ctx, id, 0); err != nil {
 		return err
 	}
+	steps.Done("stop")
 	c, err := r.store.Container(id)
 	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil
@@ -36,8 +39,12 @@ func (r *Runtime) removeContainer(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	defer func() {
+		steps.Log(ctx, r.log, "remove container steps", "pod", c.SandboxID, "container", c.ID, "ok", retErr == nil)
+	}()
 	unlock := r.lockContainer(c.ID)
 	defer unlock()
+	steps.Done("lock")
 	if _, err := r.store.UpdateContainer(c.ID, func(st sandbox.ContainerStatus) (sandbox.ContainerStatus, error) {
 		st.Removing = true
 		return st, nil
@@ -47,6 +54,7 @@ func (r *Runtime) removeContainer(ctx context.Context, id string) error {
 		}
 		return err
 	}
+	steps.Done("mark_removing")
 	sb, err := r.store.Sandbox(c.SandboxID)
 	if err == nil {
 		ctrl, err := r.controller(sb.RuntimeHandler)
@@ -58,22 +66,27 @@ func (r *Runtime) removeContainer(ctx context.Context, id string) error {
 		if err := ctrl.RemoveContainer(callCtx, c.SandboxID, c.ID); err != nil && !errdefs.IsNotFound(err) {
 			return fmt.Errorf("remove container %s: %w", c.ID, err)
 		}
+		steps.Done("controller_remove")
 	}
 	r.fault(FaultContainerRemoving)
 	if err := unmountRootfs(r.rootfsDir(c.ID)); err != nil {
 		return err
 	}
+	steps.Done("unmount")
 	callCtx, cancel := bounded(ctx, podCallTimeout)
 	defer cancel()
 	if err := r.cfg.Images.RemoveRootfs(callCtx, c.ID); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("remove rootfs of %s: %w", c.ID, err)
 	}
+	steps.Done("rootfs")
 	if !r.releaseImageVolumes(ctx, volumeKeys(c.ImageVolumes), c.ID) {
 		return fmt.Errorf("remove container %s: release its image volumes: %w", c.ID, errdefs.ErrUnavailable)
 	}
+	steps.Done("image_volumes")
 	if err := r.store.DeleteContainer(c.ID); err != nil {
 		return err
 	}
+	steps.Done("delete_record")
 	r.publishGone(c, runtimeapi.ContainerEventType_CONTAINER_DELETED_EVENT)
 	if sb, err := r.store.Sandbox(c.SandboxID); err == nil {
 		nriCtx, cancel := bounded(ctx, nriCallTimeout)

@@ -76,6 +76,7 @@ func (s *Service) pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 		log.WarnContext(ctx, "pull failed", "error", err)
 		return "", 0, err
 	}
+	s.idx.put(s.idx.begin(), img.Metadata())
 	cfg, err := img.Config(ctx)
 	if err != nil {
 		return "", 0, fmt.Errorf("pull image %q: config descriptor: %w", name, err)
@@ -117,8 +118,12 @@ func repoDigestAndTag(named reference.Named, target string) (repoDigest, repoTag
 func (s *Service) putRecord(ctx context.Context, name string, target ocispec.Descriptor, labels map[string]string) error {
 	store := s.client.ImageService()
 	rec := images.Image{Name: name, Target: target, Labels: labels}
-	_, err := store.Create(ctx, rec)
-	if err == nil || !errdefs.IsAlreadyExists(err) {
+	created, err := store.Create(ctx, rec)
+	if err == nil {
+		s.idx.put(s.idx.begin(), created)
+		return nil
+	}
+	if !errdefs.IsAlreadyExists(err) {
 		return err
 	}
 	old, err := store.Get(ctx, name)
@@ -128,8 +133,12 @@ func (s *Service) putRecord(ctx context.Context, name string, target ocispec.Des
 	if old.Target.Digest == target.Digest && old.Labels[LabelManaged] == labels[LabelManaged] {
 		return nil
 	}
-	_, err = store.Update(ctx, rec, "target", "labels."+LabelManaged)
-	return err
+	updated, err := store.Update(ctx, rec, "target", "labels."+LabelManaged)
+	if err != nil {
+		return err
+	}
+	s.idx.put(s.idx.begin(), updated)
+	return nil
 }
 
 // registryHosts configures registry endpoints from the hosts.toml dir, with

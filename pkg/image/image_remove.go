@@ -41,6 +41,7 @@ func (s *Service) Remove(ctx context.Context, refOrID string) error {
 		if err := store.Delete(ctx, name, opts...); err != nil && !errdefs.IsNotFound(err) {
 			return fmt.Errorf("remove image %q: record %q: %w", img.ID, name, err)
 		}
+		s.idx.drop(s.idx.begin(), name)
 	}
 	s.logger.InfoContext(ctx, "removed image", "image", refOrID, "id", img.ID, "records", len(img.records))
 	return nil

@@ -109,7 +109,7 @@ func (s *Service) resolveID(ctx context.Context, refOrID string) (string, error)
 		return d.String(), nil
 	}
 	if named, err := reference.ParseDockerRef(refOrID); err == nil {
-		rec, err := s.client.ImageService().Get(ctx, named.String())
+		rec, err := s.record(ctx, named.String())
 		switch {
 		case err == nil:
 			meta, err := s.metaFor(ctx, rec)
@@ -150,13 +150,47 @@ func (s *Service) idFromPrefix(ctx context.Context, prefix string) (string, erro
 	}
 }
 
-// list reads every image record of the namespace and groups them by image
-// id, in a stable order (by id).
-func (s *Service) list(ctx context.Context) ([]Image, error) {
-	recs, err := s.client.ImageService().List(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("list image records: %w", err)
+// record is the image record name, from the index when it is valid, else
+// from containerd.
+func (s *Service) record(ctx context.Context, name string) (images.Image, error) {
+	if rec, found, ok := s.idx.record(name); ok {
+		if !found {
+			return images.Image{}, fmt.Errorf("image record %q: %w", name, errdefs.ErrNotFound)
+		}
+		return rec, nil
 	}
+	return s.client.ImageService().Get(ctx, name)
+}
+
+// list returns every image of the namespace, in a stable order (by id):
+// from the index when it is valid (the images built from its records are
+// kept until a record changes), else from containerd.
+func (s *Service) list(ctx context.Context) ([]Image, error) {
+	recs, gen, built, ok := s.idx.records()
+	if ok && built != nil {
+		return slices.Clone(built), nil
+	}
+	if !ok {
+		var err error
+		if recs, err = s.client.ImageService().List(ctx); err != nil {
+			return nil, fmt.Errorf("list image records: %w", err)
+		}
+	}
+	out, complete, err := s.group(ctx, recs)
+	if err != nil {
+		return nil, err
+	}
+	if ok && complete {
+		s.idx.keep(gen, out)
+	}
+	return slices.Clone(out), nil
+}
+
+// group groups image records by image id, in a stable order (by id);
+// complete is false when a record was left out (its content could not be
+// read).
+func (s *Service) group(ctx context.Context, recs []images.Image) (out []Image, complete bool, err error) {
+	complete = true
 	byID := map[string]*Image{}
 	seen := map[string]bool{}
 	for _, rec := range recs {
@@ -164,11 +198,12 @@ func (s *Service) list(ctx context.Context) ([]Image, error) {
 		meta, err := s.metaFor(ctx, rec)
 		if err != nil {
 			if errors.Is(err, ctx.Err()) {
-				return nil, err
+				return nil, false, err
 			}
 			// Content being removed, or a record someone else made
 			// without content: not an image we can run.
 			s.logger.DebugContext(ctx, "skip image record", "image", rec.Name, "error", err)
+			complete = false
 			continue
 		}
 		img, ok := byID[meta.id]
@@ -200,7 +235,7 @@ func (s *Service) list(ctx context.Context) ([]Image, error) {
 	}
 	s.forgetMeta(seen)
 
-	out := make([]Image, 0, len(byID))
+	out = make([]Image, 0, len(byID))
 	for _, img := range byID {
 		slices.Sort(img.RepoTags)
 		slices.Sort(img.RepoDigests)
@@ -208,7 +243,7 @@ func (s *Service) list(ctx context.Context) ([]Image, error) {
 		out = append(out, *img)
 	}
 	slices.SortFunc(out, func(a, b Image) int { return strings.Compare(a.ID, b.ID) })
-	return out, nil
+	return out, complete, nil
 }
 
 // labelPinned is the label containerd's CRI plugin uses for pinned images.

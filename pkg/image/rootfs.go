@@ -92,6 +92,12 @@ func (s *Service) PrepareRootfs(ctx context.Context, containerID, imageRef strin
 
 // RemoveRootfs removes a container's rootfs snapshot and its lease. The
 // rootfs must no longer be mounted. Removing an absent rootfs succeeds.
+// Both records are gone when it returns; their files (the snapshot's
+// directory, and the layers of a removed image only the lease kept) go
+// with containerd's next garbage collection, which its scheduler runs soon
+// after a deletion (and at its start), as when containerd's CRI plugin
+// removes a container: a synchronous collection per removal costs every
+// removal a walk of all containerd's records, one after the other.
 func (s *Service) RemoveRootfs(ctx context.Context, containerID string) error {
 	if containerID == "" {
 		return fmt.Errorf("remove rootfs: empty container id: %w", errdefs.ErrInvalidArgument)
@@ -102,7 +108,7 @@ func (s *Service) RemoveRootfs(ctx context.Context, containerID string) error {
 	if err := s.client.SnapshotService(s.snapshotter).Remove(ctx, key); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("remove rootfs of %q: snapshot: %w", containerID, err)
 	}
-	err := s.client.LeasesService().Delete(ctx, leases.Lease{ID: RootfsLease(containerID)}, leases.SynchronousDelete)
+	err := s.client.LeasesService().Delete(ctx, leases.Lease{ID: RootfsLease(containerID)})
 	if err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("remove rootfs of %q: lease: %w", containerID, err)
 	}

@@ -103,6 +103,12 @@ type Service struct {
 	// changes.
 	usageMu sync.Mutex
 	usage   map[string]snapshotUsage
+
+	// idx mirrors the namespace's image records, kept current by watch
+	// until stopWatch is called; watchDone closes when it has returned.
+	idx       *index
+	stopWatch context.CancelFunc
+	watchDone chan struct{}
 }
 
 var _ runtimeapi.ImageServiceServer = (*Service)(nil)
@@ -122,6 +128,8 @@ func New(ctx context.Context, opts Options) (*Service, error) {
 		platform:    platforms.Default(),
 		meta:        map[string]imageMeta{},
 		usage:       map[string]snapshotUsage{},
+		idx:         newIndex(),
+		watchDone:   make(chan struct{}),
 	}
 	if s.namespace == "" {
 		s.namespace = DefaultNamespace
@@ -158,11 +166,21 @@ func New(ctx context.Context, opts Options) (*Service, error) {
 		return nil, err
 	}
 	s.snapshotRoot = root
+	// The watcher outlives New's ctx: it ends with Close.
+	wctx, stop := context.WithCancel(s.withNamespace(context.WithoutCancel(ctx)))
+	s.stopWatch = stop
+	go s.watch(wctx)
 	return s, nil
 }
 
-// Close closes the containerd connection if New opened it.
+// Close stops the image watcher and closes the containerd connection if
+// New opened it.
 func (s *Service) Close() error {
+	if s.stopWatch != nil {
+		s.stopWatch()
+		<-s.watchDone
+		s.stopWatch = nil
+	}
 	if s.ownsClient {
 		return s.client.Close()
 	}

@@ -41,8 +41,9 @@ type nodeResults struct {
 	allRunning time.Duration
 	// starts: each pod's time from that start to its container running.
 	starts []time.Duration
-	// The runtime's processes while the pods started: peak CPU (cores,
-	// over one sampling interval), CPU time in all, peak summed RSS.
+	// The runtime's processes while the pods started: peak CPU (cores, the
+	// largest one-second delta of its cgroup's CPU accounting), CPU time in
+	// all (the same accounting), peak summed RSS.
 	peakCores, cpuSeconds float64
 	peakRSSKiB            int64
 	// PSS with the pods idle: the processes that the pods added (shims,
@@ -157,6 +158,19 @@ func nodeScale(b *testing.B, r *benchRuntime) (nodeResults, error) {
 		}
 	}()
 
+	// The runtime's processes (daemons, and what they run already) go into
+	// a cgroup of their own, whose CPU accounting the figures come from.
+	g, err := newCPUGroup(b, r.key)
+	if err != nil {
+		return res, fmt.Errorf("cpu accounting cgroup: %w", err)
+	}
+	if err := g.add(before); err != nil {
+		return res, err
+	}
+	cpu, err := startCPUSampler(g)
+	if err != nil {
+		return res, fmt.Errorf("cpu accounting: %w", err)
+	}
 	sampler := startUsageSampler(r.procs, 250*time.Millisecond)
 	t0 := time.Now()
 	var wg sync.WaitGroup
@@ -209,13 +223,17 @@ func nodeScale(b *testing.B, r *benchRuntime) (nodeResults, error) {
 	wg.Wait()
 	res.allRunning = time.Since(t0)
 	sampler.Stop()
+	res.cpuSeconds, res.peakCores, err = cpu.Stop(t0)
+	if err != nil {
+		return res, fmt.Errorf("cpu accounting: %w", err)
+	}
 	for _, err := range errs {
 		if err != nil {
 			return res, err
 		}
 	}
 	res.starts = starts
-	res.peakCores, res.cpuSeconds, res.peakRSSKiB = sampler.peakCores, sampler.cpuSeconds, sampler.peakRSSKiB
+	res.peakRSSKiB = sampler.peakRSSKiB
 
 	time.Sleep(benchSettle)
 	now := r.procs.pick(readProcs())

@@ -37,10 +37,18 @@ type benchRuntime struct {
 // benchPeers are the runtimes of a benchmark run: aurae-cri first, then
 // each peer that could be built and started (Debian's containerd 1.6,
 // containerd 2.x, CRI-O); a peer that cannot is logged with the reason
-// and left out.
+// and left out. AURAE_BENCH_PEERS (keys, comma-separated: containerd1.6,
+// containerd2, crio; "none" for aurae-cri alone) picks some of them, for a
+// shorter run; the default is all.
 func benchPeers(b *testing.B, c *CRI, image string, workloads ...string) []*benchRuntime {
 	b.Helper()
 	out := []*benchRuntime{auraeBenchRuntime(b, c, image, workloads)}
+	want := map[string]bool{}
+	if v := os.Getenv("AURAE_BENCH_PEERS"); v != "" {
+		for _, k := range strings.Split(v, ",") {
+			want[strings.TrimSpace(k)] = true
+		}
+	}
 	type peer struct {
 		key, name string
 		start     func() (*benchRuntime, error)
@@ -62,6 +70,10 @@ func benchPeers(b *testing.B, c *CRI, image string, workloads ...string) []*benc
 			return startCRIO(b, c.Registry, dir)
 		}},
 	} {
+		if len(want) > 0 && !want[p.key] {
+			b.Logf("peer %s left out: not in AURAE_BENCH_PEERS", p.name)
+			continue
+		}
 		r, err := p.start()
 		if err != nil {
 			b.Logf("peer %s left out: %v", p.name, err)

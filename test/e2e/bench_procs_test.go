@@ -14,7 +14,6 @@ import (
 type benchProc struct {
 	pid, ppid int
 	cmdline   string // NUL-separated arguments
-	cpuTicks  int64  // utime+stime+cutime+cstime
 	rssKiB    int64
 }
 
@@ -45,10 +44,6 @@ func readProcs() map[int]*benchProc {
 		}
 		p := &benchProc{pid: pid}
 		p.ppid, _ = strconv.Atoi(f[1])
-		for _, k := range []int{11, 12, 13, 14} { // utime stime cutime cstime
-			v, _ := strconv.ParseInt(f[k], 10, 64)
-			p.cpuTicks += v
-		}
 		rss, _ := strconv.ParseInt(f[21], 10, 64)
 		p.rssKiB = rss * page
 		cmd, _ := os.ReadFile(filepath.Join(dir, "cmdline"))
@@ -129,29 +124,18 @@ func pssKiBOf(pids map[int]*benchProc) int64 {
 	return sum
 }
 
-// usageSampler samples a procSet's CPU and summed RSS every interval until
-// stopped: the peak CPU (cores, over one interval), the CPU time in all and
-// the peak RSS. A process's CPU is its own time plus its reaped children's
-// (cutime, cstime): counted from the first sample that sees it (from 0 when
-// it appeared after the first sample), less, when a process of the set
-// vanished since the last sample and its parent is still in the set, the
-// total last seen of it (the parent's cutime now holds it). A process that
-// starts and is reaped between two samples counts through its parent.
+// usageSampler samples a procSet's summed RSS every interval until
+// stopped, keeping the peak. (CPU comes from the kernel's accounting of a
+// cgroup: cpuGroup.)
 type usageSampler struct {
-	set      procSet
-	interval time.Duration
-	stop     chan struct{}
-	done     sync.WaitGroup
+	stop chan struct{}
+	done sync.WaitGroup
 
-	peakCores  float64
-	cpuSeconds float64
 	peakRSSKiB int64
 }
 
 func startUsageSampler(set procSet, interval time.Duration) *usageSampler {
-	u := &usageSampler{set: set, interval: interval, stop: make(chan struct{})}
-	last := set.pick(readProcs())
-	lastAt := time.Now()
+	u := &usageSampler{stop: make(chan struct{})}
 	u.done.Add(1)
 	go func() {
 		defer u.done.Done()
@@ -163,36 +147,11 @@ func startUsageSampler(set procSet, interval time.Duration) *usageSampler {
 				return
 			case <-t.C:
 			}
-			now := set.pick(readProcs())
-			at := time.Now()
-			var ticks, rss int64
-			for pid, p := range now {
-				prev := int64(0)
-				if l, ok := last[pid]; ok {
-					prev = l.cpuTicks
-				}
-				ticks += p.cpuTicks - prev
+			var rss int64
+			for _, p := range set.pick(readProcs()) {
 				rss += p.rssKiB
 			}
-			for pid, p := range last {
-				if _, alive := now[pid]; alive {
-					continue
-				}
-				if _, parentIn := now[p.ppid]; parentIn {
-					ticks -= p.cpuTicks
-				}
-			}
-			ticks = max(ticks, 0)
-			// Clock ticks are USER_HZ, 100 on Linux.
-			secs := float64(ticks) / 100
-			u.cpuSeconds += secs
-			if cores := secs / at.Sub(lastAt).Seconds(); cores > u.peakCores {
-				u.peakCores = cores
-			}
-			if rss > u.peakRSSKiB {
-				u.peakRSSKiB = rss
-			}
-			last, lastAt = now, at
+			u.peakRSSKiB = max(u.peakRSSKiB, rss)
 		}
 	}()
 	return u

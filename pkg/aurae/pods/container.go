@@ -20,6 +20,11 @@ type container struct {
 	done chan struct{}
 	// res: the id is reserved by a Start still in progress.
 	res bool
+	// released is closed when the deletion of the runtime's container
+	// that the exit started (release) has ended; runtimeGone says it
+	// succeeded. nil when none was started.
+	released    chan struct{}
+	runtimeGone bool
 	// follower is the ContainerLog stream of a log_stream container;
 	// logDropped is how much of its log file was punched out.
 	follower   *logFollower

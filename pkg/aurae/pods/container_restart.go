@@ -55,8 +55,14 @@ func (s *Service) Restart(ctx context.Context, id string, grace time.Duration) (
 	}
 	// What the last run left: the runtime's container, the exit file, the
 	// attach socket, the pid files. The bundle and the log stay.
-	if out, err := s.runRuntime(ctx, "delete", "--force", id); err != nil && !notExist(out) {
+	gone, err := s.awaitRelease(ctx, c)
+	if err != nil {
 		return nil, fmt.Errorf("restart container %q: %w", id, err)
+	}
+	if !gone {
+		if out, err := s.deleteRuntime(ctx, id); err != nil && !notExist(out) {
+			return nil, fmt.Errorf("restart container %q: %w", id, err)
+		}
 	}
 	for _, f := range []string{s.exitFile(id), s.attachDir(id), filepath.Join(s.bundleDir(id), "pidfile"), filepath.Join(s.bundleDir(id), "conmon.pid")} {
 		if err := os.RemoveAll(f); err != nil {

@@ -131,7 +131,7 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 		if retErr != nil {
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runtimeCallTimeout)
 			defer cancel()
-			if err := s.cleanupContainer(ctx, id); err != nil {
+			if err := s.cleanupContainer(ctx, id, nil); err != nil {
 				log.Warn("undo container start", "error", err)
 			}
 			if !logExisted {
@@ -261,6 +261,20 @@ func (s *Service) runRuntime(ctx context.Context, args ...string) ([]byte, error
 	return out, nil
 }
 
+// deleteRuntime deletes the runtime's container. A stopped container is
+// deleted without --force: runc then kills what is left in its cgroup (a
+// container without a PID namespace of its own may leave processes) and
+// removes it, while --force always waits 100 ms after its SIGKILL, even
+// for a container that is long gone. A container that still runs (or was
+// never started) is deleted with --force.
+func (s *Service) deleteRuntime(ctx context.Context, id string) ([]byte, error) {
+	out, err := s.runRuntime(ctx, "delete", id)
+	if err == nil || notExist(out) {
+		return out, err
+	}
+	return s.runRuntime(ctx, "delete", "--force", id)
+}
+
 // notExist reports whether runtime output says the container is unknown.
 func notExist(out []byte) bool {
 	o := string(out)
@@ -270,19 +284,32 @@ func notExist(out []byte) bool {
 // cleanupContainer removes what Start made of a container: the runtime's
 // container, the bundle, exit file, attach dir and record. It tolerates
 // missing pieces.
-func (s *Service) cleanupContainer(ctx context.Context, id string) error {
+func (s *Service) cleanupContainer(ctx context.Context, id string, steps *timing.Steps) error {
 	var errs []error
-	if out, err := s.runRuntime(ctx, "delete", "--force", id); err != nil && !notExist(out) {
-		errs = append(errs, err)
+	s.mu.RLock()
+	c := s.ctrs[id]
+	s.mu.RUnlock()
+	gone, err := s.awaitRelease(ctx, c)
+	if err != nil {
+		return err
+	}
+	steps.Done("await_release")
+	if !gone {
+		if out, err := s.deleteRuntime(ctx, id); err != nil && !notExist(out) {
+			errs = append(errs, err)
+		}
+		steps.Done("runtime_delete")
 	}
 	for _, p := range []string{s.bundleDir(id), s.exitFile(id), s.attachDir(id)} {
 		if err := os.RemoveAll(p); err != nil {
 			errs = append(errs, err)
 		}
 	}
+	steps.Done("files")
 	if err := s.store.delete(bucketContainers, id); err != nil {
 		errs = append(errs, err)
 	}
+	steps.Done("store")
 	return errors.Join(errs...)
 }
 

@@ -63,6 +63,7 @@ func (s *Service) finish(c *container) {
 	r.State = stateExited
 	c.rec = r
 	close(c.done)
+	s.release(c)
 	s.events.publish(podsv0.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED, statusOf(r))
 	if !s.closed.Load() {
 		if err := s.store.put(bucketContainers, c.id, r); err != nil {

@@ -60,7 +60,7 @@ func (s *Service) recover(ctx context.Context) error {
 	for id, r := range ctrs {
 		if _, ok := s.pods[r.PodID]; !ok {
 			s.log.Info("removing container of a pod that is gone", "pod", r.PodID, "container", id)
-			if err := s.cleanupContainer(ctx, id); err != nil {
+			if err := s.cleanupContainer(ctx, id, nil); err != nil {
 				s.log.Warn("remove container", "container", id, "error", err)
 			}
 			continue
