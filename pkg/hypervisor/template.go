@@ -334,7 +334,7 @@ func (q *QEMU) restore(ctx context.Context, p *Proc, cfg VMConfig, exited <-chan
 	if err := c.waitMigration(ctx, exited); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
-	if _, err := punchZeroPages(p.Pid); err != nil {
+	if _, err := punchZeroPages(p.Pid, int64(cfg.MemMiB)<<20); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
 	l := layoutFor(cfg)

@@ -11,9 +11,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ramMemfd is the name QEMU gives the guest RAM's memfd (the backend's
-// id, "mem"): /proc/<pid>/fd/<n> links to "/memfd:mem (deleted)".
-const ramMemfd = "/memfd:mem"
+// memfdLink starts the link of a memfd in /proc/<pid>/fd: QEMU names the
+// guest RAM's "memory-backend-memfd".
+const memfdLink = "/memfd:"
 
 // punchChunk is how much of the RAM is read at once.
 const punchChunk = 2 << 20
@@ -25,16 +25,12 @@ const punchChunk = 2 << 20
 // free pages (reported free and discarded in the template) are zero
 // pages of the stream. Called while the guest is paused, before it runs;
 // the holes read as zeros again, as the pages did.
-func punchZeroPages(pid int) (freed int64, _ error) {
-	f, err := openRAM(pid)
+func punchZeroPages(pid int, size int64) (freed int64, _ error) {
+	f, err := openRAM(pid, size)
 	if err != nil {
 		return 0, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return 0, err
-	}
 	page := os.Getpagesize()
 	zero := make([]byte, page)
 	buf := make([]byte, punchChunk)
@@ -48,7 +44,7 @@ func punchZeroPages(pid int) (freed int64, _ error) {
 		runLen = 0
 		return err
 	}
-	for off := int64(0); off < fi.Size(); off += punchChunk {
+	for off := int64(0); off < size; off += punchChunk {
 		n, err := f.ReadAt(buf, off)
 		if n == 0 && err != nil {
 			return freed, fmt.Errorf("read guest ram: %w", err)
@@ -72,8 +68,8 @@ func punchZeroPages(pid int) (freed int64, _ error) {
 	return freed, nil
 }
 
-// openRAM opens QEMU pid's guest RAM memfd.
-func openRAM(pid int) (*os.File, error) {
+// openRAM opens QEMU pid's guest RAM: its memfd of that size.
+func openRAM(pid int, size int64) (*os.File, error) {
 	dir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -81,10 +77,17 @@ func openRAM(pid int) (*os.File, error) {
 	}
 	for _, e := range ents {
 		target, err := os.Readlink(filepath.Join(dir, e.Name()))
-		if err != nil || !strings.HasPrefix(target, ramMemfd+" ") {
+		if err != nil || !strings.HasPrefix(target, memfdLink) {
 			continue
 		}
-		return os.OpenFile(filepath.Join(dir, e.Name()), os.O_RDWR|unix.O_CLOEXEC, 0)
+		f, err := os.OpenFile(filepath.Join(dir, e.Name()), os.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, err
+		}
+		if fi, err := f.Stat(); err == nil && fi.Size() == size {
+			return f, nil
+		}
+		f.Close()
 	}
-	return nil, fmt.Errorf("qemu pid %d has no %s", pid, ramMemfd)
+	return nil, fmt.Errorf("qemu pid %d has no memfd of %d bytes (its RAM)", pid, size)
 }
