@@ -196,7 +196,9 @@ func (t *templates) get(ctx context.Context, key string, cfg hypervisor.VMConfig
 // dir renamed once whole; then it removes the templates it replaces (same
 // kernel path, vCPUs and memory, another key: their images changed).
 func (t *templates) make(ctx context.Context, key string, cfg hypervisor.VMConfig) (retErr error) {
-	tmp, err := os.MkdirTemp(t.dir, templateTmp+key[:8]+"-")
+	// Short: the maker's sockets are below it (a unix socket path is at
+	// most 107 bytes).
+	tmp, err := os.MkdirTemp(t.dir, templateTmp)
 	if err != nil {
 		return err
 	}
