@@ -130,7 +130,7 @@ func (q *QEMU) TemplateKey(ctx context.Context, cfg VMConfig) (string, error) {
 	t := templateConfig(cfg)
 	t.Dir = "/"
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00%s\x00", templateRecipe, bin)
+	_, _ = fmt.Fprintf(h, "%s\x00%s\x00", templateRecipe, bin)
 	for _, f := range []string{bin, t.Kernel, t.RootImage, t.Initrd} {
 		if f == "" {
 			continue
@@ -142,9 +142,9 @@ func (q *QEMU) TemplateKey(ctx context.Context, cfg VMConfig) (string, error) {
 		if f == t.RootImage {
 			t.rootImageSize = size
 		}
-		fmt.Fprintf(h, "%s\x00", sum)
+		_, _ = fmt.Fprintf(h, "%s\x00", sum)
 	}
-	fmt.Fprintf(h, "%s\x00", strings.Join(q.args(t, a), "\x00"))
+	_, _ = fmt.Fprintf(h, "%s\x00", strings.Join(q.args(t, a), "\x00"))
 	return hex.EncodeToString(h.Sum(nil))[:32], nil
 }
 

@@ -27,7 +27,7 @@ func vmBoot(t *testing.T, c *CRI, podID string) (string, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ac.Close()
+	defer func() { _ = ac.Close() }()
 	resp, err := ac.Vms.List(t.Context(), &vmsv0.VmServiceListRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -185,7 +185,9 @@ func TestCRIVMTemplateKilledWhileMade(t *testing.T) {
 		t.Fatal("no template maker's QEMU within 3 min")
 	}
 	c.Kill9()
-	<-done
+	if err := <-done; err == nil {
+		t.Log("RunPodSandbox returned before the kill took effect")
+	}
 	c.Restart(t)
 
 	if tmps, _ := filepath.Glob(filepath.Join(templatesDir(c), ".tmp-*")); len(tmps) > 0 {

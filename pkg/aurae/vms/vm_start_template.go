@@ -87,7 +87,7 @@ func (s *Service) configureGuest(ctx context.Context, v *vm, plan guestPlan, res
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	entropy := make([]byte, guestEntropy)
 	if _, err := rand.Read(entropy); err != nil {
 		return err
@@ -118,7 +118,7 @@ func guestReady(ctx context.Context, dir string) error {
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	_, err = c.Discovery.Discover(ctx, &discoveryv0.DiscoverRequest{})
 	return err
 }
