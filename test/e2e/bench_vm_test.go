@@ -161,6 +161,9 @@ func measureVMPodStarts(b *testing.B, templates bool) (vmBenchRun, error) {
 		}
 		pss = append(pss, sum)
 	}
+	if qemu := qemuPids("aurae-vm-pod-" + ids[len(ids)-1][:16]); len(qemu) == 1 {
+		b.Logf("%s: the last VM pod's QEMU: %s", name, pssSplit(qemu[0]))
+	}
 	sort.Ints(pss)
 	run.pss = pss[len(pss)/2]
 	load, _ := os.ReadFile("/proc/loadavg")
@@ -193,9 +196,30 @@ func logVMStartPhases(b *testing.B, c *CRI) {
 			}
 		}
 	}
+	var parts []string
 	for _, name := range []string{"boot", "guest dial", "RunPodSandbox", "CreateContainer", "StartContainer"} {
 		if ds := phases[name]; len(ds) > 0 {
-			b.Logf("vm pod start phase %s: p50 %v over %d", name, percentile(ds, 0.50).Round(time.Millisecond), len(ds))
+			parts = append(parts, fmt.Sprintf("%s %v (%d)", name, percentile(ds, 0.50).Round(time.Millisecond), len(ds)))
 		}
 	}
+	b.Logf("vm pod start phases, p50: %s", strings.Join(parts, ", "))
+}
+
+// pssSplit is a process's PSS by kind (smaps_rollup), in KiB: the guest's
+// RAM (shmem: QEMU's memfd), anonymous memory (QEMU's heap and TCG
+// translation cache) and files.
+func pssSplit(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		for _, k := range []string{"Pss_Shmem:", "Pss_Anon:", "Pss_File:"} {
+			if rest, ok := strings.CutPrefix(l, k); ok {
+				out = append(out, strings.TrimSuffix(k, ":")+" "+strings.TrimSpace(rest))
+			}
+		}
+	}
+	return strings.Join(out, ", ")
 }
