@@ -217,6 +217,123 @@ func (x *GuestServiceConfigureResponse) GetUnixTimeNanos() int64 {
 	return 0
 }
 
+type GuestServiceConfigureNetworkRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The interface's name (e.g. eth0).
+	Interface string `protobuf:"bytes,1,opt,name=interface,proto3" json:"interface,omitempty"`
+	// aa:bb:cc:dd:ee:ff; empty keeps the interface's.
+	MacAddress string `protobuf:"bytes,2,opt,name=mac_address,json=macAddress,proto3" json:"mac_address,omitempty"`
+	// 0 keeps the interface's.
+	Mtu uint32 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	// The IPv4 address in CIDR notation (10.88.0.5/16).
+	Ipv4Cidr string `protobuf:"bytes,4,opt,name=ipv4_cidr,json=ipv4Cidr,proto3" json:"ipv4_cidr,omitempty"`
+	// The default route's gateway; empty: no default route.
+	Ipv4Gateway   string `protobuf:"bytes,5,opt,name=ipv4_gateway,json=ipv4Gateway,proto3" json:"ipv4_gateway,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GuestServiceConfigureNetworkRequest) Reset() {
+	*x = GuestServiceConfigureNetworkRequest{}
+	mi := &file_guest_v0_guest_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuestServiceConfigureNetworkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuestServiceConfigureNetworkRequest) ProtoMessage() {}
+
+func (x *GuestServiceConfigureNetworkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_guest_v0_guest_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuestServiceConfigureNetworkRequest.ProtoReflect.Descriptor instead.
+func (*GuestServiceConfigureNetworkRequest) Descriptor() ([]byte, []int) {
+	return file_guest_v0_guest_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GuestServiceConfigureNetworkRequest) GetInterface() string {
+	if x != nil {
+		return x.Interface
+	}
+	return ""
+}
+
+func (x *GuestServiceConfigureNetworkRequest) GetMacAddress() string {
+	if x != nil {
+		return x.MacAddress
+	}
+	return ""
+}
+
+func (x *GuestServiceConfigureNetworkRequest) GetMtu() uint32 {
+	if x != nil {
+		return x.Mtu
+	}
+	return 0
+}
+
+func (x *GuestServiceConfigureNetworkRequest) GetIpv4Cidr() string {
+	if x != nil {
+		return x.Ipv4Cidr
+	}
+	return ""
+}
+
+func (x *GuestServiceConfigureNetworkRequest) GetIpv4Gateway() string {
+	if x != nil {
+		return x.Ipv4Gateway
+	}
+	return ""
+}
+
+type GuestServiceConfigureNetworkResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GuestServiceConfigureNetworkResponse) Reset() {
+	*x = GuestServiceConfigureNetworkResponse{}
+	mi := &file_guest_v0_guest_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuestServiceConfigureNetworkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuestServiceConfigureNetworkResponse) ProtoMessage() {}
+
+func (x *GuestServiceConfigureNetworkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_guest_v0_guest_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuestServiceConfigureNetworkResponse.ProtoReflect.Descriptor instead.
+func (*GuestServiceConfigureNetworkResponse) Descriptor() ([]byte, []int) {
+	return file_guest_v0_guest_proto_rawDescGZIP(), []int{4}
+}
+
 var File_guest_v0_guest_proto protoreflect.FileDescriptor
 
 const file_guest_v0_guest_proto_rawDesc = "" +
@@ -234,9 +351,18 @@ const file_guest_v0_guest_proto_rawDesc = "" +
 	"\x03tag\x18\x01 \x01(\tR\x03tag\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\"G\n" +
 	"\x1dGuestServiceConfigureResponse\x12&\n" +
-	"\x0funix_time_nanos\x18\x01 \x01(\x03R\runixTimeNanos2z\n" +
+	"\x0funix_time_nanos\x18\x01 \x01(\x03R\runixTimeNanos\"\xb6\x01\n" +
+	"#GuestServiceConfigureNetworkRequest\x12\x1c\n" +
+	"\tinterface\x18\x01 \x01(\tR\tinterface\x12\x1f\n" +
+	"\vmac_address\x18\x02 \x01(\tR\n" +
+	"macAddress\x12\x10\n" +
+	"\x03mtu\x18\x03 \x01(\rR\x03mtu\x12\x1b\n" +
+	"\tipv4_cidr\x18\x04 \x01(\tR\bipv4Cidr\x12!\n" +
+	"\fipv4_gateway\x18\x05 \x01(\tR\vipv4Gateway\"&\n" +
+	"$GuestServiceConfigureNetworkResponse2\xfb\x01\n" +
 	"\fGuestService\x12j\n" +
-	"\tConfigure\x12,.aurae.guest.v0.GuestServiceConfigureRequest\x1a-.aurae.guest.v0.GuestServiceConfigureResponse\"\x00B9Z7github.com/aurae-runtime/aurae-cri/api/guest/v0;guestv0b\x06proto3"
+	"\tConfigure\x12,.aurae.guest.v0.GuestServiceConfigureRequest\x1a-.aurae.guest.v0.GuestServiceConfigureResponse\"\x00\x12\x7f\n" +
+	"\x10ConfigureNetwork\x123.aurae.guest.v0.GuestServiceConfigureNetworkRequest\x1a4.aurae.guest.v0.GuestServiceConfigureNetworkResponse\"\x00B9Z7github.com/aurae-runtime/aurae-cri/api/guest/v0;guestv0b\x06proto3"
 
 var (
 	file_guest_v0_guest_proto_rawDescOnce sync.Once
@@ -250,18 +376,22 @@ func file_guest_v0_guest_proto_rawDescGZIP() []byte {
 	return file_guest_v0_guest_proto_rawDescData
 }
 
-var file_guest_v0_guest_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_guest_v0_guest_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_guest_v0_guest_proto_goTypes = []any{
-	(*GuestServiceConfigureRequest)(nil),  // 0: aurae.guest.v0.GuestServiceConfigureRequest
-	(*VirtioFSMount)(nil),                 // 1: aurae.guest.v0.VirtioFSMount
-	(*GuestServiceConfigureResponse)(nil), // 2: aurae.guest.v0.GuestServiceConfigureResponse
+	(*GuestServiceConfigureRequest)(nil),         // 0: aurae.guest.v0.GuestServiceConfigureRequest
+	(*VirtioFSMount)(nil),                        // 1: aurae.guest.v0.VirtioFSMount
+	(*GuestServiceConfigureResponse)(nil),        // 2: aurae.guest.v0.GuestServiceConfigureResponse
+	(*GuestServiceConfigureNetworkRequest)(nil),  // 3: aurae.guest.v0.GuestServiceConfigureNetworkRequest
+	(*GuestServiceConfigureNetworkResponse)(nil), // 4: aurae.guest.v0.GuestServiceConfigureNetworkResponse
 }
 var file_guest_v0_guest_proto_depIdxs = []int32{
 	1, // 0: aurae.guest.v0.GuestServiceConfigureRequest.virtiofs:type_name -> aurae.guest.v0.VirtioFSMount
 	0, // 1: aurae.guest.v0.GuestService.Configure:input_type -> aurae.guest.v0.GuestServiceConfigureRequest
-	2, // 2: aurae.guest.v0.GuestService.Configure:output_type -> aurae.guest.v0.GuestServiceConfigureResponse
-	2, // [2:3] is the sub-list for method output_type
-	1, // [1:2] is the sub-list for method input_type
+	3, // 2: aurae.guest.v0.GuestService.ConfigureNetwork:input_type -> aurae.guest.v0.GuestServiceConfigureNetworkRequest
+	2, // 3: aurae.guest.v0.GuestService.Configure:output_type -> aurae.guest.v0.GuestServiceConfigureResponse
+	4, // 4: aurae.guest.v0.GuestService.ConfigureNetwork:output_type -> aurae.guest.v0.GuestServiceConfigureNetworkResponse
+	3, // [3:5] is the sub-list for method output_type
+	1, // [1:3] is the sub-list for method input_type
 	1, // [1:1] is the sub-list for extension type_name
 	1, // [1:1] is the sub-list for extension extendee
 	0, // [0:1] is the sub-list for field type_name
@@ -278,7 +408,7 @@ func file_guest_v0_guest_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_guest_v0_guest_proto_rawDesc), len(file_guest_v0_guest_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,7 +26,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	GuestService_Configure_FullMethodName = "/aurae.guest.v0.GuestService/Configure"
+	GuestService_Configure_FullMethodName        = "/aurae.guest.v0.GuestService/Configure"
+	GuestService_ConfigureNetwork_FullMethodName = "/aurae.guest.v0.GuestService/ConfigureNetwork"
 )
 
 // GuestServiceClient is the client API for GuestService service.
@@ -36,6 +37,10 @@ type GuestServiceClient interface {
 	// Set the guest's clock, reseed its random generator, set its hostname,
 	// find hot-plugged devices and mount the virtio-fs shares.
 	Configure(ctx context.Context, in *GuestServiceConfigureRequest, opts ...grpc.CallOption) (*GuestServiceConfigureResponse, error)
+	// Configure a network interface of the guest (a VM pod's eth0 takes over
+	// the address CNI gave the pod): its MAC, MTU and IPv4 address, up, and
+	// the default route. Served to cold-booted guests too.
+	ConfigureNetwork(ctx context.Context, in *GuestServiceConfigureNetworkRequest, opts ...grpc.CallOption) (*GuestServiceConfigureNetworkResponse, error)
 }
 
 type guestServiceClient struct {
@@ -56,6 +61,16 @@ func (c *guestServiceClient) Configure(ctx context.Context, in *GuestServiceConf
 	return out, nil
 }
 
+func (c *guestServiceClient) ConfigureNetwork(ctx context.Context, in *GuestServiceConfigureNetworkRequest, opts ...grpc.CallOption) (*GuestServiceConfigureNetworkResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GuestServiceConfigureNetworkResponse)
+	err := c.cc.Invoke(ctx, GuestService_ConfigureNetwork_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GuestServiceServer is the server API for GuestService service.
 // All implementations must embed UnimplementedGuestServiceServer
 // for forward compatibility.
@@ -63,6 +78,10 @@ type GuestServiceServer interface {
 	// Set the guest's clock, reseed its random generator, set its hostname,
 	// find hot-plugged devices and mount the virtio-fs shares.
 	Configure(context.Context, *GuestServiceConfigureRequest) (*GuestServiceConfigureResponse, error)
+	// Configure a network interface of the guest (a VM pod's eth0 takes over
+	// the address CNI gave the pod): its MAC, MTU and IPv4 address, up, and
+	// the default route. Served to cold-booted guests too.
+	ConfigureNetwork(context.Context, *GuestServiceConfigureNetworkRequest) (*GuestServiceConfigureNetworkResponse, error)
 	mustEmbedUnimplementedGuestServiceServer()
 }
 
@@ -75,6 +94,9 @@ type UnimplementedGuestServiceServer struct{}
 
 func (UnimplementedGuestServiceServer) Configure(context.Context, *GuestServiceConfigureRequest) (*GuestServiceConfigureResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Configure not implemented")
+}
+func (UnimplementedGuestServiceServer) ConfigureNetwork(context.Context, *GuestServiceConfigureNetworkRequest) (*GuestServiceConfigureNetworkResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ConfigureNetwork not implemented")
 }
 func (UnimplementedGuestServiceServer) mustEmbedUnimplementedGuestServiceServer() {}
 func (UnimplementedGuestServiceServer) testEmbeddedByValue()                      {}
@@ -115,6 +137,24 @@ func _GuestService_Configure_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GuestService_ConfigureNetwork_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GuestServiceConfigureNetworkRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GuestServiceServer).ConfigureNetwork(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GuestService_ConfigureNetwork_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GuestServiceServer).ConfigureNetwork(ctx, req.(*GuestServiceConfigureNetworkRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // GuestService_ServiceDesc is the grpc.ServiceDesc for GuestService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -125,6 +165,10 @@ var GuestService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Configure",
 			Handler:    _GuestService_Configure_Handler,
+		},
+		{
+			MethodName: "ConfigureNetwork",
+			Handler:    _GuestService_ConfigureNetwork_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -72,3 +72,24 @@ func TestConfigureWaitsForNICsBounded(t *testing.T) {
 		t.Errorf("eth0 present: %v", err)
 	}
 }
+
+func TestParseNetRequest(t *testing.T) {
+	ok := &guestv0.GuestServiceConfigureNetworkRequest{Interface: "eth0", MacAddress: "4a:1b:2c:3d:4e:5f", Mtu: 1450, Ipv4Cidr: "10.88.0.5/16", Ipv4Gateway: "10.88.0.1"}
+	r, err := parseNetRequest(ok)
+	if err != nil || r.addr.IPNet.String() != "10.88.0.5/16" || r.mtu != 1450 || r.gateway.String() != "10.88.0.1" || r.mac.String() != "4a:1b:2c:3d:4e:5f" {
+		t.Fatalf("parse %v: %+v %v", ok, r, err)
+	}
+	for name, req := range map[string]*guestv0.GuestServiceConfigureNetworkRequest{
+		"no interface":   {Ipv4Cidr: "10.88.0.5/16"},
+		"path interface": {Interface: "../eth0", Ipv4Cidr: "10.88.0.5/16"},
+		"bad mac":        {Interface: "eth0", MacAddress: "zz", Ipv4Cidr: "10.88.0.5/16"},
+		"tiny mtu":       {Interface: "eth0", Mtu: 10, Ipv4Cidr: "10.88.0.5/16"},
+		"no address":     {Interface: "eth0"},
+		"ipv6 address":   {Interface: "eth0", Ipv4Cidr: "fd00::5/64"},
+		"bad gateway":    {Interface: "eth0", Ipv4Cidr: "10.88.0.5/16", Ipv4Gateway: "gw"},
+	} {
+		if _, err := parseNetRequest(req); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("%s: %v, want InvalidArgument", name, err)
+		}
+	}
+}
