@@ -148,6 +148,19 @@ func TestCRIVMPodFromTemplate(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(vol, "w")); err == nil {
 		t.Error("a clone wrote into its read-only volume")
 	}
+	// The guest network was set by GuestService, not a shell in the guest.
+	attached := 0
+	for _, r := range c.Records() {
+		if r["msg"] == "vm pod network attached" {
+			attached++
+			if r["via"] != "guest-service" {
+				t.Errorf("vm pod network attached via %v, want guest-service", r["via"])
+			}
+		}
+	}
+	if attached != len(clones) {
+		t.Errorf("%d vm pod networks attached, want %d", attached, len(clones))
+	}
 }
 
 // TestCRIVMTemplateKilledWhileMade kills aurae-cri (and its embedded

@@ -54,10 +54,11 @@ func (c *Controller) StartPod(ctx context.Context, podID string, net *controller
 			return err
 		}
 	}
-	if err := configureGuestNet(ctx, g, ni); err != nil {
+	via, err := configureGuestNet(ctx, g, ni)
+	if err != nil {
 		return fmt.Errorf("configure the guest's network: %w", err)
 	}
-	c.log.Info("vm pod network attached", "pod", podID, "mac", ni.MAC, "address", ni.CIDR, "gateway", ni.Gateway)
+	c.log.Info("vm pod network attached", "pod", podID, "mac", ni.MAC, "address", ni.CIDR, "gateway", ni.Gateway, "via", via)
 	return nil
 }
 
@@ -79,20 +80,21 @@ func mirrorCommands(eth, tap string) [][]string {
 // configureGuestNet gives the guest's eth0 the pod's MAC, MTU, address and
 // default route through GuestService (netlink in the guest auraed); a guest
 // image without it gets the same as a script of busybox ip in a cell.
-func configureGuestNet(ctx context.Context, g *guest, ni netInfo) error {
+// It returns which did: "guest-service" or "script".
+func configureGuestNet(ctx context.Context, g *guest, ni netInfo) (string, error) {
 	req := &guestv0.GuestServiceConfigureNetworkRequest{Interface: "eth0", MacAddress: ni.MAC, Ipv4Cidr: ni.CIDR, Ipv4Gateway: ni.Gateway}
 	if ni.MTU != "" {
 		mtu, err := strconv.ParseUint(ni.MTU, 10, 32)
 		if err != nil {
-			return fmt.Errorf("mtu %q: %w", ni.MTU, err)
+			return "", fmt.Errorf("mtu %q: %w", ni.MTU, err)
 		}
 		req.Mtu = uint32(mtu)
 	}
 	_, err := guestv0.NewGuestServiceClient(g.Conn).ConfigureNetwork(ctx, req)
 	if errdefs.IsNotImplemented(err) || status.Code(err) == codes.Unimplemented {
-		return g.run(ctx, "net", guestNetScript(ni))
+		return "script", g.run(ctx, "net", guestNetScript(ni))
 	}
-	return err
+	return "guest-service", err
 }
 
 // guestNetScript configures the guest's eth0 (busybox ip).
