@@ -159,37 +159,37 @@ func openState(dir string) (*os.File, error) {
 // (cfg is the template's machine: see templateVM), making it first when
 // there is none. One maker per key: the others wait for it.
 func (t *templates) get(ctx context.Context, key string, cfg hypervisor.VMConfig) (*os.File, error) {
-	for {
-		if _, err := t.check(key); err == nil {
-			return openState(filepath.Join(t.dir, key))
+	dir := filepath.Join(t.dir, key)
+	if _, err := t.check(key); err == nil {
+		return openState(dir)
+	}
+	t.mu.Lock()
+	m, busy := t.making[key]
+	if !busy {
+		m = &making{done: make(chan struct{})}
+		t.making[key] = m
+	}
+	t.mu.Unlock()
+	if busy {
+		select {
+		case <-m.done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for vm template %s: %w", key, ctx.Err())
 		}
-		t.mu.Lock()
-		m, busy := t.making[key]
-		if !busy {
-			m = &making{done: make(chan struct{})}
-			t.making[key] = m
-		}
-		t.mu.Unlock()
-		if busy {
-			select {
-			case <-m.done:
-				if m.err != nil {
-					return nil, m.err
-				}
-				continue
-			case <-ctx.Done():
-				return nil, fmt.Errorf("wait for vm template %s: %w", key, ctx.Err())
-			}
-		}
+	} else {
 		m.err = t.make(ctx, key, cfg)
 		t.mu.Lock()
 		delete(t.making, key)
 		t.mu.Unlock()
 		close(m.done)
-		if m.err != nil {
-			return nil, m.err
-		}
 	}
+	if m.err != nil {
+		return nil, m.err
+	}
+	if _, err := t.check(key); err != nil {
+		return nil, fmt.Errorf("vm template %s just made: %w", key, err)
+	}
+	return openState(dir)
 }
 
 // make boots a fresh guest and saves it as the template key, in a temp
