@@ -48,6 +48,9 @@ type config struct {
 	VMKernel      string `toml:"vm-kernel"`
 	VMInitramfs   string `toml:"vm-initramfs"`
 	VMOverheadMiB uint   `toml:"vm-overhead-mib"`
+	// VMTemplates starts VM pods' VMs from VM templates where the embedded
+	// auraed can (auraed's --vm-templates).
+	VMTemplates bool `toml:"vm-templates"`
 	// VMMaxMemMiB bounds a VM pod's memory; VMAllowedAnnotations are the
 	// Kata sizing annotations pods may use (comma-separated; none by default).
 	VMMaxMemMiB          uint   `toml:"vm-max-memory-mib"`
@@ -92,6 +95,7 @@ func parseConfig(args []string) (config, error) {
 		VMKernel:               "/var/lib/aurae/vm/vmlinux",
 		VMInitramfs:            "/var/lib/aurae/vm/initramfs.cpio.gz",
 		VMMaxMemMiB:            8192,
+		VMTemplates:            true,
 		CDISpecDirs:            "/etc/cdi,/var/run/cdi",
 		NRISocket:              nri.DefaultSocketPath,
 		NRIPluginDir:           nri.DefaultPluginPath,
@@ -118,6 +122,7 @@ func parseConfig(args []string) (config, error) {
 	fs.BoolVar(&cfg.DefaultCNIConfig, "write-default-cni-config", cfg.DefaultCNIConfig, "write a default bridge network config into --cni-conf-dir when it holds none")
 	fs.StringVar(&cfg.VMKernel, "vm-kernel", cfg.VMKernel, "guest kernel of VM pods (make vm-image)")
 	fs.StringVar(&cfg.VMInitramfs, "vm-initramfs", cfg.VMInitramfs, "guest initramfs of VM pods (make vm-image); must sit beside --vm-kernel as initramfs.cpio.gz")
+	fs.BoolVar(&cfg.VMTemplates, "vm-templates", cfg.VMTemplates, "start VM pods' VMs from VM templates (a guest booted once and saved, under the embedded auraed's state dir) where it can; any failure boots cold")
 	fs.UintVar(&cfg.VMOverheadMiB, "vm-overhead-mib", cfg.VMOverheadMiB, "memory added to each VM pod's VM (MiB)")
 	fs.UintVar(&cfg.VMMaxMemMiB, "vm-max-memory-mib", cfg.VMMaxMemMiB, "most memory a VM pod's VM may have, overhead included (MiB; 0: no bound)")
 	fs.StringVar(&cfg.VMAllowedAnnotations, "vm-allowed-annotations", cfg.VMAllowedAnnotations, "Kata sizing annotations VM pods may use, comma-separated ("+vm.AnnotationVCPUs+", "+vm.AnnotationMemMiB+"); none by default")

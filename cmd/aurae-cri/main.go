@@ -251,6 +251,7 @@ func startEmbeddedAuraed(ctx context.Context, cfg config, logger *slog.Logger, o
 		CgroupRoot:         cfg.CgroupRoot,
 		OCIRuntime:         cfg.OCIRuntime,
 		AllowOldOCIRuntime: cfg.AllowOldOCIRuntime,
+		VMTemplates:        cfg.VMTemplates,
 		Logger:             logger.With("component", "auraed"),
 	})
 	if err != nil {

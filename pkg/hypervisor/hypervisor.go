@@ -145,6 +145,8 @@ type VMConfig struct {
 	// shares' virtiofsds) where they belong (a cgroup) right after the
 	// hypervisor started, before the guest boots; an error kills them.
 	Place func(pids ...int) error
+	// tmpl, when set, boots a template's machine or a clone (template.go).
+	tmpl *templateMode
 }
 
 // Proc is a running hypervisor process.

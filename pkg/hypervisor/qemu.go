@@ -133,7 +133,8 @@ func (q *QEMU) args(cfg VMConfig, a Accel) []string {
 		memOpt += ",slots=1,maxmem=" + strconv.FormatUint(uint64(cfg.MemMiB)+uint64(cfg.rootImageSize>>20), 10) + "M"
 	}
 	machineOpt := m.name
-	if len(cfg.Shares) > 0 {
+	shared := len(cfg.Shares) > 0 || cfg.tmpl != nil
+	if shared {
 		machineOpt += ",memory-backend=mem"
 	}
 	args := []string{
@@ -156,7 +157,8 @@ func (q *QEMU) args(cfg VMConfig, a Accel) []string {
 		"-serial", "chardev:console",
 		"-kernel", fdPath(l.kernel),
 	}
-	if len(cfg.Shares) > 0 {
+	if shared {
+		// A template's machine has it too, for the shares of its clones.
 		args = append(args, "-object", "memory-backend-memfd,id=mem,size="+mem+",share=on")
 	}
 	kargs := cfg.KernelArgs
@@ -193,6 +195,10 @@ func (q *QEMU) args(cfg VMConfig, a Accel) []string {
 			"-drive", "if=none,id=drive-"+d.ID+",file=/dev/fdset/"+set+",format=raw,readonly="+ro,
 			"-device", "virtio-blk"+m.virtio+",drive=drive-"+d.ID+",serial="+d.ID,
 		)
+	}
+	if cfg.tmpl != nil {
+		// NICs and shares are hot-plugged into a clone (template.go).
+		return append(append(args, templateArgs(cfg, l)...), "-qmp", "unix:"+inDir(ControlSocketName)+",server=on,wait=off")
 	}
 	for i, n := range cfg.NICs {
 		id := "net" + strconv.Itoa(i)
@@ -355,6 +361,14 @@ func (q *QEMU) boot(ctx context.Context, bin string, cfg VMConfig, a Accel) (_ *
 		if err := cfg.Place(append([]int{pid}, helpers...)...); err != nil {
 			return nil, fmt.Errorf("place qemu: %w", err)
 		}
+	}
+	if cfg.tmpl != nil && cfg.tmpl.incoming != nil {
+		rctx, cancel := context.WithTimeout(ctx, cfg.BootTimeout)
+		defer cancel()
+		if err := q.restore(rctx, p, cfg, exited); err != nil {
+			return nil, fmt.Errorf("%w: %s", err, tail(filepath.Join(dir, LogFileName)))
+		}
+		return p, nil
 	}
 
 	bctx, cancel := context.WithTimeout(ctx, cfg.BootTimeout)

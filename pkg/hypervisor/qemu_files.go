@@ -25,10 +25,12 @@ import (
 //	then         one tap device per NIC (made by auraed in the VM's network
 //	             namespace; it goes when QEMU closes it)
 //	then         one file per drive (QEMU's fd set N+1 for drive N)
+//	then         a clone's incoming state (a VM template's, read-only)
 type fdLayout struct {
 	kernel, initrd int // initrd 0: none
 	rootImage      int // 0: none
 	taps, drives   []int
+	incoming       int // 0: none
 }
 
 const dirFD = 3
@@ -47,6 +49,9 @@ func layoutFor(cfg VMConfig) fdLayout {
 	}
 	for range cfg.Drives {
 		l.drives, next = append(l.drives, next), next+1
+	}
+	if cfg.tmpl != nil && cfg.tmpl.incoming != nil {
+		l.incoming = next
 	}
 	return l
 }
@@ -109,6 +114,10 @@ func openFiles(cfg VMConfig) (_ []*os.File, retErr error) {
 		if err := open(d.Path, flags); err != nil {
 			return nil, fmt.Errorf("drive %s: %w", d.ID, err)
 		}
+	}
+	if cfg.tmpl != nil && cfg.tmpl.incoming != nil {
+		// Its own descriptor (StartFromTemplate's dup), closed with the others.
+		files = append(files, cfg.tmpl.incoming)
 	}
 	return files, nil
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // qmp is a connection to a QEMU Machine Protocol socket: JSON objects, one
@@ -84,13 +86,33 @@ func (q *qmp) close() error {
 // execute runs a command and returns its "return" value, skipping the
 // asynchronous events QEMU sends in between.
 func (q *qmp) execute(cmd string, args any) (json.RawMessage, error) {
+	return q.executeFD(cmd, args, -1)
+}
+
+// executeFD is execute that passes fd along (SCM_RIGHTS), for getfd;
+// fd < 0 passes none.
+func (q *qmp) executeFD(cmd string, args any, fd int) (json.RawMessage, error) {
 	q.id++
 	req := map[string]any{"execute": cmd, "id": q.id}
 	if args != nil {
 		req["arguments"] = args
 	}
-	if err := q.enc.Encode(req); err != nil {
-		return nil, fmt.Errorf("qmp %s: %w", cmd, err)
+	if fd < 0 {
+		if err := q.enc.Encode(req); err != nil {
+			return nil, fmt.Errorf("qmp %s: %w", cmd, err)
+		}
+	} else {
+		uc, ok := q.conn.(*net.UnixConn)
+		if !ok {
+			return nil, fmt.Errorf("qmp %s: passing a file needs a unix socket", cmd)
+		}
+		b, err := json.Marshal(req)
+		if err != nil {
+			return nil, err
+		}
+		if _, _, err := uc.WriteMsgUnix(b, unix.UnixRights(fd), nil); err != nil {
+			return nil, fmt.Errorf("qmp %s: %w", cmd, err)
+		}
 	}
 	for {
 		var m qmpMessage

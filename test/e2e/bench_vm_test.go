@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,29 +21,75 @@ const benchVMPods = 10
 // BenchmarkVMPodStart measures VM pod start (handler aurae-vm): RunPodSandbox
 // + CreateContainer + StartContainer until the container runs, for 10 pods
 // one after another (each stays up), and the host memory of an idle VM pod
-// (PSS of its QEMU and virtiofsds), once all run. The
-// scenario runs once per `go test` run, whatever b.N is.
+// (PSS of its QEMU and virtiofsds) once all 10 run: first with every VM
+// booted cold (--vm-templates=false), then with VMs started from a VM
+// template (made by a warm-up pod, not counted; its making is logged).
+// The scenario runs once per `go test` run, whatever b.N is.
 func BenchmarkVMPodStart(b *testing.B) {
 	if !vmBenchOnce {
 		vmBenchOnce = true
-		vmBenchStarts, vmBenchPSS, vmBenchErr = measureVMPodStarts(b)
+		vmBenchCold, vmBenchErr = measureVMPodStarts(b, false)
+		if vmBenchErr == nil {
+			vmBenchTpl, vmBenchErr = measureVMPodStarts(b, true)
+		}
 	}
 	if vmBenchErr != nil {
 		b.Fatal(vmBenchErr)
 	}
-	b.ReportMetric(ms(percentile(vmBenchStarts, 0.50)), "vm-p50-ms")
-	b.ReportMetric(ms(percentile(vmBenchStarts, 0.99)), "vm-p99-ms")
-	b.ReportMetric(float64(vmBenchPSS)/1024, "vm-pss-mib")
+	for _, r := range []struct {
+		name string
+		m    vmBenchRun
+	}{{"cold", vmBenchCold}, {"tpl", vmBenchTpl}} {
+		b.ReportMetric(ms(percentile(r.m.starts, 0.50)), "vm-"+r.name+"-p50-ms")
+		b.ReportMetric(ms(percentile(r.m.starts, 0.99)), "vm-"+r.name+"-p99-ms")
+		b.ReportMetric(float64(r.m.pss)/1024, "vm-"+r.name+"-pss-mib")
+	}
+}
+
+// vmBenchRun is one run of 10 VM pods.
+type vmBenchRun struct {
+	starts []time.Duration
+	pss    int // KiB, median
 }
 
 var (
-	vmBenchOnce   bool
-	vmBenchStarts []time.Duration
-	vmBenchPSS    int
-	vmBenchErr    error
+	vmBenchOnce             bool
+	vmBenchCold, vmBenchTpl vmBenchRun
+	vmBenchErr              error
 )
 
-func measureVMPodStarts(b *testing.B) ([]time.Duration, int, error) {
+// startBenchVMPod runs a VM pod with a sleeping container and returns its id
+// once the container runs.
+func startBenchVMPod(ctx context.Context, c *CRI, pod *runtimeapi.PodSandboxConfig, image string) (string, error) {
+	t0 := time.Now()
+	podID, err := c.Runtime.RunPodSandbox(ctx, pod, "aurae-vm")
+	if err != nil {
+		return "", err
+	}
+	cfg := containerConfig("sleeper", image, "sleep", "3600")
+	id, err := c.Runtime.CreateContainer(ctx, podID, cfg, pod)
+	if err != nil {
+		return podID, err
+	}
+	if err := c.Runtime.StartContainer(ctx, id); err != nil {
+		return podID, err
+	}
+	for {
+		st, err := c.Runtime.ContainerStatus(ctx, id, false)
+		if err != nil {
+			return podID, err
+		}
+		if st.GetStatus().GetState() == runtimeapi.ContainerState_CONTAINER_RUNNING {
+			return podID, nil
+		}
+		if time.Since(t0) > 3*time.Minute {
+			return podID, fmt.Errorf("vm pod %s: container not running after 3 min", podID)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func measureVMPodStarts(b *testing.B, templates bool) (vmBenchRun, error) {
 	for _, f := range []string{vmImageDir + "/vmlinux", vmImageDir + "/initramfs.cpio.gz"} {
 		if _, err := os.Stat(f); err != nil {
 			b.Skipf("no guest image (make vm-image): %v", err)
@@ -50,58 +98,62 @@ func measureVMPodStarts(b *testing.B) ([]time.Duration, int, error) {
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		b.Skip("qemu-system-x86_64 not installed")
 	}
-	c := startCRI(b)
+	name := "cold"
+	c := startCRI(b, "--vm-templates=false")
+	if templates {
+		name = "template"
+		c = startCRI(b)
+	}
 	image := c.pushBusybox(b, "bench/busybox:vm", testimage.Options{})
 	ctx := b.Context()
-	var starts []time.Duration
 	var ids []string
-	for i := range benchVMPods {
-		pod := c.podConfig(b, fmt.Sprintf("vmbench-%d", i))
+	defer func() {
+		// The next run measures alone.
+		for _, id := range ids {
+			_ = c.Runtime.StopPodSandbox(ctx, id)
+			_ = c.Runtime.RemovePodSandbox(ctx, id)
+		}
+	}()
+	if templates {
+		// The warm-up pod makes the template.
 		t0 := time.Now()
-		podID, err := c.Runtime.RunPodSandbox(ctx, pod, "aurae-vm")
+		id, err := startBenchVMPod(ctx, c, c.podConfig(b, "vmbench-warmup"), image)
+		if id != "" {
+			ids = append(ids, id)
+		}
 		if err != nil {
-			return nil, 0, err
+			return vmBenchRun{}, err
 		}
-		ids = append(ids, podID)
-		cfg := containerConfig("sleeper", image, "sleep", "3600")
-		id, err := c.Runtime.CreateContainer(ctx, podID, cfg, pod)
+		b.Logf("vm pod start that made the template: %v", time.Since(t0).Round(time.Millisecond))
+	}
+	var run vmBenchRun
+	for i := range benchVMPods {
+		t0 := time.Now()
+		id, err := startBenchVMPod(ctx, c, c.podConfig(b, fmt.Sprintf("vmbench-%d", i)), image)
+		if id != "" {
+			ids = append(ids, id)
+		}
 		if err != nil {
-			return nil, 0, err
+			return vmBenchRun{}, err
 		}
-		if err := c.Runtime.StartContainer(ctx, id); err != nil {
-			return nil, 0, err
-		}
-		for {
-			st, err := c.Runtime.ContainerStatus(ctx, id, false)
-			if err != nil {
-				return nil, 0, err
-			}
-			if st.GetStatus().GetState() == runtimeapi.ContainerState_CONTAINER_RUNNING {
-				break
-			}
-			if time.Since(t0) > 3*time.Minute {
-				return nil, 0, fmt.Errorf("vm pod %d: container not running after 3 min", i)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		starts = append(starts, time.Since(t0))
+		run.starts = append(run.starts, time.Since(t0))
 	}
 	time.Sleep(5 * time.Second) // idle
 	// A VM pod's host processes are QEMU and its virtiofsds, all in the
 	// pod's VM cgroup: its PSS is theirs.
 	var pss []int
-	for _, id := range ids {
+	for _, id := range ids[len(ids)-benchVMPods:] {
 		qemu := qemuPids("aurae-vm-pod-" + id[:16])
 		if len(qemu) != 1 {
-			return nil, 0, fmt.Errorf("vm pod %s: QEMUs %v", id, qemu)
+			return vmBenchRun{}, fmt.Errorf("vm pod %s: QEMUs %v", id, qemu)
 		}
 		dir, err := memoryCgroupDir(qemu[0])
 		if err != nil {
-			return nil, 0, err
+			return vmBenchRun{}, err
 		}
 		procs := cgroupPids(dir)
 		if len(procs) == 0 {
-			return nil, 0, fmt.Errorf("vm pod %s: no processes in %s", id, dir)
+			return vmBenchRun{}, fmt.Errorf("vm pod %s: no processes in %s", id, dir)
 		}
 		sum := 0
 		for _, pid := range procs {
@@ -109,10 +161,15 @@ func measureVMPodStarts(b *testing.B) ([]time.Duration, int, error) {
 		}
 		pss = append(pss, sum)
 	}
+	if qemu := qemuPids("aurae-vm-pod-" + ids[len(ids)-1][:16]); len(qemu) == 1 {
+		b.Logf("%s: the last VM pod's QEMU: %s", name, pssSplit(qemu[0]))
+	}
 	sort.Ints(pss)
-	b.Logf("vm pod starts %v; host PSS KiB per VM pod (QEMU + virtiofsd) %v", starts, pss)
+	run.pss = pss[len(pss)/2]
+	load, _ := os.ReadFile("/proc/loadavg")
+	b.Logf("%s: vm pod starts %v; host PSS KiB per VM pod (QEMU + virtiofsd) %v; load average %s", name, run.starts, pss, strings.TrimSpace(string(load)))
 	logVMStartPhases(b, c)
-	return starts, pss[len(pss)/2], nil
+	return run, nil
 }
 
 // logVMStartPhases logs the medians of where a VM pod's start goes, from
@@ -139,9 +196,30 @@ func logVMStartPhases(b *testing.B, c *CRI) {
 			}
 		}
 	}
+	var parts []string
 	for _, name := range []string{"boot", "guest dial", "RunPodSandbox", "CreateContainer", "StartContainer"} {
 		if ds := phases[name]; len(ds) > 0 {
-			b.Logf("vm pod start phase %s: p50 %v over %d", name, percentile(ds, 0.50).Round(time.Millisecond), len(ds))
+			parts = append(parts, fmt.Sprintf("%s %v (%d)", name, percentile(ds, 0.50).Round(time.Millisecond), len(ds)))
 		}
 	}
+	b.Logf("vm pod start phases, p50: %s", strings.Join(parts, ", "))
+}
+
+// pssSplit is a process's PSS by kind (smaps_rollup), in KiB: the guest's
+// RAM (shmem: QEMU's memfd), anonymous memory (QEMU's heap and TCG
+// translation cache) and files.
+func pssSplit(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		for _, k := range []string{"Pss_Shmem:", "Pss_Anon:", "Pss_File:"} {
+			if rest, ok := strings.CutPrefix(l, k); ok {
+				out = append(out, strings.TrimSuffix(k, ":")+" "+strings.TrimSpace(rest))
+			}
+		}
+	}
+	return strings.Join(out, ", ")
 }

@@ -504,6 +504,11 @@ type VmSummary struct {
 	// Why the VM runs slower than it could (e.g. TCG because KVM cannot boot it).
 	Warning       string `protobuf:"bytes,6,opt,name=warning,proto3" json:"warning,omitempty"`
 	HypervisorPid int32  `protobuf:"varint,7,opt,name=hypervisor_pid,json=hypervisorPid,proto3" json:"hypervisor_pid,omitempty"`
+	// How the running VM was started: "cold" (a boot of its kernel) or
+	// "template" (restored from a saved, booted guest).
+	Boot string `protobuf:"bytes,8,opt,name=boot,proto3" json:"boot,omitempty"`
+	// Why a VM that could have been started from a template was booted cold.
+	BootNote      string `protobuf:"bytes,9,opt,name=boot_note,json=bootNote,proto3" json:"boot_note,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -585,6 +590,20 @@ func (x *VmSummary) GetHypervisorPid() int32 {
 		return x.HypervisorPid
 	}
 	return 0
+}
+
+func (x *VmSummary) GetBoot() string {
+	if x != nil {
+		return x.Boot
+	}
+	return ""
+}
+
+func (x *VmSummary) GetBootNote() string {
+	if x != nil {
+		return x.BootNote
+	}
+	return ""
 }
 
 // An Aurae virtual machine.
@@ -1045,7 +1064,7 @@ const file_vms_v0_vms_proto_rawDesc = "" +
 	"\x15VmServiceStopResponse\"\x16\n" +
 	"\x14VmServiceListRequest\"L\n" +
 	"\x15VmServiceListResponse\x123\n" +
-	"\bmachines\x18\x01 \x03(\v2\x17.aurae.vms.v0.VmSummaryR\bmachines\"\x8a\x02\n" +
+	"\bmachines\x18\x01 \x03(\v2\x17.aurae.vms.v0.VmSummaryR\bmachines\"\xbb\x02\n" +
 	"\tVmSummary\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x126\n" +
 	"\amachine\x18\x02 \x01(\v2\x1c.aurae.vms.v0.VirtualMachineR\amachine\x12+\n" +
@@ -1053,7 +1072,9 @@ const file_vms_v0_vms_proto_rawDesc = "" +
 	"\x0eauraed_address\x18\x04 \x01(\tR\rauraedAddress\x12 \n" +
 	"\vaccelerator\x18\x05 \x01(\tR\vaccelerator\x12\x18\n" +
 	"\awarning\x18\x06 \x01(\tR\awarning\x12%\n" +
-	"\x0ehypervisor_pid\x18\a \x01(\x05R\rhypervisorPid\"\x91\x04\n" +
+	"\x0ehypervisor_pid\x18\a \x01(\x05R\rhypervisorPid\x12\x12\n" +
+	"\x04boot\x18\b \x01(\tR\x04boot\x12\x1b\n" +
+	"\tboot_note\x18\t \x01(\tR\bbootNote\"\x91\x04\n" +
 	"\x0eVirtualMachine\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1e\n" +
 	"\vmem_size_mb\x18\x02 \x01(\rR\tmemSizeMb\x12\x1d\n" +

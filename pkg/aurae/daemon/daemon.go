@@ -49,6 +49,9 @@ type Config struct {
 	// VMImageDir holds the guest image (vmlinux, initramfs.cpio.gz) that
 	// runtime.Core's RunVirtualMachine boots.
 	VMImageDir string
+	// VMTemplates starts VMs from VM templates where it can (VmService:
+	// vms.Config.Templates).
+	VMTemplates bool
 	// Logs feeds GetAuraeDaemonLogStream; nil serves an empty stream.
 	Logs *observe.LogBroadcaster
 	// Images says where runtime.Core's RunCell and RunPod pull images.

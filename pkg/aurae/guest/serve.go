@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	guestv0 "github.com/aurae-runtime/aurae-cri/api/guest/v0"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/daemon"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/observe"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/server"
@@ -81,6 +82,7 @@ func serve() error {
 	}()
 	s := server.New(logger)
 	d.Register(s)
+	guestv0.RegisterGuestServiceServer(s, NewConfigureService(logger))
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- s.Serve(lis) }()
 	logger.Info("guest auraed serving", "version", version.Version, "pid", os.Getpid(),

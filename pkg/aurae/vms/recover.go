@@ -47,7 +47,7 @@ func (s *Service) recover(ctx context.Context) error {
 			continue
 		}
 		if p := s.adopt(ctx, v, r.Status); p != nil {
-			s.setRunning(v, p, r.Status.Warning)
+			s.setRunning(v, p, r.Status.Warning, "", "")
 			s.log.Info("vm adopted", "vm", id, "pid", p.Pid, "accel", p.Accel)
 			continue
 		}

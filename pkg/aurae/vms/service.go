@@ -11,6 +11,7 @@
 //	vms/<id>/console.log    the guest's serial console
 //	vms/<id>/hypervisor.pid, hypervisor.log
 //	vms/.accel/             the KVM probe's results, per kernel hash
+//	vm-templates/           VM templates (templates.go)
 //
 // The guest's initramfs is Config.Initramfs, or else initramfs.cpio.gz
 // beside the VM's kernel when it exists (what `make vm-image` puts in
@@ -60,7 +61,11 @@ type Config struct {
 	// gets a user and group of its own, UIDBase+n, that no host user has.
 	// Default 2147418112 (0x7fff0000), 65536 of them.
 	UIDBase, UIDCount uint32
-	Logger            *slog.Logger
+	// Templates starts VMs from VM templates where the hypervisor can (see
+	// templates.go): QEMU's q35 machine, VMs without drives. The last user
+	// of the range is the template makers'.
+	Templates bool
+	Logger    *slog.Logger
 }
 
 // The default range of hypervisor users: far above the ranges the kubelet
@@ -81,6 +86,8 @@ type Service struct {
 	hv    hypervisor.Hypervisor
 	accel hypervisor.Accel
 	store *store
+	// tpl is nil when templates are off.
+	tpl *templates
 
 	closed   atomic.Bool
 	watchCtx context.Context
@@ -141,6 +148,13 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 	if err := s.recover(ctx); err != nil {
 		_ = s.Close()
 		return nil, fmt.Errorf("recover vms: %w", err)
+	}
+	if tm, ok := hv.(templater); ok && cfg.Templates {
+		if s.tpl, err = newTemplates(cfg.StateDir, tm, cfg.UIDBase+cfg.UIDCount-1, guestReady, s.log); err != nil {
+			_ = s.Close()
+			return nil, err
+		}
+		s.tpl.cleanup(ctx, s.killTemplateMaker)
 	}
 	return s, nil
 }

@@ -50,7 +50,11 @@ type vmStatus struct {
 	Warning   string        `json:"warning,omitempty"`
 	// UID is the user (and group) its hypervisor runs as, kept for its
 	// life.
-	UID       uint32    `json:"uid,omitempty"`
+	UID uint32 `json:"uid,omitempty"`
+	// Boot says how it was last started: "cold" or "template"; BootNote
+	// why a VM that could have been cloned was booted cold.
+	Boot      string    `json:"boot,omitempty"`
+	BootNote  string    `json:"boot_note,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	StartedAt time.Time `json:"started_at,omitzero"`
 	StoppedAt time.Time `json:"stopped_at,omitzero"`
@@ -72,8 +76,11 @@ func (v *vm) running() *hypervisor.Proc {
 }
 
 // setRunning records a started or adopted hypervisor.
-func (s *Service) setRunning(v *vm, p *hypervisor.Proc, warning string) {
+func (s *Service) setRunning(v *vm, p *hypervisor.Proc, warning, boot, note string) {
 	v.mu.Lock()
+	if boot != "" {
+		v.st.Boot, v.st.BootNote = boot, note
+	}
 	v.proc = p
 	v.st.State = vmsv0.VmState_VM_STATE_RUNNING
 	v.st.Pid, v.st.StartTime = p.Pid, p.StartTime
@@ -134,6 +141,8 @@ func (s *Service) summary(v *vm) *vmsv0.VmSummary {
 		Accelerator:   st.Accel,
 		Warning:       st.Warning,
 		AuraedAddress: auraedAddress(v.dir),
+		Boot:          st.Boot,
+		BootNote:      st.BootNote,
 	}
 	if st.State == vmsv0.VmState_VM_STATE_RUNNING {
 		sum.HypervisorPid = int32(st.Pid)
@@ -168,7 +177,8 @@ func (s *Service) hypervisorUser(v *vm) (uint32, error) {
 			used[o.status().UID] = true
 		}
 	}
-	for n := range s.cfg.UIDCount {
+	// The last one is the template makers' (see Config.Templates).
+	for n := range s.cfg.UIDCount - 1 {
 		if uid := s.cfg.UIDBase + n; !used[uid] {
 			v.mu.Lock()
 			v.st.UID = uid
@@ -178,5 +188,5 @@ func (s *Service) hypervisorUser(v *vm) (uint32, error) {
 			return uid, nil
 		}
 	}
-	return 0, fmt.Errorf("all %d hypervisor users are taken: %w", s.cfg.UIDCount, errdefs.ErrResourceExhausted)
+	return 0, fmt.Errorf("all %d hypervisor users are taken: %w", s.cfg.UIDCount-1, errdefs.ErrResourceExhausted)
 }

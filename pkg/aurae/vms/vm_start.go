@@ -55,15 +55,27 @@ func (s *Service) start(ctx context.Context, id string) (string, error) {
 	bctx, cancel := bounded(ctx, 2*s.cfg.BootTimeout+time.Minute)
 	defer cancel()
 	t0 := time.Now()
-	p, err := s.hv.Start(bctx, cfg)
-	if err != nil {
-		return "", fmt.Errorf("start vm %q: %w", id, err)
+	var p *hypervisor.Proc
+	boot, note := bootCold, "templates are off"
+	if s.tpl != nil {
+		if p, err = s.startFromTemplate(bctx, v, cfg); err != nil {
+			note = err.Error()
+			s.log.InfoContext(ctx, "vm boots cold: no template start", "vm", id, "reason", note)
+		} else {
+			boot, note = bootTemplate, ""
+		}
+	}
+	if p == nil {
+		if p, err = s.hv.Start(bctx, cfg); err != nil {
+			return "", fmt.Errorf("start vm %q: %w", id, err)
+		}
 	}
 	if p.Warning != "" {
 		s.log.WarnContext(ctx, "vm runs without hardware acceleration", "vm", id, "accel", p.Accel, "warning", p.Warning)
 	}
-	s.setRunning(v, p, p.Warning)
-	s.log.InfoContext(ctx, "vm started", "vm", id, "hypervisor", s.hv.Name(), "pid", p.Pid, "uid", cfg.UID, "accel", p.Accel, "boot", time.Since(t0).Round(time.Millisecond).String())
+	s.setRunning(v, p, p.Warning, boot, note)
+	s.log.InfoContext(ctx, "vm started", "vm", id, "hypervisor", s.hv.Name(), "pid", p.Pid, "uid", cfg.UID, "accel", p.Accel,
+		"from", boot, "boot", time.Since(t0).Round(time.Millisecond).String())
 	return auraedAddress(v.dir), nil
 }
 

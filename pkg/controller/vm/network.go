@@ -5,11 +5,15 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/containerd/errdefs"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	guestv0 "github.com/aurae-runtime/aurae-cri/api/guest/v0"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 )
 
@@ -50,10 +54,11 @@ func (c *Controller) StartPod(ctx context.Context, podID string, net *controller
 			return err
 		}
 	}
-	if err := g.run(ctx, "net", guestNetScript(ni)); err != nil {
+	via, err := configureGuestNet(ctx, g, ni)
+	if err != nil {
 		return fmt.Errorf("configure the guest's network: %w", err)
 	}
-	c.log.Info("vm pod network attached", "pod", podID, "mac", ni.MAC, "address", ni.CIDR, "gateway", ni.Gateway)
+	c.log.Info("vm pod network attached", "pod", podID, "mac", ni.MAC, "address", ni.CIDR, "gateway", ni.Gateway, "via", via)
 	return nil
 }
 
@@ -70,6 +75,26 @@ func mirrorCommands(eth, tap string) [][]string {
 		)
 	}
 	return out
+}
+
+// configureGuestNet gives the guest's eth0 the pod's MAC, MTU, address and
+// default route through GuestService (netlink in the guest auraed); a guest
+// image without it gets the same as a script of busybox ip in a cell.
+// It returns which did: "guest-service" or "script".
+func configureGuestNet(ctx context.Context, g *guest, ni netInfo) (string, error) {
+	req := &guestv0.GuestServiceConfigureNetworkRequest{Interface: "eth0", MacAddress: ni.MAC, Ipv4Cidr: ni.CIDR, Ipv4Gateway: ni.Gateway}
+	if ni.MTU != "" {
+		mtu, err := strconv.ParseUint(ni.MTU, 10, 32)
+		if err != nil {
+			return "", fmt.Errorf("mtu %q: %w", ni.MTU, err)
+		}
+		req.Mtu = uint32(mtu)
+	}
+	_, err := guestv0.NewGuestServiceClient(g.Conn).ConfigureNetwork(ctx, req)
+	if errdefs.IsNotImplemented(err) || status.Code(err) == codes.Unimplemented {
+		return "script", g.run(ctx, "net", guestNetScript(ni))
+	}
+	return "guest-service", err
 }
 
 // guestNetScript configures the guest's eth0 (busybox ip).
