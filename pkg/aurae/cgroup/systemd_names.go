@@ -25,7 +25,13 @@ func RootSlice(cgroupRoot string) string {
 	}
 	var parts []string
 	for _, p := range strings.Split(r, "/") {
-		parts = append(parts, escapeSliceUnit(strings.ReplaceAll(p, "-", "_")))
+		// A hidden level (auraed's ".pods") needs no dot in a unit name.
+		if p = strings.TrimLeft(p, "."); p != "" {
+			parts = append(parts, escapeSliceUnit(strings.ReplaceAll(p, "-", "_")))
+		}
+	}
+	if len(parts) == 0 {
+		return "-.slice"
 	}
 	return strings.Join(parts, "-") + ".slice"
 }

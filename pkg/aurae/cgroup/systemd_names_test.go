@@ -34,6 +34,7 @@ func TestRootSlice(t *testing.T) {
 		"aurae":             "aurae.slice",
 		"aurae-e2e-1a2b-c3": "aurae_e2e_1a2b_c3.slice",
 		"/a/b-c/":           "a-b_c.slice",
+		"aurae/.pods":       "aurae-pods.slice",
 	} {
 		if got := RootSlice(in); got != want {
 			t.Errorf("RootSlice(%q) = %q, want %q", in, got, want)
