@@ -15,6 +15,8 @@
 # the temp dir are removed whatever happens.
 #
 # Env: CG2_E2E_RUN / CG2_CELLS_RUN (the -test.run of each binary),
+#      CG2_E2E_SYSTEMD_RUN (the e2e tests run again with the systemd cgroup
+#      driver; empty: none),
 #      CG2_TIMEOUT (default 1800 s), CG2_MEMORY (MiB, default 3072),
 #      CG2_CPUS (default 2), CG2_ACCEL (kvm, tcg or auto: KVM when a probe
 #      boot works), RESULTS_DIR (default _output/cgroup2).
@@ -32,8 +34,14 @@ CPUS=${CG2_CPUS:-2}
 RESULTS=${RESULTS_DIR:-$REPO/_output/cgroup2}
 # What differs on cgroup v2: cell limits in the v2 files, the OOM kill of a
 # cell, cells kept across kill -9; the CRI lifecycle with stats, OOMKilled,
-# UpdateContainerResources (memory.max), kill -9 of both daemons.
+# UpdateContainerResources (memory.max), kill -9 of both daemons; all with
+# the cgroupfs driver (AURAE_E2E_CGROUP_DRIVER=cgroupfs).
 E2E_RUN=${CG2_E2E_RUN:-'^(TestCellLimitsReadBack|TestMemoryLimitKillsOnOOM|TestRestartKeepsCells|TestCRILifecycle|TestCRIUpdateResourcesAndReopenLog|TestCRIRestartLosesNothing|TestCRIContainerFeatures)$/^(memory_limit_kills_with_OOMKilled)?$'}
+# The same CRI tests with the systemd driver (pods as transient slices,
+# containers as runc's scopes), and the driver's own test (the kubelet's
+# pod slice honoured, unit properties, kill -9 with units); empty skips the
+# pass.
+E2E_SYSTEMD_RUN=${CG2_E2E_SYSTEMD_RUN-'^(TestCRILifecycle|TestCRIUpdateResourcesAndReopenLog|TestCRIRestartLosesNothing|TestCRIContainerFeatures|TestCRISystemdDriver)$/^(memory_limit_kills_with_OOMKilled)?$'}
 CELLS_RUN=${CG2_CELLS_RUN:-.}
 # go test -timeout of the e2e binary in the guest (a timeout dumps the goroutines).
 TEST_TIMEOUT=${CG2_TEST_TIMEOUT:-25m}
@@ -92,8 +100,12 @@ export CI=true AURAE_E2E_BIN_DIR=\$s/bin PATH=/usr/local/sbin:/usr/local/bin:/us
 rc=0
 echo "=== binary cells.test"
 (cd \$s/src/cells && \$s/bin/cells.test -test.v=test2json -test.count=1 -test.timeout=10m -test.run '$CELLS_RUN') || rc=1
-echo "=== binary e2e.test"
-(cd \$s/src/e2e && \$s/bin/e2e.test -test.v=test2json -test.count=1 -test.timeout=$TEST_TIMEOUT -test.run '$E2E_RUN') || rc=1
+echo "=== binary e2e.test (cgroup driver cgroupfs)"
+(cd \$s/src/e2e && AURAE_E2E_CGROUP_DRIVER=cgroupfs \$s/bin/e2e.test -test.v=test2json -test.count=1 -test.timeout=$TEST_TIMEOUT -test.run '$E2E_RUN') || rc=1
+if [ -n '$E2E_SYSTEMD_RUN' ]; then
+	echo "=== binary e2e.test (cgroup driver systemd)"
+	(cd \$s/src/e2e && AURAE_E2E_CGROUP_DRIVER=systemd \$s/bin/e2e.test -test.v=test2json -test.count=1 -test.timeout=$TEST_TIMEOUT -test.run '$E2E_SYSTEMD_RUN') || rc=1
+fi
 exit \$rc
 EOF
 

@@ -207,10 +207,11 @@ func startAuraed(t testing.TB, args ...string) *Auraed {
 		"--state-dir", a.StateDir,
 		"--cgroup-root", a.CgroupRoot,
 		"--log-level", "debug",
-	}, args...)
+	}, append(cgroupDriverArgs(), args...)...)
 	t.Cleanup(func() {
 		a.stop(t)
 		removeCgroupTree(t, a.CgroupRoot)
+		stopSystemdRoot(t, a.CgroupRoot)
 		if t.Failed() {
 			t.Logf("auraed logs:\n%s", a.Logs())
 		}

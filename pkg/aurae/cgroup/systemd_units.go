@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	systemd "github.com/coreos/go-systemd/v22/dbus"
@@ -218,4 +219,38 @@ func noSuchUnit(err error) bool {
 
 func notFailed(err error) bool {
 	return err != nil && dbusErrName(err) == "org.freedesktop.systemd1.UnitNotFailed"
+}
+
+// Property reads a unit's property ("ActiveState", "MemoryMax"); a unit
+// systemd does not know has ActiveState "inactive", as systemctl shows it.
+func (u Units) Property(ctx context.Context, unit, name string) (any, error) {
+	ctx, cancel := context.WithTimeout(ctx, unitCallTimeout)
+	defer cancel()
+	c, err := u.conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	typ := "Unit"
+	if name != "ActiveState" && name != "LoadState" && name != "SubState" {
+		typ = unitType(unit)
+	}
+	p, err := c.GetUnitTypePropertyContext(ctx, unit, typ, name)
+	if err != nil {
+		return nil, fmt.Errorf("property %s of %s: %w", name, unit, err)
+	}
+	return p.Value.Value(), nil
+}
+
+// unitType is the D-Bus interface name of a unit's type ("Slice", "Scope").
+func unitType(unit string) string {
+	switch {
+	case strings.HasSuffix(unit, ".slice"):
+		return "Slice"
+	case strings.HasSuffix(unit, ".scope"):
+		return "Scope"
+	case strings.HasSuffix(unit, ".service"):
+		return "Service"
+	}
+	return "Unit"
 }
