@@ -41,7 +41,9 @@ E2E_RUN=${CG2_E2E_RUN:-'^(TestCellLimitsReadBack|TestMemoryLimitKillsOnOOM|TestR
 # containers as runc's scopes), and the driver's own test (the kubelet's
 # pod slice honoured, unit properties, kill -9 with units); empty skips the
 # pass.
-E2E_SYSTEMD_RUN=${CG2_E2E_SYSTEMD_RUN-'^(TestCRILifecycle|TestCRIUpdateResourcesAndReopenLog|TestCRIRestartLosesNothing|TestCRIContainerFeatures|TestCRISystemdDriver)$/^(memory_limit_kills_with_OOMKilled)?$'}
+# TestKubeletSystemdDriver: the pinned kubelet (hack/kubelet, built on the
+# host and shared) with cgroupDriver: systemd and cgroupsPerQOS.
+E2E_SYSTEMD_RUN=${CG2_E2E_SYSTEMD_RUN-'^(TestCRILifecycle|TestCRIUpdateResourcesAndReopenLog|TestCRIRestartLosesNothing|TestCRIContainerFeatures|TestCRISystemdDriver|TestKubeletSystemdDriver)$/^(memory_limit_kills_with_OOMKilled)?$'}
 CELLS_RUN=${CG2_CELLS_RUN:-.}
 # go test -timeout of the e2e binary in the guest (a timeout dumps the goroutines).
 TEST_TIMEOUT=${CG2_TEST_TIMEOUT:-25m}
@@ -86,6 +88,11 @@ ldflags="-X github.com/aurae-runtime/aurae-cri/pkg/version.Version=e2e-test"
 )
 cp -r "$REPO/pkg/aurae/cells/testdata" "$share/src/cells/"
 install -m 0755 "$RUNC" "$share/bin/runc"
+if [[ "$E2E_SYSTEMD_RUN" == *Kubelet* ]]; then
+	kubelet=$("$REPO/hack/kubelet/build.sh")
+	install -m 0755 "$kubelet" "$share/bin/kubelet"
+	log "kubelet: $("$kubelet" --version)"
+fi
 cp "$CNI_DIR"/* "$share/cni/"
 build_s=$((SECONDS - t0))
 
@@ -96,7 +103,7 @@ set -u
 s=/mnt/aurae
 install -D -m 0755 \$s/bin/runc /opt/aurae/bin/runc
 mkdir -p /opt/cni/bin && cp \$s/cni/* /opt/cni/bin/
-export CI=true AURAE_E2E_BIN_DIR=\$s/bin PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export CI=true AURAE_E2E_BIN_DIR=\$s/bin AURAE_E2E_START_TIMEOUT=3m PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 rc=0
 echo "=== binary cells.test"
 (cd \$s/src/cells && \$s/bin/cells.test -test.v=test2json -test.count=1 -test.timeout=10m -test.run '$CELLS_RUN') || rc=1
@@ -104,7 +111,7 @@ echo "=== binary e2e.test (cgroup driver cgroupfs)"
 (cd \$s/src/e2e && AURAE_E2E_CGROUP_DRIVER=cgroupfs \$s/bin/e2e.test -test.v=test2json -test.count=1 -test.timeout=$TEST_TIMEOUT -test.run '$E2E_RUN') || rc=1
 if [ -n '$E2E_SYSTEMD_RUN' ]; then
 	echo "=== binary e2e.test (cgroup driver systemd)"
-	(cd \$s/src/e2e && AURAE_E2E_CGROUP_DRIVER=systemd \$s/bin/e2e.test -test.v=test2json -test.count=1 -test.timeout=$TEST_TIMEOUT -test.run '$E2E_SYSTEMD_RUN') || rc=1
+	(cd \$s/src/e2e && AURAE_E2E_CGROUP_DRIVER=systemd AURAE_KUBELET_E2E=1 AURAE_KUBELET_BINARY=\$s/bin/kubelet \$s/bin/e2e.test -test.v=test2json -test.count=1 -test.timeout=$TEST_TIMEOUT -test.run '$E2E_SYSTEMD_RUN') || rc=1
 fi
 exit \$rc
 EOF
