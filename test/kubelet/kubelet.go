@@ -40,6 +40,7 @@ package kubelet
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -423,7 +424,7 @@ func (k *Kubelet) kubeletConfiguration(resolv string) map[string]any {
 		"registerNode":  false,
 		// cgroup v1 (hybrid) without systemd: cgroupfs; systemd on the
 		// cgroup v2 test VM.
-		"cgroupDriver":           c.CgroupDriver,
+		"cgroupDriver":           cmp.Or(c.CgroupDriver, "cgroupfs"),
 		"failCgroupV1":           false,
 		"failSwapOn":             false,
 		"cgroupsPerQOS":          c.CgroupsPerQOS,

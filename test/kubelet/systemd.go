@@ -66,4 +66,3 @@ func systemdPodCgroups(root string) []string {
 	}
 	return out
 }
-
