@@ -187,14 +187,24 @@ func (u Units) SetLimits(ctx context.Context, name string, l Limits) error {
 // JoinScope moves pid into the cgroup of the delegated scope name in slice
 // (at dir), making the scope with pid in it when it is not there (systemd
 // removes a scope whose last process exited).
+// Two callers racing to make the scope both end with pid in it: the one that
+// finds it made writes to it.
 func (u Units) JoinScope(ctx context.Context, name, slice, dir string, pid int) error {
 	procs := filepath.Join(Root, dir, "cgroup.procs")
-	if err := os.WriteFile(procs, []byte(strconv.Itoa(pid)), 0o644); err == nil {
-		return nil
-	} else if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENODEV) {
-		return fmt.Errorf("join scope %s: %w", name, err)
+	var err error
+	for try := 0; try < 3; try++ {
+		werr := os.WriteFile(procs, []byte(strconv.Itoa(pid)), 0o644)
+		if werr == nil {
+			return nil
+		}
+		if !errors.Is(werr, os.ErrNotExist) && !errors.Is(werr, unix.ENODEV) {
+			return fmt.Errorf("join scope %s: %w", name, werr)
+		}
+		if err = u.StartScope(ctx, name, slice, pid, "aurae pod processes"); err == nil || !unitExists(err) {
+			return err
+		}
 	}
-	return u.StartScope(ctx, name, slice, pid, "aurae pod processes")
+	return err
 }
 
 func dbusErrName(err error) string {
