@@ -139,6 +139,25 @@ func (u Units) StopUnit(ctx context.Context, name string) error {
 // on cgroup v2: MemoryMax, CPUQuotaPerSecUSec, CPUQuotaPeriodUSec), so that
 // a reload of systemd keeps them.
 func (u Units) SetLimits(ctx context.Context, name string, l Limits) error {
+	props := limitProps(l)
+	if len(props) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, unitCallTimeout)
+	defer cancel()
+	c, err := u.conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.SetUnitPropertiesContext(ctx, name, true, props...); err != nil {
+		return fmt.Errorf("set the limits of %s: %w", name, err)
+	}
+	return nil
+}
+
+// limitProps are the unit properties of limits.
+func limitProps(l Limits) []systemd.Property {
 	var props []systemd.Property
 	if l.MemoryMax != nil {
 		v := uint64(*l.MemoryMax)
@@ -168,20 +187,7 @@ func (u Units) SetLimits(ctx context.Context, name string, l Limits) error {
 	if l.CPUWeight != nil {
 		props = append(props, systemd.Property{Name: "CPUWeight", Value: godbus.MakeVariant(*l.CPUWeight)})
 	}
-	if len(props) == 0 {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, unitCallTimeout)
-	defer cancel()
-	c, err := u.conn(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := c.SetUnitPropertiesContext(ctx, name, true, props...); err != nil {
-		return fmt.Errorf("set the limits of %s: %w", name, err)
-	}
-	return nil
+	return props
 }
 
 // JoinScope moves pid into the cgroup of the delegated scope name in slice
