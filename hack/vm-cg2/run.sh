@@ -17,7 +17,7 @@
 # Env: CG2_E2E_RUN / CG2_CELLS_RUN (the -test.run of each binary),
 #      CG2_E2E_SYSTEMD_RUN (the e2e tests run again with the systemd cgroup
 #      driver; empty: none),
-#      CG2_TIMEOUT (default 1800 s), CG2_MEMORY (MiB, default 3072),
+#      CG2_TIMEOUT (default 3000 s), CG2_MEMORY (MiB, default 3072),
 #      CG2_CPUS (default 2), CG2_ACCEL (kvm, tcg or auto: KVM when a probe
 #      boot works), RESULTS_DIR (default _output/cgroup2).
 set -euo pipefail
@@ -28,7 +28,7 @@ IMG=${1:-/var/lib/aurae/vm-cg2}
 GO=${GO:-go}
 RUNC=${RUNC:-/opt/aurae/bin/runc}
 CNI_DIR=${CNI_DIR:-/opt/cni/bin}
-TIMEOUT=${CG2_TIMEOUT:-1800}
+TIMEOUT=${CG2_TIMEOUT:-3000}
 MEMORY=${CG2_MEMORY:-3072}
 CPUS=${CG2_CPUS:-2}
 RESULTS=${RESULTS_DIR:-$REPO/_output/cgroup2}
