@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"strings"
+	"time"
 
 	"github.com/containerd/errdefs"
 
@@ -137,4 +139,17 @@ func (s *Service) syncUnitLimits(p *pod, r cgroup.Resources) error {
 		l.CPUWeight = &w
 	}
 	return s.units.SetLimits(ctx, p.paths.GetCgroupSlice(), l)
+}
+
+// scopeOOMKilled reports whether systemd ended a container's scope for an
+// OOM kill (its Result, kept while the scope is failed, until runc delete
+// resets it); false under cgroupfs.
+func (s *Service) scopeOOMKilled(cgroupPath string) bool {
+	if s.cfg.CgroupDriver != cgroup.Systemd || !strings.HasSuffix(cgroupPath, ".scope") {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	v, err := s.units.Property(ctx, path.Base(cgroupPath), "Result")
+	return err == nil && v == "oom-kill"
 }
