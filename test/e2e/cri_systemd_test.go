@@ -232,3 +232,19 @@ func TestCgroupDriverSystemdRefusedAtStart(t *testing.T) {
 		}
 	}
 }
+
+// specCgroupDir is the cgroup path (below the hierarchy root) of a
+// container's linux.cgroupsPath: a cgroupfs path as it is, runc's systemd
+// form "slice:prefix:name" as the scope runc makes for it.
+func specCgroupDir(t *testing.T, cgroupsPath string) string {
+	t.Helper()
+	parts := strings.Split(cgroupsPath, ":")
+	if len(parts) != 3 {
+		return cgroupsPath
+	}
+	dir, err := cgroup.ExpandSlice(parts[0])
+	if err != nil {
+		t.Fatalf("cgroupsPath %q: %v", cgroupsPath, err)
+	}
+	return filepath.Join(dir, parts[1]+"-"+parts[2]+".scope")
+}

@@ -11,20 +11,26 @@ import (
 )
 
 // rootSlice is the slice of a kubelet cgroupRoot under the systemd driver:
-// "/e2e_root" -> "e2e_root.slice" (one level, as the kubelet converts it).
+// "/e2e_root" -> "e2e_root.slice" (one level, as the kubelet converts it);
+// "/" -> "-.slice", the root.
 func rootSlice(root string) (string, error) {
 	r := strings.Trim(root, "/")
-	if r == "" || strings.ContainsAny(r, "/-") {
+	if r == "" {
+		return "-.slice", nil
+	}
+	if strings.ContainsAny(r, "/-") {
 		return "", fmt.Errorf("cgroup root %q: under the systemd driver give one level without '-'", root)
 	}
 	return r + ".slice", nil
 }
 
 // startRootSlice makes the kubelet's cgroupRoot slice (the kubelet wants its
-// cgroupRoot to exist).
+// cgroupRoot to exist, with the cpu, cpuset, memory, pids and hugetlb
+// controllers: a slice below the root has them only when systemd enables
+// them, which it does not for cpuset and hugetlb; "/" has them all).
 func startRootSlice(root string) error {
 	s, err := rootSlice(root)
-	if err != nil {
+	if err != nil || s == "-.slice" {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -36,11 +42,14 @@ func startRootSlice(root string) error {
 }
 
 // stopRootSlice stops the cgroupRoot slice and every slice the kubelet made
-// below it (kubepods and its QoS slices).
+// below it (kubepods and its QoS slices); for "/", kubepods.slice.
 func stopRootSlice(root string) error {
 	s, err := rootSlice(root)
 	if err != nil {
 		return err
+	}
+	if s == "-.slice" {
+		s = "kubepods.slice"
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -53,13 +62,17 @@ func systemdPodCgroups(root string) []string {
 	if err != nil {
 		return nil
 	}
-	stem := strings.TrimSuffix(s, ".slice")
-	kubepods := filepath.Join(cgroup.Root, s, stem+"-kubepods.slice")
+	k := strings.TrimSuffix(s, ".slice") + "-kubepods"
+	kubepods := filepath.Join(cgroup.Root, s, k+".slice")
+	if s == "-.slice" {
+		k = "kubepods"
+		kubepods = filepath.Join(cgroup.Root, "kubepods.slice")
+	}
 	var out []string
 	for _, pat := range []string{
-		stem + "-kubepods-pod*.slice",
-		stem + "-kubepods-burstable.slice/" + stem + "-kubepods-burstable-pod*.slice",
-		stem + "-kubepods-besteffort.slice/" + stem + "-kubepods-besteffort-pod*.slice",
+		k + "-pod*.slice",
+		k + "-burstable.slice/" + k + "-burstable-pod*.slice",
+		k + "-besteffort.slice/" + k + "-besteffort-pod*.slice",
 	} {
 		m, _ := filepath.Glob(filepath.Join(kubepods, pat))
 		out = append(out, m...)
