@@ -37,13 +37,26 @@ func RootSlice(cgroupRoot string) string {
 }
 
 // SystemdParent resolves a pod's cgroup parent under the systemd driver to a
-// slice name: a slice ("kubepods-burstable-pod<uid>.slice", the kubelet's
-// systemd form) as it is; a plain name ("pods", or empty for "pods") as a
-// slice below the root slice; a cgroupfs path ("/kubepods/pod<uid>") is
-// refused (ErrNotSlice).
+// slice name: a slice ("kubepods-burstable-pod<uid>.slice") as it is, or
+// given by its cgroup path
+// ("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice",
+// the form the kubelet 1.37 passes; as containerd does, its last element);
+// a plain name ("pods", or empty for "pods") as a slice below the root
+// slice; a cgroupfs path ("/kubepods/pod<uid>") is refused (ErrNotSlice).
 func SystemdParent(root, parent string) (string, error) {
 	if strings.Contains(parent, "/") {
-		return "", fmt.Errorf("cgroup parent %q is a cgroupfs path: %w (the systemd cgroup driver wants a slice such as kubepods-burstable-pod<uid>.slice)", parent, ErrNotSlice)
+		base := path.Base(parent)
+		if !strings.HasSuffix(base, ".slice") {
+			return "", fmt.Errorf("cgroup parent %q is a cgroupfs path: %w (the systemd cgroup driver wants a slice such as kubepods-burstable-pod<uid>.slice)", parent, ErrNotSlice)
+		}
+		dir, err := ExpandSlice(base)
+		if err != nil {
+			return "", err
+		}
+		if dir != strings.Trim(parent, "/") {
+			return "", fmt.Errorf("cgroup parent %q is not where systemd puts slice %s (/%s): %w", parent, base, dir, ErrNotSlice)
+		}
+		return base, nil
 	}
 	if strings.HasSuffix(parent, ".slice") {
 		if _, err := ExpandSlice(parent); err != nil {

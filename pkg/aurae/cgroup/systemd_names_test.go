@@ -50,13 +50,16 @@ func TestSystemdParent(t *testing.T) {
 		{"-.slice", "", "pods.slice"},
 		{"aurae.slice", "kubepods-burstable-pod0c2b_11.slice", "kubepods-burstable-pod0c2b_11.slice"},
 		{"aurae.slice", "-.slice", "-.slice"},
+		// The kubelet 1.37 passes the slice's cgroup path.
+		{"aurae.slice", "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0c2b.slice", "kubepods-besteffort-pod0c2b.slice"},
 	} {
 		got, err := SystemdParent(c.root, c.parent)
 		if err != nil || got != c.want {
 			t.Errorf("SystemdParent(%q, %q) = %q, %v; want %q", c.root, c.parent, got, err, c.want)
 		}
 	}
-	for _, bad := range []string{"/kubepods/burstable/pod1", "kubepods/pod1", "a--b.slice", "x y.slice"} {
+	for _, bad := range []string{"/kubepods/burstable/pod1", "kubepods/pod1", "a--b.slice", "x y.slice",
+		"/kubepods.slice/kubepods-burstable-pod1.slice", "/elsewhere/kubepods-pod1.slice"} {
 		if _, err := SystemdParent("aurae.slice", bad); !errors.Is(err, ErrNotSlice) {
 			t.Errorf("SystemdParent(%q): %v, want ErrNotSlice", bad, err)
 		}
