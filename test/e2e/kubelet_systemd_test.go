@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -74,9 +75,13 @@ func TestKubeletSystemdDriver(t *testing.T) {
 		if err := json.Unmarshal([]byte(st.GetInfo()["info"]), &info); err != nil {
 			t.Fatal(err)
 		}
+		// The kubelet 1.37 passes the slice's cgroup path.
 		parent := info.Config.GetLinux().GetCgroupParent()
-		if !strings.HasPrefix(parent, stem) || !strings.HasSuffix(parent, ".slice") || !strings.Contains(parent, "-pod") {
+		if base := filepath.Base(parent); !strings.HasPrefix(base, stem) || !strings.HasSuffix(base, ".slice") || !strings.Contains(base, "-pod") {
 			t.Errorf("pod %s: cgroup parent %q, want the kubelet's %s<qos>-pod<uid>.slice", p.GetMetadata().GetName(), parent, stem)
+		}
+		if !strings.HasPrefix(st.GetInfo()["info"], "{") || !strings.Contains(st.GetInfo()["info"], strings.TrimSuffix(filepath.Base(parent), ".slice")+"-aurae_"+p.GetId()+".slice") {
+			t.Errorf("pod %s: its cgroup is not its slice below %s: %s", p.GetMetadata().GetName(), parent, st.GetInfo()["info"])
 		}
 	}
 }
