@@ -236,8 +236,8 @@ vm-cg2-image: vm-cg2-deps
 	@start=$$(date +%s); $(SUDO) hack/vm-cg2/build.sh $(VM_CG2_DIR); \
 	echo "vm-cg2-image: $$(( $$(date +%s) - start ))s"
 
-## test-cgroup2: the tests whose paths differ on cgroup v2, in the cgroup v2 test VM (systemd PID 1, cgroup2 only); results in _output/cgroup2
-test-cgroup2: vm-cg2-image runc cni
+## test-cgroup2: the tests whose paths differ on cgroup v2, in the cgroup v2 test VM (systemd PID 1, cgroup2 only), the CRI ones with both cgroup drivers and the kubelet with the systemd one; results in _output/cgroup2
+test-cgroup2: vm-cg2-image runc cni kubelet
 	@start=$$(date +%s); rc=0; $(SUDO) env PATH="$(PATH)" GO=$(GO) hack/vm-cg2/run.sh $(VM_CG2_DIR) || rc=$$?; \
 	echo "test-cgroup2: $$(( $$(date +%s) - start ))s"; exit $$rc
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/pods"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller/vm"
 	"github.com/aurae-runtime/aurae-cri/pkg/metrics"
@@ -35,6 +36,7 @@ type config struct {
 	LogLevel          string `toml:"log-level"`
 	CgroupRoot        string `toml:"cgroup-root"`
 	CgroupParent      string `toml:"cgroup-parent"`
+	CgroupDriver      string `toml:"cgroup-driver"`
 	ImageNamespace    string `toml:"image-namespace"`
 	// OCIRuntime and AllowOldOCIRuntime configure the embedded auraed.
 	OCIRuntime         string `toml:"oci-runtime"`
@@ -76,7 +78,8 @@ type config struct {
 	NRIRegistrationTimeout duration `toml:"nri-plugin-registration-timeout"`
 	NRIRequestTimeout      duration `toml:"nri-plugin-request-timeout"`
 
-	level slog.Level
+	level  slog.Level
+	driver cgroup.Driver // resolved from CgroupDriver and the host
 }
 
 func parseConfig(args []string) (config, error) {
@@ -116,6 +119,7 @@ func parseConfig(args []string) (config, error) {
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&cfg.CgroupRoot, "cgroup-root", cfg.CgroupRoot, "cgroup under which the embedded auraed makes pods")
 	fs.StringVar(&cfg.CgroupParent, "cgroup-parent", cfg.CgroupParent, "cgroup (below the root) of pods whose request names none")
+	fs.StringVar(&cfg.CgroupDriver, "cgroup-driver", cfg.CgroupDriver, "who makes pods' cgroups, as RuntimeConfig answers the kubelet: systemd (transient units over D-Bus, runc --systemd-cgroup) or cgroupfs; default systemd when PID 1 is systemd on a cgroup v2 host, else cgroupfs")
 	fs.StringVar(&cfg.ImageNamespace, "image-namespace", cfg.ImageNamespace, "containerd namespace of the images")
 	fs.StringVar(&cfg.OCIRuntime, "oci-runtime", cfg.OCIRuntime, "OCI runtime binary of the embedded auraed's pods (default: the runc make deps pins at "+pods.PinnedRuntime+" when installed, else runc on PATH)")
 	fs.BoolVar(&cfg.AllowOldOCIRuntime, "allow-old-oci-runtime", cfg.AllowOldOCIRuntime, "let the embedded auraed start with an OCI runtime older than "+pods.MinRuntimeVersion.String())
@@ -180,6 +184,8 @@ func parseConfig(args []string) (config, error) {
 				cfg.CgroupRoot = explicit.CgroupRoot
 			case "cgroup-parent":
 				cfg.CgroupParent = explicit.CgroupParent
+			case "cgroup-driver":
+				cfg.CgroupDriver = explicit.CgroupDriver
 			case "image-namespace":
 				cfg.ImageNamespace = explicit.ImageNamespace
 			case "oci-runtime":
@@ -224,6 +230,11 @@ func parseConfig(args []string) (config, error) {
 	if err := cfg.level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
 		return cfg, fmt.Errorf("log-level: %w", err)
 	}
+	driver, err := cgroup.ChooseDriver(cfg.CgroupDriver, cgroup.ThisHost())
+	if err != nil {
+		return cfg, fmt.Errorf("cgroup-driver: %w", err)
+	}
+	cfg.driver = driver
 	for name, p := range map[string]string{"socket": cfg.Socket, "state-dir": cfg.StateDir, "cni-conf-dir": cfg.CNIConfDir} {
 		if p == "" || !filepath.IsAbs(p) {
 			return cfg, fmt.Errorf("%s must be an absolute path, got %q", name, p)

@@ -179,6 +179,7 @@ func run(cfg config) error {
 		Network:        cri.CNI{Manager: cni, Metrics: obs.cri},
 		Store:          store,
 		CgroupParent:   cfg.CgroupParent,
+		CgroupDriver:   string(cfg.driver),
 		Logger:         logger,
 		RuntimeName:    "aurae-cri",
 		RuntimeVersion: version.Version,
@@ -226,7 +227,7 @@ func run(cfg config) error {
 		defer plugins.Stop()
 	}
 	logger.Info("aurae-cri serving", "version", version.Version, "socket", cfg.Socket, "aurae", auraeAddr,
-		"containerd", ctrd.Address(), "state_dir", cfg.StateDir, "stream_address", streams.Addr())
+		"containerd", ctrd.Address(), "state_dir", cfg.StateDir, "stream_address", streams.Addr(), "cgroup_driver", cfg.driver)
 	select {
 	case <-ctx.Done():
 		logger.Info("aurae-cri shutting down", "reason", "signal")
@@ -249,6 +250,7 @@ func startEmbeddedAuraed(ctx context.Context, cfg config, logger *slog.Logger, o
 	d, err := daemon.New(ctx, daemon.Config{
 		StateDir:           dir,
 		CgroupRoot:         cfg.CgroupRoot,
+		CgroupDriver:       cfg.driver,
 		OCIRuntime:         cfg.OCIRuntime,
 		AllowOldOCIRuntime: cfg.AllowOldOCIRuntime,
 		VMTemplates:        cfg.VMTemplates,

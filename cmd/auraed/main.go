@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/daemon"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/observe"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/osinfo"
@@ -48,6 +49,7 @@ type config struct {
 	clientCA        string
 	stopGracePeriod time.Duration
 	cgroupRoot      string
+	cgroupDriver    cgroup.Driver
 	ociRuntime      string
 	allowOldRuntime bool
 	nodeName        string
@@ -123,6 +125,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.clientCA, "client-ca", "", "CA bundle (PEM) that client certificates must chain to, for --listen")
 	fs.DurationVar(&cfg.stopGracePeriod, "stop-grace-period", 10*time.Second, "time between SIGTERM and SIGKILL when a Stop request names none")
 	fs.StringVar(&cfg.cgroupRoot, "cgroup-root", "aurae", "cgroup under which cells are created")
+	cgroupDriver := fs.String("cgroup-driver", "", "who makes pods' cgroups: systemd (transient units over D-Bus) or cgroupfs; default systemd when PID 1 is systemd on a cgroup v2 host, else cgroupfs")
 	fs.StringVar(&cfg.ociRuntime, "oci-runtime", pods.DefaultRuntime(), "OCI runtime binary of pods (default: the runc make deps pins at "+pods.PinnedRuntime+" when installed, else runc on PATH)")
 	fs.BoolVar(&cfg.allowOldRuntime, "allow-old-oci-runtime", false, "start even when --oci-runtime is older than "+pods.MinRuntimeVersion.String())
 	fs.StringVar(&cfg.nodeName, "node-name", "", "this node's name in the os service's `nodes` and answers (default: the host name)")
@@ -142,6 +145,10 @@ func parseFlags(args []string) (config, error) {
 	}
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	var err error
+	if cfg.cgroupDriver, err = cgroup.ChooseDriver(*cgroupDriver, cgroup.ThisHost()); err != nil {
+		return cfg, fmt.Errorf("--cgroup-driver: %w", err)
 	}
 	if err := cfg.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		return cfg, fmt.Errorf("--log-level: %w", err)
@@ -216,6 +223,7 @@ func run(cfg config) error {
 	d, err := daemon.New(ctx, daemon.Config{
 		StateDir:           cfg.stateDir,
 		CgroupRoot:         cfg.cgroupRoot,
+		CgroupDriver:       cfg.cgroupDriver,
 		StopGracePeriod:    cfg.stopGracePeriod,
 		OCIRuntime:         cfg.ociRuntime,
 		AllowOldOCIRuntime: cfg.allowOldRuntime,
@@ -281,7 +289,7 @@ func run(cfg config) error {
 		listening = tcpLis.Addr().String() // the port chosen for ":0"
 	}
 	logger.Info("auraed serving", "version", version.Version, "pid", os.Getpid(),
-		"socket", cfg.socket, "listen", listening, "state_dir", cfg.stateDir, "cgroup_root", cfg.cgroupRoot)
+		"socket", cfg.socket, "listen", listening, "state_dir", cfg.stateDir, "cgroup_root", cfg.cgroupRoot, "cgroup_driver", cfg.cgroupDriver)
 
 	var runErr error
 	select {

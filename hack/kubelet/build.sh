@@ -2,7 +2,7 @@
 # Builds the upstream kubelet at the k8s.io/kubernetes version pinned in
 # hack/kubelet/go.mod into a cache, and prints the binary's path on stdout.
 #
-#   hack/kubelet/build.sh            # -> /var/cache/aurae-cri/kubelet-v1.34.4
+#   hack/kubelet/build.sh            # -> /var/cache/aurae-cri/kubelet-v1.37.2
 #   AURAE_CACHE_DIR=/tmp/c hack/kubelet/build.sh
 #
 # The build is skipped when the cached binary exists and answers --version

@@ -15,7 +15,9 @@
 # the temp dir are removed whatever happens.
 #
 # Env: CG2_E2E_RUN / CG2_CELLS_RUN (the -test.run of each binary),
-#      CG2_TIMEOUT (default 1800 s), CG2_MEMORY (MiB, default 3072),
+#      CG2_E2E_SYSTEMD_RUN (the e2e tests run again with the systemd cgroup
+#      driver; empty: none),
+#      CG2_TIMEOUT (default 3000 s), CG2_MEMORY (MiB, default 3072),
 #      CG2_CPUS (default 2), CG2_ACCEL (kvm, tcg or auto: KVM when a probe
 #      boot works), RESULTS_DIR (default _output/cgroup2).
 set -euo pipefail
@@ -26,15 +28,23 @@ IMG=${1:-/var/lib/aurae/vm-cg2}
 GO=${GO:-go}
 RUNC=${RUNC:-/opt/aurae/bin/runc}
 CNI_DIR=${CNI_DIR:-/opt/cni/bin}
-TIMEOUT=${CG2_TIMEOUT:-1800}
+TIMEOUT=${CG2_TIMEOUT:-3000}
 MEMORY=${CG2_MEMORY:-3072}
 CPUS=${CG2_CPUS:-2}
 RESULTS=${RESULTS_DIR:-$REPO/_output/cgroup2}
 # What differs on cgroup v2: cell limits in the v2 files, the OOM kill of a
 # cell, cells kept across kill -9; the CRI lifecycle with stats, OOMKilled,
 # UpdateContainerResources (memory.max), kill -9 of both daemons; os.OSService
-# Stats of cells' executables (cpu.stat, memory.current).
+# Stats of cells' executables (cpu.stat, memory.current); all with the
+# cgroupfs driver (AURAE_E2E_CGROUP_DRIVER=cgroupfs).
 E2E_RUN=${CG2_E2E_RUN:-'^(TestCellLimitsReadBack|TestMemoryLimitKillsOnOOM|TestRestartKeepsCells|TestCRILifecycle|TestCRIUpdateResourcesAndReopenLog|TestCRIRestartLosesNothing|TestCRIContainerFeatures|TestOSStatsCellExecutables)$/^(memory_limit_kills_with_OOMKilled)?$'}
+# The same CRI tests with the systemd driver (pods as transient slices,
+# containers as runc's scopes), and the driver's own test (the kubelet's
+# pod slice honoured, unit properties, kill -9 with units); empty skips the
+# pass.
+# TestKubeletSystemdDriver: the pinned kubelet (hack/kubelet, built on the
+# host and shared) with cgroupDriver: systemd and cgroupsPerQOS.
+E2E_SYSTEMD_RUN=${CG2_E2E_SYSTEMD_RUN-'^(TestCRILifecycle|TestCRIUpdateResourcesAndReopenLog|TestCRIRestartLosesNothing|TestCRIContainerFeatures|TestCRISystemdDriver|TestKubeletSystemdDriver)$/^(memory_limit_kills_with_OOMKilled)?$'}
 CELLS_RUN=${CG2_CELLS_RUN:-.}
 # go test -timeout of the e2e binary in the guest (a timeout dumps the goroutines).
 TEST_TIMEOUT=${CG2_TEST_TIMEOUT:-25m}
@@ -79,6 +89,11 @@ ldflags="-X github.com/aurae-runtime/aurae-cri/pkg/version.Version=e2e-test"
 )
 cp -r "$REPO/pkg/aurae/cells/testdata" "$share/src/cells/"
 install -m 0755 "$RUNC" "$share/bin/runc"
+if [[ "$E2E_SYSTEMD_RUN" == *Kubelet* ]]; then
+	kubelet=$("$REPO/hack/kubelet/build.sh")
+	install -m 0755 "$kubelet" "$share/bin/kubelet"
+	log "kubelet: $("$kubelet" --version)"
+fi
 cp "$CNI_DIR"/* "$share/cni/"
 build_s=$((SECONDS - t0))
 
@@ -89,12 +104,16 @@ set -u
 s=/mnt/aurae
 install -D -m 0755 \$s/bin/runc /opt/aurae/bin/runc
 mkdir -p /opt/cni/bin && cp \$s/cni/* /opt/cni/bin/
-export CI=true AURAE_E2E_BIN_DIR=\$s/bin PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export CI=true AURAE_E2E_BIN_DIR=\$s/bin AURAE_E2E_START_TIMEOUT=3m PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 rc=0
 echo "=== binary cells.test"
 (cd \$s/src/cells && \$s/bin/cells.test -test.v=test2json -test.count=1 -test.timeout=10m -test.run '$CELLS_RUN') || rc=1
-echo "=== binary e2e.test"
-(cd \$s/src/e2e && \$s/bin/e2e.test -test.v=test2json -test.count=1 -test.timeout=$TEST_TIMEOUT -test.run '$E2E_RUN') || rc=1
+echo "=== binary e2e.test (cgroup driver cgroupfs)"
+(cd \$s/src/e2e && AURAE_E2E_CGROUP_DRIVER=cgroupfs \$s/bin/e2e.test -test.v=test2json -test.count=1 -test.timeout=$TEST_TIMEOUT -test.run '$E2E_RUN') || rc=1
+if [ -n '$E2E_SYSTEMD_RUN' ]; then
+	echo "=== binary e2e.test (cgroup driver systemd)"
+	(cd \$s/src/e2e && AURAE_E2E_CGROUP_DRIVER=systemd AURAE_KUBELET_E2E=1 AURAE_KUBELET_BINARY=\$s/bin/kubelet \$s/bin/e2e.test -test.v=test2json -test.count=1 -test.timeout=$TEST_TIMEOUT -test.run '$E2E_SYSTEMD_RUN') || rc=1
+fi
 exit \$rc
 EOF
 

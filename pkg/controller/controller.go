@@ -159,6 +159,9 @@ type Pod struct {
 	NetNSPath string
 	// CgroupPath is the pod's cgroup on the host, below the hierarchy roots.
 	CgroupPath string
+	// CgroupDriver is the cgroup driver that made the pod's cgroups
+	// ("cgroupfs" or "systemd"); "" when the controller does not say.
+	CgroupDriver string
 	// UserNamespacePath is the pod's pinned user namespace on the host, when
 	// PodSpec.UserNamespace asked for one: the container rootfs is
 	// id-mapped with it.

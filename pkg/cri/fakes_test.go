@@ -41,6 +41,8 @@ type fakeController struct {
 	wedged map[string]chan struct{}
 	// listErr fails ListPods.
 	listErr error
+	// cgroupDriver is the driver CreatePod says made the pod's cgroups.
+	cgroupDriver string
 	// afterStart, when set, runs once StartContainer has the container
 	// running, before it returns (a container that ends at once).
 	afterStart func(id string)
@@ -162,7 +164,7 @@ func (f *fakeController) CreatePod(_ context.Context, spec controller.PodSpec) (
 		return controller.Pod{}, f.runErr
 	}
 	f.pods[spec.ID] = spec
-	return controller.Pod{NetNSPath: "/run/fake/netns/" + spec.ID, CgroupPath: "aurae/pods/" + spec.ID}, nil
+	return controller.Pod{NetNSPath: "/run/fake/netns/" + spec.ID, CgroupPath: "aurae/pods/" + spec.ID, CgroupDriver: f.cgroupDriver}, nil
 }
 
 func (f *fakeController) StartPod(_ context.Context, id string, net *controller.Network) error {

@@ -55,9 +55,14 @@ func (r *Runtime) Status(_ context.Context, req *runtimeapi.StatusRequest) (*run
 	return resp, nil
 }
 
-// RuntimeConfig implements RuntimeService.RuntimeConfig: the cgroup driver.
+// RuntimeConfig implements RuntimeService.RuntimeConfig: the cgroup driver
+// in use (the kubelet 1.31+ takes its own from it).
 func (r *Runtime) RuntimeConfig(context.Context, *runtimeapi.RuntimeConfigRequest) (*runtimeapi.RuntimeConfigResponse, error) {
-	return &runtimeapi.RuntimeConfigResponse{Linux: &runtimeapi.LinuxRuntimeConfiguration{CgroupDriver: runtimeapi.CgroupDriver_CGROUPFS}}, nil
+	d := runtimeapi.CgroupDriver_CGROUPFS
+	if r.systemdDriver() {
+		d = runtimeapi.CgroupDriver_SYSTEMD
+	}
+	return &runtimeapi.RuntimeConfigResponse{Linux: &runtimeapi.LinuxRuntimeConfiguration{CgroupDriver: d}}, nil
 }
 
 // UpdateRuntimeConfig implements RuntimeService.UpdateRuntimeConfig: the

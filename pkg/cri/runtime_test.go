@@ -30,6 +30,8 @@ type fixture struct {
 	dir     string
 	// metrics, when set before runtime is called, is the Runtime's.
 	metrics *metrics.CRI
+	// cgroupDriver, when set before runtime is called, is the Runtime's.
+	cgroupDriver string
 }
 
 func newFixture(t *testing.T, recover bool) *fixture {
@@ -56,7 +58,7 @@ func (f *fixture) runtime(t *testing.T) *Runtime {
 	rt, err := NewRuntime(Config{
 		RootDir: f.dir, Controllers: map[string]controller.Controller{"": f.ctrl}, Images: image.NewFake(t.TempDir()),
 		Network: f.net, Store: f.store, MonitorInterval: cmp.Or(f.monitor, 10*time.Millisecond),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: f.metrics,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: f.metrics, CgroupDriver: f.cgroupDriver,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -42,6 +42,9 @@ func (r *Runtime) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 	if userNamespace(cfg) != nil && !r.userNamespaces(req.GetRuntimeHandler()) {
 		return nil, fmt.Errorf("user namespaces (hostUsers: false) are not supported by handler %q here (see Status): %w", req.GetRuntimeHandler(), errPrecondition)
 	}
+	if err := r.checkCgroupDriver(req.GetRuntimeHandler()); err != nil {
+		return nil, err
+	}
 	ctrl, err := r.controller(req.GetRuntimeHandler())
 	if err != nil {
 		return nil, err
@@ -98,6 +101,9 @@ func (r *Runtime) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 			undone = r.undoCreatePod(ctrl, id, log) && undone
 		}
 	}()
+	if err := r.checkPodCgroupDriver(pod); err != nil {
+		return nil, fmt.Errorf("run pod %q: %w", name, err)
+	}
 	r.fault(FaultPodCreated)
 	hostNetwork := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtimeapi.NamespaceMode_NODE
 	var network *controller.Network

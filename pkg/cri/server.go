@@ -58,6 +58,9 @@ type Config struct {
 	Events      *sandbox.Events
 	// CgroupParent is where pods go when the request names none.
 	CgroupParent string
+	// CgroupDriver is the cgroup driver pods are made with, as
+	// RuntimeConfig answers it: "cgroupfs" (default) or "systemd".
+	CgroupDriver string
 	// MonitorInterval is how often every running container is checked for
 	// an exit its controller's events did not report (a safety net).
 	MonitorInterval time.Duration

@@ -41,6 +41,11 @@ type PodFacts struct {
 	// CgroupParent is the pod's cgroup in cgroupfs form ("/aurae/pods/<pod>");
 	// a container's linux.cgroupsPath is CgroupParent/<container id>.
 	CgroupParent string
+	// SystemdSlice, under the systemd cgroup driver, is the pod's slice
+	// unit: a container's linux.cgroupsPath is then "<slice>:aurae:<id>"
+	// (runc --systemd-cgroup makes the scope aurae-<id>.scope in it), and
+	// CgroupParent only says where that is.
+	SystemdSlice string
 	// OOMScoreAdjMin is the oom_score_adj of the daemon that starts the
 	// container's processes: a container's is clamped to no lower
 	// (containerd's restrict_oom_score_adj).
@@ -65,6 +70,9 @@ type PodFacts struct {
 
 // cgroupsPath is the container's linux.cgroupsPath.
 func (f PodFacts) cgroupsPath(id string) string {
+	if f.SystemdSlice != "" {
+		return f.SystemdSlice + ":aurae:" + id
+	}
 	if f.CgroupParent == "" {
 		return ""
 	}

@@ -297,6 +297,7 @@ func leftovers() []string {
 	more, _ := filepath.Glob(filepath.Join(cgroup.Root, prefix+"*"))
 	out = append(out, dirs...)
 	out = append(out, more...)
+	out = append(out, systemdLeftovers()...)
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		b, err := os.ReadFile(p)

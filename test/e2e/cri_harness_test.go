@@ -94,12 +94,13 @@ func startCRIWith(t testing.TB, env []string, args ...string) *CRI {
 		"--cni-conf-dir", confDir,
 		"--cni-bin-dir", "/opt/cni/bin",
 		"--log-level", "debug",
-	}, append(vmImageArgs(), args...)...)
+	}, append(append(vmImageArgs(), cgroupDriverArgs()...), args...)...)
 	a.ready = c.waitReady
 	t.Cleanup(func() {
 		c.removeAll(t)
 		a.stop(t)
 		removeCgroupTree(t, a.CgroupRoot)
+		stopSystemdRoot(t, a.CgroupRoot)
 		if err := testimage.UnmountUnder(a.StateDir); err != nil {
 			t.Errorf("unmount under the state dir: %v", err)
 		}

@@ -41,9 +41,10 @@ func TestCRIUpdateResourcesAndReopenLog(t *testing.T) {
 	if err := json.Unmarshal([]byte(resp.GetInfo()["info"]), &info); err != nil || info.RuntimeSpec.Linux.CgroupsPath == "" {
 		t.Fatalf("verbose info without the spec's cgroups path: %v %q", err, resp.GetInfo())
 	}
-	limitFile := cgroup.ControllerFile(info.RuntimeSpec.Linux.CgroupsPath, "memory", "memory.limit_in_bytes")
+	dir := specCgroupDir(t, info.RuntimeSpec.Linux.CgroupsPath)
+	limitFile := cgroup.ControllerFile(dir, "memory", "memory.limit_in_bytes")
 	if cgroup.Unified() {
-		limitFile = cgroup.ControllerFile(info.RuntimeSpec.Linux.CgroupsPath, "memory", "memory.max")
+		limitFile = cgroup.ControllerFile(dir, "memory", "memory.max")
 	}
 	readLimit := func() string {
 		b, err := os.ReadFile(limitFile)

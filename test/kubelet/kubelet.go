@@ -40,6 +40,7 @@ package kubelet
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -181,6 +182,13 @@ type Config struct {
 	// everything under it is removed when the kubelet stops.
 	CgroupsPerQOS bool
 	CgroupRoot    string
+	// CgroupDriver is the KubeletConfiguration's cgroupDriver: "cgroupfs"
+	// (default) or "systemd" (systemd as PID 1 on cgroup v2; the kubelet
+	// 1.31+ takes the runtime's from RuntimeConfig). Under systemd a
+	// CgroupRoot is one level without '-' ("/e2e_root"): Start makes the
+	// slice e2e_root.slice, below which the kubelet puts
+	// e2e_root-kubepods-<qos>-pod<uid>.slice, and stops it at the end.
+	CgroupDriver string
 
 	// ResolvConf is the content of the resolv.conf the kubelet gives to pods
 	// with dnsPolicy Default (and ClusterFirst, as no cluster DNS is set).
@@ -314,8 +322,15 @@ func start(t testing.TB, cfg Config) (*Kubelet, error) {
 			}
 		}
 	}
+	if cfg.CgroupDriver == "" {
+		cfg.CgroupDriver = "cgroupfs"
+	}
 	k.cfg = cfg
-	if cfg.CgroupsPerQOS {
+	if cfg.CgroupsPerQOS && cfg.CgroupDriver == "systemd" {
+		if err := startRootSlice(cfg.CgroupRoot); err != nil {
+			return k, err
+		}
+	} else if cfg.CgroupsPerQOS {
 		if err := createCgroups(cfg.CgroupRoot); err != nil {
 			return k, fmt.Errorf("create cgroup root %s: %w", cfg.CgroupRoot, err)
 		}
@@ -407,8 +422,9 @@ func (k *Kubelet) kubeletConfiguration(resolv string) map[string]any {
 		},
 		"authorization": map[string]any{"mode": "AlwaysAllow"},
 		"registerNode":  false,
-		// cgroup v1 (hybrid) without systemd.
-		"cgroupDriver":           "cgroupfs",
+		// cgroup v1 (hybrid) without systemd: cgroupfs; systemd on the
+		// cgroup v2 test VM.
+		"cgroupDriver":           cmp.Or(c.CgroupDriver, "cgroupfs"),
 		"failCgroupV1":           false,
 		"failSwapOn":             false,
 		"cgroupsPerQOS":          c.CgroupsPerQOS,
@@ -593,6 +609,9 @@ func (k *Kubelet) podCgroups() []string {
 		hier = "/sys/fs/cgroup"
 	}
 	kubepods := filepath.Join(hier, k.cfg.CgroupRoot, "kubepods")
+	if k.cfg.CgroupDriver == "systemd" {
+		return systemdPodCgroups(k.cfg.CgroupRoot)
+	}
 	var out []string
 	for _, qos := range []string{"", "burstable", "besteffort"} {
 		m, _ := filepath.Glob(filepath.Join(kubepods, qos, "pod*"))
@@ -624,7 +643,11 @@ func (k *Kubelet) cleanup(t testing.TB) {
 			t.Errorf("kubelet cleanup: %v", err)
 		}
 	}
-	if k.cfg.CgroupsPerQOS {
+	if k.cfg.CgroupsPerQOS && k.cfg.CgroupDriver == "systemd" {
+		if err := stopRootSlice(k.cfg.CgroupRoot); err != nil {
+			t.Errorf("kubelet cleanup: %v", err)
+		}
+	} else if k.cfg.CgroupsPerQOS {
 		if err := removeCgroups(k.cfg.CgroupRoot); err != nil {
 			t.Errorf("kubelet cleanup: %v", err)
 		}

@@ -702,7 +702,14 @@ type AllocateResponse struct {
 	// The runtime-spec version auraed's OCI runtime reads (the "spec:" line
 	// of its --version, e.g. "1.0.0" for Debian 12's crun); empty when it
 	// does not say. A client writes a spec's ociVersion no newer than it.
-	OciVersion    string `protobuf:"bytes,13,opt,name=oci_version,json=ociVersion,proto3" json:"oci_version,omitempty"`
+	OciVersion string `protobuf:"bytes,13,opt,name=oci_version,json=ociVersion,proto3" json:"oci_version,omitempty"`
+	// The cgroup driver that made the pod's cgroups: "cgroupfs" (auraed
+	// makes them) or "systemd" (transient units over D-Bus).
+	CgroupDriver string `protobuf:"bytes,14,opt,name=cgroup_driver,json=cgroupDriver,proto3" json:"cgroup_driver,omitempty"`
+	// Under the systemd driver, the pod's slice unit; cgroup_path is its
+	// cgroup, and a container's linux.cgroupsPath is "<cgroup_slice>:aurae:<id>"
+	// (runc --systemd-cgroup makes the scope aurae-<id>.scope in the slice).
+	CgroupSlice   string `protobuf:"bytes,15,opt,name=cgroup_slice,json=cgroupSlice,proto3" json:"cgroup_slice,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -828,6 +835,20 @@ func (x *AllocateResponse) GetOciVersion() string {
 	return ""
 }
 
+func (x *AllocateResponse) GetCgroupDriver() string {
+	if x != nil {
+		return x.CgroupDriver
+	}
+	return ""
+}
+
+func (x *AllocateResponse) GetCgroupSlice() string {
+	if x != nil {
+		return x.CgroupSlice
+	}
+	return ""
+}
+
 type Container struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Unique on the node; the same rules as a pod id.
@@ -837,7 +858,8 @@ type Container struct {
 	// that it stays inside its pod: the namespaces it joins are the pod's
 	// pinned ones (or, for pid, the namespace of a running container of the
 	// same pod), new ones, or the node's only where the pod itself uses the
-	// node's; linux.cgroupsPath is "/<pod cgroup_path>/<id>";
+	// node's; linux.cgroupsPath is "/<pod cgroup_path>/<id>" (systemd
+	// driver: "<cgroup_slice>:aurae:<id>");
 	// process.oomScoreAdj is not below oom_score_adj_min; process.terminal
 	// equals tty; in a pod with a user namespace, the spec joins it (its path,
 	// with no or the pod's own mappings) and every id-mapped mount uses the
@@ -3839,7 +3861,7 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\tcpu_quota\x18\x02 \x01(\x03R\bcpuQuota\x12,\n" +
 	"\x12memory_limit_bytes\x18\x03 \x01(\x03R\x10memoryLimitBytes\">\n" +
 	"\x0fAllocateRequest\x12+\n" +
-	"\x03pod\x18\x01 \x01(\v2\x19.aurae.runtime.pod.v0.PodR\x03pod\"\x91\x04\n" +
+	"\x03pod\x18\x01 \x01(\v2\x19.aurae.runtime.pod.v0.PodR\x03pod\"\xd9\x04\n" +
 	"\x10AllocateResponse\x12\x15\n" +
 	"\x06pod_id\x18\x01 \x01(\tR\x05podId\x12\x1f\n" +
 	"\vcgroup_path\x18\x02 \x01(\tR\n" +
@@ -3857,7 +3879,9 @@ const file_pods_v0_pods_proto_rawDesc = "" +
 	"\x11oom_score_adj_min\x18\v \x01(\x05R\x0eoomScoreAdjMin\x12.\n" +
 	"\x13user_namespace_path\x18\f \x01(\tR\x11userNamespacePath\x12\x1f\n" +
 	"\voci_version\x18\r \x01(\tR\n" +
-	"ociVersion\"\x8f\x02\n" +
+	"ociVersion\x12#\n" +
+	"\rcgroup_driver\x18\x0e \x01(\tR\fcgroupDriver\x12!\n" +
+	"\fcgroup_slice\x18\x0f \x01(\tR\vcgroupSlice\"\x8f\x02\n" +
 	"\tContainer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\boci_spec\x18\x02 \x01(\fR\aociSpec\x12\x1f\n" +

@@ -248,7 +248,9 @@ func readProcs(dir string, out *[]int) error {
 	}
 	for _, e := range entries {
 		if e.IsDir() {
-			if err := readProcs(filepath.Join(dir, e.Name()), out); err != nil && !errors.Is(err, os.ErrNotExist) {
+			// A child removed meanwhile (ENODEV: a systemd scope whose last
+			// process just exited) has no processes.
+			if err := readProcs(filepath.Join(dir, e.Name()), out); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENODEV) {
 				return err
 			}
 		}

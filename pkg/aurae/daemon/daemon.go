@@ -22,6 +22,7 @@ import (
 	runtimecellv0 "github.com/aurae-runtime/aurae-cri/api/runtime/cell/v0"
 	scheduleapi "github.com/aurae-runtime/aurae-cri/api/schedule"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cells"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/discovery"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/legacy"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/observe"
@@ -32,8 +33,11 @@ import (
 
 // Config configures the services.
 type Config struct {
-	StateDir        string
-	CgroupRoot      string
+	StateDir   string
+	CgroupRoot string
+	// CgroupDriver makes pods' cgroups (cgroupfs or systemd); cells are
+	// cgroupfs always.
+	CgroupDriver    cgroup.Driver
 	StopGracePeriod time.Duration
 	// OCIRuntime is the PodService's OCI runtime binary; "" takes
 	// pods.DefaultRuntime() (the pinned runc when installed, else PATH's).

@@ -22,6 +22,7 @@ func (d *Daemon) addPods(ctx context.Context, cfg Config) error {
 		CgroupRoot:      path.Join(cfg.CgroupRoot, ".pods"),
 		Runtime:         cfg.OCIRuntime,
 		AllowOldRuntime: cfg.AllowOldOCIRuntime,
+		CgroupDriver:    cfg.CgroupDriver,
 		Logger:          cfg.Logger,
 		// A pod RunCell made leaves its rootfs snapshots to release.
 		Freed: func(ctx context.Context, podID string) error {

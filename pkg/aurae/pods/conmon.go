@@ -18,6 +18,7 @@ import (
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"github.com/aurae-runtime/aurae-cri/internal/timing"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 )
 
 // monitor is a container created under conmon.
@@ -47,7 +48,7 @@ func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Cont
 	} else if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
 		return nil, fmt.Errorf("log dir: %w", err)
 	}
-	cg, err := s.infraCgroupOf(p)
+	place, err := s.infraPlacer(p)
 	if err != nil {
 		return nil, fmt.Errorf("monitor cgroup: %w", err)
 	}
@@ -63,6 +64,10 @@ func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Cont
 		"--socket-dir-path", filepath.Dir(s.attachDir(id)),
 		"-l", "k8s-file:" + logPath,
 		"--log-level", "info",
+	}
+	if s.cfg.CgroupDriver == cgroup.Systemd {
+		// runc makes the container's scope in the pod's slice.
+		args = append(args, "--runtime-arg", "--systemd-cgroup")
 	}
 	env := os.Environ()
 	if dir := req.GetRestoreImagePath(); dir != "" {
@@ -118,7 +123,7 @@ func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Cont
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
-	if err := cg.AddProc(cmd.Process.Pid); err != nil {
+	if err := place(cmd.Process.Pid); err != nil {
 		kill()
 		return nil, fmt.Errorf("place conmon: %w", err)
 	}

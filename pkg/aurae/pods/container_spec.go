@@ -54,7 +54,7 @@ func (s *Service) checkSpec(p *pod, req *podsv0.Container) (*specs.Spec, error) 
 	if sp.Linux == nil {
 		return nil, invalidSpec("no linux section")
 	}
-	if want := "/" + p.paths.GetCgroupPath() + "/" + req.GetId(); sp.Linux.CgroupsPath != want {
+	if _, want := containerCgroup(p, req.GetId()); sp.Linux.CgroupsPath != want {
 		return nil, invalidSpec("linux.cgroupsPath %q is not the container's cgroup in its pod (%q)", sp.Linux.CgroupsPath, want)
 	}
 	if adj := sp.Process.OOMScoreAdj; adj != nil && *adj < int(s.oomFloor) {

@@ -147,8 +147,9 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 		return nil, fmt.Errorf("container %q: %w", id, err)
 	}
 	steps.Done("bundle")
+	ctrCgroup, _ := containerCgroup(p, id)
 	rec := ctrRecord{
-		ID: id, PodID: podID, LogPath: req.GetLogPath(), LogStream: req.GetLogStream(), CgroupPath: p.paths.GetCgroupPath() + "/" + id,
+		ID: id, PodID: podID, LogPath: req.GetLogPath(), LogStream: req.GetLogStream(), CgroupPath: ctrCgroup,
 		OwnPID: ownPIDNamespace(spec), Stdin: req.GetStdin(),
 		State: stateCreated, CreatedAt: time.Now().UnixNano(),
 	}
@@ -254,7 +255,7 @@ func (s *Service) runStart(ctx context.Context, id string, rec ctrRecord, steps 
 func (s *Service) runRuntime(ctx context.Context, args ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, runtimeCallTimeout)
 	defer cancel()
-	out, err := runCmd(ctx, s.runtime, append([]string{"--root", s.runcRoot()}, args...)...)
+	out, err := runCmd(ctx, s.runtime, append(s.runtimeGlobalArgs(), args...)...)
 	if err != nil {
 		return out, fmt.Errorf("%s %s: %w: %s", filepath.Base(s.runtime), args[0], err, strings.TrimSpace(string(out)))
 	}

@@ -3,6 +3,7 @@ package pods
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -43,7 +44,7 @@ func (s *Service) finish(c *container) {
 		switch {
 		case code == 0:
 			r.Reason = "Completed"
-		case code == 128+int32(unix.SIGKILL) && oomKilled(r.CgroupPath):
+		case code == 128+int32(unix.SIGKILL) && (oomKilled(r.CgroupPath) || s.conmonSawOOM(c.id) || s.scopeOOMKilled(r.CgroupPath)):
 			r.Reason = "OOMKilled"
 		default:
 			r.Reason = "Error"
@@ -73,8 +74,17 @@ func (s *Service) finish(c *container) {
 	s.log.Info("container exited", "pod", c.podID, "container", c.id, "exit_code", r.ExitCode, "reason", r.Reason)
 }
 
+// conmonSawOOM reports whether conmon recorded an OOM kill of the container
+// (the file "oom" in the bundle, which CRI-O reads too): under the systemd
+// cgroup driver the container's scope, and its memory.events, go with its
+// last process, before the exit is read.
+func (s *Service) conmonSawOOM(id string) bool {
+	_, err := os.Stat(filepath.Join(s.bundleDir(id), "oom"))
+	return err == nil
+}
+
 // oomKilled reports whether the OOM killer killed a process of the cgroup
-// (which runc keeps until the container is deleted).
+// (which runc keeps until the container is deleted under cgroupfs).
 func oomKilled(path string) bool {
 	file, key := cgroup.ControllerFile(path, "memory", "memory.oom_control"), "oom_kill "
 	if cgroup.Unified() {

@@ -48,7 +48,10 @@ func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.All
 		}
 	}()
 
-	cgPath := s.podCgroup(spec)
+	cgPath, slice, err := s.placePod(spec)
+	if err != nil {
+		return nil, err
+	}
 	dir := s.podDir(id)
 	paths := &podsv0.AllocateResponse{
 		PodId:          id,
@@ -59,12 +62,14 @@ func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.All
 		CgroupV2:       cgroup.Unified(),
 		OomScoreAdjMin: s.oomFloor,
 		OciVersion:     s.specVersion,
+		CgroupDriver:   string(s.cfg.CgroupDriver),
+		CgroupSlice:    slice,
 	}
 	p.paths = paths
 	if _, err := os.Stat(dir); err == nil {
 		return nil, fmt.Errorf("pod %q: directory %s that auraed does not know exists: %w", id, dir, errdefs.ErrAlreadyExists)
 	}
-	if absoluteParent(spec) && !cgroup.Exists(strings.Trim(spec.GetCgroupParent(), "/")) {
+	if slice == "" && absoluteParent(spec) && !cgroup.Exists(strings.Trim(spec.GetCgroupParent(), "/")) {
 		// The kubelet makes its pod cgroup before the pod; auraed would
 		// leave one it made behind.
 		return nil, fmt.Errorf("pod %q: cgroup parent %s does not exist: %w", id, spec.GetCgroupParent(), errdefs.ErrFailedPrecondition)
@@ -98,11 +103,8 @@ func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.All
 		return nil, fmt.Errorf("pod %q: %w", id, err)
 	}
 	steps.Done("pod_files")
-	if _, err := cgroup.New(cgPath, cgroup.Limits{}); err != nil {
-		if errors.Is(err, os.ErrExist) {
-			return nil, fmt.Errorf("pod %q: %w: %w", id, err, errdefs.ErrAlreadyExists)
-		}
-		return nil, fmt.Errorf("pod %q: %w", id, err)
+	if err := s.makePodCgroup(ctx, p); err != nil {
+		return nil, existsErr(id, err)
 	}
 	steps.Done("cgroup")
 	if p.ownsNet() || p.ownsIPC() || p.ownsUTS() || p.ownsPID() || p.ownsUser() {
@@ -150,11 +152,11 @@ func (s *Service) makeNamespaces(p *pod) error {
 		return nil
 	}
 	// The holder lives in the pod's infra cgroup.
-	cg, err := s.infraCgroupOf(p)
+	place, err := s.infraPlacer(p)
 	if err != nil {
 		return err
 	}
-	h.place = cg.AddProc
+	h.place = place
 	cmd, err := startHolder(h)
 	if err != nil {
 		return err

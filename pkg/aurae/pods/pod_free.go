@@ -77,7 +77,7 @@ func (s *Service) teardownPod(ctx context.Context, p *pod) error {
 			return err
 		}
 	}
-	if err := removeCgroupTree(cgPath); err != nil {
+	if err := s.removePodCgroup(ctx, p); err != nil {
 		return err
 	}
 	if err := os.RemoveAll(dir); err != nil {

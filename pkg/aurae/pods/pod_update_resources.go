@@ -54,6 +54,9 @@ func (s *Service) updatePodResources(id string, raw []byte) error {
 	if err := cg.Set(res); err != nil {
 		return fmt.Errorf("update pod %q: %w", id, kernelRefusal(err))
 	}
+	if err := s.syncUnitLimits(p, res); err != nil {
+		return fmt.Errorf("update pod %q: %w", id, err)
+	}
 	s.log.Info("pod resources updated", "pod", id, "cgroup", cg.Path(), "cpu_shares", res.CPUShares,
 		"cpu_quota", res.CPUQuota, "cpu_period", res.CPUPeriod, "cpus", res.Cpus, "mems", res.Mems,
 		"memory_limit", res.MemoryLimit, "memory_swap", res.MemorySwap, "hugepages", len(res.Hugepages), "unified", len(res.Unified))

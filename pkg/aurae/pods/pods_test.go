@@ -280,6 +280,11 @@ func TestOOMKilled(t *testing.T) {
 	if st.GetReason() != "OOMKilled" || st.GetExitCode() != 137 {
 		t.Errorf("status %v, want OOMKilled, 137", st)
 	}
+	// conmon's own record of the OOM kill, which outlives the cgroup (a
+	// systemd scope goes with its last process).
+	if _, err := os.Stat(filepath.Join(e.svc.bundleDir("hog"), "oom")); err != nil {
+		t.Errorf("conmon's oom file: %v", err)
+	}
 }
 
 func TestRestartKeepsContainers(t *testing.T) {

@@ -95,8 +95,8 @@ func killCgroup(ctx context.Context, path string) error {
 	}
 	for {
 		procs, err := cg.Procs()
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENODEV) {
+			return nil // gone (ENODEV: a systemd unit's cgroup being removed)
 		}
 		if err != nil {
 			return err

@@ -36,6 +36,7 @@ import (
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	"github.com/aurae-runtime/aurae-cri/internal/linux"
+	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 	"github.com/aurae-runtime/aurae-cri/pkg/errmap"
 	"github.com/aurae-runtime/aurae-cri/pkg/signals"
 )
@@ -60,8 +61,11 @@ type Config struct {
 	Conmon string
 	// CRIU is the CRIU binary the OCI runtime uses for checkpoints and
 	// restores (default PinnedCRIU).
-	CRIU   string
-	Logger *slog.Logger
+	CRIU string
+	// CgroupDriver makes pods' cgroups: cgroup.Cgroupfs (default) or
+	// cgroup.Systemd (transient units; see cgroup_driver.go).
+	CgroupDriver cgroup.Driver
+	Logger       *slog.Logger
 	// Freed, when set, is called after every successful Free, before it
 	// answers (also for an unknown pod, so that a retry finishes what
 	// failed): what others made for the pod (runtime.Core's rootfs
@@ -83,6 +87,7 @@ type Service struct {
 	conmon   string // absolute path
 	criu     criuState
 	closed   atomic.Bool
+	units    cgroup.Units  // systemd's units, under the systemd driver
 	closing  int           // an eventfd, signalled by Close to stop watchers
 	closedCh chan struct{} // closed by Close
 	events   eventHub
@@ -117,6 +122,14 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 	cfg.CgroupRoot = strings.Trim(path.Clean("/"+cfg.CgroupRoot), "/")
 	if cfg.Runtime == "" {
 		cfg.Runtime = DefaultRuntime()
+	}
+	if cfg.CgroupDriver == "" {
+		cfg.CgroupDriver = cgroup.Cgroupfs
+	}
+	if cfg.CgroupDriver == cgroup.Systemd {
+		if _, err := cgroup.ChooseDriver(string(cgroup.Systemd), cgroup.ThisHost()); err != nil {
+			return nil, fmt.Errorf("pods: %w: %w", err, errdefs.ErrFailedPrecondition)
+		}
 	}
 	conmonConfigured := cfg.Conmon != ""
 	if !conmonConfigured {

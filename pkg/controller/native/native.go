@@ -57,7 +57,7 @@ func (c *Controller) CreatePod(ctx context.Context, spec controller.PodSpec) (co
 	c.mu.Lock()
 	c.known[spec.ID] = &podsv0.PodStatus{Pod: pod, Paths: alloc}
 	c.mu.Unlock()
-	out := controller.Pod{CgroupPath: alloc.GetCgroupPath(), UserNamespacePath: alloc.GetUserNamespacePath()}
+	out := controller.Pod{CgroupPath: alloc.GetCgroupPath(), CgroupDriver: alloc.GetCgroupDriver(), UserNamespacePath: alloc.GetUserNamespacePath()}
 	if spec.Network != controller.NamespaceNode {
 		out.NetNSPath = alloc.GetNetworkNamespacePath()
 	}
@@ -229,6 +229,7 @@ func Facts(pod *podsv0.Pod, paths *podsv0.AllocateResponse) ocispec.PodFacts {
 		PID:            ns(nso.GetPid(), paths.GetPidNamespacePath()),
 		Hostname:       pod.GetHostname(),
 		CgroupParent:   "/" + paths.GetCgroupPath(),
+		SystemdSlice:   paths.GetCgroupSlice(),
 		OOMScoreAdjMin: int(paths.GetOomScoreAdjMin()),
 		ResolvConfPath: paths.GetResolvConfPath(),
 		HostsPath:      paths.GetHostsPath(),
