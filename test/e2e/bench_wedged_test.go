@@ -148,20 +148,20 @@ func BenchmarkListStatusWedged(b *testing.B) {
 }
 
 // containerPid is a container's pid, from its verbose status.
-func containerPid(b *testing.B, c *CRI, id string) int {
-	b.Helper()
-	st, err := c.Runtime.ContainerStatus(b.Context(), id, true)
+func containerPid(tb testing.TB, c *CRI, id string) int {
+	tb.Helper()
+	st, err := c.Runtime.ContainerStatus(tb.Context(), id, true)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	info := st.GetInfo()["info"]
 	i := strings.Index(info, `"pid":`)
 	if i < 0 {
-		b.Fatalf("no pid in %s", info)
+		tb.Fatalf("no pid in verbose status: %s", info)
 	}
-	pid, _ := strconv.Atoi(strings.TrimFunc(strings.SplitN(info[i+len(`"pid":`):], ",", 2)[0], func(r rune) bool { return r < '0' || r > '9' }))
-	if pid <= 1 {
-		b.Fatalf("no pid in %s", info)
+	pid, err := strconv.Atoi(strings.TrimFunc(strings.SplitN(info[i+len(`"pid":`):], ",", 2)[0], func(r rune) bool { return r < '0' || r > '9' }))
+	if err != nil || pid <= 1 {
+		tb.Fatalf("pid in %s: %v", info, err)
 	}
 	return pid
 }

@@ -99,19 +99,7 @@ func TestCRIWedgedPod(t *testing.T) {
 	quitter := runContainer(t, c, idO, podO, containerConfig("quitter", image, "sh", "-c", "while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 5"))
 	waitContainerState(t, c, wedged, runtimeapi.ContainerState_CONTAINER_RUNNING)
 
-	st, err := c.Runtime.ContainerStatus(ctx, wedged, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info := st.GetInfo()["info"]
-	i := strings.Index(info, `"pid":`)
-	if i < 0 {
-		t.Fatalf("no pid in verbose status: %s", info)
-	}
-	pid, err := strconv.Atoi(strings.TrimFunc(strings.SplitN(info[i+len(`"pid":`):], ",", 2)[0], func(r rune) bool { return r < '0' || r > '9' }))
-	if err != nil || pid <= 1 {
-		t.Fatalf("pid in %s: %v", info, err)
-	}
+	pid := containerPid(t, c, wedged)
 	conmon := ppid(t, pid)
 	stopped := []int{pid, conmon}
 	for _, p := range stopped {

@@ -37,19 +37,7 @@ func TestCRIMonitorIsPinnedConmon(t *testing.T) {
 	id := runContainer(t, c, podID, pod, containerConfig("mon", image, "sh", "-c", "echo out; echo err >&2; while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 7"))
 	waitContainerState(t, c, id, runtimeapi.ContainerState_CONTAINER_RUNNING)
 
-	st, err := c.Runtime.ContainerStatus(ctx, id, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info := st.GetInfo()["info"]
-	i := strings.Index(info, `"pid":`)
-	if i < 0 {
-		t.Fatalf("no pid in verbose status: %s", info)
-	}
-	pid, err := strconv.Atoi(strings.TrimFunc(strings.SplitN(info[i+len(`"pid":`):], ",", 2)[0], func(r rune) bool { return r < '0' || r > '9' }))
-	if err != nil || pid <= 1 {
-		t.Fatalf("pid in %s: %v", info, err)
-	}
+	pid := containerPid(t, c, id)
 	mon := ppid(t, pid)
 	exe, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(mon), "exe"))
 	if err != nil {
