@@ -8,7 +8,9 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/aurae-runtime/aurae-cri/pkg/image"
@@ -25,6 +27,27 @@ func otherClient(t *testing.T, e *env) (*containerd.Client, context.Context) {
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	return c, namespaces.WithNamespace(ctxT(t), e.svc.Namespace())
+}
+
+// keepContent holds target's blobs (manifest, config, layers) in a lease
+// until the test ends.
+func keepContent(t *testing.T, c *containerd.Client, ctx context.Context, target ocispec.Descriptor) {
+	t.Helper()
+	ls := c.LeasesService()
+	l, err := ls.Create(ctx, leases.WithRandomID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ls.Delete(context.WithoutCancel(ctx), l) })
+	err = images.Walk(ctx, images.HandlerFunc(func(ctx context.Context, d ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+		if err := ls.AddResource(ctx, l, leases.Resource{ID: d.Digest.String(), Type: "content"}); err != nil {
+			return nil, err
+		}
+		return images.Children(ctx, c.ContentStore(), d)
+	}), target)
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 // eventually polls cond until it holds; the index follows containerd's
@@ -101,7 +124,11 @@ func TestImageIndexFollowsContainerd(t *testing.T) {
 		t.Error("the removed tag is still listed")
 	}
 
-	// The whole image removed behind the service's back.
+	// The whole image removed behind the service's back. Its blobs are
+	// kept by a lease of the test's, so that containerd's garbage
+	// collection (which the removal schedules) cannot take them before
+	// the image is made again below.
+	keepContent(t, c, ctx, rec.Target)
 	recs, err := c.ImageService().List(ctx)
 	if err != nil {
 		t.Fatal(err)
