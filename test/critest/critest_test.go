@@ -222,7 +222,9 @@ func TestCritest(t *testing.T) {
 	defer out.Close()
 	ct := exec.CommandContext(t.Context(), filepath.Join(tools, "critest"), args...)
 	ct.Dir = tmp
-	ct.Env = append(os.Environ(), "PATH="+tools+":"+os.Getenv("PATH"))
+	// TMPDIR: critest's parallel mode makes a "cri-test*" dir in the temp
+	// dir and leaves it; the test's own temp dir goes with the test.
+	ct.Env = append(os.Environ(), "PATH="+tools+":"+os.Getenv("PATH"), "TMPDIR="+tmp)
 	ct.Stdout, ct.Stderr = out, out
 	start := time.Now()
 	runErr := ct.Run()
