@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	discoveryv0 "github.com/aurae-runtime/aurae-cri/api/discovery/v0"
 	guestv0 "github.com/aurae-runtime/aurae-cri/api/guest/v0"
@@ -67,7 +65,7 @@ func (s *Service) startFromTemplate(ctx context.Context, v *vm, cfg hypervisor.V
 	if err := s.configureGuest(ctx, v, plan, len(cfg.NICs)+len(cfg.Shares) > 0, len(cfg.NICs)); err != nil {
 		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
 		defer cancel()
-		if status.Code(err) == codes.Unimplemented || errdefs.IsNotImplemented(err) {
+		if errdefs.IsNotImplemented(err) { // the client maps Unimplemented to it
 			s.tpl.markUnfit(key, "the guest image has no GuestService: rebuild it (make vm-image)")
 		}
 		if kerr := s.hv.Kill(kctx, p); kerr != nil {

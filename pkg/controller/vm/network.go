@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	guestv0 "github.com/aurae-runtime/aurae-cri/api/guest/v0"
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
@@ -91,7 +89,8 @@ func configureGuestNet(ctx context.Context, g *guest, ni netInfo) (string, error
 		req.Mtu = uint32(mtu)
 	}
 	_, err := guestv0.NewGuestServiceClient(g.Conn).ConfigureNetwork(ctx, req)
-	if errdefs.IsNotImplemented(err) || status.Code(err) == codes.Unimplemented {
+	// The Aurae client maps a guest's Unimplemented to errdefs' kind.
+	if errdefs.IsNotImplemented(err) {
 		return "script", g.run(ctx, "net", guestNetScript(ni))
 	}
 	return "guest-service", err
