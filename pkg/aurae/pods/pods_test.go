@@ -641,6 +641,38 @@ func TestStartCutBeforeRuntimeStart(t *testing.T) {
 	}
 }
 
+// TestStartCutBeforeRecord: auraed dies after making a container's bundle
+// and before recording it. After the restart the stray bundle is gone and
+// the retried Start starts the container (not AlreadyExists).
+func TestStartCutBeforeRecord(t *testing.T) {
+	e := newEnv(t)
+	e.allocate(&podsv0.Pod{Id: "cut"})
+	req := &podsv0.StartRequest{PodId: "cut", Container: e.forPod("cut", e.container("c", spec(t, nil, "sleep", "1000")))}
+	// What the cut Start left: its bundle with its spec, no record.
+	if err := os.MkdirAll(e.svc.bundleDir("c"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(e.svc.bundleDir("c"), "config.json"), []byte("{}"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.Start(context.Background(), req); status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("Start over a bundle auraed does not know, before a restart: %v, want AlreadyExists", err)
+	}
+	if err := e.svc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.svc = e.newService()
+	if _, err := os.Stat(e.svc.bundleDir("c")); !os.IsNotExist(err) {
+		t.Fatalf("the stray bundle after a restart: %v", err)
+	}
+	if _, err := e.svc.Start(context.Background(), req); err != nil {
+		t.Fatalf("the retried Start: %v", err)
+	}
+	if st := e.status("c"); st.GetState() != podsv0.ContainerState_CONTAINER_STATE_RUNNING {
+		t.Fatalf("after the retried Start: %v", st)
+	}
+}
+
 // TestPIDTargetNamespace: a container whose spec joins the pid namespace
 // of a running container of the same pod (/proc/<pid>/ns/pid, the CRI's
 // pid mode TARGET) sees that container's processes; the same path in

@@ -3,6 +3,8 @@ package pods
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -82,7 +84,33 @@ func (s *Service) recover(ctx context.Context) error {
 		}
 		s.log.Info("container recovered", "pod", r.PodID, "container", id, "state", podsv0.ContainerState(c.record().State).String())
 	}
+	s.removeStrayContainerFiles(ctrs)
 	return nil
+}
+
+// removeStrayContainerFiles removes the bundles, exit files and attach
+// dirs of containers auraed has no record of: a Start cut short between
+// making its bundle and recording the container (nothing of the runtime
+// ran yet: the record comes first), so that its retry is not refused as
+// AlreadyExists. The record is deleted last on removal, so a removal cut
+// short leaves a record and is finished by the next one.
+func (s *Service) removeStrayContainerFiles(known map[string]ctrRecord) {
+	for _, dir := range []string{filepath.Dir(s.bundleDir("x")), filepath.Dir(s.exitFile("x")), filepath.Dir(s.attachDir("x"))} {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if _, ok := known[e.Name()]; ok {
+				continue
+			}
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				s.log.Warn("remove the files of a container auraed has no record of", "container", e.Name(), "error", err)
+				continue
+			}
+			s.log.Info("removed the files of a container auraed has no record of", "container", e.Name(), "path", filepath.Join(dir, e.Name()))
+		}
+	}
 }
 
 // fixCreated asks the runtime about a container auraed recorded as created:
