@@ -81,7 +81,7 @@ func (s *Service) startFromTemplate(ctx context.Context, v *vm, cfg hypervisor.V
 func (s *Service) configureGuest(ctx context.Context, v *vm, plan guestPlan, rescan bool, nics int) error {
 	cctx, cancel := context.WithTimeout(ctx, configureTimeout)
 	defer cancel()
-	c, err := client.Dial(cctx, auraedAddress(v.dir))
+	c, err := dialRestoredGuest(cctx, v.dir)
 	if err != nil {
 		return err
 	}
@@ -108,6 +108,36 @@ func (s *Service) configureGuest(ctx context.Context, v *vm, plan guestPlan, res
 	skew := time.Duration(resp.GetUnixTimeNanos() - time.Now().UnixNano())
 	s.log.DebugContext(ctx, "vm guest configured", "vm", v.id, "clock_skew", skew.Round(time.Millisecond).String())
 	return nil
+}
+
+// dialRestoredGuest connects to the guest auraed of a VM just restored
+// from a template, and checks that it answers before anything that changes
+// the guest is sent. The first connection may fail: the template was saved
+// with the maker's last session open, and the guest may still write that
+// session's bytes to the new host side, or end it only on seeing the new
+// connection's preface. Each failed attempt is dropped and another made,
+// until ctx ends.
+func dialRestoredGuest(ctx context.Context, dir string) (*client.Client, error) {
+	const pause = 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		c, err := client.Dial(actx, auraedAddress(dir))
+		if err == nil {
+			_, err = c.Discovery.Discover(actx, &discoveryv0.DiscoverRequest{})
+			if err != nil {
+				_ = c.Close()
+			}
+		}
+		cancel()
+		if err == nil {
+			return c, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connect to the guest (%d attempts): %w", attempt, err)
+		case <-time.After(pause):
+		}
+	}
 }
 
 // guestReady says whether the guest auraed of the VM in dir answers.
