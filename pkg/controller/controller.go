@@ -89,6 +89,15 @@ type Controller interface {
 	Events(ctx context.Context) (<-chan ContainerEvent, error)
 }
 
+// RootfsFreeAtExit is implemented by a controller whose containers stop
+// using the host mount of their rootfs when they exit (RootfsFreeAtExit
+// answers true): the OCI runtime ran the container in a mount namespace of
+// its own. The CRI server then unmounts it at the exit, not at
+// RemoveContainer. A VM pod's guest may still read its share.
+type RootfsFreeAtExit interface {
+	RootfsFreeAtExit() bool
+}
+
 // EventType is what happened to a container.
 type EventType int
 

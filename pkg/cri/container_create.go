@@ -267,7 +267,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	c := &sandbox.Container{
 		ID: id, SandboxID: sb.ID, Name: name, Config: cfg,
 		ImageRef: imageRef, ImageID: img.ID, RestoreFrom: restoreFrom, ImageName: imageName(img.RepoTags, img.RepoDigests, img.ID),
-		LogPath: logPath, StopSignal: stopSignal, ImageVolumes: vols, CreatedAt: time.Now(),
+		LogPath: logPath, StopSignal: stopSignal, ImageVolumes: vols, UpperDir: upperDirOf(mounts), CreatedAt: time.Now(),
 		Status: sandbox.ContainerStatus{State: runtimeapi.ContainerState_CONTAINER_CREATED},
 	}
 	// NRI plugins adjust the container before it is stored (and listed);

@@ -9,6 +9,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/aurae-runtime/aurae-cri/internal/timing"
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 )
 
@@ -55,30 +56,66 @@ func (r *Runtime) removeContainer(ctx context.Context, id string) (retErr error)
 		return err
 	}
 	steps.Done("mark_removing")
-	sb, err := r.store.Sandbox(c.SandboxID)
-	if err == nil {
-		ctrl, err := r.controller(sb.RuntimeHandler)
-		if err != nil {
+	var ctrl controller.Controller // nil: the pod is gone
+	if sb, err := r.store.Sandbox(c.SandboxID); err == nil {
+		if ctrl, err = r.controller(sb.RuntimeHandler); err != nil {
 			return err
 		}
-		callCtx, cancel := bounded(ctx, podCallTimeout)
-		defer cancel()
+	}
+	callCtx, cancel := bounded(ctx, podCallTimeout)
+	defer cancel()
+	removeCtr := func() error {
+		if ctrl == nil {
+			return nil
+		}
 		if err := ctrl.RemoveContainer(callCtx, c.SandboxID, c.ID); err != nil && !errdefs.IsNotFound(err) {
 			return fmt.Errorf("remove container %s: %w", c.ID, err)
 		}
+		return nil
+	}
+	removeRootfs := func() error {
+		if err := r.cfg.Images.RemoveRootfs(callCtx, c.ID); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("remove rootfs of %s: %w", c.ID, err)
+		}
+		return nil
+	}
+	if f, ok := ctrl.(controller.RootfsFreeAtExit); ok && f.RootfsFreeAtExit() {
+		// The runtime is done with the rootfs (unmounted at the exit,
+		// unless that failed): the container and its snapshot go at once.
+		if err := unmountRootfs(r.rootfsDir(c.ID)); err != nil {
+			return err
+		}
+		steps.Done("unmount")
+		var ctrErr error
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			ctrErr = removeCtr()
+		}()
+		rootfsErr := removeRootfs()
+		<-done
+		if err := errors.Join(ctrErr, rootfsErr); err != nil {
+			return err
+		}
+		steps.Done("controller_remove_and_rootfs")
+		r.fault(FaultContainerRemoving)
+	} else {
+		// A VM pod's guest shares the rootfs until its controller
+		// removes the container.
+		if err := removeCtr(); err != nil {
+			return err
+		}
 		steps.Done("controller_remove")
+		r.fault(FaultContainerRemoving)
+		if err := unmountRootfs(r.rootfsDir(c.ID)); err != nil {
+			return err
+		}
+		steps.Done("unmount")
+		if err := removeRootfs(); err != nil {
+			return err
+		}
+		steps.Done("rootfs")
 	}
-	r.fault(FaultContainerRemoving)
-	if err := unmountRootfs(r.rootfsDir(c.ID)); err != nil {
-		return err
-	}
-	steps.Done("unmount")
-	callCtx, cancel := bounded(ctx, podCallTimeout)
-	defer cancel()
-	if err := r.cfg.Images.RemoveRootfs(callCtx, c.ID); err != nil && !errdefs.IsNotFound(err) {
-		return fmt.Errorf("remove rootfs of %s: %w", c.ID, err)
-	}
-	steps.Done("rootfs")
 	if !r.releaseImageVolumes(ctx, volumeKeys(c.ImageVolumes), c.ID) {
 		return fmt.Errorf("remove container %s: release its image volumes: %w", c.ID, errdefs.ErrUnavailable)
 	}

@@ -79,9 +79,13 @@ func (r *Runtime) containerStats(c sandbox.Container, figures map[string]control
 		Id: c.ID, Metadata: c.Config.GetMetadata(), Labels: c.Config.GetLabels(), Annotations: c.Config.GetAnnotations(),
 	}}
 	now := time.Now().UnixNano()
+	upper := c.UpperDir
+	if upper == "" { // recorded before the upper dir was
+		upper = uppers[r.rootfsDir(c.ID)]
+	}
 	st.WritableLayer = &runtimeapi.FilesystemUsage{
 		Timestamp: now, FsId: &runtimeapi.FilesystemIdentifier{Mountpoint: r.rootfsDir(c.ID)},
-		UsedBytes: &runtimeapi.UInt64Value{Value: dirUsage(uppers[r.rootfsDir(c.ID)])}, InodesUsed: &runtimeapi.UInt64Value{},
+		UsedBytes: &runtimeapi.UInt64Value{Value: dirUsage(upper)}, InodesUsed: &runtimeapi.UInt64Value{},
 	}
 	s, ok := figures[c.ID]
 	if !ok {

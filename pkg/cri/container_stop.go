@@ -78,12 +78,14 @@ func (r *Runtime) stopContainer(ctx context.Context, id string, timeout time.Dur
 		exited = &st
 	}
 	r.recordExit(c.ID, c.SandboxID, exited)
+	r.releaseRootfs(c)
 	r.log.Info("container stopped", "pod", c.SandboxID, "container", c.ID)
 	return nil
 }
 
 // recordExit marks a container exited with the status its runtime reports
-// (unknown when it has none), and publishes the stop event once.
+// (unknown when it has none), publishes the stop event once, and releases
+// its rootfs (releaseRootfs).
 func (r *Runtime) recordExit(id, podID string, st *controller.ContainerState) {
 	changed, wasCreated := false, false
 	c, err := r.store.UpdateContainer(id, func(cur sandbox.ContainerStatus) (sandbox.ContainerStatus, error) {
@@ -130,6 +132,12 @@ func (r *Runtime) recordExit(id, podID string, st *controller.ContainerState) {
 		}
 		r.publish(id, podID, runtimeapi.ContainerEventType_CONTAINER_STOPPED_EVENT)
 		r.nriStopped(id)
+		// StopContainer has unmounted it already (it holds the lock).
+		r.bg.Go(func() {
+			unlock := r.lockContainer(id)
+			defer unlock()
+			r.releaseRootfs(c)
+		})
 	}
 }
 

@@ -32,7 +32,8 @@ const (
 	// yet stored.
 	FaultContainerPrepared = "container-prepared"
 	// FaultContainerRemoving: RemoveContainer removed the container from
-	// its controller; its rootfs and record are still there.
+	// its controller; its record is still there, and its rootfs (a native
+	// pod's goes at the same time as the container).
 	FaultContainerRemoving = "container-removing"
 	// FaultPodRemoving: RemovePodSandbox removed the pod's containers; the
 	// pod and its record are still there.

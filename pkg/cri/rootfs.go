@@ -6,10 +6,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/image"
+	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 )
 
 // rootfsDir is where a container's rootfs snapshot is mounted.
@@ -95,8 +98,58 @@ func rootfsOptions(m image.Mount) (flags uintptr, data []string) {
 	return flags, data
 }
 
+// upperDirOf is the upperdir of a snapshot's overlay mount ("" for
+// another kind of mount).
+func upperDirOf(mounts []image.Mount) string {
+	for _, m := range mounts {
+		for _, o := range m.Options {
+			if v, ok := strings.CutPrefix(o, "upperdir="); ok && m.Type == "overlay" {
+				return v
+			}
+		}
+	}
+	return ""
+}
+
+// releaseRootfs unmounts the rootfs of an exited container whose
+// controller no longer uses it (controller.RootfsFreeAtExit), as
+// containerd's shim unmounts a task's rootfs when it deletes the task:
+// RemoveContainer then has only records and the snapshot to remove. Its
+// dir stays until RemoveContainer. The caller holds the container's lock.
+func (r *Runtime) releaseRootfs(c sandbox.Container) {
+	sb, err := r.store.Sandbox(c.SandboxID)
+	if err != nil {
+		return
+	}
+	ctrl, err := r.controller(sb.RuntimeHandler)
+	if err != nil {
+		return
+	}
+	if f, ok := ctrl.(controller.RootfsFreeAtExit); !ok || !f.RootfsFreeAtExit() {
+		return
+	}
+	start := time.Now()
+	if err := unmountAll(r.rootfsDir(c.ID)); err != nil {
+		// RemoveContainer tries again.
+		r.log.Warn("unmount the rootfs of an exited container", "pod", c.SandboxID, "container", c.ID, "error", err)
+		return
+	}
+	r.log.Debug("rootfs of an exited container unmounted", "pod", c.SandboxID, "container", c.ID, "took", time.Since(start).String())
+}
+
 // unmountRootfs unmounts dir (if mounted) and removes the container's dir.
 func unmountRootfs(dir string) error {
+	if err := unmountAll(dir); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(filepath.Dir(dir)); err != nil {
+		return fmt.Errorf("remove %s: %w", filepath.Dir(dir), err)
+	}
+	return nil
+}
+
+// unmountAll unmounts whatever is mounted at dir.
+func unmountAll(dir string) error {
 	for {
 		err := unix.Unmount(dir, 0)
 		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
@@ -108,9 +161,6 @@ func unmountRootfs(dir string) error {
 		if err != nil {
 			return fmt.Errorf("unmount rootfs %s: %w", dir, err)
 		}
-	}
-	if err := os.RemoveAll(filepath.Dir(dir)); err != nil {
-		return fmt.Errorf("remove %s: %w", filepath.Dir(dir), err)
 	}
 	return nil
 }

@@ -82,9 +82,13 @@ type Container struct {
 	StopSignal string `json:"stop_signal,omitempty"`
 	// ImageVolumes are the image volumes it mounts (Mount.image): it is
 	// one of their users until its removal.
-	ImageVolumes []ImageVolume   `json:"image_volumes,omitempty"`
-	CreatedAt    time.Time       `json:"created_at"`
-	Status       ContainerStatus `json:"status"`
+	ImageVolumes []ImageVolume `json:"image_volumes,omitempty"`
+	// UpperDir is its rootfs snapshot's writable layer (an overlay's
+	// upperdir; "" for other snapshots), its usage in stats: the rootfs
+	// is unmounted when a native container exits.
+	UpperDir  string          `json:"upper_dir,omitempty"`
+	CreatedAt time.Time       `json:"created_at"`
+	Status    ContainerStatus `json:"status"`
 }
 
 // ImageVolume is an image mounted into a container (a Mount.image): the

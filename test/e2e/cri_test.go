@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -99,7 +100,7 @@ func TestCRILifecycle(t *testing.T) {
 		t.Fatalf("pod status metadata/info: %v", st)
 	}
 
-	cfg := containerConfig("talker", image, "sh", "-c", "echo hello; echo oops >&2; exec sleep 300")
+	cfg := containerConfig("talker", image, "sh", "-c", "echo hello; echo oops >&2; head -c 65536 /dev/zero > /written; exec sleep 300")
 	ctrID := runContainer(t, c, podID, pod, cfg)
 	cst := waitContainerState(t, c, ctrID, runtimeapi.ContainerState_CONTAINER_RUNNING)
 	if cst.GetLogPath() == "" || cst.GetImageRef() == "" || cst.GetStartedAt() == 0 {
@@ -153,12 +154,26 @@ func TestCRILifecycle(t *testing.T) {
 		t.Fatalf("stats %v %v", stats, err)
 	}
 
+	rootfs := filepath.Join(c.StateDir, "containers", ctrID, "rootfs")
+	if !mounted(t, rootfs) {
+		t.Fatalf("the running container's rootfs is not mounted at %s", rootfs)
+	}
 	if err := c.Runtime.StopContainer(ctx, ctrID, 2); err != nil {
 		t.Fatal(err)
 	}
 	cst = waitContainerState(t, c, ctrID, runtimeapi.ContainerState_CONTAINER_EXITED)
 	if cst.GetFinishedAt() == 0 || cst.GetExitCode() == 0 || cst.GetReason() != "Error" {
 		t.Fatalf("stopped container status %v", cst)
+	}
+	// As containerd's shim at task delete, the exit unmounts the rootfs
+	// (RemoveContainer has only records and the snapshot left); the
+	// writable layer is still counted.
+	if mounted(t, rootfs) {
+		t.Errorf("the rootfs of a stopped container is still mounted at %s", rootfs)
+	}
+	stats, err = c.Runtime.ContainerStats(ctx, ctrID)
+	if err != nil || stats.GetWritableLayer().GetUsedBytes().GetValue() < 65536 {
+		t.Fatalf("a stopped container's writable layer: %v %v, want the 64 KiB it wrote", stats.GetWritableLayer(), err)
 	}
 	if err := c.Runtime.RemoveContainer(ctx, ctrID); err != nil {
 		t.Fatal(err)
@@ -198,6 +213,13 @@ func TestCRIExitCodes(t *testing.T) {
 		st := waitContainerState(t, c, id, runtimeapi.ContainerState_CONTAINER_EXITED)
 		if st.GetExitCode() != tc.code || st.GetReason() != tc.reason {
 			t.Errorf("%s: exit %d reason %q, want %d %q", tc.name, st.GetExitCode(), st.GetReason(), tc.code, tc.reason)
+		}
+		// A container that exits by itself has its rootfs unmounted too.
+		rootfs := filepath.Join(c.StateDir, "containers", id, "rootfs")
+		for deadline := time.Now().Add(10 * time.Second); mounted(t, rootfs); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the rootfs of an exited container is still mounted at %s", tc.name, rootfs)
+			}
 		}
 	}
 	_ = fmt.Sprint(context.Background())
