@@ -7,8 +7,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // staleProbeTimeout bounds the dial that tells a live socket from a stale one.
@@ -73,8 +76,9 @@ func removeStale(path string) error {
 	}
 	conn, err := net.DialTimeout("unix", path, staleProbeTimeout)
 	if err == nil {
+		who := listenerOf(conn)
 		_ = conn.Close()
-		return fmt.Errorf("another auraed serves %s", path)
+		return fmt.Errorf("another auraed serves %s%s", path, who)
 	}
 	if !errors.Is(err, syscall.ECONNREFUSED) {
 		return fmt.Errorf("probe existing socket %s: %w", path, err)
@@ -83,6 +87,32 @@ func removeStale(path string) error {
 		return fmt.Errorf("remove stale socket %s: %w", path, err)
 	}
 	return nil
+}
+
+// listenerOf says which process made the socket conn is connected to (its
+// peer credentials: the pid that called listen, and its command name), for
+// the error that refuses to replace it.
+func listenerOf(conn net.Conn) string {
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		return ""
+	}
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return ""
+	}
+	var cred *unix.Ucred
+	_ = rc.Control(func(fd uintptr) {
+		cred, _ = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	})
+	if cred == nil || cred.Pid <= 0 {
+		return ""
+	}
+	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", cred.Pid))
+	if err != nil {
+		return fmt.Sprintf(" (listening pid %d, gone: its socket is held by a process that inherited it)", cred.Pid)
+	}
+	return fmt.Sprintf(" (pid %d, %s)", cred.Pid, strings.TrimSpace(string(comm)))
 }
 
 type unixListener struct {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"net"
 	"os"
@@ -86,6 +87,9 @@ func TestListenUnixRefusesLiveSocket(t *testing.T) {
 	}
 	if want := "another auraed serves " + path; !strings.Contains(err.Error(), want) {
 		t.Fatalf("error %q does not say %q", err, want)
+	}
+	if want := fmt.Sprintf("(pid %d, ", os.Getpid()); !strings.Contains(err.Error(), want) {
+		t.Fatalf("error %q does not name the listening process %q", err, want)
 	}
 	conn, err := net.Dial("unix", path)
 	if err != nil {
