@@ -16,6 +16,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protojson"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/internal/durable"
 )
 
 // On-disk records: besides the bbolt file, every pod and container has a
@@ -111,10 +113,10 @@ func makeRecordDirs(dir string) error {
 			return fmt.Errorf("%s is not a directory (%s)", d, fi.Mode().Type())
 		}
 	}
-	if err := syncDir(root); err != nil {
+	if err := durable.SyncDir(root); err != nil {
 		return err
 	}
-	return syncDir(dir)
+	return durable.SyncDir(dir)
 }
 
 func (s *Store) recordPath(k recordKind, id string) string {
@@ -199,16 +201,7 @@ func (s *Store) syncDir(dir string) error {
 	if s.noSync {
 		return nil
 	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return durable.SyncDir(dir)
 }
 
 // ReadRecords reads every on-disk record. A record that is not a regular

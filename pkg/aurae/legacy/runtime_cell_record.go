@@ -17,6 +17,7 @@ import (
 	criapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/internal/durable"
 	"github.com/aurae-runtime/aurae-cri/pkg/image"
 )
 
@@ -140,22 +141,13 @@ func (c *cellStore) writeLocked(rec cellRecord) error {
 		err = os.Rename(tmp, filepath.Join(dir, "record.json"))
 	}
 	if err == nil {
-		err = syncDir(dir)
+		err = durable.SyncDir(dir)
 	}
 	if err != nil {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("record of cell %q: %w", rec.Cell, err)
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = d.Close() }()
-	return d.Sync()
 }
 
 // read reads a cell's record; ok is false when there is none.

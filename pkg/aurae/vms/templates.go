@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/aurae-runtime/aurae-cri/internal/durable"
 	"github.com/aurae-runtime/aurae-cri/pkg/hypervisor"
 )
 
@@ -234,7 +235,11 @@ func (t *templates) make(ctx context.Context, key string, cfg hypervisor.VMConfi
 	}
 	m := templateMetaInfo{Key: key, Kernel: cfg.Kernel, VCPUs: cfg.VCPUs, MemMiB: cfg.MemMiB, Bytes: info.Bytes,
 		TookMS: info.Took.Milliseconds(), CreatedAt: time.Now().UTC()}
-	if err := writeSynced(filepath.Join(tmp, templateMeta), m); err != nil {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if err := durable.WriteFile(filepath.Join(tmp, templateMeta), b, os.O_CREATE|os.O_EXCL, 0o600); err != nil {
 		return err
 	}
 	// The maker's VM dir (sockets, console) is not part of the template.
@@ -244,7 +249,7 @@ func (t *templates) make(ctx context.Context, key string, cfg hypervisor.VMConfi
 	if err := os.Rename(tmp, final); err != nil {
 		return err
 	}
-	if err := syncDir(t.dir); err != nil {
+	if err := durable.SyncDir(t.dir); err != nil {
 		return err
 	}
 	t.log.InfoContext(ctx, "vm template made", "key", key, "bytes", info.Bytes, "took", info.Took.Round(time.Millisecond).String())
@@ -288,35 +293,6 @@ func (t *templates) unfitReason(key string) string {
 // drop removes the template key (it failed to restore).
 func (t *templates) drop(key string) {
 	_ = os.RemoveAll(filepath.Join(t.dir, key))
-}
-
-func writeSynced(path string, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }
 
 // guestPlan is what a clone's guest is told after the restore instead of

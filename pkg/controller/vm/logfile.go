@@ -10,6 +10,8 @@ import (
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
+
+	"github.com/aurae-runtime/aurae-cri/internal/durable"
 )
 
 // The host side of a container's log: its file, opened without following a
@@ -156,30 +158,9 @@ func (w *logWriter) persist() error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileSync(w.recPath, b); err != nil {
+	if err := durable.ReplaceFile(w.recPath, b, 0o600); err != nil {
 		return fmt.Errorf("log position of %s: %w", w.id, err)
 	}
 	w.disk = w.pos
 	return nil
-}
-
-// writeFileSync writes path aside, syncs it and renames it into place.
-func writeFileSync(path string, b []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
