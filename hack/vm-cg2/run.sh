@@ -7,7 +7,7 @@
 # Usage: hack/vm-cg2/run.sh [IMAGEDIR]   (default /var/lib/aurae/vm-cg2; root)
 #
 # On the host: builds auraed, aurae-cri, aer and the test binaries (go test -c),
-# shares them with the pinned runc and the CNI plugins into the guest over 9p,
+# shares them with the pinned runc and conmon and the CNI plugins into the guest over 9p,
 # boots it, and reads back the guest's go test output (out/guest.log, turned
 # into go test -json in RESULTS_DIR) and status (out/rc). Fails when a test
 # fails or skips, when the guest did not finish within CG2_TIMEOUT seconds, or
@@ -27,6 +27,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 IMG=${1:-/var/lib/aurae/vm-cg2}
 GO=${GO:-go}
 RUNC=${RUNC:-/opt/aurae/bin/runc}
+CONMON=${CONMON:-/opt/aurae/bin/conmon}
 CNI_DIR=${CNI_DIR:-/opt/cni/bin}
 TIMEOUT=${CG2_TIMEOUT:-3000}
 MEMORY=${CG2_MEMORY:-3072}
@@ -60,6 +61,7 @@ for f in vmlinuz initrd.img rootfs.img; do
 	[ -f "$IMG/$f" ] || die "$IMG/$f missing: run make vm-cg2-image"
 done
 [ -x "$RUNC" ] || die "$RUNC missing: run make runc"
+[ -x "$CONMON" ] || die "$CONMON missing: run make conmon"
 [ -x "$CNI_DIR/bridge" ] || die "$CNI_DIR/bridge missing: run make cni"
 
 work=$(mktemp -d /tmp/aurae-cg2-XXXXXX)
@@ -89,6 +91,7 @@ ldflags="-X github.com/aurae-runtime/aurae-cri/pkg/version.Version=e2e-test"
 )
 cp -r "$REPO/pkg/aurae/cells/testdata" "$share/src/cells/"
 install -m 0755 "$RUNC" "$share/bin/runc"
+install -m 0755 "$CONMON" "$share/bin/conmon"
 if [[ "$E2E_SYSTEMD_RUN" == *Kubelet* ]]; then
 	kubelet=$("$REPO/hack/kubelet/build.sh")
 	install -m 0755 "$kubelet" "$share/bin/kubelet"
@@ -103,6 +106,7 @@ cat >"$share/run.sh" <<EOF
 set -u
 s=/mnt/aurae
 install -D -m 0755 \$s/bin/runc /opt/aurae/bin/runc
+install -D -m 0755 \$s/bin/conmon /opt/aurae/bin/conmon
 mkdir -p /opt/cni/bin && cp \$s/cni/* /opt/cni/bin/
 export CI=true AURAE_E2E_BIN_DIR=\$s/bin AURAE_E2E_START_TIMEOUT=3m PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 rc=0

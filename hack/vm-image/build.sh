@@ -2,7 +2,7 @@
 # Builds the guest image of aurae microVMs from Debian packages:
 #
 #   OUTDIR/vmlinux              uncompressed x86_64 kernel, PVH-bootable (QEMU -kernel)
-#   OUTDIR/initramfs.cpio.gz    /init = static auraed; crun, conmon, busybox
+#   OUTDIR/initramfs.cpio.gz    /init = static auraed; crun, static conmon, busybox
 #                               (LZ4-compressed, legacy frame: the kernel finds
 #                               the format by its magic; the name stays)
 #   OUTDIR/rootfs.img           the same tree as a read-only ext4 (4 KiB blocks,
@@ -16,7 +16,8 @@
 # the initramfs only when one of its files changes (OUTDIR/initramfs.hash).
 # The kernel tree and objects stay under OUTDIR/build for incremental builds.
 # Needs: linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio lz4
-# busybox-static crun conmon (make vm-deps installs them).
+# busybox-static crun (make vm-deps installs them) and the static conmon of
+# `make conmon` (CONMON overrides its path).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -27,13 +28,13 @@ JOBS=${JOBS:-2}
 # Bump when the kernel build steps below change.
 KERNEL_RECIPE=1
 # Bump when the initramfs layout below changes.
-INITRAMFS_RECIPE=2
+INITRAMFS_RECIPE=3
 
 log() { printf 'vm-image: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (the initramfs needs device nodes made with mknod)"
-for c in cpio lz4 mkfs.ext4 xz make gcc flex bison bc ldd busybox crun conmon sha256sum flock; do
+for c in cpio lz4 mkfs.ext4 xz make gcc flex bison bc ldd busybox crun sha256sum flock; do
 	command -v "$c" >/dev/null || die "$c missing: run make vm-deps"
 done
 [ -x /bin/busybox ] && file_is_static=$(ldd /bin/busybox 2>&1 || true)
@@ -122,7 +123,13 @@ build_initramfs() {
 	# boundary), so Debian's crun is acceptable there; the host keeps the
 	# pinned runc.
 	crun=$(readlink -f "$(command -v crun)")
-	conmon=$(readlink -f "$(command -v conmon)")
+	# The static conmon of `make conmon` (no loader, no libraries: under TCG
+	# each dynamic conmon's start relocates a dozen libraries anew, ~40 ms
+	# more per container measured with qemu-user); installed where auraed
+	# looks for its pinned monitor.
+	conmon=${CONMON:-/opt/aurae/bin/conmon}
+	[ -x "$conmon" ] || die "$conmon is missing: run make conmon"
+	case "$(ldd "$conmon" 2>&1 || true)" in *"=>"*) die "$conmon is not static" ;; esac
 	key=$( { echo "recipe $INITRAMFS_RECIPE"; sha256sum "$auraed" /bin/busybox "$crun" "$conmon" "$HERE/build.sh" | cut -d' ' -f1; } | sha256sum | cut -d' ' -f1)
 	if [ -f "$OUT/initramfs.cpio.gz" ] && [ -f "$OUT/rootfs.img" ] && [ "$(cat "$OUT/initramfs.hash" 2>/dev/null)" = "$key" ]; then
 		log "initramfs.cpio.gz and rootfs.img are up to date"
@@ -140,7 +147,7 @@ build_initramfs() {
 		[ "$applet" = busybox ] || [ -e "$tree/bin/$applet" ] || ln -s busybox "$tree/bin/$applet"
 	done
 	copy_with_libs "$crun" /usr/bin/crun "$tree"
-	copy_with_libs "$conmon" /usr/bin/conmon "$tree"
+	install -D -m 0755 "$conmon" "$tree/opt/aurae/bin/conmon"
 	mknod -m 0600 "$tree/dev/console" c 5 1
 	mknod -m 0666 "$tree/dev/null" c 1 3
 	printf 'aurae\n' >"$tree/etc/hostname"
