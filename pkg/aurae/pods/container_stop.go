@@ -21,6 +21,11 @@ func (s *Service) stop(ctx context.Context, id string, timeout int64, sig syscal
 	if err != nil {
 		return nil
 	}
+	// As containerd's StopContainer returns once the shim has deleted the
+	// exited task: the runtime's container is released (or its release
+	// failed: the removal deletes again) when Stop answers, so that
+	// RemoveContainer has only auraed's files and record left.
+	defer func() { _, _ = s.awaitRelease(ctx, c) }()
 	if isDone(c.done) {
 		return nil
 	}
