@@ -129,17 +129,20 @@ func (r *Runtime) releaseRootfs(c sandbox.Container) {
 		return
 	}
 	start := time.Now()
-	if err := unmountAll(r.rootfsDir(c.ID)); err != nil {
+	n, err := unmountAll(r.rootfsDir(c.ID))
+	if err != nil {
 		// RemoveContainer tries again.
 		r.log.Warn("unmount the rootfs of an exited container", "pod", c.SandboxID, "container", c.ID, "error", err)
 		return
 	}
-	r.log.Debug("rootfs of an exited container unmounted", "pod", c.SandboxID, "container", c.ID, "took", time.Since(start).String())
+	if n > 0 {
+		r.log.Debug("rootfs of an exited container unmounted", "pod", c.SandboxID, "container", c.ID, "took", time.Since(start).String())
+	}
 }
 
 // unmountRootfs unmounts dir (if mounted) and removes the container's dir.
 func unmountRootfs(dir string) error {
-	if err := unmountAll(dir); err != nil {
+	if _, err := unmountAll(dir); err != nil {
 		return err
 	}
 	if err := os.RemoveAll(filepath.Dir(dir)); err != nil {
@@ -148,19 +151,19 @@ func unmountRootfs(dir string) error {
 	return nil
 }
 
-// unmountAll unmounts whatever is mounted at dir.
-func unmountAll(dir string) error {
-	for {
+// unmountAll unmounts whatever is mounted at dir and says how many mounts
+// it took off.
+func unmountAll(dir string) (int, error) {
+	for n := 0; ; n++ {
 		err := unix.Unmount(dir, 0)
 		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
-			break // not mounted (any more)
+			return n, nil // not mounted (any more)
 		}
 		if errors.Is(err, unix.EBUSY) {
 			err = unix.Unmount(dir, unix.MNT_DETACH)
 		}
 		if err != nil {
-			return fmt.Errorf("unmount rootfs %s: %w", dir, err)
+			return n, fmt.Errorf("unmount rootfs %s: %w", dir, err)
 		}
 	}
-	return nil
 }

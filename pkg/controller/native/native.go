@@ -276,12 +276,12 @@ func (c *Controller) StopContainer(ctx context.Context, id string, timeout time.
 	return err
 }
 
-// RemoveContainer removes the container; nothing was prepared for it.
 // RootfsFreeAtExit implements controller.RootfsFreeAtExit: runc runs a
 // container in a mount namespace of its own, so its exit frees the host
 // mount of its rootfs.
 func (c *Controller) RootfsFreeAtExit() bool { return true }
 
+// RemoveContainer removes the container; nothing was prepared for it.
 func (c *Controller) RemoveContainer(ctx context.Context, _, id string) error {
 	_, err := c.pods.RemoveContainer(ctx, &podsv0.RemoveContainerRequest{ContainerId: id})
 	return err
