@@ -2,6 +2,7 @@ package pods
 
 import (
 	"sync"
+	"sync/atomic"
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 )
@@ -29,6 +30,8 @@ type container struct {
 	// logDropped is how much of its log file was punched out.
 	follower   *logFollower
 	logDropped int64
+	// oomSeen: watchOOM saw an OOM kill in its cgroup.
+	oomSeen atomic.Bool
 }
 
 // ctrRecord is what the state file keeps of a container.

@@ -161,6 +161,8 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 	if err != nil {
 		return nil, fmt.Errorf("create container %q: %w", id, err)
 	}
+	// Its cgroup exists now; its process waits for the start.
+	s.watchOOM(c, ctrCgroup)
 	rec.Pid, rec.ConmonPid, rec.ConmonStart = mon.pid, mon.conmonPid, mon.conmonStart
 	// Recorded before runc start, so that a restarted auraed finds the
 	// monitor of a container it started just before it died.

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -44,7 +42,7 @@ func (s *Service) finish(c *container) {
 		switch {
 		case code == 0:
 			r.Reason = "Completed"
-		case code == 128+int32(unix.SIGKILL) && (oomKilled(r.CgroupPath) || s.conmonSawOOM(c.id) || s.scopeOOMKilled(r.CgroupPath)):
+		case code == 128+int32(unix.SIGKILL) && (c.oomSeen.Load() || oomKilled(r.CgroupPath) || s.conmonSawOOM(c.id) || s.scopeOOMKilled(r.CgroupPath)):
 			r.Reason = "OOMKilled"
 		default:
 			r.Reason = "Error"
@@ -86,19 +84,8 @@ func (s *Service) conmonSawOOM(id string) bool {
 // oomKilled reports whether the OOM killer killed a process of the cgroup
 // (which runc keeps until the container is deleted under cgroupfs).
 func oomKilled(path string) bool {
-	file, key := cgroup.ControllerFile(path, "memory", "memory.oom_control"), "oom_kill "
 	if cgroup.Unified() {
-		file = cgroup.ControllerFile(path, "", "memory.events")
+		return oomKillsIn(cgroup.ControllerFile(path, "", "memory.events"))
 	}
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, key); ok {
-			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-			return err == nil && n > 0
-		}
-	}
-	return false
+	return oomKillsIn(cgroup.ControllerFile(path, "memory", "memory.oom_control"))
 }

@@ -75,6 +75,7 @@ func (s *Service) recover(ctx context.Context) error {
 				if r.State == stateCreated {
 					s.fixCreated(ctx, c)
 				}
+				s.watchOOM(c, r.CgroupPath)
 				s.watch(c, fd)
 			} else {
 				s.finish(c)
