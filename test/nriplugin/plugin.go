@@ -150,6 +150,10 @@ func (p *Plugin) RunPodSandbox(ctx context.Context, pod *api.PodSandbox) error {
 	if p.HangRunPodSandbox {
 		<-ctx.Done()
 		close(p.Hung)
+		// The context carries the runtime's own deadline: an answer sent
+		// at once could reach the runtime before it gives up, as a
+		// plugin's failure. A hung plugin answers late, if ever.
+		time.Sleep(5 * time.Second)
 		return errors.New("hung until the runtime gave up")
 	}
 	return nil
