@@ -79,7 +79,7 @@ func (r *Runtime) removeContainer(ctx context.Context, id string) (retErr error)
 		}
 		return nil
 	}
-	if f, ok := ctrl.(controller.RootfsFreeAtExit); ok && f.RootfsFreeAtExit() {
+	if rootfsFreeAtExit(ctrl) {
 		// The runtime is done with the rootfs (unmounted at the exit,
 		// unless that failed): the container and its snapshot go at once.
 		if err := unmountRootfs(r.rootfsDir(c.ID)); err != nil {

@@ -125,7 +125,7 @@ func (r *Runtime) releaseRootfs(c sandbox.Container) {
 	if err != nil {
 		return
 	}
-	if f, ok := ctrl.(controller.RootfsFreeAtExit); !ok || !f.RootfsFreeAtExit() {
+	if !rootfsFreeAtExit(ctrl) {
 		return
 	}
 	start := time.Now()
@@ -138,6 +138,13 @@ func (r *Runtime) releaseRootfs(c sandbox.Container) {
 	if n > 0 {
 		r.log.Debug("rootfs of an exited container unmounted", "pod", c.SandboxID, "container", c.ID, "took", time.Since(start).String())
 	}
+}
+
+// rootfsFreeAtExit says whether ctrl's containers free their rootfs mount
+// when they exit (controller.RootfsFreeAtExit).
+func rootfsFreeAtExit(ctrl controller.Controller) bool {
+	f, ok := ctrl.(controller.RootfsFreeAtExit)
+	return ok && f.RootfsFreeAtExit()
 }
 
 // unmountRootfs unmounts dir (if mounted) and removes the container's dir.
