@@ -13,11 +13,14 @@ import (
 )
 
 // watchOOM follows the memory.events of a container's cgroup on cgroup v2
-// while it exists and marks the container OOM-killed (c.oomSeen) as soon
-// as its oom_kill counter is not 0, as containerd's shim watches it. Under
-// the systemd driver the container's scope, and its memory.events, go with
-// its last process, often before the exit is read; conmon's own watch (its
-// "oom" file) loses that race when it handles the exit first. Nothing is
+// while it exists and marks the container (c.oomSeen) as soon as the OOM
+// killer was invoked in it: its "oom" or "oom_kill" counter is not 0, as
+// conmon (and so CRI-O) counts both. Under the systemd driver the
+// container's scope, and its memory.events, go with its last process,
+// often before the exit is read, and the kernel may drop the change that
+// counts the kill: it defers a change that follows another within a few
+// milliseconds, and a cgroup removed meanwhile never reports it. The "oom"
+// count, raised before the kill, is then the last thing seen. Nothing is
 // watched on cgroup v1, where the counter stays until runc's delete.
 func (s *Service) watchOOM(c *container, cgroupPath string) {
 	if cgroupPath == "" || !cgroup.Unified() {
@@ -27,7 +30,8 @@ func (s *Service) watchOOM(c *container, cgroupPath string) {
 }
 
 // watchOOMFile watches file (a memory.events) for c until it is removed,
-// an OOM kill is seen, or the service closes.
+// an OOM is seen, or the service closes. Each change is judged by the one
+// read that follows it: a second read may find the cgroup gone.
 func (s *Service) watchOOMFile(c *container, file string) {
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
@@ -41,7 +45,7 @@ func (s *Service) watchOOMFile(c *container, file string) {
 		}
 		return
 	}
-	if oomKillsIn(file) {
+	if b, err := os.ReadFile(file); err == nil && oomIn(b) {
 		c.oomSeen.Store(true)
 		unix.Close(fd)
 		return
@@ -77,11 +81,13 @@ func (s *Service) watchOOMFile(c *container, file string) {
 				}
 				off += unix.SizeofInotifyEvent + int(ev.Len)
 			}
-			if oomKillsIn(file) {
+			b, err := os.ReadFile(file)
+			if err == nil && oomIn(b) {
 				c.oomSeen.Store(true)
+				s.log.Debug("OOM in the container's cgroup", "pod", c.podID, "container", c.id, "events", strings.Join(strings.Fields(string(b)), " "))
 				return
 			}
-			if gone {
+			if gone || err != nil {
 				return
 			}
 		}
@@ -89,16 +95,23 @@ func (s *Service) watchOOMFile(c *container, file string) {
 }
 
 // oomKillsIn reports whether a memory.events (v2) or memory.oom_control
-// (v1) file counts an OOM kill ("oom_kill N", N > 0).
+// (v1) file counts an OOM (see oomIn).
 func oomKillsIn(file string) bool {
 	b, err := os.ReadFile(file)
-	if err != nil {
-		return false
-	}
+	return err == nil && oomIn(b)
+}
+
+// oomIn reports whether the content of a memory.events (v2) or
+// memory.oom_control (v1) counts an invocation of the OOM killer: "oom N"
+// (v2) or "oom_kill N" with N > 0.
+func oomIn(b []byte) bool {
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
-			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-			return err == nil && n > 0
+		name, v, ok := strings.Cut(line, " ")
+		if !ok || (name != "oom" && name != "oom_kill") {
+			continue
+		}
+		if n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64); err == nil && n > 0 {
+			return true
 		}
 	}
 	return false

@@ -35,9 +35,10 @@ func TestWatchOOMFileSeesAKillBeforeTheFileGoes(t *testing.T) {
 	if c.oomSeen.Load() {
 		t.Fatal("a max event was taken for an OOM kill")
 	}
-	// The kernel counts the kill before the victim is gone; the cgroup
-	// (and the file) go after its last process.
-	write("low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\noom_group_kill 0\n")
+	// The kernel counts the OOM before it kills; the change that counts
+	// the kill may be dropped when the cgroup goes at once (as it does
+	// under the systemd driver), so the OOM alone marks the container.
+	write("low 0\nhigh 0\nmax 9\noom 1\noom_kill 0\noom_group_kill 0\n")
 	deadline := time.Now().Add(5 * time.Second)
 	for !c.oomSeen.Load() {
 		if time.Now().After(deadline) {
@@ -50,7 +51,7 @@ func TestWatchOOMFileSeesAKillBeforeTheFileGoes(t *testing.T) {
 	}
 	// Marked, the exit reads OOMKilled whatever is left of the cgroup.
 	other := &container{id: "quiet", done: make(chan struct{})}
-	write("oom 0\noom_kill 0\n")
+	write("max 4\noom 0\noom_kill 0\n")
 	e.svc.watchOOMFile(other, file)
 	if err := os.Remove(file); err != nil {
 		t.Fatal(err)
@@ -67,8 +68,11 @@ func TestOOMKillsIn(t *testing.T) {
 		content string
 		want    bool
 	}{
-		"v2 killed":   {"oom 2\noom_kill 1\n", true},
-		"v2 oom only": {"oom 2\noom_kill 0\n", false},
+		"v2 killed": {"oom 2\noom_kill 1\n", true},
+		// The kill's own change may never be reported (see watchOOM).
+		"v2 oom only": {"oom 2\noom_kill 0\n", true},
+		"v2 at max":   {"low 0\nhigh 0\nmax 7\noom 0\noom_kill 0\noom_group_kill 0\n", false},
+		"v1 none":     {"oom_kill_disable 0\nunder_oom 1\noom_kill 0\n", false},
 		"v1 killed":   {"oom_kill_disable 0\nunder_oom 0\noom_kill 3\n", true},
 		"missing":     {"", false},
 	} {

@@ -42,7 +42,7 @@ func (s *Service) finish(c *container) {
 		switch {
 		case code == 0:
 			r.Reason = "Completed"
-		case code == 128+int32(unix.SIGKILL) && (c.oomSeen.Load() || oomKilled(r.CgroupPath) || s.conmonSawOOM(c.id) || s.scopeOOMKilled(r.CgroupPath)):
+		case code == 128+int32(unix.SIGKILL) && s.killedByOOM(c, r.CgroupPath):
 			r.Reason = "OOMKilled"
 		default:
 			r.Reason = "Error"
@@ -88,4 +88,14 @@ func oomKilled(path string) bool {
 		return oomKillsIn(cgroup.ControllerFile(path, "", "memory.events"))
 	}
 	return oomKillsIn(cgroup.ControllerFile(path, "memory", "memory.oom_control"))
+}
+
+// killedByOOM reports whether anything saw the OOM killer in a container
+// that died of SIGKILL, and logs at debug what each source said.
+func (s *Service) killedByOOM(c *container, cgroupPath string) bool {
+	watch, counter, conmon := c.oomSeen.Load(), oomKilled(cgroupPath), s.conmonSawOOM(c.id)
+	scope := s.scopeOOMKilled(cgroupPath)
+	s.log.Debug("container killed by SIGKILL", "pod", c.podID, "container", c.id, "cgroup", cgroupPath,
+		"oom_watch", watch, "oom_counter", counter, "conmon_oom", conmon, "scope_oom", scope)
+	return watch || counter || conmon || scope
 }
