@@ -5,6 +5,8 @@ package timing
 import (
 	"context"
 	"log/slog"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 )
@@ -64,3 +66,63 @@ func (s *Steps) Log(ctx context.Context, log *slog.Logger, msg string, args ...a
 
 // ms is d in milliseconds, to the microsecond.
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// Calls totals the time a call spends in the calls it makes to another
+// service (containerd), by method. A nil *Calls records nothing.
+type Calls struct {
+	mu sync.Mutex
+	n  int
+	by map[string]time.Duration
+}
+
+type callsKey struct{}
+
+// WithCalls returns ctx carrying a new Calls, which client interceptors
+// find with CallsFrom.
+func WithCalls(ctx context.Context) (context.Context, *Calls) {
+	c := &Calls{by: map[string]time.Duration{}}
+	return context.WithValue(ctx, callsKey{}, c), c
+}
+
+// CallsFrom is the Calls ctx carries, or nil.
+func CallsFrom(ctx context.Context) *Calls {
+	c, _ := ctx.Value(callsKey{}).(*Calls)
+	return c
+}
+
+// Add records one call of method (its last path element is kept) that
+// took d.
+func (c *Calls) Add(method string, d time.Duration) {
+	if c == nil {
+		return
+	}
+	if i := strings.LastIndexByte(method, '/'); i >= 0 {
+		if j := strings.LastIndexByte(method[:i], '.'); j >= 0 {
+			method = method[j+1:]
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n++
+	c.by[method] += d
+}
+
+// Attrs are the calls as log attributes: name+"_calls" (their number)
+// and a group name+"_ms" of the milliseconds spent in each method.
+func (c *Calls) Attrs(name string) []any {
+	if c == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	methods := make([]string, 0, len(c.by))
+	for m := range c.by {
+		methods = append(methods, m)
+	}
+	sort.Strings(methods)
+	group := make([]any, 0, len(methods))
+	for _, m := range methods {
+		group = append(group, slog.Float64(m, ms(c.by[m])))
+	}
+	return []any{slog.Int(name+"_calls", c.n), slog.Group(name+"_ms", group...)}
+}

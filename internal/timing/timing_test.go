@@ -53,3 +53,31 @@ func TestStepsQuietAboveDebug(t *testing.T) {
 		t.Fatalf("logged at info level: %s", buf.Bytes())
 	}
 }
+
+func TestCalls(t *testing.T) {
+	if CallsFrom(context.Background()) != nil {
+		t.Fatal("a context without Calls has some")
+	}
+	var none *Calls
+	none.Add("/x.v1.Y/Z", time.Second) // a nil Calls records nothing
+	ctx, c := WithCalls(context.Background())
+	if CallsFrom(ctx) != c {
+		t.Fatal("CallsFrom does not find the Calls of WithCalls")
+	}
+	c.Add("/containerd.services.content.v1.Content/Info", 2*time.Millisecond)
+	c.Add("/containerd.services.content.v1.Content/Info", time.Millisecond)
+	c.Add("/containerd.services.diff.v1.Diff/Apply", 5*time.Millisecond)
+	var buf bytes.Buffer
+	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	log.Debug("x", c.Attrs("containerd")...)
+	var line struct {
+		Calls int                `json:"containerd_calls"`
+		MS    map[string]float64 `json:"containerd_ms"`
+	}
+	if err := json.Unmarshal(buf.Bytes(), &line); err != nil {
+		t.Fatalf("%v: %s", err, buf.Bytes())
+	}
+	if line.Calls != 3 || line.MS["Content/Info"] != 3 || line.MS["Diff/Apply"] != 5 || len(line.MS) != 2 {
+		t.Fatalf("calls %s", buf.Bytes())
+	}
+}

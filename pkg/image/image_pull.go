@@ -19,6 +19,8 @@ import (
 	"github.com/distribution/reference"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/internal/timing"
 )
 
 // PullImage pulls an image, unpacks it into the snapshotter and returns its
@@ -42,7 +44,7 @@ func (s *Service) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 }
 
 // pull is Pull, which also returns the size of the image pulled.
-func (s *Service) pull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, int64, error) {
+func (s *Service) pull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (_ string, _ int64, retErr error) {
 	named, err := NormalizeRef(ref)
 	if err != nil {
 		return "", 0, err
@@ -52,12 +54,18 @@ func (s *Service) pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 	defer cancel()
 	ctx = s.withNamespace(ctx)
 	log := s.logger.With("image", name)
+	steps := timing.Start()
+	ctx, calls := timing.WithCalls(ctx)
+	defer func() {
+		steps.Log(ctx, log, "pull image steps", append(calls.Attrs("containerd"), "ok", retErr == nil)...)
+	}()
 
 	unlock, err := s.pulls.lock(ctx, name)
 	if err != nil {
 		return "", 0, fmt.Errorf("pull image %q: wait for another pull: %w", name, err)
 	}
 	defer unlock()
+	steps.Done("lock")
 
 	start := time.Now()
 	log.InfoContext(ctx, "pulling image")
@@ -76,12 +84,14 @@ func (s *Service) pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 		log.WarnContext(ctx, "pull failed", "error", err)
 		return "", 0, err
 	}
+	steps.Done("pull_unpack")
 	s.idx.put(s.idx.begin(), img.Metadata())
 	cfg, err := img.Config(ctx)
 	if err != nil {
 		return "", 0, fmt.Errorf("pull image %q: config descriptor: %w", name, err)
 	}
 	id := cfg.Digest.String()
+	steps.Done("config")
 
 	// Like containerd's CRI plugin: records by id, repo digest and tag, all
 	// pointing at the pulled target, so the image can be found by any of
@@ -95,7 +105,9 @@ func (s *Service) pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 			return "", 0, fmt.Errorf("pull image %q: record %q: %w", name, rn, err)
 		}
 	}
+	steps.Done("records")
 	size, _ := img.Size(ctx)
+	steps.Done("size")
 	log.InfoContext(ctx, "pulled image", "id", id, "repo_digest", repoDigest, "size", size, "took", time.Since(start).Round(time.Millisecond))
 	return id, size, nil
 }

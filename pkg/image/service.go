@@ -22,8 +22,10 @@ import (
 	"github.com/containerd/errdefs"
 	clog "github.com/containerd/log"
 	"github.com/containerd/platforms"
+	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/aurae-runtime/aurae-cri/internal/timing"
 	"github.com/aurae-runtime/aurae-cri/pkg/metrics"
 )
 
@@ -152,7 +154,10 @@ func New(ctx context.Context, opts Options) (*Service, error) {
 		if opts.Address == "" {
 			return nil, fmt.Errorf("image service: no containerd client or address: %w", errdefs.ErrInvalidArgument)
 		}
-		c, err := containerd.New(opts.Address, containerd.WithDefaultNamespace(s.namespace))
+		c, err := containerd.New(opts.Address, containerd.WithDefaultNamespace(s.namespace),
+			containerd.WithExtraDialOpts([]grpc.DialOption{
+				grpc.WithChainUnaryInterceptor(timeUnary), grpc.WithChainStreamInterceptor(timeStream),
+			}))
 		if err != nil {
 			return nil, fmt.Errorf("connect to containerd at %q: %w", opts.Address, err)
 		}
@@ -267,4 +272,30 @@ func (k *keyedMutex) lock(ctx context.Context, key string) (func(), error) {
 		release()
 		return nil, ctx.Err()
 	}
+}
+
+// timeUnary and timeStream add each containerd call's time to the Calls of
+// its context (timing.WithCalls), for the debug line of the CRI call that
+// made it.
+func timeUnary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	calls := timing.CallsFrom(ctx)
+	if calls == nil {
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	t0 := time.Now()
+	err := invoker(ctx, method, req, reply, cc, opts...)
+	calls.Add(method, time.Since(t0))
+	return err
+}
+
+// timeStream counts a stream's opening only.
+func timeStream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	calls := timing.CallsFrom(ctx)
+	if calls == nil {
+		return streamer(ctx, desc, cc, method, opts...)
+	}
+	t0 := time.Now()
+	st, err := streamer(ctx, desc, cc, method, opts...)
+	calls.Add(method, time.Since(t0))
+	return st, err
 }

@@ -23,7 +23,8 @@ const (
 // BenchmarkContainerRemoveSteps measures, one call at a time on an
 // aurae-cri at debug level, RemoveContainer of a container just stopped
 // (as critest's container benchmark does: create, start, stop, remove) and
-// ImageStatus and ListImages of a pulled image; it reports their p50/p99
+// ImageStatus and ListImages of a pulled image, and critest's image cycle
+// (PullImage, ImageStatus, RemoveImage of another image); it reports their p50/p99
 // and prints the median of each step of the "remove container steps"
 // (aurae-cri) and "container remove steps" (auraed) log lines. With
 // AURAE_E2E_BASELINE_CRI set to another aurae-cri binary, that one is
@@ -78,14 +79,34 @@ func removeSteps(b *testing.B, prefix string, c *CRI) {
 		}
 		lists = append(lists, time.Since(t0))
 	}
-	for name, d := range map[string][]time.Duration{"remove-container": removes, "image-status": statuses, "list-images": lists} {
+	// critest's image cycle: pull, status, remove of an image no container
+	// uses, one at a time.
+	cycle := c.Registry.Push(b, "bench/cycle:1", testimage.MustBusybox(b, testimage.Options{Env: []string{"CYCLE=1"}}))
+	var pulls, removals []time.Duration
+	for range removeRounds {
+		t0 := time.Now()
+		if _, err := c.Images.PullImage(ctx, &runtimeapi.ImageSpec{Image: cycle}, nil, nil); err != nil {
+			b.Fatal(err)
+		}
+		pulls = append(pulls, time.Since(t0))
+		if st, err := c.Images.ImageStatus(ctx, &runtimeapi.ImageSpec{Image: cycle}, false); err != nil || st.GetImage() == nil {
+			b.Fatalf("image status of %s: %v, %v", cycle, st, err)
+		}
+		t0 = time.Now()
+		if err := c.Images.RemoveImage(ctx, &runtimeapi.ImageSpec{Image: cycle}); err != nil {
+			b.Fatal(err)
+		}
+		removals = append(removals, time.Since(t0))
+	}
+	for name, d := range map[string][]time.Duration{"remove-container": removes, "image-status": statuses, "list-images": lists, "pull-image": pulls, "remove-image": removals} {
 		b.ReportMetric(ms(percentile(d, 0.5)), prefix+name+"-p50-ms")
 		b.ReportMetric(ms(percentile(d, 0.99)), prefix+name+"-p99-ms")
 	}
 	steps := stepMedians(c.Records())
 	var names []string
 	for k := range steps {
-		if strings.HasPrefix(k, "remove container steps/") || strings.HasPrefix(k, "container remove steps/") {
+		if strings.HasPrefix(k, "remove container steps/") || strings.HasPrefix(k, "container remove steps/") ||
+			strings.HasPrefix(k, "pull image steps/") || strings.HasPrefix(k, "remove image steps/") {
 			names = append(names, k)
 		}
 	}
