@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -86,7 +87,10 @@ func measureCritest(b *testing.B) ([]string, map[string][]critestOp, error) {
 		}
 		b.Skipf("critest not built: %v", err)
 	}
-	c := startCRI(b, "--log-level", "info")
+	// Info, as a node runs it; AURAE_BENCH_LOG_LEVEL=debug prints the
+	// step medians of aurae-cri's calls (at some cost).
+	level := cmp.Or(os.Getenv("AURAE_BENCH_LOG_LEVEL"), "info")
+	c := startCRI(b, "--log-level", level)
 	image := c.pushBusybox(b, "bench/critest:1", testimage.Options{})
 	pull := c.Registry.Push(b, "bench/pull:1", testimage.MustBusybox(b, testimage.Options{Env: []string{"PULL=1"}}))
 	var list []string
@@ -126,6 +130,9 @@ func measureCritest(b *testing.B) ([]string, map[string][]critestOp, error) {
 			continue
 		}
 		b.Logf("critest -benchmark on %s %s: %v", r.name, r.version, time.Since(start).Round(time.Second))
+		if r.key == "aurae" && level == "debug" {
+			printStepMedians("aurae-cri's median step durations under critest -benchmark", c.Records())
+		}
 		ops, err := readCritestResults(out)
 		if err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", r.name, err)

@@ -203,18 +203,7 @@ func logVMStartPhases(b *testing.B, c *CRI) {
 		}
 	}
 	b.Logf("vm pod start phases, p50: %s", strings.Join(parts, ", "))
-	steps := stepMedians(c.Records())
-	var names []string
-	for k := range steps {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	var sum strings.Builder
-	for _, k := range names {
-		fmt.Fprintf(&sum, "  %-50s %9.2f ms\n", k, steps[k])
-	}
-	// On stderr: a benchmark's log is cut to a few lines.
-	fmt.Fprintf(os.Stderr, "median step durations (both daemons, warm-up included):\n%s", sum.String())
+	printStepMedians("median step durations (both daemons, warm-up included)", c.Records())
 }
 
 // pssSplit is a process's PSS by kind (smaps_rollup), in KiB: the guest's

@@ -133,6 +133,22 @@ func stepMedians(records []map[string]any) map[string]float64 {
 	return out
 }
 
+// printStepMedians prints every step's median (stepMedians) of records on
+// stderr, under title: a benchmark's own log is cut to a few lines.
+func printStepMedians(title string, records []map[string]any) {
+	steps := stepMedians(records)
+	names := make([]string, 0, len(steps))
+	for k := range steps {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var sum strings.Builder
+	for _, k := range names {
+		fmt.Fprintf(&sum, "  %-55s %9.2f ms\n", k, steps[k])
+	}
+	fmt.Fprintf(os.Stderr, "%s:\n%s", title, sum.String())
+}
+
 // idlePods is how many idle pods monitorPSS measures.
 const idlePods = 10
 

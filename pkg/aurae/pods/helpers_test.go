@@ -168,6 +168,13 @@ func makeRootfs(t testing.TB, busybox, dir string) {
 			t.Fatal(err)
 		}
 	}
+	// The pod files' mount points, as images have them: containers share
+	// this rootfs, and runcs making a missing one at once race (EEXIST).
+	for _, f := range []string{"etc/hosts", "etc/hostname", "etc/resolv.conf"} {
+		if err := os.WriteFile(filepath.Join(dir, f), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	src, err := os.Open(busybox)
 	if err != nil {
 		t.Fatal(err)
