@@ -66,21 +66,10 @@ func BenchmarkNativePodStartSteps(b *testing.B) {
 		b.ReportMetric(ms(percentile(res[0].concurrent, 0.5))/ms(percentile(res[1].concurrent, 0.5)), "par-p50-ratio")
 	}
 	b.ReportMetric(monitorPSS(b, c, targets[0]), "conmon-pss-kib")
-	steps := stepMedians(c.Records())
-	if len(steps) == 0 {
+	if len(stepMedians(c.Records())) == 0 {
 		b.Fatal("aurae-cri logged no steps lines at debug level")
 	}
-	names := make([]string, 0, len(steps))
-	for k := range steps {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	var sum strings.Builder
-	for _, k := range names {
-		fmt.Fprintf(&sum, "  %-50s %8.2f ms\n", k, steps[k])
-	}
-	// On stderr: a benchmark's log is cut to a few lines.
-	fmt.Fprintf(os.Stderr, "median step durations (sequential and concurrent starts together):\n%s", sum.String())
+	printStepMedians("median step durations (sequential and concurrent starts together)", c.Records())
 }
 
 // startCRIBinary is startCRI with another aurae-cri binary.
