@@ -161,6 +161,9 @@ func (s *Service) start(ctx context.Context, podID string, req *podsv0.Container
 	if err != nil {
 		return nil, fmt.Errorf("create container %q: %w", id, err)
 	}
+	if s.afterMonitor != nil {
+		s.afterMonitor(id)
+	}
 	// Its cgroup exists now; its process waits for the start.
 	s.watchOOM(c, ctrCgroup)
 	rec.Pid, rec.ConmonPid, rec.ConmonStart = mon.pid, mon.conmonPid, mon.conmonStart
@@ -302,6 +305,11 @@ func (s *Service) cleanupContainer(ctx context.Context, id string, steps *timing
 			errs = append(errs, err)
 		}
 		steps.Done("runtime_delete")
+	}
+	if c != nil {
+		if err := removeContainerCgroup(ctx, c.record().CgroupPath); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	for _, p := range []string{s.bundleDir(id), s.exitFile(id), s.attachDir(id)} {
 		if err := os.RemoveAll(p); err != nil {

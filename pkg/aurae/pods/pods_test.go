@@ -641,6 +641,60 @@ func TestStartCutBeforeRuntimeStart(t *testing.T) {
 	}
 }
 
+// TestStartCutBeforeMonitorRecorded: auraed dies after conmon created the
+// container and before recording conmon's pid, and runc recorded nothing
+// (as when runc create is cut short itself): the container's init waits in
+// its cgroup, watched by a conmon no record names. After the restart the
+// container is ended (a start cut short); its removal leaves no process,
+// cgroup or runc container behind.
+func TestStartCutBeforeMonitorRecorded(t *testing.T) {
+	e := newEnv(t)
+	e.allocate(&podsv0.Pod{Id: "cut"})
+	req := &podsv0.StartRequest{PodId: "cut", Container: e.forPod("cut", e.container("c", spec(t, nil, "sleep", "1000")))}
+	e.svc.afterMonitor = func(id string) {
+		// runc's record of the container, gone: runc delete finds nothing.
+		if err := os.RemoveAll(filepath.Join(e.svc.runcRoot(), id)); err != nil {
+			t.Error(err)
+		}
+		runtime.Goexit() // auraed "dies": nothing after runs
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = e.svc.Start(context.Background(), req)
+	}()
+	<-done
+	conmonPid, err := readPidFile(filepath.Join(e.svc.bundleDir("c"), "conmon.pid"))
+	if err != nil || !isConmonOf(conmonPid, "c") {
+		t.Fatalf("the cut Start left no conmon running (%d, %v): the test does not test", conmonPid, err)
+	}
+	if err := e.svc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.svc = e.newService()
+	if st := e.status("c"); st.GetState() != podsv0.ContainerState_CONTAINER_STATE_EXITED {
+		t.Fatalf("a container cut before its monitor was recorded, after a restart: %v", st)
+	}
+	cg := e.svc.ctrs["c"].record().CgroupPath
+	if _, err := e.svc.RemoveContainer(context.Background(), &podsv0.RemoveContainerRequest{ContainerId: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	// Removed, the container leaves nothing while its pod lives on.
+	if cgroup.Exists(cg) {
+		t.Errorf("the removed container's cgroup %s is left", cg)
+	}
+	if isConmonOf(conmonPid, "c") {
+		t.Errorf("the cut Start's conmon (pid %d) is left", conmonPid)
+	}
+	if procs := processesMentioning(e.svc.bundleDir("c")); len(procs) > 0 {
+		t.Errorf("processes of the removed container left: %v", procs)
+	}
+	if _, err := e.svc.Free(context.Background(), &podsv0.FreeRequest{PodId: "cut"}); err != nil {
+		t.Fatal(err)
+	}
+	e.assertClean()
+}
+
 // TestStartCutBeforeRecord: auraed dies after making a container's bundle
 // and before recording it. After the restart the stray bundle is gone and
 // the retried Start starts the container (not AlreadyExists).

@@ -78,6 +78,9 @@ func (s *Service) recover(ctx context.Context) error {
 				s.watchOOM(c, r.CgroupPath)
 				s.watch(c, fd)
 			} else {
+				if r.State == stateCreated && r.ConmonPid == 0 {
+					s.reapOrphanMonitor(id)
+				}
 				s.finish(c)
 			}
 		default:

@@ -105,6 +105,9 @@ type Service struct {
 	// beforeRuntimeStart, set by tests only, runs in Start between the
 	// runtime's create and start: where a crash leaves a container created.
 	beforeRuntimeStart func(id string)
+	// afterMonitor, set by tests only, runs in Start once conmon has
+	// created the container, before its pid is recorded.
+	afterMonitor func(id string)
 }
 
 // NewService opens the state and reconciles it with the machine: pods whose
