@@ -3,6 +3,7 @@ package pods
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -100,15 +101,40 @@ func childrenOf(pid int) []int {
 
 // removeContainerCgroup kills what is left in a container's cgroup and
 // removes it, under the cgroupfs driver (runc delete removes it, unless
-// runc never recorded the container). A systemd scope is systemd's.
+// runc never recorded the container). Every hierarchy is looked at: a runc
+// killed while it made them may have made some only. A systemd scope is
+// systemd's.
 func removeContainerCgroup(ctx context.Context, path string) error {
-	if path == "" || strings.HasSuffix(path, ".scope") || !cgroup.Exists(path) {
+	if path == "" || strings.HasSuffix(path, ".scope") {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := killCgroup(ctx, path); err != nil {
-		return err
+	dirs := []string{filepath.Join(cgroup.Root, path)}
+	if !cgroup.Unified() {
+		dirs, _ = filepath.Glob(filepath.Join(cgroup.Root, "*", path))
+	}
+	for _, dir := range dirs {
+		for {
+			b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+			if err != nil {
+				break // gone, or no cgroup
+			}
+			pids := strings.Fields(string(b))
+			if len(pids) == 0 {
+				break
+			}
+			for _, p := range pids {
+				if pid, err := strconv.Atoi(p); err == nil {
+					_ = unix.Kill(pid, unix.SIGKILL)
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("cgroup %s still has processes: %w", dir, ctx.Err())
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
 	}
 	return removeCgroupTree(path)
 }
