@@ -53,6 +53,9 @@ type config struct {
 	// VMTemplates starts VM pods' VMs from VM templates where the embedded
 	// auraed can (auraed's --vm-templates).
 	VMTemplates bool `toml:"vm-templates"`
+	// VMPoolSize keeps that many idle VMs cloned from the template last
+	// used (auraed's --vm-pool-size).
+	VMPoolSize int `toml:"vm-pool-size"`
 	// VMMaxMemMiB bounds a VM pod's memory; VMAllowedAnnotations are the
 	// Kata sizing annotations pods may use (comma-separated; none by default).
 	VMMaxMemMiB          uint   `toml:"vm-max-memory-mib"`
@@ -127,6 +130,7 @@ func parseConfig(args []string) (config, error) {
 	fs.StringVar(&cfg.VMKernel, "vm-kernel", cfg.VMKernel, "guest kernel of VM pods (make vm-image)")
 	fs.StringVar(&cfg.VMInitramfs, "vm-initramfs", cfg.VMInitramfs, "guest initramfs of VM pods (make vm-image); must sit beside --vm-kernel as initramfs.cpio.gz")
 	fs.BoolVar(&cfg.VMTemplates, "vm-templates", cfg.VMTemplates, "start VM pods' VMs from VM templates (a guest booted once and saved, under the embedded auraed's state dir) where it can; any failure boots cold")
+	fs.IntVar(&cfg.VMPoolSize, "vm-pool-size", cfg.VMPoolSize, "with vm-templates, keep this many clones of the template last used running idle, so that a VM pod's VM starts by taking one (each costs its guest's memory); 0: no pool")
 	fs.UintVar(&cfg.VMOverheadMiB, "vm-overhead-mib", cfg.VMOverheadMiB, "memory added to each VM pod's VM (MiB)")
 	fs.UintVar(&cfg.VMMaxMemMiB, "vm-max-memory-mib", cfg.VMMaxMemMiB, "most memory a VM pod's VM may have, overhead included (MiB; 0: no bound)")
 	fs.StringVar(&cfg.VMAllowedAnnotations, "vm-allowed-annotations", cfg.VMAllowedAnnotations, "Kata sizing annotations VM pods may use, comma-separated ("+vm.AnnotationVCPUs+", "+vm.AnnotationMemMiB+"); none by default")

@@ -254,6 +254,7 @@ func startEmbeddedAuraed(ctx context.Context, cfg config, logger *slog.Logger, o
 		OCIRuntime:         cfg.OCIRuntime,
 		AllowOldOCIRuntime: cfg.AllowOldOCIRuntime,
 		VMTemplates:        cfg.VMTemplates,
+		VMPoolSize:         cfg.VMPoolSize,
 		Logger:             logger.With("component", "auraed"),
 	})
 	if err != nil {

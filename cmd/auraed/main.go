@@ -60,6 +60,7 @@ type config struct {
 	criEndpoint     string
 	vmImageDir      string
 	vmTemplates     bool
+	vmPoolSize      int
 	metricsAddress  string
 	otlpEndpoint    string
 	containerd      string
@@ -136,6 +137,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.criEndpoint, "cri-endpoint", "", "the node's CRI runtime (unix:///path), for the os service's driver CRI; empty refuses that driver")
 	fs.StringVar(&cfg.vmImageDir, "vm-image-dir", "/var/lib/aurae/vm", "guest image (vmlinux, initramfs.cpio.gz of make vm-image) that runtime.Core's RunVirtualMachine boots")
 	fs.BoolVar(&cfg.vmTemplates, "vm-templates", true, "start VMs from VM templates (a guest booted once and saved, under --state-dir/vm-templates) where the hypervisor can: QEMU's q35 machine (TCG), VMs without drives; any failure boots cold")
+	fs.IntVar(&cfg.vmPoolSize, "vm-pool-size", 0, "with --vm-templates, keep this many clones of the template last used running idle (each costs its guest's memory and a hypervisor), so that a VM starts by taking one; 0: no pool")
 	fs.StringVar(&cfg.metricsAddress, "metrics-address", "", "host:port to serve Prometheus metrics on at /metrics; plain HTTP on a loopback address, else with the mutual TLS of --listen (--tls-cert, --tls-key, --client-ca); empty: off")
 	fs.StringVar(&cfg.otlpEndpoint, "otlp-endpoint", "", "OpenTelemetry collector (OTLP over gRPC, host:port on a loopback address) to send the spans of Aurae calls to; empty: none")
 	fs.StringVar(&cfg.containerd, "containerd-address", "/run/containerd/containerd.sock", "containerd that runtime.Core's RunCell pulls images through; when none answers there, auraed starts its own under --state-dir on first use")
@@ -231,6 +233,7 @@ func run(cfg config) error {
 		Logs:               logs,
 		VMImageDir:         cfg.vmImageDir,
 		VMTemplates:        cfg.vmTemplates,
+		VMPoolSize:         cfg.vmPoolSize,
 		SelfAddress:        "unix://" + cfg.socket,
 		Images:             daemon.ImagesConfig{ContainerdAddress: cfg.containerd, RegistryConfigDir: cfg.registryConfig},
 		Node: osinfo.Config{

@@ -338,10 +338,27 @@ func (q *QEMU) restore(ctx context.Context, p *Proc, cfg VMConfig, exited <-chan
 		return fmt.Errorf("restore: %w", err)
 	}
 	l := layoutFor(cfg)
+	taps := make([]string, len(l.taps))
+	for i, fd := range l.taps {
+		taps[i] = strconv.Itoa(fd)
+	}
+	if err := hotplug(c, cfg, taps); err != nil {
+		return err
+	}
+	if _, err := c.execute("cont", nil); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	return nil
+}
+
+// hotplug adds cfg's NICs (on the tap descriptors taps names: QEMU's fd
+// numbers or getfd names) and shares (their virtiofsds listen below the
+// VM's dir) to the empty root ports of a template's machine.
+func hotplug(c *qmp, cfg VMConfig, taps []string) error {
 	port := 0
 	for i, n := range cfg.NICs {
 		id := "net" + strconv.Itoa(i)
-		if _, err := c.execute("netdev_add", map[string]any{"type": "tap", "id": id, "fd": strconv.Itoa(l.taps[i]), "vhost": false}); err != nil {
+		if _, err := c.execute("netdev_add", map[string]any{"type": "tap", "id": id, "fd": taps[i], "vhost": false}); err != nil {
 			return fmt.Errorf("hot-plug nic %d: %w", i, err)
 		}
 		dev := map[string]any{"driver": "virtio-net-pci", "id": "nic" + strconv.Itoa(i), "netdev": id, "bus": "rp" + strconv.Itoa(port)}
@@ -368,9 +385,6 @@ func (q *QEMU) restore(ctx context.Context, p *Proc, cfg VMConfig, exited <-chan
 			return fmt.Errorf("hot-plug share %d: %w", i, err)
 		}
 		port++
-	}
-	if _, err := c.execute("cont", nil); err != nil {
-		return fmt.Errorf("restore: %w", err)
 	}
 	return nil
 }

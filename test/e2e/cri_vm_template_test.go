@@ -45,43 +45,184 @@ func vmBoot(t *testing.T, c *CRI, podID string) (string, string) {
 func templatesDir(c *CRI) string { return filepath.Join(c.auraedStateDir(nil), "vm-templates") }
 
 // TestCRIVMPodFromTemplate starts VM pods from a VM template (made by the
-// first one) and checks what a clone must not inherit from its template:
-// the clock (each guest is within a few seconds of the host, though the
+// first one) and checks what a clone must not inherit from its template
+// (checkClones).
+func TestCRIVMPodFromTemplate(t *testing.T) {
+	requireVMImage(t)
+	c := startCRI(t)
+	image, vol := cloneWorkload(t, c)
+	var clones []clone
+	for i := range 3 {
+		cl := runClonePod(t, c, fmt.Sprintf("tpl%d", i), image, vol)
+		if boot, note := vmBoot(t, c, cl.pod); boot != "template" {
+			t.Fatalf("vm pod %d: its VM booted %q, not from a template: %s", i, boot, note)
+		}
+		clones = append(clones, cl)
+	}
+	checkClones(t, c, clones, vol)
+}
+
+// TestCRIVMPodFromPool starts VM pods with a pool of one VM: the first pod
+// restores a clone, then each next one takes the pooled VM made
+// meanwhile. A pooled VM must be as fresh as a clone (checkClones), its
+// QEMU must be in the pod's cgroup, and one that a kill -9 of aurae-cri
+// left running is gone after the restart, while the pods' VMs are
+// adopted; no pooled VM is left once aurae-cri stops.
+func TestCRIVMPodFromPool(t *testing.T) {
+	requireVMImage(t)
+	c := startCRI(t, "--vm-pool-size=1")
+	image, vol := cloneWorkload(t, c)
+	poolReady := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(3 * time.Minute)
+		for time.Now().Before(deadline) {
+			ready := 0
+			for _, r := range c.Records() {
+				if r["msg"] == "vm pool: vm ready" {
+					ready++
+				}
+			}
+			if ready >= n {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Fatalf("the pool did not make vm %d within 3 min", n)
+	}
+	var clones []clone
+	for i := range 3 {
+		if i > 0 {
+			poolReady(i)
+		}
+		cl := runClonePod(t, c, fmt.Sprintf("pool%d", i), image, vol)
+		want := "pool"
+		if i == 0 {
+			want = "template"
+		}
+		if boot, note := vmBoot(t, c, cl.pod); boot != want {
+			t.Fatalf("vm pod %d: its VM booted %q (%s), want %q", i, boot, note, want)
+		}
+		// The hypervisor is in the pod's cgroup, whichever way it started.
+		cg := podCgroupPath(t, c, cl.pod)
+		procs, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", cg, ".vm", "cgroup.procs"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		qemu := 0
+		for _, f := range strings.Fields(string(procs)) {
+			if b, err := os.ReadFile("/proc/" + f + "/cmdline"); err == nil && strings.Contains(string(b), "qemu-system") {
+				qemu++
+			}
+		}
+		if qemu != 1 {
+			t.Errorf("vm pod %d: %d QEMU in its cgroup's .vm leaf (%q), want 1", i, qemu, procs)
+		}
+		clones = append(clones, cl)
+	}
+	checkClones(t, c, clones, vol)
+	for _, r := range c.Records() {
+		if r["msg"] == "vm pool: vm taken" || r["msg"] == "vm pool: vm ready" {
+			t.Logf("%s: %v took %v", r["msg"], r["pooled"], r["took"])
+		}
+	}
+
+	// The pool's next VM, then a kill -9: it must not outlive the restart.
+	poolReady(3)
+	pooledPids := func() []string {
+		var pids []string
+		ps, _ := filepath.Glob(filepath.Join(c.auraedStateDir(nil), "vms", ".pool-*", "hypervisor.pid"))
+		for _, p := range ps {
+			if b, err := os.ReadFile(p); err == nil {
+				pids = append(pids, strings.TrimSpace(string(b)))
+			}
+		}
+		return pids
+	}
+	left := pooledPids()
+	if len(left) != 1 {
+		t.Fatalf("pooled vms before the kill: %v, want one", left)
+	}
+	c.Kill9()
+	c.Restart(t)
+	if b, err := os.ReadFile("/proc/" + left[0] + "/cmdline"); err == nil && strings.Contains(string(b), "qemu-system") {
+		t.Errorf("the pooled VM's QEMU (pid %s) still runs after the restart", left[0])
+	}
+	if ds, _ := filepath.Glob(filepath.Join(c.auraedStateDir(nil), "vms", ".pool-*")); len(ds) > 0 {
+		t.Errorf("pooled vm dirs left after the restart: %v", ds)
+	}
+	for i, cl := range clones {
+		out, _, err := c.Runtime.ExecSync(t.Context(), cl.ctr, []string{"cat", "/vol/hello"}, 30*time.Second)
+		if err != nil || strings.TrimSpace(string(out)) != "from the host" {
+			t.Errorf("vm pod %d after the restart: %q %v", i, out, err)
+		}
+	}
+	// A pod after the restart: the pool is empty (not adopted), so it
+	// restores a clone and the pool fills again; aurae-cri's stop kills the
+	// pooled VM.
+	cl := runClonePod(t, c, "after", image, vol)
+	if boot, note := vmBoot(t, c, cl.pod); boot != "template" {
+		t.Errorf("vm pod after the restart: booted %q (%s), want template", boot, note)
+	}
+	poolReady(4)
+	left = pooledPids()
+	c.removeAll(t)
+	if err := c.Stop(t); err != nil {
+		t.Errorf("stop aurae-cri: %v", err)
+	}
+	for _, pid := range left {
+		if b, err := os.ReadFile("/proc/" + pid + "/cmdline"); err == nil && strings.Contains(string(b), "qemu-system") {
+			t.Errorf("pooled VM's QEMU (pid %s) still runs after aurae-cri stopped", pid)
+		}
+	}
+	if ds, _ := filepath.Glob(filepath.Join(c.auraedStateDir(nil), "vms", ".pool-*")); len(ds) > 0 {
+		t.Errorf("pooled vm dirs left after aurae-cri stopped: %v", ds)
+	}
+}
+
+// clone is a VM pod started from a template and its server container.
+type clone struct{ pod, ctr, ip string }
+
+// cloneWorkload pushes the clones' image and makes their volume.
+func cloneWorkload(t *testing.T, c *CRI) (image, vol string) {
+	t.Helper()
+	image = c.pushBusybox(t, "e2e/busybox:vmtpl", testimage.Options{})
+	vol = t.TempDir()
+	if err := os.WriteFile(filepath.Join(vol, "hello"), []byte("from the host\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return image, vol
+}
+
+// runClonePod runs a VM pod with a server container mounting vol
+// read-only.
+func runClonePod(t *testing.T, c *CRI, name, image, vol string) clone {
+	t.Helper()
+	ctx := t.Context()
+	pod := c.podConfig(t, name)
+	podID, err := c.Runtime.RunPodSandbox(ctx, pod, "aurae-vm")
+	if err != nil {
+		t.Fatalf("run vm pod %s: %v", name, err)
+	}
+	cfg := containerConfig("srv", image, "sh", "-c", "exec nc -ll -p 8080 -e echo pong")
+	cfg.Mounts = []*runtimeapi.Mount{{ContainerPath: "/vol", HostPath: vol, Readonly: true}}
+	id := runContainer(t, c, podID, pod, cfg)
+	waitContainerState(t, c, id, runtimeapi.ContainerState_CONTAINER_RUNNING)
+	pst, err := c.Runtime.PodSandboxStatus(ctx, podID, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return clone{pod: podID, ctr: id, ip: pst.GetStatus().GetNetwork().GetIp()}
+}
+
+// checkClones checks what a clone must not inherit from its template: the
+// clock (each guest is within a few seconds of the host, though the
 // template was saved earlier), the random state (clones read different
 // bytes and UUIDs); and that what is hot-plugged after the restore works:
 // the share (the container's rootfs and a read-only volume) and the NIC
 // (the host reaches a server in each clone).
-func TestCRIVMPodFromTemplate(t *testing.T) {
-	requireVMImage(t)
-	c := startCRI(t)
+func checkClones(t *testing.T, c *CRI, clones []clone, vol string) {
+	t.Helper()
 	ctx := t.Context()
-	image := c.pushBusybox(t, "e2e/busybox:vmtpl", testimage.Options{})
-	vol := t.TempDir()
-	if err := os.WriteFile(filepath.Join(vol, "hello"), []byte("from the host\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	type clone struct{ pod, ctr, ip string }
-	var clones []clone
-	for i := range 3 {
-		pod := c.podConfig(t, fmt.Sprintf("tpl%d", i))
-		podID, err := c.Runtime.RunPodSandbox(ctx, pod, "aurae-vm")
-		if err != nil {
-			t.Fatalf("run vm pod %d: %v", i, err)
-		}
-		if boot, note := vmBoot(t, c, podID); boot != "template" {
-			t.Fatalf("vm pod %d: its VM booted %q, not from a template: %s", i, boot, note)
-		}
-		cfg := containerConfig("srv", image, "sh", "-c", "exec nc -ll -p 8080 -e echo pong")
-		cfg.Mounts = []*runtimeapi.Mount{{ContainerPath: "/vol", HostPath: vol, Readonly: true}}
-		id := runContainer(t, c, podID, pod, cfg)
-		waitContainerState(t, c, id, runtimeapi.ContainerState_CONTAINER_RUNNING)
-		pst, err := c.Runtime.PodSandboxStatus(ctx, podID, false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		clones = append(clones, clone{pod: podID, ctr: id, ip: pst.GetStatus().GetNetwork().GetIp()})
-	}
-
 	// The template was saved before the first pod started; make sure
 	// enough time has gone by that a clone still on its template's clock
 	// would be found out.

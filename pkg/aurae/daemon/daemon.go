@@ -56,6 +56,9 @@ type Config struct {
 	// VMTemplates starts VMs from VM templates where it can (VmService:
 	// vms.Config.Templates).
 	VMTemplates bool
+	// VMPoolSize, with VMTemplates, keeps that many idle clones of the
+	// template last used running, ready to become VMs (vms.Config.PoolSize).
+	VMPoolSize int
 	// Logs feeds GetAuraeDaemonLogStream; nil serves an empty stream.
 	Logs *observe.LogBroadcaster
 	// Images says where runtime.Core's RunCell and RunPod pull images.

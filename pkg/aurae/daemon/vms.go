@@ -15,7 +15,7 @@ import (
 // FailedPrecondition. When the service cannot open its state, auraed serves
 // everything else and logs why VmService is missing.
 func (d *Daemon) addVMs(ctx context.Context, cfg Config) {
-	svc, err := vms.NewService(ctx, vms.Config{StateDir: cfg.StateDir, CgroupRoot: cfg.CgroupRoot, Templates: cfg.VMTemplates, Logger: cfg.Logger})
+	svc, err := vms.NewService(ctx, vms.Config{StateDir: cfg.StateDir, CgroupRoot: cfg.CgroupRoot, Templates: cfg.VMTemplates, PoolSize: cfg.VMPoolSize, Logger: cfg.Logger})
 	if err != nil {
 		cfg.Logger.Error("VmService not served", "error", err)
 		return

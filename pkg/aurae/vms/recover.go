@@ -43,6 +43,9 @@ func (s *Service) recover(ctx context.Context) error {
 		}
 		s.vms[id] = v
 		if r.Status.State != vmsv0.VmState_VM_STATE_RUNNING {
+			// A hypervisor started (or a pooled VM taken) but not yet
+			// recorded running when auraed was killed: not adopted.
+			s.killStrayHypervisor(ctx, v.dir)
 			s.log.Info("vm recovered", "vm", id, "state", r.Status.State.String())
 			continue
 		}

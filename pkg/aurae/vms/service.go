@@ -10,6 +10,7 @@
 //	vms/<id>/aurae.sock     the guest auraed's channel (virtio-serial port aurae.0)
 //	vms/<id>/console.log    the guest's serial console
 //	vms/<id>/hypervisor.pid, hypervisor.log
+//	vms/.pool-<n>/          a pooled VM's dir (pool.go)
 //	vms/.accel/             the KVM probe's results, per kernel hash
 //	vm-templates/           VM templates (templates.go)
 //
@@ -65,7 +66,11 @@ type Config struct {
 	// templates.go): QEMU's q35 machine, VMs without drives. The last user
 	// of the range is the template makers'.
 	Templates bool
-	Logger    *slog.Logger
+	// PoolSize, with Templates, keeps that many clones of the template last
+	// started from running idle, ready to become VMs (pool.go; Kata's VM
+	// cache). 0: no pool.
+	PoolSize int
+	Logger   *slog.Logger
 }
 
 // The default range of hypervisor users: far above the ranges the kubelet
@@ -88,6 +93,8 @@ type Service struct {
 	store *store
 	// tpl is nil when templates are off.
 	tpl *templates
+	// pool is nil without templates or with Config.PoolSize 0.
+	pool *vmPool
 
 	closed   atomic.Bool
 	watchCtx context.Context
@@ -125,6 +132,9 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.UIDCount == 0 || uint64(cfg.UIDBase)+uint64(cfg.UIDCount) > 1<<32-1 {
 		return nil, fmt.Errorf("vms: hypervisor users %d+%d: out of range: %w", cfg.UIDBase, cfg.UIDCount, errdefs.ErrInvalidArgument)
 	}
+	if cfg.PoolSize < 0 || cfg.PoolSize > maxPoolSize {
+		return nil, fmt.Errorf("vms: vm pool size %d: want 0 to %d: %w", cfg.PoolSize, maxPoolSize, errdefs.ErrInvalidArgument)
+	}
 	accel, err := hypervisor.ParseAccel(cfg.Accelerator)
 	if err != nil {
 		return nil, fmt.Errorf("vms: %w", err)
@@ -154,8 +164,13 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 			_ = s.Close()
 			return nil, err
 		}
-		s.tpl.cleanup(ctx, s.killTemplateMaker)
+		s.tpl.cleanup(ctx, s.killStrayHypervisor)
+		if _, ok := hv.(attacher); ok && cfg.PoolSize > 0 {
+			s.pool = &vmPool{size: cfg.PoolSize, users: map[uint32]bool{}}
+		}
 	}
+	// Pooled VMs are never adopted: what an earlier auraed left goes.
+	s.cleanupPool(ctx)
 	return s, nil
 }
 
@@ -167,6 +182,9 @@ func (s *Service) Close() error {
 	}
 	s.unwatch()
 	s.wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s.closePool(ctx)
 	return s.store.close()
 }
 

@@ -231,7 +231,7 @@ func TestFailedRestoreDropsTheTemplateAndSaysWhy(t *testing.T) {
 	s := &Service{log: tp.log, tpl: tp}
 	v := &vm{id: "vm1", dir: t.TempDir()}
 	cfg := hypervisor.VMConfig{ID: "vm1", Kernel: "/k", KernelArgs: []string{"quiet", "aurae.hostname=vm1"}}
-	_, err := s.startFromTemplate(context.Background(), v, cfg)
+	_, _, err := s.startFromTemplate(context.Background(), v, cfg)
 	if err == nil || !strings.Contains(err.Error(), "load of migration failed") {
 		t.Fatalf("start from a template that does not load: %v", err)
 	}
@@ -243,12 +243,12 @@ func TestFailedRestoreDropsTheTemplateAndSaysWhy(t *testing.T) {
 	}
 	// A VM the template cannot serve is refused before any is made.
 	cfg.KernelArgs = append(cfg.KernelArgs, "aurae.mount=mount0:/data:ext4:rw")
-	if _, err := s.startFromTemplate(context.Background(), v, cfg); !errors.Is(err, hypervisor.ErrTemplateUnsupported) {
+	if _, _, err := s.startFromTemplate(context.Background(), v, cfg); !errors.Is(err, hypervisor.ErrTemplateUnsupported) {
 		t.Errorf("a VM with a boot-time mount: %v, want ErrTemplateUnsupported", err)
 	}
 	tp.markUnfit(testKey, "the guest image has no GuestService")
 	cfg.KernelArgs = cfg.KernelArgs[:2]
-	if _, err := s.startFromTemplate(context.Background(), v, cfg); !errors.Is(err, hypervisor.ErrTemplateUnsupported) || !strings.Contains(err.Error(), "GuestService") {
+	if _, _, err := s.startFromTemplate(context.Background(), v, cfg); !errors.Is(err, hypervisor.ErrTemplateUnsupported) || !strings.Contains(err.Error(), "GuestService") {
 		t.Errorf("a VM whose template's guest cannot be configured: %v", err)
 	}
 	if f.makes.Load() != 1 {

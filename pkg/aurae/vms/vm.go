@@ -161,32 +161,82 @@ func bounded(ctx context.Context, d time.Duration) (context.Context, context.Can
 }
 
 // hypervisorUser gives v a user of its own for its hypervisor, once: the
-// lowest of the range no other VM has.
+// lowest of the range no other VM and no pooled VM has.
 func (s *Service) hypervisorUser(v *vm) (uint32, error) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
 	v.mu.Lock()
 	uid := v.st.UID
 	v.mu.Unlock()
 	if uid != 0 {
 		return uid, nil
 	}
+	uid, err := s.takeUser(v)
+	if err != nil {
+		return 0, err
+	}
+	v.mu.Lock()
+	st := v.st
+	v.mu.Unlock()
+	s.persist(v, st)
+	return uid, nil
+}
+
+// freeUser reserves a hypervisor user for a pooled VM (released by
+// releaseUser).
+func (s *Service) freeUser() (uint32, error) { return s.takeUser(nil) }
+
+// takeUser picks the lowest user of the range that no VM and no pooled VM
+// has, and gives it to v (nil: reserves it in the pool), under s.mu so
+// that two starts never pick the same.
+func (s *Service) takeUser(v *vm) (uint32, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	used := map[uint32]bool{}
 	for _, o := range s.vms {
 		if o != v {
 			used[o.status().UID] = true
 		}
 	}
-	// The last one is the template makers' (see Config.Templates).
-	for n := range s.cfg.UIDCount - 1 {
-		if uid := s.cfg.UIDBase + n; !used[uid] {
-			v.mu.Lock()
-			v.st.UID = uid
-			st := v.st
-			v.mu.Unlock()
-			s.persist(v, st)
-			return uid, nil
+	if s.pool != nil {
+		s.pool.mu.Lock()
+		defer s.pool.mu.Unlock()
+		for uid := range s.pool.users {
+			used[uid] = true
 		}
 	}
+	// The last one is the template makers' (see Config.Templates).
+	for n := range s.cfg.UIDCount - 1 {
+		uid := s.cfg.UIDBase + n
+		if used[uid] {
+			continue
+		}
+		if v == nil {
+			s.pool.users[uid] = true
+		} else {
+			v.mu.Lock()
+			v.st.UID = uid
+			v.mu.Unlock()
+		}
+		return uid, nil
+	}
 	return 0, fmt.Errorf("all %d hypervisor users are taken: %w", s.cfg.UIDCount-1, errdefs.ErrResourceExhausted)
+}
+
+// releaseUser gives back a pooled VM's user.
+func (s *Service) releaseUser(uid uint32) {
+	if s.pool == nil {
+		return
+	}
+	s.pool.mu.Lock()
+	delete(s.pool.users, uid)
+	s.pool.mu.Unlock()
+}
+
+// setUser gives v the user of the pooled VM it took.
+func (s *Service) setUser(v *vm, uid uint32) {
+	v.mu.Lock()
+	v.st.UID = uid
+	st := v.st
+	v.mu.Unlock()
+	s.persist(v, st)
+	s.releaseUser(uid)
 }

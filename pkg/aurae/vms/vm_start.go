@@ -58,11 +58,13 @@ func (s *Service) start(ctx context.Context, id string) (string, error) {
 	var p *hypervisor.Proc
 	boot, note := bootCold, "templates are off"
 	if s.tpl != nil {
-		if p, err = s.startFromTemplate(bctx, v, cfg); err != nil {
+		var how string
+		if p, how, err = s.startFromTemplate(bctx, v, cfg); err != nil {
 			note = err.Error()
 			s.log.InfoContext(ctx, "vm boots cold: no template start", "vm", id, "reason", note)
 		} else {
-			boot, note = bootTemplate, ""
+			boot, note = how, ""
+			cfg.UID = v.status().UID
 		}
 	}
 	if p == nil {

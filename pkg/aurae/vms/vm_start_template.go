@@ -22,6 +22,8 @@ import (
 const (
 	bootCold     = "cold"
 	bootTemplate = "template"
+	// bootPool: a pooled clone of a template (pool.go).
+	bootPool = "pool"
 )
 
 const (
@@ -31,24 +33,51 @@ const (
 	guestEntropy = 64
 )
 
-// startFromTemplate starts v from the template of its machine (making the
-// template first when there is none), then tells the guest what a cold
-// boot reads from the kernel command line, plus the time and fresh
-// entropy, before anything of a workload runs in it. On failure nothing of
-// the attempt is left running; the caller boots cold.
-func (s *Service) startFromTemplate(ctx context.Context, v *vm, cfg hypervisor.VMConfig) (*hypervisor.Proc, error) {
+// startFromTemplate starts v from the template of its machine: from a
+// pooled clone of it when the pool has one (pool.go), else by restoring a
+// clone (making the template first when there is none). It returns how v
+// was started (bootTemplate or bootPool). On failure nothing of the
+// attempt is left running; the caller boots cold.
+func (s *Service) startFromTemplate(ctx context.Context, v *vm, cfg hypervisor.VMConfig) (*hypervisor.Proc, string, error) {
 	base, plan, why := splitKernelArgs(cfg.KernelArgs)
 	if why != "" {
-		return nil, fmt.Errorf("%w: %s", hypervisor.ErrTemplateUnsupported, why)
+		return nil, "", fmt.Errorf("%w: %s", hypervisor.ErrTemplateUnsupported, why)
 	}
 	cfg.KernelArgs = append(base, "aurae.hostname="+templateHostname)
 	key, err := s.tpl.hv.TemplateKey(ctx, cfg)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if why := s.tpl.unfitReason(key); why != "" {
-		return nil, fmt.Errorf("%w: %s", hypervisor.ErrTemplateUnsupported, why)
+		return nil, "", fmt.Errorf("%w: %s", hypervisor.ErrTemplateUnsupported, why)
 	}
+	if pv := s.poolTake(key); pv != nil {
+		t0 := time.Now()
+		p, err := s.takePooled(ctx, v, cfg, plan, pv)
+		s.poolWant(key, cfg)
+		if err == nil {
+			s.setUser(v, pv.uid)
+			s.log.DebugContext(ctx, "vm pool: vm taken", "vm", v.id, "pooled", pv.name, "pid", p.Pid,
+				"took", time.Since(t0).Round(time.Millisecond).String())
+			return p, bootPool, nil
+		}
+		if ctx.Err() != nil {
+			return nil, "", err
+		}
+		s.log.WarnContext(ctx, "vm pool: a pooled vm could not be taken, restoring a clone", "vm", v.id, "pooled", pv.name, "error", err)
+	}
+	p, err := s.startClone(ctx, v, cfg, key, plan)
+	if err != nil {
+		return nil, "", err
+	}
+	s.poolWant(key, cfg)
+	return p, bootTemplate, nil
+}
+
+// startClone restores a clone of the template key as v, then tells the
+// guest what a cold boot reads from the kernel command line, plus the time
+// and fresh entropy, before anything of a workload runs in it.
+func (s *Service) startClone(ctx context.Context, v *vm, cfg hypervisor.VMConfig, key string, plan guestPlan) (*hypervisor.Proc, error) {
 	state, err := s.tpl.get(ctx, key, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("vm template %s: %w", key, err)
@@ -151,9 +180,11 @@ func guestReady(ctx context.Context, dir string) error {
 	return err
 }
 
-// killTemplateMaker kills the QEMU of a template maker in vmDir that a
-// killed auraed left running.
-func (s *Service) killTemplateMaker(ctx context.Context, vmDir string) {
+// killStrayHypervisor kills the QEMU whose pid file is in vmDir, if it
+// still runs there (its control socket is vmDir's): a template maker's or
+// a pooled VM's that a killed auraed left running, or a VM's started but
+// not yet recorded running.
+func (s *Service) killStrayHypervisor(ctx context.Context, vmDir string) {
 	b, err := os.ReadFile(filepath.Join(vmDir, hypervisor.PidFileName))
 	if err != nil {
 		return
@@ -169,10 +200,10 @@ func (s *Service) killTemplateMaker(ctx context.Context, vmDir string) {
 		return
 	}
 	if err := s.hv.Kill(ctx, p); err != nil {
-		s.log.Warn("kill an unfinished vm template's hypervisor", "pid", pid, "error", err)
+		s.log.Warn("kill a stray hypervisor", "pid", pid, "error", err)
 		return
 	}
-	s.log.Info("killed an unfinished vm template's hypervisor", "pid", pid)
+	s.log.Info("killed a stray hypervisor", "pid", pid, "dir", vmDir)
 }
 
 func trimNL(b []byte) []byte {
