@@ -6,7 +6,9 @@ import (
 	"os"
 	"os/exec"
 	"path"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -23,14 +25,22 @@ const benchVMPods = 10
 // one after another (each stays up), and the host memory of an idle VM pod
 // (PSS of its QEMU and virtiofsds) once all 10 run: first with every VM
 // booted cold (--vm-templates=false), then with VMs started from a VM
-// template (made by a warm-up pod, not counted; its making is logged).
+// template (made by a warm-up pod, not counted; its making is logged),
+// then with a pool of one idle clone (--vm-pool-size=1; the pool's idle VM
+// is not counted in the PSS and its own is reported apart) and pods that
+// arrive once the pool has its VM ready (what a pool is for: on 2 cores, a
+// refill that runs while the next pod starts slows that start as much as
+// it saves).
 // The scenario runs once per `go test` run, whatever b.N is.
 func BenchmarkVMPodStart(b *testing.B) {
 	if !vmBenchOnce {
 		vmBenchOnce = true
-		vmBenchCold, vmBenchErr = measureVMPodStarts(b, false)
+		vmBenchCold, vmBenchErr = measureVMPodStarts(b, "cold")
 		if vmBenchErr == nil {
-			vmBenchTpl, vmBenchErr = measureVMPodStarts(b, true)
+			vmBenchTpl, vmBenchErr = measureVMPodStarts(b, "template")
+		}
+		if vmBenchErr == nil {
+			vmBenchPool, vmBenchErr = measureVMPodStarts(b, "pool")
 		}
 	}
 	if vmBenchErr != nil {
@@ -39,23 +49,26 @@ func BenchmarkVMPodStart(b *testing.B) {
 	for _, r := range []struct {
 		name string
 		m    vmBenchRun
-	}{{"cold", vmBenchCold}, {"tpl", vmBenchTpl}} {
+	}{{"cold", vmBenchCold}, {"tpl", vmBenchTpl}, {"pool", vmBenchPool}} {
 		b.ReportMetric(ms(percentile(r.m.starts, 0.50)), "vm-"+r.name+"-p50-ms")
 		b.ReportMetric(ms(percentile(r.m.starts, 0.99)), "vm-"+r.name+"-p99-ms")
 		b.ReportMetric(float64(r.m.pss)/1024, "vm-"+r.name+"-pss-mib")
 	}
+	b.ReportMetric(float64(vmBenchPool.pooledPSS)/1024, "vm-pool-idle-pss-mib")
 }
 
 // vmBenchRun is one run of 10 VM pods.
 type vmBenchRun struct {
 	starts []time.Duration
 	pss    int // KiB, median
+	// pooledPSS: the pool's idle VM's QEMU (KiB), pool runs only.
+	pooledPSS int
 }
 
 var (
-	vmBenchOnce             bool
-	vmBenchCold, vmBenchTpl vmBenchRun
-	vmBenchErr              error
+	vmBenchOnce                          bool
+	vmBenchCold, vmBenchTpl, vmBenchPool vmBenchRun
+	vmBenchErr                           error
 )
 
 // startBenchVMPod runs a VM pod with a sleeping container and returns its id
@@ -89,7 +102,19 @@ func startBenchVMPod(ctx context.Context, c *CRI, pod *runtimeapi.PodSandboxConf
 	}
 }
 
-func measureVMPodStarts(b *testing.B, templates bool) (vmBenchRun, error) {
+// vmQEMUPid is the pid of a VM pod's QEMU, from its VM's dir (a pooled
+// VM's QEMU keeps the name it was started with).
+func vmQEMUPid(c *CRI, podID string) (int, error) {
+	b, err := os.ReadFile(filepath.Join(c.auraedStateDir(nil), "vms", "pod-"+podID[:16], "hypervisor.pid"))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// measureVMPodStarts runs the scenario with VMs started as mode says:
+// "cold", "template" or "pool".
+func measureVMPodStarts(b *testing.B, mode string) (vmBenchRun, error) {
 	for _, f := range []string{vmImageDir + "/vmlinux", vmImageDir + "/initramfs.cpio.gz"} {
 		if _, err := os.Stat(f); err != nil {
 			b.Skipf("no guest image (make vm-image): %v", err)
@@ -98,11 +123,15 @@ func measureVMPodStarts(b *testing.B, templates bool) (vmBenchRun, error) {
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		b.Skip("qemu-system-x86_64 not installed")
 	}
-	name := "cold"
-	c := startCRI(b, "--vm-templates=false")
-	if templates {
-		name = "template"
+	name, templates := mode, mode != "cold"
+	var c *CRI
+	switch mode {
+	case "cold":
+		c = startCRI(b, "--vm-templates=false")
+	case "template":
 		c = startCRI(b)
+	default:
+		c = startCRI(b, "--vm-pool-size=1")
 	}
 	image := c.pushBusybox(b, "bench/busybox:vm", testimage.Options{})
 	ctx := b.Context()
@@ -128,6 +157,11 @@ func measureVMPodStarts(b *testing.B, templates bool) (vmBenchRun, error) {
 	}
 	var run vmBenchRun
 	for i := range benchVMPods {
+		if mode == "pool" {
+			if err := waitRecord(c, "vm pool: vm ready", i+1, 3*time.Minute); err != nil {
+				return vmBenchRun{}, err
+			}
+		}
 		t0 := time.Now()
 		id, err := startBenchVMPod(ctx, c, c.podConfig(b, fmt.Sprintf("vmbench-%d", i)), image)
 		if id != "" {
@@ -143,11 +177,11 @@ func measureVMPodStarts(b *testing.B, templates bool) (vmBenchRun, error) {
 	// pod's VM cgroup: its PSS is theirs.
 	var pss []int
 	for _, id := range ids[len(ids)-benchVMPods:] {
-		qemu := qemuPids("aurae-vm-pod-" + id[:16])
-		if len(qemu) != 1 {
-			return vmBenchRun{}, fmt.Errorf("vm pod %s: QEMUs %v", id, qemu)
+		qemu, err := vmQEMUPid(c, id)
+		if err != nil {
+			return vmBenchRun{}, fmt.Errorf("vm pod %s: %w", id, err)
 		}
-		dir, err := memoryCgroupDir(qemu[0])
+		dir, err := memoryCgroupDir(qemu)
 		if err != nil {
 			return vmBenchRun{}, err
 		}
@@ -161,8 +195,24 @@ func measureVMPodStarts(b *testing.B, templates bool) (vmBenchRun, error) {
 		}
 		pss = append(pss, sum)
 	}
-	if qemu := qemuPids("aurae-vm-pod-" + ids[len(ids)-1][:16]); len(qemu) == 1 {
-		b.Logf("%s: the last VM pod's QEMU: %s", name, pssSplit(qemu[0]))
+	if qemu, err := vmQEMUPid(c, ids[len(ids)-1]); err == nil {
+		b.Logf("%s: the last VM pod's QEMU: %s", name, pssSplit(qemu))
+	}
+	if mode == "pool" {
+		boots := map[string]int{}
+		for _, id := range ids {
+			boot, _ := vmBoot(b, c, id)
+			boots[boot]++
+		}
+		pooled, _ := filepath.Glob(filepath.Join(c.auraedStateDir(nil), "vms", ".pool-*", "hypervisor.pid"))
+		for _, p := range pooled {
+			if pb, err := os.ReadFile(p); err == nil {
+				pid, _ := strconv.Atoi(strings.TrimSpace(string(pb)))
+				run.pooledPSS = pssKiB(pid)
+				b.Logf("pool: the idle pooled VM's QEMU: PSS %d KiB: %s", run.pooledPSS, pssSplit(pid))
+			}
+		}
+		b.Logf("pool: how the VMs started (warm-up included): %v", boots)
 	}
 	sort.Ints(pss)
 	run.pss = pss[len(pss)/2]
@@ -185,8 +235,13 @@ func logVMStartPhases(b *testing.B, c *CRI) {
 				phases["boot"] = append(phases["boot"], d)
 			}
 		case r["msg"] == "vm pod running":
-			if d, err := time.ParseDuration(fmt.Sprint(r["guest_dial"])); err == nil {
-				phases["guest dial"] = append(phases["guest dial"], d)
+			dial, err1 := time.ParseDuration(fmt.Sprint(r["guest_dial"]))
+			start, err2 := time.ParseDuration(fmt.Sprint(r["vm_start"]))
+			total, err3 := time.ParseDuration(fmt.Sprint(r["total"]))
+			if err1 == nil && err2 == nil && err3 == nil {
+				phases["guest dial"] = append(phases["guest dial"], dial)
+				phases["host pod + VmService Create/Start"] = append(phases["host pod + VmService Create/Start"], start)
+				phases["guest pod"] = append(phases["guest pod"], total-start-dial)
 			}
 		case r["msg"] == "gRPC call" && r["component"] == nil:
 			m, _ := r["method"].(string)
@@ -197,7 +252,7 @@ func logVMStartPhases(b *testing.B, c *CRI) {
 		}
 	}
 	var parts []string
-	for _, name := range []string{"boot", "guest dial", "RunPodSandbox", "CreateContainer", "StartContainer"} {
+	for _, name := range []string{"boot", "host pod + VmService Create/Start", "guest dial", "guest pod", "RunPodSandbox", "CreateContainer", "StartContainer"} {
 		if ds := phases[name]; len(ds) > 0 {
 			parts = append(parts, fmt.Sprintf("%s %v (%d)", name, percentile(ds, 0.50).Round(time.Millisecond), len(ds)))
 		}

@@ -21,7 +21,7 @@ import (
 
 // vmBoot is how the VM of a VM pod was started ("cold" or "template") and
 // why not from a template, as the embedded auraed's VmService says.
-func vmBoot(t *testing.T, c *CRI, podID string) (string, string) {
+func vmBoot(t testing.TB, c *CRI, podID string) (string, string) {
 	t.Helper()
 	ac, err := client.Dial(t.Context(), "unix://"+c.auraedSocket(nil))
 	if err != nil {
@@ -74,20 +74,9 @@ func TestCRIVMPodFromPool(t *testing.T) {
 	image, vol := cloneWorkload(t, c)
 	poolReady := func(n int) {
 		t.Helper()
-		deadline := time.Now().Add(3 * time.Minute)
-		for time.Now().Before(deadline) {
-			ready := 0
-			for _, r := range c.Records() {
-				if r["msg"] == "vm pool: vm ready" {
-					ready++
-				}
-			}
-			if ready >= n {
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
+		if err := waitRecord(c, "vm pool: vm ready", n, 3*time.Minute); err != nil {
+			t.Fatal(err)
 		}
-		t.Fatalf("the pool did not make vm %d within 3 min", n)
 	}
 	var clones []clone
 	for i := range 3 {
@@ -176,6 +165,26 @@ func TestCRIVMPodFromPool(t *testing.T) {
 	}
 	if ds, _ := filepath.Glob(filepath.Join(c.auraedStateDir(nil), "vms", ".pool-*")); len(ds) > 0 {
 		t.Errorf("pooled vm dirs left after aurae-cri stopped: %v", ds)
+	}
+}
+
+// waitRecord waits until aurae-cri has logged n records with message msg.
+func waitRecord(c *CRI, msg string, n int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		got := 0
+		for _, r := range c.Records() {
+			if r["msg"] == msg {
+				got++
+			}
+		}
+		if got >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d records %q within %v, want %d", got, msg, timeout, n)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
