@@ -4,10 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
-
-	"github.com/aurae-runtime/aurae-cri/internal/linux"
 )
 
 // Attach gives a running clone that was started from a template with no
@@ -59,14 +56,9 @@ func (q *QEMU) Attach(ctx context.Context, p *Proc, cfg VMConfig) (retErr error)
 	defer func() { _ = c.close() }()
 	taps := make([]string, len(cfg.NICs))
 	for i, n := range cfg.NICs {
-		var tap *os.File
-		err := linux.InNetNS(cfg.NetNSPath, func() error {
-			var err error
-			tap, err = openTap(n.Tap)
-			return err
-		})
+		tap, err := openTapIn(cfg.NetNSPath, n.Tap)
 		if err != nil {
-			return fmt.Errorf("tap %s: %w", n.Tap, err)
+			return err
 		}
 		// QEMU keeps a descriptor of its own: the tap goes with QEMU.
 		taps[i] = "tap" + strconv.Itoa(i)

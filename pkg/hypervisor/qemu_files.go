@@ -95,14 +95,9 @@ func openFiles(cfg VMConfig) (_ []*os.File, retErr error) {
 		}
 	}
 	for _, n := range cfg.NICs {
-		var tap *os.File
-		err := linux.InNetNS(cfg.NetNSPath, func() error {
-			var err error
-			tap, err = openTap(n.Tap)
-			return err
-		})
+		tap, err := openTapIn(cfg.NetNSPath, n.Tap)
 		if err != nil {
-			return nil, fmt.Errorf("tap %s: %w", n.Tap, err)
+			return nil, err
 		}
 		files = append(files, tap)
 	}
@@ -184,4 +179,18 @@ func kvmGroups(a Accel) []uint32 {
 		return nil
 	}
 	return []uint32{st.Gid}
+}
+
+// openTapIn opens the tap called name in the network namespace at netns.
+func openTapIn(netns, name string) (*os.File, error) {
+	var tap *os.File
+	err := linux.InNetNS(netns, func() error {
+		var err error
+		tap, err = openTap(name)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tap %s: %w", name, err)
+	}
+	return tap, nil
 }

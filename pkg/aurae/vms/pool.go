@@ -102,7 +102,7 @@ func (s *Service) poolTake(key string) *pooled {
 		if pv.proc.Alive() {
 			return pv
 		}
-		go s.discardPooled(context.Background(), pv, "its hypervisor exited")
+		s.discardLater(pv, "its hypervisor exited")
 	}
 	return nil
 }
@@ -121,7 +121,7 @@ func (s *Service) poolWant(key string, cfg hypervisor.VMConfig) {
 	}
 	if p.key != key {
 		for _, pv := range p.idle {
-			go s.discardPooled(context.Background(), pv, "the pool now holds another template's VMs")
+			s.discardLater(pv, "the pool now holds another template's VMs")
 		}
 		p.idle = nil
 		p.key = key
@@ -276,6 +276,16 @@ func (s *Service) takePooled(ctx context.Context, v *vm, cfg hypervisor.VMConfig
 	return &p, nil
 }
 
+// discardLater discards pv in the background; the caller holds the pool's
+// lock, and the pool is not closed (see closePool).
+func (s *Service) discardLater(pv *pooled, why string) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.discardPooled(context.Background(), pv, why)
+	}()
+}
+
 // discardPooled kills a pooled VM and removes its dir and cgroup.
 func (s *Service) discardPooled(ctx context.Context, pv *pooled, why string) {
 	kctx, cancel := context.WithTimeout(ctx, 15*time.Second)
@@ -289,21 +299,20 @@ func (s *Service) discardPooled(ctx context.Context, pv *pooled, why string) {
 	s.log.Info("vm pool: vm discarded", "pooled", pv.name, "reason", why)
 }
 
-// closePool kills the idle pooled VMs (once no filler runs).
-func (s *Service) closePool(ctx context.Context) {
+// closePool closes the pool: no filler starts after it (poolWant adds to
+// s.wg under the pool's lock, so before Close waits on it), and a running
+// filler discards what it makes. It returns the idle pooled VMs, for the
+// caller to discard.
+func (s *Service) closePool() []*pooled {
 	if s.pool == nil {
-		return
+		return nil
 	}
 	s.pool.mu.Lock()
+	defer s.pool.mu.Unlock()
 	s.pool.closed = true
 	idle := s.pool.idle
 	s.pool.idle = nil
-	s.pool.mu.Unlock()
-	for _, pv := range idle {
-		if pv.proc != nil {
-			s.discardPooled(ctx, pv, "auraed stops")
-		}
-	}
+	return idle
 }
 
 // cleanupPool removes what a killed auraed left of its pool: each pooled
@@ -338,17 +347,7 @@ func (s *Service) cleanupPool(ctx context.Context) {
 func placeInPool(path string, memMiB uint32) func(pids ...int) error {
 	return func(pids ...int) error {
 		removePoolCgroup(path)
-		limit := int64(memMiB+hypervisorOverheadMiB) << 20
-		cg, err := cgroup.New(path, cgroup.Limits{MemoryMax: &limit})
-		if err != nil {
-			return err
-		}
-		for _, pid := range pids {
-			if err := cg.AddProc(pid); err != nil {
-				return err
-			}
-		}
-		return nil
+		return hypervisorCgroup(path, memMiB, pids)
 	}
 }
 

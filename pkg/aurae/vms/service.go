@@ -181,10 +181,15 @@ func (s *Service) Close() error {
 		return nil
 	}
 	s.unwatch()
+	// No filler starts once the pool is closed; the running one ends with
+	// the watch context.
+	idle := s.closePool()
 	s.wg.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s.closePool(ctx)
+	for _, pv := range idle {
+		s.discardPooled(ctx, pv, "auraed stops")
+	}
 	return s.store.close()
 }
 

@@ -45,18 +45,25 @@ func placeIn(cgroupPath string, memMiB uint32) func(pids ...int) error {
 		if err := removeVMCgroup(cgroupPath); err != nil {
 			return err
 		}
-		limit := int64(memMiB+hypervisorOverheadMiB) << 20
-		cg, err := cgroup.New(leaf, cgroup.Limits{MemoryMax: &limit})
-		if err != nil {
+		return hypervisorCgroup(leaf, memMiB, pids)
+	}
+}
+
+// hypervisorCgroup makes the cgroup path for a hypervisor of a guest of
+// memMiB, limited to it plus the hypervisor's overhead, and moves pids
+// into it.
+func hypervisorCgroup(path string, memMiB uint32, pids []int) error {
+	limit := int64(memMiB+hypervisorOverheadMiB) << 20
+	cg, err := cgroup.New(path, cgroup.Limits{MemoryMax: &limit})
+	if err != nil {
+		return err
+	}
+	for _, pid := range pids {
+		if err := cg.AddProc(pid); err != nil {
 			return err
 		}
-		for _, pid := range pids {
-			if err := cg.AddProc(pid); err != nil {
-				return err
-			}
-		}
-		return nil
 	}
+	return nil
 }
 
 // removeVMCgroup removes the ".vm" leaf of a VM's cgroup, once its
