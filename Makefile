@@ -125,9 +125,10 @@ $(BIN)/.golangci-lint-$(GOLANGCI_LINT_VERSION):
 	GOBIN=$(BIN) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	@touch $@
 
-## build: bin/auraed, bin/aer (its command-line client) and bin/aurae-cri
+## build: bin/auraed, bin/aurae-holder (its pod namespace holder, found beside auraed and aurae-cri), bin/aer (its command-line client) and bin/aurae-cri
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/auraed ./cmd/auraed
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aurae-holder ./cmd/aurae-holder
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aer ./cmd/aer
 	@if [ -d cmd/aurae-cri ]; then \
 	  echo '$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aurae-cri ./cmd/aurae-cri'; \

@@ -83,7 +83,7 @@ log "building the binaries and test binaries"
 ldflags="-X github.com/aurae-runtime/aurae-cri/pkg/version.Version=e2e-test"
 (
 	cd "$REPO"
-	for cmd in auraed aurae-cri aer; do
+	for cmd in auraed aurae-holder aurae-cri aer; do
 		"$GO" build -ldflags "$ldflags" -o "$share/bin/$cmd" "./cmd/$cmd"
 	done
 	"$GO" test -c -o "$share/bin/e2e.test" ./test/e2e

@@ -109,6 +109,12 @@ func TestCRIVMPodFromPool(t *testing.T) {
 		clones = append(clones, cl)
 	}
 	checkClones(t, c, clones, vol)
+	// The guest's pods (a shared PID namespace) got their holder from the
+	// guest's aurae-holder, beside its auraed (/init).
+	b, err := os.ReadFile(filepath.Join(c.auraedStateDir(nil), "vms", "pod-"+clones[1].pod[:16], "console.log"))
+	if err != nil || !strings.Contains(string(b), `"holder":"/aurae-holder"`) {
+		t.Errorf("the guest's pod namespace holder is not /aurae-holder (%v): %s", err, b)
+	}
 	for _, r := range c.Records() {
 		if r["msg"] == "vm pool: vm taken" || r["msg"] == "vm pool: vm ready" {
 			t.Logf("%s: %v took %v", r["msg"], r["pooled"], r["took"])

@@ -135,13 +135,13 @@ func buildBinaries(dir string) error {
 }
 
 // binDirEnv names a directory of prebuilt daemon binaries (auraed,
-// aurae-cri, aer, stamped with e2eVersion) that replaces the build in
+// aurae-holder, aurae-cri, aer, stamped with e2eVersion) that replaces the build in
 // TestMain.
 const binDirEnv = "AURAE_E2E_BIN_DIR"
 
 // prebuiltBinaries takes the commands of cmd/ from dir; each must be there.
 func prebuiltBinaries(dir string) error {
-	for _, name := range []string{"auraed", "aurae-cri", "aer"} {
+	for _, name := range []string{"auraed", "aurae-holder", "aurae-cri", "aer"} {
 		p := filepath.Join(dir, name)
 		st, err := os.Stat(p)
 		if err != nil {

@@ -8,92 +8,52 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
-	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/internal/holder"
 	"github.com/aurae-runtime/aurae-cri/internal/linux"
 )
 
-// The namespace holder is auraed's own binary (/proc/self/exe) started in
-// the pod's new namespaces and a mount namespace of its own. It sets the
-// hostname, brings up loopback, writes the pod's sysctls, confines itself
-// (holder_confine.go: an empty read-only root, no capabilities, not
-// dumpable) and execs a tiny reaper from a sealed memfd, which says it is
-// ready and then reaps orphans. auraed pins its namespaces by bind mounts and
-// kills it, unless the pod shares its pid namespace: a pid namespace dies
-// with its init, so the holder then stays as the pod's init until Free. The
-// binary becomes a holder in roles.Run, at the top of main (and of TestMain
-// in the packages whose tests start holders).
+// The namespace holder (internal/holder) runs cmd/aurae-holder where it is
+// installed beside this binary (holderBinary), else this binary itself
+// (/proc/self/exe) in the holder role, chosen in roles.Run at the top of
+// main (and of TestMain in the packages whose tests start holders).
 const (
-	// HolderEnv selects the holder role (see pkg/aurae/roles) and carries
-	// the namespaces it creates. The name is a contract between an auraed
-	// and the holders it started: keep it.
-	HolderEnv   = "_AURAE_POD_HOLDER"
-	envHostname = "_AURAE_POD_HOSTNAME"
-	envSysctls  = "_AURAE_POD_SYSCTLS"
-	holderFD    = 3
+	// HolderEnv selects the holder role: see holder.Env.
+	HolderEnv = holder.Env
 	// holderTimeout bounds the wait for a holder to be ready.
 	holderTimeout = 10 * time.Second
 )
 
-// RunHolder is the pod namespace holder role: the life of this binary when
-// startHolder started it (with HolderEnv set) in a pod's new namespaces. It
-// sets them up, confines itself and execs the reaper, which reports on the
-// ready pipe and then reaps orphans until auraed kills it; it never
-// returns. Only roles.Run calls it.
-func RunHolder() {
-	// Capabilities are dropped per thread, and exec takes this thread's.
-	runtime.LockOSThread()
-	ready := os.NewFile(holderFD, "ready")
-	flags := strings.Split(os.Getenv(HolderEnv), ",")
-	err := setupHolder(flags, os.Getenv(envHostname), os.Getenv(envSysctls))
-	if err == nil && holderReaperELF() == nil && !slices.Contains(flags, "pid") {
-		// No reaper for this architecture: a holder that auraed kills once
-		// it has pinned the namespaces may stay as it is until then.
-		linux.ReadyAndReap(ready)
-	}
-	if err == nil {
-		// Only on failure does it return; only Free (SIGKILL) ends the reaper.
-		err = confineHolder(slices.Contains(flags, "mnt"))
-	}
-	_, _ = fmt.Fprintf(ready, "pod namespace holder: %v", err)
-	os.Exit(1)
-}
+// RunHolder is the pod namespace holder role (holder.Run); only roles.Run
+// calls it.
+func RunHolder() { holder.Run() }
 
-func setupHolder(flags []string, hostname, sysctls string) error {
-	has := func(f string) bool { return slices.Contains(flags, f) }
-	if has("uts") && hostname != "" {
-		if err := unix.Sethostname([]byte(hostname)); err != nil {
-			return fmt.Errorf("set hostname: %w", err)
-		}
+// holderBinary is the binary a holder runs: aurae-holder beside this
+// process's binary when it is a regular file owned by root that only root
+// can write, else this binary.
+var holderBinary = sync.OnceValue(func() string {
+	const self = "/proc/self/exe"
+	exe, err := os.Executable()
+	if err != nil {
+		return self
 	}
-	if has("net") {
-		if err := linux.LoopbackUp(); err != nil {
-			return err
-		}
+	if exe, err = filepath.EvalSymlinks(exe); err != nil {
+		return self
 	}
-	if sysctls != "" {
-		var m map[string]string
-		if err := json.Unmarshal([]byte(sysctls), &m); err != nil {
-			return fmt.Errorf("sysctls: %w", err)
-		}
-		for k, v := range m {
-			// /proc/sys/net and the ipc sysctls show the namespaces of the
-			// process that opens them: ours.
-			p := filepath.Join("/proc/sys", strings.ReplaceAll(k, ".", "/"))
-			if err := os.WriteFile(p, []byte(v), 0); err != nil {
-				return fmt.Errorf("sysctl %s=%s: %w", k, v, err)
-			}
-		}
+	p := filepath.Join(filepath.Dir(exe), holder.BinaryName)
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Uid != 0 || st.Mode&0o022 != 0 || st.Mode&0o100 == 0 {
+		return self
 	}
-	return nil
-}
+	return p
+})
 
 // holderSpec says which namespaces a holder creates.
 type holderSpec struct {
@@ -135,18 +95,18 @@ func startHolder(h holderSpec) (*exec.Cmd, error) {
 		return nil, err
 	}
 	defer readyR.Close()
-	cmd := exec.Command("/proc/self/exe")
+	cmd := exec.Command(holderBinary())
 	cmd.Args = []string{"aurae-pod-holder"}
 	// Its own mount namespace, too, where it hides the host's tree.
 	flags = append(flags, "mnt")
 	clone |= unix.CLONE_NEWNS
-	cmd.Env = []string{HolderEnv + "=" + strings.Join(flags, ","), envHostname + "=" + h.hostname, envSysctls + "=" + sc}
+	cmd.Env = []string{holder.Env + "=" + strings.Join(flags, ","), holder.EnvHostname + "=" + h.hostname, holder.EnvSysctls + "=" + sc}
 	cmd.ExtraFiles = []*os.File{readyW}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: clone, Setsid: true}
 	if h.user != nil {
 		// The user namespace is made first by clone, so it owns the others.
 		flags = append(flags, "user")
-		cmd.Env[0] = HolderEnv + "=" + strings.Join(flags, ",")
+		cmd.Env[0] = holder.Env + "=" + strings.Join(flags, ",")
 		cmd.SysProcAttr.Cloneflags |= unix.CLONE_NEWUSER
 		cmd.SysProcAttr.UidMappings = sysProcIDMaps(h.user.GetUidMappings())
 		cmd.SysProcAttr.GidMappings = sysProcIDMaps(h.user.GetGidMappings())

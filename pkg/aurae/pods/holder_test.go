@@ -2,107 +2,21 @@ package pods
 
 import (
 	"bytes"
-	"debug/elf"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"golang.org/x/sys/unix"
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
-	"github.com/aurae-runtime/aurae-cri/internal/linux"
+	"github.com/aurae-runtime/aurae-cri/internal/holder"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 )
-
-// reapers lists the reaper of each architecture that has one.
-var reapers = []struct {
-	arch    string
-	machine elf.Machine
-	code    []byte
-}{{"amd64", elf.EM_X86_64, reaperAMD64}, {"arm64", elf.EM_AARCH64, reaperARM64}}
-
-// TestHolderReaperELF: each reaper is a well-formed static executable whose
-// entry point is its code, with a stack that is not executable.
-func TestHolderReaperELF(t *testing.T) {
-	for _, r := range reapers {
-		b := reaperELF(r.machine, r.code)
-		f, err := elf.NewFile(bytes.NewReader(b))
-		if err != nil {
-			t.Fatalf("%s: %v", r.arch, err)
-		}
-		if f.Type != elf.ET_EXEC || f.Machine != r.machine || len(f.Progs) != 2 || f.Progs[0].Type != elf.PT_LOAD || f.Progs[1].Type != elf.PT_GNU_STACK {
-			t.Fatalf("%s: type %v, machine %v, %d program headers", r.arch, f.Type, f.Machine, len(f.Progs))
-		}
-		if f.Progs[1].Flags&elf.PF_X != 0 {
-			t.Errorf("%s: the stack is executable", r.arch)
-		}
-		if want := f.Progs[0].Vaddr + uint64(len(b)-len(r.code)); f.Entry != want || f.Entry%4 != 0 {
-			t.Errorf("%s: entry %#x, want %#x", r.arch, f.Entry, want)
-		}
-	}
-}
-
-// TestHolderReaperRuns runs each reaper (natively, or under
-// qemu-<arch>-static where installed): it says "1" on fd 3 and closes it,
-// and ignores SIGINT, SIGTERM and SIGHUP; only SIGKILL ends it. (That it
-// reaps is TestHolderHidesHost's.)
-func TestHolderReaperRuns(t *testing.T) {
-	for _, r := range reapers {
-		t.Run(r.arch, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "reaper")
-			if err := os.WriteFile(path, reaperELF(r.machine, r.code), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			argv := []string{path}
-			if r.arch != runtime.GOARCH {
-				qemu := map[string]string{"amd64": "qemu-x86_64-static", "arm64": "qemu-aarch64-static"}[r.arch]
-				if _, err := exec.LookPath(qemu); err != nil {
-					t.Skipf("%s is not installed (Debian's qemu-user-static)", qemu)
-				}
-				argv = append([]string{qemu}, argv...)
-			}
-			readyR, readyW, err := os.Pipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer readyR.Close()
-			cmd := exec.Command(argv[0], argv[1:]...)
-			cmd.ExtraFiles = []*os.File{readyW}
-			err = cmd.Start()
-			readyW.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			exited := make(chan error, 1)
-			go func() { exited <- cmd.Wait() }()
-			defer func() {
-				_ = cmd.Process.Kill()
-				t.Logf("reaper: %v", <-exited) // killed
-			}()
-			if err := linux.WaitReady(t.Context(), readyR, 10*time.Second); err != nil {
-				t.Fatal(err)
-			}
-			for _, sig := range []os.Signal{os.Interrupt, unix.SIGTERM, unix.SIGHUP} {
-				if err := cmd.Process.Signal(sig); err != nil {
-					t.Fatal(err)
-				}
-			}
-			select {
-			case err := <-exited:
-				exited <- err
-				t.Fatalf("reaper exited after SIGINT, SIGTERM, SIGHUP: %v", err)
-			case <-time.After(200 * time.Millisecond):
-			}
-		})
-	}
-}
 
 // withPtrace adds CAP_SYS_PTRACE to every capability set of a spec.
 func withPtrace(sp *specs.Spec) {
@@ -117,19 +31,46 @@ func withPtrace(sp *specs.Spec) {
 // it: an empty root and cwd, an exe that is the sealed reaper (not auraed's
 // binary), no fds, no environment, no capabilities, not dumpable. The holder
 // still reaps the pod's orphans, and Free ends it.
+//
+// It runs with each binary a holder can be: auraed's own (the holder role)
+// and cmd/aurae-holder, built for the test.
 func TestHolderHidesHost(t *testing.T) {
+	t.Run("auraed", func(t *testing.T) { testHolderHidesHost(t, "/proc/self/exe") })
+	t.Run("aurae-holder", func(t *testing.T) { testHolderHidesHost(t, buildHolder(t)) })
+}
+
+// buildHolder builds cmd/aurae-holder into a dir of the test's.
+func buildHolder(t *testing.T) string {
+	t.Helper()
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("go is needed to build aurae-holder: %v", err)
+	}
+	out := filepath.Join(t.TempDir(), holder.BinaryName)
+	cmd := exec.Command(goBin, "build", "-o", out, "./cmd/aurae-holder")
+	cmd.Dir = filepath.Join("..", "..", "..")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/aurae-holder: %v\n%s", err, b)
+	}
+	return out
+}
+
+func testHolderHidesHost(t *testing.T, bin string) {
+	saved := holderBinary
+	holderBinary = func() string { return bin }
+	t.Cleanup(func() { holderBinary = saved })
 	e := newEnv(t)
 	e.allocate(&podsv0.Pod{Id: "ptrace"})
 	p, err := e.svc.lookupPod("ptrace")
 	if err != nil {
 		t.Fatal(err)
 	}
-	holder := p.holder.Pid
-	if holder == 0 {
+	holderPid := p.holder.Pid
+	if holderPid == 0 {
 		t.Fatal("a pod sharing its pid namespace has no holder")
 	}
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", holder)); err == nil {
-		t.Logf("holder %d: %s", holder, grepLines(string(b), "Pss:"))
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", holderPid)); err == nil {
+		t.Logf("holder %d (%s): %s", holderPid, bin, grepLines(string(b), "Pss:"))
 	}
 	e.start("ptrace", e.container("c", spec(t, withPtrace, "sleep", "1000")))
 	sh := func(script string) *podsv0.ExecSyncResponse {
@@ -165,8 +106,8 @@ func TestHolderHidesHost(t *testing.T) {
 	if got := strings.TrimSpace(string(sh("readlink /proc/1/exe").GetStdout())); !strings.HasPrefix(got, "/memfd:aurae-pod-holder") {
 		t.Errorf("/proc/1/exe -> %q", got)
 	}
-	if got := sh("cat /proc/1/exe").GetStdout(); !bytes.Equal(got, holderReaperELF()) {
-		t.Errorf("/proc/1/exe gives %d bytes, not the %d of the reaper", len(got), len(holderReaperELF()))
+	if got := sh("cat /proc/1/exe").GetStdout(); !bytes.Equal(got, holder.ReaperELF()) {
+		t.Errorf("/proc/1/exe gives %d bytes, not the %d of the reaper", len(got), len(holder.ReaperELF()))
 	}
 	if r := sh("echo x >> /proc/1/exe"); r.GetExitCode() == 0 {
 		t.Error("appended to /proc/1/exe")
@@ -185,7 +126,7 @@ func TestHolderHidesHost(t *testing.T) {
 	}
 	// The host sees it: same pid, a mount namespace of its own.
 	if self, _ := os.Readlink("/proc/self/ns/mnt"); self != "" {
-		if got, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", holder)); got == self {
+		if got, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", holderPid)); got == self {
 			t.Error("holder in the host's mount namespace")
 		}
 	}
@@ -212,8 +153,8 @@ func TestHolderHidesHost(t *testing.T) {
 	if _, err := e.svc.Free(t.Context(), &podsv0.FreeRequest{PodId: "ptrace"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(fmt.Sprintf("/proc/%d", holder)); !os.IsNotExist(err) {
-		t.Errorf("holder %d still there after Free: %v", holder, err)
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", holderPid)); !os.IsNotExist(err) {
+		t.Errorf("holder %d still there after Free: %v", holderPid, err)
 	}
 	e.assertClean()
 }

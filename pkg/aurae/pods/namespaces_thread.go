@@ -8,6 +8,8 @@ import (
 	"runtime"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/aurae-runtime/aurae-cri/internal/holder"
 )
 
 // A pod that shares no pid namespace and has no user namespace needs no
@@ -16,7 +18,7 @@ import (
 // without the holder's exec (auraed's binary started again, moved into the
 // pod's cgroup, confined, then killed). The thread, locked to its
 // goroutine, unshares its net, ipc and uts namespaces, sets them up as a
-// holder would (setupHolder: hostname, loopback, sysctls), pins them and
+// holder would (holder.Setup: hostname, loopback, sysctls), pins them and
 // goes back to its own namespaces before it is unlocked. Should it fail to
 // go back, it stays locked and the goroutine exits: the Go runtime then
 // ends the thread (or, if it is the main thread, parks it for good), so no
@@ -77,7 +79,7 @@ func makeNamespacesInThread(h holderSpec, pins map[string]string) error {
 			if err := unix.Unshare(clone); err != nil {
 				return fmt.Errorf("pod namespaces: unshare: %w", err)
 			}
-			if err := setupHolder(flags, h.hostname, sysctls); err != nil {
+			if err := holder.Setup(flags, h.hostname, sysctls); err != nil {
 				return fmt.Errorf("pod namespaces: %w", err)
 			}
 			var pinned []string

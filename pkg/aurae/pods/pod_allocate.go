@@ -120,7 +120,11 @@ func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.All
 	s.mu.Lock()
 	p.reserved = false
 	s.mu.Unlock()
-	log.Info("pod allocated", "cgroup", cgPath, "netns", paths.NetworkNamespacePath, "pid_shared", p.ownsPID(), "userns", paths.UserNamespacePath)
+	holderBin := "" // none: namespaces made from a thread
+	if !p.threadNamespaces() {
+		holderBin = holderBinary()
+	}
+	log.Info("pod allocated", "cgroup", cgPath, "netns", paths.NetworkNamespacePath, "pid_shared", p.ownsPID(), "userns", paths.UserNamespacePath, "holder", holderBin)
 	return proto.Clone(paths).(*podsv0.AllocateResponse), nil
 }
 

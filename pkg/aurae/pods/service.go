@@ -35,6 +35,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
+	"github.com/aurae-runtime/aurae-cri/internal/holder"
 	"github.com/aurae-runtime/aurae-cri/internal/linux"
 	"github.com/aurae-runtime/aurae-cri/pkg/aurae/cgroup"
 	"github.com/aurae-runtime/aurae-cri/pkg/errmap"
@@ -156,6 +157,11 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 		return nil, err
 	}
 	logConmon(ctx, cfg.Logger, conmonConfigured, cm)
+	if hb := holderBinary(); hb == "/proc/self/exe" {
+		cfg.Logger.InfoContext(ctx, "pod namespace holder", "path", hb, "reason", holder.BinaryName+" is not installed beside this binary, root-owned and only root-writable")
+	} else {
+		cfg.Logger.InfoContext(ctx, "pod namespace holder", "path", hb)
+	}
 	specVersion, err := checkRuntime(ctx, cfg.Logger, rt, cfg.AllowOldRuntime)
 	if err != nil {
 		return nil, fmt.Errorf("pods: %w", err)

@@ -1,4 +1,4 @@
-package pods
+package holder
 
 import (
 	"errors"
@@ -14,7 +14,7 @@ import (
 // So once its setup is done (it needs the host's /proc for the sysctls) the
 // holder confines itself, in this order:
 //
-//  1. loads the reaper (holderReaperELF, a few hundred bytes of machine code)
+//  1. loads the reaper (ReaperELF, a few hundred bytes of machine code)
 //     into a sealed memfd;
 //  2. in its own mount namespace (created with the holder, so that the pins
 //     of its other namespaces, made by auraed from /proc/<pid>/ns/*, are
@@ -35,7 +35,7 @@ import (
 // a locked OS thread: capabilities are per thread, and exec takes the calling
 // thread's.
 func confineHolder(ownMountNS bool) error {
-	elf := holderReaperELF()
+	elf := ReaperELF()
 	if elf == nil {
 		return errors.New("no reaper for this architecture")
 	}
@@ -60,7 +60,7 @@ func confineHolder(ownMountNS bool) error {
 	if err := unix.CloseRange(0, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		return fmt.Errorf("close descriptors on exec: %w", err)
 	}
-	if _, err := unix.FcntlInt(holderFD, unix.F_SETFD, 0); err != nil {
+	if _, err := unix.FcntlInt(ReadyFD, unix.F_SETFD, 0); err != nil {
 		return fmt.Errorf("ready pipe: %w", err)
 	}
 	return execveat(reaper, "aurae-pod-holder")

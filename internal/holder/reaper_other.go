@@ -1,8 +1,8 @@
 //go:build !amd64 && !arm64
 
-package pods
+package holder
 
-// holderReaperELF: no reaper is written for this architecture yet. A pod
+// ReaperELF is nil: no reaper is written for this architecture yet. A pod
 // that shares its pid namespace fails to allocate there (confineHolder);
 // the short-lived holders of other pods are not confined.
-func holderReaperELF() []byte { return nil }
+func ReaperELF() []byte { return nil }
