@@ -499,13 +499,22 @@ var stepPoints = map[lifeStep][]string{
 	stepRemovePod:   {cri.FaultContainerRemoving, cri.FaultPodRemoving},
 }
 
-// finish removes every lane's pod through the CRI (retrying past
-// nothing: no kill now) and checks that nothing is left.
+// finish removes every lane's pod through the CRI (no kill now; only a
+// lost connection is retried: aurae-cri's to an auraed that the last round
+// restarted may still be in its reconnect backoff) and checks that nothing
+// is left.
 func (r *faultRun) finish() {
 	t, c := r.t, r.c
 	for _, l := range r.lanes {
 		if l.podID != "" && l.next > stepRunPod {
-			if err := c.Runtime.RemovePodSandbox(t.Context(), l.podID); err != nil {
+			var err error
+			for try := 0; try < 25; try++ {
+				if err = c.Runtime.RemovePodSandbox(t.Context(), l.podID); status.Code(err) != codes.Unavailable {
+					break
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			if err != nil {
 				r.fatalf("final RemovePodSandbox %s: %v", l.podID, err)
 			}
 		}

@@ -35,6 +35,17 @@ const (
 // calls it.
 func RunHolder() { holder.Run() }
 
+// holderPath is the binary h's holder runs: holderBinary, but this
+// binary's own for a holder in a user namespace, which execs as a user of
+// the pod's mapping and may not traverse the directories to aurae-holder
+// (/proc/self/exe needs no traversal).
+func holderPath(user bool) string {
+	if user {
+		return "/proc/self/exe"
+	}
+	return holderBinary()
+}
+
 // holderBinary is the binary a holder runs: aurae-holder beside this
 // process's binary when it is a regular file owned by root that only root
 // can write, else this binary.
@@ -95,7 +106,7 @@ func startHolder(h holderSpec) (*exec.Cmd, error) {
 		return nil, err
 	}
 	defer readyR.Close()
-	cmd := exec.Command(holderBinary())
+	cmd := exec.Command(holderPath(h.user != nil))
 	cmd.Args = []string{"aurae-pod-holder"}
 	// Its own mount namespace, too, where it hides the host's tree.
 	flags = append(flags, "mnt")

@@ -122,7 +122,7 @@ func (s *Service) allocate(ctx context.Context, spec *podsv0.Pod) (_ *podsv0.All
 	s.mu.Unlock()
 	holderBin := "" // none: namespaces made from a thread
 	if !p.threadNamespaces() {
-		holderBin = holderBinary()
+		holderBin = holderPath(p.ownsUser())
 	}
 	log.Info("pod allocated", "cgroup", cgPath, "netns", paths.NetworkNamespacePath, "pid_shared", p.ownsPID(), "userns", paths.UserNamespacePath, "holder", holderBin)
 	return proto.Clone(paths).(*podsv0.AllocateResponse), nil

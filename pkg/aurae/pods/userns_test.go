@@ -20,6 +20,22 @@ import (
 // containers join it and run as host ids of its mapping, and the specs
 // that would leave it are refused.
 func TestUserNamespacePod(t *testing.T) {
+	t.Run("auraed", func(t *testing.T) { testUserNamespacePod(t, "/proc/self/exe") })
+	// aurae-holder in a dir the pod's root cannot traverse (0700, as the
+	// e2e tests' bin dir): a user namespace's holder must not need it.
+	t.Run("aurae-holder installed", func(t *testing.T) {
+		bin := buildHolder(t)
+		if err := os.Chmod(filepath.Dir(bin), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		testUserNamespacePod(t, bin)
+	})
+}
+
+func testUserNamespacePod(t *testing.T, bin string) {
+	saved := holderBinary
+	holderBinary = func() string { return bin }
+	t.Cleanup(func() { holderBinary = saved })
 	e := newEnv(t)
 	// The pod's root is not the owner of the test's temporary directories:
 	// it must be able to pass through them to its rootfs, as through
