@@ -24,25 +24,14 @@ func (q *QEMU) Attach(ctx context.Context, p *Proc, cfg VMConfig) (retErr error)
 	if err := CheckDir(cfg.Dir); err != nil {
 		return err
 	}
-	var helpers []int
+	helpers, err := startShares(ctx, cfg.Dir, cfg)
 	defer func() {
-		if retErr != nil && len(helpers) > 0 {
-			kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), exitWait)
-			_ = killVirtiofsds(kctx, cfg.Dir)
-			cancel()
+		if retErr != nil {
+			stopShares(ctx, cfg.Dir, helpers)
 		}
 	}()
-	for i, sh := range cfg.Shares {
-		pid, err := startVirtiofsd(ctx, cfg.Dir, i, sh)
-		if err != nil {
-			return err
-		}
-		helpers = append(helpers, pid)
-	}
-	if cfg.UID != 0 {
-		if err := giveDir(cfg.Dir, len(cfg.Shares), cfg.UID, cfg.GID); err != nil {
-			return err
-		}
+	if err != nil {
+		return err
 	}
 	if cfg.Place != nil {
 		if err := cfg.Place(append([]int{p.Pid}, helpers...)...); err != nil {

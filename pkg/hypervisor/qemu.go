@@ -281,25 +281,14 @@ func (q *QEMU) boot(ctx context.Context, bin string, cfg VMConfig, a Accel) (_ *
 	}
 	defer logf.Close()
 	// The shares' virtiofsds first: QEMU connects to them at start.
-	var helpers []int
+	helpers, err := startShares(ctx, dir, cfg)
 	defer func() {
-		if retErr != nil && len(helpers) > 0 {
-			kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), exitWait)
-			_ = killVirtiofsds(kctx, dir)
-			cancel()
+		if retErr != nil {
+			stopShares(ctx, dir, helpers)
 		}
 	}()
-	for i, sh := range cfg.Shares {
-		pid, err := startVirtiofsd(ctx, dir, i, sh)
-		if err != nil {
-			return nil, err
-		}
-		helpers = append(helpers, pid)
-	}
-	if cfg.UID != 0 {
-		if err := giveDir(dir, len(cfg.Shares), cfg.UID, cfg.GID); err != nil {
-			return nil, err
-		}
+	if err != nil {
+		return nil, err
 	}
 	files, err := openFiles(cfg)
 	if err != nil {

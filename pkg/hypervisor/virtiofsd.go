@@ -207,6 +207,37 @@ func waitSocket(ctx context.Context, path string, exited <-chan struct{}) error 
 	}
 }
 
+// startShares starts the virtiofsd of each of cfg's shares below dir and,
+// with cfg.UID, gives dir's files to the hypervisor's user. It returns the
+// pids of the virtiofsds started, also on failure: stopShares stops them.
+func startShares(ctx context.Context, dir string, cfg VMConfig) ([]int, error) {
+	var pids []int
+	for i, sh := range cfg.Shares {
+		pid, err := startVirtiofsd(ctx, dir, i, sh)
+		if err != nil {
+			return pids, err
+		}
+		pids = append(pids, pid)
+	}
+	if cfg.UID != 0 {
+		if err := giveDir(dir, len(cfg.Shares), cfg.UID, cfg.GID); err != nil {
+			return pids, err
+		}
+	}
+	return pids, nil
+}
+
+// stopShares kills the virtiofsds of dir when startShares started any,
+// bounded even when ctx has ended.
+func stopShares(ctx context.Context, dir string, pids []int) {
+	if len(pids) == 0 {
+		return
+	}
+	kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), exitWait)
+	defer cancel()
+	_ = killVirtiofsds(kctx, dir)
+}
+
 // killVirtiofsds kills the virtiofsd of every share of dir still running
 // (each ends by itself when QEMU goes; this is for a QEMU that never
 // connected) and removes its pid file.

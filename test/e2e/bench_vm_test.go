@@ -6,9 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path"
-	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -117,13 +115,7 @@ func startBenchVMPod(ctx context.Context, c *CRI, pod *runtimeapi.PodSandboxConf
 
 // vmQEMUPid is the pid of a VM pod's QEMU, from its VM's dir (a pooled
 // VM's QEMU keeps the name it was started with).
-func vmQEMUPid(c *CRI, podID string) (int, error) {
-	b, err := os.ReadFile(filepath.Join(c.auraedStateDir(nil), "vms", "pod-"+podID[:16], "hypervisor.pid"))
-	if err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(strings.TrimSpace(string(b)))
-}
+func vmQEMUPid(c *CRI, podID string) (int, error) { return hypervisorPid(c, "pod-"+podID[:16]) }
 
 // measureVMPodStarts runs the scenario with VMs started as mode says:
 // "cold", "template" or "pool".
@@ -217,13 +209,9 @@ func measureVMPodStarts(b *testing.B, mode string) (vmBenchRun, error) {
 			boot, _ := vmBoot(b, c, id)
 			boots[boot]++
 		}
-		pooled, _ := filepath.Glob(filepath.Join(c.auraedStateDir(nil), "vms", ".pool-*", "hypervisor.pid"))
-		for _, p := range pooled {
-			if pb, err := os.ReadFile(p); err == nil {
-				pid, _ := strconv.Atoi(strings.TrimSpace(string(pb)))
-				run.pooledPSS = pssKiB(pid)
-				b.Logf("pool: the idle pooled VM's QEMU: PSS %d KiB: %s", run.pooledPSS, pssSplit(pid))
-			}
+		for _, pid := range pooledQEMUPids(c) {
+			run.pooledPSS = pssKiB(pid)
+			b.Logf("pool: the idle pooled VM's QEMU: PSS %d KiB: %s", run.pooledPSS, pssSplit(pid))
 		}
 		b.Logf("pool: how the VMs started (warm-up included): %v", boots)
 	}

@@ -99,7 +99,7 @@ func TestCRIVMPodFromPool(t *testing.T) {
 		}
 		qemu := 0
 		for _, f := range strings.Fields(string(procs)) {
-			if b, err := os.ReadFile("/proc/" + f + "/cmdline"); err == nil && strings.Contains(string(b), "qemu-system") {
+			if pid, _ := strconv.Atoi(f); isQEMU(pid) {
 				qemu++
 			}
 		}
@@ -123,24 +123,14 @@ func TestCRIVMPodFromPool(t *testing.T) {
 
 	// The pool's next VM, then a kill -9: it must not outlive the restart.
 	poolReady(3)
-	pooledPids := func() []string {
-		var pids []string
-		ps, _ := filepath.Glob(filepath.Join(c.auraedStateDir(nil), "vms", ".pool-*", "hypervisor.pid"))
-		for _, p := range ps {
-			if b, err := os.ReadFile(p); err == nil {
-				pids = append(pids, strings.TrimSpace(string(b)))
-			}
-		}
-		return pids
-	}
-	left := pooledPids()
+	left := pooledQEMUPids(c)
 	if len(left) != 1 {
 		t.Fatalf("pooled vms before the kill: %v, want one", left)
 	}
 	c.Kill9()
 	c.Restart(t)
-	if b, err := os.ReadFile("/proc/" + left[0] + "/cmdline"); err == nil && strings.Contains(string(b), "qemu-system") {
-		t.Errorf("the pooled VM's QEMU (pid %s) still runs after the restart", left[0])
+	if isQEMU(left[0]) {
+		t.Errorf("the pooled VM's QEMU (pid %d) still runs after the restart", left[0])
 	}
 	if ds, _ := filepath.Glob(filepath.Join(c.auraedStateDir(nil), "vms", ".pool-*")); len(ds) > 0 {
 		t.Errorf("pooled vm dirs left after the restart: %v", ds)
@@ -159,19 +149,47 @@ func TestCRIVMPodFromPool(t *testing.T) {
 		t.Errorf("vm pod after the restart: booted %q (%s), want template", boot, note)
 	}
 	poolReady(4)
-	left = pooledPids()
+	left = pooledQEMUPids(c)
 	c.removeAll(t)
 	if err := c.Stop(t); err != nil {
 		t.Errorf("stop aurae-cri: %v", err)
 	}
 	for _, pid := range left {
-		if b, err := os.ReadFile("/proc/" + pid + "/cmdline"); err == nil && strings.Contains(string(b), "qemu-system") {
-			t.Errorf("pooled VM's QEMU (pid %s) still runs after aurae-cri stopped", pid)
+		if isQEMU(pid) {
+			t.Errorf("pooled VM's QEMU (pid %d) still runs after aurae-cri stopped", pid)
 		}
 	}
 	if ds, _ := filepath.Glob(filepath.Join(c.auraedStateDir(nil), "vms", ".pool-*")); len(ds) > 0 {
 		t.Errorf("pooled vm dirs left after aurae-cri stopped: %v", ds)
 	}
+}
+
+// isQEMU says whether pid is a running QEMU.
+func isQEMU(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return err == nil && strings.Contains(string(b), "qemu-system")
+}
+
+// hypervisorPid reads the hypervisor pid file of the VM dir called name
+// under the embedded auraed's state.
+func hypervisorPid(c *CRI, name string) (int, error) {
+	b, err := os.ReadFile(filepath.Join(c.auraedStateDir(nil), "vms", name, "hypervisor.pid"))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// pooledQEMUPids are the QEMU pids of the pooled VMs, from their pid files.
+func pooledQEMUPids(c *CRI) []int {
+	var pids []int
+	ds, _ := filepath.Glob(filepath.Join(c.auraedStateDir(nil), "vms", ".pool-*"))
+	for _, d := range ds {
+		if pid, err := hypervisorPid(c, filepath.Base(d)); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // waitRecord waits until aurae-cri has logged n records with message msg.
@@ -362,7 +380,7 @@ func TestCRIVMTemplateKilledWhileMade(t *testing.T) {
 	if tmps, _ := filepath.Glob(filepath.Join(templatesDir(c), ".tmp-*")); len(tmps) > 0 {
 		t.Errorf("unfinished templates left after the restart: %v", tmps)
 	}
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", makerPid)); err == nil && strings.Contains(string(b), "qemu-system") {
+	if isQEMU(makerPid) {
 		t.Errorf("the unfinished template's QEMU (pid %d) still runs", makerPid)
 	}
 	ents, _ := os.ReadDir(templatesDir(c))

@@ -205,6 +205,18 @@ func v1Dirs(path string) []string {
 	return out
 }
 
+// AllDirs are the directories of the cgroup path: on v1 those that exist
+// in any hierarchy mounted under Root (also those New does not make: what
+// runc, or a process killed half way, may have made), on v2 the unified
+// one.
+func AllDirs(path string) []string {
+	if Unified() {
+		return []string{filepath.Join(Root, path)}
+	}
+	ds, _ := filepath.Glob(filepath.Join(Root, "*", path))
+	return ds
+}
+
 func removeDirs(path string) {
 	for _, d := range dirs(path) {
 		_ = unix.Rmdir(d)

@@ -120,7 +120,7 @@ func (s *Service) execTTY(stream grpc.BidiStreamingServer[podsv0.ExecRequest, po
 		return err
 	}
 	defer msgR.Close()
-	cmd := exec.Command("/proc/self/exe", "--root", s.runcRoot(), "exec", "--detach", "--tty",
+	cmd := exec.Command(selfExe, "--root", s.runcRoot(), "exec", "--detach", "--tty",
 		"--console-socket", sock, "--pid-file", pidFile, "--process", procFile, id)
 	cmd.Env = append(os.Environ(), ExecShimEnv+"="+s.runtime, envExecShimPidFile+"="+pidFile)
 	if _, ok := os.LookupEnv("GORACE"); !ok {

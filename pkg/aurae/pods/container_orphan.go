@@ -110,11 +110,7 @@ func removeContainerCgroup(ctx context.Context, path string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	dirs := []string{filepath.Join(cgroup.Root, path)}
-	if !cgroup.Unified() {
-		dirs, _ = filepath.Glob(filepath.Join(cgroup.Root, "*", path))
-	}
-	for _, dir := range dirs {
+	for _, dir := range cgroup.AllDirs(path) {
 		for {
 			b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
 			if err != nil {

@@ -29,6 +29,8 @@ const (
 	HolderEnv = holder.Env
 	// holderTimeout bounds the wait for a holder to be ready.
 	holderTimeout = 10 * time.Second
+	// selfExe is this process's binary, re-executed in a role (roles.Run).
+	selfExe = "/proc/self/exe"
 )
 
 // RunHolder is the pod namespace holder role (holder.Run); only roles.Run
@@ -41,7 +43,7 @@ func RunHolder() { holder.Run() }
 // (/proc/self/exe needs no traversal).
 func holderPath(user bool) string {
 	if user {
-		return "/proc/self/exe"
+		return selfExe
 	}
 	return holderBinary()
 }
@@ -50,18 +52,17 @@ func holderPath(user bool) string {
 // process's binary when it is a regular file owned by root that only root
 // can write, else this binary.
 var holderBinary = sync.OnceValue(func() string {
-	const self = "/proc/self/exe"
 	exe, err := os.Executable()
 	if err != nil {
-		return self
+		return selfExe
 	}
 	if exe, err = filepath.EvalSymlinks(exe); err != nil {
-		return self
+		return selfExe
 	}
 	p := filepath.Join(filepath.Dir(exe), holder.BinaryName)
 	var st unix.Stat_t
 	if err := unix.Lstat(p, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Uid != 0 || st.Mode&0o022 != 0 || st.Mode&0o100 == 0 {
-		return self
+		return selfExe
 	}
 	return p
 })

@@ -157,7 +157,7 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 		return nil, err
 	}
 	logConmon(ctx, cfg.Logger, conmonConfigured, cm)
-	if hb := holderBinary(); hb == "/proc/self/exe" {
+	if hb := holderBinary(); hb == selfExe {
 		cfg.Logger.InfoContext(ctx, "pod namespace holder", "path", hb, "reason", holder.BinaryName+" is not installed beside this binary, root-owned and only root-writable")
 	} else {
 		cfg.Logger.InfoContext(ctx, "pod namespace holder", "path", hb)

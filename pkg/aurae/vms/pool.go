@@ -193,9 +193,7 @@ func (s *Service) startPooled(ctx context.Context, key string, base hypervisor.V
 	pv := &pooled{name: name, dir: s.vmDir(name), uid: uid, cgroup: s.poolCgroupOf(name)}
 	defer func() {
 		if retErr != nil {
-			_ = os.RemoveAll(pv.dir)
-			removePoolCgroup(pv.cgroup)
-			s.releaseUser(uid)
+			s.removePooled(pv)
 		}
 	}()
 	if err := os.RemoveAll(pv.dir); err != nil {
@@ -221,9 +219,7 @@ func (s *Service) startPooled(ctx context.Context, key string, base hypervisor.V
 	}
 	c, err := dialRestoredGuest(ctx, pv.dir)
 	if err != nil {
-		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-		defer cancel()
-		return nil, errors.Join(err, s.hv.Kill(kctx, proc))
+		return nil, errors.Join(err, s.killHypervisor(ctx, proc))
 	}
 	_ = c.Close()
 	pv.proc = proc
@@ -239,17 +235,10 @@ func (s *Service) takePooled(ctx context.Context, v *vm, cfg hypervisor.VMConfig
 		return nil, errors.New("the hypervisor cannot attach devices to a running vm")
 	}
 	p := *pv.proc
-	kill := func() error {
-		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-		defer cancel()
-		return s.hv.Kill(kctx, &p)
-	}
 	defer func() {
 		if retErr != nil {
-			retErr = errors.Join(retErr, kill())
-			_ = os.RemoveAll(pv.dir)
-			removePoolCgroup(pv.cgroup)
-			s.releaseUser(pv.uid)
+			retErr = errors.Join(retErr, s.killHypervisor(ctx, &p))
+			s.removePooled(pv)
 		}
 	}()
 	// One rename exchanges the two dirs: QEMU's descriptor of its dir
@@ -293,10 +282,16 @@ func (s *Service) discardPooled(ctx context.Context, pv *pooled, why string) {
 	if err := s.hv.Kill(kctx, pv.proc); err != nil {
 		s.log.Warn("vm pool: kill a pooled vm", "pooled", pv.name, "pid", pv.proc.Pid, "error", err)
 	}
+	s.removePooled(pv)
+	s.log.Info("vm pool: vm discarded", "pooled", pv.name, "reason", why)
+}
+
+// removePooled removes a pooled VM's dir and cgroup and gives back its
+// user, once its hypervisor is dead (or, after a take, v's).
+func (s *Service) removePooled(pv *pooled) {
 	_ = os.RemoveAll(pv.dir)
 	removePoolCgroup(pv.cgroup)
 	s.releaseUser(pv.uid)
-	s.log.Info("vm pool: vm discarded", "pooled", pv.name, "reason", why)
 }
 
 // closePool closes the pool: no filler starts after it (poolWant adds to
@@ -331,7 +326,7 @@ func (s *Service) cleanupPool(ctx context.Context) {
 		s.log.Info("vm pool: removed a pooled vm left by an earlier auraed", "pooled", e.Name())
 	}
 	if s.cfg.CgroupRoot != "" {
-		for _, d := range cgroupDirs(strings.Trim(s.cfg.CgroupRoot, "/") + "/" + poolCgroup) {
+		for _, d := range cgroup.AllDirs(strings.Trim(s.cfg.CgroupRoot, "/") + "/" + poolCgroup) {
 			subs, _ := os.ReadDir(d)
 			for _, sub := range subs {
 				if sub.IsDir() {
@@ -360,13 +355,4 @@ func removePoolCgroup(path string) {
 	if cg, err := cgroup.Load(path); err == nil {
 		_ = cg.Delete()
 	}
-}
-
-// cgroupDirs are the directories of a cgroup path in every hierarchy.
-func cgroupDirs(path string) []string {
-	if cgroup.Unified() {
-		return []string{filepath.Join(cgroup.Root, path)}
-	}
-	ds, _ := filepath.Glob(filepath.Join(cgroup.Root, "*", path))
-	return ds
 }

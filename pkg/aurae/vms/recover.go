@@ -76,11 +76,9 @@ func (s *Service) adopt(ctx context.Context, v *vm, st vmStatus) *hypervisor.Pro
 		return p
 	case p != nil && errors.Is(err, errdefs.ErrUnavailable):
 		s.log.Warn("vm's hypervisor runs but does not answer; killing it", "vm", v.id, "pid", st.Pid, "error", err)
-		kctx, kcancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-		if kerr := s.hv.Kill(kctx, p); kerr != nil {
+		if kerr := s.killHypervisor(ctx, p); kerr != nil {
 			s.log.Warn("kill unresponsive hypervisor", "vm", v.id, "pid", st.Pid, "error", kerr)
 		}
-		kcancel()
 		return nil
 	default:
 		s.log.Info("vm's hypervisor is gone; marking it stopped", "vm", v.id, "pid", st.Pid, "error", err)

@@ -152,6 +152,14 @@ func (s *Service) summary(v *vm) *vmsv0.VmSummary {
 
 func auraedAddress(dir string) string { return "unix://" + hypervisor.AuraeSocket(dir) }
 
+// killHypervisor kills p, bounded by a time of its own even when ctx has
+// ended (a failed or cancelled start must not leave it running).
+func (s *Service) killHypervisor(ctx context.Context, p *hypervisor.Proc) error {
+	kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+	defer cancel()
+	return s.hv.Kill(kctx, p)
+}
+
 // bounded is ctx with a deadline of d when it has none.
 func bounded(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
 	if _, ok := ctx.Deadline(); ok {
@@ -173,10 +181,7 @@ func (s *Service) hypervisorUser(v *vm) (uint32, error) {
 	if err != nil {
 		return 0, err
 	}
-	v.mu.Lock()
-	st := v.st
-	v.mu.Unlock()
-	s.persist(v, st)
+	s.setUser(v, uid)
 	return uid, nil
 }
 
@@ -231,7 +236,8 @@ func (s *Service) releaseUser(uid uint32) {
 	s.pool.mu.Unlock()
 }
 
-// setUser gives v the user of the pooled VM it took.
+// setUser records uid as v's hypervisor user, and releases it from the
+// pool if it was a pooled VM's (the one v took).
 func (s *Service) setUser(v *vm, uid uint32) {
 	v.mu.Lock()
 	v.st.UID = uid

@@ -92,12 +92,10 @@ func (s *Service) startClone(ctx context.Context, v *vm, cfg hypervisor.VMConfig
 		return nil, err
 	}
 	if err := s.configureGuest(ctx, v, plan, len(cfg.NICs)+len(cfg.Shares) > 0, len(cfg.NICs)); err != nil {
-		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-		defer cancel()
 		if errdefs.IsNotImplemented(err) { // the client maps Unimplemented to it
 			s.tpl.markUnfit(key, "the guest image has no GuestService: rebuild it (make vm-image)")
 		}
-		if kerr := s.hv.Kill(kctx, p); kerr != nil {
+		if kerr := s.killHypervisor(ctx, p); kerr != nil {
 			err = errors.Join(err, kerr)
 		}
 		return nil, fmt.Errorf("configure the guest restored from template %s: %w", key, err)
