@@ -54,7 +54,7 @@ func TestArgsTCG(t *testing.T) {
 			t.Errorf("command line lacks %q:\n%s", want, line)
 		}
 	}
-	if got := argAfter(args, "-append"); len(got) != 1 || got[0] != "quiet console=ttyS0 panic=-1" {
+	if got := argAfter(args, "-append"); len(got) != 1 || got[0] != "quiet aurae.tcg=1 console=ttyS0 panic=-1" {
 		t.Errorf("-append = %q", got)
 	}
 	if slices.Contains(args, "-nographic") || slices.Contains(args, "-daemonize") {
@@ -82,7 +82,7 @@ func TestArgsRootImage(t *testing.T) {
 	if strings.Contains(line, "-initrd") {
 		t.Errorf("-initrd beside a root image: %s", line)
 	}
-	if got := argAfter(args, "-append"); len(got) != 1 || got[0] != "root=/dev/pmem0 rootfstype=ext4 rootflags=dax=always ro init=/init quiet console=ttyS0 panic=-1" {
+	if got := argAfter(args, "-append"); len(got) != 1 || got[0] != "root=/dev/pmem0 rootfstype=ext4 rootflags=dax=always ro init=/init quiet aurae.tcg=1 console=ttyS0 panic=-1" {
 		t.Errorf("-append = %q", got)
 	}
 	if l := layoutFor(cfg); l.rootImage != 5 || l.initrd != 0 {
@@ -103,7 +103,7 @@ func TestArgsKVM(t *testing.T) {
 		t.Errorf("-initrd without an initrd: %s", line)
 	}
 	if got := argAfter(args, "-append"); got[0] != "console=hvc0 panic=5" {
-		t.Errorf("-append = %q, want the user's console and panic kept", got)
+		t.Errorf("-append = %q, want the user's console and panic kept, and no %s under KVM", got, TCGKernelArg)
 	}
 }
 

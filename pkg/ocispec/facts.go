@@ -66,6 +66,12 @@ type PodFacts struct {
 	// means the same paths. A host path missing from a non-nil map is an
 	// error: the controller did not share it.
 	MountSources map[string]string
+	// DefaultPersonality sets linux.personality to Linux's default
+	// (domain LINUX, no flags): the runtime that starts the container may
+	// itself run without address space randomization (a TCG guest's, see
+	// hypervisor.TCGKernelArg), which the container's processes must not
+	// inherit.
+	DefaultPersonality bool
 }
 
 // cgroupsPath is the container's linux.cgroupsPath.

@@ -131,6 +131,10 @@ func Generate(in Input) (*specs.Spec, error) {
 		},
 	}
 
+	if in.Pod.DefaultPersonality {
+		s.Linux.Personality = &specs.LinuxPersonality{Domain: specs.PerLinux}
+	}
+
 	ns, err := namespaces(in)
 	if err != nil {
 		return nil, err

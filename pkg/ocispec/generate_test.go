@@ -175,6 +175,21 @@ func TestGenerateOCIVersion(t *testing.T) {
 	}
 }
 
+// TestGeneratePersonality: linux.personality is set to Linux's default
+// only when the pod's facts ask (a VM guest's runtime may run without
+// address space randomization, which the container must not inherit).
+func TestGeneratePersonality(t *testing.T) {
+	if p := mustGenerate(t, testInput()).Linux.Personality; p != nil {
+		t.Errorf("personality %+v without DefaultPersonality", p)
+	}
+	in := testInput()
+	in.Pod.DefaultPersonality = true
+	p := mustGenerate(t, in).Linux.Personality
+	if p == nil || p.Domain != specs.PerLinux || len(p.Flags) != 0 {
+		t.Errorf("personality %+v, want domain LINUX and no flags", p)
+	}
+}
+
 func TestGenerateWithoutSandboxConfig(t *testing.T) {
 	in := testInput()
 	in.Sandbox = nil

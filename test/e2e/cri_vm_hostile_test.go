@@ -129,6 +129,24 @@ chmod 0755 s && echo done`
 		t.Errorf("the guest made privileged files or wrote a read-only volume:\n%s\nstderr: %s", got, stderr)
 	}
 
+	// Under TCG the guest's runtime (conmon here) runs without address
+	// space randomization, so that QEMU reuses its translated code
+	// (hypervisor.TCGKernelArg); the container's own processes, this
+	// exec's included, have Linux's default personality (ASLR).
+	out, _, err = c.Runtime.ExecSync(ctx, attacker, []string{"sh", "-c",
+		`cat /proc/self/personality; for d in /proc/[0-9]*; do [ "$(cat $d/comm 2>/dev/null)" = conmon ] && cat $d/personality; done; true`}, 60*time.Second)
+	if err != nil {
+		t.Fatalf("personalities: %v", err)
+	}
+	lines := strings.Fields(string(out))
+	want := "00000000"
+	if qemuTCG(t, podID) {
+		want = "00040000" // ADDR_NO_RANDOMIZE
+	}
+	if len(lines) < 2 || lines[0] != "00000000" || slices.ContainsFunc(lines[1:], func(l string) bool { return l != want }) {
+		t.Errorf("personalities: the exec's then the guest's conmons' %q, want 00000000 then %s", lines, want)
+	}
+
 	// The host starts containers with volumes while the attacker swaps
 	// their targets: each is made or refused, never mounted on the victim.
 	made, refused := 0, 0
@@ -222,6 +240,20 @@ chmod 0755 s && echo done`
 // checkVMProcesses: the pod's QEMU runs as a user of its own (not root)
 // in the pod's cgroup; its virtiofsd is in the pod's cgroup too, without
 // CAP_MKNOD, CAP_FSETID and CAP_SETFCAP, under a seccomp filter.
+// qemuTCG says whether the VM pod's QEMU runs under TCG.
+func qemuTCG(t *testing.T, podID string) bool {
+	t.Helper()
+	pids := qemuPids("aurae-vm-pod-" + podID[:16])
+	if len(pids) != 1 {
+		t.Fatalf("qemu of the vm pod: pids %v", pids)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pids[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Contains(string(b), "\x00tcg")
+}
+
 func checkVMProcesses(t *testing.T, podID string) {
 	t.Helper()
 	pids := qemuPids("aurae-vm-pod-" + podID[:16])

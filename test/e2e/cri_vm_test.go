@@ -150,11 +150,12 @@ func TestCRIVMPod(t *testing.T) {
 		t.Fatalf("qemu of the vm pod: pids %v", pids)
 	}
 
-	cfg := containerConfig("server", image, "sh", "-c", "uname -r; exec nc -ll -p 8080 -e echo pong")
+	cfg := containerConfig("server", image, "sh", "-c", "uname -r; cat /proc/self/personality; exec nc -ll -p 8080 -e echo pong")
 	srv := runContainer(t, c, vmPodID, vmPod, cfg)
 	cst := waitContainerState(t, c, srv, runtimeapi.ContainerState_CONTAINER_RUNNING)
 	ready := time.Since(t0)
-	line := waitLog(t, cst.GetLogPath(), 1)[0]
+	logLines := waitLog(t, cst.GetLogPath(), 2)
+	line := logLines[0]
 	m := criLogLine.FindStringSubmatch(line)
 	if m == nil || m[3] != "stdout" {
 		t.Fatalf("log line %q", line)
@@ -166,6 +167,16 @@ func TestCRIVMPod(t *testing.T) {
 	out, _, err := c.Runtime.ExecSync(ctx, srv, []string{"uname", "-r"}, 30*time.Second)
 	if err != nil || strings.TrimSpace(string(out)) != guestRelease {
 		t.Fatalf("exec uname -r: %q %v", out, err)
+	}
+	// The container's processes and an exec have Linux's default
+	// personality (ASLR), whatever the guest's runtime runs with (without
+	// ASLR under TCG, hypervisor.TCGKernelArg).
+	if m := criLogLine.FindStringSubmatch(logLines[1]); m == nil || strings.TrimSpace(m[5]) != "00000000" {
+		t.Errorf("the container's personality: log line %q, want 00000000", logLines[1])
+	}
+	out, _, err = c.Runtime.ExecSync(ctx, srv, []string{"cat", "/proc/self/personality"}, 30*time.Second)
+	if err != nil || strings.TrimSpace(string(out)) != "00000000" {
+		t.Errorf("an exec's personality: %q %v, want 00000000", out, err)
 	}
 	// Exec through the streaming server, with stdin, then on a terminal.
 	resp, err := c.Runtime.Exec(ctx, &runtimeapi.ExecRequest{

@@ -46,6 +46,10 @@ type Config struct {
 	// VirtioFS are the virtio-fs shares the init mounts before the serving
 	// auraed starts: aurae.virtiofs=<tag>:<absolute path>, repeatable.
 	VirtioFS []VirtioFSMount
+	// TCG: aurae.tcg=1, the guest runs under QEMU's TCG: the serving
+	// auraed and what it starts run without address space randomization
+	// (see RunInit).
+	TCG bool
 }
 
 // VirtioFSMount is a virtio-fs share (its tag) and where the guest mounts it.
@@ -98,6 +102,8 @@ func ParseCmdline(cmdline string) Config {
 			if ok && tag != "" && !strings.ContainsAny(tag, "/:") && path.IsAbs(dir) && path.Clean(dir) == dir && dir != "/" {
 				c.VirtioFS = append(c.VirtioFS, VirtioFSMount{Tag: tag, Path: dir})
 			}
+		case "aurae.tcg":
+			c.TCG = v == "1"
 		case "aurae.log_level":
 			var l slog.Level
 			if l.UnmarshalText([]byte(v)) == nil {
@@ -109,6 +115,6 @@ func ParseCmdline(cmdline string) Config {
 }
 
 func (c Config) String() string {
-	return fmt.Sprintf("hostname=%s transport=%s port=%s vsock_port=%d log_level=%s virtiofs=%v",
-		c.Hostname, c.Transport, c.Port, c.VsockPort, c.LogLevel, c.VirtioFS)
+	return fmt.Sprintf("hostname=%s transport=%s port=%s vsock_port=%d log_level=%s virtiofs=%v tcg=%t",
+		c.Hostname, c.Transport, c.Port, c.VsockPort, c.LogLevel, c.VirtioFS, c.TCG)
 }

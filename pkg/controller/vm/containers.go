@@ -91,6 +91,10 @@ func (c *Controller) PrepareContainer(ctx context.Context, podID string, files c
 		return ocispec.PodFacts{}, fmt.Errorf("guest pod: %w", err)
 	}
 	facts.MountSources = sources
+	// The guest's runtime may run without address space randomization
+	// (under TCG, hypervisor.TCGKernelArg): the container's processes get
+	// Linux's default personality back.
+	facts.DefaultPersonality = true
 	c.mu.Lock()
 	c.ctrs[files.ID] = podID
 	c.mu.Unlock()
