@@ -185,7 +185,8 @@ func (q *QEMU) args(cfg VMConfig, a Accel) []string {
 		args = append(args, "-initrd", fdPath(l.initrd))
 	}
 	if a == AccelTCG {
-		kargs = append(kargs, TCGKernelArg)
+		// A copy: kargs may be cfg.KernelArgs itself.
+		kargs = append(append([]string{}, kargs...), TCGKernelArg)
 	}
 	args = append(args, "-append", kernelCmdline(kargs))
 	args = append(args,
