@@ -37,14 +37,8 @@ func waitExitOrClose(pidfd, closing int) bool {
 // their processes.
 func removeCgroupTree(path string) error {
 	var errs []error
-	roots := []string{cgroup.Root}
-	if entries, err := os.ReadDir(cgroup.Root); err == nil && !cgroup.Unified() {
-		for _, e := range entries {
-			roots = append(roots, filepath.Join(cgroup.Root, e.Name()))
-		}
-	}
-	for _, r := range roots {
-		if err := rmdirTree(filepath.Join(r, path)); err != nil {
+	for _, d := range cgroup.AllDirs(path) {
+		if err := rmdirTree(d); err != nil {
 			errs = append(errs, err)
 		}
 	}

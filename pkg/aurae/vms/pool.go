@@ -277,9 +277,7 @@ func (s *Service) discardLater(pv *pooled, why string) {
 
 // discardPooled kills a pooled VM and removes its dir and cgroup.
 func (s *Service) discardPooled(ctx context.Context, pv *pooled, why string) {
-	kctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	if err := s.hv.Kill(kctx, pv.proc); err != nil {
+	if err := s.killHypervisor(ctx, pv.proc); err != nil {
 		s.log.Warn("vm pool: kill a pooled vm", "pooled", pv.name, "pid", pv.proc.Pid, "error", err)
 	}
 	s.removePooled(pv)
