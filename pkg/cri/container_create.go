@@ -141,7 +141,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	// container completes it.
 	rootfs := r.rootfsDir(id)
 	intent := sandbox.Intent{Kind: sandbox.IntentContainer, ID: id, PodID: sb.ID, Name: name, RuntimeHandler: sb.RuntimeHandler,
-		CreatedAt: time.Now(), Rootfs: true, Snapshot: image.RootfsKey(id), Lease: image.RootfsLease(id), RootfsDir: rootfs,
+		CreatedAt: time.Now(), Rootfs: true, Snapshot: image.RootfsKey(id), RootfsDir: rootfs,
 		ImageVolumes: volumeKeys(vols)}
 	if err := r.store.PutIntent(intent); err != nil {
 		return nil, err

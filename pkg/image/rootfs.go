@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"strings"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/mount"
@@ -26,21 +28,29 @@ type Mount struct {
 // RootfsKey is the snapshot key of a container's rootfs.
 func RootfsKey(containerID string) string { return "aurae-cri/rootfs/" + containerID }
 
-// RootfsLease is the id of the lease that holds a container's rootfs
-// snapshot (and, through it, the image layers under it) until RemoveRootfs.
-// Lease ids are at most 76 characters, so the container id is hashed; the
-// lease's labels name the container.
+// RootfsLease is the id of the lease that held a container's rootfs
+// snapshot before snapshots were made GC roots (see PrepareRootfs): such
+// leases are moved onto their snapshots when the service starts
+// (migrateRootfsLeases). Lease ids are at most 76 characters, so the
+// container id is hashed; the lease's labels name the container.
 func RootfsLease(containerID string) string {
 	sum := sha256.Sum256([]byte(containerID))
-	return "aurae-cri.rootfs." + hex.EncodeToString(sum[:20])
+	return rootfsLeasePrefix + hex.EncodeToString(sum[:20])
 }
 
+const rootfsLeasePrefix = "aurae-cri.rootfs."
+
+// labelGCRoot marks a containerd object that its garbage collector keeps,
+// with what it references (a snapshot's parents: the image's layers).
+const labelGCRoot = "containerd.io/gc.root"
+
 // PrepareRootfs makes the writable rootfs snapshot of a container on top of
-// the image's layers and returns its mounts. The snapshot is held by a lease
-// named after the container, so containerd's garbage collector keeps it (and
-// the image layers under it, even if the image is removed) until
-// RemoveRootfs. Calling it again for the same container and image returns
-// the same mounts.
+// the image's layers and returns its mounts. The snapshot is a root of
+// containerd's garbage collector (labelGCRoot, set as it is made), so it
+// and the image layers under it stay, even if the image is removed, until
+// RemoveRootfs: one record to write and one to remove, where a lease
+// holding it cost a second of each. Calling it again for the same
+// container and image returns the same mounts.
 func (s *Service) PrepareRootfs(ctx context.Context, containerID, imageRef string) (_ []Mount, retErr error) {
 	if err := identifiers.Validate(containerID); err != nil {
 		return nil, fmt.Errorf("prepare rootfs: container id %q: %w", containerID, err)
@@ -53,25 +63,21 @@ func (s *Service) PrepareRootfs(ctx context.Context, containerID, imageRef strin
 	if err != nil {
 		return nil, fmt.Errorf("prepare rootfs of %q: %w", containerID, err)
 	}
-	if err := s.ensureUnpacked(ctx, img); err != nil {
-		return nil, fmt.Errorf("prepare rootfs of %q: %w", containerID, err)
+	labels := map[string]string{
+		LabelContainerID: containerID,
+		labelGCRoot:      time.Now().UTC().Format(time.RFC3339),
 	}
-
-	labels := map[string]string{LabelContainerID: containerID}
-	lease, undoLease, err := s.ensureLease(ctx, RootfsLease(containerID), labels)
-	if err != nil {
-		return nil, fmt.Errorf("prepare rootfs of %q: lease: %w", containerID, err)
-	}
-	defer func() {
-		if retErr != nil {
-			undoLease(log, "undo rootfs lease")
-		}
-	}()
-
 	sn := s.client.SnapshotService(s.snapshotter)
 	key := RootfsKey(containerID)
-	lctx := leases.WithLease(ctx, lease.ID)
-	mounts, err := sn.Prepare(lctx, key, img.ChainID, snapshots.WithLabels(labels))
+	mounts, err := sn.Prepare(ctx, key, img.ChainID, snapshots.WithLabels(labels))
+	if errdefs.IsNotFound(err) {
+		// The image's layers are not unpacked (an image pulled by another
+		// client, or whose snapshots were collected): unpack, then again.
+		if err := s.ensureUnpacked(ctx, img); err != nil {
+			return nil, fmt.Errorf("prepare rootfs of %q: %w", containerID, err)
+		}
+		mounts, err = sn.Prepare(ctx, key, img.ChainID, snapshots.WithLabels(labels))
+	}
 	if errdefs.IsAlreadyExists(err) {
 		// A retry: the same container on the same image gets its snapshot back.
 		info, serr := sn.Stat(ctx, key)
@@ -90,14 +96,16 @@ func (s *Service) PrepareRootfs(ctx context.Context, containerID, imageRef strin
 	return fromContainerdMounts(mounts), nil
 }
 
-// RemoveRootfs removes a container's rootfs snapshot and its lease. The
-// rootfs must no longer be mounted. Removing an absent rootfs succeeds.
-// Both records are gone when it returns; their files (the snapshot's
-// directory, and the layers of a removed image only the lease kept) go
-// with containerd's next garbage collection, which its scheduler runs soon
-// after a deletion (and at its start), as when containerd's CRI plugin
-// removes a container: a synchronous collection per removal costs every
-// removal a walk of all containerd's records, one after the other.
+// RemoveRootfs removes a container's rootfs snapshot (and the lease that
+// held it, for a container made before snapshots were GC roots whose
+// lease could not be moved at the start). The rootfs must no longer be
+// mounted. Removing an absent rootfs succeeds. The record is gone when it
+// returns; its files (the snapshot's directory, and the layers of a
+// removed image only it kept) go with containerd's next garbage
+// collection, which its scheduler runs soon after a deletion (and at its
+// start), as when containerd's CRI plugin removes a container: a
+// synchronous collection per removal costs every removal a walk of all
+// containerd's records, one after the other.
 func (s *Service) RemoveRootfs(ctx context.Context, containerID string) error {
 	if containerID == "" {
 		return fmt.Errorf("remove rootfs: empty container id: %w", errdefs.ErrInvalidArgument)
@@ -108,12 +116,54 @@ func (s *Service) RemoveRootfs(ctx context.Context, containerID string) error {
 	if err := s.client.SnapshotService(s.snapshotter).Remove(ctx, key); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("remove rootfs of %q: snapshot: %w", containerID, err)
 	}
-	err := s.client.LeasesService().Delete(ctx, leases.Lease{ID: RootfsLease(containerID)})
-	if err != nil && !errdefs.IsNotFound(err) {
-		return fmt.Errorf("remove rootfs of %q: lease: %w", containerID, err)
+	s.leasesMu.Lock()
+	_, leased := s.leasedRootfs[containerID]
+	s.leasesMu.Unlock()
+	if leased {
+		err := s.client.LeasesService().Delete(ctx, leases.Lease{ID: RootfsLease(containerID)})
+		if err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("remove rootfs of %q: lease: %w", containerID, err)
+		}
+		s.leasesMu.Lock()
+		delete(s.leasedRootfs, containerID)
+		s.leasesMu.Unlock()
 	}
 	s.logger.InfoContext(ctx, "removed rootfs", "container", containerID, "snapshot", key)
 	return nil
+}
+
+// migrateRootfsLeases moves the rootfs leases of containers made before
+// snapshots were GC roots onto their snapshots: the snapshot is labelled a
+// root, then the lease goes. A lease whose container has no snapshot left
+// holds nothing and goes. A lease that cannot be moved stays, and
+// RemoveRootfs deletes it with its snapshot.
+func (s *Service) migrateRootfsLeases(ctx context.Context) {
+	ls, err := s.client.LeasesService().List(ctx)
+	if err != nil {
+		s.logger.WarnContext(ctx, "list leases: rootfs leases of earlier versions not moved", "error", err)
+		return
+	}
+	sn := s.client.SnapshotService(s.snapshotter)
+	for _, l := range ls {
+		id := l.Labels[LabelContainerID]
+		if !strings.HasPrefix(l.ID, rootfsLeasePrefix) || id == "" || l.ID != RootfsLease(id) {
+			continue
+		}
+		_, err := sn.Update(ctx, snapshots.Info{Name: RootfsKey(id), Labels: map[string]string{
+			labelGCRoot: time.Now().UTC().Format(time.RFC3339),
+		}}, "labels."+labelGCRoot)
+		if err == nil || errdefs.IsNotFound(err) {
+			err = s.client.LeasesService().Delete(ctx, l)
+		}
+		if err != nil && !errdefs.IsNotFound(err) {
+			s.logger.WarnContext(ctx, "rootfs lease of an earlier version not moved onto its snapshot: removed with it", "container", id, "lease", l.ID, "error", err)
+			s.leasesMu.Lock()
+			s.leasedRootfs[id] = struct{}{}
+			s.leasesMu.Unlock()
+			continue
+		}
+		s.logger.InfoContext(ctx, "moved the rootfs lease of an earlier version onto its snapshot", "container", id, "lease", l.ID)
+	}
 }
 
 // RootfsMounts returns the mounts of a container's existing rootfs snapshot

@@ -111,6 +111,11 @@ type Service struct {
 	idx       *index
 	stopWatch context.CancelFunc
 	watchDone chan struct{}
+
+	// leasesMu guards leasedRootfs: the containers whose rootfs is still
+	// held by a lease of an earlier version (migrateRootfsLeases).
+	leasesMu     sync.Mutex
+	leasedRootfs map[string]struct{}
 }
 
 var _ runtimeapi.ImageServiceServer = (*Service)(nil)
@@ -119,19 +124,20 @@ var _ runtimeapi.ImageServiceServer = (*Service)(nil)
 // snapshotter.
 func New(ctx context.Context, opts Options) (*Service, error) {
 	s := &Service{
-		client:      opts.Client,
-		namespace:   opts.Namespace,
-		snapshotter: opts.Snapshotter,
-		hostsDir:    opts.RegistryConfigDir,
-		pullTO:      opts.PullTimeout,
-		callTO:      opts.CallTimeout,
-		logger:      opts.Logger,
-		metrics:     opts.Metrics,
-		platform:    platforms.Default(),
-		meta:        map[string]imageMeta{},
-		usage:       map[string]snapshotUsage{},
-		idx:         newIndex(),
-		watchDone:   make(chan struct{}),
+		client:       opts.Client,
+		namespace:    opts.Namespace,
+		snapshotter:  opts.Snapshotter,
+		hostsDir:     opts.RegistryConfigDir,
+		pullTO:       opts.PullTimeout,
+		callTO:       opts.CallTimeout,
+		logger:       opts.Logger,
+		metrics:      opts.Metrics,
+		platform:     platforms.Default(),
+		meta:         map[string]imageMeta{},
+		usage:        map[string]snapshotUsage{},
+		idx:          newIndex(),
+		watchDone:    make(chan struct{}),
+		leasedRootfs: map[string]struct{}{},
 	}
 	if s.namespace == "" {
 		s.namespace = DefaultNamespace
@@ -171,6 +177,7 @@ func New(ctx context.Context, opts Options) (*Service, error) {
 		return nil, err
 	}
 	s.snapshotRoot = root
+	s.migrateRootfsLeases(s.withNamespace(ctx))
 	// The watcher outlives New's ctx: it ends with Close.
 	wctx, stop := context.WithCancel(s.withNamespace(context.WithoutCancel(ctx)))
 	s.stopWatch = stop

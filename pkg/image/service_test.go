@@ -514,3 +514,60 @@ func snapshotCount(t *testing.T, e *env) int {
 	}
 	return n
 }
+
+// TestRootfsLeaseMigration: a rootfs made by an earlier version, held by
+// a lease, is a GC root of its own once a service starts: the lease is
+// gone, a garbage collection after its image's removal keeps the rootfs,
+// and RemoveRootfs removes it.
+func TestRootfsLeaseMigration(t *testing.T) {
+	e := newEnv(t, "")
+	ref := e.reg.Push(t, "test/migrate:1", testimage.MustBusybox(t, testimage.Options{Env: []string{"MIGRATE=1"}}))
+	e.pull(t, ref, nil)
+	img, err := e.svc.Resolve(ctxT(t), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := containerd.New(e.proc.Address())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	ctx := namespaces.WithNamespace(ctxT(t), e.svc.Namespace())
+	const cid = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
+	labels := map[string]string{image.LabelContainerID: cid}
+	l, err := c.LeasesService().Create(ctx, leases.WithID(image.RootfsLease(cid)), leases.WithLabels(labels))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn := c.SnapshotService(e.svc.Snapshotter())
+	if _, err := sn.Prepare(leases.WithLease(ctx, l.ID), image.RootfsKey(cid), img.ChainID, snapshots.WithLabels(labels)); err != nil {
+		t.Fatal(err)
+	}
+
+	svc, err := image.New(context.Background(), image.Options{Address: e.proc.Address(), CallTimeout: 30 * time.Second, Logger: testimage.Logger(t)})
+	if err != nil {
+		t.Fatalf("image.New: %v", err)
+	}
+	defer func() { _ = svc.Close() }()
+	if ls, err := c.LeasesService().List(ctx, "id=="+l.ID); err != nil || len(ls) != 0 {
+		t.Fatalf("rootfs leases after the start: %v (%v), want none", ls, err)
+	}
+	info, err := sn.Stat(ctx, image.RootfsKey(cid))
+	if err != nil {
+		t.Fatalf("rootfs snapshot after the start: %v", err)
+	}
+	if _, ok := info.Labels["containerd.io/gc.root"]; !ok {
+		t.Fatalf("rootfs snapshot labels %v: not a GC root", info.Labels)
+	}
+	e.remove(t, ref) // collects garbage
+	if _, err := sn.Stat(ctx, image.RootfsKey(cid)); err != nil {
+		t.Fatalf("rootfs snapshot after its image's removal: %v", err)
+	}
+	if err := svc.RemoveRootfs(ctxT(t), cid); err != nil {
+		t.Fatalf("RemoveRootfs: %v", err)
+	}
+	collectGarbage(t, e)
+	if n := snapshotCount(t, e); n != 0 {
+		t.Errorf("%d snapshots left after removing the image and the rootfs", n)
+	}
+}

@@ -57,8 +57,9 @@ type Intent struct {
 	NetNSPath string                       `json:"netns_path,omitempty"`
 	Config    *runtimeapi.PodSandboxConfig `json:"-"`
 
-	// Rootfs: the container's rootfs snapshot (Snapshot, held by Lease)
-	// may have been prepared and mounted at RootfsDir.
+	// Rootfs: the container's rootfs snapshot (Snapshot) may have been
+	// prepared and mounted at RootfsDir. Lease is the lease that held the
+	// snapshot in intents of earlier versions (now a GC root of its own).
 	Rootfs    bool   `json:"rootfs,omitempty"`
 	Snapshot  string `json:"snapshot,omitempty"`
 	Lease     string `json:"lease,omitempty"`

@@ -122,13 +122,16 @@ func TestLegacyRunCell(t *testing.T) {
 			t.Errorf("rootfs %s mounted: %v, want %v", rootfs, got, want)
 		}
 		nctx := namespaces.WithNamespace(ctx, daemon.ImageNamespace)
-		_, err := ctrd.SnapshotService(image.DefaultSnapshotter).Stat(nctx, image.RootfsKey("cell1.app"))
+		info, err := ctrd.SnapshotService(image.DefaultSnapshotter).Stat(nctx, image.RootfsKey("cell1.app"))
 		if got := err == nil; got != want || (err != nil && !errdefs.IsNotFound(err)) {
 			t.Errorf("rootfs snapshot exists: %v (%v), want %v", got, err, want)
 		}
+		if _, root := info.Labels["containerd.io/gc.root"]; err == nil && !root {
+			t.Errorf("rootfs snapshot labels %v: not a root of containerd's garbage collection", info.Labels)
+		}
 		ls, err := ctrd.LeasesService().List(nctx, "id=="+image.RootfsLease("cell1.app"))
-		if err != nil || (len(ls) == 1) != want {
-			t.Errorf("rootfs leases %v (%v), want one: %v", ls, err, want)
+		if err != nil || len(ls) != 0 {
+			t.Errorf("rootfs leases %v (%v), want none: the snapshot is a GC root", ls, err)
 		}
 	}
 	checkCellHolds(true)
