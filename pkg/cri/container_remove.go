@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -21,13 +22,18 @@ func (r *Runtime) RemoveContainer(ctx context.Context, req *runtimeapi.RemoveCon
 	if err := r.checkReady(); err != nil {
 		return nil, err
 	}
-	if err := r.removeContainer(ctx, req.GetContainerId()); err != nil {
+	if err := r.removeContainer(ctx, req.GetContainerId(), true); err != nil {
 		return nil, err
 	}
 	return &runtimeapi.RemoveContainerResponse{}, nil
 }
 
-func (r *Runtime) removeContainer(ctx context.Context, id string) (retErr error) {
+// removeContainer removes container id. With lazy, its record goes from
+// the store's memory at once and from its file off this call's path
+// (sandbox.Store.DeleteRemovedContainer): the REMOVING mark, on disk
+// before anything was removed, makes recovery finish a removal whose
+// deletion was lost.
+func (r *Runtime) removeContainer(ctx context.Context, id string, lazy bool) (retErr error) {
 	steps := timing.Start()
 	if err := r.stopContainer(ctx, id, 0); err != nil {
 		return err
@@ -81,20 +87,27 @@ func (r *Runtime) removeContainer(ctx context.Context, id string) (retErr error)
 	}
 	if rootfsFreeAtExit(ctrl) {
 		// The runtime is done with the rootfs (unmounted at the exit,
-		// unless that failed): the container and its snapshot go at once.
-		if err := unmountRootfs(r.rootfsDir(c.ID)); err != nil {
+		// unless that failed): the container, its snapshot and the
+		// rootfs dirs go at once.
+		dir := r.rootfsDir(c.ID)
+		if _, err := unmountAll(dir); err != nil {
 			return err
 		}
 		steps.Done("unmount")
-		var ctrErr error
-		done := make(chan struct{})
+		var ctrErr, dirErr error
+		var wg sync.WaitGroup
+		wg.Add(2)
 		go func() {
-			defer close(done)
+			defer wg.Done()
 			ctrErr = removeCtr()
 		}()
+		go func() {
+			defer wg.Done()
+			dirErr = removeRootfsDirs(dir)
+		}()
 		rootfsErr := removeRootfs()
-		<-done
-		if err := errors.Join(ctrErr, rootfsErr); err != nil {
+		wg.Wait()
+		if err := errors.Join(ctrErr, rootfsErr, dirErr); err != nil {
 			return err
 		}
 		steps.Done("controller_remove_and_rootfs")
@@ -120,7 +133,11 @@ func (r *Runtime) removeContainer(ctx context.Context, id string) (retErr error)
 		return fmt.Errorf("remove container %s: release its image volumes: %w", c.ID, errdefs.ErrUnavailable)
 	}
 	steps.Done("image_volumes")
-	if err := r.store.DeleteContainer(c.ID); err != nil {
+	del := r.store.DeleteContainer
+	if lazy {
+		del = r.store.DeleteRemovedContainer
+	}
+	if err := del(c.ID); err != nil {
 		return err
 	}
 	steps.Done("delete_record")

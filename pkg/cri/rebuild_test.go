@@ -314,6 +314,7 @@ func TestRebuildFromRecordsAfterUnreadableStateFile(t *testing.T) {
 	if left != 0 {
 		t.Errorf("%d pods and containers left in the controller", left)
 	}
+	f.store.Flush()
 	for _, kind := range []string{"pods", "containers"} {
 		if ents, _ := os.ReadDir(filepath.Join(f.dir, "records", kind)); len(ents) != 0 {
 			t.Errorf("records left in %s: %v", kind, ents)

@@ -152,6 +152,12 @@ func unmountRootfs(dir string) error {
 	if _, err := unmountAll(dir); err != nil {
 		return err
 	}
+	return removeRootfsDirs(dir)
+}
+
+// removeRootfsDirs removes an unmounted rootfs dir and the container dir
+// holding it.
+func removeRootfsDirs(dir string) error {
 	if err := os.RemoveAll(filepath.Dir(dir)); err != nil {
 		return fmt.Errorf("remove %s: %w", filepath.Dir(dir), err)
 	}

@@ -58,6 +58,10 @@ type Store struct {
 	intents    map[string]*Intent
 	// names maps a reserved name to the id holding it.
 	names map[string]string
+
+	// lazy counts the deletions DeleteRemovedContainer left to write;
+	// Close waits for them.
+	lazy sync.WaitGroup
 }
 
 var (
@@ -177,8 +181,15 @@ func openFile(path string, opts Options) (s *Store, err error) {
 	return s, nil
 }
 
-// Close closes the file.
-func (s *Store) Close() error { return s.db.Close() }
+// Close waits for the deletions still being written, then closes the
+// file.
+func (s *Store) Close() error {
+	s.Flush()
+	return s.db.Close()
+}
+
+// Flush waits for the deletions DeleteRemovedContainer left to write.
+func (s *Store) Flush() { s.lazy.Wait() }
 
 func (s *Store) load() error {
 	return s.db.Update(func(tx *bolt.Tx) error {
@@ -567,6 +578,11 @@ func (s *Store) DeleteSandbox(id string) error {
 // DeleteContainer forgets a container and releases its name.
 func (s *Store) DeleteContainer(id string) error {
 	defer s.change()()
+	return s.deleteContainer(id)
+}
+
+// deleteContainer is DeleteContainer, under wmu.
+func (s *Store) deleteContainer(id string) error {
 	c, ok := s.containers[id]
 	if !ok {
 		return nil
@@ -575,6 +591,40 @@ func (s *Store) DeleteContainer(id string) error {
 		return err
 	}
 	s.dropRecord(recordContainer, id)
+	s.apply(func() {
+		delete(s.containers, id)
+		if s.names[c.Name] == id {
+			delete(s.names, c.Name)
+		}
+	})
+	return nil
+}
+
+// DeleteRemovedContainer forgets a container whose removal is recorded
+// (Status.Removing) and done: it is gone from the maps (and its name free)
+// when it returns, and from the file and the on-disk records soon after,
+// off the caller's path (Close waits for that). A crash before leaves the
+// REMOVING record, whose removal recovery finishes again: every step of a
+// removal is done or tolerates being done. A container not marked
+// Removing is deleted as DeleteContainer does.
+func (s *Store) DeleteRemovedContainer(id string) error {
+	defer s.change()()
+	c, ok := s.containers[id]
+	if !ok {
+		return nil
+	}
+	if !c.Status.Removing {
+		return s.deleteContainer(id)
+	}
+	s.lazy.Add(1)
+	go func() {
+		defer s.lazy.Done()
+		if err := s.del(bucketContainers, id); err != nil {
+			slog.Warn("removed container's record left: its removal is finished at the next start", "container", id, "error", err)
+			return
+		}
+		s.dropRecord(recordContainer, id)
+	}()
 	s.apply(func() {
 		delete(s.containers, id)
 		if s.names[c.Name] == id {

@@ -189,3 +189,68 @@ func TestReadsDoNotWaitForAChange(t *testing.T) {
 		t.Fatalf("after the change: %v %v", got.Status.State, err)
 	}
 }
+
+// TestDeleteRemovedContainer: a container marked Removing is gone from
+// the store (and its name free) at once and from the disk once Close has
+// returned; one not marked is deleted as DeleteContainer does.
+func TestDeleteRemovedContainer(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb := &Sandbox{ID: "abc123", Name: "pod_ns_uid_0", CreatedAt: time.Now(),
+		Config: &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "pod", Namespace: "ns", Uid: "uid"}},
+		Status: SandboxStatus{State: runtimeapi.PodSandboxState_SANDBOX_READY}}
+	if err := s.AddSandbox(sb); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"removing1", "removing2", "plain1"} {
+		c := &Container{ID: id, SandboxID: sb.ID, Name: "ctr_" + id, CreatedAt: time.Now(), Spec: []byte(`{}`),
+			Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: id}},
+			Status: ContainerStatus{State: runtimeapi.ContainerState_CONTAINER_EXITED}}
+		if err := s.ReserveName(c.Name, c.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.AddContainer(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range []string{"removing1", "removing2"} {
+		if _, err := s.UpdateContainer(id, func(st ContainerStatus) (ContainerStatus, error) {
+			st.Removing = true
+			return st, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range []string{"removing1", "removing2", "plain1", "unknown"} {
+		if err := s.DeleteRemovedContainer(id); err != nil {
+			t.Fatalf("DeleteRemovedContainer(%s): %v", id, err)
+		}
+		if _, err := s.Container(id); !errdefs.IsNotFound(err) {
+			t.Fatalf("container %s after DeleteRemovedContainer: %v, want not found", id, err)
+		}
+		if err := s.ReserveName("ctr_"+id, "other-"+id); err != nil {
+			t.Fatalf("name of %s still held: %v", id, err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	if n := len(s.Containers()); n != 0 {
+		t.Fatalf("%d containers after reopening, want none", n)
+	}
+	recs, err := s.ReadRecords()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs.Containers) != 0 {
+		t.Fatalf("on-disk container records after reopening: %d, want none", len(recs.Containers))
+	}
+}
