@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -311,9 +312,14 @@ func (s *Service) cleanupContainer(ctx context.Context, id string, steps *timing
 			errs = append(errs, err)
 		}
 	}
+	steps.Done("cgroup")
+	var trashed []string
 	for _, p := range []string{s.bundleDir(id), s.exitFile(id), s.attachDir(id)} {
-		if err := os.RemoveAll(p); err != nil {
+		t, err := s.toTrash(p)
+		if err != nil {
 			errs = append(errs, err)
+		} else if t != "" {
+			trashed = append(trashed, t)
 		}
 	}
 	steps.Done("files")
@@ -321,7 +327,45 @@ func (s *Service) cleanupContainer(ctx context.Context, id string, steps *timing
 		errs = append(errs, err)
 	}
 	steps.Done("store")
+	s.emptyTrash(trashed)
 	return errors.Join(errs...)
+}
+
+// toTrash moves p (a container's bundle, exit file or attach dir) into the
+// trash dir under a name of its own and returns that name ("" when p does
+// not exist): a rename, where removing the bundle's files cost a removal
+// a few milliseconds. What cannot be moved is removed in place.
+func (s *Service) toTrash(p string) (string, error) {
+	t := filepath.Join(s.trashDir(), fmt.Sprintf("%s.%s.%d", filepath.Base(p), filepath.Base(filepath.Dir(p)), trashSeq.Add(1)))
+	err := os.Rename(p, t)
+	switch {
+	case err == nil:
+		return t, nil
+	case errors.Is(err, os.ErrNotExist):
+		return "", nil
+	}
+	return "", os.RemoveAll(p)
+}
+
+// trashSeq numbers what goes to the trash, so that no two moves meet.
+var trashSeq atomic.Uint64
+
+// emptyTrash removes what toTrash moved, off the caller's path (Close
+// waits for it); what a crash leaves there goes at the next start
+// (recover).
+func (s *Service) emptyTrash(paths []string) {
+	if len(paths) == 0 {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for _, p := range paths {
+			if err := os.RemoveAll(p); err != nil {
+				s.log.Warn("remove a removed container's files", "path", p, "error", err)
+			}
+		}
+	}()
 }
 
 // infraCgroupOf returns the pod's infra cgroup, making it on first use.

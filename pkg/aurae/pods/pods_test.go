@@ -727,6 +727,45 @@ func TestStartCutBeforeRecord(t *testing.T) {
 	}
 }
 
+// TestRemoveEmptiesTrash: a removed container's bundle, exit file and
+// attach dir are gone from their places when RemoveContainer answers and
+// from the trash they were moved to once the service has closed; what a
+// crash left in the trash goes at the next start.
+func TestRemoveEmptiesTrash(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.allocate(&podsv0.Pod{Id: "trash"})
+	e.start("trash", e.container("c", spec(t, nil, "true")))
+	e.waitExited("c", 30*time.Second)
+	if _, err := e.svc.RemoveContainer(ctx, &podsv0.RemoveContainerRequest{ContainerId: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{e.svc.bundleDir("c"), e.svc.exitFile("c"), e.svc.attachDir("c")} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s after RemoveContainer: %v", p, err)
+		}
+	}
+	// What a crash between the move and the removal leaves.
+	left := filepath.Join(e.svc.trashDir(), "old.containers.1")
+	if err := os.MkdirAll(filepath.Join(left, "sub"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if ents, err := os.ReadDir(e.svc.trashDir()); err != nil || len(ents) != 1 || ents[0].Name() != "old.containers.1" {
+		t.Fatalf("trash after Close: %v (%v), want only what the crash left", ents, err)
+	}
+	e.svc = e.newService()
+	if ents, err := os.ReadDir(e.svc.trashDir()); err != nil || len(ents) != 0 {
+		t.Fatalf("trash after a restart: %v (%v), want it empty", ents, err)
+	}
+	if _, err := e.svc.Free(ctx, &podsv0.FreeRequest{PodId: "trash"}); err != nil {
+		t.Fatal(err)
+	}
+	e.assertClean()
+}
+
 // TestPIDTargetNamespace: a container whose spec joins the pid namespace
 // of a running container of the same pod (/proc/<pid>/ns/pid, the CRI's
 // pid mode TARGET) sees that container's processes; the same path in

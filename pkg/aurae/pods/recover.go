@@ -89,7 +89,22 @@ func (s *Service) recover(ctx context.Context) error {
 		s.log.Info("container recovered", "pod", r.PodID, "container", id, "state", podsv0.ContainerState(c.record().State).String())
 	}
 	s.removeStrayContainerFiles(ctrs)
+	s.emptyTrashLeft()
 	return nil
+}
+
+// emptyTrashLeft removes what removals moved to the trash and a stop or a
+// crash left there.
+func (s *Service) emptyTrashLeft() {
+	ents, err := os.ReadDir(s.trashDir())
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(s.trashDir(), e.Name())); err != nil {
+			s.log.Warn("remove a removed container's files", "path", filepath.Join(s.trashDir(), e.Name()), "error", err)
+		}
+	}
 }
 
 // removeStrayContainerFiles removes the bundles, exit files and attach

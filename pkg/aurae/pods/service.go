@@ -166,7 +166,7 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pods: %w", err)
 	}
-	for _, d := range []string{"pods", "containers", "exits", "attach", "runc"} {
+	for _, d := range []string{"pods", "containers", "exits", "attach", "runc", "trash"} {
 		if err := os.MkdirAll(filepath.Join(cfg.StateDir, d), 0o700); err != nil {
 			return nil, fmt.Errorf("pods: state dir: %w", err)
 		}
@@ -210,6 +210,10 @@ func (s *Service) Close() error {
 
 func (s *Service) podDir(id string) string    { return filepath.Join(s.cfg.StateDir, "pods", id) }
 func (s *Service) bundleDir(id string) string { return filepath.Join(s.cfg.StateDir, "containers", id) }
+
+// trashDir holds the files of removed containers until they are removed
+// (toTrash, emptyTrash).
+func (s *Service) trashDir() string           { return filepath.Join(s.cfg.StateDir, "trash") }
 func (s *Service) exitFile(id string) string  { return filepath.Join(s.cfg.StateDir, "exits", id) }
 func (s *Service) attachDir(id string) string { return filepath.Join(s.cfg.StateDir, "attach", id) }
 func (s *Service) runcRoot() string           { return filepath.Join(s.cfg.StateDir, "runc") }
