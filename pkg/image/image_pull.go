@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/aurae-runtime/aurae-cri/internal/timing"
@@ -86,6 +87,14 @@ func (s *Service) pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 	}
 	steps.Done("pull_unpack")
 	s.idx.put(s.idx.begin(), img.Metadata())
+	// The size (for the metrics and the log) is read beside the records.
+	var size int64
+	sized := make(chan struct{})
+	go func() {
+		defer close(sized)
+		size, _ = img.Size(ctx)
+	}()
+	defer func() { <-sized }()
 	cfg, err := img.Config(ctx)
 	if err != nil {
 		return "", 0, fmt.Errorf("pull image %q: config descriptor: %w", name, err)
@@ -95,18 +104,26 @@ func (s *Service) pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 
 	// Like containerd's CRI plugin: records by id, repo digest and tag, all
 	// pointing at the pulled target, so the image can be found by any of
-	// them and the id record keeps it while tags move.
+	// them and the id record keeps it while tags move. They are
+	// independent: written at once.
 	repoDigest, repoTag := repoDigestAndTag(named, img.Target().Digest.String())
+	var g errgroup.Group
 	for _, rn := range []string{id, repoDigest, repoTag} {
 		if rn == "" || rn == img.Name() {
 			continue
 		}
-		if err := s.putRecord(ctx, rn, img.Target(), labels); err != nil {
-			return "", 0, fmt.Errorf("pull image %q: record %q: %w", name, rn, err)
-		}
+		g.Go(func() error {
+			if err := s.putRecord(ctx, rn, img.Target(), labels); err != nil {
+				return fmt.Errorf("pull image %q: record %q: %w", name, rn, err)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return "", 0, err
 	}
 	steps.Done("records")
-	size, _ := img.Size(ctx)
+	<-sized
 	steps.Done("size")
 	log.InfoContext(ctx, "pulled image", "id", id, "repo_digest", repoDigest, "size", size, "took", time.Since(start).Round(time.Millisecond))
 	return id, size, nil

@@ -6,6 +6,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
+	"golang.org/x/sync/errgroup"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/aurae-runtime/aurae-cri/internal/timing"
@@ -39,23 +40,32 @@ func (s *Service) Remove(ctx context.Context, refOrID string) (retErr error) {
 	if err != nil {
 		return fmt.Errorf("remove image %q: %w", refOrID, err)
 	}
+	if len(img.records) == 0 {
+		return nil
+	}
 	store := s.client.ImageService()
-	for i, name := range img.records {
-		var opts []images.DeleteOpt
-		if i == len(img.records)-1 {
-			// Collect garbage once the last record is gone.
-			opts = append(opts, images.SynchronousDelete())
-		}
+	del := func(name string, opts ...images.DeleteOpt) error {
 		if err := store.Delete(ctx, name, opts...); err != nil && !errdefs.IsNotFound(err) {
 			return fmt.Errorf("remove image %q: record %q: %w", img.ID, name, err)
 		}
 		s.idx.drop(s.idx.begin(), name)
-		if i == len(img.records)-1 {
-			steps.Done("delete_last_gc")
-		} else {
-			steps.Done("delete")
-		}
+		return nil
 	}
+	// All records but the last go at once; the last one's deletion
+	// collects the garbage, once nothing else holds the image.
+	last := len(img.records) - 1
+	var g errgroup.Group
+	for _, name := range img.records[:last] {
+		g.Go(func() error { return del(name) })
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	steps.Done("delete")
+	if err := del(img.records[last], images.SynchronousDelete()); err != nil {
+		return err
+	}
+	steps.Done("delete_last_gc")
 	s.logger.InfoContext(ctx, "removed image", "image", refOrID, "id", img.ID, "records", len(img.records))
 	return nil
 }
