@@ -1,9 +1,9 @@
 // Package tracing exports OpenTelemetry spans of the daemons' gRPC calls
 // over OTLP. Every server and client the daemons make (pkg/aurae/server,
-// pkg/aurae/client) creates spans and carries the W3C trace context (the
-// traceparent header) to the next hop, whether or not its process exports:
-// aurae-cri → auraed → a VM's guest auraed. Spans leave the process only
-// when Setup is given an endpoint.
+// pkg/aurae/client) carries the W3C trace context (the traceparent
+// header) to the next hop, whether or not its process exports:
+// aurae-cri → auraed → a VM's guest auraed. Only a process given an
+// endpoint (Setup, before it makes its servers and clients) makes spans.
 package tracing
 
 import (
@@ -73,5 +73,6 @@ func Setup(ctx context.Context, endpoint, service, version string) (func(context
 		sdktrace.WithResource(res),
 	)
 	otel.SetTracerProvider(tp)
+	exporting.Store(true)
 	return tp.Shutdown, nil
 }

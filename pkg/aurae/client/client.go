@@ -14,8 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
-	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/connectivity"
@@ -29,6 +27,7 @@ import (
 	osapi "github.com/aurae-runtime/aurae-cri/api/os"
 	podsv0 "github.com/aurae-runtime/aurae-cri/api/pods/v0"
 	vmsv0 "github.com/aurae-runtime/aurae-cri/api/vms/v0"
+	"github.com/aurae-runtime/aurae-cri/pkg/tracing"
 )
 
 // Client is a connection to auraed with a client per Aurae service.
@@ -127,9 +126,10 @@ func Dial(ctx context.Context, address string, opts ...Option) (*Client, error) 
 		// grows to two minutes between attempts, all of them failing every
 		// call at once (Unavailable).
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnectBackoff, MinConnectTimeout: 5 * time.Second}),
-		// A span per call, and the trace context to auraed (pkg/tracing).
-		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithPropagators(propagation.TraceContext{}))),
 	}, o.dialOpts...)
+	// A span per call when exporting, and the trace context to auraed
+	// (pkg/tracing).
+	dialOpts = append(dialOpts, tracing.DialOptions()...)
 	if network == "unix" {
 		// The socket path is no host name; TLS over a unix socket then
 		// verifies the server certificate against "localhost".

@@ -10,13 +10,12 @@ import (
 	"strings"
 	"time"
 
-	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
-	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/aurae-runtime/aurae-cri/pkg/errmap"
+	"github.com/aurae-runtime/aurae-cri/pkg/tracing"
 )
 
 // Message size limits of every server New makes: auraed's and the CRI's.
@@ -49,15 +48,16 @@ type Observer interface {
 // NewObserved is New whose interceptors also tell obs (nil: no one) of
 // each call.
 func NewObserved(logger *slog.Logger, obs Observer, opts ...grpc.ServerOption) *grpc.Server {
-	all := append([]grpc.ServerOption{
+	// First, the caller's trace goes on: a span per call when exporting
+	// (pkg/tracing).
+	all := append(tracing.ServerOptions(),
 		grpc.ChainUnaryInterceptor(ObservedUnaryInterceptor(logger, obs)),
 		grpc.ChainStreamInterceptor(ObservedStreamInterceptor(logger, obs)),
 		grpc.MaxSendMsgSize(MaxSendMsgSize),
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
 		grpc.WaitForHandlers(true),
-		// A span per call, continuing the caller's trace (pkg/tracing).
-		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithPropagators(propagation.TraceContext{}))),
-	}, opts...)
+	)
+	all = append(all, opts...)
 	return grpc.NewServer(all...)
 }
 
