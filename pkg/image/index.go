@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"reflect"
 	"strconv"
 	"sync"
 	"time"
@@ -63,8 +65,21 @@ func (x *index) put(seq uint64, rec images.Image) {
 		return
 	}
 	x.seq[rec.Name] = seq
+	if old, ok := x.recs[rec.Name]; ok && sameRecord(old, rec) {
+		// The event of the service's own write, read again: the images
+		// built from the records stay valid.
+		return
+	}
 	x.recs[rec.Name] = rec
 	x.gen++
+}
+
+// sameRecord tells whether a and b are the same value of a record (a
+// difference it misses, as a nil against an empty map, only costs a
+// rebuild).
+func sameRecord(a, b images.Image) bool {
+	return a.Name == b.Name && reflect.DeepEqual(a.Target, b.Target) && maps.Equal(a.Labels, b.Labels) &&
+		a.CreatedAt.Equal(b.CreatedAt) && a.UpdatedAt.Equal(b.UpdatedAt)
 }
 
 // drop applies the absence of name (seen under seq), unless a later read

@@ -1,6 +1,7 @@
 package image
 
 import (
+	"maps"
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/images"
@@ -102,5 +103,38 @@ func TestIndexKeepsBuiltImagesOfItsGeneration(t *testing.T) {
 	x.keep(gen, []Image{{ID: "stale"}})
 	if _, _, built, _ := x.records(); built != nil {
 		t.Errorf("images of an older generation kept: %v", built)
+	}
+}
+
+// TestIndexSameRecordKeepsBuiltImages: the event of the service's own write
+// reads back the value it put; the images built since stay valid, and a
+// changed value still makes them stale.
+func TestIndexSameRecordKeepsBuiltImages(t *testing.T) {
+	x := newIndex()
+	a := rec("a", "1")
+	a.Labels = map[string]string{"k": "v"}
+	x.reset(x.begin(), []images.Image{a})
+	x.put(x.begin(), a)
+	_, gen, _, _ := x.records()
+	x.keep(gen, []Image{{ID: "one"}})
+	x.put(x.begin(), a)
+	if _, _, built, _ := x.records(); len(built) != 1 {
+		t.Fatalf("the same record read again dropped the built images: %v", built)
+	}
+	for _, changed := range []func(*images.Image){
+		func(r *images.Image) { r.Target.Digest = digest.FromString("2") },
+		func(r *images.Image) { r.Labels = map[string]string{"k": "w"} },
+		func(r *images.Image) { r.Target.Size = 7 },
+	} {
+		b := a
+		b.Labels = maps.Clone(a.Labels)
+		changed(&b)
+		_, gen, _, _ := x.records()
+		x.keep(gen, []Image{{ID: "one"}})
+		x.put(x.begin(), b)
+		if _, _, built, _ := x.records(); built != nil {
+			t.Errorf("record changed to %+v: built images kept", b)
+		}
+		x.put(x.begin(), a)
 	}
 }
