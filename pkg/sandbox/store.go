@@ -578,26 +578,7 @@ func (s *Store) DeleteSandbox(id string) error {
 // DeleteContainer forgets a container and releases its name.
 func (s *Store) DeleteContainer(id string) error {
 	defer s.change()()
-	return s.deleteContainer(id)
-}
-
-// deleteContainer is DeleteContainer, under wmu.
-func (s *Store) deleteContainer(id string) error {
-	c, ok := s.containers[id]
-	if !ok {
-		return nil
-	}
-	if err := s.del(bucketContainers, id); err != nil {
-		return err
-	}
-	s.dropRecord(recordContainer, id)
-	s.apply(func() {
-		delete(s.containers, id)
-		if s.names[c.Name] == id {
-			delete(s.names, c.Name)
-		}
-	})
-	return nil
+	return s.deleteContainer(id, false)
 }
 
 // DeleteRemovedContainer forgets a container whose removal is recorded
@@ -609,22 +590,34 @@ func (s *Store) deleteContainer(id string) error {
 // Removing is deleted as DeleteContainer does.
 func (s *Store) DeleteRemovedContainer(id string) error {
 	defer s.change()()
+	return s.deleteContainer(id, true)
+}
+
+// deleteContainer is DeleteContainer (DeleteRemovedContainer with lazy),
+// under wmu.
+func (s *Store) deleteContainer(id string, lazy bool) error {
 	c, ok := s.containers[id]
 	if !ok {
 		return nil
 	}
-	if !c.Status.Removing {
-		return s.deleteContainer(id)
-	}
-	s.lazy.Add(1)
-	go func() {
-		defer s.lazy.Done()
+	del := func() error {
 		if err := s.del(bucketContainers, id); err != nil {
-			slog.Warn("removed container's record left: its removal is finished at the next start", "container", id, "error", err)
-			return
+			return err
 		}
 		s.dropRecord(recordContainer, id)
-	}()
+		return nil
+	}
+	if lazy && c.Status.Removing {
+		s.lazy.Add(1)
+		go func() {
+			defer s.lazy.Done()
+			if err := del(); err != nil {
+				slog.Warn("removed container's record left: its removal is finished at the next start", "container", id, "error", err)
+			}
+		}()
+	} else if err := del(); err != nil {
+		return err
+	}
 	s.apply(func() {
 		delete(s.containers, id)
 		if s.names[c.Name] == id {

@@ -47,14 +47,7 @@ func TestStorePersistsAndReloads(t *testing.T) {
 	}); err == nil {
 		t.Fatal("failing update succeeded")
 	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	s, err = Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s = reopen(t, s, dir)
 	defer func() { _ = s.Close() }()
 	got, err := s.Sandbox("abc")
 	if err != nil || got.Config.GetLabels()["a"] != "b" || !got.Status.NetworkUp || got.Status.IPs[0] != "10.0.0.2" {
@@ -235,13 +228,7 @@ func TestDeleteRemovedContainer(t *testing.T) {
 			t.Fatalf("name of %s still held: %v", id, err)
 		}
 	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s, err = Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s = reopen(t, s, dir)
 	defer func() { _ = s.Close() }()
 	if n := len(s.Containers()); n != 0 {
 		t.Fatalf("%d containers after reopening, want none", n)
@@ -254,3 +241,4 @@ func TestDeleteRemovedContainer(t *testing.T) {
 		t.Fatalf("on-disk container records after reopening: %d, want none", len(recs.Containers))
 	}
 }
+

@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	discoveryv0 "github.com/aurae-runtime/aurae-cri/api/discovery/v0"
 )
@@ -23,35 +22,16 @@ func BenchmarkCallOverhead(b *testing.B) {
 
 func benchDiscover(b *testing.B, srv *grpc.Server) {
 	discoveryv0.RegisterDiscoveryServiceServer(srv, &fakeDiscovery{})
-	path := b.TempDir() + "/s.sock"
-	lis, err := ListenUnix(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(lis)
-	}()
-	defer func() {
-		srv.Stop()
-		<-done
-	}()
-	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = conn.Close() }()
-	c := discoveryv0.NewDiscoveryServiceClient(conn)
+	c := start(b, srv)
 	ctx := context.Background()
-	for i := 0; i < 100; i++ { // connect and warm up
-		if _, err := c.Discover(ctx, &discoveryv0.DiscoverRequest{}); err != nil {
+	for i := 0; i < 100; i++ { // warm up
+		if _, err := c.Discovery.Discover(ctx, &discoveryv0.DiscoverRequest{}); err != nil {
 			b.Fatal(err)
 		}
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if _, err := c.Discover(ctx, &discoveryv0.DiscoverRequest{}); err != nil {
+		if _, err := c.Discovery.Discover(ctx, &discoveryv0.DiscoverRequest{}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -79,7 +79,7 @@ func (s *syncBuffer) records(t *testing.T) []map[string]any {
 }
 
 // start serves srv on a unix socket and returns a client for it.
-func start(t *testing.T, srv *grpc.Server) *client.Client {
+func start(t testing.TB, srv *grpc.Server) *client.Client {
 	t.Helper()
 	path := t.TempDir() + "/s.sock"
 	lis, err := ListenUnix(path)
