@@ -241,4 +241,3 @@ func TestDeleteRemovedContainer(t *testing.T) {
 		t.Fatalf("on-disk container records after reopening: %d, want none", len(recs.Containers))
 	}
 }
-
