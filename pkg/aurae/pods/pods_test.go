@@ -312,7 +312,26 @@ func TestRestartKeepsContainers(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// conmon's temp exit file of a known container (it renames it into
+	// place as the container exits, maybe while the service starts) is
+	// kept; the files of a container the service has no record of go.
+	tmpExit := filepath.Join(e.stateDir, "exits", "long.W9QTZ3")
+	stray := []string{filepath.Join(e.stateDir, "exits", "gone"), filepath.Join(e.stateDir, "exits", "gone.W9QTZ3")}
+	for _, p := range append(stray, tmpExit) {
+		if err := os.WriteFile(p, []byte("1"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	e.svc = e.newService()
+	if _, err := os.Stat(tmpExit); err != nil {
+		t.Errorf("temp exit file of a running container after the restart: %v", err)
+	}
+	_ = os.Remove(tmpExit)
+	for _, p := range stray {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s of a container with no record after the restart: %v", p, err)
+		}
+	}
 	long := e.status("long")
 	if long.GetState() != podsv0.ContainerState_CONTAINER_STATE_RUNNING || long.GetPid() != longPid {
 		t.Errorf("long after restart: %v", long)
@@ -791,5 +810,29 @@ func TestPIDTargetNamespace(t *testing.T) {
 	_, err := e.svc.Start(context.Background(), &podsv0.StartRequest{PodId: "other", Container: e.forPod("other", e.container("intruder", spec(t, joinTarget, "true")))})
 	if status.Code(err) != codes.InvalidArgument {
 		t.Errorf("joining another pod's container: %v, want InvalidArgument", err)
+	}
+}
+
+// TestOfKnownContainer: a restart keeps the files of known containers and
+// conmon's temp exit files of them ("<id>.<suffix>", renamed into place
+// when the container exits), ids with dots included, and takes what no
+// known container owns.
+func TestOfKnownContainer(t *testing.T) {
+	known := map[string]ctrRecord{"abc": {}, "cell.c0": {}}
+	for name, want := range map[string]bool{
+		"abc":           true,
+		"abc.W9QTZ3":    true,
+		"cell.c0":       true,
+		"cell.c0.X1Y2Z": true,
+		"cell":          false,
+		"cell.c1":       false,
+		"abcd":          false,
+		"ab":            false,
+		".abc":          false,
+		"":              false,
+	} {
+		if got := ofKnownContainer(name, known); got != want {
+			t.Errorf("ofKnownContainer(%q) = %v, want %v", name, got, want)
+		}
 	}
 }

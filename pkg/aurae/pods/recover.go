@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -120,7 +121,7 @@ func (s *Service) removeStrayContainerFiles(known map[string]ctrRecord) {
 			continue
 		}
 		for _, e := range ents {
-			if _, ok := known[e.Name()]; ok {
+			if ofKnownContainer(e.Name(), known) {
 				continue
 			}
 			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
@@ -130,6 +131,19 @@ func (s *Service) removeStrayContainerFiles(known map[string]ctrRecord) {
 			s.log.Info("removed the files of a container auraed has no record of", "container", e.Name(), "path", filepath.Join(dir, e.Name()))
 		}
 	}
+}
+
+// ofKnownContainer tells whether name is a known container's id, or
+// "<id>.<suffix>" of one: conmon writes the exit file as such a temp file
+// and renames it, maybe at this very moment. (Ids may hold dots: a
+// RunCell container's is "<cell>.<name>".)
+func ofKnownContainer(name string, known map[string]ctrRecord) bool {
+	for i := len(name); i > 0; i = strings.LastIndexByte(name[:i], '.') {
+		if _, ok := known[name[:i]]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 // fixCreated asks the runtime about a container auraed recorded as created:
