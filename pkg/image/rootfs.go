@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/leases"
@@ -35,10 +34,8 @@ func RootfsKey(containerID string) string { return "aurae-cri/rootfs/" + contain
 // container id is hashed; the lease's labels name the container.
 func RootfsLease(containerID string) string {
 	sum := sha256.Sum256([]byte(containerID))
-	return rootfsLeasePrefix + hex.EncodeToString(sum[:20])
+	return "aurae-cri.rootfs." + hex.EncodeToString(sum[:20])
 }
-
-const rootfsLeasePrefix = "aurae-cri.rootfs."
 
 // labelGCRoot marks a containerd object that its garbage collector keeps,
 // with what it references (a snapshot's parents: the image's layers).
@@ -146,7 +143,7 @@ func (s *Service) migrateRootfsLeases(ctx context.Context) {
 	sn := s.client.SnapshotService(s.snapshotter)
 	for _, l := range ls {
 		id := l.Labels[LabelContainerID]
-		if !strings.HasPrefix(l.ID, rootfsLeasePrefix) || id == "" || l.ID != RootfsLease(id) {
+		if id == "" || l.ID != RootfsLease(id) {
 			continue
 		}
 		_, err := sn.Update(ctx, snapshots.Info{Name: RootfsKey(id), Labels: map[string]string{

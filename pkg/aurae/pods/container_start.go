@@ -360,12 +360,17 @@ func (s *Service) emptyTrash(paths []string) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		for _, p := range paths {
-			if err := os.RemoveAll(p); err != nil {
-				s.log.Warn("remove a removed container's files", "path", p, "error", err)
-			}
-		}
+		s.removeTrashed(paths)
 	}()
+}
+
+// removeTrashed removes paths of the trash dir.
+func (s *Service) removeTrashed(paths []string) {
+	for _, p := range paths {
+		if err := os.RemoveAll(p); err != nil {
+			s.log.Warn("remove a removed container's files", "path", p, "error", err)
+		}
+	}
 }
 
 // infraCgroupOf returns the pod's infra cgroup, making it on first use.

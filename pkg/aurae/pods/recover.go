@@ -101,11 +101,11 @@ func (s *Service) emptyTrashLeft() {
 	if err != nil {
 		return
 	}
+	paths := make([]string, 0, len(ents))
 	for _, e := range ents {
-		if err := os.RemoveAll(filepath.Join(s.trashDir(), e.Name())); err != nil {
-			s.log.Warn("remove a removed container's files", "path", filepath.Join(s.trashDir(), e.Name()), "error", err)
-		}
+		paths = append(paths, filepath.Join(s.trashDir(), e.Name()))
 	}
+	s.removeTrashed(paths)
 }
 
 // removeStrayContainerFiles removes the bundles, exit files and attach
