@@ -17,15 +17,7 @@ func TestCommitResize(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sb := &Sandbox{ID: "p1", Name: "pod_ns_uid_0", CreatedAt: time.Now(),
-		Config: &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "pod", Namespace: "ns", Uid: "uid"}},
-		Status: SandboxStatus{State: runtimeapi.PodSandboxState_SANDBOX_READY}}
-	if err := s.ReserveName(sb.Name, sb.ID); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.AddSandbox(sb); err != nil {
-		t.Fatal(err)
-	}
+	addReadyPod(t, s, "p1")
 	res := &runtimeapi.LinuxContainerResources{CpuQuota: 50000, CpuPeriod: 100000, MemoryLimitInBytes: 64 << 20}
 	over := &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 16 << 20}
 	in := Intent{Kind: IntentResize, ID: "p1", CreatedAt: time.Now(),

@@ -192,12 +192,7 @@ func TestDeleteRemovedContainer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sb := &Sandbox{ID: "abc123", Name: "pod_ns_uid_0", CreatedAt: time.Now(),
-		Config: &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "pod", Namespace: "ns", Uid: "uid"}},
-		Status: SandboxStatus{State: runtimeapi.PodSandboxState_SANDBOX_READY}}
-	if err := s.AddSandbox(sb); err != nil {
-		t.Fatal(err)
-	}
+	sb := addReadyPod(t, s, "abc123")
 	for _, id := range []string{"removing1", "removing2", "plain1"} {
 		c := &Container{ID: id, SandboxID: sb.ID, Name: "ctr_" + id, CreatedAt: time.Now(), Spec: []byte(`{}`),
 			Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: id}},
@@ -240,4 +235,19 @@ func TestDeleteRemovedContainer(t *testing.T) {
 	if len(recs.Containers) != 0 {
 		t.Fatalf("on-disk container records after reopening: %d, want none", len(recs.Containers))
 	}
+}
+
+// addReadyPod adds a ready pod id named pod_ns_uid_0, its name reserved.
+func addReadyPod(t *testing.T, s *Store, id string) *Sandbox {
+	t.Helper()
+	sb := &Sandbox{ID: id, Name: "pod_ns_uid_0", CreatedAt: time.Now(),
+		Config: &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "pod", Namespace: "ns", Uid: "uid"}},
+		Status: SandboxStatus{State: runtimeapi.PodSandboxState_SANDBOX_READY}}
+	if err := s.ReserveName(sb.Name, sb.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddSandbox(sb); err != nil {
+		t.Fatal(err)
+	}
+	return sb
 }
