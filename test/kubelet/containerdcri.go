@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -55,6 +56,8 @@ type ContainerdCRI struct {
 	cmd     *exec.Cmd
 	done    chan struct{}
 	waitErr error
+	// madeNetnsDir: netnsDir did not exist before this containerd.
+	madeNetnsDir bool
 }
 
 // Endpoint is "unix://<socket>", for Config.CRIEndpoint.
@@ -98,6 +101,11 @@ func StartContainerdCRI(t testing.TB, cfg ContainerdCRIConfig) *ContainerdCRI {
 		socket:  filepath.Join(dir, "containerd.sock"),
 		logPath: filepath.Join(dir, "containerd.log"),
 		done:    make(chan struct{}),
+	}
+	// containerd's CRI plugin pins its pods' network namespaces under the
+	// machine's netnsDir, which it makes and never removes.
+	if _, err := os.Lstat(netnsDir); errors.Is(err, fs.ErrNotExist) {
+		c.madeNetnsDir = true
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -293,8 +301,16 @@ func (c *ContainerdCRI) close() error {
 	}
 	errs = append(errs, killShims(c.dir))
 	errs = append(errs, testimage.RemoveStateDir(c.dir))
+	if c.madeNetnsDir {
+		// Only when empty: another containerd of a test running beside
+		// this one may have a pod's namespace in it.
+		_ = os.Remove(netnsDir)
+	}
 	return errors.Join(errs...)
 }
+
+// netnsDir is where containerd's CRI plugin pins pods' network namespaces.
+const netnsDir = "/run/netns"
 
 // killShims kills the containerd-shim processes whose command line names a
 // path under dir (the shims of a containerd started there), and their
