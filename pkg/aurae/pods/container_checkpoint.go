@@ -29,11 +29,18 @@ const (
 	criuCheckTimeout  = 30 * time.Second
 )
 
-// criuState remembers the binary that passed `criu check` (the answer does
-// not change while auraed runs); a failure is asked again next time.
+// criuProbeTimeout bounds ProbeCheckpoint: a dump of a sleeping process
+// takes well under a second where CRIU works. Tests shorten it.
+var criuProbeTimeout = 10 * time.Second
+
+// criuState remembers the binary that passed `criu check` and a test dump
+// (the answer does not change while auraed runs); a failed `criu check` is
+// asked again next time, a failed or hung dump is not (it cost its timeout).
 type criuState struct {
-	mu     sync.Mutex
-	okPath string
+	mu       sync.Mutex
+	okPath   string
+	probed   string // the binary whose test dump failed, with probeErr
+	probeErr error
 }
 
 // CheckpointContainer implements PodService.CheckpointContainer.
@@ -61,6 +68,9 @@ func (s *Service) checkpoint(ctx context.Context, req *podsv0.CheckpointContaine
 	rec := c.record()
 	if rec.State != stateRunning || isDone(c.done) {
 		return fmt.Errorf("container %q is not running: %w", id, errdefs.ErrFailedPrecondition)
+	}
+	if _, err := os.Lstat(dir); err == nil {
+		return fmt.Errorf("checkpoint image path %s exists: %w", dir, errdefs.ErrAlreadyExists)
 	}
 	if err := s.criuUsable(ctx); err != nil {
 		return err
@@ -121,6 +131,9 @@ func (s *Service) criuUsable(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, criuCheckTimeout)
 	defer cancel()
+	if s.criu.probed == bin {
+		return s.criu.probeErr
+	}
 	out, err := runCmd(ctx, bin, "check")
 	if err != nil {
 		if ctx.Err() != nil {
@@ -128,7 +141,62 @@ func (s *Service) criuUsable(ctx context.Context) error {
 		}
 		return fmt.Errorf("CRIU cannot run here (criu check: %s): %s: %w", err.Error(), strings.TrimSpace(string(out)), errdefs.ErrFailedPrecondition)
 	}
+	if err := ProbeCheckpoint(ctx, bin); err != nil {
+		if errdefs.IsFailedPrecondition(err) {
+			s.criu.probed, s.criu.probeErr = bin, err
+			s.log.Warn("checkpoints refused: CRIU cannot dump a process on this host", "criu", bin, "error", err)
+		}
+		return err
+	}
 	s.criu.okPath = bin
+	return nil
+}
+
+// ProbeCheckpoint dumps a throwaway process (a sleep of its own, left
+// running, then killed) with the CRIU at bin, within criuProbeTimeout.
+// `criu check` passes on hosts where a dump then hangs (a 6.18 Firecracker
+// guest: the dumped task never stops at the end of the parasite's
+// sigreturn, and CRIU waits for it for good); there a checkpoint would
+// hold the container half-dumped until its deadline. A dump that fails or
+// does not end in time is FailedPrecondition, with CRIU's log.
+func ProbeCheckpoint(parent context.Context, bin string) error {
+	ctx, cancel := context.WithTimeout(parent, criuProbeTimeout)
+	defer cancel()
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		return fmt.Errorf("checkpoint probe: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "aurae-criu-probe-")
+	if err != nil {
+		return fmt.Errorf("checkpoint probe: %w", err)
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	subject := exec.Command(sleep, "1000")
+	subject.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := subject.Start(); err != nil {
+		return fmt.Errorf("checkpoint probe: %w", err)
+	}
+	defer func() {
+		_ = subject.Process.Kill()
+		ignore(subject.Wait())
+	}()
+	cmd := exec.CommandContext(ctx, bin, "dump", "-t", fmt.Sprint(subject.Process.Pid), "-D", dir, "--leave-running", "-o", "dump.log", "-v4")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Run(); err != nil {
+		if err := parent.Err(); err != nil {
+			return fmt.Errorf("checkpoint probe: %w", err) // the caller's end, not CRIU's
+		}
+		why := err.Error()
+		if ctx.Err() != nil {
+			why = fmt.Sprintf("did not end within %s", criuProbeTimeout)
+		}
+		return fmt.Errorf("CRIU cannot checkpoint on this host (a test dump of a sleeping process %s): %s%s: %w",
+			why, strings.TrimSpace(out.String()), criuLogTail(dir, "dump.log"), errdefs.ErrFailedPrecondition)
+	}
 	return nil
 }
 

@@ -46,6 +46,32 @@ func TestCheckpointRefusals(t *testing.T) {
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "Unexpected rt vDSO area bounds") {
 		t.Errorf("checkpoint with a failing criu check: %v, want FailedPrecondition with its reason", err)
 	}
+	// Where `criu check` passes and a dump hangs (as on hosts whose kernel
+	// never lets the dumped task trap): the test dump is cut at its
+	// timeout, FailedPrecondition; the answer is kept, not probed again.
+	hangs := filepath.Join(t.TempDir(), "criu")
+	if err := os.WriteFile(hangs, []byte("#!/bin/sh\n[ \"$1\" = check ] && { echo 'Looks good.'; exit 0; }\nexec sleep 1000\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer func(d time.Duration) { criuProbeTimeout = d }(criuProbeTimeout)
+	criuProbeTimeout = 2 * time.Second
+	e.svc.cfg.CRIU = hangs
+	for i := range 2 {
+		begin := time.Now()
+		_, err = e.svc.CheckpointContainer(ctx, &podsv0.CheckpointContainerRequest{ContainerId: "c", ImagePath: dir + "/img"})
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "CRIU cannot checkpoint on this host") {
+			t.Errorf("checkpoint %d with a criu whose dump hangs: %v, want FailedPrecondition", i, err)
+		}
+		if took := time.Since(begin); i == 1 && took > time.Second {
+			t.Errorf("the second refusal took %s: the hung dump was tried again", took)
+		}
+	}
+	if procs := processesMentioning(hangs); len(procs) > 0 {
+		t.Errorf("the hung test dump left processes: %v", procs)
+	}
+	if st := e.status("c").GetState(); st != podsv0.ContainerState_CONTAINER_STATE_RUNNING {
+		t.Errorf("after refused checkpoints the container is %s", st)
+	}
 	e.svc.cfg.CRIU = filepath.Join(t.TempDir(), "no-criu")
 	_, err = e.svc.CheckpointContainer(ctx, &podsv0.CheckpointContainerRequest{ContainerId: "c", ImagePath: dir + "/img"})
 	if status.Code(err) != codes.FailedPrecondition {
@@ -65,6 +91,22 @@ func TestCheckpointAndRestore(t *testing.T) {
 	e.allocate(&podsv0.Pod{Id: "ckr"})
 	e.start("ckr", e.container("c", spec(t, nil, "sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.1; done")))
 	img := filepath.Join(t.TempDir(), "img")
+	if perr := ProbeCheckpoint(ctx, PinnedCRIU); perr != nil {
+		// This host's kernel cannot be dumped by CRIU (ProbeCheckpoint
+		// says why): the checkpoint is refused, the container runs on.
+		t.Logf("CRIU cannot checkpoint here; checking the refusal: %v", perr)
+		_, err := e.svc.CheckpointContainer(ctx, &podsv0.CheckpointContainerRequest{ContainerId: "c", ImagePath: img, LeaveRunning: true})
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "CRIU cannot checkpoint on this host") {
+			t.Fatalf("checkpoint where CRIU cannot dump: %v, want FailedPrecondition", err)
+		}
+		if _, err := os.Lstat(img); err == nil {
+			t.Error("the refused checkpoint left its image dir")
+		}
+		if st := e.status("c").GetState(); st != podsv0.ContainerState_CONTAINER_STATE_RUNNING {
+			t.Errorf("after the refused checkpoint the container is %s", st)
+		}
+		return
+	}
 	if _, err := e.svc.CheckpointContainer(ctx, &podsv0.CheckpointContainerRequest{ContainerId: "c", ImagePath: img, LeaveRunning: true}); err != nil {
 		t.Fatal(err)
 	}
