@@ -37,8 +37,11 @@ type syncMsg struct {
 
 // createWithConmon starts conmon, which runs `runc create` and then watches
 // the container: it writes the CRI-format log and, at exit, the exit file.
-// conmon is moved to the pod's monitor cgroup before it forks (it waits on
-// _OCI_STARTPIPE for that), then daemonizes and outlives auraed.
+// conmon daemonizes and outlives auraed. Its daemon is moved to the pod's
+// monitor cgroup while `runc create` runs: a cgroup v1 move waits for an
+// RCU grace period (~13 ms here), which then overlaps runc's own moves
+// instead of preceding them. Only the daemon, not the runc it forked before
+// the move, lands there; runc is gone once the create is done.
 func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Container, steps *timing.Steps) (_ *monitor, retErr error) {
 	id := req.GetId()
 	bundle := s.bundleDir(id)
@@ -87,29 +90,21 @@ func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Cont
 		return nil, err
 	}
 	defer syncR.Close()
-	startR, startW, err := os.Pipe()
-	if err != nil {
-		syncW.Close()
-		return nil, err
-	}
-	defer startW.Close()
 	stderr, err := os.OpenFile(filepath.Join(bundle, "conmon.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		syncW.Close()
-		startR.Close()
 		return nil, err
 	}
 	defer stderr.Close()
 	cmd := exec.Command(s.conmon, args...)
 	cmd.Dir = bundle
-	cmd.Env = append(env, "_OCI_SYNCPIPE=3", "_OCI_STARTPIPE=4")
-	cmd.ExtraFiles = []*os.File{syncW, startR}
+	cmd.Env = append(env, "_OCI_SYNCPIPE=3")
+	cmd.ExtraFiles = []*os.File{syncW}
 	cmd.Stderr = stderr
 	cmd.Stdout = stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	err = cmd.Start()
 	syncW.Close()
-	startR.Close()
 	if err != nil {
 		return nil, fmt.Errorf("start conmon: %w", err)
 	}
@@ -123,17 +118,6 @@ func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Cont
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
-	if err := place(cmd.Process.Pid); err != nil {
-		kill()
-		return nil, fmt.Errorf("place conmon: %w", err)
-	}
-	if _, err := startW.Write([]byte{0}); err != nil {
-		kill()
-		return nil, fmt.Errorf("conmon start pipe: %w", err)
-	}
-	startW.Close()
-	steps.Done("conmon_place")
-
 	// conmon's first process exits once the monitor is forked.
 	timer := time.NewTimer(createTimeout)
 	defer timer.Stop()
@@ -163,6 +147,17 @@ func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Cont
 			_ = syscall.Kill(conmonPid, syscall.SIGKILL)
 		}
 	}()
+	var placeErr error
+	placed := make(chan struct{})
+	go func() {
+		defer close(placed)
+		if placeErr = place(conmonPid); placeErr == nil && s.placeFault != nil {
+			placeErr = s.placeFault(conmonPid)
+		}
+	}()
+	// Not left running into the caller's undo. After a failed create the
+	// move's error (the daemon may be gone already) says nothing more.
+	defer func() { <-placed }()
 	got := make(chan syncMsg, 1)
 	readErr := make(chan error, 1)
 	go func() {
@@ -183,6 +178,11 @@ func (s *Service) createWithConmon(ctx context.Context, p *pod, req *podsv0.Cont
 			return nil, fmt.Errorf("runtime create: %s", msg)
 		}
 		steps.Done("runtime_create")
+		if <-placed; placeErr != nil {
+			// conmon is killed (deferred) and the caller undoes the create.
+			return nil, fmt.Errorf("place conmon (pid %d): %w", conmonPid, placeErr)
+		}
+		steps.Done("conmon_place")
 		return &monitor{pid: m.Data, conmonPid: conmonPid, conmonStart: conmonStart}, nil
 	case err := <-readErr:
 		return nil, fmt.Errorf("conmon sync pipe: %w: %s", err, tail(filepath.Join(bundle, "conmon.log")))

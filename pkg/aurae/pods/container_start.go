@@ -241,12 +241,21 @@ func (s *Service) finishStart(ctx context.Context, c *container, podID string, s
 	return &podsv0.StartResponse{ContainerId: c.id, Pid: int32(rec.Pid), CgroupPath: rec.CgroupPath}, nil
 }
 
-// runStart runs the runtime's start of a created container and records it
-// running.
+// runStart starts a created container (as `runc start` does, or by
+// running the runtime's start) and records it running.
 func (s *Service) runStart(ctx context.Context, id string, rec ctrRecord, steps *timing.Steps) (ctrRecord, error) {
 	startedAt := time.Now().UnixNano()
-	if _, err := s.runRuntime(ctx, "start", id); err != nil {
-		return rec, fmt.Errorf("start container %q: %w", id, err)
+	err := errNoFifo
+	if s.fifoStart {
+		err = s.startFromFifo(ctx, id, rec.Pid)
+	}
+	if errors.Is(err, errNoFifo) {
+		if _, err = s.runRuntime(ctx, "start", id); err != nil {
+			err = fmt.Errorf("start container %q: %w", id, err)
+		}
+	}
+	if err != nil {
+		return rec, err
 	}
 	steps.Done("runtime_start")
 	rec.State, rec.StartedAt = stateRunning, startedAt

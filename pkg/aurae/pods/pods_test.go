@@ -3,6 +3,7 @@ package pods
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,6 +11,7 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -709,6 +711,139 @@ func TestStartCutBeforeMonitorRecorded(t *testing.T) {
 		t.Errorf("processes of the removed container left: %v", procs)
 	}
 	if _, err := e.svc.Free(context.Background(), &podsv0.FreeRequest{PodId: "cut"}); err != nil {
+		t.Fatal(err)
+	}
+	e.assertClean()
+}
+
+// TestStartUndoneWhenMonitorNotPlaced: conmon's move into the pod's cgroup,
+// made while runc creates the container, fails. The Start fails naming it
+// and leaves no conmon, container, record or cgroup; the id can be
+// started again.
+func TestStartUndoneWhenMonitorNotPlaced(t *testing.T) {
+	e := newEnv(t)
+	e.allocate(&podsv0.Pod{Id: "unplaced"})
+	req := &podsv0.StartRequest{PodId: "unplaced", Container: e.forPod("unplaced", e.container("c", spec(t, nil, "sleep", "1000")))}
+	conmonPid := 0
+	e.svc.placeFault = func(pid int) error {
+		conmonPid = pid
+		return errors.New("injected placement failure")
+	}
+	_, err := e.svc.Start(context.Background(), req)
+	if err == nil || !strings.Contains(err.Error(), "place conmon") || !strings.Contains(err.Error(), "injected placement failure") {
+		t.Fatalf("Start with conmon's move failing: %v, want the move's error", err)
+	}
+	if conmonPid == 0 {
+		t.Fatal("the move was never made: the test does not test")
+	}
+	if isConmonOf(conmonPid, "c") {
+		t.Errorf("conmon (pid %d) of the failed Start is left", conmonPid)
+	}
+	if procs := processesMentioning(e.svc.bundleDir("c")); len(procs) > 0 {
+		t.Errorf("processes of the failed Start left: %v", procs)
+	}
+	if _, err := os.Stat(e.svc.bundleDir("c")); !os.IsNotExist(err) {
+		t.Errorf("bundle of the failed Start: %v, want it gone", err)
+	}
+	e.svc.placeFault = nil
+	if _, err := e.svc.Start(context.Background(), req); err != nil {
+		t.Fatalf("Start again once the move works: %v", err)
+	}
+	if st := e.status("c"); st.GetState() != podsv0.ContainerState_CONTAINER_STATE_RUNNING {
+		t.Errorf("the container started again: %v", st)
+	}
+	if _, err := e.svc.Free(context.Background(), &podsv0.FreeRequest{PodId: "unplaced"}); err != nil {
+		t.Fatal(err)
+	}
+	e.assertClean()
+}
+
+// TestStartWithoutRuntimeStart: auraed starts a container runc created by
+// reading its exec FIFO itself, as `runc start` does: with a runtime whose
+// start always fails, the container still starts, runc then reports it
+// running, and stop and removal work as before. Without the FIFO start
+// (another runtime), the failing start fails the Start.
+func TestStartWithoutRuntimeStart(t *testing.T) {
+	e := newEnv(t)
+	wrapper := filepath.Join(t.TempDir(), "runc-without-start")
+	script := "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = start ] && { echo 'start refused by the test' >&2; exit 99; }; done\nexec " + e.svc.runtime + " \"$@\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.svc.runtime = wrapper
+	if !e.svc.fifoStart {
+		t.Fatal("auraed does not start runc's containers from their exec fifo")
+	}
+	e.allocate(&podsv0.Pod{Id: "fifo"})
+	if _, err := e.svc.Start(context.Background(), &podsv0.StartRequest{PodId: "fifo", Container: e.forPod("fifo", e.container("c", spec(t, nil, "sleep", "1000")))}); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if st := e.status("c"); st.GetState() != podsv0.ContainerState_CONTAINER_STATE_RUNNING {
+		t.Errorf("container: %v, want running", st)
+	}
+	out, err := exec.Command(wrapper, "--root", e.svc.runcRoot(), "state", "c").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"status": "running"`) {
+		t.Errorf("runc state: %v: %s, want running", err, out)
+	}
+	if _, err := os.Lstat(filepath.Join(e.svc.runcRoot(), "c", execFifo)); !os.IsNotExist(err) {
+		t.Errorf("exec fifo after the start: %v, want it gone", err)
+	}
+	// The start returns once the init's write end of the FIFO closed, in
+	// its exec (as runc start does): its command line may still be runc's
+	// for a moment.
+	deadline := time.Now().Add(10 * time.Second)
+	for procs := cgroupCmdlines(t, e.status("c").GetCgroupPath()); len(procs) != 1 || procs[0] != "sleep 1000"; procs = cgroupCmdlines(t, e.status("c").GetCgroupPath()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("processes in the container: %q, want the workload", procs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	e.svc.fifoStart = false
+	_, err = e.svc.Start(context.Background(), &podsv0.StartRequest{PodId: "fifo", Container: e.forPod("fifo", e.container("d", spec(t, nil, "sleep", "1000")))})
+	if err == nil || !strings.Contains(err.Error(), "start refused by the test") {
+		t.Errorf("Start through the runtime's refusing start: %v, want its error", err)
+	}
+	if _, err := e.svc.Free(context.Background(), &podsv0.FreeRequest{PodId: "fifo"}); err != nil {
+		t.Fatal(err)
+	}
+	e.assertClean()
+}
+
+// TestStartFromFifoInitGone: the init of a created container is killed
+// before its start: the start fails at once (not at its timeout) and the
+// container can be removed.
+func TestStartFromFifoInitGone(t *testing.T) {
+	e := newEnv(t)
+	e.allocate(&podsv0.Pod{Id: "gone"})
+	e.svc.beforeRuntimeStart = func(id string) {
+		b, err := exec.Command(e.svc.runtime, "--root", e.svc.runcRoot(), "state", id).Output()
+		if err != nil {
+			t.Errorf("runc state: %v", err)
+			return
+		}
+		var st struct {
+			Pid int `json:"pid"`
+		}
+		if err := json.Unmarshal(b, &st); err != nil || st.Pid <= 0 {
+			t.Errorf("runc state %s: %v", b, err)
+			return
+		}
+		_ = syscall.Kill(st.Pid, syscall.SIGKILL)
+	}
+	begin := time.Now()
+	_, err := e.svc.Start(context.Background(), &podsv0.StartRequest{PodId: "gone", Container: e.forPod("gone", e.container("c", spec(t, nil, "sleep", "1000")))})
+	if err == nil {
+		t.Fatal("Start of a container whose init was killed succeeded")
+	}
+	if !strings.Contains(err.Error(), "its init (pid") {
+		t.Errorf("Start: %v, want it to say the init is gone", err)
+	}
+	if d := time.Since(begin); d > runtimeCallTimeout/2 {
+		t.Errorf("Start took %s: it waited for its timeout", d)
+	}
+	e.svc.beforeRuntimeStart = nil
+	if _, err := e.svc.Free(context.Background(), &podsv0.FreeRequest{PodId: "gone"}); err != nil {
 		t.Fatal(err)
 	}
 	e.assertClean()

@@ -164,17 +164,17 @@ func CheckRuntime(ctx context.Context, path string, allowOld bool) (RuntimeCheck
 }
 
 // checkRuntime checks the runtime and logs what it found in one line; it
-// answers the runtime-spec version the runtime reads.
-func checkRuntime(ctx context.Context, log *slog.Logger, path string, allowOld bool) (spec string, _ error) {
+// answers the runtime-spec version the runtime reads and its name.
+func checkRuntime(ctx context.Context, log *slog.Logger, path string, allowOld bool) (spec, name string, _ error) {
 	rc, err := CheckRuntime(ctx, path, allowOld)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	attrs := []any{"path", rc.Path, "name", rc.Version.Name, "version", rc.Version.String(), "spec", rc.Spec, "min_version", MinRuntimeVersion.String()}
 	if rc.Version.Less(MinRuntimeVersion) {
 		log.WarnContext(ctx, "OCI runtime older than supported, allowed by --allow-old-oci-runtime", append(attrs, "version_line", rc.Raw)...)
-		return rc.Spec, nil
+		return rc.Spec, rc.Version.Name, nil
 	}
 	log.InfoContext(ctx, "OCI runtime", attrs...)
-	return rc.Spec, nil
+	return rc.Spec, rc.Version.Name, nil
 }

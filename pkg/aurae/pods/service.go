@@ -98,6 +98,9 @@ type Service struct {
 	oomFloor int32
 	// specVersion is the runtime-spec version the OCI runtime reads.
 	specVersion string
+	// fifoStart: the runtime is runc, whose start auraed does itself
+	// (startFromFifo).
+	fifoStart bool
 
 	mu   sync.RWMutex
 	pods map[string]*pod
@@ -109,6 +112,9 @@ type Service struct {
 	// afterMonitor, set by tests only, runs in Start once conmon has
 	// created the container, before its pid is recorded.
 	afterMonitor func(id string)
+	// placeFault, set by tests only, fails the move of a container's
+	// conmon into its pod's cgroup when it returns an error.
+	placeFault func(conmonPid int) error
 }
 
 // NewService opens the state and reconciles it with the machine: pods whose
@@ -162,7 +168,7 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 	} else {
 		cfg.Logger.InfoContext(ctx, "pod namespace holder", "path", hb)
 	}
-	specVersion, err := checkRuntime(ctx, cfg.Logger, rt, cfg.AllowOldRuntime)
+	specVersion, runtimeName, err := checkRuntime(ctx, cfg.Logger, rt, cfg.AllowOldRuntime)
 	if err != nil {
 		return nil, fmt.Errorf("pods: %w", err)
 	}
@@ -186,7 +192,7 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 		_ = st.close()
 		return nil, fmt.Errorf("pods: own oom_score_adj: %w", err)
 	}
-	s := &Service{cfg: cfg, log: cfg.Logger, store: st, runtime: rt, conmon: cm, closing: closing, closedCh: make(chan struct{}), oomFloor: int32(floor), specVersion: specVersion, pods: map[string]*pod{}, ctrs: map[string]*container{}}
+	s := &Service{cfg: cfg, log: cfg.Logger, store: st, runtime: rt, conmon: cm, closing: closing, closedCh: make(chan struct{}), oomFloor: int32(floor), specVersion: specVersion, fifoStart: runtimeName == "runc", pods: map[string]*pod{}, ctrs: map[string]*container{}}
 	if err := s.recover(ctx); err != nil {
 		_ = s.Close()
 		return nil, fmt.Errorf("recover pods: %w", err)
