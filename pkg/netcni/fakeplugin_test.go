@@ -116,6 +116,10 @@ func newFakeEnv(t *testing.T) *fakeEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// No network namespaces here: record what would be brought up.
+	e.m.loopback = func(netnsPath string) error {
+		return os.WriteFile(filepath.Join(e.calls, "lo-up-"+filepath.Base(netnsPath)), nil, 0o644)
+	}
 	if err := e.m.Status(); err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +193,13 @@ func TestSetupOptionsReachPlugins(t *testing.T) {
 	if d := got.RuntimeConfig.DNS; !reflect.DeepEqual(d.Servers, opts.DNS.Servers) || !reflect.DeepEqual(d.Searches, opts.DNS.Searches) {
 		t.Errorf("fakenet got DNS %+v, want %+v", d, *opts.DNS)
 	}
-	e.call(t, "loopback", "ADD", "pod1")
+	// lo is brought up by the Manager, not by the loopback plugin.
+	if _, err := os.Stat(filepath.Join(e.calls, "lo-up-fake")); err != nil {
+		t.Errorf("lo of the pod's namespace not brought up: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(e.calls, "loopback-ADD-pod1")); err == nil {
+		t.Error("the loopback plugin ran")
+	}
 
 	// Teardown hands portmap the mappings again.
 	if err := e.m.Teardown(ctx, "pod1", "/var/run/netns/fake", opts); err != nil {
@@ -292,5 +302,85 @@ func TestArgsInjectionRefused(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(e.calls); len(ents) != 0 {
 		t.Errorf("plugins ran: %v", ents)
+	}
+}
+
+// TestPortmapOnlyWithHostPorts: a pod without host ports is set up and torn
+// down without the portmap plugin, with the same result; a pod with some
+// gets it, with its mappings, and a portmap that comes first in its chain
+// is always run.
+func TestPortmapOnlyWithHostPorts(t *testing.T) {
+	e := newFakeEnv(t)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(exe, filepath.Join(filepath.Dir(e.calls), "bin", "portmap")); err != nil {
+		t.Fatal(err)
+	}
+	conf := `{"cniVersion":"1.0.0","name":"fake","plugins":[
+		{"type":"fakenet","capabilities":{"dns":true},"extra":{"kept":"as is"}},
+		{"type":"portmap","capabilities":{"portMappings":true},"snat":true},
+		{"type":"fakeportmap"}]}`
+	if err := os.WriteFile(filepath.Join(e.confDir, "10-fake.conflist"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ran := func(plugin, cmd, id string) bool {
+		_, err := os.Stat(filepath.Join(e.calls, plugin+"-"+cmd+"-"+id))
+		return err == nil
+	}
+
+	noPorts := SetupOptions{PortMappings: []PortMapping{{ContainerPort: 80}}} // no host port
+	res, err := e.m.Setup(ctx, "plain", "/var/run/netns/plain", noPorts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.IPs) != 1 || res.IPs[0].String() != fakeIP {
+		t.Errorf("result = %+v, want %s", res, fakeIP)
+	}
+	if ran("portmap", "ADD", "plain") {
+		t.Error("portmap ran for a pod without host ports")
+	}
+	// The other plugins got their config unchanged.
+	if _, conf := e.call(t, "fakenet", "ADD", "plain"); !strings.Contains(conf, `"extra":{"kept":"as is"}`) {
+		t.Errorf("fakenet config = %s", conf)
+	}
+	if _, conf := e.call(t, "fakeportmap", "ADD", "plain"); !strings.Contains(conf, fakeIP) {
+		t.Errorf("the plugin after portmap lacks the previous result: %s", conf)
+	}
+	if err := e.m.Teardown(ctx, "plain", "/var/run/netns/plain", noPorts); err != nil {
+		t.Fatal(err)
+	}
+	if ran("portmap", "DEL", "plain") || !ran("fakenet", "DEL", "plain") {
+		t.Error("teardown without host ports: portmap ran, or fakenet did not")
+	}
+
+	ports := SetupOptions{PortMappings: []PortMapping{{ContainerPort: 80, HostPort: 8080}}}
+	if _, err := e.m.Setup(ctx, "web", "/var/run/netns/web", ports); err != nil {
+		t.Fatal(err)
+	}
+	if _, conf := e.call(t, "portmap", "ADD", "web"); !strings.Contains(conf, `"HostPort":8080`) || !strings.Contains(conf, `"snat":true`) {
+		t.Errorf("portmap ADD config = %s", conf)
+	}
+	if err := e.m.Teardown(ctx, "web", "/var/run/netns/web", ports); err != nil {
+		t.Fatal(err)
+	}
+	if _, conf := e.call(t, "portmap", "DEL", "web"); !strings.Contains(conf, `"HostPort":8080`) {
+		t.Errorf("portmap DEL config = %s", conf)
+	}
+
+	// portmap first in its chain fails without a previous result, ports or
+	// not: it is not left out.
+	conf = `{"cniVersion":"1.0.0","name":"fake","plugins":[{"type":"portmap"},{"type":"fakenet"}]}`
+	if err := os.WriteFile(filepath.Join(e.confDir, "10-fake.conflist"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.m.Setup(ctx, "first", "/var/run/netns/first", SetupOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if !ran("portmap", "ADD", "first") {
+		t.Error("a portmap first in its chain was left out")
 	}
 }

@@ -3,15 +3,23 @@
 // loopback, portmap) of github.com/containernetworking/plugins.
 //
 // A Manager loads the first network config of its conf dir (sorted by file
-// name, as containerd and CRI-O do) plus a built-in loopback network, and
-// reloads it whenever the conf dir's files change: every Status, Setup and
-// Teardown compares a fingerprint of the directory with the one it loaded.
-// A reload builds a new go-cni instance and swaps it in, so that Status never
-// waits behind a Setup or Teardown in flight on the previous one.
+// name, as containerd and CRI-O do), and reloads it whenever the conf dir's
+// files change: every Status, Setup and Teardown compares a fingerprint of
+// the directory with the one it loaded. A reload builds new go-cni instances
+// and swaps them in, so that Status never waits behind a Setup or Teardown
+// in flight on the previous ones.
+//
+// Two plugin runs containerd's CRI makes per pod are not made (each a Go
+// binary's start, and the second two iptables runs of its firewall probe,
+// at ADD and again at DEL): the loopback plugin's, as Setup brings the
+// pod's lo up itself, and, for a pod without host ports, the portmap
+// plugin's, which passes the previous plugin's result through unchanged
+// when it is given no port mappings (its own ADD and DEL return at once).
 package netcni
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -63,9 +71,12 @@ type Manager struct {
 	binDirs []string
 	nsDir   string
 	log     *slog.Logger
+	// loopback brings up lo in a pod's network namespace; loopbackUp but
+	// in the tests without network namespaces.
+	loopback func(netnsPath string) error
 
 	mu      sync.Mutex // guards the fields below; never held across a plugin call
-	cni     gocni.CNI  // the networks of the last load; nil when none
+	cni     networks   // the networks of the last load; zero when none
 	stamp   string     // fingerprint of the conf dir when last loaded
 	loaded  bool
 	loadErr error // why the last load found no usable config
@@ -87,10 +98,11 @@ func New(cfg Config) (*Manager, error) {
 		cfg.Logger = slog.Default()
 	}
 	m := &Manager{
-		confDir: cfg.ConfDir,
-		binDirs: filepath.SplitList(cfg.BinDir),
-		nsDir:   cfg.NetworkNamespacesDir,
-		log:     cfg.Logger.With("component", "netcni"),
+		confDir:  cfg.ConfDir,
+		binDirs:  filepath.SplitList(cfg.BinDir),
+		nsDir:    cfg.NetworkNamespacesDir,
+		log:      cfg.Logger.With("component", "netcni"),
+		loopback: loopbackUp,
 	}
 	// Fail early on options go-cni refuses; a missing config is no error.
 	if _, err := m.newCNI(); err != nil {
@@ -105,9 +117,91 @@ func (m *Manager) newCNI() (gocni.CNI, error) {
 		gocni.WithPluginConfDir(m.confDir),
 		gocni.WithPluginDir(m.binDirs),
 		gocni.WithInterfacePrefix("eth"),
-		// The loopback network plus the default network.
-		gocni.WithMinNetworkCount(2),
+		// The default network alone: Setup brings lo up itself.
+		gocni.WithMinNetworkCount(1),
 	)
+}
+
+// networks are the go-cni instances of one load of the conf dir.
+type networks struct {
+	// all is the default network as configured.
+	all gocni.CNI
+	// noPorts is the default network without its portmap plugins, for
+	// pods without host ports; nil when it has none to leave out.
+	noPorts gocni.CNI
+}
+
+// forOpts is the instance that sets up (and tears down) a pod of opts.
+func (n networks) forOpts(opts SetupOptions) gocni.CNI {
+	if n.noPorts != nil && !hasHostPorts(opts) {
+		return n.noPorts
+	}
+	return n.all
+}
+
+// hasHostPorts reports whether opts map a host port: the mappings portmap
+// is given (namespaceOpts drops those without one).
+func hasHostPorts(opts SetupOptions) bool {
+	return slices.ContainsFunc(opts.PortMappings, func(p PortMapping) bool { return p.HostPort > 0 })
+}
+
+// withoutPortmap returns the default network of c without its portmap
+// plugins, or nil when it has none or one comes first in its chain (where
+// portmap fails: it must be chained, mappings or not).
+//
+// The portmap plugin (containernetworking/plugins) returns the previous
+// result unchanged at ADD, and does nothing at DEL, when it is given no
+// port mappings; it only probes the firewall backend first. The list keeps
+// its name and every other plugin's config byte for byte, so libcni's
+// cache of a pod's result is the same either way, and a pod set up with
+// the whole list before is torn down alike.
+func (m *Manager) withoutPortmap(c gocni.CNI) (gocni.CNI, error) {
+	nets := c.GetConfig().Networks
+	if len(nets) != 1 {
+		return nil, nil
+	}
+	var list map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(nets[0].Config.Source), &list); err != nil {
+		return nil, fmt.Errorf("network %q: %w", nets[0].Config.Name, err)
+	}
+	var plugins []json.RawMessage
+	if err := json.Unmarshal(list["plugins"], &plugins); err != nil {
+		return nil, fmt.Errorf("network %q: plugins: %w", nets[0].Config.Name, err)
+	}
+	var kept []json.RawMessage
+	for i, p := range plugins {
+		var t struct {
+			Type string `json:"type"`
+		}
+		if err := json.Unmarshal(p, &t); err != nil {
+			return nil, fmt.Errorf("network %q: plugin %d: %w", nets[0].Config.Name, i, err)
+		}
+		if t.Type != "portmap" {
+			kept = append(kept, p)
+		} else if i == 0 {
+			return nil, nil
+		}
+	}
+	if len(kept) == len(plugins) {
+		return nil, nil
+	}
+	b, err := json.Marshal(kept)
+	if err != nil {
+		return nil, err
+	}
+	list["plugins"] = b
+	src, err := json.Marshal(list)
+	if err != nil {
+		return nil, err
+	}
+	nc, err := m.newCNI()
+	if err != nil {
+		return nil, err
+	}
+	if err := nc.Load(gocni.WithConfListBytes(src)); err != nil {
+		return nil, fmt.Errorf("network %q without portmap: %w", nets[0].Config.Name, err)
+	}
+	return nc, nil
 }
 
 // ConfDir returns the directory the Manager loads its config from.
@@ -121,10 +215,11 @@ func (m *Manager) ConfDir() string { return m.confDir }
 // STATUS verb), within StatusTimeout; go-cni's own Status would wait on them
 // unbounded.
 func (m *Manager) Status() error {
-	c, err := m.ready()
+	nets, err := m.ready()
 	if err != nil {
 		return err
 	}
+	c := nets.all
 	ctx, cancel := context.WithTimeout(context.Background(), StatusTimeout)
 	defer cancel()
 	lib := cnilibrary.NewCNIConfig(m.binDirs, nil)
@@ -144,19 +239,19 @@ func (m *Manager) Status() error {
 const StatusTimeout = 10 * time.Second
 
 // ready reloads the config when the conf dir changed, checks the plugins and
-// returns the go-cni instance to use.
-func (m *Manager) ready() (gocni.CNI, error) {
+// returns the go-cni instances to use.
+func (m *Manager) ready() (networks, error) {
 	m.mu.Lock()
 	err := m.reloadLocked()
-	c := m.cni
+	nets := m.cni
 	m.mu.Unlock()
 	if err != nil {
-		return nil, err
+		return networks{}, err
 	}
-	if err := m.checkPlugins(c); err != nil {
-		return nil, err
+	if err := m.checkPlugins(nets.all); err != nil {
+		return networks{}, err
 	}
-	return c, nil
+	return nets, nil
 }
 
 // reloadLocked loads the conf dir again if its fingerprint changed since the
@@ -181,14 +276,18 @@ func (m *Manager) reloadLocked() error {
 		m.loadErr = nil
 	}
 	// Drop what was loaded before, so that Setup fails as Status does.
-	m.cni = nil
+	m.cni = networks{}
 	if m.loadErr != nil {
 		m.log.Warn("cni config unavailable", "conf_dir", m.confDir, "reason", m.loadErr)
 		return m.loadErr
 	}
 	c, err := m.newCNI()
 	if err == nil {
-		err = c.Load(gocni.WithLoNetwork, gocni.WithDefaultConf)
+		err = c.Load(gocni.WithDefaultConf)
+	}
+	var noPorts gocni.CNI
+	if err == nil {
+		noPorts, err = m.withoutPortmap(c)
 	}
 	if err != nil {
 		if errors.Is(err, gocni.ErrCNINotInitialized) {
@@ -199,12 +298,12 @@ func (m *Manager) reloadLocked() error {
 		m.log.Warn("cni config unavailable", "conf_dir", m.confDir, "reason", m.loadErr)
 		return m.loadErr
 	}
-	m.cni = c
+	m.cni = networks{all: c, noPorts: noPorts}
 	var names []string
 	for _, n := range c.GetConfig().Networks {
 		names = append(names, n.Config.Name)
 	}
-	m.log.Info("cni config loaded", "conf_dir", m.confDir, "networks", names)
+	m.log.Info("cni config loaded", "conf_dir", m.confDir, "networks", names, "portmap_only_with_host_ports", noPorts != nil)
 	return nil
 }
 

@@ -92,7 +92,8 @@ func TestWriteDefaultConfig(t *testing.T) {
 func TestStatus(t *testing.T) {
 	root := t.TempDir()
 	confDir := filepath.Join(root, "net.d")
-	binDir := fakeBinDir(t, "bridge", "host-local", "portmap") // no loopback yet
+	// No portmap yet; no loopback ever (the Manager brings lo up itself).
+	binDir := fakeBinDir(t, "bridge", "host-local")
 	m, err := New(Config{ConfDir: confDir, BinDir: binDir, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -125,8 +126,8 @@ func TestStatus(t *testing.T) {
 	if err := WriteDefaultConfig(confDir, "10.250.255.0/24"); err != nil {
 		t.Fatal(err)
 	}
-	expect(ErrPluginMissing, `plugin "loopback" not found in `+binDir)
-	if err := os.WriteFile(filepath.Join(binDir, "loopback"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+	expect(ErrPluginMissing, `plugin "portmap" not found in `+binDir)
+	if err := os.WriteFile(filepath.Join(binDir, "portmap"), []byte("#!/bin/sh\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	expect(nil, "")
@@ -157,7 +158,7 @@ func TestStatus(t *testing.T) {
 	}
 	expect(ErrPluginMissing, `network "other": plugin "macvlan"`)
 	m.mu.Lock()
-	c := m.cni
+	c := m.cni.all
 	m.mu.Unlock()
 	if name, ifName := defaultNetwork(c); name != "other" || ifName != "eth0" {
 		t.Errorf("default network = %q on %q, want other on eth0", name, ifName)
@@ -223,6 +224,10 @@ func TestTwoPodsReachEachOther(t *testing.T) {
 	got, err := fetch(b.netns, addr)
 	if err != nil || got != "hello from a" {
 		t.Fatalf("pod b → %s: %q, %v", addr, got, err)
+	}
+	// Its lo is up (the Manager's doing: no loopback plugin runs).
+	if got, err := fetch(a.netns, "127.0.0.1:7777"); err != nil || got != "hello from a" {
+		t.Fatalf("pod a → its own 127.0.0.1:7777: %q, %v", got, err)
 	}
 
 	e.teardown(a)

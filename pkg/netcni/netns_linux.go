@@ -9,6 +9,8 @@ import (
 	"runtime"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/aurae-runtime/aurae-cri/internal/linux"
 )
 
 // NetNSPath is where NewNetNS pins the network namespace of podID.
@@ -94,4 +96,41 @@ func isNetNS(path string) bool {
 		return false
 	}
 	return st.Type == unix.NSFS_MAGIC
+}
+
+// loopbackUp brings up the lo interface of the network namespace pinned
+// at path, as the CNI loopback plugin would, from a thread of this process.
+func loopbackUp(path string) error {
+	ns, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("loopback: %w", err)
+	}
+	defer ns.Close()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		home, err := os.Open(fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid()))
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer home.Close()
+		// setns refuses a file that is not a network namespace.
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter %s: %w", path, err)
+			return
+		}
+		upErr := linux.LoopbackUp()
+		// As in CreateNetNS: a thread that cannot go home dies locked.
+		if err := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); err == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- upErr
+	}()
+	if err := <-errc; err != nil {
+		return fmt.Errorf("loopback of %s: %w", path, err)
+	}
+	return nil
 }

@@ -59,13 +59,18 @@ func (m *Manager) Setup(ctx context.Context, podID, netnsPath string, opts Setup
 	if err := checkArgs(opts.Labels); err != nil {
 		return nil, fmt.Errorf("cni setup pod %q: %w", podID, err)
 	}
-	c, err := m.ready()
+	nets, err := m.ready()
 	if err != nil {
 		return nil, fmt.Errorf("cni setup pod %q: %w", podID, err)
 	}
+	c := nets.forOpts(opts)
 	log := m.logger(ctx, podID)
 	_, ifName := defaultNetwork(c)
 	start := time.Now()
+	// What the loopback plugin would do, without its process.
+	if err := m.loopback(netnsPath); err != nil {
+		return nil, fmt.Errorf("cni setup pod %q: %w", podID, err)
+	}
 	res, err := c.Setup(ctx, podID, netnsPath, namespaceOpts(opts)...)
 	if err != nil {
 		// Release the IP and rules of whichever plugin succeeded, under a
@@ -114,10 +119,11 @@ func (m *Manager) Teardown(ctx context.Context, podID, netnsPath string, opts Se
 	if err := checkArgs(opts.Labels); err != nil {
 		return fmt.Errorf("cni teardown pod %q: %w", podID, err)
 	}
-	c, err := m.ready()
+	nets, err := m.ready()
 	if err != nil {
 		return fmt.Errorf("cni teardown pod %q: %w", podID, err)
 	}
+	c := nets.forOpts(opts)
 	if err := m.teardown(ctx, c, podID, netnsPath, opts); err != nil {
 		return fmt.Errorf("cni teardown pod %q: %w", podID, err)
 	}

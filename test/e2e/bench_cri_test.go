@@ -25,6 +25,9 @@ const (
 type podStartResults struct {
 	key                    string
 	sequential, concurrent []time.Duration
+	// sequentialEnd is when the last sequential start ended, before
+	// any concurrent one began.
+	sequentialEnd time.Time
 }
 
 var (
@@ -153,6 +156,9 @@ func podStarts(b *testing.B, targets ...startTarget) ([]podStartResults, error) 
 			}
 			res[k].sequential = append(res[k].sequential, d)
 		}
+	}
+	for k := range res {
+		res[k].sequentialEnd = time.Now()
 	}
 	for k := range targets {
 		var wg sync.WaitGroup

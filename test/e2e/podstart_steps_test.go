@@ -70,6 +70,19 @@ func BenchmarkNativePodStartSteps(b *testing.B) {
 		b.Fatal("aurae-cri logged no steps lines at debug level")
 	}
 	printStepMedians("median step durations (sequential and concurrent starts together)", c.Records())
+	printStepMedians("median step durations (sequential starts only)", recordsBefore(c.Records(), res[0].sequentialEnd))
+}
+
+// recordsBefore is the records logged before t (their "time").
+func recordsBefore(records []map[string]any, t time.Time) []map[string]any {
+	var out []map[string]any
+	for _, r := range records {
+		s, _ := r["time"].(string)
+		if at, err := time.Parse(time.RFC3339Nano, s); err == nil && at.Before(t) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // startCRIBinary is startCRI with another aurae-cri binary.
