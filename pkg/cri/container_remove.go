@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -13,6 +14,10 @@ import (
 	"github.com/aurae-runtime/aurae-cri/pkg/controller"
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 )
+
+// lazyRootfsTimeout bounds the removal of a removed container's snapshot
+// off RemoveContainer's path; Close waits for it.
+const lazyRootfsTimeout = 30 * time.Second
 
 // RemoveContainer implements RuntimeService.RemoveContainer: a running
 // container is killed first; its rootfs and record go. It is marked
@@ -29,10 +34,11 @@ func (r *Runtime) RemoveContainer(ctx context.Context, req *runtimeapi.RemoveCon
 }
 
 // removeContainer removes container id. With lazy, its record goes from
-// the store's memory at once and from its file off this call's path
+// the store's memory at once, and a native container's rootfs snapshot,
+// then its record's file, off this call's path
 // (sandbox.Store.DeleteRemovedContainer): the REMOVING mark, on disk
 // before anything was removed, makes recovery finish a removal whose
-// deletion was lost.
+// snapshot removal or deletion was lost or failed.
 func (r *Runtime) removeContainer(ctx context.Context, id string, lazy bool) (retErr error) {
 	steps := timing.Start()
 	if err := r.stopContainer(ctx, id, 0); err != nil {
@@ -79,36 +85,51 @@ func (r *Runtime) removeContainer(ctx context.Context, id string, lazy bool) (re
 		}
 		return nil
 	}
-	removeRootfs := func() error {
-		if err := r.cfg.Images.RemoveRootfs(callCtx, c.ID); err != nil && !errdefs.IsNotFound(err) {
+	removeRootfsIn := func(ctx context.Context) error {
+		if err := r.cfg.Images.RemoveRootfs(ctx, c.ID); err != nil && !errdefs.IsNotFound(err) {
 			return fmt.Errorf("remove rootfs of %s: %w", c.ID, err)
 		}
 		return nil
 	}
+	removeRootfs := func() error { return removeRootfsIn(callCtx) }
+	// lastStep is what the record's deletion waits for (nil: nothing).
+	var lastStep func() error
 	if rootfsFreeAtExit(ctrl) {
 		// The runtime is done with the rootfs (unmounted at the exit,
-		// unless that failed): the container, its snapshot and the
-		// rootfs dirs go at once.
+		// unless that failed): the container and the rootfs dirs go at
+		// once; its snapshot goes with its record, off the call's path
+		// when lazy (nothing but aurae-cri uses it once the dirs are
+		// gone), or here.
 		dir := r.rootfsDir(c.ID)
 		if _, err := unmountAll(dir); err != nil {
 			return err
 		}
 		steps.Done("unmount")
-		var ctrErr, dirErr error
+		var ctrErr, rootfsErr error
 		var wg sync.WaitGroup
-		wg.Add(2)
+		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			ctrErr = removeCtr()
 		}()
-		go func() {
-			defer wg.Done()
-			dirErr = removeRootfsDirs(dir)
-		}()
-		rootfsErr := removeRootfs()
+		if !lazy {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rootfsErr = removeRootfs()
+			}()
+		}
+		dirErr := removeRootfsDirs(dir)
 		wg.Wait()
 		if err := errors.Join(ctrErr, rootfsErr, dirErr); err != nil {
 			return err
+		}
+		if lazy {
+			lastStep = func() error {
+				ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lazyRootfsTimeout)
+				defer cancel()
+				return removeRootfsIn(ctx)
+			}
 		}
 		steps.Done("controller_remove_and_rootfs")
 		r.fault(FaultContainerRemoving)
@@ -135,7 +156,7 @@ func (r *Runtime) removeContainer(ctx context.Context, id string, lazy bool) (re
 	steps.Done("image_volumes")
 	del := r.store.DeleteContainer
 	if lazy {
-		del = r.store.DeleteRemovedContainer
+		del = func(id string) error { return r.store.DeleteRemovedContainer(id, lastStep) }
 	}
 	if err := del(c.ID); err != nil {
 		return err

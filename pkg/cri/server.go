@@ -173,6 +173,9 @@ func (r *Runtime) Close() {
 		r.stopMonitor()
 	}
 	r.bg.Wait()
+	// The snapshots of removed containers, before the image service
+	// closes.
+	r.store.Flush()
 }
 
 // checkReady refuses calls until recovery is done.

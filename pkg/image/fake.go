@@ -44,6 +44,18 @@ type Fake struct {
 	// calls that found their image.
 	volumes map[string]bool
 	pulls   int
+	// removeRootfsGate, when not nil, holds RemoveRootfs until it is
+	// closed; removeRootfsErr fails it.
+	removeRootfsGate <-chan struct{}
+	removeRootfsErr  error
+}
+
+// HoldRemoveRootfs makes RemoveRootfs wait until gate is closed (nil: not
+// at all) and then fail with err (nil: succeed).
+func (f *Fake) HoldRemoveRootfs(gate <-chan struct{}, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.removeRootfsGate, f.removeRootfsErr = gate, err
 }
 
 // NewFake returns an empty Fake whose rootfs mounts bind rootfsSource.
@@ -148,6 +160,19 @@ func (f *Fake) RootfsMounts(ctx context.Context, containerID string) ([]Mount, e
 func (f *Fake) RemoveRootfs(ctx context.Context, containerID string) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	f.mu.Lock()
+	gate, failure := f.removeRootfsGate, f.removeRootfsErr
+	f.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if failure != nil {
+		return failure
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -578,24 +578,26 @@ func (s *Store) DeleteSandbox(id string) error {
 // DeleteContainer forgets a container and releases its name.
 func (s *Store) DeleteContainer(id string) error {
 	defer s.change()()
-	return s.deleteContainer(id, false)
+	return s.deleteContainer(id, false, nil)
 }
 
 // DeleteRemovedContainer forgets a container whose removal is recorded
-// (Status.Removing) and done: it is gone from the maps (and its name free)
-// when it returns, and from the file and the on-disk records soon after,
-// off the caller's path (Close waits for that). A crash before leaves the
-// REMOVING record, whose removal recovery finishes again: every step of a
-// removal is done or tolerates being done. A container not marked
-// Removing is deleted as DeleteContainer does.
-func (s *Store) DeleteRemovedContainer(id string) error {
+// (Status.Removing) and done but for last (nil for nothing): it is gone
+// from the maps (and its name free) when it returns; last runs off the
+// caller's path, and when it succeeds the container goes from the file and
+// the on-disk records (Flush and Close wait for both). A crash before, or
+// a failed last, leaves the REMOVING record, whose removal recovery
+// finishes again: every step of a removal is done or tolerates being done.
+// A container not marked Removing is deleted as DeleteContainer does,
+// after last.
+func (s *Store) DeleteRemovedContainer(id string, last func() error) error {
 	defer s.change()()
-	return s.deleteContainer(id, true)
+	return s.deleteContainer(id, true, last)
 }
 
 // deleteContainer is DeleteContainer (DeleteRemovedContainer with lazy),
 // under wmu.
-func (s *Store) deleteContainer(id string, lazy bool) error {
+func (s *Store) deleteContainer(id string, lazy bool, last func() error) error {
 	c, ok := s.containers[id]
 	if !ok {
 		return nil
@@ -611,12 +613,25 @@ func (s *Store) deleteContainer(id string, lazy bool) error {
 		s.lazy.Add(1)
 		go func() {
 			defer s.lazy.Done()
+			if last != nil {
+				if err := last(); err != nil {
+					slog.Warn("removed container's record left: its removal is finished at the next start", "container", id, "error", err)
+					return
+				}
+			}
 			if err := del(); err != nil {
 				slog.Warn("removed container's record left: its removal is finished at the next start", "container", id, "error", err)
 			}
 		}()
-	} else if err := del(); err != nil {
-		return err
+	} else {
+		if last != nil {
+			if err := last(); err != nil {
+				return err
+			}
+		}
+		if err := del(); err != nil {
+			return err
+		}
 	}
 	s.apply(func() {
 		delete(s.containers, id)

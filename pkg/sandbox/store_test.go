@@ -1,8 +1,12 @@
 package sandbox
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -185,17 +189,26 @@ func TestReadsDoNotWaitForAChange(t *testing.T) {
 
 // TestDeleteRemovedContainer: a container marked Removing is gone from
 // the store (and its name free) at once and from the disk once Close has
-// returned; one not marked is deleted as DeleteContainer does.
+// returned, after its last step ran; one whose last step fails stays on
+// disk, REMOVING, for recovery; one not marked is deleted as
+// DeleteContainer does.
 func TestDeleteRemovedContainer(t *testing.T) {
 	dir := t.TempDir()
 	s, err := Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sb := addReadyPod(t, s, "abc123")
-	for _, id := range []string{"removing1", "removing2", "plain1"} {
-		c := &Container{ID: id, SandboxID: sb.ID, Name: "ctr_" + id, CreatedAt: time.Now(), Spec: []byte(`{}`),
-			Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: id}},
+	sb := addReadyPod(t, s, strings.Repeat("ab", 32))
+	// Ids of the form aurae-cri gives (on-disk records are named by them).
+	ids := map[string]string{}
+	for _, n := range []string{"removing1", "removing2", "plain1", "unknown", "lastfails"} {
+		h := sha256.Sum256([]byte(n))
+		ids[n] = hex.EncodeToString(h[:])
+	}
+	for _, n := range []string{"removing1", "removing2", "plain1", "lastfails"} {
+		id := ids[n]
+		c := &Container{ID: id, SandboxID: sb.ID, Name: "ctr_" + n, CreatedAt: time.Now(), Spec: []byte(`{}`),
+			Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: n}},
 			Status: ContainerStatus{State: runtimeapi.ContainerState_CONTAINER_EXITED}}
 		if err := s.ReserveName(c.Name, c.ID); err != nil {
 			t.Fatal(err)
@@ -204,36 +217,50 @@ func TestDeleteRemovedContainer(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, id := range []string{"removing1", "removing2"} {
-		if _, err := s.UpdateContainer(id, func(st ContainerStatus) (ContainerStatus, error) {
+	for _, n := range []string{"removing1", "removing2", "lastfails"} {
+		if _, err := s.UpdateContainer(ids[n], func(st ContainerStatus) (ContainerStatus, error) {
 			st.Removing = true
 			return st, nil
 		}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for _, id := range []string{"removing1", "removing2", "plain1", "unknown"} {
-		if err := s.DeleteRemovedContainer(id); err != nil {
+	var ran sync.Map
+	for _, n := range []string{"removing1", "removing2", "plain1", "unknown", "lastfails"} {
+		id := ids[n]
+		last := func() error {
+			ran.Store(n, true)
+			if n == "lastfails" {
+				return errors.New("snapshot removal failed")
+			}
+			return nil
+		}
+		if err := s.DeleteRemovedContainer(id, last); err != nil {
 			t.Fatalf("DeleteRemovedContainer(%s): %v", id, err)
 		}
 		if _, err := s.Container(id); !errdefs.IsNotFound(err) {
 			t.Fatalf("container %s after DeleteRemovedContainer: %v, want not found", id, err)
 		}
-		if err := s.ReserveName("ctr_"+id, "other-"+id); err != nil {
-			t.Fatalf("name of %s still held: %v", id, err)
+		if err := s.ReserveName("ctr_"+n, "other-"+n); err != nil {
+			t.Fatalf("name of %s still held: %v", n, err)
 		}
 	}
 	s = reopen(t, s, dir)
 	defer func() { _ = s.Close() }()
-	if n := len(s.Containers()); n != 0 {
-		t.Fatalf("%d containers after reopening, want none", n)
+	for _, n := range []string{"removing1", "removing2", "plain1", "lastfails"} {
+		if _, ok := ran.Load(n); !ok {
+			t.Errorf("the last step of %s's removal did not run", n)
+		}
+	}
+	if cs := s.Containers(); len(cs) != 1 || cs[0].ID != ids["lastfails"] || !cs[0].Status.Removing {
+		t.Fatalf("containers after reopening: %+v, want lastfails alone, REMOVING", cs)
 	}
 	recs, err := s.ReadRecords()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(recs.Containers) != 0 {
-		t.Fatalf("on-disk container records after reopening: %d, want none", len(recs.Containers))
+	if len(recs.Containers) != 1 || len(recs.Refused) != 0 {
+		t.Fatalf("on-disk container records after reopening: %d (refused %+v), want lastfails's", len(recs.Containers), recs.Refused)
 	}
 }
 

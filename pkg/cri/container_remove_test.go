@@ -1,0 +1,153 @@
+package cri
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/controller"
+	"github.com/aurae-runtime/aurae-cri/pkg/image"
+	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
+)
+
+// freeAtExit is the fake controller with the native controller's promise:
+// a container's rootfs is free once it exited.
+type freeAtExit struct{ *fakeController }
+
+func (freeAtExit) RootfsFreeAtExit() bool { return true }
+
+// TestRemoveContainerSnapshotOffPath: RemoveContainer of a native
+// container returns without waiting for its rootfs snapshot's removal,
+// the container gone from the CRI at once; the record goes from the disk
+// after the snapshot. A snapshot removal that fails leaves the REMOVING
+// record, and the next start finishes the removal.
+func TestRemoveContainerSnapshotOffPath(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a container's rootfs needs root")
+	}
+	f := newFixture(t, false)
+	images := image.NewFake(t.TempDir())
+	images.Add(image.Image{ID: "sha256:" + strings.Repeat("a", 64), RepoTags: []string{"example.com/app:1"}})
+	start := func(st *sandbox.Store) *Runtime {
+		rt, err := NewRuntime(Config{
+			RootDir: f.dir, Controllers: map[string]controller.Controller{"": freeAtExit{f.ctrl}}, Images: images,
+			Network: f.net, Store: st, MonitorInterval: time.Hour,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rt.Recover(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		return rt
+	}
+	rt := start(f.store)
+	pod, err := rt.RunPodSandbox(t.Context(), &runtimeapi.RunPodSandboxRequest{Config: podConfig("a")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	create := func(name string) string {
+		resp, err := rt.CreateContainer(t.Context(), &runtimeapi.CreateContainerRequest{
+			PodSandboxId: pod.GetPodSandboxId(), Config: cdiContainer(name, nil, nil), SandboxConfig: podConfig("a")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := images.Rootfs(resp.GetContainerId()); !ok {
+			t.Fatalf("container %s has no rootfs snapshot", name)
+		}
+		return resp.GetContainerId()
+	}
+	listed := func(rt *Runtime, id string) bool {
+		resp, err := rt.ListContainers(t.Context(), &runtimeapi.ListContainersRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range resp.GetContainers() {
+			if c.GetId() == id {
+				return true
+			}
+		}
+		return false
+	}
+	recorded := func(st *sandbox.Store, id string) *sandbox.Container {
+		for _, c := range st.Containers() {
+			if c.ID == id {
+				return &c
+			}
+		}
+		return nil
+	}
+	a, b := create("a"), create("b")
+	// A failure must not leave the rootfs bind mounts in the temp dir.
+	t.Cleanup(func() {
+		for _, id := range []string{a, b} {
+			_, _ = unmountAll(rt.rootfsDir(id))
+		}
+	})
+
+	// The snapshot's removal held: RemoveContainer returns all the same.
+	gate := make(chan struct{})
+	images.HoldRemoveRootfs(gate, nil)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if _, err := rt.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: a}); err != nil {
+		t.Fatalf("RemoveContainer with the snapshot's removal held: %v", err)
+	}
+	if listed(rt, a) {
+		t.Error("a removed container is still listed")
+	}
+	if _, ok := images.Rootfs(a); !ok {
+		t.Fatal("the snapshot went before its removal was let go")
+	}
+	close(gate)
+	f.store.Flush()
+	if _, ok := images.Rootfs(a); ok {
+		t.Error("the snapshot of a removed container is left")
+	}
+
+	// The snapshot's removal fails: the REMOVING record stays, and the
+	// next start finishes the removal.
+	images.HoldRemoveRootfs(nil, errFake)
+	if _, err := rt.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: b}); err != nil {
+		t.Fatal(err)
+	}
+	rt.Close()
+	if err := f.store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// On disk: a is gone; b is left, REMOVING.
+	st, err := sandbox.Open(f.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := recorded(st, a); c != nil {
+		t.Errorf("record of a removed container left: %+v", c)
+	}
+	if c := recorded(st, b); c == nil || !c.Status.Removing {
+		t.Fatalf("record of b after its snapshot's removal failed: %+v, want REMOVING", c)
+	}
+	images.HoldRemoveRootfs(nil, nil)
+	rt = start(st)
+	rt.Close()
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := images.Rootfs(b); ok {
+		t.Error("the restart left the snapshot of b")
+	}
+	st, err = sandbox.Open(f.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = st.Close() }()
+	if c := recorded(st, b); c != nil {
+		t.Errorf("the restart left the record of b: %+v", c)
+	}
+}
