@@ -334,15 +334,22 @@ func (a *Auraed) Records() []map[string]any {
 }
 
 // TCPAddr is the TCP address the current run serves on (--listen), as
-// logged at startup; "" without --listen.
+// logged at startup; "" without --listen. The line comes once the unix
+// socket already answers: it is waited for, for a few seconds.
 func (a *Auraed) TCPAddr() string {
-	addr := ""
-	for _, r := range a.Records() {
-		if r["msg"] == "auraed serving" {
-			addr, _ = r["listen"].(string)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		addr, logged := "", false
+		for _, r := range a.Records() {
+			if r["msg"] == "auraed serving" {
+				addr, _ = r["listen"].(string)
+				logged = true
+			}
 		}
+		if logged || time.Now().After(deadline) {
+			return addr
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	return addr
 }
 
 // Kill9 kills auraed with SIGKILL and waits for it: no cleanup runs, the
