@@ -3,6 +3,7 @@ package image
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -11,12 +12,14 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	remoteerrors "github.com/containerd/containerd/v2/core/remotes/errors"
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
+	"github.com/opencontainers/image-spec/identity"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -87,20 +90,27 @@ func (s *Service) pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 	}
 	steps.Done("pull_unpack")
 	s.idx.put(s.idx.begin(), img.Metadata())
-	// The size (for the metrics and the log) is read beside the records.
-	var size int64
-	sized := make(chan struct{})
-	go func() {
-		defer close(sized)
-		size, _ = img.Size(ctx)
-	}()
-	defer func() { <-sized }()
 	cfg, err := img.Config(ctx)
 	if err != nil {
 		return "", 0, fmt.Errorf("pull image %q: config descriptor: %w", name, err)
 	}
 	id := cfg.Digest.String()
 	steps.Done("config")
+	// What an ImageStatus or a container create reads of the image (its
+	// config, size, chain id) is read beside the records and kept: the
+	// call that follows a pull finds it.
+	var size int64
+	sized := make(chan struct{})
+	go func() {
+		defer close(sized)
+		m, err := s.pulledMeta(ctx, img, cfg)
+		if err != nil {
+			log.DebugContext(ctx, "read the pulled image's config", "error", err)
+			return
+		}
+		size = m.size
+	}()
+	defer func() { <-sized }()
 
 	// Like containerd's CRI plugin: records by id, repo digest and tag, all
 	// pointing at the pulled target, so the image can be found by any of
@@ -244,4 +254,38 @@ func classifyPullError(err error) error {
 		return fmt.Errorf("%w: %w", errdefs.ErrUnauthenticated, err)
 	}
 	return err
+}
+
+// pulledMeta reads what metaFor would of a pulled image, whose config
+// descriptor the pull read, and keeps it.
+func (s *Service) pulledMeta(ctx context.Context, img containerd.Image, cfg ocispec.Descriptor) (imageMeta, error) {
+	var size int64
+	var sizeErr error
+	sized := make(chan struct{})
+	go func() {
+		defer close(sized)
+		size, sizeErr = img.Size(ctx)
+	}()
+	blob, err := content.ReadBlob(ctx, img.ContentStore(), cfg)
+	<-sized
+	if err != nil {
+		return imageMeta{}, err
+	}
+	if sizeErr != nil {
+		return imageMeta{}, sizeErr
+	}
+	var spec ocispec.Image
+	if err := json.Unmarshal(blob, &spec); err != nil {
+		return imageMeta{}, fmt.Errorf("image config %s: %w", cfg.Digest, err)
+	}
+	m := imageMeta{
+		id:      cfg.Digest.String(),
+		chainID: identity.ChainID(spec.RootFS.DiffIDs).String(),
+		size:    size,
+		spec:    spec,
+	}
+	s.metaMu.Lock()
+	s.meta[img.Target().Digest.String()] = m
+	s.metaMu.Unlock()
+	return m, nil
 }

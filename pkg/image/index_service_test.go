@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -167,5 +168,34 @@ func TestImageIndexFollowsContainerd(t *testing.T) {
 	eventually(t, "index ready after the restart", func() bool { return image.IndexReady(svc) })
 	if got := ids(e.list(t, "")); !slices.Equal(got, []string{id}) {
 		t.Errorf("list from the rebuilt index = %v, want [%s]", got, id)
+	}
+}
+
+// TestStatusAfterPullFromPulledMeta: what ImageStatus answers of an image
+// just pulled (id, size, user) comes from what the pull read: a status
+// that follows reads nothing more from containerd (here the image's config
+// blob is gone behind the service's back, and the status is still whole).
+func TestStatusAfterPullFromPulledMeta(t *testing.T) {
+	e := newEnv(t, "")
+	img := testimage.MustBusybox(t, testimage.Options{User: "app"})
+	ref := e.reg.Push(t, "test/meta:1", img)
+	id := e.pull(t, ref, nil)
+	cfgDigest, err := img.ConfigName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id != cfgDigest.String() {
+		t.Fatalf("pulled id %s, want the config digest %s", id, cfgDigest)
+	}
+	c, ctx := otherClient(t, e)
+	if err := c.ContentStore().Delete(ctx, digest.Digest(cfgDigest.String())); err != nil {
+		t.Fatalf("delete the config blob: %v", err)
+	}
+	st := e.status(t, ref, false)
+	if st.GetImage() == nil {
+		t.Fatal("ImageStatus after the pull: not found")
+	}
+	if st.Image.Id != id || st.Image.Username != "app" || st.Image.Size == 0 {
+		t.Errorf("ImageStatus after the pull: id %s user %q size %d, want %s, app and the image's size", st.Image.Id, st.Image.Username, st.Image.Size, id)
 	}
 }
