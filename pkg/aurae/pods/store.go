@@ -7,15 +7,20 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/aurae-runtime/aurae-cri/internal/groupcommit"
 )
 
 // store persists pods and containers in a bbolt file, so that a restarted
 // auraed knows what it ran. Every commit is fsynced: a power loss or kernel
 // crash with unsynced commits can tear the file, not just lose its last
 // writes. The cgroups, mounts and processes it describes die with the
-// kernel, and recovery drops those.
+// kernel, and recovery drops those. Writes of concurrent calls (pods and
+// containers starting and going at once) share a commit: each put and
+// delete stands alone, so they may (groupcommit).
 type store struct {
-	db *bolt.DB
+	db     *bolt.DB
+	writes *groupcommit.Committer
 }
 
 var (
@@ -51,7 +56,7 @@ func openStore(dir string) (*store, error) {
 		_ = db.Close()
 		return nil, err
 	}
-	return &store{db: db}, nil
+	return &store{db: db, writes: groupcommit.New(db)}, nil
 }
 
 func (s *store) close() error { return s.db.Close() }
@@ -61,11 +66,11 @@ func (s *store) put(bucket []byte, key string, v any) error {
 	if err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(key), b) })
+	return s.writes.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(key), b) })
 }
 
 func (s *store) delete(bucket []byte, key string) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Delete([]byte(key)) })
+	return s.writes.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Delete([]byte(key)) })
 }
 
 func (s *store) load() (map[string]podRecord, map[string]ctrRecord, error) {
