@@ -1,6 +1,7 @@
 package image
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -61,7 +62,7 @@ func (s *Service) pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 	steps := timing.Start()
 	ctx, calls := timing.WithCalls(ctx)
 	defer func() {
-		steps.Log(ctx, log, "pull image steps", append(calls.Attrs("containerd"), "ok", retErr == nil)...)
+		steps.Log(ctx, log, "pull image steps", append(calls.Attrs("remote"), "ok", retErr == nil)...)
 	}()
 
 	unlock, err := s.pulls.lock(ctx, name)
@@ -77,7 +78,7 @@ func (s *Service) pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 	resolver := docker.NewResolver(docker.ResolverOptions{
 		Hosts: s.registryHosts(ctx, auth),
 	})
-	img, err := s.client.Pull(ctx, name,
+	img, err := s.puller.Pull(ctx, name,
 		containerd.WithResolver(resolver),
 		containerd.WithPullUnpack,
 		containerd.WithPullSnapshotter(s.snapshotter),
@@ -187,6 +188,12 @@ func (s *Service) registryHosts(ctx context.Context, auth *runtimeapi.AuthConfig
 		Credentials: func(host string) (string, string, error) {
 			return parseAuth(auth, host)
 		},
+		// Each registry request counts in the pull's step timing
+		// ("remote_ms.registry/<method>", beside containerd's calls).
+		UpdateClient: func(c *http.Client) error {
+			c.Transport = timedTransport{cmp.Or[http.RoundTripper](c.Transport, http.DefaultTransport)}
+			return nil
+		},
 	}
 	if s.hostsDir != "" {
 		opts.HostDir = config.HostDirFromRoot(s.hostsDir)
@@ -288,4 +295,15 @@ func (s *Service) pulledMeta(ctx context.Context, img containerd.Image, cfg ocis
 	s.meta[img.Target().Digest.String()] = m
 	s.metaMu.Unlock()
 	return m, nil
+}
+
+// timedTransport adds the time of each registry request to the calls of
+// the pull it serves (timing.CallsFrom).
+type timedTransport struct{ next http.RoundTripper }
+
+func (t timedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	start := time.Now()
+	resp, err := t.next.RoundTrip(req)
+	timing.CallsFrom(req.Context()).Add("registry/"+req.Method, time.Since(start))
+	return resp, err
 }

@@ -3,6 +3,7 @@ package image_test
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -197,5 +198,45 @@ func TestStatusAfterPullFromPulledMeta(t *testing.T) {
 	}
 	if st.Image.Id != id || st.Image.Username != "app" || st.Image.Size == 0 {
 		t.Errorf("ImageStatus after the pull: id %s user %q size %d, want %s, app and the image's size", st.Image.Id, st.Image.Username, st.Image.Size, id)
+	}
+}
+
+// TestPullWritesNoDistributionSourceLabels: a pull does not label the
+// image's blobs with the registry they came from (a metadata commit per
+// blob at every pull), and still labels what containerd's garbage
+// collection follows: the manifest's references to its config and
+// layers, the config's to the unpacked snapshot.
+func TestPullWritesNoDistributionSourceLabels(t *testing.T) {
+	e := newEnv(t, "")
+	ref := e.reg.Push(t, "test/labels:1", testimage.MustBusybox(t, testimage.Options{}))
+	e.pull(t, ref, nil)
+	c, ctx := otherClient(t, e)
+	rec, err := c.ImageService().Get(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gcRefs, snapshotRefs int
+	err = images.Walk(ctx, images.HandlerFunc(func(ctx context.Context, d ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+		info, err := c.ContentStore().Info(ctx, d.Digest)
+		if err != nil {
+			return nil, err
+		}
+		for k := range info.Labels {
+			switch {
+			case strings.HasPrefix(k, "containerd.io/distribution.source."):
+				t.Errorf("blob %s (%s) labelled %s=%s", d.Digest, d.MediaType, k, info.Labels[k])
+			case strings.HasPrefix(k, "containerd.io/gc.ref.content."):
+				gcRefs++
+			case strings.HasPrefix(k, "containerd.io/gc.ref.snapshot."):
+				snapshotRefs++
+			}
+		}
+		return images.Children(ctx, c.ContentStore(), d)
+	}), rec.Target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gcRefs < 2 || snapshotRefs != 1 {
+		t.Errorf("%d content and %d snapshot references for the garbage collection, want the manifest's (config and layer) and the config's", gcRefs, snapshotRefs)
 	}
 }

@@ -77,8 +77,11 @@ type Options struct {
 type Service struct {
 	runtimeapi.UnsafeImageServiceServer
 
-	client      *containerd.Client
-	ownsClient  bool
+	client     *containerd.Client
+	ownsClient bool
+	// puller is client, on its connection, with the content store pulls
+	// write through (pullContentStore).
+	puller      *containerd.Client
 	namespace   string
 	snapshotter string
 	hostsDir    string
@@ -177,12 +180,29 @@ func New(ctx context.Context, opts Options) (*Service, error) {
 		return nil, err
 	}
 	s.snapshotRoot = root
+	s.puller = s.newPuller()
 	s.migrateRootfsLeases(s.withNamespace(ctx))
 	// The watcher outlives New's ctx: it ends with Close.
 	wctx, stop := context.WithCancel(s.withNamespace(context.WithoutCancel(ctx)))
 	s.stopWatch = stop
 	go s.watch(wctx)
 	return s, nil
+}
+
+// newPuller returns s.client with the content store pulls write through,
+// on s.client's connection (closed with it, never by itself); s.client
+// itself when it has no connection of its own.
+func (s *Service) newPuller() *containerd.Client {
+	conn, ok := s.client.Conn().(*grpc.ClientConn)
+	if !ok || conn == nil {
+		return s.client
+	}
+	p, err := containerd.NewWithConn(conn, containerd.WithDefaultNamespace(s.namespace),
+		containerd.WithServices(containerd.WithContentStore(pullContentStore{s.client.ContentStore()})))
+	if err != nil {
+		return s.client
+	}
+	return p
 }
 
 // Close stops the image watcher and closes the containerd connection if

@@ -113,15 +113,19 @@ func stepMedians(records []map[string]any) map[string]float64 {
 				}
 			}
 		}
-		if calls, ok := r["containerd_ms"].(map[string]any); ok {
-			for k, v := range calls {
-				if f, ok := v.(float64); ok {
-					all[msg+"/containerd "+k] = append(all[msg+"/containerd "+k], f)
+		// Calls to containerd ("containerd_*"), or to containerd and a
+		// registry (a pull's "remote_*").
+		for _, remote := range []string{"containerd", "remote"} {
+			if calls, ok := r[remote+"_ms"].(map[string]any); ok {
+				for k, v := range calls {
+					if f, ok := v.(float64); ok {
+						all[msg+"/"+remote+" "+k] = append(all[msg+"/"+remote+" "+k], f)
+					}
 				}
 			}
-		}
-		if f, ok := r["containerd_calls"].(float64); ok {
-			all[msg+"/containerd calls (number)"] = append(all[msg+"/containerd calls (number)"], f)
+			if f, ok := r[remote+"_calls"].(float64); ok {
+				all[msg+"/"+remote+" calls (number)"] = append(all[msg+"/"+remote+" calls (number)"], f)
+			}
 		}
 		if f, ok := r["total_ms"].(float64); ok {
 			all[msg+"/total"] = append(all[msg+"/total"], f)
