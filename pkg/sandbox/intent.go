@@ -88,7 +88,7 @@ func (s *Store) PutIntent(in Intent) error {
 			return err
 		}
 	}
-	defer s.change(in.ID)()
+	defer s.change()()
 	if err := s.put(bucketIntents, in.ID, &in, cfg); err != nil {
 		return fmt.Errorf("persist intent %s %q: %w", in.Kind, in.ID, err)
 	}
@@ -98,14 +98,8 @@ func (s *Store) PutIntent(in Intent) error {
 
 // DeleteIntent forgets an intent whose work is undone.
 func (s *Store) DeleteIntent(id string) error {
-	defer s.change(id)()
-	var pending, pod, ctr bool
-	s.read(func() {
-		_, pending = s.intents[id]
-		_, pod = s.sandboxes[id]
-		_, ctr = s.containers[id]
-	})
-	if !pending {
+	defer s.change()()
+	if _, ok := s.intents[id]; !ok {
 		return nil
 	}
 	if err := s.del(bucketIntents, id); err != nil {
@@ -114,10 +108,10 @@ func (s *Store) DeleteIntent(id string) error {
 	s.apply(func() { delete(s.intents, id) })
 	// A crash between the record of a new object and the commit that
 	// stores it leaves the record of an object undone since.
-	if !pod {
+	if _, ok := s.sandboxes[id]; !ok {
 		s.dropRecord(recordSandbox, id)
 	}
-	if !ctr {
+	if _, ok := s.containers[id]; !ok {
 		s.dropRecord(recordContainer, id)
 	}
 	return nil

@@ -340,7 +340,7 @@ func (s *Store) RestoreSandbox(sb Sandbox) error {
 	if err != nil {
 		return err
 	}
-	defer s.changeWhole()()
+	defer s.change()()
 	if err := s.restorable(sb.ID, sb.Name); err != nil {
 		return err
 	}
@@ -364,7 +364,7 @@ func (s *Store) RestoreContainer(c Container) error {
 	if err != nil {
 		return err
 	}
-	defer s.changeWhole()()
+	defer s.change()()
 	if err := s.restorable(c.ID, c.Name); err != nil {
 		return err
 	}
@@ -401,7 +401,7 @@ func (s *Store) restorable(id, name string) error {
 // record, or a record refused earlier), and so is the temporary file of
 // a write cut short. It returns the paths written and removed.
 func (s *Store) SyncRecords() (written, removed []string, err error) {
-	defer s.changeWhole()()
+	defer s.change()()
 	for _, k := range []recordKind{recordSandbox, recordContainer} {
 		dir := filepath.Join(s.dir, recordsDir, k.dir())
 		entries, err := os.ReadDir(dir)

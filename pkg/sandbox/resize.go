@@ -3,7 +3,6 @@ package sandbox
 import (
 	"fmt"
 
-	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -14,16 +13,12 @@ import (
 // Status.ResourcesApplied) and completes its resize intent, in one
 // transaction.
 func (s *Store) CommitResize(id string, overhead, resources *runtimeapi.LinuxContainerResources) (Sandbox, error) {
-	full, err := resolveFull(s, s.sandboxes, id, "sandbox")
+	defer s.change()()
+	full, err := resolve(s.sandboxes, id, "sandbox")
 	if err != nil {
 		return Sandbox{}, err
 	}
-	defer s.change(full)()
-	old := s.sandboxOf(full)
-	if old == nil {
-		return Sandbox{}, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
-	}
-	sb := *old
+	sb := *s.sandboxes[full]
 	cfg := proto.Clone(sb.Config).(*runtimeapi.PodSandboxConfig)
 	if cfg.Linux == nil {
 		cfg.Linux = &runtimeapi.LinuxPodSandboxConfig{}
@@ -35,8 +30,7 @@ func (s *Store) CommitResize(id string, overhead, resources *runtimeapi.LinuxCon
 	if err != nil {
 		return sb, err
 	}
-	var pending bool
-	s.read(func() { _, pending = s.intents[full] })
+	_, pending := s.intents[full]
 	if err := s.putDone(bucketSandboxes, sb.ID, &sb, b, pending); err != nil {
 		return sb, fmt.Errorf("persist sandbox %q: %w", sb.ID, err)
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -22,8 +21,6 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
-
-	"github.com/aurae-runtime/aurae-cri/internal/groupcommit"
 )
 
 // Store holds every pod and container in memory and writes each change
@@ -34,14 +31,10 @@ import (
 // there after a power loss, and an unsynced bbolt file can be torn by one.
 // A file that cannot be read is moved aside (see Open).
 //
-// Reads never wait for a commit: mu, which readers share, is taken by a
-// change only to read the object it changes and to swap in what it
-// committed. Changes of one object are serialized by its lock (objectLock,
-// held across the commit: bbolt's fsync, the on-disk record's); changes of
-// different objects run at once, and their commits are shared
-// (groupcommit): under load each waits for one fsync or two, not for
-// everyone's before it. A change that spans objects (restoring from
-// records, syncing them) excludes all others (whole).
+// Reads never wait for a commit: changes are serialized by wmu, held
+// across the commit (bbolt's fsync, the on-disk record's), while mu, which
+// readers share, is taken by a change only to swap in what it committed.
+// A change reads the maps under wmu alone (no one else changes them).
 type Store struct {
 	db *bolt.DB
 	// dir is the store's directory: the file and the on-disk records.
@@ -56,14 +49,8 @@ type Store struct {
 	// Options.NoSync).
 	noSync bool
 
-	// whole is held shared by every change of one object and exclusively
-	// by a change of the whole store; lock order: whole, an object's
-	// lock, mu.
-	whole sync.RWMutex
-	// objects are the objects' locks, an id's by its hash (objectLock).
-	objects [64]sync.Mutex
-	// writes groups the commits of concurrent changes.
-	writes *groupcommit.Committer
+	// wmu serializes the changes; lock order: wmu, then mu.
+	wmu sync.Mutex
 	// mu guards the maps below.
 	mu         sync.RWMutex
 	sandboxes  map[string]*Sandbox
@@ -185,7 +172,7 @@ func openFile(path string, opts Options) (s *Store, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	s = &Store{db: db, writes: groupcommit.New(db), dir: filepath.Dir(path), noSync: opts.NoSync, sandboxes: map[string]*Sandbox{}, containers: map[string]*Container{},
+	s = &Store{db: db, dir: filepath.Dir(path), noSync: opts.NoSync, sandboxes: map[string]*Sandbox{}, containers: map[string]*Container{},
 		intents: map[string]*Intent{}, names: map[string]string{}}
 	if err := s.load(); err != nil {
 		_ = db.Close()
@@ -275,7 +262,7 @@ func (s *Store) putDone(bucket []byte, id string, obj any, cfg []byte, done bool
 	if err != nil {
 		return err
 	}
-	return s.writes.Update(func(tx *bolt.Tx) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
 		if done {
 			if err := tx.Bucket(bucketIntents).Delete([]byte(id)); err != nil {
 				return err
@@ -286,47 +273,18 @@ func (s *Store) putDone(bucket []byte, id string, obj any, cfg []byte, done bool
 }
 
 func (s *Store) del(bucket []byte, id string) error {
-	return s.writes.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Delete([]byte(id)) })
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Delete([]byte(id)) })
 }
 
-// change starts a change of the object id: it takes the object's lock
-// (and whole, shared), and returns their release.
-func (s *Store) change(id string) func() {
-	s.whole.RLock()
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(id))
-	m := &s.objects[h.Sum32()%uint32(len(s.objects))]
-	m.Lock()
-	return func() {
-		m.Unlock()
-		s.whole.RUnlock()
-	}
-}
-
-// changeWhole starts a change of the whole store: no other change runs
-// until it returns.
-func (s *Store) changeWhole() func() {
-	s.whole.Lock()
-	return s.whole.Unlock
-}
-
-// read runs f with the maps held for reading: a change reads the object
-// it changes so (other objects' changes write the maps meanwhile).
-func (s *Store) read(f func()) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	f()
-}
-
-// resolveFull resolves an id or a unique prefix of one in m (under mu).
-func resolveFull[T any](s *Store, m map[string]T, id, kind string) (string, error) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return resolve(m, id, kind)
+// change starts a change: it takes the writers' lock, and returns its
+// release.
+func (s *Store) change() func() {
+	s.wmu.Lock()
+	return s.wmu.Unlock
 }
 
 // apply makes f's changes to the maps visible to readers: a change calls
-// it after its commit, with its object's lock held.
+// it after its commit, with the writers' lock held.
 func (s *Store) apply(f func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -337,14 +295,11 @@ func (s *Store) apply(f func()) {
 // with AlreadyExists naming the holder; reserving it again for the same id
 // succeeds.
 func (s *Store) ReserveName(name, id string) error {
-	s.whole.RLock()
-	defer s.whole.RUnlock()
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.change()()
 	if holder, ok := s.names[name]; ok && holder != id {
 		return fmt.Errorf("name %q is reserved for %q: %w", name, holder, errdefs.ErrAlreadyExists)
 	}
-	s.names[name] = id
+	s.apply(func() { s.names[name] = id })
 	return nil
 }
 
@@ -358,12 +313,9 @@ func (s *Store) NameHolder(name string) (string, bool) {
 
 // ReleaseName frees a name reserved for id.
 func (s *Store) ReleaseName(name, id string) {
-	s.whole.RLock()
-	defer s.whole.RUnlock()
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.change()()
 	if s.names[name] == id {
-		delete(s.names, name)
+		s.apply(func() { delete(s.names, name) })
 	}
 }
 
@@ -374,10 +326,8 @@ func (s *Store) AddSandbox(sb *Sandbox) error {
 	if err != nil {
 		return err
 	}
-	defer s.change(sb.ID)()
-	var exists bool
-	s.read(func() { _, exists = s.sandboxes[sb.ID] })
-	if exists {
+	defer s.change()()
+	if _, ok := s.sandboxes[sb.ID]; ok {
 		return fmt.Errorf("sandbox %q: %w", sb.ID, errdefs.ErrAlreadyExists)
 	}
 	// The record first: an object the file holds always has one.
@@ -402,10 +352,8 @@ func (s *Store) AddContainer(c *Container) error {
 	if err != nil {
 		return err
 	}
-	defer s.change(c.ID)()
-	var exists bool
-	s.read(func() { _, exists = s.containers[c.ID] })
-	if exists {
+	defer s.change()()
+	if _, ok := s.containers[c.ID]; ok {
 		return fmt.Errorf("container %q: %w", c.ID, errdefs.ErrAlreadyExists)
 	}
 	// The record first: an object the file holds always has one.
@@ -523,16 +471,12 @@ func (s *Store) ContainersOf(sandboxID string) []Container {
 // UpdateSandbox changes a pod's status in one transaction: f gets the
 // current status and returns the new one; an error from f changes nothing.
 func (s *Store) UpdateSandbox(id string, f func(SandboxStatus) (SandboxStatus, error)) (Sandbox, error) {
-	full, err := resolveFull(s, s.sandboxes, id, "sandbox")
+	defer s.change()()
+	full, err := resolve(s.sandboxes, id, "sandbox")
 	if err != nil {
 		return Sandbox{}, err
 	}
-	defer s.change(full)()
-	old := s.sandboxOf(full)
-	if old == nil {
-		return Sandbox{}, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
-	}
-	sb := *old
+	sb := *s.sandboxes[full]
 	st, err := f(sb.Status)
 	if err != nil {
 		return sb, err
@@ -545,6 +489,7 @@ func (s *Store) UpdateSandbox(id string, f func(SandboxStatus) (SandboxStatus, e
 	if err != nil {
 		return sb, err
 	}
+	old := s.sandboxes[full]
 	rewrite := old.Status.State != st.State || old.Status.NetworkUp != st.NetworkUp
 	if err := s.commitRewriting(rewrite, recordSandbox, sb.ID, &sb, old, cfg, func() error {
 		return s.put(bucketSandboxes, sb.ID, &sb, cfg)
@@ -582,16 +527,12 @@ func (s *Store) commitRewriting(rewrite bool, k recordKind, id string, obj, old 
 
 // UpdateContainer changes a container's status in one transaction.
 func (s *Store) UpdateContainer(id string, f func(ContainerStatus) (ContainerStatus, error)) (Container, error) {
-	full, err := resolveFull(s, s.containers, id, "container")
+	defer s.change()()
+	full, err := resolve(s.containers, id, "container")
 	if err != nil {
 		return Container{}, err
 	}
-	defer s.change(full)()
-	old := s.containerOf(full)
-	if old == nil {
-		return Container{}, fmt.Errorf("container %q: %w", id, errdefs.ErrNotFound)
-	}
-	c := *old
+	c := *s.containers[full]
 	st, err := f(c.Status)
 	if err != nil {
 		return c, err
@@ -604,6 +545,7 @@ func (s *Store) UpdateContainer(id string, f func(ContainerStatus) (ContainerSta
 	if err != nil {
 		return c, err
 	}
+	old := s.containers[full]
 	if err := s.commitRewriting(old.Status.State != st.State, recordContainer, c.ID, &c, old, cfg, func() error {
 		return s.put(bucketContainers, c.ID, &c, cfg)
 	}); err != nil {
@@ -615,9 +557,9 @@ func (s *Store) UpdateContainer(id string, f func(ContainerStatus) (ContainerSta
 
 // DeleteSandbox forgets a pod and releases its name.
 func (s *Store) DeleteSandbox(id string) error {
-	defer s.change(id)()
-	sb := s.sandboxOf(id)
-	if sb == nil {
+	defer s.change()()
+	sb, ok := s.sandboxes[id]
+	if !ok {
 		return nil
 	}
 	if err := s.del(bucketSandboxes, id); err != nil {
@@ -635,7 +577,7 @@ func (s *Store) DeleteSandbox(id string) error {
 
 // DeleteContainer forgets a container and releases its name.
 func (s *Store) DeleteContainer(id string) error {
-	defer s.change(id)()
+	defer s.change()()
 	return s.deleteContainer(id, false, nil)
 }
 
@@ -649,15 +591,15 @@ func (s *Store) DeleteContainer(id string) error {
 // A container not marked Removing is deleted as DeleteContainer does,
 // after last.
 func (s *Store) DeleteRemovedContainer(id string, last func() error) error {
-	defer s.change(id)()
+	defer s.change()()
 	return s.deleteContainer(id, true, last)
 }
 
 // deleteContainer is DeleteContainer (DeleteRemovedContainer with lazy),
-// under the container's lock.
+// under wmu.
 func (s *Store) deleteContainer(id string, lazy bool, last func() error) error {
-	c := s.containerOf(id)
-	if c == nil {
+	c, ok := s.containers[id]
+	if !ok {
 		return nil
 	}
 	del := func() error {
@@ -703,16 +645,12 @@ func (s *Store) deleteContainer(id string, lazy bool, last func() error) error {
 // UpdateSpec replaces a container's OCI spec and the resources of its CRI
 // config, after UpdateContainerResources.
 func (s *Store) UpdateSpec(id string, spec []byte, resources *runtimeapi.LinuxContainerResources) error {
-	full, err := resolveFull(s, s.containers, id, "container")
+	defer s.change()()
+	full, err := resolve(s.containers, id, "container")
 	if err != nil {
 		return err
 	}
-	defer s.change(full)()
-	old := s.containerOf(full)
-	if old == nil {
-		return fmt.Errorf("container %q: %w", id, errdefs.ErrNotFound)
-	}
-	c := *old
+	c := *s.containers[full]
 	c.Spec = spec
 	cfg := proto.Clone(c.Config).(*runtimeapi.ContainerConfig)
 	if cfg.Linux == nil {
@@ -730,20 +668,4 @@ func (s *Store) UpdateSpec(id string, spec []byte, resources *runtimeapi.LinuxCo
 	s.rewriteRecord(recordContainer, c.ID, &c, b)
 	s.apply(func() { s.containers[full] = &c })
 	return nil
-}
-
-// sandboxOf is the pod with id as stored (nil when it is not), read under
-// mu: the caller holds the pod's lock, so it stays so until the caller's
-// change.
-func (s *Store) sandboxOf(id string) *Sandbox {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.sandboxes[id]
-}
-
-// containerOf is sandboxOf for a container.
-func (s *Store) containerOf(id string) *Container {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.containers[id]
 }
