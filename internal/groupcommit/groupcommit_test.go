@@ -71,7 +71,6 @@ func TestWritesDuringACommitShareTheNext(t *testing.T) {
 			return put("first")(tx)
 		})
 	}()
-	waitQueued(t, c, 0)
 	for c.Commits() == 0 {
 		time.Sleep(time.Millisecond)
 	}
@@ -184,8 +183,8 @@ func TestManyWriters(t *testing.T) {
 	t.Logf("%d transactions for 400 writes", c.Commits())
 }
 
-// BenchmarkConcurrentWrites: 5 writers at once (critest's lanes), each
-// write fsynced, through a Committer and through bbolt's Update alone.
+// BenchmarkConcurrentWrites: 3 writers per core at once, each write
+// fsynced, through a Committer and through bbolt's Update alone.
 func BenchmarkConcurrentWrites(b *testing.B) {
 	for _, tc := range []struct {
 		name   string
@@ -204,7 +203,7 @@ func BenchmarkConcurrentWrites(b *testing.B) {
 				b.Fatal(err)
 			}
 			update := tc.update(New(db), db)
-			b.SetParallelism(3) // 2 cores here: 6 writers
+			b.SetParallelism(3)
 			var seq sync.Mutex
 			n := 0
 			b.RunParallel(func(pb *testing.PB) {

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -13,14 +12,12 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	remoteerrors "github.com/containerd/containerd/v2/core/remotes/errors"
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
-	"github.com/opencontainers/image-spec/identity"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -104,7 +101,7 @@ func (s *Service) pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 	sized := make(chan struct{})
 	go func() {
 		defer close(sized)
-		m, err := s.pulledMeta(ctx, img, cfg)
+		m, err := s.readMeta(ctx, img, cfg)
 		if err != nil {
 			log.DebugContext(ctx, "read the pulled image's config", "error", err)
 			return
@@ -261,40 +258,6 @@ func classifyPullError(err error) error {
 		return fmt.Errorf("%w: %w", errdefs.ErrUnauthenticated, err)
 	}
 	return err
-}
-
-// pulledMeta reads what metaFor would of a pulled image, whose config
-// descriptor the pull read, and keeps it.
-func (s *Service) pulledMeta(ctx context.Context, img containerd.Image, cfg ocispec.Descriptor) (imageMeta, error) {
-	var size int64
-	var sizeErr error
-	sized := make(chan struct{})
-	go func() {
-		defer close(sized)
-		size, sizeErr = img.Size(ctx)
-	}()
-	blob, err := content.ReadBlob(ctx, img.ContentStore(), cfg)
-	<-sized
-	if err != nil {
-		return imageMeta{}, err
-	}
-	if sizeErr != nil {
-		return imageMeta{}, sizeErr
-	}
-	var spec ocispec.Image
-	if err := json.Unmarshal(blob, &spec); err != nil {
-		return imageMeta{}, fmt.Errorf("image config %s: %w", cfg.Digest, err)
-	}
-	m := imageMeta{
-		id:      cfg.Digest.String(),
-		chainID: identity.ChainID(spec.RootFS.DiffIDs).String(),
-		size:    size,
-		spec:    spec,
-	}
-	s.metaMu.Lock()
-	s.meta[img.Target().Digest.String()] = m
-	s.metaMu.Unlock()
-	return m, nil
 }
 
 // timedTransport adds the time of each registry request to the calls of

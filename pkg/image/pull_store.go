@@ -2,7 +2,6 @@ package image
 
 import (
 	"context"
-	"slices"
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -27,8 +26,22 @@ type pullContentStore struct {
 // labels alone, which is dropped (the info asked for is returned; the
 // pull does not read it).
 func (s pullContentStore) Update(ctx context.Context, info content.Info, fieldpaths ...string) (content.Info, error) {
-	if len(fieldpaths) > 0 && !slices.ContainsFunc(fieldpaths, func(f string) bool { return !strings.HasPrefix(f, distributionSourceLabel) }) {
+	if onlyDistributionSource(fieldpaths) {
 		return info, nil
 	}
 	return s.Store.Update(ctx, info, fieldpaths...)
+}
+
+// onlyDistributionSource tells whether fieldpaths name distribution
+// source labels and nothing else.
+func onlyDistributionSource(fieldpaths []string) bool {
+	if len(fieldpaths) == 0 {
+		return false
+	}
+	for _, f := range fieldpaths {
+		if !strings.HasPrefix(f, distributionSourceLabel) {
+			return false
+		}
+	}
+	return true
 }

@@ -3,12 +3,14 @@ package image
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
@@ -280,22 +282,42 @@ func (s *Service) metaFor(ctx context.Context, rec images.Image) (imageMeta, err
 	if err != nil {
 		return imageMeta{}, fmt.Errorf("image %q config descriptor: %w", rec.Name, err)
 	}
-	spec, err := img.Spec(ctx)
-	if err != nil {
-		return imageMeta{}, fmt.Errorf("image %q config: %w", rec.Name, err)
+	if m, err = s.readMeta(ctx, img, cfg); err != nil {
+		return imageMeta{}, fmt.Errorf("image %q %w", rec.Name, err)
 	}
-	size, err := img.Size(ctx)
+	return m, nil
+}
+
+// readMeta reads the config (described by cfg) and the size of img at
+// once, and keeps them by img's target digest.
+func (s *Service) readMeta(ctx context.Context, img containerd.Image, cfg ocispec.Descriptor) (imageMeta, error) {
+	var size int64
+	var sizeErr error
+	sized := make(chan struct{})
+	go func() {
+		defer close(sized)
+		size, sizeErr = img.Size(ctx)
+	}()
+	blob, err := content.ReadBlob(ctx, img.ContentStore(), cfg)
+	<-sized
 	if err != nil {
-		return imageMeta{}, fmt.Errorf("image %q size: %w", rec.Name, err)
+		return imageMeta{}, fmt.Errorf("config: %w", err)
 	}
-	m = imageMeta{
+	if sizeErr != nil {
+		return imageMeta{}, fmt.Errorf("size: %w", sizeErr)
+	}
+	var spec ocispec.Image
+	if err := json.Unmarshal(blob, &spec); err != nil {
+		return imageMeta{}, fmt.Errorf("config %s: %w", cfg.Digest, err)
+	}
+	m := imageMeta{
 		id:      cfg.Digest.String(),
 		chainID: identity.ChainID(spec.RootFS.DiffIDs).String(),
 		size:    size,
 		spec:    spec,
 	}
 	s.metaMu.Lock()
-	s.meta[key] = m
+	s.meta[img.Target().Digest.String()] = m
 	s.metaMu.Unlock()
 	return m, nil
 }
