@@ -70,9 +70,10 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // Calls totals the time a call spends in the calls it makes to another
 // service (containerd), by method. A nil *Calls records nothing.
 type Calls struct {
-	mu sync.Mutex
-	n  int
-	by map[string]time.Duration
+	mu    sync.Mutex
+	n     int
+	by    map[string]time.Duration
+	count map[string]int
 }
 
 type callsKey struct{}
@@ -80,7 +81,7 @@ type callsKey struct{}
 // WithCalls returns ctx carrying a new Calls, which client interceptors
 // find with CallsFrom.
 func WithCalls(ctx context.Context) (context.Context, *Calls) {
-	c := &Calls{by: map[string]time.Duration{}}
+	c := &Calls{by: map[string]time.Duration{}, count: map[string]int{}}
 	return context.WithValue(ctx, callsKey{}, c), c
 }
 
@@ -105,10 +106,12 @@ func (c *Calls) Add(method string, d time.Duration) {
 	defer c.mu.Unlock()
 	c.n++
 	c.by[method] += d
+	c.count[method]++
 }
 
-// Attrs are the calls as log attributes: name+"_calls" (their number)
-// and a group name+"_ms" of the milliseconds spent in each method.
+// Attrs are the calls as log attributes: name+"_calls" (their number), a
+// group name+"_ms" of the milliseconds spent in each method and a group
+// name+"_n" of the number of calls of each.
 func (c *Calls) Attrs(name string) []any {
 	if c == nil {
 		return nil
@@ -121,8 +124,10 @@ func (c *Calls) Attrs(name string) []any {
 	}
 	sort.Strings(methods)
 	group := make([]any, 0, len(methods))
+	counts := make([]any, 0, len(methods))
 	for _, m := range methods {
 		group = append(group, slog.Float64(m, ms(c.by[m])))
+		counts = append(counts, slog.Int(m, c.count[m]))
 	}
-	return []any{slog.Int(name+"_calls", c.n), slog.Group(name+"_ms", group...)}
+	return []any{slog.Int(name+"_calls", c.n), slog.Group(name+"_ms", group...), slog.Group(name+"_n", counts...)}
 }

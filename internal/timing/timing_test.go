@@ -73,11 +73,13 @@ func TestCalls(t *testing.T) {
 	var line struct {
 		Calls int                `json:"containerd_calls"`
 		MS    map[string]float64 `json:"containerd_ms"`
+		N     map[string]int     `json:"containerd_n"`
 	}
 	if err := json.Unmarshal(buf.Bytes(), &line); err != nil {
 		t.Fatalf("%v: %s", err, buf.Bytes())
 	}
-	if line.Calls != 3 || line.MS["Content/Info"] != 3 || line.MS["Diff/Apply"] != 5 || len(line.MS) != 2 {
+	if line.Calls != 3 || line.MS["Content/Info"] != 3 || line.MS["Diff/Apply"] != 5 || len(line.MS) != 2 ||
+		line.N["Content/Info"] != 2 || line.N["Diff/Apply"] != 1 || len(line.N) != 2 {
 		t.Fatalf("calls %s", buf.Bytes())
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	remoteerrors "github.com/containerd/containerd/v2/core/remotes/errors"
@@ -58,8 +60,10 @@ func (s *Service) pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 	log := s.logger.With("image", name)
 	steps := timing.Start()
 	ctx, calls := timing.WithCalls(ctx)
+	// "unpacked" (pullUnpacked) or "containerd" (containerd's pull).
+	path := "unpacked"
 	defer func() {
-		steps.Log(ctx, log, "pull image steps", append(calls.Attrs("remote"), "ok", retErr == nil)...)
+		steps.Log(ctx, log, "pull image steps", append(calls.Attrs("remote"), "path", path, "ok", retErr == nil)...)
 	}()
 
 	unlock, err := s.pulls.lock(ctx, name)
@@ -75,53 +79,43 @@ func (s *Service) pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 	resolver := docker.NewResolver(docker.ResolverOptions{
 		Hosts: s.registryHosts(ctx, auth),
 	})
-	img, err := s.puller.Pull(ctx, name,
-		containerd.WithResolver(resolver),
-		containerd.WithPullUnpack,
-		containerd.WithPullSnapshotter(s.snapshotter),
-		containerd.WithPullLabels(labels),
-	)
-	if err != nil {
-		err = fmt.Errorf("pull image %q: %w", name, classifyPullError(err))
-		log.WarnContext(ctx, "pull failed", "error", err)
-		return "", 0, err
-	}
-	steps.Done("pull_unpack")
-	s.idx.put(s.idx.begin(), img.Metadata())
-	cfg, err := img.Config(ctx)
-	if err != nil {
-		return "", 0, fmt.Errorf("pull image %q: config descriptor: %w", name, err)
-	}
-	id := cfg.Digest.String()
-	steps.Done("config")
-	// What an ImageStatus or a container create reads of the image (its
-	// config, size, chain id) is read beside the records and kept: the
-	// call that follows a pull finds it.
-	var size int64
-	sized := make(chan struct{})
-	go func() {
-		defer close(sized)
-		m, err := s.readMeta(ctx, img, cfg)
-		if err != nil {
-			log.DebugContext(ctx, "read the pulled image's config", "error", err)
-			return
-		}
-		size = m.size
-	}()
-	defer func() { <-sized }()
+	// One lease holds what the pull writes until the image's records do;
+	// it is made while the registry resolves the reference.
+	leased := s.pullLease(ctx, log)
+	defer leased.release()
 
+	var target ocispec.Descriptor
+	var meta imageMeta
+	if up, err := s.pullUnpacked(ctx, resolver, name, leased.ctx, steps); err == nil {
+		target, meta = up.target, up.meta
+		s.metaMu.Lock()
+		s.meta[target.Digest.String()] = meta
+		s.metaMu.Unlock()
+	} else {
+		if ctx.Err() != nil {
+			return "", 0, fmt.Errorf("pull image %q: %w", name, err)
+		}
+		path = "containerd"
+		log.DebugContext(ctx, "pull through containerd", "reason", err)
+		steps.Done("try_unpacked")
+		if target, meta, err = s.pullContainerd(ctx, log, name, resolver, labels, leased, steps); err != nil {
+			return "", 0, err
+		}
+	}
 	// Like containerd's CRI plugin: records by id, repo digest and tag, all
 	// pointing at the pulled target, so the image can be found by any of
 	// them and the id record keeps it while tags move. They are
 	// independent: written at once.
-	repoDigest, repoTag := repoDigestAndTag(named, img.Target().Digest.String())
+	repoDigest, repoTag := repoDigestAndTag(named, target.Digest.String())
 	var g errgroup.Group
-	for _, rn := range []string{id, repoDigest, repoTag} {
-		if rn == "" || rn == img.Name() {
+	// (name is the tag or the repo digest; containerd's pull made its
+	// record.)
+	for _, rn := range []string{meta.id, repoDigest, repoTag} {
+		if rn == "" || (rn == name && path == "containerd") {
 			continue
 		}
 		g.Go(func() error {
-			if err := s.putRecord(ctx, rn, img.Target(), labels); err != nil {
+			if err := s.putRecord(ctx, rn, target, labels); err != nil {
 				return fmt.Errorf("pull image %q: record %q: %w", name, rn, err)
 			}
 			return nil
@@ -131,10 +125,87 @@ func (s *Service) pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 		return "", 0, err
 	}
 	steps.Done("records")
-	<-sized
-	steps.Done("size")
-	log.InfoContext(ctx, "pulled image", "id", id, "repo_digest", repoDigest, "size", size, "took", time.Since(start).Round(time.Millisecond))
-	return id, size, nil
+	log.InfoContext(ctx, "pulled image", "id", meta.id, "repo_digest", repoDigest, "size", meta.size, "took", time.Since(start).Round(time.Millisecond))
+	return meta.id, meta.size, nil
+}
+
+// pullContainerd pulls and unpacks name with containerd's pull, under the
+// pull's lease, and reads what pullUnpacked reads of the image.
+func (s *Service) pullContainerd(ctx context.Context, log *slog.Logger, name string, resolver remotes.Resolver, labels map[string]string, leased *pullLease, steps *timing.Steps) (ocispec.Descriptor, imageMeta, error) {
+	lctx, err := leased.ctx()
+	if err != nil {
+		return ocispec.Descriptor{}, imageMeta{}, fmt.Errorf("pull image %q: %w", name, err)
+	}
+	img, err := s.puller.Pull(lctx, name,
+		containerd.WithResolver(resolver),
+		containerd.WithPullUnpack,
+		containerd.WithPullSnapshotter(s.snapshotter),
+		containerd.WithPullLabels(labels),
+	)
+	if err != nil {
+		err = fmt.Errorf("pull image %q: %w", name, classifyPullError(err))
+		log.WarnContext(ctx, "pull failed", "error", err)
+		return ocispec.Descriptor{}, imageMeta{}, err
+	}
+	steps.Done("pull_unpack")
+	s.idx.put(s.idx.begin(), img.Metadata())
+	cfg, err := img.Config(ctx)
+	if err != nil {
+		return ocispec.Descriptor{}, imageMeta{}, fmt.Errorf("pull image %q: config descriptor: %w", name, err)
+	}
+	// What an ImageStatus or a container create reads of the image (its
+	// config, size, chain id) is read now and kept: the call that follows
+	// a pull finds it.
+	m, err := s.readMeta(ctx, img, cfg)
+	if err != nil {
+		log.DebugContext(ctx, "read the pulled image's config", "error", err)
+		m = imageMeta{id: cfg.Digest.String()}
+	}
+	steps.Done("meta")
+	return img.Target(), m, nil
+}
+
+// pullLease is the lease of one pull, created in the background from the
+// start of the pull; ctx waits for it.
+type pullLease struct {
+	done    chan struct{}
+	lctx    context.Context
+	err     error
+	drop    func(context.Context) error
+	timeout time.Duration
+	log     *slog.Logger
+}
+
+func (s *Service) pullLease(ctx context.Context, log *slog.Logger) *pullLease {
+	l := &pullLease{done: make(chan struct{}), timeout: s.callTO, log: log}
+	go func() {
+		defer close(l.done)
+		l.lctx, l.drop, l.err = s.client.WithLease(ctx)
+		if l.err != nil {
+			l.err = fmt.Errorf("lease: %w", l.err)
+		}
+	}()
+	return l
+}
+
+// ctx is the pull's context carrying the lease.
+func (l *pullLease) ctx() (context.Context, error) {
+	<-l.done
+	return l.lctx, l.err
+}
+
+// release deletes the lease (what it held is held by the image's records
+// by then, or is garbage).
+func (l *pullLease) release() {
+	<-l.done
+	if l.err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(l.lctx), l.timeout)
+	defer cancel()
+	if err := l.drop(ctx); err != nil {
+		l.log.WarnContext(ctx, "delete the pull's lease", "error", err)
+	}
 }
 
 // repoDigestAndTag returns the "name@digest" and "name:tag" references of

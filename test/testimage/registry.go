@@ -87,16 +87,34 @@ func (r *Registry) Push(t testing.TB, repoTag string, img v1.Image) string {
 	return ref
 }
 
+// PushIndex uploads idx (an image index and the images it lists) as
+// repoTag and returns its reference.
+func (r *Registry) PushIndex(t testing.TB, repoTag string, idx v1.ImageIndex) string {
+	t.Helper()
+	ref := r.Ref(repoTag)
+	tag, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatalf("parse %q: %v", ref, err)
+	}
+	if err := remote.WriteIndex(tag, idx, remote.WithAuth(r.auth())); err != nil {
+		t.Fatalf("push index %s: %v", ref, err)
+	}
+	return ref
+}
+
+func (r *Registry) auth() authn.Authenticator {
+	if r.user != "" {
+		return &authn.Basic{Username: r.user, Password: r.pass}
+	}
+	return authn.Anonymous
+}
+
 func (r *Registry) push(ref string, img v1.Image) error {
 	tag, err := name.ParseReference(ref, name.Insecure)
 	if err != nil {
 		return fmt.Errorf("parse %q: %w", ref, err)
 	}
-	auth := authn.Anonymous
-	if r.user != "" {
-		auth = &authn.Basic{Username: r.user, Password: r.pass}
-	}
-	return remote.Write(tag, img, remote.WithAuth(auth))
+	return remote.Write(tag, img, remote.WithAuth(r.auth()))
 }
 
 // DigestRef is the by-digest reference of img in the repository of ref:
