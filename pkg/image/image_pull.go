@@ -84,13 +84,38 @@ func (s *Service) pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 	leased := s.pullLease(ctx, log)
 	defer leased.release()
 
+	// The image the name pointed at before: if the name moves, that image
+	// keeps records of its own.
+	prev, err := s.record(ctx, name)
+	hadPrev := err == nil
+	keepPrev := func(target ocispec.Descriptor) error {
+		if !hadPrev || target.Digest == "" || prev.Target.Digest == target.Digest {
+			return nil
+		}
+		if err := s.keepMovedFrom(ctx, prev); err != nil {
+			return fmt.Errorf("pull image %q: keep the image it named: %w", name, err)
+		}
+		hadPrev = false
+		return nil
+	}
+
 	var target ocispec.Descriptor
 	var meta imageMeta
-	if up, err := s.pullUnpacked(ctx, resolver, name, leased.ctx, steps); err == nil {
+	up, err := s.pullUnpacked(ctx, resolver, name, leased.ctx, steps)
+	if err := keepPrev(up.target); err != nil {
+		return "", 0, err
+	}
+	if err == nil {
 		target, meta = up.target, up.meta
 		s.metaMu.Lock()
 		s.meta[target.Digest.String()] = meta
 		s.metaMu.Unlock()
+		// One record, of the name pulled: the image's repo digest follows
+		// from a tag's record (splitRef), its id from its config.
+		if err := s.putRecord(ctx, name, target, labels); err != nil {
+			return "", 0, fmt.Errorf("pull image %q: record: %w", name, err)
+		}
+		steps.Done("record")
 	} else {
 		if ctx.Err() != nil {
 			return "", 0, fmt.Errorf("pull image %q: %w", name, err)
@@ -98,33 +123,17 @@ func (s *Service) pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 		path = "containerd"
 		log.DebugContext(ctx, "pull through containerd", "reason", err)
 		steps.Done("try_unpacked")
+		// containerd's pull makes the name's record.
 		if target, meta, err = s.pullContainerd(ctx, log, name, resolver, labels, leased, steps); err != nil {
 			return "", 0, err
 		}
-	}
-	// Like containerd's CRI plugin: records by id, repo digest and tag, all
-	// pointing at the pulled target, so the image can be found by any of
-	// them and the id record keeps it while tags move. They are
-	// independent: written at once.
-	repoDigest, repoTag := repoDigestAndTag(named, target.Digest.String())
-	var g errgroup.Group
-	// (name is the tag or the repo digest; containerd's pull made its
-	// record.)
-	for _, rn := range []string{meta.id, repoDigest, repoTag} {
-		if rn == "" || (rn == name && path == "containerd") {
-			continue
+		// The registry may have moved the name since pullUnpacked
+		// resolved it.
+		if err := keepPrev(target); err != nil {
+			return "", 0, err
 		}
-		g.Go(func() error {
-			if err := s.putRecord(ctx, rn, target, labels); err != nil {
-				return fmt.Errorf("pull image %q: record %q: %w", name, rn, err)
-			}
-			return nil
-		})
 	}
-	if err := g.Wait(); err != nil {
-		return "", 0, err
-	}
-	steps.Done("records")
+	repoDigest, _ := repoDigestAndTag(named, target.Digest.String())
 	log.InfoContext(ctx, "pulled image", "id", meta.id, "repo_digest", repoDigest, "size", meta.size, "took", time.Since(start).Round(time.Millisecond))
 	return meta.id, meta.size, nil
 }
@@ -206,6 +215,28 @@ func (l *pullLease) release() {
 	if err := l.drop(ctx); err != nil {
 		l.log.WarnContext(ctx, "delete the pull's lease", "error", err)
 	}
+}
+
+// keepMovedFrom gives the image prev points at records of its own (by id
+// and by repo digest, as containerd's CRI plugin keeps them) before the
+// name of prev moves to another image: an image in use stays listed, and
+// held, when its tag moves on.
+func (s *Service) keepMovedFrom(ctx context.Context, prev images.Image) error {
+	meta, err := s.metaFor(ctx, prev)
+	if err != nil {
+		// Its content is gone: nothing to keep.
+		s.logger.DebugContext(ctx, "moved image record has no content", "image", prev.Name, "error", err)
+		return nil
+	}
+	names := []string{meta.id}
+	if _, dgst := splitRef(prev.Name, prev.Target.Digest.String()); dgst != "" && dgst != prev.Name {
+		names = append(names, dgst)
+	}
+	var g errgroup.Group
+	for _, n := range names {
+		g.Go(func() error { return s.putRecord(ctx, n, prev.Target, prev.Labels) })
+	}
+	return g.Wait()
 }
 
 // repoDigestAndTag returns the "name@digest" and "name:tag" references of

@@ -59,11 +59,13 @@ type unpackedPull struct {
 // the snapshotter's capabilities and prepares the top snapshot to learn
 // that it exists: some twenty calls against six.
 //
+// The target the reference resolved to is returned with any error after
+// the resolution.
 // The blobs are written in the context leased returns, which carries the
 // lease that holds them until the image's records do. It fails with errNotUnpacked (wrapped) when the
 // image needs containerd's pull; the blobs written by then stay, under the
 // lease, for that pull to find.
-func (s *Service) pullUnpacked(ctx context.Context, resolver remotes.Resolver, ref string, leased func() (context.Context, error), steps *timing.Steps) (unpackedPull, error) {
+func (s *Service) pullUnpacked(ctx context.Context, resolver remotes.Resolver, ref string, leased func() (context.Context, error), steps *timing.Steps) (up unpackedPull, err error) {
 	conn, ok := s.client.Conn().(*grpc.ClientConn)
 	if !ok || conn == nil {
 		return unpackedPull{}, fmt.Errorf("%w: no gRPC connection to write through", errNotUnpacked)
@@ -72,6 +74,12 @@ func (s *Service) pullUnpacked(ctx context.Context, resolver remotes.Resolver, r
 	if err != nil {
 		return unpackedPull{}, fmt.Errorf("%w: resolve: %w", errNotUnpacked, err)
 	}
+	// Whatever follows, the caller learns what the reference resolved to.
+	defer func() {
+		if err != nil {
+			up.target = target
+		}
+	}()
 	steps.Done("resolve")
 	fetcher, err := resolver.Fetcher(ctx, name)
 	if err != nil {

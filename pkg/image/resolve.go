@@ -122,6 +122,20 @@ func (s *Service) resolveID(ctx context.Context, refOrID string) (string, error)
 		case !errdefs.IsNotFound(err):
 			return "", fmt.Errorf("get image record %q: %w", named.String(), err)
 		}
+		// A repo digest of an image pulled by tag has no record of its
+		// own (splitRef).
+		if _, ok := named.(reference.Canonical); ok {
+			all, err := s.list(ctx)
+			if err != nil {
+				return "", err
+			}
+			for _, img := range all {
+				if slices.Contains(img.RepoDigests, named.String()) {
+					return img.ID, nil
+				}
+			}
+			return "", fmt.Errorf("image %q: %w", refOrID, errdefs.ErrNotFound)
+		}
 	}
 	// A truncated id, as `crictl images` prints them.
 	return s.idFromPrefix(ctx, refOrID)
@@ -224,12 +238,14 @@ func (s *Service) group(ctx context.Context, recs []images.Image) (out []Image, 
 		if rec.Labels[labelPinned] == "pinned" {
 			img.Pinned = true
 		}
-		tag, dgst := splitRef(rec.Name)
+		tag, dgst := splitRef(rec.Name, rec.Target.Digest.String())
 		if tag != "" {
 			img.RepoTags = append(img.RepoTags, tag)
 		}
 		if dgst != "" {
 			img.RepoDigests = append(img.RepoDigests, dgst)
+		}
+		if dgst != "" && tag == "" {
 			// The record named by the repo digest carries the target the
 			// image was pulled as.
 			img.Target = rec.Target
@@ -241,6 +257,7 @@ func (s *Service) group(ctx context.Context, recs []images.Image) (out []Image, 
 	for _, img := range byID {
 		slices.Sort(img.RepoTags)
 		slices.Sort(img.RepoDigests)
+		img.RepoDigests = slices.Compact(img.RepoDigests)
 		slices.Sort(img.records)
 		out = append(out, *img)
 	}
@@ -252,8 +269,10 @@ func (s *Service) group(ctx context.Context, recs []images.Image) (out []Image, 
 const labelPinned = "io.cri-containerd.pinned"
 
 // splitRef sorts an image record name into a repo tag or a repo digest; an
-// id record ("sha256:...") is neither.
-func splitRef(name string) (tag, dgst string) {
+// id record ("sha256:...") is neither. A tag record pointing at target
+// also gives the repo digest "repo@target": a pull by tag records the tag
+// alone.
+func splitRef(name, target string) (tag, dgst string) {
 	parsed, err := reference.ParseAnyReference(name)
 	if err != nil {
 		return "", ""
@@ -261,8 +280,13 @@ func splitRef(name string) (tag, dgst string) {
 	if _, ok := parsed.(reference.Canonical); ok {
 		return "", parsed.String()
 	}
-	if _, ok := parsed.(reference.NamedTagged); ok {
-		return parsed.String(), ""
+	if tagged, ok := parsed.(reference.NamedTagged); ok {
+		if d, err := digest.Parse(target); err == nil {
+			if canonical, err := reference.WithDigest(reference.TrimNamed(tagged), d); err == nil {
+				dgst = canonical.String()
+			}
+		}
+		return parsed.String(), dgst
 	}
 	return "", ""
 }

@@ -51,13 +51,14 @@ func hex64(c byte) string {
 }
 
 func TestSplitRef(t *testing.T) {
+	target := "sha256:" + hex64('b')
 	for in, want := range map[string][2]string{
-		"docker.io/library/busybox:latest":               {"docker.io/library/busybox:latest", ""},
+		"docker.io/library/busybox:latest":               {"docker.io/library/busybox:latest", "docker.io/library/busybox@" + target},
 		"docker.io/library/busybox@sha256:" + hex64('a'): {"", "docker.io/library/busybox@sha256:" + hex64('a')},
 		"sha256:" + hex64('a'):                           {"", ""},
 		"not a ref":                                      {"", ""},
 	} {
-		tag, dgst := splitRef(in)
+		tag, dgst := splitRef(in, target)
 		if tag != want[0] || dgst != want[1] {
 			t.Errorf("splitRef(%q) = %q, %q; want %q", in, tag, dgst, want)
 		}
