@@ -332,10 +332,12 @@ func (s *Service) cleanupContainer(ctx context.Context, id string, steps *timing
 		}
 	}
 	steps.Done("files")
-	if err := s.store.delete(bucketContainers, id); err != nil {
-		errs = append(errs, err)
-	}
-	steps.Done("store")
+	// The record goes last, off the call's path: a crash before its
+	// deletion commits leaves a record without a bundle, whose removal
+	// recovery finishes.
+	s.store.deleteSoon(bucketContainers, id, func(err error) {
+		s.log.Warn("delete the record of a removed container", "container", id, "error", err)
+	})
 	s.emptyTrash(trashed)
 	return errors.Join(errs...)
 }

@@ -971,3 +971,97 @@ func TestOfKnownContainer(t *testing.T) {
 		}
 	}
 }
+
+// TestRemovalWithLostRecordDeletion: the record of a removed container
+// is deleted off the removal's path; when a crash loses that deletion
+// (the record is written back here, as it was before the removal), the
+// restarted auraed finishes the removal: the container is unknown, its
+// record and cgroup are gone, and the pod is whole.
+func TestRemovalWithLostRecordDeletion(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.allocate(&podsv0.Pod{Id: "lost"})
+	e.start("lost", e.container("c", spec(t, nil, "true")))
+	e.start("lost", e.container("keep", spec(t, nil, "sleep", "1000")))
+	e.waitExited("c", 30*time.Second)
+	c, err := e.svc.lookupContainer("c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := c.record()
+	if _, err := e.svc.RemoveContainer(ctx, &podsv0.RemoveContainerRequest{ContainerId: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.store.put(bucketContainers, "c", rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.svc = e.newService()
+	if _, err := e.svc.ContainerStatus(ctx, &podsv0.ContainerStatusRequest{ContainerId: "c"}); status.Code(err) != codes.NotFound {
+		t.Errorf("status of the removed container after the restart: %v, want NotFound", err)
+	}
+	_, ctrs, err := e.svc.store.load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := ctrs["c"]; ok {
+		t.Error("the record of the removed container is still there after the restart")
+	}
+	if cgroup.Exists(rec.CgroupPath) {
+		t.Errorf("cgroup %s of the removed container left", rec.CgroupPath)
+	}
+	if st := e.status("keep"); st.GetState() != podsv0.ContainerState_CONTAINER_STATE_RUNNING {
+		t.Errorf("the pod's other container after the restart: %v", st)
+	}
+	if _, err := e.svc.Free(ctx, &podsv0.FreeRequest{PodId: "lost"}); err != nil {
+		t.Fatal(err)
+	}
+	e.assertClean()
+}
+
+// TestWriteAfterDeleteSoon: a record written while its deletion (off a
+// removal's path) has not committed is written after it: the record is
+// there, for good.
+func TestWriteAfterDeleteSoon(t *testing.T) {
+	dir := t.TempDir()
+	for i := range 20 {
+		st, err := openStore(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.put(bucketContainers, "c", ctrRecord{ID: "c", Pid: i}); err != nil {
+			t.Fatal(err)
+		}
+		st.deleteSoon(bucketContainers, "c", func(err error) { t.Error(err) })
+		if err := st.put(bucketContainers, "c", ctrRecord{ID: "c", Pid: i + 100}); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.close(); err != nil {
+			t.Fatal(err)
+		}
+		if st, err = openStore(dir); err != nil {
+			t.Fatal(err)
+		}
+		_, ctrs, err := st.load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ctrs["c"].Pid != i+100 {
+			t.Fatalf("round %d: record after delete and put: %+v (present %v), want the put's", i, ctrs["c"], len(ctrs) == 1)
+		}
+		st.deleteSoon(bucketContainers, "c", nil)
+		if err := st.close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := openStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = st.close() }()
+	if _, ctrs, _ := st.load(); len(ctrs) != 0 {
+		t.Errorf("records after a deletion and close: %v", ctrs)
+	}
+}

@@ -3,6 +3,7 @@ package pods
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -68,6 +69,10 @@ func (s *Service) recover(ctx context.Context) error {
 			}
 			continue
 		}
+		if s.removalCutShort(ctx, id, r) {
+			delete(ctrs, id)
+			continue
+		}
 		c := &container{id: id, podID: r.PodID, rec: r, done: make(chan struct{})}
 		s.ctrs[id] = c
 		switch r.State {
@@ -92,6 +97,30 @@ func (s *Service) recover(ctx context.Context) error {
 	s.removeStrayContainerFiles(ctrs)
 	s.emptyTrashLeft()
 	return nil
+}
+
+// removalCutShort finishes the removal of a container whose record
+// outlived its bundle: the bundle is made before the record and goes to
+// the trash before the record's deletion, which commits off the removal's
+// path (cleanupContainer), so a crash between them leaves such a record.
+// Its monitor is dead by then (a live one means someone else removed the
+// bundle: the container is left as it is). It reports whether the record
+// was of such a removal.
+func (s *Service) removalCutShort(ctx context.Context, id string, r ctrRecord) bool {
+	if _, err := os.Lstat(s.bundleDir(id)); !errors.Is(err, os.ErrNotExist) {
+		return false
+	}
+	if r.ConmonPid != 0 && linux.Alive(r.ConmonPid, r.ConmonStart) {
+		return false
+	}
+	s.log.Info("finishing the removal of a container whose bundle is gone", "pod", r.PodID, "container", id)
+	if err := removeContainerCgroup(ctx, r.CgroupPath); err != nil {
+		s.log.Warn("remove container cgroup", "container", id, "error", err)
+	}
+	if err := s.store.delete(bucketContainers, id); err != nil {
+		s.log.Warn("delete the record of a removed container", "container", id, "error", err)
+	}
+	return true
 }
 
 // emptyTrashLeft removes what removals moved to the trash and a stop or a

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -21,6 +22,13 @@ import (
 type store struct {
 	db     *bolt.DB
 	writes *groupcommit.Committer
+
+	// pendingMu guards pending: the deletions deleteSoon has not
+	// committed yet, by bucket and key; a write of the same key waits
+	// for its deletion. bg counts them, for close.
+	pendingMu sync.Mutex
+	pending   map[string]chan struct{}
+	bg        sync.WaitGroup
 }
 
 var (
@@ -56,21 +64,68 @@ func openStore(dir string) (*store, error) {
 		_ = db.Close()
 		return nil, err
 	}
-	return &store{db: db, writes: groupcommit.New(db)}, nil
+	return &store{db: db, writes: groupcommit.New(db), pending: map[string]chan struct{}{}}, nil
 }
 
-func (s *store) close() error { return s.db.Close() }
+// close waits for the deletions deleteSoon began, then closes the file.
+func (s *store) close() error {
+	s.bg.Wait()
+	return s.db.Close()
+}
 
 func (s *store) put(bucket []byte, key string, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
+	s.awaitDeletion(bucket, key)
 	return s.writes.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(key), b) })
 }
 
 func (s *store) delete(bucket []byte, key string) error {
+	s.awaitDeletion(bucket, key)
 	return s.writes.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Delete([]byte(key)) })
+}
+
+// deleteSoon deletes key from bucket off the caller's path: it returns at
+// once, the deletion commits with the next writes; failed is called with
+// its error. A put or delete of the key waits for it, and close. Only for
+// records whose loss is harmless: recovery finishes what a deletion lost
+// to a crash left (a container record without its bundle, see recover).
+func (s *store) deleteSoon(bucket []byte, key string, failed func(error)) {
+	k := string(bucket) + "/" + key
+	done := make(chan struct{})
+	s.pendingMu.Lock()
+	prev := s.pending[k]
+	s.pending[k] = done
+	s.pendingMu.Unlock()
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		if prev != nil {
+			<-prev
+		}
+		err := s.writes.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Delete([]byte(key)) })
+		s.pendingMu.Lock()
+		if s.pending[k] == done {
+			delete(s.pending, k)
+		}
+		s.pendingMu.Unlock()
+		close(done)
+		if err != nil && failed != nil {
+			failed(err)
+		}
+	}()
+}
+
+// awaitDeletion waits for a deletion of key that deleteSoon began.
+func (s *store) awaitDeletion(bucket []byte, key string) {
+	s.pendingMu.Lock()
+	ch := s.pending[string(bucket)+"/"+key]
+	s.pendingMu.Unlock()
+	if ch != nil {
+		<-ch
+	}
 }
 
 func (s *store) load() (map[string]podRecord, map[string]ctrRecord, error) {
