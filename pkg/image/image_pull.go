@@ -177,16 +177,16 @@ func (s *Service) pullContainerd(ctx context.Context, log *slog.Logger, name str
 // pullLease is the lease of one pull, created in the background from the
 // start of the pull; ctx waits for it.
 type pullLease struct {
-	done    chan struct{}
-	lctx    context.Context
-	err     error
-	drop    func(context.Context) error
-	timeout time.Duration
-	log     *slog.Logger
+	s    *Service
+	done chan struct{}
+	lctx context.Context
+	err  error
+	drop func(context.Context) error
+	log  *slog.Logger
 }
 
 func (s *Service) pullLease(ctx context.Context, log *slog.Logger) *pullLease {
-	l := &pullLease{done: make(chan struct{}), timeout: s.callTO, log: log}
+	l := &pullLease{s: s, done: make(chan struct{}), log: log}
 	go func() {
 		defer close(l.done)
 		l.lctx, l.drop, l.err = s.client.WithLease(ctx)
@@ -203,17 +203,48 @@ func (l *pullLease) ctx() (context.Context, error) {
 	return l.lctx, l.err
 }
 
-// release deletes the lease (what it held is held by the image's records
-// by then, or is garbage).
+// release deletes the lease off the pull's path: what it held is held by
+// the image's records by then, or is garbage. A removal, which collects
+// the garbage, waits for the deletions begun before it (awaitLeaseDrops),
+// and so does Close; a lease a crash leaves expires (containerd's client
+// gives it a day).
 func (l *pullLease) release() {
-	<-l.done
-	if l.err != nil {
-		return
+	dropped := make(chan struct{})
+	l.s.dropsMu.Lock()
+	l.s.drops[l] = dropped
+	l.s.dropsMu.Unlock()
+	go func() {
+		defer func() {
+			l.s.dropsMu.Lock()
+			delete(l.s.drops, l)
+			l.s.dropsMu.Unlock()
+			close(dropped)
+		}()
+		<-l.done
+		if l.err != nil {
+			return
+		}
+		if l.s.beforeLeaseDrop != nil {
+			l.s.beforeLeaseDrop()
+		}
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(l.lctx), l.s.callTO)
+		defer cancel()
+		if err := l.drop(ctx); err != nil {
+			l.log.WarnContext(ctx, "delete the pull's lease", "error", err)
+		}
+	}()
+}
+
+// awaitLeaseDrops waits for the pull leases being deleted now.
+func (s *Service) awaitLeaseDrops() {
+	s.dropsMu.Lock()
+	pending := make([]chan struct{}, 0, len(s.drops))
+	for _, ch := range s.drops {
+		pending = append(pending, ch)
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(l.lctx), l.timeout)
-	defer cancel()
-	if err := l.drop(ctx); err != nil {
-		l.log.WarnContext(ctx, "delete the pull's lease", "error", err)
+	s.dropsMu.Unlock()
+	for _, ch := range pending {
+		<-ch
 	}
 }
 

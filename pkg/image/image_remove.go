@@ -34,6 +34,10 @@ func (s *Service) Remove(ctx context.Context, refOrID string) (retErr error) {
 	}()
 	img, err := s.resolve(ctx, refOrID)
 	steps.Done("resolve")
+	// What a pull just made is held by its lease until the lease goes:
+	// the collection below must not find it held.
+	s.awaitLeaseDrops()
+	steps.Done("pull_leases")
 	if errdefs.IsNotFound(err) {
 		return nil
 	}

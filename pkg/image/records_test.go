@@ -1,9 +1,15 @@
 package image_test
 
 import (
+	"fmt"
 	"slices"
 	"testing"
+	"time"
 
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/aurae-runtime/aurae-cri/pkg/image"
 	"github.com/aurae-runtime/aurae-cri/test/testimage"
 )
 
@@ -77,5 +83,25 @@ func TestPullRecordsTheNameAlone(t *testing.T) {
 				t.Fatalf("records after removing both: %v", names)
 			}
 		})
+	}
+}
+
+// TestRemoveRightAfterPullCollects: a pull's lease is deleted off the
+// pull's path; a removal that follows at once still collects what the
+// pull wrote (it waits for that deletion before its collection), with no
+// collection of the test's own.
+func TestRemoveRightAfterPullCollects(t *testing.T) {
+	e := newEnv(t, "")
+	e.pull(t, e.reg.Push(t, "test/base:1", testimage.MustBusybox(t, testimage.Options{})), nil)
+	image.DelayLeaseDrops(e.svc, 100*time.Millisecond)
+	c, ctx := otherClient(t, e)
+	for i := range 3 {
+		img := testimage.MustBusybox(t, testimage.Options{Env: []string{fmt.Sprintf("ROUND=%d", i)}})
+		ref := e.reg.Push(t, "test/quick:1", img)
+		e.pull(t, ref, nil)
+		e.remove(t, ref)
+		if _, err := c.ContentStore().Info(ctx, digest.Digest(testimage.ImageID(t, img))); !errdefs.IsNotFound(err) {
+			t.Fatalf("round %d: the config of an image removed right after its pull: %v, want it collected", i, err)
+		}
 	}
 }

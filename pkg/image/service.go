@@ -119,6 +119,14 @@ type Service struct {
 	// held by a lease of an earlier version (migrateRootfsLeases).
 	leasesMu     sync.Mutex
 	leasedRootfs map[string]struct{}
+
+	// dropsMu guards drops: the pull leases being deleted off their pulls'
+	// paths (pullLease.release), each closed when done.
+	dropsMu sync.Mutex
+	drops   map[*pullLease]chan struct{}
+	// beforeLeaseDrop, when set (tests), runs before a pull lease's
+	// deletion.
+	beforeLeaseDrop func()
 }
 
 var _ runtimeapi.ImageServiceServer = (*Service)(nil)
@@ -141,6 +149,7 @@ func New(ctx context.Context, opts Options) (*Service, error) {
 		idx:          newIndex(),
 		watchDone:    make(chan struct{}),
 		leasedRootfs: map[string]struct{}{},
+		drops:        map[*pullLease]chan struct{}{},
 	}
 	if s.namespace == "" {
 		s.namespace = DefaultNamespace
@@ -208,6 +217,7 @@ func (s *Service) newPuller() *containerd.Client {
 // Close stops the image watcher and closes the containerd connection if
 // New opened it.
 func (s *Service) Close() error {
+	s.awaitLeaseDrops()
 	if s.stopWatch != nil {
 		s.stopWatch()
 		<-s.watchDone
