@@ -15,9 +15,18 @@ import (
 	"github.com/aurae-runtime/aurae-cri/pkg/sandbox"
 )
 
-// lazyRootfsTimeout bounds the removal of a removed container's snapshot
-// off RemoveContainer's path; Close waits for it.
+// lazyRootfsTimeout bounds each try of the removal of a removed native
+// container's remains (in its controller, its rootfs dirs and snapshot)
+// off RemoveContainer's path; Close waits for them.
 const lazyRootfsTimeout = 30 * time.Second
+
+// lazyRemovalTries is how many times that removal is tried (a
+// lazyRemovalBackoff, then two, apart) before it is left to the next
+// start.
+const lazyRemovalTries = 3
+
+// lazyRemovalBackoff: see lazyRemovalTries (tests shorten it).
+var lazyRemovalBackoff = time.Second
 
 // RemoveContainer implements RuntimeService.RemoveContainer: a running
 // container is killed first; its rootfs and record go. It is marked
@@ -27,19 +36,36 @@ func (r *Runtime) RemoveContainer(ctx context.Context, req *runtimeapi.RemoveCon
 	if err := r.checkReady(); err != nil {
 		return nil, err
 	}
-	if err := r.removeContainer(ctx, req.GetContainerId(), true); err != nil {
+	if err := r.removeContainer(ctx, req.GetContainerId(), removeAllLater); err != nil {
 		return nil, err
 	}
 	return &runtimeapi.RemoveContainerResponse{}, nil
 }
 
-// removeContainer removes container id. With lazy, its record goes from
-// the store's memory at once, and a native container's rootfs snapshot,
-// then its record's file, off this call's path
+// removal says what of a container's removal is left off the call's path.
+type removal int
+
+const (
+	// removeNow: all of it is done before the call returns.
+	removeNow removal = iota
+	// removeRecordLater: the record's deletion from the file, and a native
+	// container's snapshot.
+	removeRecordLater
+	// removeAllLater: also a native container's removal from its
+	// controller and its rootfs dirs (RemoveContainer; a pod's removal,
+	// which frees the pod in the controller next, takes
+	// removeRecordLater).
+	removeAllLater
+)
+
+// removeContainer removes container id. Unless how is removeNow, its
+// record goes from the store's memory at once, and what how leaves off
+// this call's path goes after it, then its record's file
 // (sandbox.Store.DeleteRemovedContainer): the REMOVING mark, on disk
-// before anything was removed, makes recovery finish a removal whose
-// snapshot removal or deletion was lost or failed.
-func (r *Runtime) removeContainer(ctx context.Context, id string, lazy bool) (retErr error) {
+// before anything was removed, makes recovery finish a removal that was
+// cut short or failed.
+func (r *Runtime) removeContainer(ctx context.Context, id string, how removal) (retErr error) {
+	lazy := how != removeNow
 	steps := timing.Start()
 	if err := r.stopContainer(ctx, id, 0); err != nil {
 		return err
@@ -76,15 +102,16 @@ func (r *Runtime) removeContainer(ctx context.Context, id string, lazy bool) (re
 	}
 	callCtx, cancel := bounded(ctx, podCallTimeout)
 	defer cancel()
-	removeCtr := func() error {
+	removeCtrIn := func(ctx context.Context) error {
 		if ctrl == nil {
 			return nil
 		}
-		if err := ctrl.RemoveContainer(callCtx, c.SandboxID, c.ID); err != nil && !errdefs.IsNotFound(err) {
+		if err := ctrl.RemoveContainer(ctx, c.SandboxID, c.ID); err != nil && !errdefs.IsNotFound(err) {
 			return fmt.Errorf("remove container %s: %w", c.ID, err)
 		}
 		return nil
 	}
+	removeCtr := func() error { return removeCtrIn(callCtx) }
 	removeRootfsIn := func(ctx context.Context) error {
 		if err := r.cfg.Images.RemoveRootfs(ctx, c.ID); err != nil && !errdefs.IsNotFound(err) {
 			return fmt.Errorf("remove rootfs of %s: %w", c.ID, err)
@@ -96,43 +123,85 @@ func (r *Runtime) removeContainer(ctx context.Context, id string, lazy bool) (re
 	var lastStep func() error
 	if rootfsFreeAtExit(ctrl) {
 		// The runtime is done with the rootfs (unmounted at the exit,
-		// unless that failed): the container and the rootfs dirs go at
-		// once; its snapshot goes with its record, off the call's path
-		// when lazy (nothing but aurae-cri uses it once the dirs are
-		// gone), or here.
+		// unless that failed).
 		dir := r.rootfsDir(c.ID)
 		if _, err := unmountAll(dir); err != nil {
 			return err
 		}
 		steps.Done("unmount")
-		var ctrErr, rootfsErr error
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctrErr = removeCtr()
-		}()
-		if !lazy {
+		// The container, its rootfs dirs, then its snapshot: each
+		// removal tolerates being done again.
+		removeAll := func(ctx context.Context) error {
+			var ctrErr error
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				ctrErr = removeCtrIn(ctx)
+			}()
+			dirErr := removeRootfsDirs(dir)
+			<-done
+			if err := errors.Join(ctrErr, dirErr); err != nil {
+				return err
+			}
+			r.fault(FaultContainerRemoving)
+			return removeRootfsIn(ctx)
+		}
+		if how == removeAllLater {
+			// Off the call's path, once the REMOVING mark is on disk:
+			// the container is gone from the store's memory (its name
+			// free) when RemoveContainer returns; what is left of it in
+			// the controller and containerd goes in the background,
+			// retried, and a crash or a failure leaves the REMOVING
+			// record, whose removal the next start finishes.
+			lastStep = func() error {
+				var err error
+				for try := range lazyRemovalTries {
+					if try > 0 {
+						time.Sleep(time.Duration(try) * lazyRemovalBackoff)
+					}
+					ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lazyRootfsTimeout)
+					err = removeAll(ctx)
+					cancel()
+					if err == nil {
+						return nil
+					}
+					r.log.Warn("remove a removed container's remains", "pod", c.SandboxID, "container", c.ID, "try", try+1, "error", err)
+				}
+				return err
+			}
+		} else {
+			// The container and the rootfs dirs go at once; its
+			// snapshot too, or with its record, off the call's path
+			// (nothing but aurae-cri uses it once the dirs are gone).
+			var ctrErr, rootfsErr error
+			var wg sync.WaitGroup
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				rootfsErr = removeRootfs()
+				ctrErr = removeCtr()
 			}()
-		}
-		dirErr := removeRootfsDirs(dir)
-		wg.Wait()
-		if err := errors.Join(ctrErr, rootfsErr, dirErr); err != nil {
-			return err
-		}
-		if lazy {
-			lastStep = func() error {
-				ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lazyRootfsTimeout)
-				defer cancel()
-				return removeRootfsIn(ctx)
+			if !lazy {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					rootfsErr = removeRootfs()
+				}()
 			}
+			dirErr := removeRootfsDirs(dir)
+			wg.Wait()
+			if err := errors.Join(ctrErr, rootfsErr, dirErr); err != nil {
+				return err
+			}
+			if lazy {
+				lastStep = func() error {
+					ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lazyRootfsTimeout)
+					defer cancel()
+					return removeRootfsIn(ctx)
+				}
+			}
+			steps.Done("controller_remove_and_rootfs")
+			r.fault(FaultContainerRemoving)
 		}
-		steps.Done("controller_remove_and_rootfs")
-		r.fault(FaultContainerRemoving)
 	} else {
 		// A VM pod's guest shares the rootfs until its controller
 		// removes the container.

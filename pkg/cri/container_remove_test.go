@@ -31,6 +31,7 @@ func TestRemoveContainerSnapshotOffPath(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("mounting a container's rootfs needs root")
 	}
+	quickRetries(t)
 	f := newFixture(t, false)
 	images := image.NewFake(t.TempDir())
 	images.Add(image.Image{ID: "sha256:" + strings.Repeat("a", 64), RepoTags: []string{"example.com/app:1"}})
@@ -150,4 +151,145 @@ func TestRemoveContainerSnapshotOffPath(t *testing.T) {
 	if c := recorded(st, b); c != nil {
 		t.Errorf("the restart left the record of b: %+v", c)
 	}
+}
+
+// TestRemoveContainerOffPath: RemoveContainer of a native container
+// returns once its REMOVING mark is on disk: its removal from the
+// controller, then its snapshot and its record's file, go after. A
+// controller removal that fails is tried again; one that keeps failing
+// leaves the REMOVING record, and the next start finishes the removal.
+func TestRemoveContainerOffPath(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a container's rootfs needs root")
+	}
+	quickRetries(t)
+	f := newFixture(t, false)
+	images := image.NewFake(t.TempDir())
+	images.Add(image.Image{ID: "sha256:" + strings.Repeat("a", 64), RepoTags: []string{"example.com/app:1"}})
+	start := func(st *sandbox.Store) *Runtime {
+		rt, err := NewRuntime(Config{
+			RootDir: f.dir, Controllers: map[string]controller.Controller{"": freeAtExit{f.ctrl}}, Images: images,
+			Network: f.net, Store: st, MonitorInterval: time.Hour,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rt.Recover(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		return rt
+	}
+	rt := start(f.store)
+	pod, err := rt.RunPodSandbox(t.Context(), &runtimeapi.RunPodSandboxRequest{Config: podConfig("a")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	create := func(name string) string {
+		resp, err := rt.CreateContainer(t.Context(), &runtimeapi.CreateContainerRequest{
+			PodSandboxId: pod.GetPodSandboxId(), Config: cdiContainer(name, nil, nil), SandboxConfig: podConfig("a")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetContainerId()
+	}
+	inController := func(id string) bool {
+		f.ctrl.mu.Lock()
+		defer f.ctrl.mu.Unlock()
+		_, created := f.ctrl.containers[id]
+		_, prepared := f.ctrl.prepared[id]
+		return created || prepared
+	}
+	a, b, c := create("a"), create("b"), create("c")
+	t.Cleanup(func() {
+		for _, id := range []string{a, b, c} {
+			_, _ = unmountAll(rt.rootfsDir(id))
+		}
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+
+	// The controller's removal held: RemoveContainer answers all the same.
+	gate := make(chan struct{})
+	f.ctrl.mu.Lock()
+	f.ctrl.removeGate = gate
+	f.ctrl.mu.Unlock()
+	if _, err := rt.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: a}); err != nil {
+		t.Fatalf("RemoveContainer with the controller's removal held: %v", err)
+	}
+	if _, err := rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: a}); err == nil {
+		t.Error("a removed container still has a status")
+	}
+	if !inController(a) {
+		close(gate)
+		t.Fatal("the controller removed the container before its removal was let go")
+	}
+	if _, ok := images.Rootfs(a); !ok {
+		t.Fatal("the snapshot went before the controller's removal")
+	}
+	close(gate)
+	f.store.Flush()
+	if inController(a) {
+		t.Error("the controller still has the removed container")
+	}
+	if _, ok := images.Rootfs(a); ok {
+		t.Error("the snapshot of a removed container is left")
+	}
+
+	// Two failures, then the removal goes through.
+	f.ctrl.mu.Lock()
+	f.ctrl.removeGate, f.ctrl.removeFails = nil, 2
+	f.ctrl.mu.Unlock()
+	if _, err := rt.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: b}); err != nil {
+		t.Fatal(err)
+	}
+	f.store.Flush()
+	if inController(b) {
+		t.Error("the controller still has a container whose removal failed twice, then worked")
+	}
+
+	// It keeps failing: the REMOVING record stays; the next start
+	// finishes the removal.
+	f.ctrl.mu.Lock()
+	f.ctrl.removeFails = lazyRemovalTries
+	f.ctrl.mu.Unlock()
+	if _, err := rt.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: c}); err != nil {
+		t.Fatal(err)
+	}
+	rt.Close()
+	if err := f.store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := sandbox.Open(f.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left *sandbox.Container
+	for _, r := range st.Containers() {
+		if r.ID == c {
+			left = &r
+		}
+	}
+	if left == nil || !left.Status.Removing || !inController(c) {
+		t.Fatalf("after the removal failed every time: record %+v, in the controller %v; want REMOVING and there", left, inController(c))
+	}
+	rt = start(st)
+	rt.Close()
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if inController(c) {
+		t.Error("the restart left the container in the controller")
+	}
+	if _, ok := images.Rootfs(c); ok {
+		t.Error("the restart left the snapshot")
+	}
+}
+
+// quickRetries makes the tries of a removal off RemoveContainer's path
+// follow each other at once, for the test.
+func quickRetries(t *testing.T) {
+	old := lazyRemovalBackoff
+	lazyRemovalBackoff = time.Millisecond
+	t.Cleanup(func() { lazyRemovalBackoff = old })
 }

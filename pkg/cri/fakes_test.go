@@ -46,6 +46,10 @@ type fakeController struct {
 	// afterStart, when set, runs once StartContainer has the container
 	// running, before it returns (a container that ends at once).
 	afterStart func(id string)
+	// removeGate, when set, holds RemoveContainer until it is closed;
+	// removeFails fails that many RemoveContainer calls first.
+	removeGate  chan struct{}
+	removeFails int
 	// statsCalls counts ContainerStats calls per container.
 	statsCalls map[string]int
 	// held containers: their status calls block until the test releases
@@ -276,9 +280,23 @@ func (f *fakeController) dropEvents() {
 	f.subs = nil
 }
 
-func (f *fakeController) RemoveContainer(_ context.Context, _, id string) error {
+func (f *fakeController) RemoveContainer(ctx context.Context, _, id string) error {
+	f.mu.Lock()
+	gate := f.removeGate
+	f.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.removeFails > 0 {
+		f.removeFails--
+		return errFake
+	}
 	delete(f.containers, id)
 	delete(f.prepared, id)
 	return nil

@@ -149,7 +149,7 @@ func (r *Runtime) recoverIntents(ctx context.Context) {
 	for _, c := range r.store.Containers() {
 		if c.Status.Removing {
 			r.log.Info("finishing the removal of a container", "pod", c.SandboxID, "container", c.ID)
-			if err := r.removeContainer(ctx, c.ID, false); err != nil {
+			if err := r.removeContainer(ctx, c.ID, removeNow); err != nil {
 				r.log.Error("finish removing container", "pod", c.SandboxID, "container", c.ID, "error", err)
 			}
 		}

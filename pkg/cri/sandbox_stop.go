@@ -147,7 +147,7 @@ func (r *Runtime) removePod(ctx context.Context, sb sandbox.Sandbox) error {
 	unlock := r.lockPod(sb.ID)
 	defer unlock()
 	for _, c := range r.store.ContainersOf(sb.ID) {
-		if err := r.removeContainer(ctx, c.ID, true); err != nil {
+		if err := r.removeContainer(ctx, c.ID, removeRecordLater); err != nil {
 			return fmt.Errorf("remove pod %s: %w", sb.ID, err)
 		}
 	}
