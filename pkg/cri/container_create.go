@@ -139,10 +139,13 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	// The intent (CREATING) is recorded before each side effect, so that
 	// a restart after a crash undoes what this call made; storing the
 	// container completes it.
+	// It names all this call may make, the controller's container too (its
+	// undo, a RemoveContainer, takes an unknown container as removed): one
+	// commit before the first side effect.
 	rootfs := r.rootfsDir(id)
 	intent := sandbox.Intent{Kind: sandbox.IntentContainer, ID: id, PodID: sb.ID, Name: name, RuntimeHandler: sb.RuntimeHandler,
 		CreatedAt: time.Now(), Rootfs: true, Snapshot: image.RootfsKey(id), RootfsDir: rootfs,
-		ImageVolumes: volumeKeys(vols)}
+		ImageVolumes: volumeKeys(vols), ControllerContainer: true}
 	if err := r.store.PutIntent(intent); err != nil {
 		return nil, err
 	}
@@ -222,11 +225,6 @@ func (r *Runtime) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		}
 	}
 	steps.Done("image_volumes_log_dir")
-	intent.ControllerContainer = true
-	if err := r.store.PutIntent(intent); err != nil {
-		return nil, err
-	}
-	steps.Done("intent_controller")
 	facts, err := ctrl.PrepareContainer(callCtx, sb.ID, files)
 	if err != nil {
 		undone = r.undoPrepareContainer(ctrl, sb.ID, id, log) && undone

@@ -206,7 +206,7 @@ func TestRecoverUndoesContainerLeftCreating(t *testing.T) {
 			id := in.ID
 			t.Cleanup(func() { _ = unmountRootfs(f.rt.rootfsDir(id)) })
 			if in.Kind != sandbox.IntentContainer || in.PodID != podID || in.Snapshot != image.RootfsKey(id) ||
-				in.Lease != "" || in.RootfsDir != f.rt.rootfsDir(id) || in.ControllerContainer != (point == FaultContainerPrepared) {
+				in.Lease != "" || in.RootfsDir != f.rt.rootfsDir(id) || !in.ControllerContainer {
 				t.Fatalf("intent %+v", in)
 			}
 			if _, ok := f.images.Rootfs(id); !ok || !mounted(t, in.RootfsDir) {

@@ -64,8 +64,9 @@ type Intent struct {
 	Snapshot  string `json:"snapshot,omitempty"`
 	Lease     string `json:"lease,omitempty"`
 	RootfsDir string `json:"rootfs_dir,omitempty"`
-	// ControllerContainer: the pod's controller was asked to prepare the
-	// container.
+	// ControllerContainer: the pod's controller may have been asked to
+	// prepare the container (CreateContainer records it with the rest,
+	// before its first side effect; the undo tolerates an unknown one).
 	ControllerContainer bool `json:"controller_container,omitempty"`
 	// ImageVolumes are the keys of the image volumes the container may
 	// have begun to use: it counts as their user until the intent goes.
