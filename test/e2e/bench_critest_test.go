@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -56,8 +58,10 @@ var (
 // operation (CreatePod, StatusPod, StopPod, RemovePod, CreateContainer,
 // StartContainer, StatusContainer, StopContainer, RemoveContainer,
 // PullImage, StatusImage, RemoveImage, ListImages) as p50/p99 per runtime
-// and the ratio of aurae-cri's p50 to each peer's. The runs take turns one
-// runtime after the other. The scenario runs once per `go test` run.
+// and the ratio of aurae-cri's p50 to each peer's. The runtimes take turns,
+// critestRounds times, each round in the reverse order of the last, and
+// the samples of the rounds are pooled. The scenario runs once per `go
+// test` run.
 func BenchmarkCritest(b *testing.B) {
 	critestOnce.Do(func() { critestKeys, critestRes, critestErr = measureCritest(b) })
 	if critestErr != nil {
@@ -77,6 +81,15 @@ func BenchmarkCritest(b *testing.B) {
 			b.Logf("critest %-14s %-16s p50 %8.2f ms  p99 %8.2f ms  (%d samples)", k, op.name, ms(percentile(op.d, 0.5)), ms(percentile(op.d, 0.99)), len(op.d))
 		}
 	}
+}
+
+// critestRounds is how many times each runtime runs critest -benchmark
+// (AURAE_BENCH_CRITEST_ROUNDS, 2 unless set).
+func critestRounds() int {
+	if n, err := strconv.Atoi(os.Getenv("AURAE_BENCH_CRITEST_ROUNDS")); err == nil && n > 0 {
+		return n
+	}
+	return 2
 }
 
 func measureCritest(b *testing.B) ([]string, map[string][]critestOp, error) {
@@ -106,38 +119,73 @@ func measureCritest(b *testing.B) ([]string, map[string][]critestOp, error) {
 	if err := os.WriteFile(images, fmt.Appendf(nil, "defaultTestContainerImage: %s\nwebServerTestImage: %s\n", image, image), 0o644); err != nil {
 		return nil, nil, err
 	}
+	// The runtimes take turns, in one order and then the other (each
+	// round reverses the last), and each operation's samples of all
+	// rounds are pooled: a machine that gets busier or quieter along the
+	// run weighs on all of them alike.
+	runtimes := benchPeers(b, c, image)
+	rounds := critestRounds()
+	samples := map[string]map[string][]time.Duration{} // runtime -> op -> durations
+	order := map[string][]string{}                      // runtime -> op names in file order
+	failed := map[string]bool{}
+	for round := range rounds {
+		turn := slices.Clone(runtimes)
+		if round%2 == 1 {
+			slices.Reverse(turn)
+		}
+		for _, r := range turn {
+			if failed[r.key] {
+				continue
+			}
+			out := filepath.Join(dir, fmt.Sprintf("%s-%d", r.key, round))
+			if err := os.MkdirAll(out, 0o755); err != nil {
+				return nil, nil, err
+			}
+			ctx, cancel := context.WithTimeout(b.Context(), 30*time.Minute)
+			cmd := exec.CommandContext(ctx, filepath.Join(critest, "critest"), "-benchmark",
+				"-runtime-endpoint", r.endpoint, "-image-endpoint", r.endpoint,
+				"-benchmarking-params-file", params, "-benchmarking-output-dir", out,
+				"-test-images-file", images)
+			cmd.Dir = out
+			start := time.Now()
+			log, err := cmd.CombinedOutput()
+			cancel()
+			if err != nil && r.key == "aurae" {
+				return nil, nil, fmt.Errorf("critest -benchmark on %s: %w\n%s", r.name, err, tailString(string(log), 8000))
+			}
+			if err != nil {
+				b.Logf("peer %s left out of critest -benchmark: %v: %s", r.name, err, critestFailure(log))
+				failed[r.key] = true
+				continue
+			}
+			b.Logf("critest -benchmark round %d/%d on %s %s: %v", round+1, rounds, r.name, r.version, time.Since(start).Round(time.Second))
+			ops, err := readCritestResults(out)
+			if err != nil {
+				return nil, nil, fmt.Errorf("%s: %w", r.name, err)
+			}
+			if samples[r.key] == nil {
+				samples[r.key] = map[string][]time.Duration{}
+			}
+			for _, op := range ops {
+				if _, ok := samples[r.key][op.name]; !ok {
+					order[r.key] = append(order[r.key], op.name)
+				}
+				samples[r.key][op.name] = append(samples[r.key][op.name], op.d...)
+			}
+		}
+	}
+	if level == "debug" {
+		printStepMedians("aurae-cri's median step durations under critest -benchmark", c.Records())
+	}
 	res := map[string][]critestOp{}
 	var keys []string
-	for _, r := range benchPeers(b, c, image) {
-		out := filepath.Join(dir, r.key)
-		if err := os.MkdirAll(out, 0o755); err != nil {
-			return nil, nil, err
-		}
-		ctx, cancel := context.WithTimeout(b.Context(), 30*time.Minute)
-		cmd := exec.CommandContext(ctx, filepath.Join(critest, "critest"), "-benchmark",
-			"-runtime-endpoint", r.endpoint, "-image-endpoint", r.endpoint,
-			"-benchmarking-params-file", params, "-benchmarking-output-dir", out,
-			"-test-images-file", images)
-		cmd.Dir = out
-		start := time.Now()
-		log, err := cmd.CombinedOutput()
-		cancel()
-		if err != nil && r.key == "aurae" {
-			return nil, nil, fmt.Errorf("critest -benchmark on %s: %w\n%s", r.name, err, tailString(string(log), 8000))
-		}
-		if err != nil {
-			b.Logf("peer %s left out of critest -benchmark: %v: %s", r.name, err, critestFailure(log))
+	for _, r := range runtimes {
+		if failed[r.key] || samples[r.key] == nil {
 			continue
 		}
-		b.Logf("critest -benchmark on %s %s: %v", r.name, r.version, time.Since(start).Round(time.Second))
-		if r.key == "aurae" && level == "debug" {
-			printStepMedians("aurae-cri's median step durations under critest -benchmark", c.Records())
+		for _, name := range order[r.key] {
+			res[r.key] = append(res[r.key], critestOp{name: name, d: samples[r.key][name]})
 		}
-		ops, err := readCritestResults(out)
-		if err != nil {
-			return nil, nil, fmt.Errorf("%s: %w", r.name, err)
-		}
-		res[r.key] = ops
 		keys = append(keys, r.key)
 	}
 	return keys, res, nil
