@@ -126,7 +126,7 @@ func measureCritest(b *testing.B) ([]string, map[string][]critestOp, error) {
 	runtimes := benchPeers(b, c, image)
 	rounds := critestRounds()
 	samples := map[string]map[string][]time.Duration{} // runtime -> op -> durations
-	order := map[string][]string{}                      // runtime -> op names in file order
+	order := map[string][]string{}                     // runtime -> op names in file order
 	failed := map[string]bool{}
 	for round := range rounds {
 		turn := slices.Clone(runtimes)
