@@ -115,16 +115,10 @@ func (s *Service) pullUnpacked(ctx context.Context, resolver remotes.Resolver, r
 	if err := blobs.decode(ctx, manifest.Config, &spec); err != nil {
 		return unpackedPull{}, err
 	}
-	diffIDs := spec.RootFS.DiffIDs
-	if len(diffIDs) == 0 || len(diffIDs) != len(manifest.Layers) {
-		return unpackedPull{}, fmt.Errorf("%w: %d layers, %d diff ids", errNotUnpacked, len(manifest.Layers), len(diffIDs))
+	if err := checkUnpackable(manifest, spec); err != nil {
+		return unpackedPull{}, err
 	}
-	for _, d := range diffIDs {
-		if err := d.Validate(); err != nil {
-			return unpackedPull{}, fmt.Errorf("%w: diff id %q: %w", errNotUnpacked, d, err)
-		}
-	}
-	chainID := identity.ChainID(diffIDs).String()
+	chainID := identity.ChainID(spec.RootFS.DiffIDs).String()
 	size, err := (&images.Image{Target: target}).Size(ctx, blobs, s.platform)
 	if err != nil {
 		return unpackedPull{}, fmt.Errorf("%w: size: %w", errNotUnpacked, err)
@@ -183,6 +177,30 @@ func (s *Service) pullUnpacked(ctx context.Context, resolver remotes.Resolver, r
 			spec:    spec,
 		},
 	}, nil
+}
+
+// checkUnpackable checks what of a manifest and its config a pull of its
+// unpacked layers writes or names: as many layers as diff ids, at least
+// one, every digest valid (the layers' go into the manifest's labels
+// unfetched). What fails goes through containerd's pull, which fetches
+// and checks each layer it needs.
+func checkUnpackable(manifest ocispec.Manifest, spec ocispec.Image) error {
+	diffIDs := spec.RootFS.DiffIDs
+	if len(diffIDs) == 0 || len(diffIDs) != len(manifest.Layers) {
+		return fmt.Errorf("%w: %d layers, %d diff ids", errNotUnpacked, len(manifest.Layers), len(diffIDs))
+	}
+	for i, d := range diffIDs {
+		if err := d.Validate(); err != nil {
+			return fmt.Errorf("%w: diff id %q: %w", errNotUnpacked, d, err)
+		}
+		if err := manifest.Layers[i].Digest.Validate(); err != nil {
+			return fmt.Errorf("%w: layer %q: %w", errNotUnpacked, manifest.Layers[i].Digest, err)
+		}
+		if manifest.Layers[i].Size < 0 {
+			return fmt.Errorf("%w: layer %s of %d bytes", errNotUnpacked, manifest.Layers[i].Digest, manifest.Layers[i].Size)
+		}
+	}
+	return nil
 }
 
 // commitBlob writes data as the blob d with labels in one message: the
@@ -331,6 +349,10 @@ func (b *fetchedBlobs) platformManifest(ctx context.Context, d ocispec.Descripto
 		}
 		if m.Platform == nil {
 			return ocispec.Descriptor{}, fmt.Errorf("%w: manifest %s names no platform", errNotUnpacked, m.Digest)
+		}
+		// Every manifest's digest goes into the index's labels.
+		if err := m.Digest.Validate(); err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("%w: manifest %q: %w", errNotUnpacked, m.Digest, err)
 		}
 		if platform.Match(*m.Platform) {
 			match = append(match, m)

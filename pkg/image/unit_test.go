@@ -14,6 +14,8 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	remoteerrors "github.com/containerd/containerd/v2/core/remotes/errors"
 	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -221,5 +223,37 @@ func TestKeyedMutex(t *testing.T) {
 	k.mu.Unlock()
 	if left != 0 {
 		t.Errorf("%d keys left", left)
+	}
+}
+
+func TestCheckUnpackable(t *testing.T) {
+	layer := func(d string) ocispec.Descriptor {
+		return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.Digest(d), Size: 10}
+	}
+	spec := func(ids ...string) ocispec.Image {
+		var img ocispec.Image
+		for _, id := range ids {
+			img.RootFS.DiffIDs = append(img.RootFS.DiffIDs, digest.Digest(id))
+		}
+		return img
+	}
+	good, other := "sha256:"+hex64('a'), "sha256:"+hex64('b')
+	for _, tc := range []struct {
+		name     string
+		manifest ocispec.Manifest
+		spec     ocispec.Image
+		ok       bool
+	}{
+		{"one layer", ocispec.Manifest{Layers: []ocispec.Descriptor{layer(good)}}, spec(other), true},
+		{"no layer", ocispec.Manifest{}, spec(), false},
+		{"more diff ids", ocispec.Manifest{Layers: []ocispec.Descriptor{layer(good)}}, spec(other, other), false},
+		{"bad diff id", ocispec.Manifest{Layers: []ocispec.Descriptor{layer(good)}}, spec("sha256:../../x"), false},
+		{"bad layer digest", ocispec.Manifest{Layers: []ocispec.Descriptor{layer("sha256:zz")}}, spec(other), false},
+		{"negative size", ocispec.Manifest{Layers: []ocispec.Descriptor{{Digest: digest.Digest(good), Size: -1}}}, spec(other), false},
+	} {
+		err := checkUnpackable(tc.manifest, tc.spec)
+		if (err == nil) != tc.ok || (err != nil && !errors.Is(err, errNotUnpacked)) {
+			t.Errorf("%s: %v", tc.name, err)
+		}
 	}
 }
