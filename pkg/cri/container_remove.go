@@ -111,14 +111,12 @@ func (r *Runtime) removeContainer(ctx context.Context, id string, how removal) (
 		}
 		return nil
 	}
-	removeCtr := func() error { return removeCtrIn(callCtx) }
 	removeRootfsIn := func(ctx context.Context) error {
 		if err := r.cfg.Images.RemoveRootfs(ctx, c.ID); err != nil && !errdefs.IsNotFound(err) {
 			return fmt.Errorf("remove rootfs of %s: %w", c.ID, err)
 		}
 		return nil
 	}
-	removeRootfs := func() error { return removeRootfsIn(callCtx) }
 	// lastStep is what the record's deletion waits for (nil: nothing).
 	var lastStep func() error
 	if rootfsFreeAtExit(ctrl) {
@@ -129,24 +127,30 @@ func (r *Runtime) removeContainer(ctx context.Context, id string, how removal) (
 			return err
 		}
 		steps.Done("unmount")
-		// The container, its rootfs dirs, then its snapshot: each
-		// removal tolerates being done again.
-		removeAll := func(ctx context.Context) error {
-			var ctrErr error
-			done := make(chan struct{})
+		// The container and its rootfs dirs go at once, its snapshot
+		// with them (alsoRootfs) or after; each removal tolerates being
+		// done again.
+		removeCtrAndDirs := func(ctx context.Context, alsoRootfs bool) error {
+			var ctrErr, rootfsErr error
+			var wg sync.WaitGroup
+			wg.Add(1)
 			go func() {
-				defer close(done)
+				defer wg.Done()
 				ctrErr = removeCtrIn(ctx)
 			}()
-			dirErr := removeRootfsDirs(dir)
-			<-done
-			if err := errors.Join(ctrErr, dirErr); err != nil {
-				return err
+			if alsoRootfs {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					rootfsErr = removeRootfsIn(ctx)
+				}()
 			}
-			r.fault(FaultContainerRemoving)
-			return removeRootfsIn(ctx)
+			dirErr := removeRootfsDirs(dir)
+			wg.Wait()
+			return errors.Join(ctrErr, rootfsErr, dirErr)
 		}
-		if how == removeAllLater {
+		switch how {
+		case removeAllLater:
 			// Off the call's path, once the REMOVING mark is on disk:
 			// the container is gone from the store's memory (its name
 			// free) when RemoveContainer returns; what is left of it in
@@ -160,7 +164,10 @@ func (r *Runtime) removeContainer(ctx context.Context, id string, how removal) (
 						time.Sleep(time.Duration(try) * lazyRemovalBackoff)
 					}
 					ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lazyRootfsTimeout)
-					err = removeAll(ctx)
+					if err = removeCtrAndDirs(ctx, false); err == nil {
+						r.fault(FaultContainerRemoving)
+						err = removeRootfsIn(ctx)
+					}
 					cancel()
 					if err == nil {
 						return nil
@@ -169,27 +176,11 @@ func (r *Runtime) removeContainer(ctx context.Context, id string, how removal) (
 				}
 				return err
 			}
-		} else {
-			// The container and the rootfs dirs go at once; its
-			// snapshot too, or with its record, off the call's path
-			// (nothing but aurae-cri uses it once the dirs are gone).
-			var ctrErr, rootfsErr error
-			var wg sync.WaitGroup
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				ctrErr = removeCtr()
-			}()
-			if !lazy {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					rootfsErr = removeRootfs()
-				}()
-			}
-			dirErr := removeRootfsDirs(dir)
-			wg.Wait()
-			if err := errors.Join(ctrErr, rootfsErr, dirErr); err != nil {
+		default:
+			// The snapshot goes here, or with the record, off the
+			// call's path (nothing but aurae-cri uses it once the dirs
+			// are gone).
+			if err := removeCtrAndDirs(callCtx, !lazy); err != nil {
 				return err
 			}
 			if lazy {
@@ -205,7 +196,7 @@ func (r *Runtime) removeContainer(ctx context.Context, id string, how removal) (
 	} else {
 		// A VM pod's guest shares the rootfs until its controller
 		// removes the container.
-		if err := removeCtr(); err != nil {
+		if err := removeCtrIn(callCtx); err != nil {
 			return err
 		}
 		steps.Done("controller_remove")
@@ -214,7 +205,7 @@ func (r *Runtime) removeContainer(ctx context.Context, id string, how removal) (
 			return err
 		}
 		steps.Done("unmount")
-		if err := removeRootfs(); err != nil {
+		if err := removeRootfsIn(callCtx); err != nil {
 			return err
 		}
 		steps.Done("rootfs")

@@ -22,6 +22,74 @@ type freeAtExit struct{ *fakeController }
 
 func (freeAtExit) RootfsFreeAtExit() bool { return true }
 
+// removalFixture is a Runtime on the fake controller with the native
+// controller's promise (freeAtExit) and fake images, and one pod.
+type removalFixture struct {
+	*fixture
+	images *image.Fake
+	rt     *Runtime
+	podID  string
+}
+
+func newRemovalFixture(t *testing.T) *removalFixture {
+	t.Helper()
+	f := &removalFixture{fixture: newFixture(t, false), images: image.NewFake(t.TempDir())}
+	f.images.Add(image.Image{ID: "sha256:" + strings.Repeat("a", 64), RepoTags: []string{"example.com/app:1"}})
+	f.rt = f.start(t, f.store)
+	pod, err := f.rt.RunPodSandbox(t.Context(), &runtimeapi.RunPodSandboxRequest{Config: podConfig("a")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.podID = pod.GetPodSandboxId()
+	return f
+}
+
+// start makes and recovers a Runtime on st.
+func (f *removalFixture) start(t *testing.T, st *sandbox.Store) *Runtime {
+	t.Helper()
+	rt, err := NewRuntime(Config{
+		RootDir: f.dir, Controllers: map[string]controller.Controller{"": freeAtExit{f.ctrl}}, Images: f.images,
+		Network: f.net, Store: st, MonitorInterval: time.Hour,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rt.Recover(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return rt
+}
+
+// create creates a container in the pod, with its rootfs snapshot, and
+// unmounts its rootfs when the test ends.
+func (f *removalFixture) create(t *testing.T, name string) string {
+	t.Helper()
+	resp, err := f.rt.CreateContainer(t.Context(), &runtimeapi.CreateContainerRequest{
+		PodSandboxId: f.podID, Config: cdiContainer(name, nil, nil), SandboxConfig: podConfig("a")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.GetContainerId()
+	if _, ok := f.images.Rootfs(id); !ok {
+		t.Fatalf("container %s has no rootfs snapshot", name)
+	}
+	// A failure must not leave the rootfs bind mounts in the temp dir.
+	dir := f.rt.rootfsDir(id)
+	t.Cleanup(func() { _, _ = unmountAll(dir) })
+	return id
+}
+
+// recorded is container id's record in st, or nil.
+func recorded(st *sandbox.Store, id string) *sandbox.Container {
+	for _, c := range st.Containers() {
+		if c.ID == id {
+			return &c
+		}
+	}
+	return nil
+}
+
 // TestRemoveContainerSnapshotOffPath: RemoveContainer of a native
 // container returns without waiting for its rootfs snapshot's removal,
 // the container gone from the CRI at once; the record goes from the disk
@@ -32,39 +100,8 @@ func TestRemoveContainerSnapshotOffPath(t *testing.T) {
 		t.Skip("mounting a container's rootfs needs root")
 	}
 	quickRetries(t)
-	f := newFixture(t, false)
-	images := image.NewFake(t.TempDir())
-	images.Add(image.Image{ID: "sha256:" + strings.Repeat("a", 64), RepoTags: []string{"example.com/app:1"}})
-	start := func(st *sandbox.Store) *Runtime {
-		rt, err := NewRuntime(Config{
-			RootDir: f.dir, Controllers: map[string]controller.Controller{"": freeAtExit{f.ctrl}}, Images: images,
-			Network: f.net, Store: st, MonitorInterval: time.Hour,
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := rt.Recover(t.Context()); err != nil {
-			t.Fatal(err)
-		}
-		return rt
-	}
-	rt := start(f.store)
-	pod, err := rt.RunPodSandbox(t.Context(), &runtimeapi.RunPodSandboxRequest{Config: podConfig("a")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	create := func(name string) string {
-		resp, err := rt.CreateContainer(t.Context(), &runtimeapi.CreateContainerRequest{
-			PodSandboxId: pod.GetPodSandboxId(), Config: cdiContainer(name, nil, nil), SandboxConfig: podConfig("a")})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, ok := images.Rootfs(resp.GetContainerId()); !ok {
-			t.Fatalf("container %s has no rootfs snapshot", name)
-		}
-		return resp.GetContainerId()
-	}
+	f := newRemovalFixture(t)
+	rt, images := f.rt, f.images
 	listed := func(rt *Runtime, id string) bool {
 		resp, err := rt.ListContainers(t.Context(), &runtimeapi.ListContainersRequest{})
 		if err != nil {
@@ -77,21 +114,7 @@ func TestRemoveContainerSnapshotOffPath(t *testing.T) {
 		}
 		return false
 	}
-	recorded := func(st *sandbox.Store, id string) *sandbox.Container {
-		for _, c := range st.Containers() {
-			if c.ID == id {
-				return &c
-			}
-		}
-		return nil
-	}
-	a, b := create("a"), create("b")
-	// A failure must not leave the rootfs bind mounts in the temp dir.
-	t.Cleanup(func() {
-		for _, id := range []string{a, b} {
-			_, _ = unmountAll(rt.rootfsDir(id))
-		}
-	})
+	a, b := f.create(t, "a"), f.create(t, "b")
 
 	// The snapshot's removal held: RemoveContainer returns all the same.
 	gate := make(chan struct{})
@@ -135,7 +158,7 @@ func TestRemoveContainerSnapshotOffPath(t *testing.T) {
 		t.Fatalf("record of b after its snapshot's removal failed: %+v, want REMOVING", c)
 	}
 	images.HoldRemoveRootfs(nil, nil)
-	rt = start(st)
+	rt = f.start(t, st)
 	rt.Close()
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
@@ -163,36 +186,8 @@ func TestRemoveContainerOffPath(t *testing.T) {
 		t.Skip("mounting a container's rootfs needs root")
 	}
 	quickRetries(t)
-	f := newFixture(t, false)
-	images := image.NewFake(t.TempDir())
-	images.Add(image.Image{ID: "sha256:" + strings.Repeat("a", 64), RepoTags: []string{"example.com/app:1"}})
-	start := func(st *sandbox.Store) *Runtime {
-		rt, err := NewRuntime(Config{
-			RootDir: f.dir, Controllers: map[string]controller.Controller{"": freeAtExit{f.ctrl}}, Images: images,
-			Network: f.net, Store: st, MonitorInterval: time.Hour,
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := rt.Recover(t.Context()); err != nil {
-			t.Fatal(err)
-		}
-		return rt
-	}
-	rt := start(f.store)
-	pod, err := rt.RunPodSandbox(t.Context(), &runtimeapi.RunPodSandboxRequest{Config: podConfig("a")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	create := func(name string) string {
-		resp, err := rt.CreateContainer(t.Context(), &runtimeapi.CreateContainerRequest{
-			PodSandboxId: pod.GetPodSandboxId(), Config: cdiContainer(name, nil, nil), SandboxConfig: podConfig("a")})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp.GetContainerId()
-	}
+	f := newRemovalFixture(t)
+	rt, images := f.rt, f.images
 	inController := func(id string) bool {
 		f.ctrl.mu.Lock()
 		defer f.ctrl.mu.Unlock()
@@ -200,12 +195,7 @@ func TestRemoveContainerOffPath(t *testing.T) {
 		_, prepared := f.ctrl.prepared[id]
 		return created || prepared
 	}
-	a, b, c := create("a"), create("b"), create("c")
-	t.Cleanup(func() {
-		for _, id := range []string{a, b, c} {
-			_, _ = unmountAll(rt.rootfsDir(id))
-		}
-	})
+	a, b, c := f.create(t, "a"), f.create(t, "b"), f.create(t, "c")
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 
@@ -264,16 +254,11 @@ func TestRemoveContainerOffPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var left *sandbox.Container
-	for _, r := range st.Containers() {
-		if r.ID == c {
-			left = &r
-		}
-	}
+	left := recorded(st, c)
 	if left == nil || !left.Status.Removing || !inController(c) {
 		t.Fatalf("after the removal failed every time: record %+v, in the controller %v; want REMOVING and there", left, inController(c))
 	}
-	rt = start(st)
+	rt = f.start(t, st)
 	rt.Close()
 	if err := st.Close(); err != nil {
 		t.Fatal(err)

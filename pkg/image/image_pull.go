@@ -19,7 +19,6 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	remoteerrors "github.com/containerd/containerd/v2/core/remotes/errors"
 	"github.com/containerd/errdefs"
-	"github.com/distribution/reference"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -107,9 +106,7 @@ func (s *Service) pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 	}
 	if err == nil {
 		target, meta = up.target, up.meta
-		s.metaMu.Lock()
-		s.meta[target.Digest.String()] = meta
-		s.metaMu.Unlock()
+		s.keepMeta(target.Digest, meta)
 		// One record, of the name pulled: the image's repo digest follows
 		// from a tag's record (splitRef), its id from its config.
 		if err := s.putRecord(ctx, name, target, labels); err != nil {
@@ -133,7 +130,7 @@ func (s *Service) pull(ctx context.Context, ref string, auth *runtimeapi.AuthCon
 			return "", 0, err
 		}
 	}
-	repoDigest, _ := repoDigestAndTag(named, target.Digest.String())
+	_, repoDigest := splitRef(name, target.Digest.String())
 	log.InfoContext(ctx, "pulled image", "id", meta.id, "repo_digest", repoDigest, "size", meta.size, "took", time.Since(start).Round(time.Millisecond))
 	return meta.id, meta.size, nil
 }
@@ -268,20 +265,6 @@ func (s *Service) keepMovedFrom(ctx context.Context, prev images.Image) error {
 		g.Go(func() error { return s.putRecord(ctx, n, prev.Target, prev.Labels) })
 	}
 	return g.Wait()
-}
-
-// repoDigestAndTag returns the "name@digest" and "name:tag" references of
-// an image pulled as named.
-func repoDigestAndTag(named reference.Named, target string) (repoDigest, repoTag string) {
-	if tagged, ok := named.(reference.NamedTagged); ok {
-		repoTag = tagged.String()
-	}
-	if canonical, ok := named.(reference.Canonical); ok {
-		repoDigest = canonical.String()
-	} else {
-		repoDigest = named.Name() + "@" + target
-	}
-	return repoDigest, repoTag
 }
 
 // putRecord creates or points an image record at target.

@@ -34,10 +34,6 @@ func (s *Service) Remove(ctx context.Context, refOrID string) (retErr error) {
 	}()
 	img, err := s.resolve(ctx, refOrID)
 	steps.Done("resolve")
-	// What a pull just made is held by its lease until the lease goes:
-	// the collection below must not find it held.
-	s.awaitLeaseDrops()
-	steps.Done("pull_leases")
 	if errdefs.IsNotFound(err) {
 		return nil
 	}
@@ -47,6 +43,10 @@ func (s *Service) Remove(ctx context.Context, refOrID string) (retErr error) {
 	if len(img.records) == 0 {
 		return nil
 	}
+	// What a pull just made is held by its lease until the lease goes:
+	// the collection below must not find it held.
+	s.awaitLeaseDrops()
+	steps.Done("pull_leases")
 	store := s.client.ImageService()
 	del := func(name string, opts ...images.DeleteOpt) error {
 		if err := store.Delete(ctx, name, opts...); err != nil && !errdefs.IsNotFound(err) {

@@ -20,7 +20,6 @@ import (
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
-	"github.com/opencontainers/image-spec/identity"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -59,12 +58,12 @@ type unpackedPull struct {
 // the snapshotter's capabilities and prepares the top snapshot to learn
 // that it exists: some twenty calls against six.
 //
-// The target the reference resolved to is returned with any error after
-// the resolution.
 // The blobs are written in the context leased returns, which carries the
-// lease that holds them until the image's records do. It fails with errNotUnpacked (wrapped) when the
-// image needs containerd's pull; the blobs written by then stay, under the
-// lease, for that pull to find.
+// lease that holds them until the image's records do. It fails with
+// errNotUnpacked (wrapped) when the image needs containerd's pull; the
+// blobs written by then stay, under the lease, for that pull to find. The
+// target the reference resolved to is returned with any error after the
+// resolution.
 func (s *Service) pullUnpacked(ctx context.Context, resolver remotes.Resolver, ref string, leased func() (context.Context, error), steps *timing.Steps) (up unpackedPull, err error) {
 	conn, ok := s.client.Conn().(*grpc.ClientConn)
 	if !ok || conn == nil {
@@ -118,16 +117,16 @@ func (s *Service) pullUnpacked(ctx context.Context, resolver remotes.Resolver, r
 	if err := checkUnpackable(manifest, spec); err != nil {
 		return unpackedPull{}, err
 	}
-	chainID := identity.ChainID(spec.RootFS.DiffIDs).String()
 	size, err := (&images.Image{Target: target}).Size(ctx, blobs, s.platform)
 	if err != nil {
 		return unpackedPull{}, fmt.Errorf("%w: size: %w", errNotUnpacked, err)
 	}
+	meta := newImageMeta(manifest.Config.Digest, spec, size)
 
 	// Each blob with the labels containerd's pull gives it, but the
 	// distribution source (pullContentStore).
 	labels := map[digest.Digest]map[string]string{
-		manifest.Config.Digest: {"containerd.io/gc.ref.snapshot." + s.snapshotter: chainID},
+		manifest.Config.Digest: {"containerd.io/gc.ref.snapshot." + s.snapshotter: meta.chainID},
 	}
 	for _, d := range write[:len(write)-1] {
 		l, err := childLabels(ctx, blobs, d)
@@ -144,14 +143,14 @@ func (s *Service) pullUnpacked(ctx context.Context, resolver remotes.Resolver, r
 	var g errgroup.Group
 	var unpacked error
 	g.Go(func() error {
-		info, err := s.client.SnapshotService(s.snapshotter).Stat(ctx, chainID)
+		info, err := s.client.SnapshotService(s.snapshotter).Stat(ctx, meta.chainID)
 		switch {
 		case errdefs.IsNotFound(err):
-			unpacked = fmt.Errorf("%w: no snapshot %s", errNotUnpacked, chainID)
+			unpacked = fmt.Errorf("%w: no snapshot %s", errNotUnpacked, meta.chainID)
 		case err != nil:
-			unpacked = fmt.Errorf("%w: snapshot %s: %w", errNotUnpacked, chainID, err)
+			unpacked = fmt.Errorf("%w: snapshot %s: %w", errNotUnpacked, meta.chainID, err)
 		case info.Kind != snapshots.KindCommitted:
-			unpacked = fmt.Errorf("%w: snapshot %s is %s", errNotUnpacked, chainID, info.Kind)
+			unpacked = fmt.Errorf("%w: snapshot %s is %s", errNotUnpacked, meta.chainID, info.Kind)
 		}
 		return nil
 	})
@@ -168,15 +167,7 @@ func (s *Service) pullUnpacked(ctx context.Context, resolver remotes.Resolver, r
 	if unpacked != nil {
 		return unpackedPull{}, unpacked
 	}
-	return unpackedPull{
-		target: target,
-		meta: imageMeta{
-			id:      manifest.Config.Digest.String(),
-			chainID: chainID,
-			size:    size,
-			spec:    spec,
-		},
-	}, nil
+	return unpackedPull{target: target, meta: meta}, nil
 }
 
 // checkUnpackable checks what of a manifest and its config a pull of its

@@ -12,10 +12,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
-	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -59,29 +57,9 @@ func (l *lineLog) pullSteps(t *testing.T) []map[string]any {
 // into the returned lineLog.
 func newLoggedEnv(t *testing.T) (*env, *lineLog) {
 	t.Helper()
-	proc := testimage.StartContainerd(t)
-	reg := testimage.StartRegistry(t)
 	lines := &lineLog{}
-	logger := slog.New(slog.NewJSONHandler(io.MultiWriter(lines, testWriter{t}), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	svc, err := image.New(context.Background(), image.Options{
-		Address:           proc.Address(),
-		RegistryConfigDir: reg.HostsDir(t),
-		CallTimeout:       30 * time.Second,
-		PullTimeout:       time.Minute,
-		Logger:            logger,
-	})
-	if err != nil {
-		t.Fatalf("image.New: %v", err)
-	}
-	t.Cleanup(func() { _ = svc.Close() })
-	return &env{proc: proc, svc: svc, reg: reg}, lines
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
+	logger := slog.New(slog.NewJSONHandler(io.MultiWriter(lines, testimage.LogWriter(t)), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return newEnvLogging(t, "", logger), lines
 }
 
 // lastPull is the step line of the last pull, and the containerd calls it
@@ -335,20 +313,9 @@ func TestPullOfUnpackedLayersFromIndex(t *testing.T) {
 // checkBusybox mounts a rootfs and finds busybox in it.
 func checkBusybox(t *testing.T, ms []image.Mount) {
 	t.Helper()
-	target := t.TempDir()
-	cms := make([]mount.Mount, len(ms))
-	for i, m := range ms {
-		cms[i] = mount.Mount{Type: m.Type, Source: m.Source, Options: m.Options}
-	}
-	if err := mount.All(cms, target); err != nil {
-		t.Fatalf("mount rootfs: %v", err)
-	}
-	defer func() {
-		if err := mount.UnmountAll(target, 0); err != nil {
-			t.Errorf("unmount rootfs: %v", err)
+	withRootfs(t, ms, func(target string) {
+		if _, err := os.Stat(filepath.Join(target, "bin/busybox")); err != nil {
+			t.Errorf("busybox in the rootfs: %v", err)
 		}
-	}()
-	if _, err := os.Stat(filepath.Join(target, "bin/busybox")); err != nil {
-		t.Errorf("busybox in the rootfs: %v", err)
-	}
+	})
 }

@@ -334,16 +334,28 @@ func (s *Service) readMeta(ctx context.Context, img containerd.Image, cfg ocispe
 	if err := json.Unmarshal(blob, &spec); err != nil {
 		return imageMeta{}, fmt.Errorf("config %s: %w", cfg.Digest, err)
 	}
-	m := imageMeta{
-		id:      cfg.Digest.String(),
+	m := newImageMeta(cfg.Digest, spec, size)
+	s.keepMeta(img.Target().Digest, m)
+	return m, nil
+}
+
+// newImageMeta is the meta of an image of size bytes whose config, of
+// digest cfg, is spec.
+func newImageMeta(cfg digest.Digest, spec ocispec.Image, size int64) imageMeta {
+	return imageMeta{
+		id:      cfg.String(),
 		chainID: identity.ChainID(spec.RootFS.DiffIDs).String(),
 		size:    size,
 		spec:    spec,
 	}
+}
+
+// keepMeta keeps m as the meta of the images whose records point at
+// target.
+func (s *Service) keepMeta(target digest.Digest, m imageMeta) {
 	s.metaMu.Lock()
-	s.meta[img.Target().Digest.String()] = m
+	s.meta[target.String()] = m
 	s.metaMu.Unlock()
-	return m, nil
 }
 
 // forgetMeta drops the cached metadata of targets no record points at.

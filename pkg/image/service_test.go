@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -36,6 +37,12 @@ type env struct {
 
 func newEnv(t *testing.T, hostsDir string, regOpts ...testimage.RegistryOption) *env {
 	t.Helper()
+	return newEnvLogging(t, hostsDir, testimage.Logger(t), regOpts...)
+}
+
+// newEnvLogging is newEnv whose service logs to logger.
+func newEnvLogging(t *testing.T, hostsDir string, logger *slog.Logger, regOpts ...testimage.RegistryOption) *env {
+	t.Helper()
 	proc := testimage.StartContainerd(t)
 	reg := testimage.StartRegistry(t, regOpts...)
 	if hostsDir == "" {
@@ -46,7 +53,7 @@ func newEnv(t *testing.T, hostsDir string, regOpts ...testimage.RegistryOption) 
 		RegistryConfigDir: hostsDir,
 		CallTimeout:       30 * time.Second,
 		PullTimeout:       time.Minute,
-		Logger:            testimage.Logger(t),
+		Logger:            logger,
 	})
 	if err != nil {
 		t.Fatalf("image.New: %v", err)
@@ -443,6 +450,33 @@ func TestRootfs(t *testing.T) {
 // from it, writes a file, and unmounts it.
 func checkMount(t *testing.T, ms []image.Mount) {
 	t.Helper()
+	withRootfs(t, ms, func(target string) {
+		got, err := os.ReadFile(filepath.Join(target, "bin/busybox"))
+		if err != nil {
+			t.Fatalf("read busybox from the rootfs: %v", err)
+		}
+		want, err := os.ReadFile(testimage.BusyboxPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("busybox in the rootfs differs from %s (%d vs %d bytes)", testimage.BusyboxPath, len(got), len(want))
+		}
+		if link, err := os.Readlink(filepath.Join(target, "bin/sh")); err != nil || link != "busybox" {
+			t.Errorf("bin/sh -> %q, %v", link, err)
+		}
+		if motd, err := os.ReadFile(filepath.Join(target, "etc/motd")); err != nil || string(motd) != "from the image\n" {
+			t.Errorf("etc/motd = %q, %v", motd, err)
+		}
+		if err := os.WriteFile(filepath.Join(target, "tmp/written"), []byte("x"), 0o644); err != nil {
+			t.Errorf("rootfs is not writable: %v", err)
+		}
+	})
+}
+
+// withRootfs mounts ms in a temp dir, runs f on it and unmounts it.
+func withRootfs(t *testing.T, ms []image.Mount, f func(target string)) {
+	t.Helper()
 	target := t.TempDir()
 	cms := make([]mount.Mount, len(ms))
 	for i, m := range ms {
@@ -456,26 +490,7 @@ func checkMount(t *testing.T, ms []image.Mount) {
 			t.Errorf("unmount rootfs: %v", err)
 		}
 	}()
-	got, err := os.ReadFile(filepath.Join(target, "bin/busybox"))
-	if err != nil {
-		t.Fatalf("read busybox from the rootfs: %v", err)
-	}
-	want, err := os.ReadFile(testimage.BusyboxPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("busybox in the rootfs differs from %s (%d vs %d bytes)", testimage.BusyboxPath, len(got), len(want))
-	}
-	if link, err := os.Readlink(filepath.Join(target, "bin/sh")); err != nil || link != "busybox" {
-		t.Errorf("bin/sh -> %q, %v", link, err)
-	}
-	if motd, err := os.ReadFile(filepath.Join(target, "etc/motd")); err != nil || string(motd) != "from the image\n" {
-		t.Errorf("etc/motd = %q, %v", motd, err)
-	}
-	if err := os.WriteFile(filepath.Join(target, "tmp/written"), []byte("x"), 0o644); err != nil {
-		t.Errorf("rootfs is not writable: %v", err)
-	}
+	f(target)
 }
 
 // collectGarbage runs a containerd garbage collection now: the synchronous

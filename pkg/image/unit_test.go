@@ -149,14 +149,17 @@ func TestClassifyPullError(t *testing.T) {
 	}
 }
 
-func TestRepoDigestAndTag(t *testing.T) {
+// TestSplitRefOfPulledNames: what a pull logs and records of the names
+// NormalizeRef gives: a tag and the repo digest at the pulled target; a
+// repo digest keeps its own digest whatever the target.
+func TestSplitRefOfPulledNames(t *testing.T) {
 	tagged, _ := NormalizeRef("busybox:1")
-	d, tg := repoDigestAndTag(tagged, "sha256:"+hex64('e'))
+	tg, d := splitRef(tagged.String(), "sha256:"+hex64('e'))
 	if d != "docker.io/library/busybox@sha256:"+hex64('e') || tg != "docker.io/library/busybox:1" {
 		t.Errorf("tagged: %q %q", d, tg)
 	}
 	canonical, _ := NormalizeRef("busybox@sha256:" + hex64('f'))
-	d, tg = repoDigestAndTag(canonical, "sha256:"+hex64('e'))
+	tg, d = splitRef(canonical.String(), "sha256:"+hex64('e'))
 	if d != "docker.io/library/busybox@sha256:"+hex64('f') || tg != "" {
 		t.Errorf("canonical: %q %q", d, tg)
 	}

@@ -209,5 +209,8 @@ func (w testWriter) Write(p []byte) (int, error) {
 // Logger is a slog.Logger writing to the test log (shown with -v or on
 // failure).
 func Logger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return slog.New(slog.NewTextHandler(LogWriter(t), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
+
+// LogWriter writes each line it is given to the test log.
+func LogWriter(t testing.TB) io.Writer { return testWriter{t} }

@@ -93,7 +93,7 @@ func (s *store) delete(bucket []byte, key string) error {
 // records whose loss is harmless: recovery finishes what a deletion lost
 // to a crash left (a container record without its bundle, see recover).
 func (s *store) deleteSoon(bucket []byte, key string, failed func(error)) {
-	k := string(bucket) + "/" + key
+	k := pendingKey(bucket, key)
 	done := make(chan struct{})
 	s.pendingMu.Lock()
 	prev := s.pending[k]
@@ -118,10 +118,13 @@ func (s *store) deleteSoon(bucket []byte, key string, failed func(error)) {
 	}()
 }
 
+// pendingKey names key of bucket in store.pending.
+func pendingKey(bucket []byte, key string) string { return string(bucket) + "/" + key }
+
 // awaitDeletion waits for a deletion of key that deleteSoon began.
 func (s *store) awaitDeletion(bucket []byte, key string) {
 	s.pendingMu.Lock()
-	ch := s.pending[string(bucket)+"/"+key]
+	ch := s.pending[pendingKey(bucket, key)]
 	s.pendingMu.Unlock()
 	if ch != nil {
 		<-ch
